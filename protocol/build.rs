@@ -697,6 +697,13 @@ fn gen_dispatch(out: &mut String, specs: &[Spec]) {
             writeln!(out, "Self::{api}(m) => m.encode(w, version),").unwrap();
         }
         writeln!(out, "}} }}").unwrap();
+        writeln!(out, "/// The body with every field at its default, for API `api_key`.").unwrap();
+        writeln!(out, "pub fn default_for(api_key: i16) -> Option<Self> {{ match api_key {{").unwrap();
+        for s in &list {
+            let api = s.name.strip_suffix(if kind == "request" { "Request" } else { "Response" }).unwrap();
+            writeln!(out, "{} => Some(Self::{api}(Default::default())),", s.api_key.unwrap()).unwrap();
+        }
+        writeln!(out, "_ => None, }} }}").unwrap();
         writeln!(out, "pub fn api_key(&self) -> i16 {{ match self {{").unwrap();
         for s in &list {
             let api = s.name.strip_suffix(if kind == "request" { "Request" } else { "Response" }).unwrap();

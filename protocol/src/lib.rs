@@ -25,6 +25,7 @@
 
 pub mod compression;
 pub mod error_code;
+pub mod frame;
 pub mod records;
 pub mod wire;
 
