@@ -219,10 +219,10 @@ impl Field {
     fn ident(&self) -> String {
         let s = snake(&self.name);
         match s.as_str() {
-            "type" | "match" | "ref" | "mod" | "use" | "self" | "struct" | "enum" | "fn" | "loop"
-            | "move" | "static" | "where" | "async" | "await" | "dyn" | "impl" | "in" | "trait"
-            | "crate" | "super" | "const" | "let" | "mut" | "pub" | "return" | "as" | "box"
-            | "for" | "if" | "else" | "while" | "true" | "false" | "yield" | "gen" => {
+            "type" | "match" | "ref" | "mod" | "use" | "self" | "struct" | "enum" | "fn"
+            | "loop" | "move" | "static" | "where" | "async" | "await" | "dyn" | "impl" | "in"
+            | "trait" | "crate" | "super" | "const" | "let" | "mut" | "pub" | "return" | "as"
+            | "box" | "for" | "if" | "else" | "while" | "true" | "false" | "yield" | "gen" => {
                 format!("r#{s}")
             }
             _ => s,
@@ -247,7 +247,10 @@ impl Field {
                 Some(x) if x.starts_with("0x") => {
                     i64::from_str_radix(&x[2..], 16).unwrap().to_string()
                 }
-                Some(x) => x.parse::<i64>().unwrap_or_else(|_| panic!("{}: default {x}", self.name)).to_string(),
+                Some(x) => x
+                    .parse::<i64>()
+                    .unwrap_or_else(|_| panic!("{}: default {x}", self.name))
+                    .to_string(),
             }
         };
         match &self.ty {
@@ -278,8 +281,16 @@ impl Spec {
             api_key: v.get("apiKey").and_then(Value::as_i64).map(|k| k as i16),
             valid: range(s("validVersions").unwrap()),
             flexible: s("flexibleVersions").map(range).unwrap_or(NONE),
-            unstable: v.get("latestVersionUnstable").and_then(Value::as_bool).unwrap_or(false),
-            fields: v["fields"].as_array().unwrap().iter().map(Field::parse).collect(),
+            unstable: v
+                .get("latestVersionUnstable")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            fields: v["fields"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(Field::parse)
+                .collect(),
             commons: v
                 .get("commonStructs")
                 .and_then(Value::as_array)
@@ -287,7 +298,12 @@ impl Spec {
                     a.iter()
                         .map(|c| StructDef {
                             name: c["name"].as_str().unwrap().to_string(),
-                            fields: c["fields"].as_array().unwrap().iter().map(Field::parse).collect(),
+                            fields: c["fields"]
+                                .as_array()
+                                .unwrap()
+                                .iter()
+                                .map(Field::parse)
+                                .collect(),
                         })
                         .collect()
                 })
@@ -301,7 +317,8 @@ fn snake(name: &str) -> String {
     let chars: Vec<char> = name.chars().collect();
     for (i, &c) in chars.iter().enumerate() {
         if c.is_ascii_uppercase() {
-            let prev_lower = i > 0 && (chars[i - 1].is_ascii_lowercase() || chars[i - 1].is_ascii_digit());
+            let prev_lower =
+                i > 0 && (chars[i - 1].is_ascii_lowercase() || chars[i - 1].is_ascii_digit());
             let next_lower = chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase());
             let prev_upper = i > 0 && chars[i - 1].is_ascii_uppercase();
             if i > 0 && (prev_lower || (prev_upper && next_lower)) {
@@ -337,7 +354,11 @@ fn intersect(a: (i16, i16), b: (i16, i16)) -> (i16, i16) {
 }
 
 /// Collects every struct a message defines (nested and common), by name.
-fn collect_structs(fields: &[Field], out: &mut BTreeMap<String, Vec<Field>>, order: &mut Vec<String>) {
+fn collect_structs(
+    fields: &[Field],
+    out: &mut BTreeMap<String, Vec<Field>>,
+    order: &mut Vec<String>,
+) {
     for f in fields {
         let name = match &f.ty {
             Ty::Struct(n) => Some(n),
@@ -352,7 +373,10 @@ fn collect_structs(fields: &[Field], out: &mut BTreeMap<String, Vec<Field>>, ord
                 match out.get(n) {
                     Some(existing) => {
                         let same = existing.len() == f.fields.len()
-                            && existing.iter().zip(&f.fields).all(|(a, b)| a.name == b.name && a.ty == b.ty);
+                            && existing
+                                .iter()
+                                .zip(&f.fields)
+                                .all(|(a, b)| a.name == b.name && a.ty == b.ty);
                         assert!(same, "struct {n} is defined twice, differently");
                     }
                     None => {
@@ -368,17 +392,38 @@ fn collect_structs(fields: &[Field], out: &mut BTreeMap<String, Vec<Field>>, ord
 
 fn gen_spec(out: &mut String, s: &Spec) {
     let module = snake(&s.name);
-    let flex_min = if s.flexible.0 > s.flexible.1 { i16::MAX } else { s.flexible.0 };
+    let flex_min = if s.flexible.0 > s.flexible.1 {
+        i16::MAX
+    } else {
+        s.flexible.0
+    };
     writeln!(out, "/// `{}` (schema `{}.json`).", s.name, s.name).unwrap();
     writeln!(out, "pub mod {module} {{").unwrap();
     writeln!(out, "#![allow(clippy::all, clippy::pedantic, unused_variables, unused_mut, unused_imports, non_snake_case)]").unwrap();
-    writeln!(out, "use crate::wire::{{self, PResult, Writer, EncodeError, RawTaggedField}};").unwrap();
+    writeln!(
+        out,
+        "use crate::wire::{{self, PResult, Writer, EncodeError, RawTaggedField}};"
+    )
+    .unwrap();
     writeln!(out, "use ::bytes::Bytes;").unwrap();
-    writeln!(out, "/// The first flexible version of this message (`i16::MAX`: none).").unwrap();
+    writeln!(
+        out,
+        "/// The first flexible version of this message (`i16::MAX`: none)."
+    )
+    .unwrap();
     writeln!(out, "pub const FLEXIBLE_MIN: i16 = {flex_min};").unwrap();
     writeln!(out, "pub const VERSIONS: crate::wire::VersionRange = crate::wire::VersionRange {{ min: {}, max: {} }};", s.valid.0, s.valid.1).unwrap();
-    writeln!(out, "/// Whether the highest version is still unstable in Kafka.").unwrap();
-    writeln!(out, "pub const LATEST_VERSION_UNSTABLE: bool = {};", s.unstable).unwrap();
+    writeln!(
+        out,
+        "/// Whether the highest version is still unstable in Kafka."
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "pub const LATEST_VERSION_UNSTABLE: bool = {};",
+        s.unstable
+    )
+    .unwrap();
     if let Some(k) = s.api_key {
         writeln!(out, "pub const API_KEY: i16 = {k};").unwrap();
     }
@@ -402,10 +447,23 @@ fn gen_spec(out: &mut String, s: &Spec) {
     writeln!(out, "const NAME: &'static str = {:?};", s.name).unwrap();
     writeln!(out, "const VERSIONS: crate::wire::VersionRange = VERSIONS;").unwrap();
     writeln!(out, "const FLEXIBLE_MIN: i16 = FLEXIBLE_MIN;").unwrap();
-    writeln!(out, "fn decode_from<'a>(f: &Bytes, i: &'a [u8], v: i16) -> PResult<'a, Self> {{").unwrap();
-    writeln!(out, "if !VERSIONS.contains(v) {{ return wire::unsupported(i, {:?}, v); }}", s.name).unwrap();
+    writeln!(
+        out,
+        "fn decode_from<'a>(f: &Bytes, i: &'a [u8], v: i16) -> PResult<'a, Self> {{"
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "if !VERSIONS.contains(v) {{ return wire::unsupported(i, {:?}, v); }}",
+        s.name
+    )
+    .unwrap();
     writeln!(out, "Self::decode_inner(f, i, v) }}").unwrap();
-    writeln!(out, "fn encode(&self, w: &mut Writer, v: i16) -> ::core::result::Result<(), EncodeError> {{").unwrap();
+    writeln!(
+        out,
+        "fn encode(&self, w: &mut Writer, v: i16) -> ::core::result::Result<(), EncodeError> {{"
+    )
+    .unwrap();
     writeln!(out, "if !VERSIONS.contains(v) {{ return Err(EncodeError::UnsupportedVersion {{ message: {:?}, version: v }}); }}", s.name).unwrap();
     writeln!(out, "self.encode_inner(w, v) }}").unwrap();
     writeln!(out, "}}").unwrap();
@@ -475,26 +533,52 @@ fn gen_struct(out: &mut String, s: &Spec, name: &str, fields: &[Field]) {
             out,
             "/// Versions {}{}{}.",
             vr(f.versions),
-            if f.nullable_any() { format!("; nullable {}", vr(f.nullable)) } else { String::new() },
-            f.tag.map(|t| format!("; tag {t} in {}", vr(f.tagged))).unwrap_or_default()
+            if f.nullable_any() {
+                format!("; nullable {}", vr(f.nullable))
+            } else {
+                String::new()
+            },
+            f.tag
+                .map(|t| format!("; tag {t} in {}", vr(f.tagged)))
+                .unwrap_or_default()
         )
         .unwrap();
         writeln!(out, "pub {}: {},", f.ident(), f.rust()).unwrap();
     }
-    writeln!(out, "/// Tagged fields this schema does not know, kept as sent.").unwrap();
-    writeln!(out, "pub unknown_tagged_fields: ::std::vec::Vec<RawTaggedField>,").unwrap();
+    writeln!(
+        out,
+        "/// Tagged fields this schema does not know, kept as sent."
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "pub unknown_tagged_fields: ::std::vec::Vec<RawTaggedField>,"
+    )
+    .unwrap();
     writeln!(out, "}}").unwrap();
 
     // Default
-    writeln!(out, "impl ::core::default::Default for {name} {{ fn default() -> Self {{ Self {{").unwrap();
+    writeln!(
+        out,
+        "impl ::core::default::Default for {name} {{ fn default() -> Self {{ Self {{"
+    )
+    .unwrap();
     for f in fields {
         writeln!(out, "{}: {},", f.ident(), f.default_expr()).unwrap();
     }
-    writeln!(out, "unknown_tagged_fields: ::std::vec::Vec::new(), }} }} }}").unwrap();
+    writeln!(
+        out,
+        "unknown_tagged_fields: ::std::vec::Vec::new(), }} }} }}"
+    )
+    .unwrap();
 
     writeln!(out, "impl {name} {{").unwrap();
     // decode
-    writeln!(out, "pub fn decode_inner<'a>(f: &Bytes, i: &'a [u8], v: i16) -> PResult<'a, Self> {{").unwrap();
+    writeln!(
+        out,
+        "pub fn decode_inner<'a>(f: &Bytes, i: &'a [u8], v: i16) -> PResult<'a, Self> {{"
+    )
+    .unwrap();
     writeln!(out, "let mut this = Self::default();").unwrap();
     writeln!(out, "let flexible = {flex};").unwrap();
     for f in fields {
@@ -502,14 +586,22 @@ fn gen_struct(out: &mut String, s: &Spec, name: &str, fields: &[Field]) {
             // Present inline where it exists but is not tagged.
             let t = intersect(f.tagged, s.flexible);
             if t.0 <= t.1 {
-                format!("({}) && !(flexible && ({}))", cond(f.versions), cond(f.tagged))
+                format!(
+                    "({}) && !(flexible && ({}))",
+                    cond(f.versions),
+                    cond(f.tagged)
+                )
             } else {
                 cond(f.versions)
             }
         } else {
             cond(f.versions)
         };
-        let c = if f.never_flexible { "false" } else { "flexible" };
+        let c = if f.never_flexible {
+            "false"
+        } else {
+            "flexible"
+        };
         let nullable_now = cond(f.nullable);
         let e = decode_expr(&f.ty, &nullable_now, c);
         writeln!(out, "let i = if {inline} {{").unwrap();
@@ -539,7 +631,11 @@ fn gen_struct(out: &mut String, s: &Spec, name: &str, fields: &[Field]) {
         if let Some(tag) = f.tag {
             let e = decode_expr(&f.ty, &cond(f.nullable), "true");
             let set = if yields_option(&f.ty) {
-                if f.nullable_any() { "x".to_string() } else { "x.unwrap_or_default()".to_string() }
+                if f.nullable_any() {
+                    "x".to_string()
+                } else {
+                    "x.unwrap_or_default()".to_string()
+                }
             } else if f.nullable_any() {
                 "Some(x)".to_string()
             } else {
@@ -549,7 +645,11 @@ fn gen_struct(out: &mut String, s: &Spec, name: &str, fields: &[Field]) {
         }
     }
     writeln!(out, "_ => Ok(false), }} }})?;").unwrap();
-    writeln!(out, "this.unknown_tagged_fields = unknown; rest }} else {{ i }};").unwrap();
+    writeln!(
+        out,
+        "this.unknown_tagged_fields = unknown; rest }} else {{ i }};"
+    )
+    .unwrap();
     writeln!(out, "Ok((i, this)) }}").unwrap();
 
     // encode
@@ -557,11 +657,19 @@ fn gen_struct(out: &mut String, s: &Spec, name: &str, fields: &[Field]) {
     writeln!(out, "let flexible = {flex};").unwrap();
     for f in fields {
         let inline = if f.tag.is_some() {
-            format!("({}) && !(flexible && ({}))", cond(f.versions), cond(f.tagged))
+            format!(
+                "({}) && !(flexible && ({}))",
+                cond(f.versions),
+                cond(f.tagged)
+            )
         } else {
             cond(f.versions)
         };
-        let c = if f.never_flexible { "false" } else { "flexible" };
+        let c = if f.never_flexible {
+            "false"
+        } else {
+            "flexible"
+        };
         let id = f.ident();
         let fname = format!("{name}.{}", f.name);
         writeln!(out, "if {inline} {{").unwrap();
@@ -571,7 +679,11 @@ fn gen_struct(out: &mut String, s: &Spec, name: &str, fields: &[Field]) {
     writeln!(out, "if flexible {{").unwrap();
     let tagged: Vec<&Field> = fields.iter().filter(|f| f.tag.is_some()).collect();
     if tagged.is_empty() {
-        writeln!(out, "if self.unknown_tagged_fields.is_empty() {{ w.put_uvarint(0); }} else {{").unwrap();
+        writeln!(
+            out,
+            "if self.unknown_tagged_fields.is_empty() {{ w.put_uvarint(0); }} else {{"
+        )
+        .unwrap();
         writeln!(out, "let mut t: ::std::vec::Vec<(u32, Bytes)> = self.unknown_tagged_fields.iter().map(|r| (r.tag, r.data.clone())).collect();").unwrap();
         writeln!(out, "t.sort_by_key(|x| x.0); w.put_tagged(&t)?; }}").unwrap();
     } else {
@@ -579,7 +691,14 @@ fn gen_struct(out: &mut String, s: &Spec, name: &str, fields: &[Field]) {
         for f in &tagged {
             let id = f.ident();
             let fname = format!("{name}.{}", f.name);
-            writeln!(out, "if ({}) && ({}) && self.{id} != {} {{", cond(f.versions), cond(f.tagged), f.default_expr()).unwrap();
+            writeln!(
+                out,
+                "if ({}) && ({}) && self.{id} != {} {{",
+                cond(f.versions),
+                cond(f.tagged),
+                f.default_expr()
+            )
+            .unwrap();
             writeln!(out, "let mut tw = Writer::new(); {{ let w = &mut tw;").unwrap();
             write_value(out, f, &format!("&self.{id}"), "true", &fname);
             writeln!(out, "}} t.push(({}, tw.into_bytes())); }}", f.tag.unwrap()).unwrap();
@@ -591,15 +710,28 @@ fn gen_struct(out: &mut String, s: &Spec, name: &str, fields: &[Field]) {
 
     // sample (testkit)
     writeln!(out, "#[cfg(feature = \"testkit\")]").unwrap();
-    writeln!(out, "/// A value with every field of version `v` filled at random.").unwrap();
-    writeln!(out, "pub fn sample(r: &mut crate::testkit::SampleRng, v: i16, depth: u32) -> Self {{").unwrap();
+    writeln!(
+        out,
+        "/// A value with every field of version `v` filled at random."
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "pub fn sample(r: &mut crate::testkit::SampleRng, v: i16, depth: u32) -> Self {{"
+    )
+    .unwrap();
     writeln!(out, "let mut this = Self::default();").unwrap();
     for f in fields {
         let id = f.ident();
         writeln!(out, "if {} {{", cond(f.versions)).unwrap();
         let gen = sample_expr(&f.ty);
         if f.nullable_any() {
-            writeln!(out, "this.{id} = if ({}) && r.one_in(4) {{ None }} else {{ Some({gen}) }};", cond(f.nullable)).unwrap();
+            writeln!(
+                out,
+                "this.{id} = if ({}) && r.one_in(4) {{ None }} else {{ Some({gen}) }};",
+                cond(f.nullable)
+            )
+            .unwrap();
         } else {
             writeln!(out, "this.{id} = {gen};").unwrap();
         }
@@ -619,7 +751,9 @@ fn write_value(out: &mut String, f: &Field, val: &str, c: &str, fname: &str) {
         writeln!(out, "None => {{ if !({nullable_now}) {{ return Err(EncodeError::NullNotAllowed {{ field: {fname:?}, version: v }}); }}").unwrap();
         match &f.ty {
             Ty::Str => writeln!(out, "w.put_string(None, {c}, {fname:?})?;").unwrap(),
-            Ty::Bytes | Ty::Records => writeln!(out, "w.put_bytes(None, {c}, {fname:?})?;").unwrap(),
+            Ty::Bytes | Ty::Records => {
+                writeln!(out, "w.put_bytes(None, {c}, {fname:?})?;").unwrap()
+            }
             Ty::Array(_) => writeln!(out, "w.put_array_len(None, {c}, {fname:?})?;").unwrap(),
             Ty::Struct(_) => writeln!(out, "w.put_i8(-1);").unwrap(),
             _ => unreachable!(),
@@ -638,13 +772,13 @@ fn write_value(out: &mut String, f: &Field, val: &str, c: &str, fname: &str) {
 fn sample_expr(ty: &Ty) -> String {
     match ty {
         Ty::Bool => "r.one_in(2)".into(),
-        Ty::Int8 => "r.next() as i8".into(),
-        Ty::Int16 => "r.next() as i16".into(),
-        Ty::Uint16 => "r.next() as u16".into(),
-        Ty::Int32 => "r.next() as i32".into(),
-        Ty::Uint32 => "r.next() as u32".into(),
-        Ty::Int64 => "r.next() as i64".into(),
-        Ty::Float64 => "(r.next() as i32) as f64".into(),
+        Ty::Int8 => "r.next_u64() as i8".into(),
+        Ty::Int16 => "r.next_u64() as i16".into(),
+        Ty::Uint16 => "r.next_u64() as u16".into(),
+        Ty::Int32 => "r.next_u64() as i32".into(),
+        Ty::Uint32 => "r.next_u64() as u32".into(),
+        Ty::Int64 => "r.next_u64() as i64".into(),
+        Ty::Float64 => "(r.next_u64() as i32) as f64".into(),
         Ty::Uuid => "r.uuid()".into(),
         Ty::Str => "r.string()".into(),
         Ty::Bytes | Ty::Records => "r.bytes()".into(),
@@ -677,7 +811,14 @@ fn gen_dispatch(out: &mut String, specs: &[Spec]) {
         writeln!(out, "#[allow(clippy::large_enum_variant)]").unwrap();
         writeln!(out, "pub enum {enum_name} {{").unwrap();
         for s in &list {
-            let api = s.name.strip_suffix(if kind == "request" { "Request" } else { "Response" }).unwrap();
+            let api = s
+                .name
+                .strip_suffix(if kind == "request" {
+                    "Request"
+                } else {
+                    "Response"
+                })
+                .unwrap();
             writeln!(out, "{api}({}::{}),", snake(&s.name), s.name).unwrap();
         }
         writeln!(out, "}}").unwrap();
@@ -686,35 +827,91 @@ fn gen_dispatch(out: &mut String, specs: &[Spec]) {
         writeln!(out, "pub fn decode_from<'a>(api_key: i16, version: i16, f: &::bytes::Bytes, i: &'a [u8]) -> crate::wire::PResult<'a, Self> {{").unwrap();
         writeln!(out, "use crate::wire::Message; match api_key {{").unwrap();
         for s in &list {
-            let api = s.name.strip_suffix(if kind == "request" { "Request" } else { "Response" }).unwrap();
-            writeln!(out, "{} => {}::{}::decode_from(f, i, version).map(|(r, m)| (r, Self::{api}(m))),", s.api_key.unwrap(), snake(&s.name), s.name).unwrap();
+            let api = s
+                .name
+                .strip_suffix(if kind == "request" {
+                    "Request"
+                } else {
+                    "Response"
+                })
+                .unwrap();
+            writeln!(
+                out,
+                "{} => {}::{}::decode_from(f, i, version).map(|(r, m)| (r, Self::{api}(m))),",
+                s.api_key.unwrap(),
+                snake(&s.name),
+                s.name
+            )
+            .unwrap();
         }
         writeln!(out, "_ => Err(nom::Err::Failure(crate::wire::WireError {{ kind: crate::wire::WireErrorKind::Invalid(\"API key\"), remaining: i.len() }})), }} }}").unwrap();
         writeln!(out, "pub fn encode(&self, w: &mut crate::wire::Writer, version: i16) -> Result<(), crate::wire::EncodeError> {{").unwrap();
         writeln!(out, "use crate::wire::Message; match self {{").unwrap();
         for s in &list {
-            let api = s.name.strip_suffix(if kind == "request" { "Request" } else { "Response" }).unwrap();
+            let api = s
+                .name
+                .strip_suffix(if kind == "request" {
+                    "Request"
+                } else {
+                    "Response"
+                })
+                .unwrap();
             writeln!(out, "Self::{api}(m) => m.encode(w, version),").unwrap();
         }
         writeln!(out, "}} }}").unwrap();
-        writeln!(out, "/// The body with every field at its default, for API `api_key`.").unwrap();
-        writeln!(out, "pub fn default_for(api_key: i16) -> Option<Self> {{ match api_key {{").unwrap();
+        writeln!(
+            out,
+            "/// The body with every field at its default, for API `api_key`."
+        )
+        .unwrap();
+        writeln!(
+            out,
+            "pub fn default_for(api_key: i16) -> Option<Self> {{ match api_key {{"
+        )
+        .unwrap();
         for s in &list {
-            let api = s.name.strip_suffix(if kind == "request" { "Request" } else { "Response" }).unwrap();
-            writeln!(out, "{} => Some(Self::{api}(Default::default())),", s.api_key.unwrap()).unwrap();
+            let api = s
+                .name
+                .strip_suffix(if kind == "request" {
+                    "Request"
+                } else {
+                    "Response"
+                })
+                .unwrap();
+            writeln!(
+                out,
+                "{} => Some(Self::{api}(Default::default())),",
+                s.api_key.unwrap()
+            )
+            .unwrap();
         }
         writeln!(out, "_ => None, }} }}").unwrap();
         writeln!(out, "pub fn api_key(&self) -> i16 {{ match self {{").unwrap();
         for s in &list {
-            let api = s.name.strip_suffix(if kind == "request" { "Request" } else { "Response" }).unwrap();
+            let api = s
+                .name
+                .strip_suffix(if kind == "request" {
+                    "Request"
+                } else {
+                    "Response"
+                })
+                .unwrap();
             writeln!(out, "Self::{api}(_) => {},", s.api_key.unwrap()).unwrap();
         }
         writeln!(out, "}} }} }}").unwrap();
     }
 
     // API table: key, name, request versions, request flexible min, response flexible min.
-    let reqs: BTreeMap<i16, &Spec> = specs.iter().filter(|s| s.kind == "request").map(|s| (s.api_key.unwrap(), s)).collect();
-    let resps: BTreeMap<i16, &Spec> = specs.iter().filter(|s| s.kind == "response").map(|s| (s.api_key.unwrap(), s)).collect();
+    let reqs: BTreeMap<i16, &Spec> = specs
+        .iter()
+        .filter(|s| s.kind == "request")
+        .map(|s| (s.api_key.unwrap(), s))
+        .collect();
+    let resps: BTreeMap<i16, &Spec> = specs
+        .iter()
+        .filter(|s| s.kind == "response")
+        .map(|s| (s.api_key.unwrap(), s))
+        .collect();
     writeln!(out, "/// One Kafka API as the schemas describe it.").unwrap();
     writeln!(out, "#[derive(Debug, Clone, Copy, PartialEq, Eq)]").unwrap();
     writeln!(out, "pub struct ApiInfo {{ pub key: i16, pub name: &'static str, pub versions: crate::wire::VersionRange, pub request_flexible_min: i16, pub response_flexible_min: i16, pub latest_version_unstable: bool }}").unwrap();
@@ -723,18 +920,40 @@ fn gen_dispatch(out: &mut String, specs: &[Spec]) {
     for (k, s) in &reqs {
         let r = resps[k];
         let name = s.name.strip_suffix("Request").unwrap();
-        let fm = |x: &Spec| if x.flexible.0 > x.flexible.1 { i16::MAX } else { x.flexible.0 };
-        assert_eq!(s.valid, r.valid, "{name}: request and response versions differ");
+        let fm = |x: &Spec| {
+            if x.flexible.0 > x.flexible.1 {
+                i16::MAX
+            } else {
+                x.flexible.0
+            }
+        };
+        assert_eq!(
+            s.valid, r.valid,
+            "{name}: request and response versions differ"
+        );
         writeln!(out, "ApiInfo {{ key: {k}, name: {name:?}, versions: crate::wire::VersionRange {{ min: {}, max: {} }}, request_flexible_min: {}, response_flexible_min: {}, latest_version_unstable: {} }},", s.valid.0, s.valid.1, fm(s), fm(r), s.unstable).unwrap();
     }
     writeln!(out, "];").unwrap();
 
     // testkit: round trip every message at every version.
     writeln!(out, "#[cfg(feature = \"testkit\")]").unwrap();
-    writeln!(out, "/// Every top-level message, with a round-trip check for one version.").unwrap();
+    writeln!(
+        out,
+        "/// Every top-level message, with a round-trip check for one version."
+    )
+    .unwrap();
+    writeln!(out, "#[allow(clippy::type_complexity)]").unwrap();
     writeln!(out, "pub static ROUND_TRIPS: &[(&str, crate::wire::VersionRange, fn(&mut crate::testkit::SampleRng, i16) -> Result<(), String>)] = &[").unwrap();
     for s in specs {
-        writeln!(out, "({:?}, {}::VERSIONS, |r, v| crate::testkit::round_trip(&{}::{}::sample(r, v, 0), v)),", s.name, snake(&s.name), snake(&s.name), s.name).unwrap();
+        writeln!(
+            out,
+            "({:?}, {}::VERSIONS, |r, v| crate::testkit::round_trip(&{}::{}::sample(r, v, 0), v)),",
+            s.name,
+            snake(&s.name),
+            snake(&s.name),
+            s.name
+        )
+        .unwrap();
     }
     writeln!(out, "];").unwrap();
 }

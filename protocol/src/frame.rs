@@ -10,6 +10,7 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use crate::error_code::ErrorCode;
 use crate::messages::api_versions_response::{ApiVersion, ApiVersionsResponse};
 use crate::messages::request_header::RequestHeader;
 use crate::messages::response_header::ResponseHeader;
@@ -21,8 +22,6 @@ pub const FRAME_BYTES_MAX_DEFAULT: usize = 100 * 1024 * 1024;
 
 const API_VERSIONS_KEY: i16 = 18;
 const CONTROLLED_SHUTDOWN_KEY: i16 = 7;
-/// Kafka's UNSUPPORTED_VERSION error code.
-const UNSUPPORTED_VERSION: i16 = 35;
 
 /// What can go wrong with a frame before its content is looked at.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -324,7 +323,7 @@ pub fn unsupported_api_versions_response(
     supported: &SupportedApis,
 ) -> Result<Vec<Bytes>, EncodeError> {
     let body = ApiVersionsResponse {
-        error_code: UNSUPPORTED_VERSION,
+        error_code: ErrorCode::UNSUPPORTED_VERSION.code(),
         api_keys: supported.api_versions(),
         ..Default::default()
     };
@@ -347,14 +346,24 @@ pub fn fuzz_request(data: &[u8]) {
         return;
     };
     let v = req.api_version();
-    let Ok(first) = encode_request(req.correlation_id(), req.header.client_id.as_deref(), v, &req.body) else {
+    let Ok(first) = encode_request(
+        req.correlation_id(),
+        req.header.client_id.as_deref(),
+        v,
+        &req.body,
+    ) else {
         return;
     };
     let first = concat(&first);
-    let again = decode_request(&first.slice(4..), &supported)
-        .expect("a re-encoded request must decode");
-    let second = encode_request(again.correlation_id(), again.header.client_id.as_deref(), v, &again.body)
-        .expect("a decoded request must encode");
+    let again =
+        decode_request(&first.slice(4..), &supported).expect("a re-encoded request must decode");
+    let second = encode_request(
+        again.correlation_id(),
+        again.header.client_id.as_deref(),
+        v,
+        &again.body,
+    )
+    .expect("a decoded request must encode");
     assert_eq!(first, concat(&second), "encoding is not stable");
 }
 
@@ -365,6 +374,40 @@ pub fn concat(segs: &[Bytes]) -> Bytes {
         out.extend_from_slice(s);
     }
     out.freeze()
+}
+
+/// Decodes a version-prefixed blob, as the consumer protocol's subscription
+/// and assignment are sent inside JoinGroup and SyncGroup. A version newer
+/// than the schema is read as the newest known one: those versions only
+/// append fields, which is how Kafka itself reads them.
+pub fn decode_versioned<M: Message>(blob: &Bytes) -> Result<(i16, M), DecodeError> {
+    if blob.len() < 2 {
+        return Err(DecodeError::Truncated {
+            offset: blob.len(),
+            what: "version prefix",
+        });
+    }
+    let sent = i16::from_be_bytes([blob[0], blob[1]]);
+    if sent < M::VERSIONS.min {
+        return Err(DecodeError::UnsupportedVersion {
+            message: M::NAME,
+            version: sent,
+        });
+    }
+    let v = sent.min(M::VERSIONS.max);
+    let body = blob.slice(2..);
+    let m = M::decode(&body, v).map_err(|e| match e {
+        DecodeError::Truncated { offset, what } => DecodeError::Truncated {
+            offset: offset + 2,
+            what,
+        },
+        DecodeError::Invalid { offset, what } => DecodeError::Invalid {
+            offset: offset + 2,
+            what,
+        },
+        other => other,
+    })?;
+    Ok((sent, m))
 }
 
 #[cfg(test)]
@@ -413,10 +456,16 @@ mod tests {
         let mut buf = BytesMut::from(&[0u8, 0, 3, 233][..]);
         assert_eq!(
             reader.next_frame(&mut buf),
-            Err(FrameError::TooLarge { size: 1001, max: 1000 })
+            Err(FrameError::TooLarge {
+                size: 1001,
+                max: 1000
+            })
         );
         let mut buf = BytesMut::from(&[0xffu8, 0xff, 0xff, 0xfe][..]);
-        assert_eq!(reader.next_frame(&mut buf), Err(FrameError::Negative { size: -2 }));
+        assert_eq!(
+            reader.next_frame(&mut buf),
+            Err(FrameError::Negative { size: -2 })
+        );
         assert_eq!(reader.bytes_needed(&[0, 0]), Ok(2));
         assert_eq!(reader.bytes_needed(&[0, 0, 0, 10, 1]), Ok(9));
     }
@@ -431,7 +480,9 @@ mod tests {
             assert_eq!(req.api_version(), v);
             assert_eq!(req.correlation_id(), 7);
             assert_eq!(req.header.client_id.as_deref(), Some("app"));
-            let RequestBody::Metadata(m) = req.body else { panic!("not metadata") };
+            let RequestBody::Metadata(m) = req.body else {
+                panic!("not metadata")
+            };
             assert_eq!(m.topics.unwrap()[0].name.as_deref(), Some("orders"));
         }
     }
@@ -456,7 +507,14 @@ mod tests {
         let mut frame = vec![0, 18, 0, 9, 0, 0, 0, 42];
         frame.extend_from_slice(b"\x00\x03abc\x00garbage of a future version");
         let err = decode_request(&Bytes::from(frame), &supported).unwrap_err();
-        assert!(matches!(err, RequestError::UnsupportedVersion { api_key: 18, version: 9, correlation_id: 42 }));
+        assert!(matches!(
+            err,
+            RequestError::UnsupportedVersion {
+                api_key: 18,
+                version: 9,
+                correlation_id: 42
+            }
+        ));
         let answer = concat(&err.answer(&supported).expect("ApiVersions is answered"));
         let size = u32::from_be_bytes([answer[0], answer[1], answer[2], answer[3]]) as usize;
         assert_eq!(size, answer.len() - 4);
@@ -464,8 +522,14 @@ mod tests {
         let body = ApiVersionsResponse::decode(&answer.slice(8..), 0).unwrap();
         assert_eq!(body.error_code, 35);
         assert_eq!(body.api_keys.len(), 2);
-        assert_eq!((body.api_keys[0].api_key, body.api_keys[0].max_version), (3, 12));
-        assert_eq!((body.api_keys[1].api_key, body.api_keys[1].max_version), (18, 3));
+        assert_eq!(
+            (body.api_keys[0].api_key, body.api_keys[0].max_version),
+            (3, 12)
+        );
+        assert_eq!(
+            (body.api_keys[1].api_key, body.api_keys[1].max_version),
+            (18, 3)
+        );
         // Other APIs at unsupported versions get no answer: the connection closes.
         let mut frame = vec![0, 3, 0, 13, 0, 0, 0, 1];
         frame.extend_from_slice(&[0; 8]);

@@ -14,7 +14,7 @@ impl SampleRng {
         SampleRng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;
@@ -24,7 +24,7 @@ impl SampleRng {
     }
 
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.next_u64() % n
     }
 
     pub fn one_in(&mut self, n: u64) -> bool {
@@ -33,8 +33,8 @@ impl SampleRng {
 
     pub fn uuid(&mut self) -> Uuid {
         let mut b = [0u8; 16];
-        b[..8].copy_from_slice(&self.next().to_be_bytes());
-        b[8..].copy_from_slice(&self.next().to_be_bytes());
+        b[..8].copy_from_slice(&self.next_u64().to_be_bytes());
+        b[8..].copy_from_slice(&self.next_u64().to_be_bytes());
         Uuid(b)
     }
 
@@ -55,7 +55,10 @@ impl SampleRng {
 
     pub fn bytes(&mut self) -> Bytes {
         let n = self.below(20) as usize;
-        (0..n).map(|_| self.next() as u8).collect::<Vec<u8>>().into()
+        (0..n)
+            .map(|_| self.next_u64() as u8)
+            .collect::<Vec<u8>>()
+            .into()
     }
 }
 

@@ -382,18 +382,17 @@ pub fn nullable_bytes<'a>(frame: &Bytes, i: &'a [u8], compact: bool) -> PResult<
     nullable_bytes_raw(frame, i, compact, "bytes")
 }
 
-pub fn nullable_string<'a>(
-    frame: &Bytes,
-    i: &'a [u8],
-    compact: bool,
-) -> PResult<'a, Option<KStr>> {
+pub fn nullable_string<'a>(frame: &Bytes, i: &'a [u8], compact: bool) -> PResult<'a, Option<KStr>> {
     let (rest, n) = length(i, compact, !compact, "string")?;
     match n {
         None => Ok((rest, None)),
         Some(n) => {
             let (rest, b) = take(rest, n, "string")?;
             if std::str::from_utf8(b).is_err() {
-                return Err(WireError::new(rest, WireErrorKind::Invalid("UTF-8 in string")));
+                return Err(WireError::new(
+                    rest,
+                    WireErrorKind::Invalid("UTF-8 in string"),
+                ));
             }
             Ok((rest, Some(KStr(slice_of(frame, b)))))
         }
@@ -474,7 +473,10 @@ pub fn tagged_fields<'a>(
     for _ in 0..n {
         let (rest, tag) = uvarint(i)?;
         if last.is_some_and(|l| tag <= l) {
-            return Err(WireError::new(i, WireErrorKind::Invalid("tagged field order")));
+            return Err(WireError::new(
+                i,
+                WireErrorKind::Invalid("tagged field order"),
+            ));
         }
         last = Some(tag);
         let (rest, size) = uvarint(rest)?;
@@ -491,7 +493,10 @@ pub fn tagged_fields<'a>(
 }
 
 /// Runs `p` over the whole of a tagged field's payload.
-pub fn whole<'a, T>(data: &'a [u8], p: impl FnOnce(&'a [u8]) -> PResult<'a, T>) -> Result<T, nom::Err<WireError>> {
+pub fn whole<'a, T>(
+    data: &'a [u8],
+    p: impl FnOnce(&'a [u8]) -> PResult<'a, T>,
+) -> Result<T, nom::Err<WireError>> {
     let (_rest, v) = p(data)?;
     Ok(v)
 }
@@ -617,7 +622,12 @@ impl Writer {
         Ok(())
     }
 
-    pub fn put_string(&mut self, s: Option<&KStr>, compact: bool, field: &'static str) -> Result<(), EncodeError> {
+    pub fn put_string(
+        &mut self,
+        s: Option<&KStr>,
+        compact: bool,
+        field: &'static str,
+    ) -> Result<(), EncodeError> {
         self.put_len(s.map(KStr::len), compact, !compact, field)?;
         if let Some(s) = s {
             self.put_slice(s.as_bytes());
@@ -625,7 +635,12 @@ impl Writer {
         Ok(())
     }
 
-    pub fn put_bytes(&mut self, b: Option<&Bytes>, compact: bool, field: &'static str) -> Result<(), EncodeError> {
+    pub fn put_bytes(
+        &mut self,
+        b: Option<&Bytes>,
+        compact: bool,
+        field: &'static str,
+    ) -> Result<(), EncodeError> {
         self.put_len(b.map(Bytes::len), compact, false, field)?;
         if let Some(b) = b {
             self.put_shared(b);
@@ -633,7 +648,12 @@ impl Writer {
         Ok(())
     }
 
-    pub fn put_array_len(&mut self, n: Option<usize>, compact: bool, field: &'static str) -> Result<(), EncodeError> {
+    pub fn put_array_len(
+        &mut self,
+        n: Option<usize>,
+        compact: bool,
+        field: &'static str,
+    ) -> Result<(), EncodeError> {
         self.put_len(n, compact, false, field)
     }
 
@@ -718,7 +738,16 @@ mod tests {
         let frame = Bytes::from_static(b"\x7f\xff\xff\xff\x00");
         let r = array(&frame, false, int8);
         let e = finish(frame.len(), r).unwrap_err();
-        assert!(matches!(e, DecodeError::TooLong { len: 0x7fff_ffff, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                DecodeError::TooLong {
+                    len: 0x7fff_ffff,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         let frame = Bytes::from_static(b"\xff\xff\xff\xfe");
         assert!(bytes(&frame, &frame, false).is_err());
     }
