@@ -861,6 +861,30 @@ fn gen_dispatch(out: &mut String, specs: &[Spec]) {
         writeln!(out, "}} }}").unwrap();
         writeln!(
             out,
+            "/// A body for API `api_key` with every field of `version` filled at random."
+        )
+        .unwrap();
+        writeln!(out, "#[cfg(feature = \"testkit\")]").unwrap();
+        writeln!(out, "pub fn sample_for(api_key: i16, r: &mut crate::testkit::SampleRng, version: i16) -> Option<Self> {{ match api_key {{").unwrap();
+        for s in &list {
+            let suffix = if kind == "request" {
+                "Request"
+            } else {
+                "Response"
+            };
+            let api = s.name.strip_suffix(suffix).unwrap();
+            writeln!(
+                out,
+                "{} => Some(Self::{api}({}::{}::sample(r, version, 0))),",
+                s.api_key.unwrap(),
+                snake(&s.name),
+                s.name
+            )
+            .unwrap();
+        }
+        writeln!(out, "_ => None, }} }}").unwrap();
+        writeln!(
+            out,
             "/// The body with every field at its default, for API `api_key`."
         )
         .unwrap();

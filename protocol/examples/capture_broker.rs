@@ -40,10 +40,22 @@ fn main() {
     std::io::stdout().flush().unwrap();
     // Advertise every stable version the schemas define, except client
     // telemetry (KIP-714), which librdkafka would otherwise poll for.
-    let supported = Arc::new(SupportedApis::new(APIS.iter().filter(|a| !matches!(a.key, 71 | 72)).map(|a| {
-        let max = if a.latest_version_unstable { a.versions.max - 1 } else { a.versions.max };
-        (a.key, VersionRange { min: a.versions.min, max })
-    })));
+    let supported = Arc::new(SupportedApis::new(
+        APIS.iter().filter(|a| !matches!(a.key, 71 | 72)).map(|a| {
+            let max = if a.latest_version_unstable {
+                a.versions.max - 1
+            } else {
+                a.versions.max
+            };
+            (
+                a.key,
+                VersionRange {
+                    min: a.versions.min,
+                    max,
+                },
+            )
+        }),
+    ));
     let seq = Arc::new(AtomicU32::new(0));
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
@@ -123,10 +135,12 @@ fn answer(body: RequestBody, addr: SocketAddr, supported: &SupportedApis) -> Opt
     let host = s(&addr.ip().to_string());
     let port = i32::from(addr.port());
     Some(match body {
-        RequestBody::ApiVersions(_) => ResponseBody::ApiVersions(api_versions_response::ApiVersionsResponse {
-            api_keys: supported.api_versions(),
-            ..Default::default()
-        }),
+        RequestBody::ApiVersions(_) => {
+            ResponseBody::ApiVersions(api_versions_response::ApiVersionsResponse {
+                api_keys: supported.api_versions(),
+                ..Default::default()
+            })
+        }
         RequestBody::Metadata(m) => {
             let names: Vec<KStr> = match m.topics {
                 Some(t) if !t.is_empty() => t.into_iter().filter_map(|t| t.name).collect(),
@@ -134,7 +148,12 @@ fn answer(body: RequestBody, addr: SocketAddr, supported: &SupportedApis) -> Opt
             };
             use metadata_response::*;
             ResponseBody::Metadata(MetadataResponse {
-                brokers: vec![MetadataResponseBroker { node_id: 0, host, port, ..Default::default() }],
+                brokers: vec![MetadataResponseBroker {
+                    node_id: 0,
+                    host,
+                    port,
+                    ..Default::default()
+                }],
                 cluster_id: Some(s("golden-cluster")),
                 controller_id: 0,
                 topics: names
@@ -186,21 +205,35 @@ fn answer(body: RequestBody, addr: SocketAddr, supported: &SupportedApis) -> Opt
         }
         RequestBody::FindCoordinator(f) => {
             use find_coordinator_response::*;
-            let keys = if f.coordinator_keys.is_empty() { vec![f.key] } else { f.coordinator_keys };
+            let keys = if f.coordinator_keys.is_empty() {
+                vec![f.key]
+            } else {
+                f.coordinator_keys
+            };
             ResponseBody::FindCoordinator(FindCoordinatorResponse {
                 node_id: 0,
                 host: host.clone(),
                 port,
                 coordinators: keys
                     .into_iter()
-                    .map(|key| Coordinator { key, node_id: 0, host: host.clone(), port, ..Default::default() })
+                    .map(|key| Coordinator {
+                        key,
+                        node_id: 0,
+                        host: host.clone(),
+                        port,
+                        ..Default::default()
+                    })
                     .collect(),
                 ..Default::default()
             })
         }
         RequestBody::JoinGroup(j) => {
             use join_group_response::*;
-            let member_id = if j.member_id.is_empty() { s("golden-member-1") } else { j.member_id };
+            let member_id = if j.member_id.is_empty() {
+                s("golden-member-1")
+            } else {
+                j.member_id
+            };
             let proto = j.protocols.into_iter().next().unwrap_or_default();
             ResponseBody::JoinGroup(JoinGroupResponse {
                 generation_id: 1,
@@ -243,21 +276,25 @@ fn answer(body: RequestBody, addr: SocketAddr, supported: &SupportedApis) -> Opt
                     })
                     .collect()
             };
-            let old = o.topics.unwrap_or_default().into_iter().map(|t| OffsetFetchResponseTopic {
-                name: t.name,
-                partitions: t
-                    .partition_indexes
-                    .into_iter()
-                    .map(|p| OffsetFetchResponsePartition {
-                        partition_index: p,
-                        committed_offset: -1,
-                        committed_leader_epoch: -1,
-                        metadata: Some(s("")),
-                        ..Default::default()
-                    })
-                    .collect(),
-                ..Default::default()
-            });
+            let old = o
+                .topics
+                .unwrap_or_default()
+                .into_iter()
+                .map(|t| OffsetFetchResponseTopic {
+                    name: t.name,
+                    partitions: t
+                        .partition_indexes
+                        .into_iter()
+                        .map(|p| OffsetFetchResponsePartition {
+                            partition_index: p,
+                            committed_offset: -1,
+                            committed_leader_epoch: -1,
+                            metadata: Some(s("")),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                });
             ResponseBody::OffsetFetch(OffsetFetchResponse {
                 topics: old.collect(),
                 groups: o
@@ -376,11 +413,13 @@ fn answer(body: RequestBody, addr: SocketAddr, supported: &SupportedApis) -> Opt
                 ..Default::default()
             })
         }
-        RequestBody::InitProducerId(_) => ResponseBody::InitProducerId(init_producer_id_response::InitProducerIdResponse {
-            producer_id: 1000,
-            producer_epoch: 0,
-            ..Default::default()
-        }),
+        RequestBody::InitProducerId(_) => {
+            ResponseBody::InitProducerId(init_producer_id_response::InitProducerIdResponse {
+                producer_id: 1000,
+                producer_epoch: 0,
+                ..Default::default()
+            })
+        }
         RequestBody::LeaveGroup(l) => {
             use leave_group_response::*;
             ResponseBody::LeaveGroup(LeaveGroupResponse {

@@ -554,6 +554,41 @@ mod tests {
     }
 
     #[test]
+    fn produce_records_are_views_of_the_frame_not_copies() {
+        use crate::messages::produce_request::*;
+        let records = Bytes::from(vec![0xabu8; 10_000]);
+        let body = RequestBody::Produce(ProduceRequest {
+            acks: -1,
+            topic_data: vec![TopicProduceData {
+                name: "t".into(),
+                partition_data: vec![PartitionProduceData {
+                    index: 3,
+                    records: Some(records.clone()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        for v in [3, 8, 9, 11] {
+            let frame = concat(&encode_request(1, Some("p"), v, &body).unwrap()).slice(4..);
+            let req = decode_request(&frame, &SupportedApis::all()).unwrap();
+            let RequestBody::Produce(p) = req.body else {
+                panic!("not produce")
+            };
+            let got = p.topic_data[0].partition_data[0].records.clone().unwrap();
+            assert_eq!(got, records);
+            let range = frame.as_ptr() as usize..frame.as_ptr() as usize + frame.len();
+            assert!(
+                range.contains(&(got.as_ptr() as usize)),
+                "v{v}: records were copied"
+            );
+            let name_at = p.topic_data[0].name.as_bytes().as_ptr() as usize;
+            assert!(range.contains(&name_at), "v{v}: topic name was copied");
+        }
+    }
+
+    #[test]
     fn fuzz_hook_accepts_valid_and_garbage_input() {
         fuzz_request(&metadata_frame(12).slice(4..));
         fuzz_request(&[]);

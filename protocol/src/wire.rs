@@ -415,8 +415,11 @@ pub fn array_items<'a, T>(
     n: usize,
     mut item: impl FnMut(&'a [u8]) -> PResult<'a, T>,
 ) -> PResult<'a, Vec<T>> {
-    // `n` is at most the bytes left, and every element takes at least one.
-    let mut v = Vec::with_capacity(n);
+    // `n` is at most the bytes left, and every element takes at least one
+    // byte on the wire. The first reservation is also capped by bytes: an
+    // array that claims more than the frame holds never reserves more memory
+    // than the frame's size; real elements grow the vector as they arrive.
+    let mut v = Vec::with_capacity(n.min(i.len() / std::mem::size_of::<T>().max(1)));
     for _ in 0..n {
         let (rest, x) = item(i)?;
         i = rest;

@@ -26,6 +26,15 @@ fn every_message_round_trips_at_every_version() {
         "round trip: {} messages, {pairs} (message, version) pairs, {SEEDS_PER_VERSION} samples each",
         ROUND_TRIPS.len()
     );
-    assert!(ROUND_TRIPS.len() >= 180, "only {} messages generated", ROUND_TRIPS.len());
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        ROUND_TRIPS.len() >= 180,
+        "only {} messages generated",
+        ROUND_TRIPS.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

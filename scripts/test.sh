@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Ferry's one test command: installs what the tests need, then runs every
+# gate. CI runs it through .ci/run; run it the same way on your machine:
+#
+#     scripts/test.sh
+#
+# Steps: install kcat and the Python Kafka clients (only if missing), then
+# cargo fmt --check, cargo clippy -D warnings, and cargo test for the whole
+# workspace. Any failure stops the script with a non-zero exit and names the
+# step. Set FERRY_TEST_SKIP_INSTALL=1 to skip the install step.
+set -Eeuo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# Pinned client versions, for the golden-capture script's self-check and for
+# regenerating fixtures (protocol/tests/golden/capture.py).
+CONFLUENT_KAFKA_VERSION=2.16.1
+KAFKA_PYTHON_VERSION=3.0.12
+
+STEP="setup"
+START_S=$SECONDS
+trap 'status=$?; echo; echo "scripts/test.sh: FAILED at step \"$STEP\" (exit $status) after $((SECONDS - START_S))s" >&2; exit $status' ERR
+
+step() {
+    STEP="$1"
+    echo
+    echo "==> $STEP ($((SECONDS - START_S))s)"
+}
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null; then
+        sudo "$@"
+    else
+        echo "need root (or sudo) for: $*" >&2
+        return 1
+    fi
+}
+
+install_debian_packages() {
+    local missing=()
+    command -v kcat >/dev/null || missing+=(kcat)
+    if [ ${#missing[@]} -eq 0 ]; then
+        echo "Debian packages: already installed"
+        return 0
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    # Try the package lists the machine has; update them only if that fails.
+    if ! as_root apt-get install -y --no-install-recommends "${missing[@]}"; then
+        as_root apt-get update
+        as_root apt-get install -y --no-install-recommends "${missing[@]}"
+    fi
+}
+
+install_python_packages() {
+    local wanted=("confluent-kafka==$CONFLUENT_KAFKA_VERSION" "kafka-python==$KAFKA_PYTHON_VERSION")
+    if python3 - "${wanted[@]}" <<'PY'
+import sys
+from importlib.metadata import PackageNotFoundError, version
+for spec in sys.argv[1:]:
+    name, wanted = spec.split("==")
+    try:
+        if version(name) != wanted:
+            sys.exit(1)
+    except PackageNotFoundError:
+        sys.exit(1)
+PY
+    then
+        echo "Python packages: already installed"
+        return 0
+    fi
+    python3 -m pip install --disable-pip-version-check --no-input --quiet --root-user-action=ignore "${wanted[@]}"
+}
+
+require_tool() {
+    if ! "$@" >/dev/null 2>&1; then
+        echo "missing tool: '$*' does not run (rustup component add rustfmt clippy)" >&2
+        return 1
+    fi
+}
+
+if [ "${FERRY_TEST_SKIP_INSTALL:-0}" != 1 ]; then
+    step "install test dependencies"
+    install_debian_packages
+    install_python_packages
+fi
+
+step "check tools and clients"
+require_tool cargo fmt --version
+require_tool cargo clippy --version
+python3 protocol/tests/golden/capture.py --check-clients
+
+# Use the committed lock file when there is one, so CI builds what was tested.
+locked=()
+if [ -f Cargo.lock ] && git ls-files --error-unmatch Cargo.lock >/dev/null 2>&1; then
+    locked=(--locked)
+fi
+
+step "cargo fmt --check"
+cargo fmt --all --check
+# The fuzz crate is outside the workspace; rustfmt checks its files directly
+# (cargo fmt would have to resolve its dependencies first).
+rustfmt --edition 2021 --check protocol/fuzz/fuzz_targets/*.rs
+
+step "cargo clippy -D warnings"
+cargo clippy "${locked[@]}" --workspace --all-targets -- -D warnings
+
+step "cargo test"
+test_log=$(mktemp)
+cargo test "${locked[@]}" --workspace 2>&1 | tee "$test_log"
+# One closing count over every test binary, so the last line speaks for the
+# whole run rather than for the last (possibly empty) binary.
+read -r passed failed < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;/) p += $i; if ($(i+1) ~ /^failed;/) f += $i } } END { print p + 0, f + 0 }' "$test_log")
+rm -f "$test_log"
+if [ "$passed" -eq 0 ]; then
+    echo "cargo test ran no test" >&2
+    false
+fi
+
+trap - ERR
+echo
+echo "scripts/test.sh: OK: install, fmt, clippy and every test passed in $((SECONDS - START_S))s"
+echo "tests: $passed passed, $failed failed"
