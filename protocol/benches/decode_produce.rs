@@ -103,7 +103,7 @@ fn decode_and_check(frame: &Bytes, supported: &SupportedApis) -> usize {
             let Some(records) = &part.records else {
                 continue;
             };
-            for batch in RecordBatches::new(records.clone()) {
+            for batch in RecordBatches::new(records.to_bytes()) {
                 let batch: RecordBatch = batch.unwrap();
                 batch.verify_crc().unwrap();
                 n += 1;

@@ -363,7 +363,7 @@ fn answer(body: RequestBody, addr: SocketAddr, supported: &SupportedApis) -> Opt
                                 high_watermark: 0,
                                 last_stable_offset: 0,
                                 log_start_offset: 0,
-                                records: Some(Bytes::new()),
+                                records: Some(Default::default()),
                                 ..Default::default()
                             })
                             .collect(),

@@ -563,7 +563,7 @@ mod tests {
                 name: "t".into(),
                 partition_data: vec![PartitionProduceData {
                     index: 3,
-                    records: Some(records.clone()),
+                    records: Some(records.clone().into()),
                     ..Default::default()
                 }],
                 ..Default::default()
@@ -576,7 +576,11 @@ mod tests {
             let RequestBody::Produce(p) = req.body else {
                 panic!("not produce")
             };
-            let got = p.topic_data[0].partition_data[0].records.clone().unwrap();
+            let got = p.topic_data[0].partition_data[0]
+                .records
+                .as_ref()
+                .unwrap()
+                .to_bytes();
             assert_eq!(got, records);
             let range = frame.as_ptr() as usize..frame.as_ptr() as usize + frame.len();
             assert!(

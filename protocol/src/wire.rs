@@ -207,6 +207,103 @@ impl PartialEq<&str> for KStr {
     }
 }
 
+/// The contents of a `records` field: the bytes of zero or more record
+/// batches. Decoded, it is one view of the frame. Built by a broker for a
+/// fetch response, it can be several views (cached batches, patched
+/// headers) that the [`Writer`] emits as segments without joining them.
+#[derive(Clone, Default)]
+pub struct RecordSet {
+    first: Bytes,
+    more: Vec<Bytes>,
+}
+
+impl RecordSet {
+    pub fn from_segments(segments: impl IntoIterator<Item = Bytes>) -> RecordSet {
+        let mut set = RecordSet::default();
+        for s in segments {
+            set.push(s);
+        }
+        set
+    }
+
+    /// Appends a segment (no copy).
+    pub fn push(&mut self, b: Bytes) {
+        if b.is_empty() {
+            return;
+        }
+        if self.first.is_empty() && self.more.is_empty() {
+            self.first = b;
+        } else {
+            self.more.push(b);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.first.len() + self.more.iter().map(Bytes::len).sum::<usize>()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn segments(&self) -> impl Iterator<Item = &Bytes> {
+        std::iter::once(&self.first)
+            .chain(self.more.iter())
+            .filter(|b| !b.is_empty())
+    }
+
+    /// The bytes in one buffer: a view, with no copy, when there is one
+    /// segment (always the case for decoded requests).
+    pub fn to_bytes(&self) -> Bytes {
+        if self.more.is_empty() {
+            return self.first.clone();
+        }
+        let mut out = BytesMut::with_capacity(self.len());
+        for s in self.segments() {
+            out.put_slice(s);
+        }
+        out.freeze()
+    }
+}
+
+impl From<Bytes> for RecordSet {
+    fn from(b: Bytes) -> RecordSet {
+        RecordSet {
+            first: b,
+            more: Vec::new(),
+        }
+    }
+}
+
+impl From<Vec<u8>> for RecordSet {
+    fn from(v: Vec<u8>) -> RecordSet {
+        Bytes::from(v).into()
+    }
+}
+
+impl PartialEq for RecordSet {
+    fn eq(&self, other: &RecordSet) -> bool {
+        self.len() == other.len()
+            && self
+                .segments()
+                .flat_map(|s| s.iter())
+                .eq(other.segments().flat_map(|s| s.iter()))
+    }
+}
+
+impl Eq for RecordSet {}
+
+impl std::fmt::Debug for RecordSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "RecordSet({} bytes in {} segments)",
+            self.len(),
+            self.segments().count()
+        )
+    }
+}
+
 /// A 128-bit Kafka UUID (topic ids, directory ids).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Uuid(pub [u8; 16]);
@@ -380,6 +477,23 @@ pub fn bytes<'a>(frame: &Bytes, i: &'a [u8], compact: bool) -> PResult<'a, Bytes
 
 pub fn nullable_bytes<'a>(frame: &Bytes, i: &'a [u8], compact: bool) -> PResult<'a, Option<Bytes>> {
     nullable_bytes_raw(frame, i, compact, "bytes")
+}
+
+pub fn nullable_records<'a>(
+    frame: &Bytes,
+    i: &'a [u8],
+    compact: bool,
+) -> PResult<'a, Option<RecordSet>> {
+    let (rest, b) = nullable_bytes_raw(frame, i, compact, "records")?;
+    Ok((rest, b.map(RecordSet::from)))
+}
+
+pub fn records<'a>(frame: &Bytes, i: &'a [u8], compact: bool) -> PResult<'a, RecordSet> {
+    let (rest, b) = nullable_bytes_raw(frame, i, compact, "records")?;
+    Ok((
+        rest,
+        non_null(i, b, "null for non-nullable records")?.into(),
+    ))
 }
 
 pub fn nullable_string<'a>(frame: &Bytes, i: &'a [u8], compact: bool) -> PResult<'a, Option<KStr>> {
@@ -651,6 +765,21 @@ impl Writer {
         Ok(())
     }
 
+    pub fn put_records(
+        &mut self,
+        r: Option<&RecordSet>,
+        compact: bool,
+        field: &'static str,
+    ) -> Result<(), EncodeError> {
+        self.put_len(r.map(RecordSet::len), compact, false, field)?;
+        if let Some(r) = r {
+            for s in r.segments() {
+                self.put_shared(s);
+            }
+        }
+        Ok(())
+    }
+
     pub fn put_array_len(
         &mut self,
         n: Option<usize>,
@@ -753,6 +882,32 @@ mod tests {
         );
         let frame = Bytes::from_static(b"\xff\xff\xff\xfe");
         assert!(bytes(&frame, &frame, false).is_err());
+    }
+
+    #[test]
+    fn record_sets_of_several_segments_encode_as_one_field() {
+        let a = Bytes::from(vec![1u8; SEGMENT_BYTES_MIN]);
+        let b = Bytes::from_static(b"header");
+        let c = Bytes::from(vec![2u8; SEGMENT_BYTES_MIN]);
+        let set = RecordSet::from_segments([a.clone(), b.clone(), c.clone()]);
+        assert_eq!(set.len(), a.len() + b.len() + c.len());
+        let mut w = Writer::new();
+        w.put_records(Some(&set), true, "records").unwrap();
+        let segs = w.into_segments();
+        // Large segments are passed through, not copied.
+        assert!(segs.iter().any(|s| s.as_ptr() == a.as_ptr()));
+        assert!(segs.iter().any(|s| s.as_ptr() == c.as_ptr()));
+        let frame = {
+            let mut all = BytesMut::new();
+            for s in &segs {
+                all.put_slice(s);
+            }
+            all.freeze()
+        };
+        let (rest, back) = records(&frame, &frame, true).unwrap();
+        assert!(rest.is_empty());
+        assert_eq!(back, set);
+        assert_eq!(back.segments().count(), 1);
     }
 
     #[test]

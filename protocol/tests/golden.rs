@@ -90,7 +90,7 @@ fn produce_carries_three_records_with_keys_values_and_headers() {
             assert_eq!(p.topic_data[0].name, TOPIC, "{name}");
             let part = &p.topic_data[0].partition_data[0];
             assert_eq!(part.index, 0);
-            let records = part.records.clone().expect("records");
+            let records = part.records.as_ref().expect("records").to_bytes();
             let mut keys = Vec::new();
             for batch in RecordBatches::new(records) {
                 let batch = batch.unwrap_or_else(|e| panic!("{name}: {e}"));
