@@ -1,9 +1,37 @@
-//! The Ferry broker. Nothing is built here yet.
+//! The Ferry broker.
 //!
-//! # Layout (planned, see the single-node issue)
+//! # Layout
 //!
-//! Shards (one glommio executor per core), connections, partitions, the
-//! per-shard log cache, consumer groups, the zone router, the coordinator
-//! client and metrics, and the `ferry` binary. Until that work lands this
-//! crate is deliberately empty: no placeholder functions and no placeholder
-//! tests.
+//! - [`server`]: starts a node: one glommio executor (shard) per core, each
+//!   with its own SO_REUSEPORT listener, joined by a channel mesh.
+//! - [`conn`]: one client connection: frames in, handlers spawned at once,
+//!   responses out in request order.
+//! - [`api`]: the Kafka APIs, from decoded request to response body.
+//! - [`shard`]: a shard's partitions and log cache, and the messages shards
+//!   send each other for partitions they do not own.
+//! - [`partition`]: one partition's log: checks, offsets, idempotent
+//!   producers, the high watermark, cached batch bytes.
+//! - [`topics`]: the node-wide topic table, read by shards without locks.
+//! - [`durable`]: what shards need from the WAL, and an in-memory stand-in.
+//! - [`node`]: what every shard of a node shares.
+//! - [`metrics`]: counters and latency histograms, in Prometheus format.
+//! - [`config`]: `server.properties` and AutoMQ's keys.
+//! - [`group`]: the classic consumer-group coordinator, as a state machine.
+//!
+//! A produce request goes: [`conn::serve`] cuts and decodes the frame,
+//! [`api::handle`] splits it by partition, [`shard::Shard::produce`] sends
+//! each part to the owning shard, where [`partition::PartitionLog::append`]
+//! checks and places the batch, the durable log makes it durable, and the
+//! answer travels back the same way.
+
+pub mod api;
+pub mod config;
+pub mod conn;
+pub mod durable;
+pub mod group;
+pub mod metrics;
+pub mod node;
+pub mod partition;
+pub mod server;
+pub mod shard;
+pub mod topics;

@@ -1,0 +1,677 @@
+//! The Kafka APIs: one function per request, from a decoded request to its
+//! response body. Partition work goes through the [`Shard`] calls, which find
+//! the owning shard; this file only splits requests by partition and puts the
+//! answers back together.
+
+use crate::shard::{now_ms, Shard};
+use crate::topics::TopicError;
+use bytes::Bytes;
+use ferry_protocol::error_code::ErrorCode;
+use ferry_protocol::frame::{Request, SupportedApis};
+use ferry_protocol::messages::*;
+use ferry_protocol::wire::{KStr, VersionRange};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The APIs and versions this node implements, and so advertises.
+pub fn supported_apis() -> SupportedApis {
+    let r = |min, max| VersionRange { min, max };
+    SupportedApis::new([
+        // Produce from v3: record batches (magic 2) only.
+        (0, r(3, 11)),
+        // Fetch from v4: magic 2 only.
+        (1, r(4, 16)),
+        (2, r(1, 9)),
+        (3, r(1, 12)),
+        (18, r(0, 4)),
+        (19, r(2, 7)),
+        (20, r(1, 6)),
+        (22, r(0, 5)),
+        (17, r(0, 1)),
+        (37, r(0, 3)),
+        (60, r(0, 1)),
+    ])
+}
+
+fn s(x: &str) -> KStr {
+    x.into()
+}
+
+/// Answers a request; `None` for requests that get no answer (acks=0).
+pub async fn handle(shard: &Rc<Shard>, req: Request) -> Option<ResponseBody> {
+    let v = req.api_version();
+    Some(match req.body {
+        RequestBody::ApiVersions(_) => {
+            ResponseBody::ApiVersions(api_versions_response::ApiVersionsResponse {
+                api_keys: shard.ctx.supported.api_versions(),
+                ..Default::default()
+            })
+        }
+        RequestBody::Metadata(m) => ResponseBody::Metadata(metadata(shard, m, v).await),
+        RequestBody::Produce(p) => return produce(shard, p).await.map(ResponseBody::Produce),
+        RequestBody::Fetch(f) => ResponseBody::Fetch(fetch(shard, f).await),
+        RequestBody::ListOffsets(l) => ResponseBody::ListOffsets(list_offsets(shard, l).await),
+        RequestBody::CreateTopics(c) => ResponseBody::CreateTopics(create_topics(shard, c).await),
+        RequestBody::DeleteTopics(d) => ResponseBody::DeleteTopics(delete_topics(shard, d).await),
+        RequestBody::CreatePartitions(c) => {
+            ResponseBody::CreatePartitions(create_partitions(shard, c).await)
+        }
+        RequestBody::InitProducerId(i) => ResponseBody::InitProducerId(init_producer_id(i)),
+        RequestBody::DescribeCluster(_) => ResponseBody::DescribeCluster(describe_cluster(shard)),
+        RequestBody::SaslHandshake(_) => {
+            ResponseBody::SaslHandshake(sasl_handshake_response::SaslHandshakeResponse {
+                // SASL is not configured: no mechanism is enabled.
+                error_code: ErrorCode::UNSUPPORTED_SASL_MECHANISM.code(),
+                mechanisms: vec![],
+                ..Default::default()
+            })
+        }
+        other => ResponseBody::default_for(other.api_key())?,
+    })
+}
+
+async fn persist_topics(shard: &Shard, table: &crate::topics::TopicTable) -> Result<(), String> {
+    let rx = shard
+        .ctx
+        .durable
+        .put_meta("topics", Bytes::from(table.encode()));
+    match rx.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("the WAL is shut down".into()),
+    }
+}
+
+/// Creates a topic and persists the table before answering.
+async fn create_topic(
+    shard: &Shard,
+    name: &str,
+    partitions: i32,
+) -> Result<(), (ErrorCode, String)> {
+    let table = {
+        let _guard = shard.ctx.topic_changes.lock();
+        match shard.ctx.topics.create(name, partitions) {
+            Ok((_, table)) => table,
+            Err(e) => return Err((topic_error_code(&e), e.to_string())),
+        }
+    };
+    persist_topics(shard, &table)
+        .await
+        .map_err(|e| (ErrorCode::KAFKA_STORAGE_ERROR, e))?;
+    tracing::info!(topic = name, partitions, "topic created");
+    Ok(())
+}
+
+fn topic_error_code(e: &TopicError) -> ErrorCode {
+    match e {
+        TopicError::Exists(_) => ErrorCode::TOPIC_ALREADY_EXISTS,
+        TopicError::Unknown(_) => ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
+        TopicError::InvalidName(_) => ErrorCode::INVALID_TOPIC_EXCEPTION,
+        TopicError::InvalidPartitions(_) => ErrorCode::INVALID_PARTITIONS,
+        TopicError::Corrupt { .. } => ErrorCode::UNKNOWN_SERVER_ERROR,
+    }
+}
+
+async fn metadata(
+    shard: &Rc<Shard>,
+    m: metadata_request::MetadataRequest,
+    v: i16,
+) -> metadata_response::MetadataResponse {
+    use metadata_response::*;
+    let ctx = &shard.ctx;
+    let mut topics = Vec::new();
+    let requested: Option<Vec<(Option<KStr>, ferry_protocol::wire::Uuid)>> = match m.topics {
+        // v0 used an empty list for "all"; later versions use null.
+        Some(t) if !(t.is_empty() && v == 0) => {
+            Some(t.into_iter().map(|t| (t.name, t.topic_id)).collect())
+        }
+        _ => None,
+    };
+    let allow_create = ctx.auto_create_topics && (v < 4 || m.allow_auto_topic_creation);
+    let table_now = shard.topics.get();
+    let wanted: Vec<(Option<String>, ferry_protocol::wire::Uuid)> = match requested {
+        None => table_now
+            .iter()
+            .map(|t| (Some(t.name.to_string()), t.id))
+            .collect(),
+        Some(list) => list
+            .into_iter()
+            .map(|(n, id)| (n.map(|n| n.to_string()), id))
+            .collect(),
+    };
+    for (name, id) in wanted {
+        let table = shard.topics.get();
+        let info = match &name {
+            Some(n) => table.get(n).cloned(),
+            None => table.by_id(&id).cloned(),
+        };
+        let info = match (info, &name) {
+            (Some(i), _) => Some(i),
+            (None, Some(n)) if allow_create => {
+                match create_topic(shard, n, ctx.num_partitions).await {
+                    Ok(()) | Err((ErrorCode::TOPIC_ALREADY_EXISTS, _)) => {
+                        shard.topics.get().get(n).cloned()
+                    }
+                    Err((code, _)) => {
+                        topics.push(MetadataResponseTopic {
+                            error_code: code.code(),
+                            name: name.as_deref().map(s),
+                            ..Default::default()
+                        });
+                        continue;
+                    }
+                }
+            }
+            _ => None,
+        };
+        let Some(info) = info else {
+            topics.push(MetadataResponseTopic {
+                error_code: ErrorCode::UNKNOWN_TOPIC_OR_PARTITION.code(),
+                name: name.as_deref().map(s),
+                topic_id: id,
+                ..Default::default()
+            });
+            continue;
+        };
+        topics.push(MetadataResponseTopic {
+            name: Some(s(&info.name)),
+            topic_id: info.id,
+            partitions: (0..info.partitions)
+                .map(|p| MetadataResponsePartition {
+                    partition_index: p,
+                    leader_id: ctx.node_id,
+                    leader_epoch: 0,
+                    replica_nodes: vec![ctx.node_id],
+                    isr_nodes: vec![ctx.node_id],
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        });
+    }
+    MetadataResponse {
+        brokers: vec![MetadataResponseBroker {
+            node_id: ctx.node_id,
+            host: s(&ctx.advertised_host),
+            port: i32::from(ctx.advertised_port),
+            rack: ctx.rack.as_deref().map(s),
+            ..Default::default()
+        }],
+        cluster_id: Some(s(&ctx.cluster_id)),
+        controller_id: ctx.node_id,
+        topics,
+        ..Default::default()
+    }
+}
+
+async fn produce(
+    shard: &Rc<Shard>,
+    p: produce_request::ProduceRequest,
+) -> Option<produce_response::ProduceResponse> {
+    use produce_response::*;
+    let started = Instant::now();
+    let acks = p.acks;
+    if p.transactional_id.is_some() {
+        // Transactions are not implemented: refuse rather than mis-store.
+        let responses = p
+            .topic_data
+            .into_iter()
+            .map(|t| TopicProduceResponse {
+                name: t.name,
+                partition_responses: t
+                    .partition_data
+                    .into_iter()
+                    .map(|pd| PartitionProduceResponse {
+                        index: pd.index,
+                        error_code: ErrorCode::TRANSACTIONAL_ID_AUTHORIZATION_FAILED.code(),
+                        base_offset: -1,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .collect();
+        return Some(ProduceResponse {
+            responses,
+            ..Default::default()
+        });
+    }
+    // Every partition is handed to its owner at once; answers are awaited in
+    // request order.
+    let mut tasks = Vec::new();
+    for t in &p.topic_data {
+        let topic: Arc<str> = t.name.as_str().into();
+        for pd in &t.partition_data {
+            let records = pd
+                .records
+                .as_ref()
+                .map(|r| r.to_bytes())
+                .unwrap_or_default();
+            let sh = shard.clone();
+            let topic = topic.clone();
+            let (index, timeout) = (pd.index, p.timeout_ms);
+            tasks.push(glommio::spawn_local(async move {
+                sh.produce(topic, index, records, acks, timeout).await
+            }));
+        }
+    }
+    let mut results = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        results.push(t.await);
+    }
+    shard
+        .ctx
+        .metrics
+        .produce_latency_us(started.elapsed().as_micros() as u64);
+    if acks == 0 {
+        return None;
+    }
+    let mut results = results.into_iter();
+    let responses = p
+        .topic_data
+        .into_iter()
+        .map(|t| TopicProduceResponse {
+            name: t.name,
+            partition_responses: t
+                .partition_data
+                .iter()
+                .filter_map(|pd| {
+                    let r = results.next()?;
+                    if r.error.is_err() {
+                        shard.ctx.metrics.error(r.error.code());
+                    }
+                    Some(PartitionProduceResponse {
+                        index: pd.index,
+                        error_code: r.error.code(),
+                        base_offset: r.base_offset,
+                        log_append_time_ms: -1,
+                        log_start_offset: r.log_start,
+                        error_message: r.message.map(KStr::from),
+                        ..Default::default()
+                    })
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .collect();
+    Some(ProduceResponse {
+        responses,
+        ..Default::default()
+    })
+}
+
+async fn fetch(shard: &Rc<Shard>, f: fetch_request::FetchRequest) -> fetch_response::FetchResponse {
+    use fetch_response::*;
+    let started = Instant::now();
+    let deadline = started + Duration::from_millis(f.max_wait_ms.clamp(0, 60_000) as u64);
+    let min_bytes = f.min_bytes.max(0) as usize;
+    let mut response_bytes_max = if f.max_bytes > 0 {
+        f.max_bytes as usize
+    } else {
+        usize::MAX
+    };
+    let table = shard.topics.get();
+    // Resolve names (v12 and below) or ids (v13+).
+    let topics: Vec<(Option<Arc<str>>, &fetch_request::FetchTopic)> = f
+        .topics
+        .iter()
+        .map(|t| {
+            let name = if t.topic.is_empty() {
+                table.by_id(&t.topic_id).map(|i| i.name.clone())
+            } else {
+                Some(Arc::from(t.topic.as_str()))
+            };
+            (name, t)
+        })
+        .collect();
+    loop {
+        let mut tasks = Vec::new();
+        for (name, t) in &topics {
+            for p in &t.partitions {
+                let max = (p.partition_max_bytes.max(0) as usize).min(response_bytes_max);
+                let sh = shard.clone();
+                let name = name.clone();
+                let (part, offset) = (p.partition, p.fetch_offset);
+                tasks.push(glommio::spawn_local(async move {
+                    match name {
+                        Some(n) => Some(sh.fetch(n, part, offset, max).await),
+                        None => None,
+                    }
+                }));
+            }
+        }
+        let mut results = Vec::with_capacity(tasks.len());
+        let mut total = 0usize;
+        for t in tasks {
+            let r = t.await;
+            if let Some(r) = &r {
+                total += r.records.len();
+            }
+            results.push(r);
+        }
+        let now = Instant::now();
+        if total >= min_bytes.max(1) || now >= deadline || topics.is_empty() {
+            shard
+                .ctx
+                .metrics
+                .fetch_latency_us(started.elapsed().as_micros() as u64);
+            let mut results = results.into_iter();
+            let responses = topics
+                .iter()
+                .map(|(name, t)| FetchableTopicResponse {
+                    topic: t.topic.clone(),
+                    topic_id: t.topic_id,
+                    partitions: t
+                        .partitions
+                        .iter()
+                        .map(|p| {
+                            let r = results.next().flatten();
+                            let mut out = PartitionData {
+                                partition_index: p.partition,
+                                high_watermark: -1,
+                                last_stable_offset: -1,
+                                log_start_offset: -1,
+                                preferred_read_replica: -1,
+                                records: Some(Default::default()),
+                                ..Default::default()
+                            };
+                            match r {
+                                None => {
+                                    out.error_code = if name.is_none() {
+                                        ErrorCode::UNKNOWN_TOPIC_ID.code()
+                                    } else {
+                                        ErrorCode::UNKNOWN_TOPIC_OR_PARTITION.code()
+                                    }
+                                }
+                                Some(r) => {
+                                    out.error_code = r.error.code();
+                                    out.high_watermark = r.high_watermark;
+                                    out.last_stable_offset = r.high_watermark;
+                                    out.log_start_offset = r.log_start;
+                                    response_bytes_max =
+                                        response_bytes_max.saturating_sub(r.records.len());
+                                    out.records = Some(r.records);
+                                }
+                            }
+                            out
+                        })
+                        .collect(),
+                    ..Default::default()
+                })
+                .collect();
+            return FetchResponse {
+                responses,
+                ..Default::default()
+            };
+        }
+        // Long poll: wake on the first partition that gets data, or at the
+        // deadline.
+        let (tx, rx) = futures_channel::mpsc::unbounded::<()>();
+        let mut waits = Vec::new();
+        for (name, t) in &topics {
+            let Some(name) = name else { continue };
+            for p in &t.partitions {
+                let sh = shard.clone();
+                let (name, part, offset, tx) =
+                    (name.clone(), p.partition, p.fetch_offset, tx.clone());
+                waits.push(glommio::spawn_local(async move {
+                    sh.wait(name, part, offset).await;
+                    let _ = tx.unbounded_send(());
+                }));
+            }
+        }
+        drop(tx);
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut rx = rx;
+        let _ = glommio::timer::timeout(left, async {
+            use futures_lite::StreamExt;
+            let _ = rx.next().await;
+            Ok(())
+        })
+        .await;
+        for w in waits {
+            let _ = w.cancel().await;
+        }
+    }
+}
+
+async fn list_offsets(
+    shard: &Rc<Shard>,
+    l: list_offsets_request::ListOffsetsRequest,
+) -> list_offsets_response::ListOffsetsResponse {
+    use list_offsets_response::*;
+    let mut topics = Vec::new();
+    for t in l.topics {
+        let topic: Arc<str> = t.name.as_str().into();
+        let mut parts = Vec::new();
+        for p in t.partitions {
+            let r = shard
+                .list_offset(topic.clone(), p.partition_index, p.timestamp)
+                .await;
+            parts.push(ListOffsetsPartitionResponse {
+                partition_index: p.partition_index,
+                error_code: r.error.code(),
+                old_style_offsets: if r.offset >= 0 {
+                    vec![r.offset]
+                } else {
+                    vec![]
+                },
+                timestamp: r.timestamp,
+                offset: r.offset,
+                leader_epoch: 0,
+                ..Default::default()
+            });
+        }
+        topics.push(ListOffsetsTopicResponse {
+            name: t.name,
+            partitions: parts,
+            ..Default::default()
+        });
+    }
+    ListOffsetsResponse {
+        topics,
+        ..Default::default()
+    }
+}
+
+async fn create_topics(
+    shard: &Rc<Shard>,
+    c: create_topics_request::CreateTopicsRequest,
+) -> create_topics_response::CreateTopicsResponse {
+    use create_topics_response::*;
+    let mut out = Vec::new();
+    for t in c.topics {
+        let partitions = if t.num_partitions == -1 {
+            shard.ctx.num_partitions
+        } else {
+            t.num_partitions
+        };
+        let result = if !t.assignments.is_empty() {
+            Err((
+                ErrorCode::INVALID_REQUEST,
+                "manual replica assignment is not supported".to_string(),
+            ))
+        } else if t.replication_factor != -1 && t.replication_factor != 1 {
+            // The bucket is the replication: Ferry keeps one copy per partition.
+            Err((
+                ErrorCode::INVALID_REPLICATION_FACTOR,
+                "Ferry keeps data in the bucket; use replication factor 1 or -1".to_string(),
+            ))
+        } else if c.validate_only {
+            crate::topics::validate_name(&t.name).map_err(|e| (topic_error_code(&e), e.to_string()))
+        } else {
+            create_topic(shard, &t.name, partitions).await
+        };
+        let id = shard
+            .topics
+            .get()
+            .get(&t.name)
+            .map(|i| i.id)
+            .unwrap_or_default();
+        let (code, msg) = match result {
+            Ok(()) => (ErrorCode::NONE, None),
+            Err((code, msg)) => (code, Some(s(&msg))),
+        };
+        out.push(CreatableTopicResult {
+            name: t.name,
+            topic_id: id,
+            error_code: code.code(),
+            error_message: msg,
+            num_partitions: if code.is_ok() { partitions } else { -1 },
+            replication_factor: if code.is_ok() { 1 } else { -1 },
+            configs: Some(vec![]),
+            ..Default::default()
+        });
+    }
+    CreateTopicsResponse {
+        topics: out,
+        ..Default::default()
+    }
+}
+
+async fn delete_topics(
+    shard: &Rc<Shard>,
+    d: delete_topics_request::DeleteTopicsRequest,
+) -> delete_topics_response::DeleteTopicsResponse {
+    use delete_topics_response::*;
+    let table = shard.topics.get();
+    let mut names: Vec<(Option<String>, ferry_protocol::wire::Uuid)> = d
+        .topic_names
+        .iter()
+        .map(|n| (Some(n.to_string()), Default::default()))
+        .collect();
+    names.extend(
+        d.topics
+            .iter()
+            .map(|t| (t.name.as_ref().map(|n| n.to_string()), t.topic_id)),
+    );
+    let mut out = Vec::new();
+    for (name, id) in names {
+        let name = name.or_else(|| table.by_id(&id).map(|i| i.name.to_string()));
+        let result = match &name {
+            None => Err((ErrorCode::UNKNOWN_TOPIC_ID, "unknown topic id".to_string())),
+            Some(n) => {
+                let r = {
+                    let _guard = shard.ctx.topic_changes.lock();
+                    shard.ctx.topics.delete(n)
+                };
+                match r {
+                    Ok((info, table)) => {
+                        shard.forget_topic(&info.name);
+                        persist_topics(shard, &table)
+                            .await
+                            .map_err(|e| (ErrorCode::KAFKA_STORAGE_ERROR, e))
+                    }
+                    Err(e) => Err((topic_error_code(&e), e.to_string())),
+                }
+            }
+        };
+        let (code, msg) = match result {
+            Ok(()) => (ErrorCode::NONE, None),
+            Err((c, m)) => (c, Some(s(&m))),
+        };
+        out.push(DeletableTopicResult {
+            name: name.as_deref().map(s),
+            topic_id: id,
+            error_code: code.code(),
+            error_message: msg,
+            ..Default::default()
+        });
+    }
+    DeleteTopicsResponse {
+        responses: out,
+        ..Default::default()
+    }
+}
+
+async fn create_partitions(
+    shard: &Rc<Shard>,
+    c: create_partitions_request::CreatePartitionsRequest,
+) -> create_partitions_response::CreatePartitionsResponse {
+    use create_partitions_response::*;
+    let mut results = Vec::new();
+    for t in c.topics {
+        let r = if c.validate_only {
+            Ok(())
+        } else {
+            let r = {
+                let _guard = shard.ctx.topic_changes.lock();
+                shard.ctx.topics.add_partitions(&t.name, t.count)
+            };
+            match r {
+                Ok(table) => persist_topics(shard, &table)
+                    .await
+                    .map_err(|e| (ErrorCode::KAFKA_STORAGE_ERROR, e)),
+                Err(e) => Err((topic_error_code(&e), e.to_string())),
+            }
+        };
+        let (code, msg) = match r {
+            Ok(()) => (ErrorCode::NONE, None),
+            Err((c, m)) => (c, Some(s(&m))),
+        };
+        results.push(CreatePartitionsTopicResult {
+            name: t.name,
+            error_code: code.code(),
+            error_message: msg,
+            ..Default::default()
+        });
+    }
+    CreatePartitionsResponse {
+        results,
+        ..Default::default()
+    }
+}
+
+/// Producer ids: the start time in milliseconds shifted left by 10 bits,
+/// plus a counter. They stay unique across restarts as long as the clock
+/// does not run backwards and fewer than 1024 ids are handed out per
+/// millisecond of uptime.
+static NEXT_PRODUCER_ID: AtomicI64 = AtomicI64::new(0);
+
+fn init_producer_id(
+    i: init_producer_id_request::InitProducerIdRequest,
+) -> init_producer_id_response::InitProducerIdResponse {
+    use init_producer_id_response::*;
+    if i.transactional_id.is_some() {
+        return InitProducerIdResponse {
+            error_code: ErrorCode::TRANSACTIONAL_ID_AUTHORIZATION_FAILED.code(),
+            producer_id: -1,
+            producer_epoch: -1,
+            ..Default::default()
+        };
+    }
+    let _ =
+        NEXT_PRODUCER_ID.compare_exchange(0, now_ms() << 10, Ordering::AcqRel, Ordering::Acquire);
+    // A client bumping its own epoch (KIP-360) keeps its id.
+    let (id, epoch) = if i.producer_id >= 0 && i.producer_epoch >= 0 && i.producer_epoch < i16::MAX
+    {
+        (i.producer_id, i.producer_epoch + 1)
+    } else {
+        (NEXT_PRODUCER_ID.fetch_add(1, Ordering::AcqRel), 0)
+    };
+    InitProducerIdResponse {
+        producer_id: id,
+        producer_epoch: epoch,
+        ..Default::default()
+    }
+}
+
+fn describe_cluster(shard: &Shard) -> describe_cluster_response::DescribeClusterResponse {
+    use describe_cluster_response::*;
+    let ctx = &shard.ctx;
+    DescribeClusterResponse {
+        cluster_id: s(&ctx.cluster_id),
+        controller_id: ctx.node_id,
+        endpoint_type: 1,
+        brokers: vec![DescribeClusterBroker {
+            broker_id: ctx.node_id,
+            host: s(&ctx.advertised_host),
+            port: i32::from(ctx.advertised_port),
+            rack: ctx.rack.as_deref().map(s),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}

@@ -1,0 +1,132 @@
+//! One client connection, on the shard that accepted it.
+//!
+//! The reader cuts frames (refusing any larger than
+//! `socket.request.max.bytes` from the size prefix alone), decodes each and
+//! spawns its handler at once, so a client's pipelined requests are worked on
+//! together. The writer awaits the handlers in the order the requests came
+//! and writes each response as segments, so responses leave in request
+//! order, as Kafka clients require. At most `INFLIGHT_REQUESTS_MAX` requests
+//! per connection are in flight; beyond that the reader waits.
+
+use crate::shard::Shard;
+use bytes::{Bytes, BytesMut};
+use ferry_protocol::frame::{self, FrameReader};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+
+/// Requests one connection may have in flight.
+pub const INFLIGHT_REQUESTS_MAX: usize = 64;
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// What the writer is given per request: the response segments, or `None`
+/// for no response (acks=0), or an instruction to close.
+enum Out {
+    Respond(glommio::Task<Option<Vec<Bytes>>>),
+    Close,
+}
+
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    let peer = stream.peer_addr().ok();
+    let _ = stream.set_nodelay(true);
+    shard.ctx.metrics.connections.fetch_add(1, Relaxed);
+    let (mut rd, mut wr) = futures_lite::io::split(stream);
+    let (tx, rx) = glommio::channels::local_channel::new_bounded::<Out>(INFLIGHT_REQUESTS_MAX);
+    let metrics_shard = shard.clone();
+    let writer = glommio::spawn_local(async move {
+        while let Some(out) = rx.recv().await {
+            let handle = match out {
+                Out::Respond(h) => h,
+                Out::Close => break,
+            };
+            let Some(segs) = handle.await else { continue };
+            let mut n = 0;
+            for s in &segs {
+                if wr.write_all(s).await.is_err() {
+                    return;
+                }
+                n += s.len();
+            }
+            metrics_shard
+                .ctx
+                .metrics
+                .bytes_out
+                .fetch_add(n as u64, Relaxed);
+        }
+        let _ = wr.close().await;
+    });
+    let reader = FrameReader::new(shard.ctx.frame_bytes_max);
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    'conn: loop {
+        // Reserve what the next frame needs, once its size is known and
+        // checked; a small read buffer otherwise.
+        let need = match reader.bytes_needed(&buf) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::info!(peer = ?peer, error = %e, "closing connection");
+                break;
+            }
+        };
+        if need > 0 {
+            buf.reserve(need.max(READ_CHUNK_BYTES));
+            let len = buf.len();
+            let cap = buf.capacity();
+            buf.resize(cap, 0);
+            let n = match rd.read(&mut buf[len..]).await {
+                Ok(0) | Err(_) => {
+                    buf.truncate(len);
+                    break;
+                }
+                Ok(n) => n,
+            };
+            buf.truncate(len + n);
+            shard.ctx.metrics.bytes_in.fetch_add(n as u64, Relaxed);
+        }
+        loop {
+            let f = match reader.next_frame(&mut buf) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::info!(peer = ?peer, error = %e, "closing connection");
+                    break 'conn;
+                }
+            };
+            let req = match frame::decode_request(&f, &shard.ctx.supported) {
+                Ok(r) => r,
+                Err(e) => {
+                    if let Some(answer) = e.answer(&shard.ctx.supported) {
+                        let h = glommio::spawn_local(async move { Some(answer) });
+                        if tx.send(Out::Respond(h)).await.is_err() {
+                            break 'conn;
+                        }
+                        continue;
+                    }
+                    tracing::info!(peer = ?peer, error = %e, "undecodable request, closing connection");
+                    break 'conn;
+                }
+            };
+            shard.ctx.metrics.request(req.api_key());
+            let sh = shard.clone();
+            let h = glommio::spawn_local(async move {
+                let correlation_id = req.correlation_id();
+                let version = req.api_version();
+                let body = crate::api::handle(&sh, req).await?;
+                match frame::encode_response(correlation_id, version, &body) {
+                    Ok(segs) => Some(segs),
+                    Err(e) => {
+                        tracing::error!(error = %e, "response could not be encoded");
+                        None
+                    }
+                }
+            });
+            if tx.send(Out::Respond(h)).await.is_err() {
+                break 'conn;
+            }
+        }
+    }
+    let _ = tx.send(Out::Close).await;
+    drop(tx);
+    writer.await;
+    shard.ctx.metrics.connections.fetch_sub(1, Relaxed);
+}

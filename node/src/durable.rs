@@ -1,0 +1,153 @@
+//! What the shards need from the WAL: append a batch and learn when it is
+//! durable, and read a durable batch back. Shards are glommio executors, not
+//! tokio, so both answers come back through `futures_channel::oneshot`, which
+//! any executor can await.
+//!
+//! The implementation over the `ferry-wal` writer lives in [`crate::wal_log`];
+//! tests can put their own in its place.
+
+use bytes::Bytes;
+use futures_channel::oneshot;
+use std::sync::Arc;
+
+/// Where a durable batch lives: an object and a byte range in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub object_key: Arc<str>,
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// One batch to make durable, as segments that are written without joining.
+#[derive(Debug, Clone)]
+pub struct AppendEntry {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub max_timestamp: i64,
+    pub record_count: i32,
+    pub segments: [Bytes; 2],
+}
+
+impl AppendEntry {
+    pub fn len(&self) -> usize {
+        self.segments.iter().map(Bytes::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum DurableError {
+    /// Too much data is waiting for the bucket: retry later.
+    #[error("WAL backpressure: {0} bytes are waiting for the bucket")]
+    Backpressure(u64),
+    #[error("WAL write failed: {0}")]
+    Failed(String),
+    #[error("read of {key} failed: {error}")]
+    Read { key: String, error: String },
+    #[error("the WAL is shut down")]
+    Closed,
+}
+
+pub type AppendAck = oneshot::Receiver<Result<Location, DurableError>>;
+pub type ReadAck = oneshot::Receiver<Result<Bytes, DurableError>>;
+
+/// The node's durable log. `Send + Sync`: one for the node, shared by every
+/// shard; implementations hand work to their own threads.
+pub trait DurableLog: Send + Sync + 'static {
+    /// Checks there is room for `bytes` more before offsets are assigned, so
+    /// that a refused batch never consumes offsets.
+    fn reserve(&self, bytes: usize) -> Result<(), DurableError>;
+
+    /// Queues `entry` for the next WAL object; the answer comes once that
+    /// object is in the bucket. The room was taken by [`DurableLog::reserve`].
+    fn append(&self, entry: AppendEntry) -> AppendAck;
+
+    /// Reads a durable batch back from the bucket.
+    fn read(&self, location: &Location) -> ReadAck;
+
+    /// Writes a small metadata object (`meta/<name>`): the topic table, group
+    /// offsets. Answers once it is in the bucket.
+    fn put_meta(&self, name: &str, data: Bytes) -> oneshot::Receiver<Result<(), DurableError>>;
+
+    /// Reads a metadata object; `None` if it was never written.
+    fn get_meta(&self, name: &str) -> oneshot::Receiver<Result<Option<Bytes>, DurableError>>;
+}
+
+/// A durable log held in memory, durable at once. For tests of everything
+/// above the WAL; a node using it keeps nothing across restarts.
+#[derive(Debug, Default)]
+pub struct MemoryLog {
+    inner: parking_lot::Mutex<MemoryLogInner>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryLogInner {
+    objects: Vec<Bytes>,
+    meta: std::collections::HashMap<String, Bytes>,
+}
+
+impl MemoryLog {
+    pub fn new() -> MemoryLog {
+        MemoryLog::default()
+    }
+
+    /// Entries appended so far.
+    pub fn appended(&self) -> usize {
+        self.inner.lock().objects.len()
+    }
+}
+
+impl DurableLog for MemoryLog {
+    fn reserve(&self, _bytes: usize) -> Result<(), DurableError> {
+        Ok(())
+    }
+
+    fn append(&self, entry: AppendEntry) -> AppendAck {
+        let (tx, rx) = oneshot::channel();
+        let mut joined = Vec::with_capacity(entry.len());
+        for s in &entry.segments {
+            joined.extend_from_slice(s);
+        }
+        let mut g = self.inner.lock();
+        let idx = g.objects.len();
+        g.objects.push(joined.into());
+        let _ = tx.send(Ok(Location {
+            object_key: format!("mem/{idx}").into(),
+            offset: 0,
+            len: entry.len() as u32,
+        }));
+        rx
+    }
+
+    fn read(&self, location: &Location) -> ReadAck {
+        let (tx, rx) = oneshot::channel();
+        let found = location
+            .object_key
+            .strip_prefix("mem/")
+            .and_then(|i| i.parse::<usize>().ok())
+            .and_then(|i| self.inner.lock().objects.get(i).cloned());
+        let _ = tx.send(found.ok_or_else(|| DurableError::Read {
+            key: location.object_key.to_string(),
+            error: "no such object".into(),
+        }));
+        rx
+    }
+
+    fn put_meta(&self, name: &str, data: Bytes) -> oneshot::Receiver<Result<(), DurableError>> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.lock().meta.insert(name.to_string(), data);
+        let _ = tx.send(Ok(()));
+        rx
+    }
+
+    fn get_meta(&self, name: &str) -> oneshot::Receiver<Result<Option<Bytes>, DurableError>> {
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(Ok(self.inner.lock().meta.get(name).cloned()));
+        rx
+    }
+}

@@ -1,0 +1,209 @@
+//! Node metrics, kept in atomics and rendered in Prometheus text format.
+//!
+//! Counters are per node and updated with relaxed atomics: shards never
+//! wait on each other to count. Latency goes into one HdrHistogram per shard
+//! and API kind, merged only when `/metrics` is read.
+
+use ferry_protocol::messages::APIS;
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+/// The highest API key counted one by one.
+const API_KEYS: usize = 96;
+/// Error codes counted one by one (Kafka's go up to about 130).
+const ERROR_CODES: usize = 160;
+
+#[derive(Debug)]
+pub struct Metrics {
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub connections: AtomicI64,
+    requests: Vec<AtomicU64>,
+    errors: Vec<AtomicU64>,
+    cache_bytes: Vec<AtomicI64>,
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
+    pub queue_depth: Vec<AtomicI64>,
+    pub unknown_zone_clients: AtomicU64,
+    produce_us: Mutex<Histogram<u64>>,
+    fetch_us: Mutex<Histogram<u64>>,
+}
+
+impl Metrics {
+    pub fn new(shards: usize) -> Metrics {
+        let hist = || {
+            Histogram::new_with_bounds(1, 600_000_000, 3)
+                .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+        };
+        Metrics {
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            connections: AtomicI64::new(0),
+            requests: (0..API_KEYS).map(|_| AtomicU64::new(0)).collect(),
+            errors: (0..ERROR_CODES).map(|_| AtomicU64::new(0)).collect(),
+            cache_bytes: (0..shards).map(|_| AtomicI64::new(0)).collect(),
+            cache_hits: AtomicU64::new(0),
+            cache_misses: AtomicU64::new(0),
+            queue_depth: (0..shards).map(|_| AtomicI64::new(0)).collect(),
+            unknown_zone_clients: AtomicU64::new(0),
+            produce_us: Mutex::new(hist()),
+            fetch_us: Mutex::new(hist()),
+        }
+    }
+
+    pub fn request(&self, api_key: i16) {
+        if let Some(c) = usize::try_from(api_key)
+            .ok()
+            .and_then(|k| self.requests.get(k))
+        {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn error(&self, code: i16) {
+        if let Some(c) = usize::try_from(code).ok().and_then(|k| self.errors.get(k)) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn cache_bytes_add(&self, shard: usize, delta: i64) {
+        if let Some(c) = self.cache_bytes.get(shard) {
+            c.fetch_add(delta, Relaxed);
+        }
+    }
+
+    pub fn cache_hit(&self) {
+        self.cache_hits.fetch_add(1, Relaxed);
+    }
+
+    pub fn cache_miss(&self) {
+        self.cache_misses.fetch_add(1, Relaxed);
+    }
+
+    pub fn produce_latency_us(&self, us: u64) {
+        let _ = self.produce_us.lock().record(us.max(1));
+    }
+
+    pub fn fetch_latency_us(&self, us: u64) {
+        let _ = self.fetch_us.lock().record(us.max(1));
+    }
+
+    /// The Prometheus text exposition. `extra` is appended as is (the WAL's
+    /// counters).
+    pub fn render(&self, extra: &str) -> String {
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "# TYPE ferry_bytes_in_total counter\nferry_bytes_in_total {}",
+            self.bytes_in.load(Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# TYPE ferry_bytes_out_total counter\nferry_bytes_out_total {}",
+            self.bytes_out.load(Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# TYPE ferry_connections gauge\nferry_connections {}",
+            self.connections.load(Relaxed)
+        );
+        let _ = writeln!(o, "# TYPE ferry_requests_total counter");
+        for a in APIS {
+            let n = usize::try_from(a.key)
+                .ok()
+                .and_then(|k| self.requests.get(k))
+                .map_or(0, |c| c.load(Relaxed));
+            if n > 0 {
+                let _ = writeln!(o, "ferry_requests_total{{api=\"{}\"}} {n}", a.name);
+            }
+        }
+        let _ = writeln!(o, "# TYPE ferry_errors_total counter");
+        for (code, c) in self.errors.iter().enumerate() {
+            let n = c.load(Relaxed);
+            if n > 0 {
+                let name = ferry_protocol::error_code::ErrorCode(code as i16).name();
+                let _ = writeln!(
+                    o,
+                    "ferry_errors_total{{code=\"{code}\",name=\"{name}\"}} {n}"
+                );
+            }
+        }
+        let _ = writeln!(o, "# TYPE ferry_cache_bytes gauge");
+        for (s, c) in self.cache_bytes.iter().enumerate() {
+            let _ = writeln!(o, "ferry_cache_bytes{{shard=\"{s}\"}} {}", c.load(Relaxed));
+        }
+        let (h, m) = (
+            self.cache_hits.load(Relaxed),
+            self.cache_misses.load(Relaxed),
+        );
+        let _ = writeln!(
+            o,
+            "# TYPE ferry_cache_hits_total counter\nferry_cache_hits_total {h}"
+        );
+        let _ = writeln!(
+            o,
+            "# TYPE ferry_cache_misses_total counter\nferry_cache_misses_total {m}"
+        );
+        let ratio = if h + m == 0 {
+            1.0
+        } else {
+            h as f64 / (h + m) as f64
+        };
+        let _ = writeln!(
+            o,
+            "# TYPE ferry_cache_hit_ratio gauge\nferry_cache_hit_ratio {ratio:.4}"
+        );
+        let _ = writeln!(o, "# TYPE ferry_shard_queue_depth gauge");
+        for (s, c) in self.queue_depth.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "ferry_shard_queue_depth{{shard=\"{s}\"}} {}",
+                c.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# TYPE ferry_unknown_zone_clients_total counter\nferry_unknown_zone_clients_total {}",
+            self.unknown_zone_clients.load(Relaxed)
+        );
+        for (name, hist) in [("produce", &self.produce_us), ("fetch", &self.fetch_us)] {
+            let h = hist.lock();
+            let _ = writeln!(o, "# TYPE ferry_{name}_latency_seconds summary");
+            for q in [0.5, 0.9, 0.99, 0.999] {
+                let v = h.value_at_quantile(q) as f64 / 1e6;
+                let _ = writeln!(o, "ferry_{name}_latency_seconds{{quantile=\"{q}\"}} {v:.6}");
+            }
+            let _ = writeln!(o, "ferry_{name}_latency_seconds_count {}", h.len());
+        }
+        o.push_str(extra);
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counts_by_api_and_error_and_quantiles() {
+        let m = Metrics::new(2);
+        m.request(0);
+        m.request(0);
+        m.request(3);
+        m.error(6);
+        m.produce_latency_us(250_000);
+        m.cache_bytes_add(1, 100);
+        let text = m.render("ferry_wal_objects_total 3\n");
+        assert!(
+            text.contains("ferry_requests_total{api=\"Produce\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("ferry_requests_total{api=\"Metadata\"} 1"));
+        assert!(text.contains("ferry_errors_total{code=\"6\",name=\"NOT_LEADER_OR_FOLLOWER\"} 1"));
+        assert!(text.contains("ferry_cache_bytes{shard=\"1\"} 100"));
+        assert!(text.contains("ferry_produce_latency_seconds{quantile=\"0.99\"} 0.25"));
+        assert!(text.ends_with("ferry_wal_objects_total 3\n"));
+    }
+}

@@ -1,0 +1,93 @@
+//! What every shard of a node shares: identity, the topic table, the durable
+//! log, metrics, limits, and what recovery found in the bucket. It is
+//! `Send + Sync` and read-mostly; nothing in it is locked on the produce or
+//! fetch path.
+
+use crate::durable::DurableLog;
+use crate::metrics::Metrics;
+use crate::partition::LogBatch;
+use crate::topics::Topics;
+use ferry_protocol::frame::SupportedApis;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Producer state found with a recovered batch: id, epoch, first and last
+/// sequence.
+pub type RecoveredProducer = Option<(i64, i16, i32, i32)>;
+
+/// What recovery found in the bucket, by partition.
+pub type Recovered = HashMap<(Arc<str>, i32), Vec<(LogBatch, RecoveredProducer)>>;
+
+pub struct NodeCtx {
+    pub node_id: i32,
+    pub rack: Option<String>,
+    pub advertised_host: String,
+    pub advertised_port: u16,
+    pub cluster_id: String,
+    pub shards: usize,
+    pub topics: Arc<Topics>,
+    pub durable: Arc<dyn DurableLog>,
+    pub metrics: Metrics,
+    pub supported: SupportedApis,
+    pub num_partitions: i32,
+    pub auto_create_topics: bool,
+    pub cache_bytes_max: usize,
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+    pub frame_bytes_max: usize,
+    /// Serialises changes to the topic table and their persistence.
+    pub topic_changes: Mutex<()>,
+    recovered: Mutex<Recovered>,
+}
+
+/// The parts of [`NodeCtx`] a caller chooses.
+pub struct NodeSettings {
+    pub node_id: i32,
+    pub rack: Option<String>,
+    pub advertised_host: String,
+    pub advertised_port: u16,
+    pub cluster_id: String,
+    pub shards: usize,
+    pub num_partitions: i32,
+    pub auto_create_topics: bool,
+    pub cache_bytes_max: usize,
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+    pub frame_bytes_max: usize,
+}
+
+impl NodeCtx {
+    pub fn new(
+        s: NodeSettings,
+        topics: Arc<Topics>,
+        durable: Arc<dyn DurableLog>,
+        recovered: Recovered,
+    ) -> NodeCtx {
+        NodeCtx {
+            node_id: s.node_id,
+            rack: s.rack,
+            advertised_host: s.advertised_host,
+            advertised_port: s.advertised_port,
+            cluster_id: s.cluster_id,
+            shards: s.shards,
+            topics,
+            durable,
+            metrics: Metrics::new(s.shards),
+            supported: crate::api::supported_apis(),
+            num_partitions: s.num_partitions,
+            auto_create_topics: s.auto_create_topics,
+            cache_bytes_max: s.cache_bytes_max,
+            retention_ms: s.retention_ms,
+            retention_bytes: s.retention_bytes,
+            frame_bytes_max: s.frame_bytes_max,
+            topic_changes: Mutex::new(()),
+            recovered: Mutex::new(recovered),
+        }
+    }
+
+    /// What recovery found for a partition; handed out once, to its owner.
+    pub fn take_recovered(&self, key: &(Arc<str>, i32)) -> Vec<(LogBatch, RecoveredProducer)> {
+        self.recovered.lock().remove(key).unwrap_or_default()
+    }
+}

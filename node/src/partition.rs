@@ -1,0 +1,473 @@
+//! One partition's log, owned by exactly one shard.
+//!
+//! Batches arrive as views of request frames. The shard checks each one
+//! (magic, CRC32C, client-batch rules, producer sequence), assigns offsets,
+//! and keeps the batch as two `Bytes`: a new 16-byte head (base offset, batch
+//! length, leader epoch: the fields outside the CRC) and the rest of the batch
+//! as sent. Nothing is copied. The same two segments go to the WAL and, later,
+//! into fetch responses.
+//!
+//! The high watermark moves when the WAL object holding a batch is in the
+//! bucket. WAL objects are written strictly in order and retried until they
+//! land, so every batch below a durable one is durable too.
+
+use crate::durable::{AppendEntry, Location};
+use bytes::{BufMut, Bytes, BytesMut};
+use ferry_protocol::error_code::ErrorCode;
+use ferry_protocol::records::{RecordBatch, RecordBatches, RecordsError};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+/// How many recent batches per producer are remembered for duplicate
+/// detection, as Kafka does.
+pub const PRODUCER_BATCHES_REMEMBERED: usize = 5;
+
+/// A batch in the log.
+#[derive(Debug, Clone)]
+pub struct LogBatch {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub max_timestamp: i64,
+    pub len: u32,
+    /// The head and body, while cached.
+    pub data: Option<[Bytes; 2]>,
+    /// Where it lives in the bucket, once durable.
+    pub location: Option<Location>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct ProducerState {
+    epoch: i16,
+    /// (first sequence, last sequence, base offset) of recent batches.
+    recent: VecDeque<(i32, i32, i64)>,
+}
+
+/// What appending one batch came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    /// A new batch at these offsets; wait for the WAL before answering.
+    New {
+        base_offset: i64,
+        entry_index: usize,
+    },
+    /// A retry of a batch already in the log: answer with its offset.
+    Duplicate { base_offset: i64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AppendError {
+    #[error("{0}")]
+    Records(#[from] RecordsError),
+    #[error("producer {producer_id}: expected sequence {expected}, got {got}")]
+    OutOfOrder {
+        producer_id: i64,
+        expected: i32,
+        got: i32,
+    },
+    #[error("producer {producer_id}: epoch {got} is older than {current}")]
+    Fenced {
+        producer_id: i64,
+        current: i16,
+        got: i16,
+    },
+}
+
+impl AppendError {
+    pub fn error_code(&self) -> ErrorCode {
+        match self {
+            AppendError::Records(e) => e.produce_error_code(),
+            AppendError::OutOfOrder { .. } => ErrorCode::OUT_OF_ORDER_SEQUENCE_NUMBER,
+            AppendError::Fenced { .. } => ErrorCode::INVALID_PRODUCER_EPOCH,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct PartitionLog {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub leader_epoch: i32,
+    log_start: i64,
+    next_offset: i64,
+    high_watermark: i64,
+    /// Every batch from `log_start`, in offset order.
+    batches: VecDeque<LogBatch>,
+    /// Index in `batches` of the front element, so entries can be named by a
+    /// stable number while old ones are trimmed.
+    front_index: usize,
+    producers: HashMap<i64, ProducerState>,
+}
+
+impl PartitionLog {
+    pub fn new(topic: Arc<str>, partition: i32) -> PartitionLog {
+        PartitionLog {
+            topic,
+            partition,
+            leader_epoch: 0,
+            log_start: 0,
+            next_offset: 0,
+            high_watermark: 0,
+            batches: VecDeque::new(),
+            front_index: 0,
+            producers: HashMap::new(),
+        }
+    }
+
+    pub fn log_start(&self) -> i64 {
+        self.log_start
+    }
+
+    pub fn log_end(&self) -> i64 {
+        self.next_offset
+    }
+
+    pub fn high_watermark(&self) -> i64 {
+        self.high_watermark
+    }
+
+    /// Checks every batch of a produce request before any is appended: a
+    /// request is all or nothing per partition, as in Kafka.
+    pub fn check(records: &Bytes) -> Result<Vec<RecordBatch>, AppendError> {
+        let mut out = Vec::new();
+        for b in RecordBatches::new(records.clone()) {
+            let b = b?;
+            b.check_produce_header()?;
+            b.verify_crc()?;
+            b.compression()?;
+            out.push(b);
+        }
+        if out.is_empty() {
+            return Err(RecordsError::InvalidForProduce("no record batch".into()).into());
+        }
+        Ok(out)
+    }
+
+    /// Appends one checked batch: duplicate check, offsets, and the WAL entry
+    /// to write.
+    pub fn append(
+        &mut self,
+        batch: &RecordBatch,
+    ) -> Result<(Appended, Option<AppendEntry>), AppendError> {
+        let pid = batch.producer_id();
+        if pid >= 0 {
+            let epoch = batch.producer_epoch();
+            let first = batch.base_sequence();
+            let last = batch.last_sequence();
+            let st = self.producers.entry(pid).or_default();
+            if epoch < st.epoch {
+                return Err(AppendError::Fenced {
+                    producer_id: pid,
+                    current: st.epoch,
+                    got: epoch,
+                });
+            }
+            if epoch > st.epoch {
+                st.epoch = epoch;
+                st.recent.clear();
+            }
+            if let Some(&(_, _, base)) =
+                st.recent.iter().find(|(f, l, _)| *f == first && *l == last)
+            {
+                return Ok((Appended::Duplicate { base_offset: base }, None));
+            }
+            if let Some(&(_, prev_last, _)) = st.recent.back() {
+                let expected = if prev_last == i32::MAX {
+                    0
+                } else {
+                    prev_last + 1
+                };
+                if first != expected {
+                    return Err(AppendError::OutOfOrder {
+                        producer_id: pid,
+                        expected,
+                        got: first,
+                    });
+                }
+            }
+        }
+        let base = self.next_offset;
+        let count = i64::from(batch.last_offset_delta()) + 1;
+        let last = base + count - 1;
+        let raw = batch.as_bytes();
+        let mut head = BytesMut::with_capacity(16);
+        head.put_i64(base);
+        head.put_slice(&raw[8..12]);
+        head.put_i32(self.leader_epoch);
+        let segments = [head.freeze(), raw.slice(16..)];
+        let entry = AppendEntry {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            base_offset: base,
+            last_offset: last,
+            max_timestamp: batch.max_timestamp(),
+            record_count: batch.records_count(),
+            segments: segments.clone(),
+        };
+        self.next_offset = last + 1;
+        let entry_index = self.front_index + self.batches.len();
+        self.batches.push_back(LogBatch {
+            base_offset: base,
+            last_offset: last,
+            max_timestamp: batch.max_timestamp(),
+            len: raw.len() as u32,
+            data: Some(segments),
+            location: None,
+        });
+        if pid >= 0 {
+            let st = self.producers.entry(pid).or_default();
+            st.recent
+                .push_back((batch.base_sequence(), batch.last_sequence(), base));
+            while st.recent.len() > PRODUCER_BATCHES_REMEMBERED {
+                st.recent.pop_front();
+            }
+        }
+        Ok((
+            Appended::New {
+                base_offset: base,
+                entry_index,
+            },
+            Some(entry),
+        ))
+    }
+
+    /// Records that the batch at `entry_index` is durable at `location`.
+    pub fn made_durable(&mut self, entry_index: usize, location: Location) {
+        if let Some(b) = entry_index
+            .checked_sub(self.front_index)
+            .and_then(|i| self.batches.get_mut(i))
+        {
+            b.location = Some(location);
+            self.high_watermark = self.high_watermark.max(b.last_offset + 1);
+        }
+    }
+
+    /// Adds a batch found in the bucket at recovery.
+    pub fn recover(&mut self, b: LogBatch, producer: Option<(i64, i16, i32, i32)>) {
+        if self.batches.is_empty() {
+            self.log_start = b.base_offset;
+        }
+        self.next_offset = b.last_offset + 1;
+        self.high_watermark = self.next_offset;
+        if let Some((pid, epoch, first, last)) = producer {
+            let st = self.producers.entry(pid).or_default();
+            if epoch > st.epoch {
+                st.epoch = epoch;
+                st.recent.clear();
+            }
+            st.recent.push_back((first, last, b.base_offset));
+            while st.recent.len() > PRODUCER_BATCHES_REMEMBERED {
+                st.recent.pop_front();
+            }
+        }
+        self.batches.push_back(b);
+    }
+
+    /// Index of the first batch holding offsets at or past `offset`.
+    fn find(&self, offset: i64) -> usize {
+        self.batches.partition_point(|b| b.last_offset < offset)
+    }
+
+    /// The batches to serve a fetch from `offset`, up to `max_bytes` (at
+    /// least one batch, as KIP-74 asks) and below the high watermark.
+    pub fn read(&self, offset: i64, max_bytes: usize) -> Vec<LogBatch> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut i = self.find(offset);
+        while let Some(b) = self.batches.get(i) {
+            if b.last_offset >= self.high_watermark {
+                break;
+            }
+            if !out.is_empty() && bytes + b.len as usize > max_bytes {
+                break;
+            }
+            bytes += b.len as usize;
+            out.push(b.clone());
+            i += 1;
+        }
+        out
+    }
+
+    /// Puts bytes read back from the bucket into the cache.
+    pub fn fill(&mut self, base_offset: i64, data: [Bytes; 2]) {
+        let i = self.find(base_offset);
+        if let Some(b) = self.batches.get_mut(i) {
+            if b.base_offset == base_offset && b.data.is_none() {
+                b.data = Some(data);
+            }
+        }
+    }
+
+    /// Drops the cached bytes of the batch at `base_offset` if it is durable;
+    /// returns the bytes freed.
+    pub fn evict(&mut self, base_offset: i64) -> usize {
+        let i = self.find(base_offset);
+        match self.batches.get_mut(i) {
+            Some(b) if b.base_offset == base_offset && b.location.is_some() && b.data.is_some() => {
+                b.data = None;
+                b.len as usize
+            }
+            _ => 0,
+        }
+    }
+
+    /// The first offset whose timestamp is at or after `ts`, for ListOffsets.
+    pub fn offset_for_timestamp(&self, ts: i64) -> Option<(i64, i64)> {
+        self.batches
+            .iter()
+            .find(|b| b.max_timestamp >= ts && b.last_offset < self.high_watermark)
+            .map(|b| (b.base_offset, b.max_timestamp))
+    }
+
+    /// Drops batches older than `before_ms` or beyond `bytes_max` of total
+    /// size, keeping at least the batches at or above the high watermark.
+    pub fn apply_retention(&mut self, before_ms: Option<i64>, bytes_max: Option<u64>) -> usize {
+        let mut total: u64 = self.batches.iter().map(|b| u64::from(b.len)).sum();
+        let mut dropped = 0;
+        while let Some(front) = self.batches.front() {
+            let too_old = before_ms.is_some_and(|t| front.max_timestamp < t);
+            let too_big = bytes_max.is_some_and(|m| total > m);
+            if !(too_old || too_big) || front.last_offset >= self.high_watermark {
+                break;
+            }
+            total -= u64::from(front.len);
+            self.log_start = front.last_offset + 1;
+            self.batches.pop_front();
+            self.front_index += 1;
+            dropped += 1;
+        }
+        dropped
+    }
+}
+
+/// The records of `batches` as one fetch-response record set: head and body
+/// segments, no copies. Batches without cached data must be filled first.
+pub fn record_set(batches: &[LogBatch]) -> ferry_protocol::wire::RecordSet {
+    let mut set = ferry_protocol::wire::RecordSet::default();
+    for b in batches {
+        if let Some([h, body]) = &b.data {
+            set.push(h.clone());
+            set.push(body.clone());
+        }
+    }
+    set
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_protocol::records::{NewRecord, RecordBatchBuilder};
+
+    fn batch(n: usize, producer: Option<(i64, i16, i32)>) -> Bytes {
+        let mut b = RecordBatchBuilder::new();
+        if let Some((pid, epoch, seq)) = producer {
+            b = b.producer(pid, epoch, seq);
+        }
+        for i in 0..n {
+            b.push(NewRecord::new(1000 + i as i64, Some(b"k"), Some(b"v")));
+        }
+        Bytes::from(b.build().unwrap())
+    }
+
+    fn loc() -> Location {
+        Location {
+            object_key: "wal/0".into(),
+            offset: 0,
+            len: 1,
+        }
+    }
+
+    #[test]
+    fn offsets_are_dense_and_patched_outside_the_crc() {
+        let mut p = PartitionLog::new("t".into(), 0);
+        let mut entries = Vec::new();
+        for n in [3, 1, 5] {
+            let raw = batch(n, None);
+            let checked = PartitionLog::check(&raw).unwrap();
+            let (a, e) = p.append(&checked[0]).unwrap();
+            let Appended::New { entry_index, .. } = a else {
+                panic!()
+            };
+            entries.push((entry_index, e.unwrap()));
+        }
+        assert_eq!(
+            entries
+                .iter()
+                .map(|(_, e)| e.base_offset)
+                .collect::<Vec<_>>(),
+            [0, 3, 4]
+        );
+        assert_eq!(p.log_end(), 9);
+        // Nothing is visible before it is durable.
+        assert_eq!(p.high_watermark(), 0);
+        assert!(p.read(0, 1 << 20).is_empty());
+        for (i, _) in &entries {
+            p.made_durable(*i, loc());
+        }
+        assert_eq!(p.high_watermark(), 9);
+        let read = p.read(3, 1 << 20);
+        assert_eq!(read.len(), 2);
+        // The head + body read back as a valid batch at its new offset.
+        let joined = record_set(&read).to_bytes();
+        let views: Vec<_> = RecordBatches::new(joined).map(|b| b.unwrap()).collect();
+        assert_eq!(views[0].base_offset(), 3);
+        assert_eq!(views[1].base_offset(), 4);
+        views.iter().for_each(|v| v.verify_crc().unwrap());
+    }
+
+    #[test]
+    fn idempotent_retries_are_written_once_and_gaps_refused() {
+        let mut p = PartitionLog::new("t".into(), 0);
+        let first = batch(2, Some((9, 0, 0)));
+        let b = &PartitionLog::check(&first).unwrap()[0];
+        assert!(matches!(
+            p.append(b).unwrap().0,
+            Appended::New { base_offset: 0, .. }
+        ));
+        // The same batch again is a duplicate at the same offset.
+        assert_eq!(
+            p.append(b).unwrap().0,
+            Appended::Duplicate { base_offset: 0 }
+        );
+        assert_eq!(p.log_end(), 2);
+        // A gap in the sequence is refused.
+        let gap = batch(1, Some((9, 0, 5)));
+        let err = p
+            .append(&PartitionLog::check(&gap).unwrap()[0])
+            .unwrap_err();
+        assert_eq!(err.error_code(), ErrorCode::OUT_OF_ORDER_SEQUENCE_NUMBER);
+        // The next sequence is taken.
+        let next = batch(1, Some((9, 0, 2)));
+        assert!(matches!(
+            p.append(&PartitionLog::check(&next).unwrap()[0]).unwrap().0,
+            Appended::New { base_offset: 2, .. }
+        ));
+        // An older epoch is fenced.
+        let old = batch(1, Some((9, -1, 3)));
+        let err = p
+            .append(&PartitionLog::check(&old).unwrap()[0])
+            .unwrap_err();
+        assert_eq!(err.error_code(), ErrorCode::INVALID_PRODUCER_EPOCH);
+    }
+
+    #[test]
+    fn eviction_keeps_undurable_batches_and_retention_trims_the_front() {
+        let mut p = PartitionLog::new("t".into(), 0);
+        let raw = batch(1, None);
+        let b = &PartitionLog::check(&raw).unwrap()[0];
+        let (a0, _) = p.append(b).unwrap();
+        p.append(b).unwrap();
+        let Appended::New { entry_index, .. } = a0 else {
+            panic!()
+        };
+        assert_eq!(p.evict(0), 0, "not durable yet");
+        p.made_durable(entry_index, loc());
+        assert!(p.evict(0) > 0);
+        assert!(p.read(0, 100)[0].data.is_none());
+        assert_eq!(
+            p.apply_retention(Some(i64::MAX), None),
+            1,
+            "only the durable batch goes"
+        );
+        assert_eq!(p.log_start(), 1);
+    }
+}

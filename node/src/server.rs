@@ -1,0 +1,194 @@
+//! Starting and stopping a node.
+//!
+//! Each shard is a glommio executor pinned to a core, with its own listener on
+//! the same port (SO_REUSEPORT), so the kernel spreads connections over the
+//! shards with no acceptor thread in between. The port is reserved first by a
+//! socket that binds but never listens, so `port 0` still gives every shard
+//! the same port.
+
+use crate::durable::DurableLog;
+use crate::node::{NodeCtx, NodeSettings, Recovered};
+use crate::shard::{now_ms, Shard, ShardMsg};
+use crate::topics::{TopicTable, Topics};
+use futures_channel::oneshot;
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{LocalExecutorBuilder, Placement};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Queue depth between each pair of shards.
+pub const SHARD_QUEUE_DEPTH: usize = 1024;
+/// How often retention runs.
+pub const RETENTION_PERIOD: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start shard {shard}: {error}")]
+    Shard { shard: usize, error: String },
+    #[error("shard {0} did not start listening within 10 s")]
+    StartTimeout(usize),
+}
+
+pub struct RunningNode {
+    pub addr: SocketAddr,
+    pub ctx: Arc<NodeCtx>,
+    stops: Vec<oneshot::Sender<()>>,
+    executors: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+impl RunningNode {
+    /// Stops accepting, ends every shard, and waits for them.
+    pub fn stop(mut self) {
+        for s in self.stops.drain(..) {
+            let _ = s.send(());
+        }
+        for e in self.executors.drain(..) {
+            let _ = e.join();
+        }
+    }
+
+    /// Blocks until every shard has ended (they end only when stopped).
+    pub fn wait(mut self) {
+        for e in self.executors.drain(..) {
+            let _ = e.join();
+        }
+    }
+}
+
+fn reserve_port(addr: SocketAddr) -> Result<socket2::Socket, ServerError> {
+    let err = |source| ServerError::Bind { addr, source };
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .map_err(err)?;
+    sock.set_reuse_address(true).map_err(err)?;
+    sock.set_reuse_port(true).map_err(err)?;
+    sock.bind(&addr.into()).map_err(err)?;
+    Ok(sock)
+}
+
+/// Starts a node listening on `listen` with `shards` executors.
+pub fn start(
+    mut settings: NodeSettings,
+    listen: SocketAddr,
+    durable: Arc<dyn DurableLog>,
+    topics: TopicTable,
+    recovered: Recovered,
+) -> Result<RunningNode, ServerError> {
+    let reserved = reserve_port(listen)?;
+    let addr = reserved
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .ok_or(ServerError::Bind {
+            addr: listen,
+            source: std::io::Error::other("no local address"),
+        })?;
+    if settings.advertised_port == 0 {
+        settings.advertised_port = addr.port();
+    }
+    let shards = settings.shards.max(1);
+    settings.shards = shards;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let topics = Arc::new(Topics::new(topics, now_ms() as u64));
+    let ctx = Arc::new(NodeCtx::new(settings, topics, durable, recovered));
+    let mesh = MeshBuilder::<ShardMsg, _>::full(shards, SHARD_QUEUE_DEPTH);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, String>>();
+    let mut stops = Vec::new();
+    let mut executors = Vec::new();
+    for id in 0..shards {
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        stops.push(stop_tx);
+        let (ctx, mesh, ready) = (ctx.clone(), mesh.clone(), ready_tx.clone());
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(id % cores))
+            .name(&format!("ferry-shard-{id}"))
+            .spawn(move || async move { run_shard(id, ctx, mesh, addr, ready, stop_rx).await })
+            .map_err(|e| ServerError::Shard {
+                shard: id,
+                error: e.to_string(),
+            })?;
+        executors.push(handle);
+    }
+    for _ in 0..shards {
+        match ready_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => return Err(ServerError::Shard { shard: 0, error }),
+            Err(_) => return Err(ServerError::StartTimeout(0)),
+        }
+    }
+    drop(reserved);
+    tracing::info!(addr = %addr, shards, node = ctx.node_id, "node listening");
+    Ok(RunningNode {
+        addr,
+        ctx,
+        stops,
+        executors,
+    })
+}
+
+async fn run_shard(
+    id: usize,
+    ctx: Arc<NodeCtx>,
+    mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
+    addr: SocketAddr,
+    ready: std::sync::mpsc::Sender<Result<usize, String>>,
+    stop: oneshot::Receiver<()>,
+) {
+    let (senders, receivers) = match mesh.join().await {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = ready.send(Err(format!("shard {id} could not join the mesh: {e}")));
+            return;
+        }
+    };
+    let shard = Rc::new(Shard::new(id, ctx, senders));
+    shard.serve_peers(receivers);
+    let listener = match glommio::net::TcpListener::bind(addr) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(format!("shard {id} cannot listen on {addr}: {e}")));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(id));
+    let retention = {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(RETENTION_PERIOD).await;
+                let dropped = shard.apply_retention(now_ms());
+                if dropped > 0 {
+                    tracing::info!(shard = id, batches = dropped, "retention dropped batches");
+                }
+            }
+        })
+    };
+    let accept = async {
+        loop {
+            match listener.accept().await {
+                Ok(stream) => {
+                    let shard = shard.clone();
+                    glommio::spawn_local(crate::conn::serve(shard, stream)).detach();
+                }
+                Err(e) => {
+                    tracing::warn!(shard = id, error = %e, "accept failed");
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    };
+    futures_lite::future::or(accept, async {
+        let _ = stop.await;
+    })
+    .await;
+    drop(retention);
+}

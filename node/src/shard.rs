@@ -1,0 +1,619 @@
+//! A shard: one glommio executor, the partitions it owns, its log cache, and
+//! its end of the lock-free queues to every other shard.
+//!
+//! A connection lives on whichever shard accepted it. For each partition a
+//! request names, the connection's shard calls [`Shard::produce`],
+//! [`Shard::fetch`] or [`Shard::list_offset`]: a direct call when it owns the
+//! partition, otherwise a message through glommio's channel mesh (SPSC ring
+//! buffers, no locks) to the owner, which answers through a oneshot. Batch
+//! bytes travel as `Bytes` views of the request frame, never copied.
+
+use crate::durable::DurableError;
+use crate::node::NodeCtx;
+use crate::partition::{record_set, Appended, LogBatch, PartitionLog};
+use crate::topics::LocalTopics;
+use bytes::Bytes;
+use ferry_protocol::error_code::ErrorCode;
+use ferry_protocol::wire::RecordSet;
+use futures_channel::oneshot;
+use glommio::channels::channel_mesh::Senders;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How a partition maps to its owning shard: stable for a given shard count.
+pub fn owner(topic: &str, partition: i32, shards: usize) -> usize {
+    let h = crc32c::crc32c_append(crc32c::crc32c(topic.as_bytes()), &partition.to_be_bytes());
+    (h as usize) % shards.max(1)
+}
+
+/// Work one shard asks of another.
+#[derive(Debug)]
+pub enum ShardMsg {
+    Produce {
+        topic: Arc<str>,
+        partition: i32,
+        records: Bytes,
+        acks: i16,
+        timeout_ms: i32,
+        reply: oneshot::Sender<ProduceResult>,
+    },
+    Fetch {
+        topic: Arc<str>,
+        partition: i32,
+        offset: i64,
+        max_bytes: usize,
+        reply: oneshot::Sender<FetchResult>,
+    },
+    /// Answer once the partition has data at `offset` or beyond.
+    Wait {
+        topic: Arc<str>,
+        partition: i32,
+        offset: i64,
+        reply: oneshot::Sender<()>,
+    },
+    ListOffset {
+        topic: Arc<str>,
+        partition: i32,
+        timestamp: i64,
+        reply: oneshot::Sender<ListOffsetResult>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProduceResult {
+    pub error: ErrorCode,
+    pub base_offset: i64,
+    pub log_start: i64,
+    pub message: Option<String>,
+}
+
+impl ProduceResult {
+    fn err(error: ErrorCode, message: impl Into<String>) -> ProduceResult {
+        ProduceResult {
+            error,
+            base_offset: -1,
+            log_start: -1,
+            message: Some(message.into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FetchResult {
+    pub error: ErrorCode,
+    pub high_watermark: i64,
+    pub log_start: i64,
+    pub records: RecordSet,
+}
+
+impl FetchResult {
+    fn err(error: ErrorCode) -> FetchResult {
+        FetchResult {
+            error,
+            high_watermark: -1,
+            log_start: -1,
+            records: RecordSet::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListOffsetResult {
+    pub error: ErrorCode,
+    pub offset: i64,
+    pub timestamp: i64,
+}
+
+type Key = (Arc<str>, i32);
+
+/// The shard's log cache accounting: bytes held and the order they came in,
+/// so the oldest durable batches are dropped first.
+#[derive(Debug, Default)]
+struct Cache {
+    bytes: usize,
+    order: VecDeque<(Key, i64, usize)>,
+}
+
+pub struct Shard {
+    pub id: usize,
+    pub ctx: Arc<NodeCtx>,
+    pub topics: LocalTopics,
+    partitions: RefCell<HashMap<Key, Rc<RefCell<PartitionLog>>>>,
+    waiters: RefCell<HashMap<Key, Vec<oneshot::Sender<()>>>>,
+    cache: RefCell<Cache>,
+    senders: Senders<ShardMsg>,
+}
+
+impl Shard {
+    pub fn new(id: usize, ctx: Arc<NodeCtx>, senders: Senders<ShardMsg>) -> Shard {
+        Shard {
+            id,
+            topics: LocalTopics::new(ctx.topics.clone()),
+            ctx,
+            partitions: RefCell::new(HashMap::new()),
+            waiters: RefCell::new(HashMap::new()),
+            cache: RefCell::new(Cache::default()),
+            senders,
+        }
+    }
+
+    fn owner_of(&self, topic: &str, partition: i32) -> usize {
+        owner(topic, partition, self.ctx.shards)
+    }
+
+    /// Serves messages from every other shard until the mesh closes.
+    pub fn serve_peers(
+        self: &Rc<Self>,
+        mut receivers: glommio::channels::channel_mesh::Receivers<ShardMsg>,
+    ) {
+        for (_, rx) in receivers.streams() {
+            let me = self.clone();
+            glommio::spawn_local(async move {
+                while let Some(msg) = rx.recv().await {
+                    let me = me.clone();
+                    glommio::spawn_local(async move { me.handle(msg).await }).detach();
+                }
+            })
+            .detach();
+        }
+    }
+
+    async fn handle(self: Rc<Self>, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Produce {
+                topic,
+                partition,
+                records,
+                acks,
+                timeout_ms,
+                reply,
+            } => {
+                let r = self
+                    .produce_local(topic, partition, records, acks, timeout_ms)
+                    .await;
+                let _ = reply.send(r);
+            }
+            ShardMsg::Fetch {
+                topic,
+                partition,
+                offset,
+                max_bytes,
+                reply,
+            } => {
+                let r = self.fetch_local(topic, partition, offset, max_bytes).await;
+                let _ = reply.send(r);
+            }
+            ShardMsg::Wait {
+                topic,
+                partition,
+                offset,
+                reply,
+            } => self.wait_local(topic, partition, offset, reply),
+            ShardMsg::ListOffset {
+                topic,
+                partition,
+                timestamp,
+                reply,
+            } => {
+                let _ = reply.send(self.list_offset_local(&topic, partition, timestamp));
+            }
+        }
+    }
+
+    async fn send(&self, to: usize, msg: ShardMsg) -> bool {
+        self.senders.send_to(to, msg).await.is_ok()
+    }
+
+    /// The partition's log, created on first use from what recovery found.
+    fn log(&self, topic: &Arc<str>, partition: i32) -> Option<Rc<RefCell<PartitionLog>>> {
+        let table = self.topics.get();
+        let info = table.get(topic)?;
+        if partition < 0 || partition >= info.partitions {
+            return None;
+        }
+        let key = (topic.clone(), partition);
+        let mut parts = self.partitions.borrow_mut();
+        let log = parts.entry(key.clone()).or_insert_with(|| {
+            let mut log = PartitionLog::new(info.name.clone(), partition);
+            for (b, producer) in self.ctx.take_recovered(&key) {
+                log.recover(b, producer);
+            }
+            Rc::new(RefCell::new(log))
+        });
+        Some(log.clone())
+    }
+
+    /// Drops a deleted topic's partitions from this shard.
+    pub fn forget_topic(&self, topic: &str) {
+        self.partitions
+            .borrow_mut()
+            .retain(|(t, _), _| t.as_ref() != topic);
+    }
+
+    pub async fn produce(
+        self: &Rc<Self>,
+        topic: Arc<str>,
+        partition: i32,
+        records: Bytes,
+        acks: i16,
+        timeout_ms: i32,
+    ) -> ProduceResult {
+        let to = self.owner_of(&topic, partition);
+        if to == self.id {
+            return self
+                .produce_local(topic, partition, records, acks, timeout_ms)
+                .await;
+        }
+        let (tx, rx) = oneshot::channel();
+        let msg = ShardMsg::Produce {
+            topic,
+            partition,
+            records,
+            acks,
+            timeout_ms,
+            reply: tx,
+        };
+        if !self.send(to, msg).await {
+            return ProduceResult::err(ErrorCode::NOT_LEADER_OR_FOLLOWER, "shard unavailable");
+        }
+        rx.await.unwrap_or_else(|_| {
+            ProduceResult::err(ErrorCode::NOT_LEADER_OR_FOLLOWER, "shard stopped")
+        })
+    }
+
+    async fn produce_local(
+        self: &Rc<Self>,
+        topic: Arc<str>,
+        partition: i32,
+        records: Bytes,
+        acks: i16,
+        timeout_ms: i32,
+    ) -> ProduceResult {
+        let Some(log) = self.log(&topic, partition) else {
+            return ProduceResult::err(
+                ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
+                "unknown topic or partition",
+            );
+        };
+        let batches = match PartitionLog::check(&records) {
+            Ok(b) => b,
+            Err(e) => return ProduceResult::err(e.error_code(), e.to_string()),
+        };
+        if let Err(e) = self.ctx.durable.reserve(records.len()) {
+            return ProduceResult::err(ErrorCode::REQUEST_TIMED_OUT, e.to_string());
+        }
+        let mut first_offset = None;
+        let mut pending = Vec::new();
+        {
+            let mut l = log.borrow_mut();
+            for b in &batches {
+                match l.append(b) {
+                    Ok((
+                        Appended::New {
+                            base_offset,
+                            entry_index,
+                        },
+                        Some(entry),
+                    )) => {
+                        first_offset.get_or_insert(base_offset);
+                        let len = entry.len();
+                        pending.push((entry_index, self.ctx.durable.append(entry)));
+                        self.cached(&topic, partition, base_offset, len);
+                    }
+                    Ok((Appended::New { base_offset, .. }, None))
+                    | Ok((Appended::Duplicate { base_offset }, _)) => {
+                        first_offset.get_or_insert(base_offset);
+                    }
+                    Err(e) => {
+                        if first_offset.is_none() {
+                            return ProduceResult::err(e.error_code(), e.to_string());
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        self.evict_if_needed();
+        // Durability is tracked whether or not the producer still waits.
+        let (done_tx, done_rx) = oneshot::channel::<Result<(), DurableError>>();
+        let me = self.clone();
+        let key = (topic.clone(), partition);
+        let log2 = log.clone();
+        glommio::spawn_local(async move {
+            let mut outcome = Ok(());
+            for (idx, ack) in pending {
+                match ack.await {
+                    Ok(Ok(loc)) => log2.borrow_mut().made_durable(idx, loc),
+                    Ok(Err(e)) => outcome = Err(e),
+                    Err(_) => outcome = Err(DurableError::Closed),
+                }
+            }
+            me.wake(&key);
+            let _ = done_tx.send(outcome);
+        })
+        .detach();
+        let log_start = log.borrow().log_start();
+        let base_offset = first_offset.unwrap_or(-1);
+        if acks == 0 {
+            return ProduceResult {
+                error: ErrorCode::NONE,
+                base_offset,
+                log_start,
+                message: None,
+            };
+        }
+        let timeout = Duration::from_millis(timeout_ms.clamp(1, 300_000) as u64);
+        match glommio::timer::timeout(timeout, async { Ok(done_rx.await) }).await {
+            Ok(Ok(Ok(()))) => ProduceResult {
+                error: ErrorCode::NONE,
+                base_offset,
+                log_start,
+                message: None,
+            },
+            Ok(Ok(Err(e))) => ProduceResult::err(ErrorCode::KAFKA_STORAGE_ERROR, e.to_string()),
+            Ok(Err(_)) => ProduceResult::err(ErrorCode::KAFKA_STORAGE_ERROR, "WAL stopped"),
+            Err(_) => ProduceResult::err(
+                ErrorCode::REQUEST_TIMED_OUT,
+                "the WAL object was not durable in time",
+            ),
+        }
+    }
+
+    fn cached(&self, topic: &Arc<str>, partition: i32, base_offset: i64, len: usize) {
+        let mut c = self.cache.borrow_mut();
+        c.bytes += len;
+        c.order
+            .push_back(((topic.clone(), partition), base_offset, len));
+        self.ctx.metrics.cache_bytes_add(self.id, len as i64);
+    }
+
+    /// Drops the oldest durable batches while the cache is over its bound.
+    fn evict_if_needed(&self) {
+        let max = self.ctx.cache_bytes_max;
+        let mut c = self.cache.borrow_mut();
+        let mut skipped = 0;
+        while c.bytes > max && skipped < c.order.len() {
+            let Some((key, base, len)) = c.order.pop_front() else {
+                break;
+            };
+            let freed = match self.partitions.borrow().get(&key) {
+                Some(log) => log.borrow_mut().evict(base),
+                None => len,
+            };
+            if freed == 0 {
+                // Not durable yet: keep it, look at the next.
+                c.order.push_back((key, base, len));
+                skipped += 1;
+                continue;
+            }
+            c.bytes = c.bytes.saturating_sub(len);
+            self.ctx.metrics.cache_bytes_add(self.id, -(len as i64));
+        }
+    }
+
+    fn wake(&self, key: &Key) {
+        if let Some(ws) = self.waiters.borrow_mut().remove(key) {
+            for w in ws {
+                let _ = w.send(());
+            }
+        }
+    }
+
+    fn wait_local(&self, topic: Arc<str>, partition: i32, offset: i64, reply: oneshot::Sender<()>) {
+        let ready = match self.log(&topic, partition) {
+            Some(log) => log.borrow().high_watermark() > offset,
+            None => true,
+        };
+        if ready {
+            let _ = reply.send(());
+            return;
+        }
+        let mut w = self.waiters.borrow_mut();
+        let list = w.entry((topic, partition)).or_default();
+        list.retain(|s| !s.is_canceled());
+        list.push(reply);
+    }
+
+    /// Resolves once the partition has data past `offset` (or cannot).
+    pub async fn wait(self: &Rc<Self>, topic: Arc<str>, partition: i32, offset: i64) {
+        let to = self.owner_of(&topic, partition);
+        let (tx, rx) = oneshot::channel();
+        if to == self.id {
+            self.wait_local(topic, partition, offset, tx);
+        } else if !self
+            .send(
+                to,
+                ShardMsg::Wait {
+                    topic,
+                    partition,
+                    offset,
+                    reply: tx,
+                },
+            )
+            .await
+        {
+            return;
+        }
+        let _ = rx.await;
+    }
+
+    pub async fn fetch(
+        self: &Rc<Self>,
+        topic: Arc<str>,
+        partition: i32,
+        offset: i64,
+        max_bytes: usize,
+    ) -> FetchResult {
+        let to = self.owner_of(&topic, partition);
+        if to == self.id {
+            return self.fetch_local(topic, partition, offset, max_bytes).await;
+        }
+        let (tx, rx) = oneshot::channel();
+        let msg = ShardMsg::Fetch {
+            topic,
+            partition,
+            offset,
+            max_bytes,
+            reply: tx,
+        };
+        if !self.send(to, msg).await {
+            return FetchResult::err(ErrorCode::NOT_LEADER_OR_FOLLOWER);
+        }
+        rx.await
+            .unwrap_or_else(|_| FetchResult::err(ErrorCode::NOT_LEADER_OR_FOLLOWER))
+    }
+
+    async fn fetch_local(
+        self: &Rc<Self>,
+        topic: Arc<str>,
+        partition: i32,
+        offset: i64,
+        max_bytes: usize,
+    ) -> FetchResult {
+        let Some(log) = self.log(&topic, partition) else {
+            return FetchResult::err(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION);
+        };
+        let (batches, hw, start) = {
+            let l = log.borrow();
+            if offset < l.log_start() || offset > l.high_watermark() {
+                let mut r = FetchResult::err(ErrorCode::OFFSET_OUT_OF_RANGE);
+                r.high_watermark = l.high_watermark();
+                r.log_start = l.log_start();
+                return r;
+            }
+            (l.read(offset, max_bytes), l.high_watermark(), l.log_start())
+        };
+        let mut batches = batches;
+        // Older batches come back from the bucket with a ranged GET each.
+        for b in batches.iter_mut().filter(|b| b.data.is_none()) {
+            match self.read_back(b).await {
+                Ok(data) => {
+                    log.borrow_mut().fill(b.base_offset, data.clone());
+                    self.cached(&topic, partition, b.base_offset, b.len as usize);
+                    b.data = Some(data);
+                    self.ctx.metrics.cache_miss();
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %topic, partition, offset = b.base_offset, error = %e, "read from bucket failed");
+                    break;
+                }
+            }
+        }
+        self.evict_if_needed();
+        let served: Vec<LogBatch> = batches
+            .into_iter()
+            .take_while(|b| b.data.is_some())
+            .collect();
+        if !served.is_empty() {
+            self.ctx.metrics.cache_hit();
+        }
+        FetchResult {
+            error: ErrorCode::NONE,
+            high_watermark: hw,
+            log_start: start,
+            records: record_set(&served),
+        }
+    }
+
+    async fn read_back(&self, b: &LogBatch) -> Result<[Bytes; 2], DurableError> {
+        let Some(loc) = &b.location else {
+            return Err(DurableError::Failed("batch is not durable".into()));
+        };
+        let bytes = self
+            .ctx
+            .durable
+            .read(loc)
+            .await
+            .map_err(|_| DurableError::Closed)??;
+        if bytes.len() < 61 {
+            return Err(DurableError::Read {
+                key: loc.object_key.to_string(),
+                error: "batch shorter than its header".into(),
+            });
+        }
+        Ok([bytes.slice(..16), bytes.slice(16..)])
+    }
+
+    pub async fn list_offset(
+        self: &Rc<Self>,
+        topic: Arc<str>,
+        partition: i32,
+        timestamp: i64,
+    ) -> ListOffsetResult {
+        let to = self.owner_of(&topic, partition);
+        if to == self.id {
+            return self.list_offset_local(&topic, partition, timestamp);
+        }
+        let (tx, rx) = oneshot::channel();
+        let fail = ListOffsetResult {
+            error: ErrorCode::NOT_LEADER_OR_FOLLOWER,
+            offset: -1,
+            timestamp: -1,
+        };
+        let msg = ShardMsg::ListOffset {
+            topic,
+            partition,
+            timestamp,
+            reply: tx,
+        };
+        if !self.send(to, msg).await {
+            return fail;
+        }
+        rx.await.unwrap_or(fail)
+    }
+
+    fn list_offset_local(
+        &self,
+        topic: &Arc<str>,
+        partition: i32,
+        timestamp: i64,
+    ) -> ListOffsetResult {
+        let Some(log) = self.log(topic, partition) else {
+            return ListOffsetResult {
+                error: ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
+                offset: -1,
+                timestamp: -1,
+            };
+        };
+        let l = log.borrow();
+        let (offset, ts) = match timestamp {
+            -1 => (l.high_watermark(), -1),
+            -2 => (l.log_start(), -1),
+            // Max timestamp (KIP-734): the last batch's, approximately.
+            -3 => (l.high_watermark().saturating_sub(1).max(l.log_start()), -1),
+            ts => l.offset_for_timestamp(ts).unwrap_or((-1, -1)),
+        };
+        ListOffsetResult {
+            error: ErrorCode::NONE,
+            offset,
+            timestamp: ts,
+        }
+    }
+
+    /// Applies `log.retention.ms` / `log.retention.bytes` to this shard's
+    /// partitions; returns the batches dropped.
+    pub fn apply_retention(&self, now_ms: i64) -> usize {
+        let before = (self.ctx.retention_ms >= 0).then(|| now_ms - self.ctx.retention_ms);
+        let bytes = (self.ctx.retention_bytes >= 0).then_some(self.ctx.retention_bytes as u64);
+        self.partitions
+            .borrow()
+            .values()
+            .map(|p| p.borrow_mut().apply_retention(before, bytes))
+            .sum()
+    }
+}
+
+/// Wall-clock milliseconds, for retention and timestamps.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A deadline `ms` from now.
+pub fn deadline(ms: i32) -> Instant {
+    Instant::now() + Duration::from_millis(ms.max(0) as u64)
+}
