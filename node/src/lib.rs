@@ -14,7 +14,8 @@
 //! - [`topics`]: the node-wide topic table, read by shards without locks.
 //! - [`durable`]: what shards need from the WAL, and an in-memory stand-in.
 //! - [`node`]: what every shard of a node shares.
-//! - [`metrics`]: counters and latency histograms, in Prometheus format.
+//! - [`metrics`]: counters and latency histograms, in Prometheus format;
+//!   [`http`] serves them at `/metrics`.
 //! - [`config`]: `server.properties` and AutoMQ's keys.
 //! - [`group`]: the classic consumer-group coordinator, as a state machine.
 //!
@@ -29,6 +30,7 @@ pub mod config;
 pub mod conn;
 pub mod durable;
 pub mod group;
+pub mod http;
 pub mod metrics;
 pub mod node;
 pub mod partition;

@@ -1,0 +1,231 @@
+//! Garbage, truncated and oversized frames sent to the node's port are
+//! answered or closed, while another client keeps producing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use bytes::Bytes;
+use ferry_node::durable::MemoryLog;
+use ferry_node::node::NodeSettings;
+use ferry_node::server;
+use ferry_protocol::frame::{concat, encode_request};
+use ferry_protocol::messages::*;
+use ferry_protocol::records::{NewRecord, RecordBatchBuilder};
+use ferry_protocol::wire::Message;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn settings() -> NodeSettings {
+    NodeSettings {
+        node_id: 1,
+        rack: None,
+        advertised_host: "127.0.0.1".into(),
+        advertised_port: 0,
+        cluster_id: "test".into(),
+        shards: 2,
+        num_partitions: 2,
+        auto_create_topics: true,
+        cache_bytes_max: 16 << 20,
+        retention_ms: -1,
+        retention_bytes: -1,
+        frame_bytes_max: 1 << 20,
+    }
+}
+
+/// Sends one request and reads one response body.
+fn call(conn: &mut TcpStream, version: i16, body: RequestBody) -> Bytes {
+    let frame = concat(&encode_request(7, Some("hostile-test"), version, &body).unwrap());
+    conn.write_all(&frame).unwrap();
+    let mut size = [0u8; 4];
+    conn.read_exact(&mut size).unwrap();
+    let mut resp = vec![0u8; u32::from_be_bytes(size) as usize];
+    conn.read_exact(&mut resp).unwrap();
+    Bytes::from(resp)
+}
+
+fn produce_one(conn: &mut TcpStream, i: usize) -> (i16, i64) {
+    let mut b = RecordBatchBuilder::new();
+    b.push(NewRecord::new(
+        1,
+        Some(format!("k{i}").as_bytes()),
+        Some(b"v"),
+    ));
+    let body = RequestBody::Produce(produce_request::ProduceRequest {
+        acks: -1,
+        timeout_ms: 10_000,
+        topic_data: vec![produce_request::TopicProduceData {
+            name: "steady".into(),
+            partition_data: vec![produce_request::PartitionProduceData {
+                index: 0,
+                records: Some(b.build().unwrap().into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let resp = call(conn, 9, body);
+    // Response header v1: correlation id + empty tagged fields.
+    let r = produce_response::ProduceResponse::decode(&resp.slice(5..), 9).unwrap();
+    let p = &r.responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+/// True if the server closes the connection (or resets it) within 5 s.
+fn closed(mut conn: TcpStream) -> bool {
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 1024];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return true,
+            Ok(_) => continue,
+        }
+    }
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c
+}
+
+#[test]
+fn bad_frames_are_closed_while_a_producer_keeps_going() {
+    let node = server::start(
+        settings(),
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(MemoryLog::new()),
+        Default::default(),
+        HashMap::new(),
+    )
+    .unwrap();
+    let addr = node.addr;
+    let mut admin = connect(addr);
+    let resp = call(
+        &mut admin,
+        7,
+        RequestBody::CreateTopics(create_topics_request::CreateTopicsRequest {
+            topics: vec![create_topics_request::CreatableTopic {
+                name: "steady".into(),
+                num_partitions: 1,
+                replication_factor: 1,
+                ..Default::default()
+            }],
+            timeout_ms: 10_000,
+            ..Default::default()
+        }),
+    );
+    let created =
+        create_topics_response::CreateTopicsResponse::decode(&resp.slice(5..), 7).unwrap();
+    assert_eq!(created.topics[0].error_code, 0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let produced = Arc::new(AtomicUsize::new(0));
+    let producer = {
+        let (stop, produced) = (stop.clone(), produced.clone());
+        std::thread::spawn(move || {
+            let mut c = connect(addr);
+            let mut last = -1;
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let (err, off) = produce_one(&mut c, i);
+                assert_eq!(err, 0, "produce {i} failed while others misbehaved");
+                assert_eq!(off, last + 1, "offsets must be dense");
+                last = off;
+                i += 1;
+                produced.store(i, Ordering::Relaxed);
+            }
+        })
+    };
+    // Garbage: a size prefix then random bytes that are no request.
+    let mut c = connect(addr);
+    c.write_all(&[0, 0, 0, 12, 0x7f, 0x7f, 0, 1, 0, 0, 0, 1, 9, 9, 9, 9])
+        .unwrap();
+    assert!(closed(c), "unknown API key must close the connection");
+    // Oversized: a frame over socket.request.max.bytes is refused from its prefix.
+    let mut c = connect(addr);
+    c.write_all(&(2u32 << 20).to_be_bytes()).unwrap();
+    assert!(closed(c), "oversized frame must close the connection");
+    // Negative size.
+    let mut c = connect(addr);
+    c.write_all(&(-5i32).to_be_bytes()).unwrap();
+    assert!(closed(c), "negative size must close the connection");
+    // A produce request cut short inside its frame.
+    let mut c = connect(addr);
+    let mut b = RecordBatchBuilder::new();
+    b.push(NewRecord::new(1, Some(b"k"), Some(b"v")));
+    let full = concat(
+        &encode_request(
+            1,
+            Some("x"),
+            9,
+            &RequestBody::Produce(produce_request::ProduceRequest {
+                acks: -1,
+                topic_data: vec![produce_request::TopicProduceData {
+                    name: "steady".into(),
+                    partition_data: vec![produce_request::PartitionProduceData {
+                        index: 0,
+                        records: Some(b.build().unwrap().into()),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+        )
+        .unwrap(),
+    );
+    let mut cut = full.to_vec();
+    let new_len = (cut.len() - 4 - 30) as u32;
+    cut[..4].copy_from_slice(&new_len.to_be_bytes());
+    cut.truncate(4 + new_len as usize);
+    c.write_all(&cut).unwrap();
+    assert!(closed(c), "a truncated request must close the connection");
+    // A corrupt batch (CRC mismatch) is answered with CORRUPT_MESSAGE, not a close.
+    let mut c = connect(addr);
+    let mut bad = full.to_vec();
+    let n = bad.len();
+    // The last three bytes are tagged-field counts; the one before is data.
+    bad[n - 4] ^= 0xff;
+    c.write_all(&bad).unwrap();
+    let mut size = [0u8; 4];
+    c.read_exact(&mut size).unwrap();
+    let mut resp = vec![0u8; u32::from_be_bytes(size) as usize];
+    c.read_exact(&mut resp).unwrap();
+    let r = produce_response::ProduceResponse::decode(&Bytes::from(resp).slice(5..), 9).unwrap();
+    assert_eq!(
+        r.responses[0].partition_responses[0].error_code, 2,
+        "CORRUPT_MESSAGE"
+    );
+    // Slow drip of a valid request, one byte at a time, is still served.
+    let mut c = connect(addr);
+    let api = concat(
+        &encode_request(
+            3,
+            Some("drip"),
+            3,
+            &RequestBody::ApiVersions(api_versions_request::ApiVersionsRequest {
+                client_software_name: "drip".into(),
+                client_software_version: "1".into(),
+                ..Default::default()
+            }),
+        )
+        .unwrap(),
+    );
+    for byte in api.iter() {
+        c.write_all(&[*byte]).unwrap();
+    }
+    let mut size = [0u8; 4];
+    c.read_exact(&mut size).unwrap();
+    assert!(u32::from_be_bytes(size) > 10);
+
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    producer.join().expect("the steady producer must not fail");
+    assert!(
+        produced.load(Ordering::Relaxed) > 10,
+        "the producer made progress"
+    );
+    node.stop();
+}
