@@ -1,0 +1,989 @@
+//! The WAL object format, version 1.
+//!
+//! A WAL object holds the record batches of many partitions, written by one
+//! node in one `batchInterval`. It is built to be read in three small steps:
+//! the footer (fixed size, at the end), then the index it points to, then ONE
+//! ranged GET per partition, because the writer stores each partition's
+//! entries next to each other.
+//!
+//! All integers are little-endian.
+//!
+//! ```text
+//! offset        size  field
+//! ------------  ----  ---------------------------------------------------------
+//! header (HEADER_LEN = 32 bytes)
+//! 0             8     magic "FERRYWAL"
+//! 8             2     format version (u16) = 1
+//! 10            2     flags (u16) = 0; a reader rejects bits it does not know
+//! 12            4     node id (u32)
+//! 16            8     object sequence number (u64), per node, increasing
+//! 24            8     creation time, ms since the Unix epoch (u64)
+//! data
+//! 32            ...   entries' bytes back to back, grouped by partition
+//! index (starts at index_offset, index_len bytes)
+//! +0            4     entry count (u32)
+//!               per entry (INDEX_ENTRY_FIXED_LEN = 68 bytes + topic):
+//!               2     topic length (u16), then the topic (UTF-8)
+//!               4     partition (i32)
+//!               8     base offset (i64)
+//!               8     last offset (i64)
+//!               8     position of the entry's data in the object (u64)
+//!               4     length of the entry's data (u32)
+//!               4     CRC32C of the entry's data (u32)
+//!               4     record count (u32)
+//!               8     max timestamp, ms (i64)
+//!               8     producer id (i64), -1 without an idempotent producer
+//!               2     producer epoch (i16)
+//!               4     first sequence of the batch (i32)
+//!               4     last sequence of the batch (i32)
+//! footer (FOOTER_LEN = 24 bytes, the last bytes of the object)
+//! len-24        8     index_offset (u64)
+//! len-16        4     index_len (u32)
+//! len-12        4     CRC32C over header bytes [0, 32) then the index bytes
+//! len-8         8     magic "FERRYEND"
+//! ```
+//!
+//! Checks: the footer's CRC covers the header and the index; each entry's CRC
+//! covers its data. The index must describe entries inside the data section,
+//! in order and without overlap. The writer verifies an encoded object before
+//! uploading it ([`EncodedObject::verify`]), and readers verify what they get
+//! back ([`decode_index`], [`verify_entry`]).
+//!
+//! Version history: 1 is the first version.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use object_store::PutPayload;
+
+use crate::error::FormatError;
+
+/// The format version this build writes and reads.
+pub const FORMAT_VERSION: u16 = 1;
+/// Magic at the start of every WAL object.
+pub const HEADER_MAGIC: [u8; 8] = *b"FERRYWAL";
+/// Magic at the end of every WAL object.
+pub const FOOTER_MAGIC: [u8; 8] = *b"FERRYEND";
+/// Size of the header.
+pub const HEADER_LEN: usize = 32;
+/// Size of the footer.
+pub const FOOTER_LEN: usize = 24;
+/// Size of one index entry without its topic name.
+pub const INDEX_ENTRY_FIXED_LEN: usize = 68;
+
+/// The idempotent-producer fields of an entry's batch. They are kept in the
+/// index so that recovery rebuilds producer state (duplicate detection)
+/// without reading any data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerFields {
+    pub id: i64,
+    pub epoch: i16,
+    pub first_sequence: i32,
+    pub last_sequence: i32,
+}
+
+impl Default for ProducerFields {
+    /// No producer: Kafka's "no producer id" values.
+    fn default() -> ProducerFields {
+        ProducerFields {
+            id: -1,
+            epoch: -1,
+            first_sequence: -1,
+            last_sequence: -1,
+        }
+    }
+}
+/// Longest topic name the format holds (Kafka's own limit is 249).
+pub const TOPIC_LEN_MAX: usize = u16::MAX as usize;
+/// Largest single entry (the length field is a u32).
+pub const ENTRY_LEN_MAX: usize = u32::MAX as usize;
+
+/// The identity of one WAL object, from its header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectHeader {
+    pub node_id: u32,
+    pub seq: u64,
+    pub created_ms: u64,
+}
+
+impl ObjectHeader {
+    /// The 32 header bytes.
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[0..8].copy_from_slice(&HEADER_MAGIC);
+        b[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[10..12].copy_from_slice(&0u16.to_le_bytes());
+        b[12..16].copy_from_slice(&self.node_id.to_le_bytes());
+        b[16..24].copy_from_slice(&self.seq.to_le_bytes());
+        b[24..32].copy_from_slice(&self.created_ms.to_le_bytes());
+        b
+    }
+
+    /// Parses the header from the first bytes of an object. Checks magic,
+    /// version and flags; the CRC is checked with the index ([`decode_index`]).
+    pub fn decode(b: &[u8]) -> Result<ObjectHeader, FormatError> {
+        let b = b.get(..HEADER_LEN).ok_or(FormatError::Truncated {
+            what: "header",
+            needed: HEADER_LEN as u64,
+            available: b.len() as u64,
+        })?;
+        if b[0..8] != HEADER_MAGIC {
+            return Err(FormatError::BadMagic { what: "header" });
+        }
+        let version = u16::from_le_bytes([b[8], b[9]]);
+        if version != FORMAT_VERSION {
+            return Err(FormatError::UnsupportedVersion {
+                version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let flags = u16::from_le_bytes([b[10], b[11]]);
+        if flags != 0 {
+            return Err(FormatError::UnknownFlags { flags });
+        }
+        let mut r = Cursor { b, pos: 12 };
+        Ok(ObjectHeader {
+            node_id: r.u32(),
+            seq: r.u64(),
+            created_ms: r.u64(),
+        })
+    }
+}
+
+/// The fixed-size trailer that says where the index is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footer {
+    pub index_offset: u64,
+    pub index_len: u32,
+    /// CRC32C over the header bytes, then the index bytes.
+    pub crc: u32,
+}
+
+impl Footer {
+    pub fn encode(&self) -> [u8; FOOTER_LEN] {
+        let mut b = [0u8; FOOTER_LEN];
+        b[0..8].copy_from_slice(&self.index_offset.to_le_bytes());
+        b[8..12].copy_from_slice(&self.index_len.to_le_bytes());
+        b[12..16].copy_from_slice(&self.crc.to_le_bytes());
+        b[16..24].copy_from_slice(&FOOTER_MAGIC);
+        b
+    }
+
+    /// Parses the footer from the LAST `FOOTER_LEN` bytes of `tail`, and checks
+    /// that it fits an object of `object_len` bytes.
+    pub fn decode(tail: &[u8], object_len: u64) -> Result<Footer, FormatError> {
+        if tail.len() < FOOTER_LEN || object_len < (HEADER_LEN + FOOTER_LEN + 4) as u64 {
+            return Err(FormatError::Truncated {
+                what: "object (no room for header, index and footer)",
+                needed: (HEADER_LEN + FOOTER_LEN + 4) as u64,
+                available: object_len.min(tail.len() as u64),
+            });
+        }
+        let b = &tail[tail.len() - FOOTER_LEN..];
+        if b[16..24] != FOOTER_MAGIC {
+            return Err(FormatError::BadMagic { what: "footer" });
+        }
+        let mut r = Cursor { b, pos: 0 };
+        let footer = Footer {
+            index_offset: r.u64(),
+            index_len: r.u32(),
+            crc: r.u32(),
+        };
+        let index_end = footer.index_offset.checked_add(u64::from(footer.index_len));
+        if footer.index_offset < HEADER_LEN as u64
+            || footer.index_len < 4
+            || index_end != Some(object_len - FOOTER_LEN as u64)
+        {
+            return Err(FormatError::BadIndex {
+                reason: format!(
+                    "footer places the index at {}..+{} in an object of {} bytes",
+                    footer.index_offset, footer.index_len, object_len
+                ),
+            });
+        }
+        Ok(footer)
+    }
+
+    /// Where the index is in the object.
+    pub fn index_range(&self) -> Range<u64> {
+        self.index_offset..self.index_offset + u64::from(self.index_len)
+    }
+}
+
+/// The metadata and bytes of one entry: one or more record batches of one
+/// partition, handed to the writer by the shard that owns the partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalEntry {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub record_count: u32,
+    pub max_timestamp: i64,
+    pub producer: ProducerFields,
+    /// The entry's bytes, possibly in several segments; they are uploaded as
+    /// they are, without being copied into one buffer.
+    pub data: Vec<Bytes>,
+}
+
+impl WalEntry {
+    /// Total data length over all segments.
+    pub fn data_len(&self) -> usize {
+        self.data.iter().map(Bytes::len).sum()
+    }
+
+    /// Checks what the format needs: a topic that fits, data that fits a
+    /// u32, and `last_offset >= base_offset`.
+    pub fn check(&self) -> Result<(), String> {
+        if self.topic.is_empty() || self.topic.len() > TOPIC_LEN_MAX {
+            return Err(format!(
+                "topic name length {} is not in 1..={TOPIC_LEN_MAX}",
+                self.topic.len()
+            ));
+        }
+        if self.data_len() > ENTRY_LEN_MAX {
+            return Err(format!(
+                "data length {} is over {ENTRY_LEN_MAX}",
+                self.data_len()
+            ));
+        }
+        if self.last_offset < self.base_offset {
+            return Err(format!(
+                "last offset {} is before base offset {}",
+                self.last_offset, self.base_offset
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One entry of the index: where an entry's bytes are, and what they hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub base_offset: i64,
+    pub last_offset: i64,
+    /// Byte position of the entry's data in the object.
+    pub position: u64,
+    /// Length of the entry's data.
+    pub len: u32,
+    /// CRC32C of the entry's data.
+    pub crc: u32,
+    pub record_count: u32,
+    pub max_timestamp: i64,
+    pub producer: ProducerFields,
+}
+
+impl IndexEntry {
+    /// The byte range of the entry's data in the object.
+    pub fn range(&self) -> Range<u64> {
+        self.position..self.position + u64::from(self.len)
+    }
+
+    fn encoded_len(&self) -> usize {
+        INDEX_ENTRY_FIXED_LEN + self.topic.len()
+    }
+
+    fn encode(&self, out: &mut BytesMut) {
+        // Checked by `WalEntry::check` before an entry reaches the builder.
+        debug_assert!(self.topic.len() <= TOPIC_LEN_MAX);
+        out.put_u16_le(self.topic.len() as u16);
+        out.put_slice(self.topic.as_bytes());
+        out.put_i32_le(self.partition);
+        out.put_i64_le(self.base_offset);
+        out.put_i64_le(self.last_offset);
+        out.put_u64_le(self.position);
+        out.put_u32_le(self.len);
+        out.put_u32_le(self.crc);
+        out.put_u32_le(self.record_count);
+        out.put_i64_le(self.max_timestamp);
+        out.put_i64_le(self.producer.id);
+        out.put_i16_le(self.producer.epoch);
+        out.put_i32_le(self.producer.first_sequence);
+        out.put_i32_le(self.producer.last_sequence);
+    }
+}
+
+/// A decoded, CRC-checked index of one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectIndex {
+    pub header: ObjectHeader,
+    pub footer: Footer,
+    /// Size of the whole object in bytes.
+    pub object_len: u64,
+    /// Entries in the order of their data in the object (grouped by partition).
+    pub entries: Vec<IndexEntry>,
+}
+
+impl ObjectIndex {
+    /// The entries of one partition: a contiguous run, since the writer groups
+    /// a partition's entries together. Empty if the object has none.
+    pub fn partition_entries(&self, topic: &str, partition: i32) -> &[IndexEntry] {
+        let is_it = |e: &IndexEntry| &*e.topic == topic && e.partition == partition;
+        let Some(start) = self.entries.iter().position(is_it) else {
+            return &[];
+        };
+        let run = self.entries[start..]
+            .iter()
+            .take_while(|e| is_it(e))
+            .count();
+        &self.entries[start..start + run]
+    }
+
+    /// The byte range holding all of one partition's entries: one ranged GET.
+    pub fn partition_range(&self, topic: &str, partition: i32) -> Option<Range<u64>> {
+        let run = self.partition_entries(topic, partition);
+        let first = run.first()?;
+        let last = run.last()?;
+        Some(first.position..last.range().end)
+    }
+}
+
+/// A built object, ready to upload, with its index.
+#[derive(Debug, Clone)]
+pub struct EncodedObject {
+    /// The object's bytes in order: header, data segments, index, footer.
+    pub segments: Vec<Bytes>,
+    pub index: ObjectIndex,
+    /// For each index entry, which `segments` hold its data.
+    entry_segments: Vec<Range<usize>>,
+}
+
+impl EncodedObject {
+    /// Total size in bytes.
+    pub fn len(&self) -> u64 {
+        self.index.object_len
+    }
+
+    /// Never true: an object has at least a header, an index and a footer.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The PUT body, sharing the segments (no copy).
+    pub fn payload(&self) -> PutPayload {
+        PutPayload::from_iter(self.segments.iter().cloned())
+    }
+
+    /// The object as one contiguous buffer (copies; for tests and tools).
+    pub fn to_bytes(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.index.object_len as usize);
+        for s in &self.segments {
+            out.extend_from_slice(s);
+        }
+        out.freeze()
+    }
+
+    /// Re-checks the object before upload: the header and index decode back
+    /// to the same index, the footer CRC matches, and every entry's data
+    /// matches its CRC and position. Cheap next to a PUT (CRC32C runs at
+    /// memory speed), and it catches a builder bug before it reaches S3.
+    pub fn verify(&self) -> Result<(), FormatError> {
+        let (Some(header), Some(footer)) = (self.segments.first(), self.segments.last()) else {
+            return Err(FormatError::BadIndex {
+                reason: "encoded object has no segments".into(),
+            });
+        };
+        let index_bytes = &self.segments[self.segments.len() - 2];
+        let total: u64 = self.segments.iter().map(|s| s.len() as u64).sum();
+        let decoded_footer = Footer::decode(footer, total)?;
+        let decoded = decode_index(header, index_bytes, &decoded_footer, total)?;
+        if decoded != self.index {
+            return Err(FormatError::BadIndex {
+                reason: "encoded index does not decode to the built index".into(),
+            });
+        }
+        let mut pos = HEADER_LEN as u64;
+        for (entry, segs) in self.index.entries.iter().zip(&self.entry_segments) {
+            let data = &self.segments[segs.clone()];
+            let len: u64 = data.iter().map(|s| s.len() as u64).sum();
+            if entry.position != pos || u64::from(entry.len) != len {
+                return Err(FormatError::BadIndex {
+                    reason: format!(
+                        "entry {}-{} at {}+{} but its data is at {pos}+{len}",
+                        entry.topic, entry.partition, entry.position, entry.len
+                    ),
+                });
+            }
+            let crc = data.iter().fold(0, |c, s| crc32c::crc32c_append(c, s));
+            check_crc(entry, crc)?;
+            pos += len;
+        }
+        Ok(())
+    }
+}
+
+/// Builds one object from entries, in the order they are pushed.
+#[derive(Debug)]
+pub struct ObjectBuilder {
+    header: ObjectHeader,
+    segments: Vec<Bytes>,
+    entries: Vec<IndexEntry>,
+    entry_segments: Vec<Range<usize>>,
+    position: u64,
+    index_len: usize,
+}
+
+impl ObjectBuilder {
+    pub fn new(header: ObjectHeader) -> ObjectBuilder {
+        ObjectBuilder {
+            header,
+            segments: vec![Bytes::copy_from_slice(&header.encode())],
+            entries: Vec::new(),
+            entry_segments: Vec::new(),
+            position: HEADER_LEN as u64,
+            index_len: 4,
+        }
+    }
+
+    /// Appends an entry's data (computing its CRC) and returns its index entry.
+    /// The caller has run [`WalEntry::check`].
+    pub fn push(&mut self, entry: &WalEntry) -> Result<&IndexEntry, FormatError> {
+        let len = entry.data_len();
+        if len > ENTRY_LEN_MAX {
+            return Err(FormatError::TooLarge {
+                what: "entry data length",
+                len: len as u64,
+                max: ENTRY_LEN_MAX as u64,
+            });
+        }
+        if entry.topic.len() > TOPIC_LEN_MAX {
+            return Err(FormatError::TooLarge {
+                what: "topic name length",
+                len: entry.topic.len() as u64,
+                max: TOPIC_LEN_MAX as u64,
+            });
+        }
+        let first = self.segments.len();
+        let mut crc = 0;
+        for s in &entry.data {
+            crc = crc32c::crc32c_append(crc, s);
+            if !s.is_empty() {
+                self.segments.push(s.clone());
+            }
+        }
+        let index_entry = IndexEntry {
+            topic: entry.topic.clone(),
+            partition: entry.partition,
+            base_offset: entry.base_offset,
+            last_offset: entry.last_offset,
+            position: self.position,
+            len: len as u32,
+            crc,
+            record_count: entry.record_count,
+            max_timestamp: entry.max_timestamp,
+            producer: entry.producer,
+        };
+        self.position += len as u64;
+        self.index_len += index_entry.encoded_len();
+        self.entry_segments.push(first..self.segments.len());
+        self.entries.push(index_entry);
+        Ok(&self.entries[self.entries.len() - 1])
+    }
+
+    /// Bytes the object will have if finished now.
+    pub fn len(&self) -> u64 {
+        self.position + (self.index_len + FOOTER_LEN) as u64
+    }
+
+    /// True if no entry was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Writes the index and footer.
+    pub fn finish(mut self) -> Result<EncodedObject, FormatError> {
+        if self.index_len > u32::MAX as usize {
+            return Err(FormatError::TooLarge {
+                what: "index length",
+                len: self.index_len as u64,
+                max: u64::from(u32::MAX),
+            });
+        }
+        let mut index = BytesMut::with_capacity(self.index_len);
+        index.put_u32_le(self.entries.len() as u32);
+        for e in &self.entries {
+            e.encode(&mut index);
+        }
+        debug_assert_eq!(index.len(), self.index_len);
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&self.segments[0]), &index);
+        let footer = Footer {
+            index_offset: self.position,
+            index_len: index.len() as u32,
+            crc,
+        };
+        let object_len = self.position + (index.len() + FOOTER_LEN) as u64;
+        self.segments.push(index.freeze());
+        self.segments.push(Bytes::copy_from_slice(&footer.encode()));
+        Ok(EncodedObject {
+            segments: self.segments,
+            index: ObjectIndex {
+                header: self.header,
+                footer,
+                object_len,
+                entries: self.entries,
+            },
+            entry_segments: self.entry_segments,
+        })
+    }
+}
+
+/// Decodes and checks the index, given the header bytes (at least the first
+/// `HEADER_LEN`), the index bytes (exactly `footer.index_len`) and the
+/// footer. Checks the CRC over header and index, and that every entry lies
+/// inside the data section, in order, without overlap.
+pub fn decode_index(
+    header: &[u8],
+    index: &[u8],
+    footer: &Footer,
+    object_len: u64,
+) -> Result<ObjectIndex, FormatError> {
+    let header_bytes = header.get(..HEADER_LEN).ok_or(FormatError::Truncated {
+        what: "header",
+        needed: HEADER_LEN as u64,
+        available: header.len() as u64,
+    })?;
+    if index.len() != footer.index_len as usize {
+        return Err(FormatError::Truncated {
+            what: "index",
+            needed: u64::from(footer.index_len),
+            available: index.len() as u64,
+        });
+    }
+    let computed = crc32c::crc32c_append(crc32c::crc32c(header_bytes), index);
+    if computed != footer.crc {
+        return Err(FormatError::ChecksumMismatch {
+            what: "header and index".into(),
+            stored: footer.crc,
+            computed,
+        });
+    }
+    let parsed_header = ObjectHeader::decode(header_bytes)?;
+    let mut r = Cursor { b: index, pos: 0 };
+    let count = r.u32() as usize;
+    // Bound the allocation by what the index can hold before trusting `count`.
+    let count_max = (index.len() - 4) / INDEX_ENTRY_FIXED_LEN;
+    if count > count_max {
+        return Err(FormatError::BadIndex {
+            reason: format!(
+                "{count} entries cannot fit in an index of {} bytes",
+                index.len()
+            ),
+        });
+    }
+    let mut entries = Vec::with_capacity(count);
+    let mut next_position = HEADER_LEN as u64;
+    for i in 0..count {
+        if r.remaining() < INDEX_ENTRY_FIXED_LEN {
+            return Err(FormatError::Truncated {
+                what: "index entry",
+                needed: INDEX_ENTRY_FIXED_LEN as u64,
+                available: r.remaining() as u64,
+            });
+        }
+        let topic_len = r.u16() as usize;
+        if r.remaining() < topic_len + INDEX_ENTRY_FIXED_LEN - 2 {
+            return Err(FormatError::Truncated {
+                what: "index entry",
+                needed: (topic_len + INDEX_ENTRY_FIXED_LEN - 2) as u64,
+                available: r.remaining() as u64,
+            });
+        }
+        let topic = std::str::from_utf8(r.take(topic_len)).map_err(|_| FormatError::BadIndex {
+            reason: format!("entry {i}: topic name is not UTF-8"),
+        })?;
+        let e = IndexEntry {
+            topic: Arc::from(topic),
+            partition: r.i32(),
+            base_offset: r.i64(),
+            last_offset: r.i64(),
+            position: r.u64(),
+            len: r.u32(),
+            crc: r.u32(),
+            record_count: r.u32(),
+            max_timestamp: r.i64(),
+            producer: ProducerFields {
+                id: r.i64(),
+                epoch: r.i16(),
+                first_sequence: r.i32(),
+                last_sequence: r.i32(),
+            },
+        };
+        let end = e.position.checked_add(u64::from(e.len));
+        if e.position != next_position || end.is_none_or(|end| end > footer.index_offset) {
+            return Err(FormatError::BadIndex {
+                reason: format!(
+                    "entry {i} ({}-{}) at {}+{} is not where the data continues ({next_position}) \
+                     or runs past the data section (ends at {})",
+                    e.topic, e.partition, e.position, e.len, footer.index_offset
+                ),
+            });
+        }
+        if e.last_offset < e.base_offset {
+            return Err(FormatError::BadIndex {
+                reason: format!(
+                    "entry {i} ({}-{}): last offset {} before base offset {}",
+                    e.topic, e.partition, e.last_offset, e.base_offset
+                ),
+            });
+        }
+        next_position = end.unwrap_or(next_position);
+        entries.push(e);
+    }
+    if r.remaining() != 0 || next_position != footer.index_offset {
+        return Err(FormatError::BadIndex {
+            reason: format!(
+                "{} bytes left after the last index entry; data ends at {next_position}, \
+                 index starts at {}",
+                r.remaining(),
+                footer.index_offset
+            ),
+        });
+    }
+    Ok(ObjectIndex {
+        header: parsed_header,
+        footer: *footer,
+        object_len,
+        entries,
+    })
+}
+
+/// Decodes a whole object held in memory and checks every CRC.
+pub fn decode_object(object: &[u8]) -> Result<ObjectIndex, FormatError> {
+    let len = object.len() as u64;
+    let footer = Footer::decode(object, len)?;
+    let index_range = footer.index_range();
+    let index = decode_index(
+        object,
+        &object[index_range.start as usize..index_range.end as usize],
+        &footer,
+        len,
+    )?;
+    for e in &index.entries {
+        let r = e.range();
+        verify_entry(e, &object[r.start as usize..r.end as usize])?;
+    }
+    Ok(index)
+}
+
+/// Checks an entry's data against its index entry (length and CRC32C).
+pub fn verify_entry(entry: &IndexEntry, data: &[u8]) -> Result<(), FormatError> {
+    if data.len() != entry.len as usize {
+        return Err(FormatError::Truncated {
+            what: "entry data",
+            needed: u64::from(entry.len),
+            available: data.len() as u64,
+        });
+    }
+    check_crc(entry, crc32c::crc32c(data))
+}
+
+fn check_crc(entry: &IndexEntry, computed: u32) -> Result<(), FormatError> {
+    if computed != entry.crc {
+        return Err(FormatError::ChecksumMismatch {
+            what: format!(
+                "data of {}-{} offsets {}..={}",
+                entry.topic, entry.partition, entry.base_offset, entry.last_offset
+            ),
+            stored: entry.crc,
+            computed,
+        });
+    }
+    Ok(())
+}
+
+/// Reads fixed-width little-endian fields. Callers check lengths first.
+struct Cursor<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn remaining(&self) -> usize {
+        self.b.len() - self.pos
+    }
+    fn take(&mut self, n: usize) -> &'a [u8] {
+        let s = &self.b[self.pos..self.pos + n];
+        self.pos += n;
+        s
+    }
+    fn array<const N: usize>(&mut self) -> [u8; N] {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N));
+        a
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes(self.array())
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes(self.array())
+    }
+    fn i32(&mut self) -> i32 {
+        i32::from_le_bytes(self.array())
+    }
+    fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(self.array())
+    }
+    fn i64(&mut self) -> i64 {
+        i64::from_le_bytes(self.array())
+    }
+    fn i16(&mut self) -> i16 {
+        i16::from_le_bytes(self.array())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn entry(topic: &str, partition: i32, base: i64, segs: &[&[u8]]) -> WalEntry {
+        WalEntry {
+            topic: Arc::from(topic),
+            partition,
+            base_offset: base,
+            last_offset: base + 9,
+            record_count: 10,
+            max_timestamp: 1_700_000_000_000 + base,
+            producer: ProducerFields {
+                id: base,
+                epoch: 3,
+                first_sequence: partition,
+                last_sequence: partition + 9,
+            },
+            data: segs.iter().map(|s| Bytes::copy_from_slice(s)).collect(),
+        }
+    }
+
+    fn build(entries: &[WalEntry]) -> EncodedObject {
+        let mut b = ObjectBuilder::new(ObjectHeader {
+            node_id: 7,
+            seq: 42,
+            created_ms: 1_700_000_000_123,
+        });
+        for e in entries {
+            b.push(e).unwrap();
+        }
+        b.finish().unwrap()
+    }
+
+    fn sample() -> EncodedObject {
+        build(&[
+            entry("orders", 0, 100, &[b"abc", b"", b"defgh"]),
+            entry("orders", 0, 110, &[b"second batch of orders-0"]),
+            entry("clicks", 3, 0, &[b"x"]),
+            entry("orders", 1, 5, &[&[0u8; 300], &[1u8; 17]]),
+        ])
+    }
+
+    #[test]
+    fn round_trip_keeps_header_entries_and_data() {
+        let obj = sample();
+        obj.verify().unwrap();
+        let bytes = obj.to_bytes();
+        assert_eq!(bytes.len() as u64, obj.len());
+        assert_eq!(obj.payload().content_length() as u64, obj.len());
+        let index = decode_object(&bytes).unwrap();
+        assert_eq!(index, obj.index);
+        assert_eq!(index.header.node_id, 7);
+        assert_eq!(index.header.seq, 42);
+        assert_eq!(index.header.created_ms, 1_700_000_000_123);
+        let e0 = &index.entries[0];
+        assert_eq!(
+            &bytes[e0.range().start as usize..e0.range().end as usize],
+            b"abcdefgh"
+        );
+        assert_eq!(e0.crc, crc32c::crc32c(b"abcdefgh"));
+        let run = index.partition_entries("orders", 0);
+        assert_eq!(run.len(), 2);
+        assert_eq!(run[1].base_offset, 110);
+        assert_eq!(index.partition_range("orders", 0), Some(32..32 + 8 + 24));
+        assert!(index.partition_entries("orders", 9).is_empty());
+        assert_eq!(index.partition_range("nope", 0), None);
+    }
+
+    #[test]
+    fn empty_object_round_trips() {
+        let obj = build(&[]);
+        obj.verify().unwrap();
+        let index = decode_object(&obj.to_bytes()).unwrap();
+        assert!(index.entries.is_empty());
+        assert_eq!(obj.len(), (HEADER_LEN + 4 + FOOTER_LEN) as u64);
+    }
+
+    #[test]
+    fn every_single_bit_flip_is_detected() {
+        let bytes = sample().to_bytes();
+        for byte in 0..bytes.len() {
+            for bit in [0u8, 3, 7] {
+                let mut bad = bytes.to_vec();
+                bad[byte] ^= 1 << bit;
+                assert!(
+                    decode_object(&bad).is_err(),
+                    "flip of bit {bit} in byte {byte} (of {}) went unnoticed",
+                    bytes.len()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bit_flips_name_the_damaged_part() {
+        let obj = sample();
+        let bytes = obj.to_bytes();
+        let flip = |at: usize| {
+            let mut bad = bytes.to_vec();
+            bad[at] ^= 0x10;
+            decode_object(&bad).unwrap_err()
+        };
+        // Header (node id): caught by the header+index CRC.
+        assert!(
+            matches!(flip(13), FormatError::ChecksumMismatch { ref what, .. } if what == "header and index")
+        );
+        // Data of the first entry: caught by the entry CRC, named by partition.
+        assert!(
+            matches!(flip(HEADER_LEN + 1), FormatError::ChecksumMismatch { ref what, .. } if what.contains("orders-0"))
+        );
+        // Index.
+        let index_at = obj.index.footer.index_offset as usize + 10;
+        assert!(matches!(
+            flip(index_at),
+            FormatError::ChecksumMismatch { .. }
+        ));
+        // Footer magic.
+        assert_eq!(
+            flip(bytes.len() - 1),
+            FormatError::BadMagic { what: "footer" }
+        );
+        // Footer index offset: the index no longer ends where the footer starts.
+        assert!(matches!(
+            flip(bytes.len() - FOOTER_LEN),
+            FormatError::BadIndex { .. }
+        ));
+    }
+
+    #[test]
+    fn every_truncation_is_detected() {
+        let bytes = sample().to_bytes();
+        for len in 0..bytes.len() {
+            assert!(
+                decode_object(&bytes[..len]).is_err(),
+                "truncation to {len} went unnoticed"
+            );
+        }
+        // Bytes appended after the footer make it unreadable too.
+        let mut longer = bytes.to_vec();
+        longer.extend_from_slice(b"junk");
+        assert!(decode_object(&longer).is_err());
+    }
+
+    #[test]
+    fn version_and_flags_are_checked() {
+        let mut h = ObjectHeader {
+            node_id: 1,
+            seq: 2,
+            created_ms: 3,
+        }
+        .encode();
+        h[8] = 2;
+        assert_eq!(
+            ObjectHeader::decode(&h),
+            Err(FormatError::UnsupportedVersion {
+                version: 2,
+                supported: 1
+            })
+        );
+        let mut h = ObjectHeader {
+            node_id: 1,
+            seq: 2,
+            created_ms: 3,
+        }
+        .encode();
+        h[10] = 1;
+        assert_eq!(
+            ObjectHeader::decode(&h),
+            Err(FormatError::UnknownFlags { flags: 1 })
+        );
+    }
+
+    #[test]
+    fn a_huge_entry_count_is_refused_before_allocating() {
+        let obj = build(&[entry("t", 0, 0, &[b"a"])]);
+        let mut index = obj.segments[obj.segments.len() - 2].to_vec();
+        index[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let header = &obj.segments[0];
+        let footer = Footer {
+            crc: crc32c::crc32c_append(crc32c::crc32c(header), &index),
+            ..obj.index.footer
+        };
+        let err = decode_index(header, &index, &footer, obj.len()).unwrap_err();
+        assert!(matches!(err, FormatError::BadIndex { .. }), "{err}");
+    }
+
+    #[test]
+    fn verify_catches_a_wrong_crc_before_upload() {
+        let mut obj = sample();
+        obj.index.entries[1].crc ^= 1;
+        assert!(obj.verify().is_err());
+    }
+
+    #[test]
+    fn entry_check_refuses_what_the_format_cannot_hold() {
+        let mut e = entry("t", 0, 10, &[b"a"]);
+        e.last_offset = 9;
+        assert!(e.check().unwrap_err().contains("before base offset"));
+        let e = entry("", 0, 10, &[b"a"]);
+        assert!(e.check().is_err());
+        let e = entry(&"x".repeat(TOPIC_LEN_MAX + 1), 0, 10, &[b"a"]);
+        assert!(e.check().is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn any_entries_round_trip(
+            entries in proptest::collection::vec(
+                ("[a-z]{1,20}", 0i32..8, 0i64..1_000_000, proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..4)),
+                0..12,
+            )
+        ) {
+            let entries: Vec<WalEntry> = entries
+                .into_iter()
+                .map(|(t, p, base, segs)| WalEntry {
+                    topic: Arc::from(t.as_str()),
+                    partition: p,
+                    base_offset: base,
+                    last_offset: base + 3,
+                    record_count: 4,
+                    max_timestamp: base,
+                    producer: ProducerFields { id: base, epoch: p as i16, first_sequence: p, last_sequence: p + 3 },
+                    data: segs.into_iter().map(Bytes::from).collect(),
+                })
+                .collect();
+            let obj = build(&entries);
+            prop_assert!(obj.verify().is_ok());
+            let bytes = obj.to_bytes();
+            let index = decode_object(&bytes).unwrap();
+            prop_assert_eq!(index.entries.len(), entries.len());
+            for (e, ie) in entries.iter().zip(&index.entries) {
+                let want: Vec<u8> = e.data.iter().flat_map(|s| s.iter().copied()).collect();
+                let r = ie.range();
+                prop_assert_eq!(&bytes[r.start as usize..r.end as usize], &want[..]);
+                prop_assert_eq!(&*ie.topic, &*e.topic);
+                prop_assert_eq!(ie.base_offset, e.base_offset);
+            }
+        }
+
+        #[test]
+        fn random_damage_never_panics(seed in any::<u64>(), cut in any::<usize>(), at in any::<usize>()) {
+            let bytes = sample().to_bytes().to_vec();
+            let mut bad = bytes.clone();
+            let at = at % bad.len();
+            bad[at] = bad[at].wrapping_add((seed % 255 + 1) as u8);
+            let cut = cut % (bad.len() + 1);
+            prop_assert!(decode_object(&bad).is_err());
+            let _ = decode_object(&bad[..cut]);
+        }
+    }
+}
