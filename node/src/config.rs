@@ -1,1 +1,2423 @@
+//! Ferry's configuration: the `server.properties` reader and the typed
+//! [`Config`] every other part of the node is started from.
+//!
+//! This file owns:
+//!
+//! - [`parse_properties`]: the `java.util.Properties` text format as Kafka
+//!   operators write it (`key=value`, `key: value`, `key value`, `#` and `!`
+//!   comments, trailing-backslash continuation, `\t \n \r \f \uXXXX` and
+//!   `\=`-style escapes). Syntax errors carry the line number.
+//! - [`Config`]: one typed field per key Ferry uses, with Kafka's defaults,
+//!   built from the key/value pairs. Overrides ([`Config::set`], used by
+//!   `--override key=value` and later by AlterConfigs) re-check every key, so
+//!   the typed view and the keys never disagree.
+//! - The AutoMQ `ID@URI` keys ([`BucketUri`]) and `automq.zone.cidr.blocks`
+//!   ([`ZoneCidr`]). The URI itself stays a string: the wal crate reads its
+//!   details. Only `batchInterval` and `maxBytesInBatch` are read here.
+//! - Redaction: secrets (credentials in URIs, any key naming a password,
+//!   secret, token or credential) never appear in `Debug`, `Display`, error
+//!   messages or [`Config::describe`].
+//!
+//! Unknown keys are collected in [`Config::unknown_keys`] for the binary to
+//! log, as Kafka does, except under the `ferry.` prefix, where a typo is an
+//! error. Every bad value gets an error that names the key and says what was
+//! expected; when several keys are bad, all of them are reported at once.
+//!
+//! # Keys
+//!
+//! | key | default | meaning |
+//! | --- | --- | --- |
+//! | `node.id` (alias `broker.id`) | none; required by `ferry node` | this node's id |
+//! | `broker.rack` | none | this node's zone |
+//! | `listeners` | `PLAINTEXT://:9092` | where clients connect (PLAINTEXT only for now) |
+//! | `advertised.listeners` | `listeners`, wildcard hosts replaced by the host name | what clients are told |
+//! | `listener.security.protocol.map` | Kafka's | listener name to security protocol |
+//! | `controller.listener.names` | none | KRaft controller listeners: ignored, Ferry has no KRaft controller |
+//! | `num.partitions` | 1 | partitions of an auto-created topic |
+//! | `auto.create.topics.enable` | true | create unknown topics on Metadata/Produce |
+//! | `socket.request.max.bytes` | 104857600 | largest request frame |
+//! | `log.retention.ms` / `.minutes` / `.hours` | 168 hours | -1: forever |
+//! | `log.retention.bytes` | -1 | per partition; -1: no limit |
+//! | `group.initial.rebalance.delay.ms` | 3000 | wait for more members before a new group's first rebalance |
+//! | `group.min.session.timeout.ms` / `group.max.session.timeout.ms` | 6000 / 1800000 | accepted consumer session timeouts |
+//! | `group.max.size` | 1000 | members per group (Kafka: unbounded) |
+//! | `offsets.retention.minutes` | 10080 | committed offsets of an empty group are kept this long |
+//! | `offset.metadata.max.bytes` | 4096 | metadata string of a committed offset |
+//! | `s3.data.buckets` | none; required by `ferry node` | `ID@URI[,ID@URI...]`, where data lives |
+//! | `s3.wal.path` | the first data bucket | `ID@URI`, the WAL, with `batchInterval` / `maxBytesInBatch` |
+//! | `automq.zonerouter.channels` | none | `ID@URI[,...]`, the cross-zone handoff channel |
+//! | `automq.zone.cidr.blocks` | none | `zone@cidr[,cidr...]<>zone@cidr...` |
+//! | `ferry.shards` | available cores | executors (one per core) |
+//! | `ferry.cache.bytes.max` | 268435456 | log cache bound, per shard |
+//! | `ferry.metrics.listener` | empty: disabled | `IP:port` serving `/metrics`; port 0 picks a free one |
 
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+
+use crate::group::GroupConfig;
+
+/// What a secret is replaced with wherever a value is shown.
+pub const REDACTED: &str = "[redacted]";
+
+/// Default `batchInterval` of a WAL or handoff URI, in milliseconds.
+pub const BATCH_INTERVAL_MS_DEFAULT: u64 = 250;
+/// Bounds of `batchInterval`: longer than a minute would time out producers.
+pub const BATCH_INTERVAL_MS_MAX: u64 = 60_000;
+/// Default `maxBytesInBatch` of a WAL or handoff URI.
+pub const BATCH_BYTES_MAX_DEFAULT: u64 = 8 * 1024 * 1024;
+/// Upper bound of `maxBytesInBatch`: the WAL holds a batch in memory.
+pub const BATCH_BYTES_MAX_LIMIT: u64 = 1024 * 1024 * 1024;
+/// Default `ferry.cache.bytes.max`, per shard.
+pub const CACHE_BYTES_MAX_DEFAULT: u64 = 256 * 1024 * 1024;
+/// Smallest accepted `ferry.cache.bytes.max`.
+pub const CACHE_BYTES_MAX_MIN: u64 = 1024 * 1024;
+/// Upper bound of `ferry.shards`.
+pub const SHARDS_MAX: usize = 1024;
+
+/// Kafka's default `listener.security.protocol.map`.
+const SECURITY_PROTOCOL_MAP_DEFAULT: &str =
+    "PLAINTEXT:PLAINTEXT,SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL";
+
+/// Every key Ferry reads, in the order [`Config::describe`] lists them.
+pub const KNOWN_KEYS: &[&str] = &[
+    "node.id",
+    "broker.id",
+    "broker.rack",
+    "listeners",
+    "advertised.listeners",
+    "listener.security.protocol.map",
+    "controller.listener.names",
+    "num.partitions",
+    "auto.create.topics.enable",
+    "socket.request.max.bytes",
+    "log.retention.hours",
+    "log.retention.minutes",
+    "log.retention.ms",
+    "log.retention.bytes",
+    "group.initial.rebalance.delay.ms",
+    "group.min.session.timeout.ms",
+    "group.max.session.timeout.ms",
+    "group.max.size",
+    "offsets.retention.minutes",
+    "offset.metadata.max.bytes",
+    "s3.data.buckets",
+    "s3.wal.path",
+    "automq.zonerouter.channels",
+    "automq.zone.cidr.blocks",
+    "ferry.shards",
+    "ferry.cache.bytes.max",
+    "ferry.metrics.listener",
+];
+
+/// A configuration error. Value errors name the key and say what was
+/// expected; values of secret keys and URI credentials are redacted.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The properties text itself is malformed.
+    #[error("line {line}: {message}")]
+    Syntax { line: usize, message: String },
+    /// A value does not parse or is out of range.
+    #[error("{key}: expected {expected}, got {got:?}")]
+    Invalid {
+        key: String,
+        expected: String,
+        got: String,
+    },
+    /// A value is well-formed but asks for something Ferry does not do yet.
+    #[error("{key}: {message}")]
+    Unsupported { key: String, message: String },
+    /// A required key is not set.
+    #[error("{key}: required {why}")]
+    Missing {
+        key: &'static str,
+        why: &'static str,
+    },
+    /// Two keys contradict each other.
+    #[error("{key}: {message}")]
+    Conflict { key: String, message: String },
+    /// A key under `ferry.` that Ferry does not know (a typo, most likely).
+    #[error("{key}: unknown key; the keys under `ferry.` are {known}")]
+    UnknownFerryKey { key: String, known: String },
+    /// A value error, with the line of the properties file it came from.
+    #[error("line {line}: {source}")]
+    AtLine {
+        line: usize,
+        #[source]
+        source: Box<ConfigError>,
+    },
+    /// More than one key is bad; all of them, one per line.
+    #[error("{}", list_errors(.0))]
+    Several(Vec<ConfigError>),
+    /// A `--override` argument without `=`.
+    #[error("--override expects key=value, got {got:?}")]
+    Override { got: String },
+    /// The properties file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn list_errors(errors: &[ConfigError]) -> String {
+    let mut out = format!("{} configuration errors:", errors.len());
+    for e in errors {
+        out.push_str("\n  ");
+        out.push_str(&e.to_string());
+    }
+    out
+}
+
+impl ConfigError {
+    /// A value error. `got` is redacted if `key` is secret or `got` holds
+    /// URI credentials.
+    fn invalid(key: &str, expected: impl Into<String>, got: &str) -> ConfigError {
+        ConfigError::Invalid {
+            key: key.to_owned(),
+            expected: expected.into(),
+            got: redact_value(key, got),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The properties format
+// ---------------------------------------------------------------------------
+
+/// One entry of a properties text: the unescaped key and value, and the line
+/// the entry starts on (1-based).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Property {
+    pub key: String,
+    pub value: String,
+    pub line: usize,
+}
+
+fn is_prop_space(c: char) -> bool {
+    c == ' ' || c == '\t' || c == '\x0c'
+}
+
+/// Whether `s` ends in an odd number of backslashes, i.e. its last
+/// backslash is not itself escaped.
+fn ends_with_escape(s: &str) -> bool {
+    s.bytes().rev().take_while(|&b| b == b'\\').count() % 2 == 1
+}
+
+/// Parses `java.util.Properties` text. Entries come back in file order; a
+/// key given twice appears twice (the later one wins when they are applied).
+///
+/// Stricter than Java in two places, both to catch mistakes: a key with no
+/// separator and no value (`foo` alone) is an error rather than `foo=""`, and
+/// so is an empty key.
+pub fn parse_properties(text: &str) -> Result<Vec<Property>, ConfigError> {
+    let mut out = Vec::new();
+    let mut lines = text.lines().enumerate();
+    while let Some((index, physical)) = lines.next() {
+        let start = physical.trim_start_matches(is_prop_space);
+        if start.is_empty() || start.starts_with('#') || start.starts_with('!') {
+            continue;
+        }
+        let line = index + 1;
+        let mut logical = start.to_owned();
+        while ends_with_escape(&logical) {
+            logical.pop();
+            match lines.next() {
+                Some((_, next)) => logical.push_str(next.trim_start_matches(is_prop_space)),
+                None => break,
+            }
+        }
+        out.push(split_entry(&logical, line)?);
+    }
+    Ok(out)
+}
+
+/// Splits one logical line into key and value, by Java's rules: the key ends
+/// at the first unescaped `=`, `:` or whitespace; whitespace, then at most one
+/// `=` or `:`, then whitespace again separate it from the value.
+fn split_entry(logical: &str, line: usize) -> Result<Property, ConfigError> {
+    let bytes = logical.as_bytes();
+    let mut i = 0;
+    let mut key_end = None;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 2,
+            b'=' | b':' | b' ' | b'\t' | b'\x0c' => {
+                key_end = Some(i);
+                break;
+            }
+            _ => i += 1,
+        }
+    }
+    let Some(key_end) = key_end else {
+        let key = unescape(logical, line)?;
+        return Err(ConfigError::Syntax {
+            line,
+            message: format!("{key:?} has no value; write `{key}=` for an empty one"),
+        });
+    };
+    let raw_key = &logical[..key_end];
+    if raw_key.is_empty() {
+        return Err(ConfigError::Syntax {
+            line,
+            message: "an entry has no key before its separator".to_owned(),
+        });
+    }
+    // All separators are ASCII, so byte arithmetic stays on char boundaries.
+    let mut rest = logical[key_end..].trim_start_matches(is_prop_space);
+    let mut has_separator = bytes[key_end] == b'=' || bytes[key_end] == b':';
+    if has_separator {
+        // The key ended on the separator itself; trim_start kept it.
+        rest = rest[1..].trim_start_matches(is_prop_space);
+    } else if rest.starts_with('=') || rest.starts_with(':') {
+        has_separator = true;
+        rest = rest[1..].trim_start_matches(is_prop_space);
+    }
+    let key = unescape(raw_key, line)?;
+    if !has_separator && rest.is_empty() {
+        return Err(ConfigError::Syntax {
+            line,
+            message: format!("{key:?} has no value; write `{key}=` for an empty one"),
+        });
+    }
+    // Trailing whitespace is trimmed (Kafka trims values), unless escaped.
+    let mut raw_value = rest.trim_end_matches(is_prop_space);
+    if raw_value.len() < rest.len() && ends_with_escape(raw_value) {
+        raw_value = &rest[..raw_value.len() + 1];
+    }
+    let value = unescape(raw_value, line)?;
+    Ok(Property { key, value, line })
+}
+
+/// Resolves backslash escapes: `\t \n \r \f`, `\uXXXX` (surrogate pairs
+/// joined), and `\c` for any other `c` (so `\=`, `\:`, `\#`, `\\`, `\ `).
+fn unescape(raw: &str, line: usize) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            None => {}
+            Some('t') => out.push('\t'),
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some('f') => out.push('\x0c'),
+            Some('u') => {
+                let high = read_hex4(&mut chars, line)?;
+                let code = if (0xD800..0xDC00).contains(&high) {
+                    let low = match (chars.next(), chars.next()) {
+                        (Some('\\'), Some('u')) => read_hex4(&mut chars, line)?,
+                        _ => return Err(bad_unicode(line)),
+                    };
+                    if !(0xDC00..0xE000).contains(&low) {
+                        return Err(bad_unicode(line));
+                    }
+                    0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00)
+                } else {
+                    high
+                };
+                out.push(char::from_u32(code).ok_or_else(|| bad_unicode(line))?);
+            }
+            Some(other) => out.push(other),
+        }
+    }
+    Ok(out)
+}
+
+fn read_hex4(chars: &mut std::str::Chars<'_>, line: usize) -> Result<u32, ConfigError> {
+    let mut code = 0;
+    for _ in 0..4 {
+        let digit = chars
+            .next()
+            .and_then(|c| c.to_digit(16))
+            .ok_or_else(|| bad_unicode(line))?;
+        code = code * 16 + digit;
+    }
+    Ok(code)
+}
+
+fn bad_unicode(line: usize) -> ConfigError {
+    ConfigError::Syntax {
+        line,
+        message: "malformed \\uXXXX escape (four hex digits, surrogates in pairs)".to_owned(),
+    }
+}
+
+/// Splits a `--override` argument `key=value` at its first `=`.
+pub fn parse_override(arg: &str) -> Result<(String, String), ConfigError> {
+    match arg.split_once('=') {
+        Some((key, value))
+            if !key.trim().is_empty() && !key.trim().contains(char::is_whitespace) =>
+        {
+            Ok((key.trim().to_owned(), value.trim().to_owned()))
+        }
+        _ => Err(ConfigError::Override {
+            got: redact_text(arg),
+        }),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Redaction
+// ---------------------------------------------------------------------------
+
+/// Whether a key's value is secret as a whole: its name mentions a password,
+/// secret, token, credential or JAAS config (Kafka's `sasl.jaas.config`).
+pub fn is_sensitive_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "token", "credential", "jaas"]
+        .iter()
+        .any(|word| key.contains(word))
+}
+
+/// Whether a URI query parameter carries a credential (`accessKey`,
+/// `secretKey`, `sessionToken`, any `*password*`...).
+fn is_secret_param(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name.ends_with("key")
+        || ["secret", "password", "token", "credential"]
+            .iter()
+            .any(|word| name.contains(word))
+}
+
+/// The value of `key` as it may be shown: [`REDACTED`] for secret keys,
+/// otherwise with URI credentials replaced.
+pub fn redact_value(key: &str, value: &str) -> String {
+    if is_sensitive_key(key) {
+        REDACTED.to_owned()
+    } else {
+        redact_text(value)
+    }
+}
+
+/// Replaces URI credentials anywhere in `text`: the values of secret query
+/// parameters (up to the next `&`, `,` or whitespace) and the password of a
+/// `scheme://user:password@host` user-info part. Works on text that does not
+/// parse as a URI too, so error messages about bad URIs are safe.
+pub fn redact_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    // User-info passwords first: `://user:pass@`.
+    while let Some(at) = rest.find("://") {
+        let (before, after) = rest.split_at(at + 3);
+        out.push_str(before);
+        let authority_end = after
+            .find(|c: char| matches!(c, '/' | '?' | '#' | ',' | '&') || c.is_whitespace())
+            .unwrap_or(after.len());
+        let authority = &after[..authority_end];
+        match authority.rfind('@') {
+            Some(at_sign) => match authority[..at_sign].split_once(':') {
+                Some((user, _password)) => {
+                    out.push_str(user);
+                    out.push(':');
+                    out.push_str(REDACTED);
+                    out.push_str(&authority[at_sign..]);
+                }
+                None => out.push_str(authority),
+            },
+            None => out.push_str(authority),
+        }
+        rest = &after[authority_end..];
+    }
+    out.push_str(rest);
+    redact_params(&out)
+}
+
+fn redact_params(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find(['?', '&']) {
+        out.push_str(&rest[..=pos]);
+        rest = &rest[pos + 1..];
+        let name_end = rest
+            .find(|c: char| matches!(c, '=' | '&' | '?' | ',') || c.is_whitespace())
+            .unwrap_or(rest.len());
+        let name = &rest[..name_end];
+        out.push_str(name);
+        rest = &rest[name_end..];
+        if is_secret_param(name) && rest.starts_with('=') {
+            let value_end = rest[1..]
+                .find(|c: char| matches!(c, '&' | ',') || c.is_whitespace())
+                .map_or(rest.len(), |i| i + 1);
+            out.push('=');
+            out.push_str(REDACTED);
+            rest = &rest[value_end..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Typed values
+// ---------------------------------------------------------------------------
+
+/// A Kafka listener, `NAME://host:port`. An empty host means every
+/// interface, as in Kafka.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// Upper-cased listener name, e.g. `PLAINTEXT`.
+    pub name: String,
+    /// Host name or IP address, without brackets; may be empty.
+    pub host: String,
+    pub port: u16,
+}
+
+impl Listener {
+    /// Whether the host means "every interface" and so cannot be given to
+    /// clients as an address.
+    pub fn is_wildcard(&self) -> bool {
+        matches!(self.host.as_str(), "" | "0.0.0.0" | "::")
+    }
+
+    /// `host:port` for binding a socket (IPv6 in brackets, `0.0.0.0` for an
+    /// empty host).
+    pub fn bind_address(&self) -> String {
+        let host = if self.host.is_empty() {
+            "0.0.0.0"
+        } else {
+            &self.host
+        };
+        join_host_port(host, self.port)
+    }
+}
+
+impl fmt::Display for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}://{}",
+            self.name,
+            join_host_port(&self.host, self.port)
+        )
+    }
+}
+
+fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// The storage behind an `ID@URI` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BucketScheme {
+    /// `s3://bucket?region=...`: S3 or an S3-compatible store.
+    S3,
+    /// `file:///dir`: a local directory standing in for a bucket.
+    File,
+}
+
+/// One `ID@URI` entry of `s3.data.buckets`, `s3.wal.path` or
+/// `automq.zonerouter.channels`.
+///
+/// The URI is kept as written, because the wal crate reads its details
+/// (region, endpoint, credentials). It may hold credentials, so `Debug` and
+/// `Display` show it redacted; only [`BucketUri::uri`] gives it whole.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BucketUri {
+    /// The bucket id before the `@`.
+    pub id: i16,
+    pub scheme: BucketScheme,
+    /// `batchInterval` from the query string, in ms (default 250). Used by
+    /// the WAL and the handoff channel; read but unused for data buckets.
+    pub batch_interval_ms: u64,
+    /// `maxBytesInBatch` from the query string (default 8 MiB).
+    pub batch_bytes_max: u64,
+    uri: String,
+}
+
+impl BucketUri {
+    /// The URI after `ID@`, as written, **credentials included**: give it to
+    /// the object store and never to a log.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// `ID@URI` with credentials replaced by [`REDACTED`].
+    pub fn redacted(&self) -> String {
+        format!("{}@{}", self.id, redact_text(&self.uri))
+    }
+
+    /// Parses one `ID@URI` for `key`.
+    fn parse(key: &str, text: &str) -> Result<BucketUri, ConfigError> {
+        let expected_form =
+            "ID@URI, e.g. 0@s3://bucket?region=us-east-1 or 0@file:///var/lib/ferry";
+        let text = text.trim();
+        let (id, uri) = text
+            .split_once('@')
+            .ok_or_else(|| ConfigError::invalid(key, expected_form, text))?;
+        let id: i16 = id.trim().parse().map_err(|_| {
+            ConfigError::invalid(key, "ID@URI with ID an integer from -32768 to 32767", text)
+        })?;
+        let uri = uri.trim();
+        let url = url::Url::parse(uri).map_err(|e| {
+            ConfigError::invalid(
+                key,
+                format!("{expected_form} (the URI does not parse: {e})"),
+                text,
+            )
+        })?;
+        let scheme = match url.scheme() {
+            "s3" => {
+                if url.host_str().is_none_or(str::is_empty) {
+                    return Err(ConfigError::invalid(
+                        key,
+                        "an s3 URI naming its bucket, s3://BUCKET?region=...",
+                        text,
+                    ));
+                }
+                BucketScheme::S3
+            }
+            "file" => {
+                if url
+                    .host_str()
+                    .is_some_and(|h| !h.is_empty() && h != "localhost")
+                {
+                    return Err(ConfigError::invalid(
+                        key,
+                        "an absolute file URI, file:///path/to/dir (three slashes)",
+                        text,
+                    ));
+                }
+                BucketScheme::File
+            }
+            _ => {
+                return Err(ConfigError::invalid(
+                    key,
+                    "a URI with scheme s3 or file",
+                    text,
+                ))
+            }
+        };
+        let mut batch_interval_ms = None;
+        let mut batch_bytes_max = None;
+        for (name, value) in url.query_pairs() {
+            let slot = match name.as_ref() {
+                "batchInterval" => &mut batch_interval_ms,
+                "maxBytesInBatch" => &mut batch_bytes_max,
+                _ => continue,
+            };
+            if slot.is_some() {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("{name} at most once in the query string"),
+                    text,
+                ));
+            }
+            let (min, max, unit) = if name == "batchInterval" {
+                (1, BATCH_INTERVAL_MS_MAX, "milliseconds")
+            } else {
+                (1, BATCH_BYTES_MAX_LIMIT, "bytes")
+            };
+            let parsed = value
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|v| (min..=max).contains(v))
+                .ok_or_else(|| {
+                    ConfigError::invalid(
+                        key,
+                        format!("{name} to be an integer from {min} to {max} ({unit})"),
+                        &value,
+                    )
+                })?;
+            *slot = Some(parsed);
+        }
+        Ok(BucketUri {
+            id,
+            scheme,
+            batch_interval_ms: batch_interval_ms.unwrap_or(BATCH_INTERVAL_MS_DEFAULT),
+            batch_bytes_max: batch_bytes_max.unwrap_or(BATCH_BYTES_MAX_DEFAULT),
+            uri: uri.to_owned(),
+        })
+    }
+
+    /// Parses a comma-separated `ID@URI` list. As in AutoMQ, an entry ends at
+    /// a comma followed by `ID@`, so commas inside a URI survive.
+    fn parse_list(key: &str, text: &str) -> Result<Vec<BucketUri>, ConfigError> {
+        let mut entries = Vec::new();
+        let mut start = 0;
+        for (i, _) in text.match_indices(',') {
+            if starts_with_id_at(&text[i + 1..]) {
+                entries.push(&text[start..i]);
+                start = i + 1;
+            }
+        }
+        entries.push(&text[start..]);
+        let mut out: Vec<BucketUri> = Vec::new();
+        for entry in entries.into_iter().filter(|e| !e.trim().is_empty()) {
+            let bucket = BucketUri::parse(key, entry)?;
+            if out.iter().any(|b| b.id == bucket.id) {
+                return Err(ConfigError::invalid(
+                    key,
+                    "a different ID for every URI",
+                    text,
+                ));
+            }
+            out.push(bucket);
+        }
+        Ok(out)
+    }
+}
+
+fn starts_with_id_at(s: &str) -> bool {
+    let s = s.trim_start();
+    let s = s.strip_prefix('-').unwrap_or(s);
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    digits > 0 && s[digits..].starts_with('@')
+}
+
+impl fmt::Debug for BucketUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BucketUri")
+            .field("id", &self.id)
+            .field("scheme", &self.scheme)
+            .field("uri", &redact_text(&self.uri))
+            .field("batch_interval_ms", &self.batch_interval_ms)
+            .field("batch_bytes_max", &self.batch_bytes_max)
+            .finish()
+    }
+}
+
+impl fmt::Display for BucketUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// One network of a zone, from `automq.zone.cidr.blocks`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZoneCidr {
+    pub zone: String,
+    pub net: IpNet,
+}
+
+/// Whether `zone` is a plausible zone name: letters, digits, `-`, `_`, `.`.
+fn is_zone_name(zone: &str) -> bool {
+    !zone.is_empty()
+        && zone
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Parses one CIDR block, IPv4 or IPv6, with an explicit prefix length.
+/// Host bits may be set and are dropped (`10.0.0.7/19` is `10.0.0.0/19`),
+/// as in most tools.
+pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    let (addr, prefix) = text
+        .split_once('/')
+        .ok_or_else(|| "a CIDR block like 10.0.0.0/19 (the /prefix is missing)".to_owned())?;
+    let addr: IpAddr = addr.parse().map_err(|_| {
+        format!("a CIDR block with an IPv4 or IPv6 address before the /, not {addr:?}")
+    })?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix: u8 =
+        prefix.parse().ok().filter(|p| *p <= max).ok_or_else(|| {
+            format!("a prefix length from 0 to {max} after the /, not {prefix:?}")
+        })?;
+    IpNet::new(addr, prefix)
+        .map(|net| net.trunc())
+        .map_err(|e| e.to_string())
+}
+
+/// Parses `zone@cidr,cidr<>zone@cidr`.
+fn parse_zone_cidrs(key: &str, text: &str) -> Result<Vec<ZoneCidr>, ConfigError> {
+    let form = "zone@cidr[,cidr...] entries separated by <>, e.g. \
+                us-east-1a@10.0.0.0/19,10.0.32.0/19<>us-east-1b@10.0.64.0/19";
+    let mut out: Vec<ZoneCidr> = Vec::new();
+    if text.trim().is_empty() {
+        return Ok(out);
+    }
+    for entry in text.split("<>") {
+        let entry = entry.trim();
+        let (zone, cidrs) = entry
+            .split_once('@')
+            .ok_or_else(|| ConfigError::invalid(key, form, entry))?;
+        let zone = zone.trim();
+        if !is_zone_name(zone) {
+            return Err(ConfigError::invalid(
+                key,
+                format!("{form} (a zone name is letters, digits, '-', '_' and '.')"),
+                entry,
+            ));
+        }
+        for cidr in cidrs.split(',') {
+            let cidr = cidr.trim();
+            let net = parse_cidr(cidr).map_err(|expected| {
+                ConfigError::invalid(key, format!("{expected} in zone {zone}"), cidr)
+            })?;
+            if let Some(other) = out.iter().find(|z| z.net == net && z.zone != zone) {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!(
+                        "each CIDR block in one zone only, but it is in {} and {zone}",
+                        other.zone
+                    ),
+                    cidr,
+                ));
+            }
+            out.push(ZoneCidr {
+                zone: zone.to_owned(),
+                net,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn format_zone_cidrs(blocks: &[ZoneCidr]) -> String {
+    let mut zones: Vec<(&str, Vec<String>)> = Vec::new();
+    for block in blocks {
+        match zones.iter_mut().find(|(z, _)| *z == block.zone) {
+            Some((_, nets)) => nets.push(block.net.to_string()),
+            None => zones.push((block.zone.as_str(), vec![block.net.to_string()])),
+        }
+    }
+    zones
+        .iter()
+        .map(|(zone, nets)| format!("{zone}@{}", nets.join(",")))
+        .collect::<Vec<_>>()
+        .join("<>")
+}
+
+/// Facts about the host that defaults depend on. [`HostEnv::detect`] reads
+/// them; tests pass fixed ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostEnv {
+    /// Replaces wildcard listener hosts in the default advertised listeners;
+    /// `None` falls back to 127.0.0.1.
+    pub host_name: Option<String>,
+    /// Default for `ferry.shards`.
+    pub cores: usize,
+}
+
+impl HostEnv {
+    /// The host name (Linux `/proc/sys/kernel/hostname`, else `$HOSTNAME`)
+    /// and the cores this process may use.
+    pub fn detect() -> HostEnv {
+        let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty());
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        HostEnv { host_name, cores }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Config
+// ---------------------------------------------------------------------------
+
+/// A value as given, with the properties line it came from (`None` for
+/// overrides and built-in settings).
+#[derive(Clone, PartialEq, Eq)]
+struct RawValue {
+    value: String,
+    line: Option<usize>,
+}
+
+/// The keys as given. Its `Debug` redacts.
+#[derive(Clone, Default, PartialEq, Eq)]
+struct RawKeys(BTreeMap<String, RawValue>);
+
+impl fmt::Debug for RawKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| (k, redact_value(k, &v.value))))
+            .finish()
+    }
+}
+
+/// Ferry's configuration: one typed field per key, with Kafka's defaults.
+///
+/// The fields are the parsed view of the keys. To change a key, use
+/// [`Config::set`] or [`Config::reset`], which re-check every key; a field
+/// changed by hand is overwritten by the next `set`.
+///
+/// `Debug` and `Display` redact secrets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// `node.id` (or `broker.id`). `None` is allowed until
+    /// [`Config::validate_for_node`].
+    pub node_id: Option<i32>,
+    /// `broker.rack`: this node's zone.
+    pub rack: Option<String>,
+    /// `listeners`, without KRaft controller listeners. All PLAINTEXT.
+    pub listeners: Vec<Listener>,
+    /// `advertised.listeners`, or the listeners with wildcard hosts replaced.
+    /// A port 0 here is still 0: the binary fills in the bound port.
+    pub advertised_listeners: Vec<Listener>,
+    /// `num.partitions`.
+    pub num_partitions: i32,
+    /// `auto.create.topics.enable`.
+    pub auto_create_topics: bool,
+    /// `socket.request.max.bytes`: the largest request frame.
+    pub socket_request_bytes_max: usize,
+    /// `log.retention.ms` (or `.minutes`, `.hours`); `None`: forever.
+    pub log_retention_ms: Option<u64>,
+    /// `log.retention.bytes`, per partition; `None`: no limit.
+    pub log_retention_bytes: Option<u64>,
+    /// The group coordinator's settings (`group.*`, `offsets.retention.minutes`,
+    /// `offset.metadata.max.bytes`).
+    pub group: GroupConfig,
+    /// `s3.data.buckets`.
+    pub data_buckets: Vec<BucketUri>,
+    /// `s3.wal.path`, or else the first data bucket with default batching.
+    pub wal: Option<BucketUri>,
+    /// `automq.zonerouter.channels`.
+    pub zonerouter_channels: Vec<BucketUri>,
+    /// `automq.zone.cidr.blocks`.
+    pub zone_cidr_blocks: Vec<ZoneCidr>,
+    /// `ferry.shards`: executors, one per core.
+    pub shards: usize,
+    /// `ferry.cache.bytes.max`: log cache bound per shard.
+    pub cache_bytes_max: u64,
+    /// `ferry.metrics.listener`: where `/metrics` is served; `None`: off.
+    pub metrics_listener: Option<SocketAddr>,
+    /// Keys Ferry does not use, sorted. Kafka warns about these; so should
+    /// the binary.
+    pub unknown_keys: Vec<String>,
+    raw: RawKeys,
+    env: HostEnv,
+}
+
+impl Config {
+    /// Reads and parses a properties file, with [`HostEnv::detect`].
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_properties(&text)
+    }
+
+    /// Parses properties text, with [`HostEnv::detect`].
+    pub fn from_properties(text: &str) -> Result<Config, ConfigError> {
+        Config::from_properties_with(text, HostEnv::detect())
+    }
+
+    /// Parses properties text against a given host.
+    pub fn from_properties_with(text: &str, env: HostEnv) -> Result<Config, ConfigError> {
+        let mut raw = RawKeys::default();
+        for p in parse_properties(text)? {
+            raw.0.insert(
+                p.key,
+                RawValue {
+                    value: p.value,
+                    line: Some(p.line),
+                },
+            );
+        }
+        Config::build(raw, env)
+    }
+
+    /// Builds from key/value pairs (no file), against a given host.
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+        env: HostEnv,
+    ) -> Result<Config, ConfigError> {
+        let raw = RawKeys(
+            pairs
+                .into_iter()
+                .map(|(k, v)| {
+                    let value = RawValue {
+                        value: v.into(),
+                        line: None,
+                    };
+                    (k.into().trim().to_owned(), value)
+                })
+                .collect(),
+        );
+        Config::build(raw, env)
+    }
+
+    /// The embedded default of `ferry dev`: node 0 on `127.0.0.1:port`, the
+    /// directory `<dir>/bucket` as the bucket for data and WAL (batchInterval
+    /// 250 ms), no initial rebalance delay, metrics off.
+    pub fn dev(dir: &Path, port: u16) -> Result<Config, ConfigError> {
+        let bucket_dir = std::path::absolute(dir)
+            .map_err(|source| ConfigError::Read {
+                path: dir.to_owned(),
+                source,
+            })?
+            .join("bucket");
+        let url = url::Url::from_file_path(&bucket_dir).map_err(|()| {
+            ConfigError::invalid(
+                "s3.data.buckets",
+                "a directory that can be written as a file:// URI",
+                &bucket_dir.to_string_lossy(),
+            )
+        })?;
+        Config::from_pairs(
+            [
+                ("node.id", "0".to_owned()),
+                ("listeners", format!("PLAINTEXT://127.0.0.1:{port}")),
+                ("s3.data.buckets", format!("0@{url}")),
+                (
+                    "s3.wal.path",
+                    format!("0@{url}?batchInterval={BATCH_INTERVAL_MS_DEFAULT}"),
+                ),
+                ("group.initial.rebalance.delay.ms", "0".to_owned()),
+            ],
+            HostEnv::detect(),
+        )
+    }
+
+    /// Sets `key` to `value`, as a `--override key=value` flag or an
+    /// AlterConfigs request does, and re-checks every key. On error nothing
+    /// changes. An unknown key outside `ferry.` is accepted and listed in
+    /// [`Config::unknown_keys`].
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        let mut raw = self.raw.clone();
+        raw.0.insert(
+            key.trim().to_owned(),
+            RawValue {
+                value: value.to_owned(),
+                line: None,
+            },
+        );
+        *self = Config::build(raw, self.env.clone())?;
+        Ok(())
+    }
+
+    /// Applies a `--override key=value` argument.
+    pub fn apply_override(&mut self, arg: &str) -> Result<(), ConfigError> {
+        let (key, value) = parse_override(arg)?;
+        self.set(&key, &value)
+    }
+
+    /// Removes `key`, so its default applies again (IncrementalAlterConfigs
+    /// DELETE). On error nothing changes.
+    pub fn reset(&mut self, key: &str) -> Result<(), ConfigError> {
+        let mut raw = self.raw.clone();
+        raw.0.remove(key.trim());
+        *self = Config::build(raw, self.env.clone())?;
+        Ok(())
+    }
+
+    /// Whether `key` was given (in the file, an override or `dev`), as
+    /// opposed to taking its default.
+    pub fn is_set(&self, key: &str) -> bool {
+        self.raw.0.contains_key(key)
+    }
+
+    /// Checks what `ferry node` needs beyond what parsing checks: a node id
+    /// and a data bucket.
+    pub fn validate_for_node(&self) -> Result<(), ConfigError> {
+        if self.node_id.is_none() {
+            return Err(ConfigError::Missing {
+                key: "node.id",
+                why: "by `ferry node` (a non-negative integer, unique in the cluster)",
+            });
+        }
+        if self.data_buckets.is_empty() {
+            return Err(ConfigError::Missing {
+                key: "s3.data.buckets",
+                why: "by `ferry node` (ID@URI, e.g. 0@s3://bucket?region=us-east-1)",
+            });
+        }
+        Ok(())
+    }
+
+    /// The zone of a client address by `automq.zone.cidr.blocks`: the
+    /// longest matching prefix wins. IPv4-mapped IPv6 addresses (from a
+    /// dual-stack socket) match IPv4 blocks.
+    pub fn zone_of(&self, addr: IpAddr) -> Option<&str> {
+        let addr = match addr {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+            v4 => v4,
+        };
+        self.zone_cidr_blocks
+            .iter()
+            .filter(|b| b.net.contains(&addr))
+            .max_by_key(|b| b.net.prefix_len())
+            .map(|b| b.zone.as_str())
+    }
+
+    /// Every known key with its effective value, for DescribeConfigs:
+    /// `(key, value, sensitive)`. Sensitive values are `None`; an unset key
+    /// without a default is `(key, None, false)`. URI values are shown with
+    /// their credentials replaced by [`REDACTED`].
+    pub fn describe(&self) -> Vec<(String, Option<String>, bool)> {
+        KNOWN_KEYS
+            .iter()
+            .map(|&key| {
+                if is_sensitive_key(key) {
+                    (key.to_owned(), None, true)
+                } else {
+                    (key.to_owned(), self.effective(key), false)
+                }
+            })
+            .collect()
+    }
+
+    /// The effective value of a known key, as text (redacted).
+    fn effective(&self, key: &str) -> Option<String> {
+        let raw = |k: &str| self.raw.0.get(k).map(|v| redact_value(k, v.value.trim()));
+        let listeners = |ls: &[Listener]| {
+            ls.iter()
+                .map(Listener::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let buckets = |bs: &[BucketUri]| {
+            bs.iter()
+                .map(BucketUri::redacted)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let g = &self.group;
+        Some(match key {
+            "node.id" | "broker.id" => self.node_id?.to_string(),
+            "broker.rack" => self.rack.clone()?,
+            "listeners" => listeners(&self.listeners),
+            "advertised.listeners" => listeners(&self.advertised_listeners),
+            "listener.security.protocol.map" => {
+                raw(key).unwrap_or_else(|| SECURITY_PROTOCOL_MAP_DEFAULT.to_owned())
+            }
+            "controller.listener.names" => raw(key)?,
+            "num.partitions" => self.num_partitions.to_string(),
+            "auto.create.topics.enable" => self.auto_create_topics.to_string(),
+            "socket.request.max.bytes" => self.socket_request_bytes_max.to_string(),
+            "log.retention.hours" => raw(key).unwrap_or_else(|| "168".to_owned()),
+            "log.retention.minutes" => raw(key)?,
+            "log.retention.ms" => self
+                .log_retention_ms
+                .map_or_else(|| "-1".to_owned(), |ms| ms.to_string()),
+            "log.retention.bytes" => self
+                .log_retention_bytes
+                .map_or_else(|| "-1".to_owned(), |b| b.to_string()),
+            "group.initial.rebalance.delay.ms" => g.initial_rebalance_delay_ms.to_string(),
+            "group.min.session.timeout.ms" => g.session_timeout_ms_min.to_string(),
+            "group.max.session.timeout.ms" => g.session_timeout_ms_max.to_string(),
+            "group.max.size" => g.group_size_max.to_string(),
+            "offsets.retention.minutes" => (g.offsets_retention_ms / 60_000).to_string(),
+            "offset.metadata.max.bytes" => g.offset_metadata_bytes_max.to_string(),
+            "s3.data.buckets" => buckets(&self.data_buckets),
+            "s3.wal.path" => self.wal.as_ref()?.redacted(),
+            "automq.zonerouter.channels" => buckets(&self.zonerouter_channels),
+            "automq.zone.cidr.blocks" => format_zone_cidrs(&self.zone_cidr_blocks),
+            "ferry.shards" => self.shards.to_string(),
+            "ferry.cache.bytes.max" => self.cache_bytes_max.to_string(),
+            "ferry.metrics.listener" => self
+                .metrics_listener
+                .map_or_else(String::new, |a| a.to_string()),
+            _ => raw(key)?,
+        })
+    }
+
+    /// Checks every key and builds the typed view. All bad values are
+    /// reported, not only the first.
+    fn build(raw: RawKeys, env: HostEnv) -> Result<Config, ConfigError> {
+        let mut r = Reader {
+            raw: &raw,
+            errors: Vec::new(),
+        };
+
+        let mut unknown_keys = Vec::new();
+        for key in raw.0.keys() {
+            if KNOWN_KEYS.contains(&key.as_str()) {
+                continue;
+            }
+            if key.starts_with("ferry.") {
+                let known: Vec<&str> = KNOWN_KEYS
+                    .iter()
+                    .copied()
+                    .filter(|k| k.starts_with("ferry."))
+                    .collect();
+                r.fail(
+                    key,
+                    ConfigError::UnknownFerryKey {
+                        key: key.clone(),
+                        known: known.join(", "),
+                    },
+                );
+            } else {
+                unknown_keys.push(key.clone());
+            }
+        }
+
+        let node_id = r.int("node.id", 0, i32::MAX.into(), "a non-negative integer");
+        let broker_id = r.int("broker.id", 0, i32::MAX.into(), "a non-negative integer");
+        let node_id = match (node_id, broker_id) {
+            (Some(n), Some(b)) if n != b => {
+                r.errors.push(ConfigError::Conflict {
+                    key: "broker.id".to_owned(),
+                    message: format!("is {b} but node.id is {n}; set one, or both the same"),
+                });
+                i32::try_from(n).ok()
+            }
+            (n, b) => n.or(b).and_then(|id| i32::try_from(id).ok()),
+        };
+
+        let rack = r.parse("broker.rack", |key, v| {
+            if v.is_empty() {
+                Err(ConfigError::invalid(key, "a non-empty zone name", v))
+            } else {
+                Ok(v.to_owned())
+            }
+        });
+
+        let (listeners, advertised_listeners) = r.listeners(&env);
+
+        let num_partitions = r
+            .int("num.partitions", 1, i32::MAX.into(), "a positive integer")
+            .and_then(|n| i32::try_from(n).ok())
+            .unwrap_or(1);
+        let auto_create_topics = r.boolean("auto.create.topics.enable").unwrap_or(true);
+        let socket_request_bytes_max = r
+            .int(
+                "socket.request.max.bytes",
+                1,
+                i32::MAX.into(),
+                "a positive integer (bytes)",
+            )
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(104_857_600);
+
+        let retention_expected =
+            |unit: &str| format!("a non-negative number of {unit}, or -1 for no limit");
+        let hours = r.int(
+            "log.retention.hours",
+            -1,
+            i64::MAX / 3_600_000,
+            &retention_expected("hours"),
+        );
+        let minutes = r.int(
+            "log.retention.minutes",
+            -1,
+            i64::MAX / 60_000,
+            &retention_expected("minutes"),
+        );
+        let ms = r.int(
+            "log.retention.ms",
+            -1,
+            i64::MAX,
+            &retention_expected("milliseconds"),
+        );
+        let retention = ms
+            .or(minutes.map(|m| if m < 0 { -1 } else { m * 60_000 }))
+            .or(hours.map(|h| if h < 0 { -1 } else { h * 3_600_000 }))
+            .unwrap_or(168 * 3_600_000);
+        let log_retention_ms = u64::try_from(retention).ok();
+        let log_retention_bytes = r
+            .int(
+                "log.retention.bytes",
+                -1,
+                i64::MAX,
+                &retention_expected("bytes"),
+            )
+            .and_then(|b| u64::try_from(b).ok());
+
+        let group = r.group_config();
+
+        let data_buckets = r
+            .parse("s3.data.buckets", BucketUri::parse_list)
+            .unwrap_or_default();
+        let wal = r
+            .parse("s3.wal.path", |key, v| {
+                let mut list = BucketUri::parse_list(key, v)?;
+                if list.len() > 1 {
+                    return Err(ConfigError::invalid(key, "a single ID@URI", v));
+                }
+                Ok(list.pop())
+            })
+            .flatten()
+            .or_else(|| {
+                data_buckets.first().map(|b| BucketUri {
+                    batch_interval_ms: BATCH_INTERVAL_MS_DEFAULT,
+                    batch_bytes_max: BATCH_BYTES_MAX_DEFAULT,
+                    ..b.clone()
+                })
+            });
+        let zonerouter_channels = r
+            .parse("automq.zonerouter.channels", BucketUri::parse_list)
+            .unwrap_or_default();
+        let zone_cidr_blocks = r
+            .parse("automq.zone.cidr.blocks", parse_zone_cidrs)
+            .unwrap_or_default();
+
+        let shards = r
+            .int(
+                "ferry.shards",
+                1,
+                SHARDS_MAX as i64,
+                &format!("an integer from 1 to {SHARDS_MAX}"),
+            )
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(env.cores.clamp(1, SHARDS_MAX));
+        let cache_bytes_max = r
+            .int(
+                "ferry.cache.bytes.max",
+                CACHE_BYTES_MAX_MIN as i64,
+                i64::MAX,
+                &format!("an integer of at least {CACHE_BYTES_MAX_MIN} (bytes)"),
+            )
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(CACHE_BYTES_MAX_DEFAULT);
+        let metrics_listener = r
+            .parse("ferry.metrics.listener", |key, v| {
+                if v.is_empty() {
+                    return Ok(None);
+                }
+                v.parse::<SocketAddr>().map(Some).map_err(|_| {
+                    ConfigError::invalid(
+                        key,
+                        "an IP:port like 127.0.0.1:9644 or [::1]:9644 (port 0: any free port), or empty to disable",
+                        v,
+                    )
+                })
+            })
+            .flatten();
+
+        match r.errors.len() {
+            0 => {}
+            1 => return Err(r.errors.remove(0)),
+            _ => return Err(ConfigError::Several(r.errors)),
+        }
+        Ok(Config {
+            node_id,
+            rack,
+            listeners,
+            advertised_listeners,
+            num_partitions,
+            auto_create_topics,
+            socket_request_bytes_max,
+            log_retention_ms,
+            log_retention_bytes,
+            group,
+            data_buckets,
+            wal,
+            zonerouter_channels,
+            zone_cidr_blocks,
+            shards,
+            cache_bytes_max,
+            metrics_listener,
+            unknown_keys,
+            raw,
+            env,
+        })
+    }
+}
+
+/// `key=value` lines of [`Config::describe`], secrets as [`REDACTED`], unset
+/// keys left out.
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (key, value, sensitive) in self.describe() {
+            match (value, sensitive) {
+                (_, true) => writeln!(f, "{key}={REDACTED}")?,
+                (Some(v), false) => writeln!(f, "{key}={v}")?,
+                (None, false) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads keys out of [`RawKeys`], collecting errors (with line numbers)
+/// instead of stopping at the first.
+struct Reader<'a> {
+    raw: &'a RawKeys,
+    errors: Vec<ConfigError>,
+}
+
+impl Reader<'_> {
+    fn fail(&mut self, key: &str, err: ConfigError) {
+        let err = match self.raw.0.get(key).and_then(|v| v.line) {
+            Some(line) => ConfigError::AtLine {
+                line,
+                source: Box::new(err),
+            },
+            None => err,
+        };
+        self.errors.push(err);
+    }
+
+    fn value(&self, key: &str) -> Option<&str> {
+        self.raw.0.get(key).map(|v| v.value.trim())
+    }
+
+    /// Parses `key` if it is set; on error records it and returns `None`.
+    fn parse<T>(
+        &mut self,
+        key: &str,
+        f: impl FnOnce(&str, &str) -> Result<T, ConfigError>,
+    ) -> Option<T> {
+        let value = self.value(key)?;
+        match f(key, value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.fail(key, e);
+                None
+            }
+        }
+    }
+
+    fn int(&mut self, key: &str, min: i64, max: i64, expected: &str) -> Option<i64> {
+        self.parse(key, |key, v| {
+            v.parse::<i64>()
+                .ok()
+                .filter(|n| (min..=max).contains(n))
+                .ok_or_else(|| ConfigError::invalid(key, expected, v))
+        })
+    }
+
+    fn boolean(&mut self, key: &str) -> Option<bool> {
+        self.parse(key, |key, v| {
+            if v.eq_ignore_ascii_case("true") {
+                Ok(true)
+            } else if v.eq_ignore_ascii_case("false") {
+                Ok(false)
+            } else {
+                Err(ConfigError::invalid(key, "true or false", v))
+            }
+        })
+    }
+
+    fn group_config(&mut self) -> GroupConfig {
+        let d = GroupConfig::default();
+        let delay = self
+            .int(
+                "group.initial.rebalance.delay.ms",
+                0,
+                i32::MAX.into(),
+                "a non-negative number of milliseconds",
+            )
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(d.initial_rebalance_delay_ms);
+        let ms = "a positive number of milliseconds";
+        let min = self
+            .int("group.min.session.timeout.ms", 1, i32::MAX.into(), ms)
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(d.session_timeout_ms_min);
+        let max = self
+            .int("group.max.session.timeout.ms", 1, i32::MAX.into(), ms)
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(d.session_timeout_ms_max);
+        if min > max {
+            self.errors.push(ConfigError::Conflict {
+                key: "group.min.session.timeout.ms".to_owned(),
+                message: format!("is {min}, above group.max.session.timeout.ms {max}"),
+            });
+        }
+        let size = self
+            .int("group.max.size", 1, i32::MAX.into(), "a positive integer")
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(d.group_size_max);
+        let retention = self
+            .int(
+                "offsets.retention.minutes",
+                1,
+                i64::from(i32::MAX),
+                "a positive number of minutes",
+            )
+            .and_then(|n| u64::try_from(n).ok())
+            .map_or(d.offsets_retention_ms, |m| m * 60_000);
+        let metadata = self
+            .int(
+                "offset.metadata.max.bytes",
+                0,
+                i32::MAX.into(),
+                "a non-negative integer (bytes)",
+            )
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(d.offset_metadata_bytes_max);
+        GroupConfig {
+            initial_rebalance_delay_ms: delay,
+            session_timeout_ms_min: min,
+            session_timeout_ms_max: max,
+            group_size_max: size,
+            offsets_retention_ms: retention,
+            offset_metadata_bytes_max: metadata,
+        }
+    }
+
+    /// `listeners` and `advertised.listeners`, with the security protocol
+    /// map and controller listeners applied.
+    fn listeners(&mut self, env: &HostEnv) -> (Vec<Listener>, Vec<Listener>) {
+        let protocols = self
+            .parse("listener.security.protocol.map", parse_protocol_map)
+            .unwrap_or_else(|| {
+                parse_protocol_map("", SECURITY_PROTOCOL_MAP_DEFAULT).unwrap_or_default()
+            });
+        let controllers: Vec<String> = self
+            .value("controller.listener.names")
+            .map(|v| {
+                v.split(',')
+                    .map(|n| n.trim().to_ascii_uppercase())
+                    .filter(|n| !n.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+
+        let listeners = self
+            .parse("listeners", |key, v| {
+                let all = parse_listeners(key, v)?;
+                let mut out = Vec::new();
+                for l in all {
+                    if controllers.contains(&l.name) {
+                        continue;
+                    }
+                    check_protocol(key, &l, &protocols)?;
+                    out.push(l);
+                }
+                if out.is_empty() {
+                    return Err(ConfigError::invalid(
+                        key,
+                        "at least one broker listener besides controller.listener.names",
+                        v,
+                    ));
+                }
+                Ok(out)
+            })
+            .unwrap_or_else(|| {
+                if self.value("listeners").is_none() {
+                    vec![Listener {
+                        name: "PLAINTEXT".to_owned(),
+                        host: String::new(),
+                        port: 9092,
+                    }]
+                } else {
+                    Vec::new()
+                }
+            });
+
+        let default_host = env
+            .host_name
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1".to_owned());
+        let advertised = self.parse("advertised.listeners", |key, v| {
+            let mut out = Vec::new();
+            for mut l in parse_listeners(key, v)? {
+                if controllers.contains(&l.name) {
+                    continue;
+                }
+                if l.host == "0.0.0.0" || l.host == "::" {
+                    return Err(ConfigError::invalid(
+                        key,
+                        "routable addresses (0.0.0.0 and :: cannot be advertised)",
+                        v,
+                    ));
+                }
+                if !listeners.iter().any(|b| b.name == l.name) {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!(
+                            "listener names that are in listeners, and {} is not",
+                            l.name
+                        ),
+                        v,
+                    ));
+                }
+                if l.host.is_empty() {
+                    l.host.clone_from(&default_host);
+                }
+                out.push(l);
+            }
+            Ok(out)
+        });
+        let advertised = advertised.unwrap_or_else(|| {
+            listeners
+                .iter()
+                .map(|l| Listener {
+                    host: if l.is_wildcard() {
+                        default_host.clone()
+                    } else {
+                        l.host.clone()
+                    },
+                    ..l.clone()
+                })
+                .collect()
+        });
+        (listeners, advertised)
+    }
+}
+
+fn parse_protocol_map(key: &str, text: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut out = Vec::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (name, protocol) = entry.split_once(':').ok_or_else(|| {
+            ConfigError::invalid(key, "NAME:PROTOCOL pairs separated by commas", entry)
+        })?;
+        let protocol = protocol.trim().to_ascii_uppercase();
+        if !["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"].contains(&protocol.as_str()) {
+            return Err(ConfigError::invalid(
+                key,
+                "a protocol of PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+                entry,
+            ));
+        }
+        out.push((name.trim().to_ascii_uppercase(), protocol));
+    }
+    Ok(out)
+}
+
+fn check_protocol(
+    key: &str,
+    listener: &Listener,
+    protocols: &[(String, String)],
+) -> Result<(), ConfigError> {
+    let Some((_, protocol)) = protocols.iter().find(|(n, _)| *n == listener.name) else {
+        return Err(ConfigError::invalid(
+            key,
+            format!(
+                "listener names with an entry in listener.security.protocol.map, and {} has none",
+                listener.name
+            ),
+            &listener.to_string(),
+        ));
+    };
+    if protocol != "PLAINTEXT" {
+        return Err(ConfigError::Unsupported {
+            key: key.to_owned(),
+            message: format!(
+                "{protocol} listeners are not supported yet ({listener}); use a PLAINTEXT listener"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Parses `NAME://host:port[,NAME://host:port...]`.
+fn parse_listeners(key: &str, text: &str) -> Result<Vec<Listener>, ConfigError> {
+    let expected = "comma-separated NAME://host:port, e.g. PLAINTEXT://0.0.0.0:9092";
+    let mut out: Vec<Listener> = Vec::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let bad = || ConfigError::invalid(key, expected, entry);
+        let (name, address) = entry.split_once("://").ok_or_else(bad)?;
+        let name = name.trim().to_ascii_uppercase();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(bad());
+        }
+        let (host, port) = if let Some(bracketed) = address.strip_prefix('[') {
+            let (host, rest) = bracketed.split_once(']').ok_or_else(bad)?;
+            (host, rest.strip_prefix(':').ok_or_else(bad)?)
+        } else {
+            let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
+            if host.contains(':') {
+                return Err(ConfigError::invalid(
+                    key,
+                    "IPv6 hosts in brackets, e.g. PLAINTEXT://[::1]:9092",
+                    entry,
+                ));
+            }
+            (host, port)
+        };
+        let port: u16 = port.parse().map_err(|_| {
+            ConfigError::invalid(
+                key,
+                format!("{expected}, with a port from 0 to 65535"),
+                entry,
+            )
+        })?;
+        if out.iter().any(|l| l.name == name) {
+            return Err(ConfigError::invalid(
+                key,
+                format!("a different name for every listener, and {name} is used twice"),
+                text,
+            ));
+        }
+        out.push(Listener {
+            name,
+            host: host.to_owned(),
+            port,
+        });
+    }
+    if out.is_empty() {
+        return Err(ConfigError::invalid(key, expected, text));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> HostEnv {
+        HostEnv {
+            host_name: Some("broker-a".to_owned()),
+            cores: 4,
+        }
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_properties_with(text, env())
+    }
+
+    fn error(text: &str) -> String {
+        match parse(text) {
+            Ok(c) => panic!("expected an error for {text:?}, got {c:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.node_id, None);
+        assert_eq!(c.rack, None);
+        assert_eq!(
+            c.listeners,
+            vec![Listener {
+                name: "PLAINTEXT".into(),
+                host: String::new(),
+                port: 9092
+            }]
+        );
+        assert_eq!(
+            c.advertised_listeners[0].to_string(),
+            "PLAINTEXT://broker-a:9092"
+        );
+        assert_eq!(c.num_partitions, 1);
+        assert!(c.auto_create_topics);
+        assert_eq!(c.socket_request_bytes_max, 104_857_600);
+        assert_eq!(c.log_retention_ms, Some(604_800_000));
+        assert_eq!(c.log_retention_bytes, None);
+        assert_eq!(c.group, GroupConfig::default());
+        assert_eq!(c.group.initial_rebalance_delay_ms, 3000);
+        assert!(c.data_buckets.is_empty());
+        assert_eq!(c.wal, None);
+        assert!(c.zonerouter_channels.is_empty());
+        assert!(c.zone_cidr_blocks.is_empty());
+        assert_eq!(c.shards, 4);
+        assert_eq!(c.cache_bytes_max, CACHE_BYTES_MAX_DEFAULT);
+        assert_eq!(c.metrics_listener, None);
+        assert!(c.unknown_keys.is_empty());
+        let err = c.validate_for_node().unwrap_err().to_string();
+        assert!(err.starts_with("node.id: required"), "{err}");
+    }
+
+    #[test]
+    fn advertised_default_falls_back_to_loopback_without_host_name() {
+        let c = Config::from_properties_with(
+            "listeners=PLAINTEXT://0.0.0.0:9092",
+            HostEnv {
+                host_name: None,
+                cores: 1,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            c.advertised_listeners[0].to_string(),
+            "PLAINTEXT://127.0.0.1:9092"
+        );
+        assert_eq!(c.listeners[0].bind_address(), "0.0.0.0:9092");
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let c = parse(
+            "node.id=3\n\
+             broker.rack=us-east-1a\n\
+             listeners=PLAINTEXT://[::]:19092\n\
+             advertised.listeners=PLAINTEXT://b3.example.com:19092\n\
+             num.partitions=6\n\
+             auto.create.topics.enable=FALSE\n\
+             socket.request.max.bytes=1048576\n\
+             log.retention.ms=-1\n\
+             log.retention.bytes=1073741824\n\
+             s3.data.buckets=0@s3://data?region=us-east-1,1@s3://more?region=us-east-1&endpoint=http://minio:9000\n\
+             s3.wal.path=0@s3://wal?region=us-east-1&batchInterval=100&maxBytesInBatch=4194304\n\
+             automq.zonerouter.channels=0@s3://handoff?region=us-east-1&batchInterval=50\n\
+             ferry.shards=2\n\
+             ferry.cache.bytes.max=67108864\n\
+             ferry.metrics.listener=0.0.0.0:9644\n",
+        )
+        .unwrap();
+        c.validate_for_node().unwrap();
+        assert_eq!(c.node_id, Some(3));
+        assert_eq!(c.rack.as_deref(), Some("us-east-1a"));
+        assert_eq!(c.listeners[0].host, "::");
+        assert_eq!(c.listeners[0].bind_address(), "[::]:19092");
+        assert_eq!(c.advertised_listeners[0].host, "b3.example.com");
+        assert_eq!(c.num_partitions, 6);
+        assert!(!c.auto_create_topics);
+        assert_eq!(c.socket_request_bytes_max, 1_048_576);
+        assert_eq!(c.log_retention_ms, None);
+        assert_eq!(c.log_retention_bytes, Some(1 << 30));
+        assert_eq!(c.data_buckets.len(), 2);
+        assert_eq!(c.data_buckets[1].id, 1);
+        assert_eq!(
+            c.data_buckets[1].uri(),
+            "s3://more?region=us-east-1&endpoint=http://minio:9000"
+        );
+        let wal = c.wal.as_ref().unwrap();
+        assert_eq!(
+            (wal.batch_interval_ms, wal.batch_bytes_max),
+            (100, 4_194_304)
+        );
+        assert_eq!(wal.scheme, BucketScheme::S3);
+        assert_eq!(c.zonerouter_channels[0].batch_interval_ms, 50);
+        assert_eq!(
+            c.zonerouter_channels[0].batch_bytes_max,
+            BATCH_BYTES_MAX_DEFAULT
+        );
+        assert_eq!(c.shards, 2);
+        assert_eq!(c.cache_bytes_max, 64 << 20);
+        assert_eq!(c.metrics_listener, Some("0.0.0.0:9644".parse().unwrap()));
+    }
+
+    #[test]
+    fn stock_kafka_kraft_properties_are_accepted() {
+        // The shape of Kafka's config/kraft/server.properties.
+        let text = "\
+############################# Server Basics #############################
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@localhost:9093
+
+############################# Socket Server Settings #############################
+listeners=PLAINTEXT://:9092,CONTROLLER://:9093
+inter.broker.listener.name=PLAINTEXT
+advertised.listeners=PLAINTEXT://localhost:9092
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL
+num.network.threads=3
+num.io.threads=8
+socket.send.buffer.bytes=102400
+socket.receive.buffer.bytes=102400
+socket.request.max.bytes=104857600
+log.dirs=/tmp/kraft-combined-logs
+num.partitions=1
+offsets.topic.replication.factor=1
+log.retention.hours=168
+log.segment.bytes=1073741824
+log.retention.check.interval.ms=300000
+group.initial.rebalance.delay.ms=0
+";
+        let c = parse(text).unwrap();
+        assert_eq!(c.node_id, Some(1));
+        assert_eq!(c.listeners.len(), 1, "the CONTROLLER listener is dropped");
+        assert_eq!(c.listeners[0].port, 9092);
+        assert_eq!(
+            c.advertised_listeners[0].to_string(),
+            "PLAINTEXT://localhost:9092"
+        );
+        assert_eq!(c.log_retention_ms, Some(604_800_000));
+        assert_eq!(c.group.initial_rebalance_delay_ms, 0);
+        assert_eq!(
+            c.unknown_keys,
+            vec![
+                "controller.quorum.voters",
+                "inter.broker.listener.name",
+                "log.dirs",
+                "log.retention.check.interval.ms",
+                "log.segment.bytes",
+                "num.io.threads",
+                "num.network.threads",
+                "offsets.topic.replication.factor",
+                "process.roles",
+                "socket.receive.buffer.bytes",
+                "socket.send.buffer.bytes",
+            ]
+        );
+    }
+
+    #[test]
+    fn properties_syntax() {
+        let text = "# a comment\n\
+                    ! another comment\n\
+                    \n   \t\n\
+                    a=1\n\
+                    b: 2\n\
+                    c 3\n\
+                    d = spaced value   \n\
+                    e=continued \\\n      over \\\n   lines\n\
+                    f=x\\=y\\:z\\\\\n\
+                    g\\=key=v\n\
+                    h=\\u00e9t\\u00E9 \\uD83D\\uDE00\n\
+                    i=\n\
+                    j=tab\\there\n\
+                    k = trailing escaped space\\ \n\
+                    # comment with trailing backslash \\\n\
+                    l=not continued\n\
+                    m=#not a comment\n";
+        let props = parse_properties(text).unwrap();
+        let get = |k: &str| {
+            props
+                .iter()
+                .find(|p| p.key == k)
+                .map(|p| (p.value.as_str(), p.line))
+                .unwrap()
+        };
+        assert_eq!(get("a"), ("1", 5));
+        assert_eq!(get("b"), ("2", 6));
+        assert_eq!(get("c"), ("3", 7));
+        assert_eq!(get("d"), ("spaced value", 8));
+        assert_eq!(get("e"), ("continued over lines", 9));
+        assert_eq!(get("f").0, "x=y:z\\");
+        assert_eq!(get("g=key").0, "v");
+        assert_eq!(get("h").0, "été 😀");
+        assert_eq!(get("i").0, "");
+        assert_eq!(get("j").0, "tab\there");
+        assert_eq!(get("k").0, "trailing escaped space ");
+        assert_eq!(get("l"), ("not continued", 19));
+        assert_eq!(get("m").0, "#not a comment");
+        assert_eq!(props.len(), 13);
+    }
+
+    #[test]
+    fn continuation_at_end_of_file_and_crlf() {
+        let props = parse_properties("a=1\r\nb=two \\\r\n   parts\r\nc=end\\").unwrap();
+        assert_eq!(props[0].value, "1");
+        assert_eq!(props[1].value, "two parts");
+        assert_eq!(props[2].value, "end");
+    }
+
+    #[test]
+    fn syntax_errors_carry_line_numbers() {
+        let e = parse_properties("a=1\n\n  lonely\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("line 3:"), "{e}");
+        assert!(e.contains("\"lonely\" has no value"), "{e}");
+        let e = parse_properties("# c\n=value\n").unwrap_err().to_string();
+        assert!(e.starts_with("line 2:") && e.contains("no key"), "{e}");
+        let e = parse_properties("a=1\nb=\\u12G4\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("line 2:") && e.contains("\\uXXXX"), "{e}");
+        let e = parse_properties("a=\\uD83D alone\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("line 1:"), "{e}");
+        // The line of a continued entry is the line it starts on.
+        let e = parse("x=1\nnum.partitions=a\\\nbc\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "line 2: num.partitions: expected a positive integer, got \"abc\""
+        );
+    }
+
+    #[test]
+    fn later_duplicate_wins() {
+        let c = parse("num.partitions=2\nnum.partitions=5\n").unwrap();
+        assert_eq!(c.num_partitions, 5);
+    }
+
+    /// Every key's bad value is reported with the key's name and what was
+    /// expected.
+    #[test]
+    fn every_bad_value_names_its_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("node.id", "-1", "a non-negative integer"),
+            ("node.id", "one", "a non-negative integer"),
+            ("broker.id", "x", "a non-negative integer"),
+            ("broker.rack", "", "a non-empty zone name"),
+            ("listeners", "localhost:9092", "NAME://host:port"),
+            ("listeners", "PLAINTEXT://:99999", "port from 0 to 65535"),
+            (
+                "listeners",
+                "PLAINTEXT://::1:9092",
+                "IPv6 hosts in brackets",
+            ),
+            ("listeners", "PLAINTEXT://:1,PLAINTEXT://:2", "used twice"),
+            ("listeners", "FOO://:9092", "listener.security.protocol.map"),
+            (
+                "advertised.listeners",
+                "PLAINTEXT://0.0.0.0:9092",
+                "routable",
+            ),
+            ("advertised.listeners", "OTHER://h:1", "in listeners"),
+            ("listener.security.protocol.map", "A:B", "PLAINTEXT, SSL"),
+            ("listener.security.protocol.map", "A", "NAME:PROTOCOL"),
+            ("num.partitions", "0", "a positive integer"),
+            ("num.partitions", "abc", "a positive integer"),
+            ("auto.create.topics.enable", "yes", "true or false"),
+            (
+                "socket.request.max.bytes",
+                "-5",
+                "a positive integer (bytes)",
+            ),
+            ("log.retention.ms", "-2", "or -1 for no limit"),
+            ("log.retention.minutes", "x", "or -1 for no limit"),
+            ("log.retention.hours", "1.5", "or -1 for no limit"),
+            ("log.retention.bytes", "lots", "or -1 for no limit"),
+            (
+                "group.initial.rebalance.delay.ms",
+                "-1",
+                "non-negative number of milliseconds",
+            ),
+            (
+                "group.min.session.timeout.ms",
+                "0",
+                "a positive number of milliseconds",
+            ),
+            (
+                "group.max.session.timeout.ms",
+                "x",
+                "a positive number of milliseconds",
+            ),
+            ("group.max.size", "0", "a positive integer"),
+            (
+                "offsets.retention.minutes",
+                "0",
+                "a positive number of minutes",
+            ),
+            (
+                "offset.metadata.max.bytes",
+                "-1",
+                "a non-negative integer (bytes)",
+            ),
+            ("s3.data.buckets", "s3://bucket", "ID@URI"),
+            ("s3.data.buckets", "x@s3://bucket", "ID an integer"),
+            ("s3.data.buckets", "0@http://bucket", "scheme s3 or file"),
+            ("s3.data.buckets", "0@s3://", "naming its bucket"),
+            (
+                "s3.data.buckets",
+                "0@file://relative/dir",
+                "absolute file URI",
+            ),
+            ("s3.data.buckets", "0@not a uri", "does not parse"),
+            ("s3.data.buckets", "0@s3://a,0@s3://b", "a different ID"),
+            ("s3.wal.path", "0@s3://a,1@s3://b", "a single ID@URI"),
+            (
+                "s3.wal.path",
+                "0@s3://w?batchInterval=abc",
+                "batchInterval to be an integer from 1 to 60000",
+            ),
+            ("s3.wal.path", "0@s3://w?batchInterval=0", "batchInterval"),
+            (
+                "s3.wal.path",
+                "0@s3://w?maxBytesInBatch=-1",
+                "maxBytesInBatch to be an integer",
+            ),
+            (
+                "s3.wal.path",
+                "0@s3://w?maxBytesInBatch=9999999999",
+                "maxBytesInBatch",
+            ),
+            (
+                "s3.wal.path",
+                "0@s3://w?batchInterval=1&batchInterval=2",
+                "at most once",
+            ),
+            (
+                "automq.zonerouter.channels",
+                "0@ftp://x",
+                "scheme s3 or file",
+            ),
+            ("automq.zone.cidr.blocks", "10.0.0.0/8", "zone@cidr"),
+            ("ferry.shards", "0", "an integer from 1 to 1024"),
+            ("ferry.shards", "many", "an integer from 1 to 1024"),
+            ("ferry.cache.bytes.max", "1000", "at least 1048576"),
+            ("ferry.metrics.listener", "localhost:9644", "IP:port"),
+        ];
+        for (key, value, expected) in cases {
+            let err = match Config::from_pairs([(*key, *value)], env()) {
+                Ok(_) => panic!("{key}={value} was accepted"),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                err.starts_with(&format!("{key}: ")),
+                "{key}={value}: error does not start with the key: {err}"
+            );
+            assert!(
+                err.contains(expected),
+                "{key}={value}: error does not say {expected:?}: {err}"
+            );
+        }
+        // The example message from the design, word for word.
+        assert_eq!(
+            error("num.partitions=abc"),
+            "line 1: num.partitions: expected a positive integer, got \"abc\""
+        );
+    }
+
+    #[test]
+    fn several_bad_values_are_all_reported() {
+        let e = error("num.partitions=x\nferry.shards=0\nauto.create.topics.enable=maybe\n");
+        assert!(e.starts_with("3 configuration errors:"), "{e}");
+        assert!(e.contains("line 1: num.partitions: expected"), "{e}");
+        assert!(e.contains("line 2: ferry.shards: expected"), "{e}");
+        assert!(
+            e.contains("line 3: auto.create.topics.enable: expected"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn conflicts_between_keys() {
+        let e = error("node.id=1\nbroker.id=2\n");
+        assert!(e.starts_with("broker.id: is 2 but node.id is 1"), "{e}");
+        assert_eq!(parse("broker.id=7").unwrap().node_id, Some(7));
+        let e = error("group.min.session.timeout.ms=10000\ngroup.max.session.timeout.ms=5000\n");
+        assert!(e.starts_with("group.min.session.timeout.ms:"), "{e}");
+        let e = error("listeners=CONTROLLER://:9093\ncontroller.listener.names=CONTROLLER\n");
+        assert!(e.contains("at least one broker listener"), "{e}");
+    }
+
+    #[test]
+    fn tls_and_sasl_listeners_are_not_supported_yet() {
+        for listener in ["SSL://:9093", "SASL_PLAINTEXT://:9094", "SASL_SSL://:9095"] {
+            let e = error(&format!("listeners=PLAINTEXT://:9092,{listener}"));
+            assert!(e.contains("listeners: "), "{e}");
+            assert!(e.contains("not supported yet"), "{e}");
+        }
+        // A custom name mapped to SSL is caught too.
+        let e = error("listeners=INTERNAL://:9093\nlistener.security.protocol.map=INTERNAL:SSL");
+        assert!(e.contains("SSL listeners are not supported yet"), "{e}");
+        // A custom name mapped to PLAINTEXT is fine.
+        let c =
+            parse("listeners=INTERNAL://:9093\nlistener.security.protocol.map=INTERNAL:PLAINTEXT")
+                .unwrap();
+        assert_eq!(c.listeners[0].name, "INTERNAL");
+    }
+
+    #[test]
+    fn unknown_keys_warn_but_ferry_keys_must_be_known() {
+        let c = parse("log.dirs=/tmp/x\nsome.plugin.setting=1\n").unwrap();
+        assert_eq!(c.unknown_keys, vec!["log.dirs", "some.plugin.setting"]);
+        let e = error("ferry.shard=2\n");
+        assert!(e.starts_with("line 1: ferry.shard: unknown key"), "{e}");
+        assert!(e.contains("ferry.shards"), "{e}");
+    }
+
+    #[test]
+    fn retention_units_and_precedence() {
+        assert_eq!(
+            parse("log.retention.hours=1").unwrap().log_retention_ms,
+            Some(3_600_000)
+        );
+        assert_eq!(
+            parse("log.retention.minutes=2").unwrap().log_retention_ms,
+            Some(120_000)
+        );
+        assert_eq!(
+            parse("log.retention.hours=-1").unwrap().log_retention_ms,
+            None
+        );
+        let c =
+            parse("log.retention.hours=1\nlog.retention.minutes=2\nlog.retention.ms=5").unwrap();
+        assert_eq!(c.log_retention_ms, Some(5));
+        let c = parse("log.retention.hours=1\nlog.retention.minutes=2").unwrap();
+        assert_eq!(c.log_retention_ms, Some(120_000));
+        assert_eq!(
+            parse("log.retention.bytes=0").unwrap().log_retention_bytes,
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn uri_params_and_lists() {
+        let c = parse(
+            "s3.data.buckets=0@s3://b?region=r&endpoint=http://h:9000&pathStyle=true\n\
+             s3.wal.path=5@file:///var/lib/ferry/wal?batchInterval=1000&maxBytesInBatch=1048576\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.data_buckets[0].batch_interval_ms,
+            BATCH_INTERVAL_MS_DEFAULT
+        );
+        assert_eq!(c.data_buckets[0].batch_bytes_max, BATCH_BYTES_MAX_DEFAULT);
+        let wal = c.wal.unwrap();
+        assert_eq!(wal.id, 5);
+        assert_eq!(wal.scheme, BucketScheme::File);
+        assert_eq!(
+            wal.uri(),
+            "file:///var/lib/ferry/wal?batchInterval=1000&maxBytesInBatch=1048576"
+        );
+        assert_eq!(
+            (wal.batch_interval_ms, wal.batch_bytes_max),
+            (1000, 1 << 20)
+        );
+
+        // Without s3.wal.path the WAL is the first data bucket, default batching.
+        let c = parse("s3.data.buckets=3@s3://d?region=r&batchInterval=9").unwrap();
+        let wal = c.wal.unwrap();
+        assert_eq!(
+            (wal.id, wal.batch_interval_ms),
+            (3, BATCH_INTERVAL_MS_DEFAULT)
+        );
+
+        // A comma inside a URI does not split the list; `,ID@` does.
+        let list =
+            BucketUri::parse_list("k", "0@s3://a?x=1,2&region=r, 1@s3://b,-2@s3://c").unwrap();
+        let ids: Vec<i16> = list.iter().map(|b| b.id).collect();
+        assert_eq!(ids, vec![0, 1, -2]);
+        assert_eq!(list[0].uri(), "s3://a?x=1,2&region=r");
+    }
+
+    #[test]
+    fn cidr_blocks() {
+        let c = parse(
+            "automq.zone.cidr.blocks=us-east-1a@10.0.0.0/19,10.0.32.0/19<>us-east-1b@10.0.64.0/19, 2001:db8::/32 <> us-east-1c@10.0.64.0/24",
+        )
+        .unwrap();
+        let zones: Vec<(&str, String)> = c
+            .zone_cidr_blocks
+            .iter()
+            .map(|z| (z.zone.as_str(), z.net.to_string()))
+            .collect();
+        assert_eq!(
+            zones,
+            vec![
+                ("us-east-1a", "10.0.0.0/19".to_owned()),
+                ("us-east-1a", "10.0.32.0/19".to_owned()),
+                ("us-east-1b", "10.0.64.0/19".to_owned()),
+                ("us-east-1b", "2001:db8::/32".to_owned()),
+                ("us-east-1c", "10.0.64.0/24".to_owned()),
+            ]
+        );
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(c.zone_of(ip("10.0.33.4")), Some("us-east-1a"));
+        assert_eq!(c.zone_of(ip("10.0.65.1")), Some("us-east-1b"));
+        assert_eq!(
+            c.zone_of(ip("10.0.64.9")),
+            Some("us-east-1c"),
+            "longest prefix wins"
+        );
+        assert_eq!(
+            c.zone_of(ip("::ffff:10.0.0.1")),
+            Some("us-east-1a"),
+            "v4-mapped"
+        );
+        assert_eq!(c.zone_of(ip("2001:db8::1")), Some("us-east-1b"));
+        assert_eq!(c.zone_of(ip("192.168.1.1")), None);
+        assert_eq!(
+            c.effective("automq.zone.cidr.blocks").unwrap(),
+            "us-east-1a@10.0.0.0/19,10.0.32.0/19<>us-east-1b@10.0.64.0/19,2001:db8::/32<>us-east-1c@10.0.64.0/24"
+        );
+        // Host bits are allowed and ignored.
+        assert_eq!(
+            parse_cidr("10.0.0.7/8").unwrap().network().to_string(),
+            "10.0.0.0"
+        );
+        assert_eq!(parse_cidr("0.0.0.0/0").unwrap().prefix_len(), 0);
+        assert_eq!(parse_cidr("::/128").unwrap().prefix_len(), 128);
+    }
+
+    #[test]
+    fn bad_cidr_blocks() {
+        let cases = [
+            ("a@10.0.0.0/33", "prefix length from 0 to 32"),
+            ("a@2001:db8::/129", "prefix length from 0 to 128"),
+            ("a@10.0.0.0/x", "prefix length"),
+            ("a@10.0.0.0", "the /prefix is missing"),
+            ("a@10.0.0.300/8", "IPv4 or IPv6 address"),
+            ("a@", "the /prefix is missing"),
+            ("a@10.0.0.0/8,", "the /prefix is missing"),
+            ("@10.0.0.0/8", "a zone name is"),
+            ("bad zone@10.0.0.0/8", "a zone name is"),
+            ("a@10.0.0.0/8<>", "zone@cidr"),
+            ("a@10.0.0.0/8<>b10.1.0.0/16", "zone@cidr"),
+            ("a@10.0.0.0/8<>b@10.0.0.0/8", "in one zone only"),
+        ];
+        for (value, expected) in cases {
+            let e = match Config::from_pairs([("automq.zone.cidr.blocks", value)], env()) {
+                Ok(_) => panic!("{value} accepted"),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                e.starts_with("automq.zone.cidr.blocks: expected"),
+                "{value}: {e}"
+            );
+            assert!(e.contains(expected), "{value}: {e} lacks {expected:?}");
+        }
+        // Empty means no blocks.
+        assert!(parse("automq.zone.cidr.blocks=")
+            .unwrap()
+            .zone_cidr_blocks
+            .is_empty());
+    }
+
+    #[test]
+    fn overrides() {
+        let mut c =
+            parse("node.id=1\nnum.partitions=3\nlisteners=PLAINTEXT://0.0.0.0:9092\n").unwrap();
+        c.apply_override("num.partitions=12").unwrap();
+        assert_eq!(c.num_partitions, 12);
+        c.set("listeners", "PLAINTEXT://0.0.0.0:19092").unwrap();
+        assert_eq!(
+            c.advertised_listeners[0].to_string(),
+            "PLAINTEXT://broker-a:19092"
+        );
+        assert!(c.is_set("listeners") && !c.is_set("broker.rack"));
+
+        // A bad override changes nothing and names the key, without a line.
+        let before = c.clone();
+        let e = c
+            .apply_override("num.partitions=zero")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "num.partitions: expected a positive integer, got \"zero\""
+        );
+        assert_eq!(c, before);
+        let e = c.apply_override("no-equals-sign").unwrap_err().to_string();
+        assert!(e.starts_with("--override expects key=value"), "{e}");
+        assert!(c.apply_override("=5").is_err());
+
+        c.apply_override("unknown.kafka.key=1").unwrap();
+        assert_eq!(c.unknown_keys, vec!["unknown.kafka.key"]);
+        assert!(c.set("ferry.nope", "1").is_err());
+
+        c.reset("num.partitions").unwrap();
+        assert_eq!(c.num_partitions, 1);
+        assert!(!c.is_set("num.partitions"));
+
+        c.set("automq.zone.cidr.blocks", "z@192.168.0.0/16")
+            .unwrap();
+        assert_eq!(c.zone_of("192.168.3.4".parse().unwrap()), Some("z"));
+    }
+
+    #[test]
+    fn secrets_are_redacted_everywhere() {
+        let secret = "wJalrXUtnFEMI-K7MDENG";
+        let access = "AKIAIOSFODNN7EXAMPLE";
+        let text = format!(
+            "node.id=1\n\
+             s3.data.buckets=0@s3://data?region=r&accessKey={access}&secretKey={secret}\n\
+             s3.wal.path=0@s3://wal?region=r&secretKey={secret}&batchInterval=100\n\
+             automq.zonerouter.channels=0@s3://user:{secret}@handoff?region=r\n\
+             sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule password=\"{secret}\";\n\
+             ssl.keystore.password={secret}\n\
+             my.plugin.secret={secret}\n"
+        );
+        let c = parse(&text).unwrap();
+        // The object store still gets the real URI.
+        assert!(c.data_buckets[0].uri().contains(secret));
+        assert_eq!(c.wal.as_ref().unwrap().batch_interval_ms, 100);
+
+        let debug = format!("{c:?}");
+        let pretty = format!("{c:#?}");
+        let display = c.to_string();
+        let described = format!("{:?}", c.describe());
+        for (what, shown) in [
+            ("Debug", &debug),
+            ("pretty Debug", &pretty),
+            ("Display", &display),
+            ("describe", &described),
+        ] {
+            assert!(!shown.contains(secret), "{what} leaks the secret: {shown}");
+            assert!(
+                !shown.contains(access),
+                "{what} leaks the access key: {shown}"
+            );
+        }
+        assert!(
+            display.contains(&format!(
+                "s3.wal.path=0@s3://wal?region=r&secretKey={REDACTED}&batchInterval=100"
+            )),
+            "{display}"
+        );
+        assert!(
+            display.contains(&format!("s3://user:{REDACTED}@handoff")),
+            "{display}"
+        );
+        assert!(format!("{:?}", c.data_buckets[0]).contains(REDACTED));
+        assert_eq!(
+            c.data_buckets[0].to_string(),
+            format!("0@s3://data?region=r&accessKey={REDACTED}&secretKey={REDACTED}")
+        );
+
+        // Errors about a bad URI do not echo its credentials either.
+        let e = error(&format!(
+            "s3.wal.path=0@s3://w?secretKey={secret}&batchInterval=abc"
+        ));
+        assert!(!e.contains(secret), "{e}");
+        let e = error(&format!("s3.data.buckets=0@http://h?secretKey={secret}"));
+        assert!(!e.contains(secret) && e.contains(REDACTED), "{e}");
+        let e = parse_override(&format!("s3.wal.path 0@s3://w?secretKey={secret}")).unwrap_err();
+        assert!(!e.to_string().contains(secret), "{e}");
+    }
+
+    #[test]
+    fn describe_lists_every_known_key_with_defaults() {
+        let c = parse("node.id=2\nssl.truststore.password=hidden\n").unwrap();
+        let d = c.describe();
+        assert_eq!(d.len(), KNOWN_KEYS.len());
+        let get = |k: &str| d.iter().find(|(key, _, _)| key == k).unwrap().clone();
+        assert_eq!(get("node.id"), ("node.id".into(), Some("2".into()), false));
+        assert_eq!(get("num.partitions").1.as_deref(), Some("1"));
+        assert_eq!(get("log.retention.ms").1.as_deref(), Some("604800000"));
+        assert_eq!(get("log.retention.bytes").1.as_deref(), Some("-1"));
+        assert_eq!(get("broker.rack").1, None);
+        assert_eq!(get("ferry.metrics.listener").1.as_deref(), Some(""));
+        assert_eq!(get("offsets.retention.minutes").1.as_deref(), Some("10080"));
+        // Unknown keys are not described, so their values never show.
+        assert!(d.iter().all(|(k, _, _)| k != "ssl.truststore.password"));
+        for (key, value, sensitive) in &d {
+            assert!(!sensitive || value.is_none(), "{key}");
+        }
+        assert!(is_sensitive_key("ssl.key.password"));
+        assert!(is_sensitive_key("Some.SECRET.thing"));
+        assert!(!is_sensitive_key("num.partitions"));
+    }
+
+    #[test]
+    fn dev_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::dev(dir.path(), 19092).unwrap();
+        c.validate_for_node().unwrap();
+        assert_eq!(c.node_id, Some(0));
+        assert_eq!(c.listeners[0].to_string(), "PLAINTEXT://127.0.0.1:19092");
+        assert_eq!(c.advertised_listeners, c.listeners);
+        let bucket = url::Url::from_file_path(dir.path().join("bucket")).unwrap();
+        assert_eq!(c.data_buckets[0].uri(), bucket.as_str());
+        assert_eq!(c.data_buckets[0].scheme, BucketScheme::File);
+        let wal = c.wal.as_ref().unwrap();
+        assert_eq!(wal.uri(), format!("{bucket}?batchInterval=250"));
+        assert_eq!(wal.batch_interval_ms, 250);
+        assert_eq!(c.group.initial_rebalance_delay_ms, 0);
+        assert!(c.unknown_keys.is_empty());
+
+        // Paths with spaces survive as percent-encoded file URIs.
+        let spaced = dir.path().join("with space");
+        let c = Config::dev(&spaced, 0).unwrap();
+        let uri = c.data_buckets[0].uri();
+        assert!(uri.contains("with%20space"), "{uri}");
+        let back = url::Url::parse(uri).unwrap().to_file_path().unwrap();
+        assert_eq!(back, std::path::absolute(&spaced).unwrap().join("bucket"));
+    }
+
+    #[test]
+    fn load_reads_files_and_names_missing_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.properties");
+        std::fs::write(&path, "node.id=9\ns3.data.buckets=0@file:///tmp/x\n").unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.node_id, Some(9));
+        let e = Config::load(&dir.path().join("nope.properties"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("reading ") && e.contains("nope.properties"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn redact_text_cases() {
+        assert_eq!(redact_text("plain"), "plain");
+        assert_eq!(
+            redact_text("0@s3://b?secretKey=abc&region=r,1@s3://c?accessKey=x"),
+            format!("0@s3://b?secretKey={REDACTED}&region=r,1@s3://c?accessKey={REDACTED}")
+        );
+        assert_eq!(
+            redact_text("https://u:p@host/path?sessionToken=t"),
+            format!("https://u:{REDACTED}@host/path?sessionToken={REDACTED}")
+        );
+        assert_eq!(redact_text("s3://u@host?keyless"), "s3://u@host?keyless");
+        assert_eq!(redact_text("?secretKey"), "?secretKey");
+    }
+}

@@ -8,15 +8,16 @@
 
 use bytes::Bytes;
 use futures_channel::oneshot;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
-/// Where a durable batch lives: an object and a byte range in it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Location {
-    pub object_key: Arc<str>,
-    pub offset: u64,
-    pub len: u32,
-}
+/// Where a durable batch lives: an object, a byte range in it, and the CRC of
+/// those bytes.
+pub type Location = ferry_wal::WalLocation;
+
+/// The idempotent-producer fields of a batch.
+pub type ProducerFields = ferry_wal::ProducerFields;
 
 /// One batch to make durable, as segments that are written without joining.
 #[derive(Debug, Clone)]
@@ -27,6 +28,7 @@ pub struct AppendEntry {
     pub last_offset: i64,
     pub max_timestamp: i64,
     pub record_count: i32,
+    pub producer: ProducerFields,
     pub segments: [Bytes; 2],
 }
 
@@ -53,8 +55,10 @@ pub enum DurableError {
     Closed,
 }
 
-pub type AppendAck = oneshot::Receiver<Result<Location, DurableError>>;
-pub type ReadAck = oneshot::Receiver<Result<Bytes, DurableError>>;
+/// Resolves when the batch is durable (or cannot be made so).
+pub type AppendAck = Pin<Box<dyn Future<Output = Result<Location, DurableError>> + Send>>;
+/// Resolves to the bytes of a durable batch.
+pub type ReadAck = Pin<Box<dyn Future<Output = Result<Bytes, DurableError>> + Send>>;
 
 /// The node's durable log. `Send + Sync`: one for the node, shared by every
 /// shard; implementations hand work to their own threads.
@@ -69,6 +73,13 @@ pub trait DurableLog: Send + Sync + 'static {
 
     /// Reads a durable batch back from the bucket.
     fn read(&self, location: &Location) -> ReadAck;
+
+    /// After an append to this partition failed, lets appends to it through
+    /// again (the caller has moved the partition's log end back).
+    fn resume_partition(&self, topic: &str, partition: i32);
+
+    /// Prometheus lines for the log's own counters.
+    fn render_metrics(&self) -> String;
 
     /// Writes a small metadata object (`meta/<name>`): the topic table, group
     /// offsets. Answers once it is in the bucket.
@@ -108,34 +119,38 @@ impl DurableLog for MemoryLog {
     }
 
     fn append(&self, entry: AppendEntry) -> AppendAck {
-        let (tx, rx) = oneshot::channel();
         let mut joined = Vec::with_capacity(entry.len());
         for s in &entry.segments {
             joined.extend_from_slice(s);
         }
         let mut g = self.inner.lock();
         let idx = g.objects.len();
-        g.objects.push(joined.into());
-        let _ = tx.send(Ok(Location {
-            object_key: format!("mem/{idx}").into(),
-            offset: 0,
+        let loc = Location {
+            key: format!("mem/{idx}").into(),
+            seq: idx as u64,
+            position: 0,
             len: entry.len() as u32,
-        }));
-        rx
+            crc: crc32c::crc32c(&joined),
+        };
+        g.objects.push(joined.into());
+        Box::pin(std::future::ready(Ok(loc)))
     }
 
     fn read(&self, location: &Location) -> ReadAck {
-        let (tx, rx) = oneshot::channel();
-        let found = location
-            .object_key
-            .strip_prefix("mem/")
-            .and_then(|i| i.parse::<usize>().ok())
+        let found = usize::try_from(location.seq)
+            .ok()
             .and_then(|i| self.inner.lock().objects.get(i).cloned());
-        let _ = tx.send(found.ok_or_else(|| DurableError::Read {
-            key: location.object_key.to_string(),
+        let r = found.ok_or_else(|| DurableError::Read {
+            key: location.key.to_string(),
             error: "no such object".into(),
-        }));
-        rx
+        });
+        Box::pin(std::future::ready(r))
+    }
+
+    fn resume_partition(&self, _topic: &str, _partition: i32) {}
+
+    fn render_metrics(&self) -> String {
+        String::new()
     }
 
     fn put_meta(&self, name: &str, data: Bytes) -> oneshot::Receiver<Result<(), DurableError>> {

@@ -37,3 +37,4 @@ pub mod partition;
 pub mod server;
 pub mod shard;
 pub mod topics;
+pub mod wal_log;

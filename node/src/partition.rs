@@ -11,7 +11,7 @@
 //! bucket. WAL objects are written strictly in order and retried until they
 //! land, so every batch below a durable one is durable too.
 
-use crate::durable::{AppendEntry, Location};
+use crate::durable::{AppendEntry, Location, ProducerFields};
 use bytes::{BufMut, Bytes, BytesMut};
 use ferry_protocol::error_code::ErrorCode;
 use ferry_protocol::records::{RecordBatch, RecordBatches, RecordsError};
@@ -96,6 +96,9 @@ pub struct PartitionLog {
     /// stable number while old ones are trimmed.
     front_index: usize,
     producers: HashMap<i64, ProducerState>,
+    /// Bumped each time a failed write rolls the log back, so a late report
+    /// about an older write cannot roll back batches appended since.
+    generation: u64,
 }
 
 impl PartitionLog {
@@ -110,7 +113,13 @@ impl PartitionLog {
             batches: VecDeque::new(),
             front_index: 0,
             producers: HashMap::new(),
+            generation: 0,
         }
+    }
+
+    /// The current write generation (see [`PartitionLog::fail_from`]).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub fn log_start(&self) -> i64 {
@@ -201,6 +210,16 @@ impl PartitionLog {
             last_offset: last,
             max_timestamp: batch.max_timestamp(),
             record_count: batch.records_count(),
+            producer: if pid >= 0 {
+                ProducerFields {
+                    id: pid,
+                    epoch: batch.producer_epoch(),
+                    first_sequence: batch.base_sequence(),
+                    last_sequence: batch.last_sequence(),
+                }
+            } else {
+                ProducerFields::default()
+            },
             segments: segments.clone(),
         };
         self.next_offset = last + 1;
@@ -297,16 +316,39 @@ impl PartitionLog {
         }
     }
 
-    /// Drops the cached bytes of the batch at `base_offset` if it is durable;
-    /// returns the bytes freed.
-    pub fn evict(&mut self, base_offset: i64) -> usize {
+    /// Drops the cached bytes of the batch at `base_offset` if it is durable.
+    /// `Some(false)`: not durable yet, kept; `None`: no such cached batch.
+    pub fn evict(&mut self, base_offset: i64) -> Option<bool> {
         let i = self.find(base_offset);
         match self.batches.get_mut(i) {
-            Some(b) if b.base_offset == base_offset && b.location.is_some() && b.data.is_some() => {
+            Some(b) if b.base_offset == base_offset && b.data.is_some() => {
+                if b.location.is_none() {
+                    return Some(false);
+                }
                 b.data = None;
-                b.len as usize
+                Some(true)
             }
-            _ => 0,
+            _ => None,
+        }
+    }
+
+    /// After the WAL failed to store the batch at `base_offset`: forgets it
+    /// and every later batch (none of them was acknowledged, since
+    /// acknowledgements follow object order), so the offsets are assigned
+    /// again and stay dense.
+    pub fn fail_from(&mut self, base_offset: i64, generation: u64) {
+        if generation != self.generation {
+            return;
+        }
+        self.generation += 1;
+        let i = self.find(base_offset);
+        if i >= self.batches.len() {
+            return;
+        }
+        self.batches.truncate(i);
+        self.next_offset = self.next_offset.min(base_offset);
+        for st in self.producers.values_mut() {
+            st.recent.retain(|&(_, _, base)| base < base_offset);
         }
     }
 
@@ -370,9 +412,11 @@ mod tests {
 
     fn loc() -> Location {
         Location {
-            object_key: "wal/0".into(),
-            offset: 0,
+            key: "wal/0".into(),
+            seq: 0,
+            position: 0,
             len: 1,
+            crc: 0,
         }
     }
 
@@ -450,6 +494,29 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_write_rolls_the_log_end_back() {
+        let mut p = PartitionLog::new("t".into(), 0);
+        for seq in [0, 1, 2] {
+            let raw = batch(1, Some((4, 0, seq)));
+            p.append(&PartitionLog::check(&raw).unwrap()[0]).unwrap();
+        }
+        assert_eq!(p.log_end(), 3);
+        let g = p.generation();
+        p.fail_from(1, g);
+        assert_eq!(p.log_end(), 1);
+        // A late report about the same failed write changes nothing.
+        p.fail_from(1, g);
+        // The producer's retry of sequence 1 lands at offset 1 again.
+        let retry = batch(1, Some((4, 0, 1)));
+        assert!(matches!(
+            p.append(&PartitionLog::check(&retry).unwrap()[0])
+                .unwrap()
+                .0,
+            Appended::New { base_offset: 1, .. }
+        ));
+    }
+
+    #[test]
     fn eviction_keeps_undurable_batches_and_retention_trims_the_front() {
         let mut p = PartitionLog::new("t".into(), 0);
         let raw = batch(1, None);
@@ -459,9 +526,10 @@ mod tests {
         let Appended::New { entry_index, .. } = a0 else {
             panic!()
         };
-        assert_eq!(p.evict(0), 0, "not durable yet");
+        assert_eq!(p.evict(0), Some(false), "not durable yet");
         p.made_durable(entry_index, loc());
-        assert!(p.evict(0) > 0);
+        assert_eq!(p.evict(0), Some(true));
+        assert_eq!(p.evict(0), None, "already evicted");
         assert!(p.read(0, 100)[0].data.is_none());
         assert_eq!(
             p.apply_retention(Some(i64::MAX), None),

@@ -287,6 +287,7 @@ impl Shard {
         }
         let mut first_offset = None;
         let mut pending = Vec::new();
+        let generation = log.borrow().generation();
         {
             let mut l = log.borrow_mut();
             for b in &batches {
@@ -300,7 +301,7 @@ impl Shard {
                     )) => {
                         first_offset.get_or_insert(base_offset);
                         let len = entry.len();
-                        pending.push((entry_index, self.ctx.durable.append(entry)));
+                        pending.push((entry_index, base_offset, self.ctx.durable.append(entry)));
                         self.cached(&topic, partition, base_offset, len);
                     }
                     Ok((Appended::New { base_offset, .. }, None))
@@ -324,11 +325,21 @@ impl Shard {
         let log2 = log.clone();
         glommio::spawn_local(async move {
             let mut outcome = Ok(());
-            for (idx, ack) in pending {
+            for (idx, base, ack) in pending {
                 match ack.await {
-                    Ok(Ok(loc)) => log2.borrow_mut().made_durable(idx, loc),
-                    Ok(Err(e)) => outcome = Err(e),
-                    Err(_) => outcome = Err(DurableError::Closed),
+                    Ok(loc) if outcome.is_ok() => log2.borrow_mut().made_durable(idx, loc),
+                    Ok(_) => {}
+                    Err(e) => {
+                        if outcome.is_ok() {
+                            // Nothing from here on was acknowledged: take the
+                            // offsets back so they stay dense, then let the
+                            // partition write again.
+                            log2.borrow_mut().fail_from(base, generation);
+                            me.ctx.durable.resume_partition(&key.0, key.1);
+                            tracing::warn!(topic = %key.0, partition = key.1, offset = base, error = %e, "WAL write failed");
+                        }
+                        outcome = Err(e);
+                    }
                 }
             }
             me.wake(&key);
@@ -379,11 +390,12 @@ impl Shard {
             let Some((key, base, len)) = c.order.pop_front() else {
                 break;
             };
-            let freed = match self.partitions.borrow().get(&key) {
-                Some(log) => log.borrow_mut().evict(base),
-                None => len,
-            };
-            if freed == 0 {
+            let evicted = self
+                .partitions
+                .borrow()
+                .get(&key)
+                .and_then(|log| log.borrow_mut().evict(base));
+            if evicted == Some(false) {
                 // Not durable yet: keep it, look at the next.
                 c.order.push_back((key, base, len));
                 skipped += 1;
@@ -522,15 +534,10 @@ impl Shard {
         let Some(loc) = &b.location else {
             return Err(DurableError::Failed("batch is not durable".into()));
         };
-        let bytes = self
-            .ctx
-            .durable
-            .read(loc)
-            .await
-            .map_err(|_| DurableError::Closed)??;
+        let bytes = self.ctx.durable.read(loc).await?;
         if bytes.len() < 61 {
             return Err(DurableError::Read {
-                key: loc.object_key.to_string(),
+                key: loc.key.to_string(),
                 error: "batch shorter than its header".into(),
             });
         }

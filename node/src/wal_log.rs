@@ -1,0 +1,264 @@
+//! The durable log over the `ferry-wal` writer: WAL objects in the bucket,
+//! metadata objects (`meta/<name>`) beside them, and recovery at start-up.
+
+use crate::durable::{AppendAck, AppendEntry, DurableError, DurableLog, ReadAck};
+use crate::node::Recovered;
+use crate::partition::LogBatch;
+use crate::topics::TopicTable;
+use bytes::Bytes;
+use ferry_wal::{
+    recovery, IoRuntime, WalConfig, WalEntry, WalError, WalHandle, WalReader, WalWriter,
+};
+use futures_channel::oneshot;
+use object_store::{path::Path, ObjectStore, ObjectStoreExt, PutPayload};
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where WAL objects go in the bucket.
+pub const WAL_PREFIX: &str = "wal";
+
+pub struct WalLog {
+    writer: parking_lot::Mutex<Option<WalWriter>>,
+    handle: WalHandle,
+    reader: WalReader,
+    io: IoRuntime,
+    store: Arc<dyn ObjectStore>,
+    inflight_bytes_max: usize,
+    node_id: u32,
+}
+
+/// What opening the log found in the bucket.
+pub struct Opened {
+    pub log: Arc<WalLog>,
+    pub topics: TopicTable,
+    pub recovered: Recovered,
+    pub objects_read: u64,
+    pub batches: usize,
+}
+
+fn wal_error(e: WalError) -> DurableError {
+    match e {
+        WalError::Backpressure { .. } => DurableError::Backpressure(0),
+        WalError::Closed => DurableError::Closed,
+        other => DurableError::Failed(other.to_string()),
+    }
+}
+
+impl WalLog {
+    /// Recovers what the bucket holds for `config.node_id`, then starts the
+    /// writer after the last object found.
+    pub fn open(store: Arc<dyn ObjectStore>, mut config: WalConfig) -> Result<Opened, WalError> {
+        let io = IoRuntime::new(config.io_threads.max(1))?;
+        let node_id = config.node_id;
+        let topics = match io.block_on(get_meta(&*store, "topics"))? {
+            Some(b) => TopicTable::decode(&b).map_err(|e| WalError::Config {
+                param: "meta/topics".into(),
+                expected: "a topic table written by Ferry".into(),
+                found: e.to_string(),
+            })?,
+            None => TopicTable::default(),
+        };
+        let rec = io.block_on(recovery::scan(&*store, WAL_PREFIX, node_id))?;
+        for s in &rec.skipped {
+            tracing::warn!(object_key = %s.key, error = %s.error, "skipped a WAL object at recovery");
+        }
+        let logs = recovery::rebuild(&rec.entries);
+        let mut recovered = Recovered::new();
+        let mut batches = 0;
+        for (key, log) in logs {
+            let list = recovered.entry(key).or_default();
+            for e in &log.entries {
+                let i = &e.entry;
+                let p = i.producer;
+                list.push((
+                    LogBatch {
+                        base_offset: i.base_offset,
+                        last_offset: i.last_offset,
+                        max_timestamp: i.max_timestamp,
+                        len: i.len,
+                        data: None,
+                        location: Some(e.location()),
+                    },
+                    (p.id >= 0).then_some((p.id, p.epoch, p.first_sequence, p.last_sequence)),
+                ));
+                batches += 1;
+            }
+        }
+        config.first_seq = rec.next_seq;
+        config.prefix = WAL_PREFIX.to_string();
+        let inflight_bytes_max = config.inflight_bytes_max;
+        let writer = WalWriter::start_on(&io, store.clone(), config)?;
+        let handle = writer.handle();
+        let reader = writer.reader();
+        let log = Arc::new(WalLog {
+            writer: parking_lot::Mutex::new(Some(writer)),
+            handle,
+            reader,
+            io,
+            store,
+            inflight_bytes_max,
+            node_id,
+        });
+        Ok(Opened {
+            log,
+            topics,
+            recovered,
+            objects_read: rec.objects_read,
+            batches,
+        })
+    }
+
+    /// Uploads what is pending and stops the writer (a clean stop).
+    pub fn shutdown(&self, timeout: Duration) {
+        if let Some(w) = self.writer.lock().take() {
+            if let Err(e) = w.shutdown(timeout) {
+                tracing::warn!(error = %e, "WAL shutdown");
+            }
+        }
+    }
+}
+
+async fn get_meta(store: &dyn ObjectStore, name: &str) -> Result<Option<Bytes>, WalError> {
+    let key = Path::from(format!("meta/{name}"));
+    match store.get(&key).await {
+        Ok(r) => r.bytes().await.map(Some).map_err(|e| WalError::Store {
+            op: "get",
+            key: key.to_string(),
+            source: Arc::new(e),
+        }),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(WalError::Store {
+            op: "get",
+            key: key.to_string(),
+            source: Arc::new(e),
+        }),
+    }
+}
+
+impl DurableLog for WalLog {
+    fn reserve(&self, bytes: usize) -> Result<(), DurableError> {
+        let inflight = self.handle.inflight_bytes();
+        if inflight + bytes as u64 > self.inflight_bytes_max as u64 {
+            return Err(DurableError::Backpressure(inflight));
+        }
+        Ok(())
+    }
+
+    fn append(&self, e: AppendEntry) -> AppendAck {
+        let rx = self.handle.append(WalEntry {
+            topic: e.topic,
+            partition: e.partition,
+            base_offset: e.base_offset,
+            last_offset: e.last_offset,
+            record_count: e.record_count.max(0) as u32,
+            max_timestamp: e.max_timestamp,
+            producer: e.producer,
+            data: e.segments.to_vec(),
+        });
+        Box::pin(async move {
+            match rx.await {
+                Ok(r) => r.map_err(wal_error),
+                Err(_) => Err(DurableError::Closed),
+            }
+        })
+    }
+
+    fn read(&self, location: &crate::durable::Location) -> ReadAck {
+        let rx = self.reader.read_entry(location.clone());
+        let key = location.key.to_string();
+        Box::pin(async move {
+            match rx.await {
+                Ok(Ok(b)) => Ok(b),
+                Ok(Err(e)) => Err(DurableError::Read {
+                    key,
+                    error: e.to_string(),
+                }),
+                Err(_) => Err(DurableError::Closed),
+            }
+        })
+    }
+
+    fn resume_partition(&self, topic: &str, partition: i32) {
+        self.handle.resume_partition(topic, partition);
+    }
+
+    fn put_meta(&self, name: &str, data: Bytes) -> oneshot::Receiver<Result<(), DurableError>> {
+        let store = self.store.clone();
+        let key = Path::from(format!("meta/{name}"));
+        self.io.spawn(async move {
+            store
+                .put(&key, PutPayload::from(data))
+                .await
+                .map(|_| ())
+                .map_err(|e| DurableError::Failed(format!("put {key}: {e}")))
+        })
+    }
+
+    fn get_meta(&self, name: &str) -> oneshot::Receiver<Result<Option<Bytes>, DurableError>> {
+        let store = self.store.clone();
+        let name = name.to_string();
+        self.io
+            .spawn(async move { get_meta(&*store, &name).await.map_err(wal_error) })
+    }
+
+    fn render_metrics(&self) -> String {
+        let s = self.handle.stats();
+        let mut o = String::new();
+        let node = self.node_id;
+        for (name, kind, v) in [
+            (
+                "ferry_wal_objects_total",
+                "counter",
+                s.objects_uploaded.load(Relaxed),
+            ),
+            (
+                "ferry_wal_bytes_total",
+                "counter",
+                s.bytes_uploaded.load(Relaxed),
+            ),
+            (
+                "ferry_s3_puts_total",
+                "counter",
+                s.put_requests.load(Relaxed),
+            ),
+            (
+                "ferry_s3_put_errors_total",
+                "counter",
+                s.put_errors.load(Relaxed),
+            ),
+            (
+                "ferry_s3_gets_total",
+                "counter",
+                s.get_requests.load(Relaxed),
+            ),
+            (
+                "ferry_s3_get_errors_total",
+                "counter",
+                s.get_errors.load(Relaxed),
+            ),
+            (
+                "ferry_wal_inflight_bytes",
+                "gauge",
+                s.inflight_bytes.load(Relaxed),
+            ),
+        ] {
+            let _ = writeln!(o, "# TYPE {name} {kind}\n{name}{{node=\"{node}\"}} {v}");
+        }
+        let mut lat = s.recent_upload_latencies_us();
+        if !lat.is_empty() {
+            lat.sort_unstable();
+            let _ = writeln!(o, "# TYPE ferry_wal_upload_latency_seconds summary");
+            for q in [0.5, 0.99] {
+                let i = ((lat.len() as f64 * q) as usize).min(lat.len() - 1);
+                let _ = writeln!(
+                    o,
+                    "ferry_wal_upload_latency_seconds{{quantile=\"{q}\"}} {:.6}",
+                    lat[i] as f64 / 1e6
+                );
+            }
+        }
+        o
+    }
+}
