@@ -32,6 +32,17 @@ pub fn supported_apis() -> SupportedApis {
         (17, r(0, 1)),
         (37, r(0, 3)),
         (60, r(0, 1)),
+        // The group coordinator.
+        (8, r(2, 9)),
+        (9, r(1, 9)),
+        (10, r(0, 6)),
+        (11, r(0, 9)),
+        (12, r(0, 4)),
+        (13, r(0, 5)),
+        (14, r(0, 5)),
+        (15, r(0, 5)),
+        (16, r(0, 5)),
+        (42, r(0, 2)),
     ])
 }
 
@@ -40,9 +51,25 @@ fn s(x: &str) -> KStr {
 }
 
 /// Answers a request; `None` for requests that get no answer (acks=0).
-pub async fn handle(shard: &Rc<Shard>, req: Request) -> Option<ResponseBody> {
+pub async fn handle(
+    shard: &Rc<Shard>,
+    req: Request,
+    peer: Option<std::net::SocketAddr>,
+) -> Option<ResponseBody> {
     let v = req.api_version();
+    if crate::coordinator::is_group_api(req.api_key()) {
+        let g = crate::coordinator::GroupRequest {
+            version: v,
+            client_id: req.header.client_id.as_deref().unwrap_or("").to_string(),
+            client_host: peer.map_or_else(String::new, |p| format!("/{}", p.ip())),
+            body: req.body,
+        };
+        return shard.group(g).await;
+    }
     Some(match req.body {
+        RequestBody::FindCoordinator(f) => {
+            ResponseBody::FindCoordinator(find_coordinator(shard, f))
+        }
         RequestBody::ApiVersions(_) => {
             ResponseBody::ApiVersions(api_versions_response::ApiVersionsResponse {
                 api_keys: shard.ctx.supported.api_versions(),
@@ -654,6 +681,51 @@ fn init_producer_id(
     InitProducerIdResponse {
         producer_id: id,
         producer_epoch: epoch,
+        ..Default::default()
+    }
+}
+
+/// Every group is coordinated by this node; transactions are not
+/// implemented, so transaction coordinators are not available.
+fn find_coordinator(
+    shard: &Shard,
+    f: find_coordinator_request::FindCoordinatorRequest,
+) -> find_coordinator_response::FindCoordinatorResponse {
+    use find_coordinator_response::*;
+    let ctx = &shard.ctx;
+    let ok = f.key_type == 0;
+    let code = if ok {
+        ErrorCode::NONE
+    } else {
+        ErrorCode::COORDINATOR_NOT_AVAILABLE
+    };
+    let (node, port) = if ok {
+        (ctx.node_id, i32::from(ctx.advertised_port))
+    } else {
+        (-1, -1)
+    };
+    let host = if ok { s(&ctx.advertised_host) } else { s("") };
+    let keys = if f.coordinator_keys.is_empty() {
+        vec![f.key]
+    } else {
+        f.coordinator_keys
+    };
+    FindCoordinatorResponse {
+        error_code: code.code(),
+        node_id: node,
+        host: host.clone(),
+        port,
+        coordinators: keys
+            .into_iter()
+            .map(|key| Coordinator {
+                key,
+                node_id: node,
+                host: host.clone(),
+                port,
+                error_code: code.code(),
+                ..Default::default()
+            })
+            .collect(),
         ..Default::default()
     }
 }

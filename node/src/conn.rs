@@ -111,7 +111,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             let h = glommio::spawn_local(async move {
                 let correlation_id = req.correlation_id();
                 let version = req.api_version();
-                let body = crate::api::handle(&sh, req).await?;
+                let body = crate::api::handle(&sh, req, peer).await?;
                 match frame::encode_response(correlation_id, version, &body) {
                     Ok(segs) => Some(segs),
                     Err(e) => {

@@ -17,7 +17,8 @@
 //! - [`metrics`]: counters and latency histograms, in Prometheus format;
 //!   [`http`] serves them at `/metrics`.
 //! - [`config`]: `server.properties` and AutoMQ's keys.
-//! - [`group`]: the classic consumer-group coordinator, as a state machine.
+//! - [`group`]: the classic consumer-group coordinator, as a state machine;
+//!   [`coordinator`] runs it on shard 0 and persists committed offsets.
 //!
 //! A produce request goes: [`conn::serve`] cuts and decodes the frame,
 //! [`api::handle`] splits it by partition, [`shard::Shard::produce`] sends
@@ -28,6 +29,7 @@
 pub mod api;
 pub mod config;
 pub mod conn;
+pub mod coordinator;
 pub mod durable;
 pub mod group;
 pub mod http;

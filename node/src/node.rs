@@ -39,6 +39,10 @@ pub struct NodeCtx {
     /// Serialises changes to the topic table and their persistence.
     pub topic_changes: Mutex<()>,
     recovered: Mutex<Recovered>,
+    /// The group coordinator's settings, and the offsets snapshot recovery
+    /// found; shard 0 takes the snapshot when it starts the coordinator.
+    pub group_config: crate::group::GroupConfig,
+    groups_snapshot: Mutex<Option<bytes::Bytes>>,
 }
 
 /// The parts of [`NodeCtx`] a caller chooses.
@@ -55,6 +59,8 @@ pub struct NodeSettings {
     pub retention_ms: i64,
     pub retention_bytes: i64,
     pub frame_bytes_max: usize,
+    pub group_config: crate::group::GroupConfig,
+    pub groups_snapshot: Option<bytes::Bytes>,
 }
 
 impl NodeCtx {
@@ -83,7 +89,14 @@ impl NodeCtx {
             frame_bytes_max: s.frame_bytes_max,
             topic_changes: Mutex::new(()),
             recovered: Mutex::new(recovered),
+            group_config: s.group_config,
+            groups_snapshot: Mutex::new(s.groups_snapshot),
         }
+    }
+
+    /// The committed-offsets snapshot found at start-up; handed out once.
+    pub fn take_groups_snapshot(&self) -> Option<bytes::Bytes> {
+        self.groups_snapshot.lock().take()
     }
 
     /// What recovery found for a partition; handed out once, to its owner.

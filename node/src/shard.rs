@@ -8,12 +8,14 @@
 //! buffers, no locks) to the owner, which answers through a oneshot. Batch
 //! bytes travel as `Bytes` views of the request frame, never copied.
 
+use crate::coordinator::{Coordinator, GroupRequest};
 use crate::durable::DurableError;
 use crate::node::NodeCtx;
 use crate::partition::{record_set, Appended, LogBatch, PartitionLog};
 use crate::topics::LocalTopics;
 use bytes::Bytes;
 use ferry_protocol::error_code::ErrorCode;
+use ferry_protocol::messages::ResponseBody;
 use ferry_protocol::wire::RecordSet;
 use futures_channel::oneshot;
 use glommio::channels::channel_mesh::Senders;
@@ -59,6 +61,11 @@ pub enum ShardMsg {
         partition: i32,
         timestamp: i64,
         reply: oneshot::Sender<ListOffsetResult>,
+    },
+    /// For the group coordinator, which lives on shard 0.
+    Group {
+        req: GroupRequest,
+        reply: oneshot::Sender<Option<ResponseBody>>,
     },
 }
 
@@ -109,6 +116,9 @@ pub struct ListOffsetResult {
 
 type Key = (Arc<str>, i32);
 
+/// The shard that runs the group coordinator.
+pub const COORDINATOR_SHARD: usize = 0;
+
 /// The shard's log cache accounting: bytes held and the order they came in,
 /// so the oldest durable batches are dropped first.
 #[derive(Debug, Default)]
@@ -125,11 +135,23 @@ pub struct Shard {
     waiters: RefCell<HashMap<Key, Vec<oneshot::Sender<()>>>>,
     cache: RefCell<Cache>,
     senders: Senders<ShardMsg>,
+    /// The group coordinator, on shard 0 only.
+    coordinator: Option<Rc<Coordinator>>,
 }
 
 impl Shard {
     pub fn new(id: usize, ctx: Arc<NodeCtx>, senders: Senders<ShardMsg>) -> Shard {
+        let coordinator = (id == COORDINATOR_SHARD).then(|| {
+            let c = Rc::new(Coordinator::new(
+                ctx.group_config.clone(),
+                ctx.take_groups_snapshot(),
+                ctx.durable.clone(),
+            ));
+            c.start_timer();
+            c
+        });
         Shard {
+            coordinator,
             id,
             topics: LocalTopics::new(ctx.topics.clone()),
             ctx,
@@ -199,6 +221,9 @@ impl Shard {
                 reply,
             } => {
                 let _ = reply.send(self.list_offset_local(&topic, partition, timestamp));
+            }
+            ShardMsg::Group { req, reply } => {
+                let _ = reply.send(self.group_local(req).await);
             }
         }
     }
@@ -542,6 +567,27 @@ impl Shard {
             });
         }
         Ok([bytes.slice(..16), bytes.slice(16..)])
+    }
+
+    /// Hands a group request to the coordinator on shard 0.
+    pub async fn group(self: &Rc<Self>, req: GroupRequest) -> Option<ResponseBody> {
+        if self.id == COORDINATOR_SHARD {
+            return self.group_local(req).await;
+        }
+        let (tx, rx) = oneshot::channel();
+        if !self
+            .send(COORDINATOR_SHARD, ShardMsg::Group { req, reply: tx })
+            .await
+        {
+            return None;
+        }
+        rx.await.ok().flatten()
+    }
+
+    async fn group_local(&self, req: GroupRequest) -> Option<ResponseBody> {
+        let c = self.coordinator.as_ref()?;
+        let table = self.topics.get();
+        c.handle(req, |t| table.get(t).is_some()).await
     }
 
     pub async fn list_offset(

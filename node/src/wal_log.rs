@@ -33,6 +33,8 @@ pub struct WalLog {
 pub struct Opened {
     pub log: Arc<WalLog>,
     pub topics: TopicTable,
+    /// The committed-offsets snapshot (`meta/groups`), if one was written.
+    pub groups: Option<Bytes>,
     pub recovered: Recovered,
     pub objects_read: u64,
     pub batches: usize,
@@ -60,6 +62,7 @@ impl WalLog {
             })?,
             None => TopicTable::default(),
         };
+        let groups = io.block_on(get_meta(&*store, "groups"))?;
         let rec = io.block_on(recovery::scan(&*store, WAL_PREFIX, node_id))?;
         for s in &rec.skipped {
             tracing::warn!(object_key = %s.key, error = %s.error, "skipped a WAL object at recovery");
@@ -104,6 +107,7 @@ impl WalLog {
         Ok(Opened {
             log,
             topics,
+            groups,
             recovered,
             objects_read: rec.objects_read,
             batches,

@@ -24,6 +24,8 @@ fn settings() -> NodeSettings {
         retention_ms: -1,
         retention_bytes: -1,
         frame_bytes_max: 100 << 20,
+        group_config: Default::default(),
+        groups_snapshot: None,
     }
 }
 

@@ -1,0 +1,49 @@
+//! Real clients against `ferry dev` (a local-directory bucket), as a process
+//! that is killed with SIGKILL and restarted.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::{free_port, python, DevNode};
+
+#[test]
+fn a_group_rebalances_and_its_offsets_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = DevNode::start(dir.path(), free_port(), &[]);
+    python("group_rebalance.py", &[&node.bootstrap(), "run"], 120);
+    node.kill9_and_restart(&[]);
+    python("group_rebalance.py", &[&node.bootstrap(), "check"], 60);
+}
+
+#[test]
+fn records_survive_kill_9_and_are_served_from_the_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = DevNode::start(dir.path(), free_port(), &[]);
+    python(
+        "produce_consume.py",
+        &[&node.bootstrap(), "before-kill", "500", "zstd"],
+        120,
+    );
+    node.kill9_and_restart(&[]);
+    python(
+        "consume_check.py",
+        &[&node.bootstrap(), "before-kill", "500"],
+        60,
+    );
+}
+
+#[test]
+fn crash_checker_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/crash_checker.py");
+    let status = std::process::Command::new("python3")
+        .args([script, "--ferry", env!("CARGO_BIN_EXE_ferry"), "--dir"])
+        .arg(dir.path())
+        .args(["--kills", "3", "--seconds", "12"])
+        .status()
+        .expect("python3");
+    assert!(
+        status.success(),
+        "crash checker failed; node log in {}",
+        dir.path().display()
+    );
+}
