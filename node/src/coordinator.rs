@@ -91,7 +91,11 @@ impl Coordinator {
 
     /// Writes the offsets snapshot if commits happened since the last one.
     async fn persist(&self) -> Result<(), String> {
-        let _permit = self.persist.acquire(1).await.map_err(|e| e.to_string())?;
+        let _permit = self
+            .persist
+            .acquire_permit(1)
+            .await
+            .map_err(|e| e.to_string())?;
         let (changes, snapshot) = {
             let s = self.state.borrow();
             (s.offsets_changes(), s.snapshot())

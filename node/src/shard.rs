@@ -64,7 +64,7 @@ pub enum ShardMsg {
     },
     /// For the group coordinator, which lives on shard 0.
     Group {
-        req: GroupRequest,
+        req: Box<GroupRequest>,
         reply: oneshot::Sender<Option<ResponseBody>>,
     },
 }
@@ -223,7 +223,7 @@ impl Shard {
                 let _ = reply.send(self.list_offset_local(&topic, partition, timestamp));
             }
             ShardMsg::Group { req, reply } => {
-                let _ = reply.send(self.group_local(req).await);
+                let _ = reply.send(self.group_local(*req).await);
             }
         }
     }
