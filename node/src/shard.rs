@@ -576,7 +576,13 @@ impl Shard {
         }
         let (tx, rx) = oneshot::channel();
         if !self
-            .send(COORDINATOR_SHARD, ShardMsg::Group { req, reply: tx })
+            .send(
+                COORDINATOR_SHARD,
+                ShardMsg::Group {
+                    req: Box::new(req),
+                    reply: tx,
+                },
+            )
             .await
         {
             return None;
