@@ -16,6 +16,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # regenerating fixtures (protocol/tests/golden/capture.py).
 CONFLUENT_KAFKA_VERSION=2.16.1
 KAFKA_PYTHON_VERSION=3.0.12
+# kafka-python's codecs (snappy, lz4, zstd), and moto's S3 server with boto3
+# for the tests that run a node on a real S3-protocol server.
+PYTHON_EXTRAS=("python-snappy==0.7.3" "lz4==4.4.5" "zstandard==0.25.0" "moto[server]==5.2.1")
 
 STEP="setup"
 START_S=$SECONDS
@@ -54,12 +57,13 @@ install_debian_packages() {
 }
 
 install_python_packages() {
-    local wanted=("confluent-kafka==$CONFLUENT_KAFKA_VERSION" "kafka-python==$KAFKA_PYTHON_VERSION")
+    local wanted=("confluent-kafka==$CONFLUENT_KAFKA_VERSION" "kafka-python==$KAFKA_PYTHON_VERSION" "${PYTHON_EXTRAS[@]}")
     if python3 - "${wanted[@]}" <<'PY'
 import sys
 from importlib.metadata import PackageNotFoundError, version
 for spec in sys.argv[1:]:
     name, wanted = spec.split("==")
+    name = name.split("[")[0]
     try:
         if version(name) != wanted:
             sys.exit(1)

@@ -47,3 +47,32 @@ fn crash_checker_loses_nothing_acknowledged() {
         dir.path().display()
     );
 }
+
+#[test]
+fn kafka_python_produces_and_consumes_with_every_codec() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = DevNode::start(dir.path(), free_port(), &[]);
+    for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
+        python(
+            "kp_produce_consume.py",
+            &[&node.bootstrap(), &format!("kp-{codec}"), "200", codec],
+            120,
+        );
+    }
+}
+
+#[test]
+fn a_node_on_a_real_s3_server_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/s3_node.py");
+    let status = std::process::Command::new("python3")
+        .args([script, "--ferry", env!("CARGO_BIN_EXE_ferry"), "--dir"])
+        .arg(dir.path())
+        .status()
+        .expect("python3");
+    assert!(
+        status.success(),
+        "S3 node test failed; node log in {}",
+        dir.path().display()
+    );
+}

@@ -1,0 +1,126 @@
+"""A Ferry node on a real S3-protocol server (moto), with real clients:
+produce, kill -9, restart, read everything back from the bucket.
+
+Usage: s3_node.py --ferry PATH --dir DIR
+Starts moto's S3 server in this process on a free port, creates the bucket,
+writes a server.properties that points s3.data.buckets and s3.wal.path at it,
+and runs `PATH node --config FILE`. Exits non-zero on any failure.
+"""
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import boto3
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+from moto.server import ThreadedMotoServer
+
+BUCKET = "ferry-test"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, deadline_s=30):
+    end = time.time() + deadline_s
+    while time.time() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def fail(msg):
+    print(f"FAIL: {msg}", flush=True)
+    sys.exit(1)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ferry", required=True)
+    ap.add_argument("--dir", required=True)
+    args = ap.parse_args()
+    s3_port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port)
+    moto.start()
+    proc = None
+    try:
+        endpoint = f"http://127.0.0.1:{s3_port}"
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                     aws_access_key_id="test", aws_secret_access_key="test").create_bucket(Bucket=BUCKET)
+        kport = free_port()
+        uri = (f"s3://{BUCKET}?region=us-east-1&endpoint={endpoint}&pathStyle=true"
+               f"&accessKey=test&secretKey=s3cr3t-value")
+        conf = os.path.join(args.dir, "server.properties")
+        with open(conf, "w") as f:
+            f.write(f"node.id=3\nlisteners=PLAINTEXT://127.0.0.1:{kport}\n"
+                    f"s3.data.buckets=0@{uri}\ns3.wal.path=0@{uri}&batchInterval=100\n"
+                    f"num.partitions=3\n")
+        log_path = os.path.join(args.dir, "node.log")
+        log = open(log_path, "ab")
+
+        def start():
+            p = subprocess.Popen([args.ferry, "node", "--config", conf], stdout=log, stderr=log)
+            if not wait_port(kport):
+                fail(f"node did not listen; see {log_path}")
+            return p
+
+        proc = start()
+        bootstrap = f"127.0.0.1:{kport}"
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        for _, fut in admin.create_topics([NewTopic("s3-topic", 3, 1)]).items():
+            fut.result(timeout=20)
+        acked = {}
+
+        def on_delivery(err, msg):
+            if err is None:
+                acked[msg.value()] = (msg.partition(), msg.offset())
+
+        p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
+                      "compression.type": "lz4"})
+        for i in range(300):
+            p.produce("s3-topic", value=f"s3-{i}".encode(), partition=i % 3, on_delivery=on_delivery)
+        if p.flush(60) or len(acked) != 300:
+            fail(f"acknowledged {len(acked)} of 300")
+        print("acknowledged 300 through S3", flush=True)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        proc = start()
+        c = Consumer({"bootstrap.servers": bootstrap, "group.id": "s3-check", "enable.auto.commit": False})
+        c.assign([TopicPartition("s3-topic", part, 0) for part in range(3)])
+        found = {}
+        end = time.time() + 60
+        while len(found) < 300 and time.time() < end:
+            m = c.poll(1.0)
+            if m is None or m.error():
+                continue
+            found[m.value()] = (m.partition(), m.offset())
+        c.close()
+        if found != acked:
+            missing = [v for v in acked if found.get(v) != acked[v]]
+            fail(f"{len(missing)} acknowledged records not at their offsets after kill -9, e.g. {missing[:3]}")
+        with open(log_path, "rb") as f:
+            if b"s3cr3t-value" in f.read():
+                fail("the secret key appears in the node's log")
+        objects = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                               aws_access_key_id="test", aws_secret_access_key="test").list_objects_v2(
+            Bucket=BUCKET).get("KeyCount", 0)
+        print(f"OK: 300 records survived kill -9 on S3 ({objects} objects in the bucket)", flush=True)
+    finally:
+        if proc and proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+        moto.stop()
+
+
+if __name__ == "__main__":
+    main()
