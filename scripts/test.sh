@@ -44,6 +44,9 @@ as_root() {
 install_debian_packages() {
     local missing=()
     command -v kcat >/dev/null || missing+=(kcat)
+    # The load generator links Debian's librdkafka (rdkafka's dynamic-linking).
+    dpkg -s librdkafka-dev >/dev/null 2>&1 || missing+=(librdkafka-dev)
+    command -v pkg-config >/dev/null || missing+=(pkg-config)
     if [ ${#missing[@]} -eq 0 ]; then
         echo "Debian packages: already installed"
         return 0

@@ -1,8 +1,42 @@
-//! Ferry's load generator and parameter sweeps. Nothing is built here yet.
+//! Ferry's load generator, `ferry-bench`: librdkafka producers and consumers
+//! against any Kafka-compatible broker, at a fixed rate corrected for
+//! coordinated omission or as fast as possible, with publish and end-to-end
+//! latency in HdrHistogram; and the cost model that prices a workload for
+//! Kafka and for Ferry.
 //!
-//! # Layout (planned, see the benchmark-suite issue)
+//! # Layout
 //!
-//! `ferry-bench` drives librdkafka producers and consumers per zone at a
-//! fixed rate, records publish and end-to-end latency in HdrHistogram, and
-//! sweeps `batchInterval` by `maxBytesInBatch` with a cost model. Until that
-//! work lands this crate is deliberately empty.
+//! - [`cli`]: the command line (`run`, `cost`) and the checked [`cli::RunConfig`].
+//! - [`run`]: one run against a broker: topic, consumers, producers, the load,
+//!   the progress line, the drain, the [`report::Report`].
+//! - [`pacer`]: each record's intended send time; the coordinated-omission
+//!   correction.
+//! - [`recorder`]: the warm-up and measured window, and what each completion
+//!   (delivery report, consumer receipt) adds to latency and throughput.
+//! - [`stats`]: latency histograms, percentiles, throughput arithmetic.
+//! - [`payload`]: the stamp at the start of every record (run, producer,
+//!   sequence, intended send time) and the filler after it.
+//! - [`clock`]: the run's monotonic clock and its Unix origin.
+//! - [`cost`]: prices (with a file format) and $/month for Kafka RF=3, Kafka
+//!   with follower fetching and Ferry; the handoff break-even rate.
+//! - [`machine`]: the CPU, cores, kernel and OS a run happened on.
+//! - [`report`]: the run's and the cost model's results, as JSON and text.
+//! - [`error`]: [`error::BenchError`], which names the flag, file or client
+//!   call that failed.
+//!
+//! A record's latency goes: [`pacer::Pacer`] fixes its intended time,
+//! the sender in [`run`] writes it into the record ([`payload::Stamp`]),
+//! and the delivery callback and the consumer read it back and hand
+//! `(intended, now)` to a [`recorder::Recorder`].
+
+pub mod cli;
+pub mod clock;
+pub mod cost;
+pub mod error;
+pub mod machine;
+pub mod pacer;
+pub mod payload;
+pub mod recorder;
+pub mod report;
+pub mod run;
+pub mod stats;

@@ -1,0 +1,528 @@
+//! The command line, and the checked run configuration it turns into.
+//!
+//! `ferry-bench run` drives a broker; `ferry-bench cost` prices a workload.
+//! Parsing is clap's; [`RunArgs::into_config`] then checks every value and
+//! names the flag when one is wrong.
+
+use crate::error::BenchError;
+use crate::payload::STAMP_BYTES;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+use std::path::PathBuf;
+
+/// The largest record `--record-bytes` accepts (librdkafka's own default
+/// `message.max.bytes` is 1,000,000).
+pub const RECORD_BYTES_MAX: usize = 16 << 20;
+/// The most producers or consumers one run starts (one thread each).
+pub const CLIENTS_MAX: usize = 1_024;
+
+/// Ferry's load generator and cost model.
+#[derive(Debug, Parser)]
+#[command(name = "ferry-bench", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Produce and consume against a Kafka-compatible broker and report
+    /// publish and end-to-end latency and throughput.
+    Run(RunArgs),
+    /// Price a workload per month: Kafka RF=3, Kafka with follower fetching,
+    /// and Ferry from measured request rates; and the handoff break-even.
+    Cost(CostArgs),
+}
+
+/// `acks` as librdkafka spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+pub enum Acks {
+    #[value(name = "0")]
+    #[serde(rename = "0")]
+    None,
+    #[value(name = "1")]
+    #[serde(rename = "1")]
+    Leader,
+    #[value(name = "all")]
+    #[serde(rename = "all")]
+    All,
+}
+
+impl Acks {
+    /// The value of librdkafka's `acks`.
+    pub fn as_config(self) -> &'static str {
+        match self {
+            Acks::None => "0",
+            Acks::Leader => "1",
+            Acks::All => "all",
+        }
+    }
+}
+
+/// librdkafka's `compression.type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    /// The value of librdkafka's `compression.type`.
+    pub fn as_config(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+/// `ferry-bench run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// A broker to bootstrap from, with no zone tag. Repeatable.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub bootstrap: Vec<String>,
+    /// A zone and a broker in it. Clients are spread over the zones given, and
+    /// each tags its client.id with `automq_az=NAME` (consumers also set
+    /// client.rack). Repeatable.
+    #[arg(long, value_name = "NAME=HOST:PORT")]
+    pub zone: Vec<String>,
+    /// The topic; created if missing.
+    #[arg(long, default_value = "ferry-bench")]
+    pub topic: String,
+    /// Partitions of the topic when it is created.
+    #[arg(long, default_value_t = 6)]
+    pub partitions: i32,
+    /// Replication factor of the topic when it is created.
+    #[arg(long, default_value_t = 1)]
+    pub replication_factor: i32,
+    /// Bytes in each record value (at least 32, the stamp).
+    #[arg(long, default_value_t = 1024)]
+    pub record_bytes: usize,
+    /// Records per second over all producers; 0 sends as fast as possible.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// acks for every producer.
+    #[arg(long, value_enum, default_value_t = Acks::All)]
+    pub acks: Acks,
+    /// Producers, one librdkafka client and one thread each.
+    #[arg(long, default_value_t = 1)]
+    pub producers: usize,
+    /// Consumers, each assigned every n-th partition; 0 measures publish only.
+    #[arg(long, default_value_t = 1)]
+    pub consumers: usize,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 5)]
+    pub warmup_secs: u64,
+    /// Seconds of measured load.
+    #[arg(long, default_value_t = 30)]
+    pub duration_secs: u64,
+    /// Seconds after the load stops to wait for delivery reports and
+    /// consumers; also librdkafka's message.timeout.ms.
+    #[arg(long, default_value_t = 30)]
+    pub drain_secs: u64,
+    /// Seconds to wait for the broker when creating clients and the topic.
+    #[arg(long, default_value_t = 10)]
+    pub connect_timeout_secs: u64,
+    /// librdkafka linger.ms.
+    #[arg(long, default_value_t = 5)]
+    pub linger_ms: u64,
+    /// librdkafka batch.size, in bytes.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub batch_bytes: u64,
+    /// librdkafka compression.type.
+    #[arg(long, value_enum, default_value_t = Compression::None)]
+    pub compression: Compression,
+    /// Any other librdkafka producer setting. Repeatable.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub producer_config: Vec<String>,
+    /// Any other librdkafka consumer setting. Repeatable.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub consumer_config: Vec<String>,
+    /// Write the report as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+}
+
+/// A broker address, with the zone its clients say they are in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    pub zone: Option<String>,
+    pub bootstrap: String,
+}
+
+impl Endpoint {
+    /// The name this endpoint's clients are reported under.
+    pub fn label(&self) -> &str {
+        self.zone.as_deref().unwrap_or("untagged")
+    }
+
+    /// The `client.id` of the `index`-th client of `role` placed here: with a
+    /// zone it starts with the `automq_az=<zone>` tag, as a URL query string.
+    pub fn client_id(&self, role: &str, index: usize) -> String {
+        match &self.zone {
+            Some(zone) => format!("automq_az={zone}&ferry-bench-{role}-{index}"),
+            None => format!("ferry-bench-{role}-{index}"),
+        }
+    }
+}
+
+/// A checked `run` configuration.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunConfig {
+    /// Clients are placed round-robin over these: client `i` uses
+    /// `endpoints[i % endpoints.len()]`.
+    pub endpoints: Vec<Endpoint>,
+    pub topic: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    pub record_bytes: usize,
+    /// Records per second over all producers; 0 is as fast as possible.
+    pub rate_per_sec: f64,
+    pub acks: Acks,
+    pub producers: usize,
+    pub consumers: usize,
+    pub warmup_secs: u64,
+    pub duration_secs: u64,
+    pub drain_secs: u64,
+    pub connect_timeout_secs: u64,
+    pub linger_ms: u64,
+    pub batch_bytes: u64,
+    pub compression: Compression,
+    pub producer_config: Vec<(String, String)>,
+    pub consumer_config: Vec<(String, String)>,
+}
+
+fn key_values(flag: &'static str, items: &[String]) -> Result<Vec<(String, String)>, BenchError> {
+    items
+        .iter()
+        .map(|item| match item.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+            _ => Err(BenchError::flag(
+                flag,
+                format!("expected KEY=VALUE, got {item:?}"),
+            )),
+        })
+        .collect()
+}
+
+fn check_address(flag: &'static str, address: &str) -> Result<(), BenchError> {
+    match address.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(BenchError::flag(
+            flag,
+            format!("expected HOST:PORT, got {address:?}"),
+        )),
+    }
+}
+
+impl RunArgs {
+    /// Checks every value and builds the run configuration.
+    pub fn into_config(self) -> Result<RunConfig, BenchError> {
+        let mut endpoints = Vec::new();
+        for address in &self.bootstrap {
+            check_address("--bootstrap", address)?;
+            endpoints.push(Endpoint {
+                zone: None,
+                bootstrap: address.clone(),
+            });
+        }
+        for item in &self.zone {
+            let Some((zone, address)) = item.split_once('=') else {
+                return Err(BenchError::flag(
+                    "--zone",
+                    format!("expected NAME=HOST:PORT, got {item:?}"),
+                ));
+            };
+            let zone_ok = !zone.is_empty()
+                && zone
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !zone_ok {
+                return Err(BenchError::flag(
+                    "--zone",
+                    format!("zone names are letters, digits, '-', '_' and '.', got {zone:?}"),
+                ));
+            }
+            check_address("--zone", address)?;
+            endpoints.push(Endpoint {
+                zone: Some(zone.to_string()),
+                bootstrap: address.to_string(),
+            });
+        }
+        if endpoints.is_empty() {
+            return Err(BenchError::flag(
+                "--bootstrap",
+                "give a broker with --bootstrap HOST:PORT or --zone NAME=HOST:PORT",
+            ));
+        }
+        if self.topic.is_empty() {
+            return Err(BenchError::flag("--topic", "must not be empty"));
+        }
+        if self.partitions < 1 {
+            return Err(BenchError::flag("--partitions", "must be at least 1"));
+        }
+        if self.replication_factor < 1 {
+            return Err(BenchError::flag(
+                "--replication-factor",
+                "must be at least 1",
+            ));
+        }
+        if !(STAMP_BYTES..=RECORD_BYTES_MAX).contains(&self.record_bytes) {
+            return Err(BenchError::flag(
+                "--record-bytes",
+                format!(
+                    "must be from {STAMP_BYTES} (the stamp) to {RECORD_BYTES_MAX}, got {}",
+                    self.record_bytes
+                ),
+            ));
+        }
+        if !self.rate.is_finite() || self.rate < 0.0 {
+            return Err(BenchError::flag(
+                "--rate",
+                format!(
+                    "must be 0 (as fast as possible) or a positive rate, got {}",
+                    self.rate
+                ),
+            ));
+        }
+        if !(1..=CLIENTS_MAX).contains(&self.producers) {
+            return Err(BenchError::flag(
+                "--producers",
+                format!("must be from 1 to {CLIENTS_MAX}"),
+            ));
+        }
+        if self.consumers > CLIENTS_MAX {
+            return Err(BenchError::flag(
+                "--consumers",
+                format!("must be from 0 to {CLIENTS_MAX}"),
+            ));
+        }
+        if self.duration_secs == 0 {
+            return Err(BenchError::flag("--duration-secs", "must be at least 1"));
+        }
+        if self.drain_secs == 0 {
+            return Err(BenchError::flag("--drain-secs", "must be at least 1"));
+        }
+        // The drain is librdkafka's message.timeout.ms, which must exceed
+        // linger.ms.
+        if self.drain_secs.saturating_mul(1_000) <= self.linger_ms {
+            return Err(BenchError::flag(
+                "--linger-ms",
+                format!(
+                    "must be less than --drain-secs ({} s), got {} ms",
+                    self.drain_secs, self.linger_ms
+                ),
+            ));
+        }
+        if self.connect_timeout_secs == 0 {
+            return Err(BenchError::flag(
+                "--connect-timeout-secs",
+                "must be at least 1",
+            ));
+        }
+        Ok(RunConfig {
+            endpoints,
+            topic: self.topic,
+            partitions: self.partitions,
+            replication_factor: self.replication_factor,
+            record_bytes: self.record_bytes,
+            rate_per_sec: self.rate,
+            acks: self.acks,
+            producers: self.producers,
+            consumers: self.consumers,
+            warmup_secs: self.warmup_secs,
+            duration_secs: self.duration_secs,
+            drain_secs: self.drain_secs,
+            connect_timeout_secs: self.connect_timeout_secs,
+            linger_ms: self.linger_ms,
+            batch_bytes: self.batch_bytes,
+            compression: self.compression,
+            producer_config: key_values("--producer-config", &self.producer_config)?,
+            consumer_config: key_values("--consumer-config", &self.consumer_config)?,
+        })
+    }
+}
+
+/// `ferry-bench cost`.
+#[derive(Debug, Clone, Args)]
+pub struct CostArgs {
+    /// A prices file (key = value; see bench/prices.toml). Defaults otherwise.
+    #[arg(long, value_name = "PATH")]
+    pub prices: Option<PathBuf>,
+    /// Produced bytes per second, in MB/s (10^6 bytes).
+    #[arg(long)]
+    pub produce_mb_per_sec: f64,
+    /// Consumer groups reading everything (Kafka's consumer traffic).
+    #[arg(long, default_value_t = 1.0)]
+    pub consumer_groups: f64,
+    /// Ferry's measured PUT requests per second, all nodes.
+    #[arg(long, default_value_t = 0.0)]
+    pub ferry_puts_per_sec: f64,
+    /// Ferry's measured GET requests per second, all nodes.
+    #[arg(long, default_value_t = 0.0)]
+    pub ferry_gets_per_sec: f64,
+    /// Ferry's measured cross-zone bytes per second, in MB/s.
+    #[arg(long, default_value_t = 0.0)]
+    pub ferry_cross_zone_mb_per_sec: f64,
+    /// Bytes kept in the bucket, in GB (as the prices count GB).
+    #[arg(long, default_value_t = 0.0)]
+    pub stored_gb: f64,
+    /// batchInterval values for the handoff break-even. Repeatable.
+    #[arg(long, value_name = "MS", default_values_t = [10.0, 50.0, 100.0, 250.0, 500.0])]
+    pub batch_interval_ms: Vec<f64>,
+    /// Write the result as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+}
+
+impl CostArgs {
+    /// Checks that every rate is a finite, non-negative number.
+    pub fn check(&self) -> Result<(), BenchError> {
+        let values = [
+            ("--produce-mb-per-sec", self.produce_mb_per_sec),
+            ("--consumer-groups", self.consumer_groups),
+            ("--ferry-puts-per-sec", self.ferry_puts_per_sec),
+            ("--ferry-gets-per-sec", self.ferry_gets_per_sec),
+            (
+                "--ferry-cross-zone-mb-per-sec",
+                self.ferry_cross_zone_mb_per_sec,
+            ),
+            ("--stored-gb", self.stored_gb),
+        ];
+        for (flag, v) in values {
+            if !v.is_finite() || v < 0.0 {
+                return Err(BenchError::flag(flag, format!("must be >= 0, got {v}")));
+            }
+        }
+        if let Some(ms) = self
+            .batch_interval_ms
+            .iter()
+            .find(|ms| !(**ms > 0.0 && ms.is_finite()))
+        {
+            return Err(BenchError::flag(
+                "--batch-interval-ms",
+                format!("must be > 0, got {ms}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(args: &[&str]) -> Result<RunConfig, String> {
+        let mut argv = vec!["ferry-bench", "run"];
+        argv.extend_from_slice(args);
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        match cli.command {
+            Command::Run(run) => run.into_config().map_err(|e| e.to_string()),
+            Command::Cost(_) => Err("not run".into()),
+        }
+    }
+
+    #[test]
+    fn defaults_are_one_kib_records_as_fast_as_possible_with_acks_all() {
+        let c = run_args(&["--bootstrap", "127.0.0.1:9092"]).unwrap();
+        assert_eq!(c.record_bytes, 1024);
+        assert_eq!(c.rate_per_sec, 0.0);
+        assert_eq!(c.acks, Acks::All);
+        assert_eq!(c.partitions, 6);
+        assert_eq!((c.producers, c.consumers), (1, 1));
+        assert_eq!(c.endpoints[0].label(), "untagged");
+    }
+
+    #[test]
+    fn zones_tag_client_ids_the_way_the_zone_router_reads_them() {
+        let c = run_args(&[
+            "--zone",
+            "us-east-1a=10.0.0.1:9092",
+            "--zone",
+            "us-east-1b=10.0.64.1:9092",
+            "--acks",
+            "1",
+            "--compression",
+            "zstd",
+            "--producer-config",
+            "enable.idempotence=true",
+        ])
+        .unwrap();
+        assert_eq!(c.endpoints.len(), 2);
+        assert_eq!(c.endpoints[1].zone.as_deref(), Some("us-east-1b"));
+        assert_eq!(
+            c.endpoints[0].client_id("producer", 4),
+            "automq_az=us-east-1a&ferry-bench-producer-4"
+        );
+        assert_eq!(c.acks.as_config(), "1");
+        assert_eq!(c.compression.as_config(), "zstd");
+        assert_eq!(
+            c.producer_config,
+            vec![("enable.idempotence".to_string(), "true".to_string())]
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        let cases: [(&[&str], &str); 9] = [
+            (&[], "--bootstrap"),
+            (&["--zone", "a:9092"], "--zone"),
+            (&["--zone", "a&b=h:1"], "--zone"),
+            (&["--bootstrap", "nohost"], "--bootstrap"),
+            (
+                &["--bootstrap", "h:1", "--record-bytes", "8"],
+                "--record-bytes",
+            ),
+            (&["--bootstrap", "h:1", "--producers", "0"], "--producers"),
+            (&["--bootstrap", "h:1", "--rate=-5"], "--rate"),
+            (
+                &["--bootstrap", "h:1", "--consumer-config", "x"],
+                "--consumer-config",
+            ),
+            (
+                &[
+                    "--bootstrap",
+                    "h:1",
+                    "--drain-secs",
+                    "1",
+                    "--linger-ms",
+                    "1000",
+                ],
+                "--linger-ms",
+            ),
+        ];
+        for (args, flag) in cases {
+            let e = run_args(args).unwrap_err();
+            assert!(e.contains(flag), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn cost_arguments_are_checked() {
+        let cli = Cli::try_parse_from([
+            "ferry-bench",
+            "cost",
+            "--produce-mb-per-sec",
+            "30",
+            "--batch-interval-ms",
+            "0",
+        ])
+        .unwrap();
+        let Command::Cost(cost) = cli.command else {
+            panic!("expected cost");
+        };
+        assert!(cost
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("--batch-interval-ms"));
+    }
+}
