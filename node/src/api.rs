@@ -43,6 +43,10 @@ pub fn supported_apis() -> SupportedApis {
         (15, r(0, 5)),
         (16, r(0, 5)),
         (42, r(0, 2)),
+        // Configs: DescribeConfigs, AlterConfigs, IncrementalAlterConfigs.
+        (32, r(0, 4)),
+        (33, r(0, 2)),
+        (44, r(0, 1)),
     ])
 }
 
@@ -87,6 +91,15 @@ pub async fn handle(
         }
         RequestBody::InitProducerId(i) => ResponseBody::InitProducerId(init_producer_id(i)),
         RequestBody::DescribeCluster(_) => ResponseBody::DescribeCluster(describe_cluster(shard)),
+        RequestBody::DescribeConfigs(d) => ResponseBody::DescribeConfigs(crate::configs::describe(
+            &shard.ctx,
+            &shard.topics.get(),
+            &d,
+        )),
+        RequestBody::AlterConfigs(a) => ResponseBody::AlterConfigs(alter_configs(shard, a).await),
+        RequestBody::IncrementalAlterConfigs(a) => {
+            ResponseBody::IncrementalAlterConfigs(incremental_alter_configs(shard, a).await)
+        }
         RequestBody::SaslHandshake(_) => {
             ResponseBody::SaslHandshake(sasl_handshake_response::SaslHandshakeResponse {
                 // SASL is not configured: no mechanism is enabled.
@@ -99,11 +112,17 @@ pub async fn handle(
     })
 }
 
-async fn persist_topics(shard: &Shard, table: &crate::topics::TopicTable) -> Result<(), String> {
+/// Writes the topic table to the bucket. It writes the *current* table,
+/// tagged with the version read before it was taken, so that writes racing
+/// from several shards can be ordered: the log drops a write older than one
+/// already made, and the newer one holds this change too.
+async fn persist_topics(shard: &Shard, _changed: &crate::topics::TopicTable) -> Result<(), String> {
+    let version = shard.ctx.topics.version();
+    let table = shard.ctx.topics.snapshot();
     let rx = shard
         .ctx
         .durable
-        .put_meta("topics", Bytes::from(table.encode()));
+        .put_meta("topics", version, Bytes::from(table.encode()));
     match rx.await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
@@ -116,10 +135,15 @@ async fn create_topic(
     shard: &Shard,
     name: &str,
     partitions: i32,
+    configs: crate::topics::TopicConfigs,
 ) -> Result<(), (ErrorCode, String)> {
     let table = {
         let _guard = shard.ctx.topic_changes.lock();
-        match shard.ctx.topics.create(name, partitions) {
+        match shard
+            .ctx
+            .topics
+            .create_with_configs(name, partitions, configs)
+        {
             Ok((_, table)) => table,
             Err(e) => return Err((topic_error_code(&e), e.to_string())),
         }
@@ -177,7 +201,7 @@ async fn metadata(
         let info = match (info, &name) {
             (Some(i), _) => Some(i),
             (None, Some(n)) if allow_create => {
-                match create_topic(shard, n, ctx.num_partitions).await {
+                match create_topic(shard, n, ctx.num_partitions, Default::default()).await {
                     Ok(()) | Err((ErrorCode::TOPIC_ALREADY_EXISTS, _)) => {
                         shard.topics.get().get(n).cloned()
                     }
@@ -515,6 +539,12 @@ async fn create_topics(
         } else {
             t.num_partitions
         };
+        // The topic's config overrides, checked before anything is created.
+        let overrides = crate::configs::topic_configs_for_create(
+            t.configs
+                .iter()
+                .map(|c| (c.name.as_str(), c.value.as_ref().map(KStr::as_str))),
+        );
         let result = if !t.assignments.is_empty() {
             Err((
                 ErrorCode::INVALID_REQUEST,
@@ -526,10 +556,13 @@ async fn create_topics(
                 ErrorCode::INVALID_REPLICATION_FACTOR,
                 "Ferry keeps data in the bucket; use replication factor 1 or -1".to_string(),
             ))
-        } else if c.validate_only {
-            crate::topics::validate_name(&t.name).map_err(|e| (topic_error_code(&e), e.to_string()))
         } else {
-            create_topic(shard, &t.name, partitions).await
+            match &overrides {
+                Err(p) => Err(p.clone().into_pair()),
+                Ok(_) if c.validate_only => crate::topics::validate_name(&t.name)
+                    .map_err(|e| (topic_error_code(&e), e.to_string())),
+                Ok(o) => create_topic(shard, &t.name, partitions, o.clone()).await,
+            }
         };
         let id = shard
             .topics
@@ -548,7 +581,13 @@ async fn create_topics(
             error_message: msg,
             num_partitions: if code.is_ok() { partitions } else { -1 },
             replication_factor: if code.is_ok() { 1 } else { -1 },
-            configs: Some(vec![]),
+            configs: Some(match &overrides {
+                Ok(o) if code.is_ok() => crate::configs::created_topic_configs(
+                    o,
+                    &crate::configs::NodeValues::of(&shard.ctx),
+                ),
+                _ => vec![],
+            }),
             ..Default::default()
         });
     }
@@ -648,6 +687,141 @@ async fn create_partitions(
     CreatePartitionsResponse {
         results,
         ..Default::default()
+    }
+}
+
+async fn alter_configs(
+    shard: &Rc<Shard>,
+    a: alter_configs_request::AlterConfigsRequest,
+) -> alter_configs_response::AlterConfigsResponse {
+    use alter_configs_response::*;
+    let mut responses = Vec::new();
+    for r in a.resources {
+        let alt = crate::configs::Alteration::Replace(
+            r.configs
+                .iter()
+                .map(|c| {
+                    let value = c.value.as_ref().map(|v| v.as_str().to_owned());
+                    (c.name.as_str().to_owned(), value)
+                })
+                .collect(),
+        );
+        let result = alter_resource(
+            shard,
+            r.resource_type,
+            &r.resource_name,
+            &alt,
+            a.validate_only,
+        )
+        .await;
+        let (code, msg) = match result {
+            Ok(()) => (ErrorCode::NONE, None),
+            Err((c, m)) => (c, Some(s(&m))),
+        };
+        responses.push(AlterConfigsResourceResponse {
+            error_code: code.code(),
+            error_message: msg,
+            resource_type: r.resource_type,
+            resource_name: r.resource_name,
+            ..Default::default()
+        });
+    }
+    AlterConfigsResponse {
+        responses,
+        ..Default::default()
+    }
+}
+
+async fn incremental_alter_configs(
+    shard: &Rc<Shard>,
+    a: incremental_alter_configs_request::IncrementalAlterConfigsRequest,
+) -> incremental_alter_configs_response::IncrementalAlterConfigsResponse {
+    use incremental_alter_configs_response::*;
+    let mut responses = Vec::new();
+    for r in a.resources {
+        let alt = crate::configs::Alteration::Incremental(
+            r.configs
+                .iter()
+                .map(|c| {
+                    let value = c.value.as_ref().map(|v| v.as_str().to_owned());
+                    (c.name.as_str().to_owned(), c.config_operation, value)
+                })
+                .collect(),
+        );
+        let result = alter_resource(
+            shard,
+            r.resource_type,
+            &r.resource_name,
+            &alt,
+            a.validate_only,
+        )
+        .await;
+        let (code, msg) = match result {
+            Ok(()) => (ErrorCode::NONE, None),
+            Err((c, m)) => (c, Some(s(&m))),
+        };
+        responses.push(AlterConfigsResourceResponse {
+            error_code: code.code(),
+            error_message: msg,
+            resource_type: r.resource_type,
+            resource_name: r.resource_name,
+            ..Default::default()
+        });
+    }
+    IncrementalAlterConfigsResponse {
+        responses,
+        ..Default::default()
+    }
+}
+
+/// Applies one resource's config change: a topic's overrides are checked,
+/// stored in the topic table and persisted before the answer; broker
+/// configs are checked by [`crate::configs::alter_broker`].
+async fn alter_resource(
+    shard: &Shard,
+    resource_type: i8,
+    name: &str,
+    alt: &crate::configs::Alteration,
+    validate_only: bool,
+) -> Result<(), (ErrorCode, String)> {
+    use crate::configs::{self, RESOURCE_BROKER, RESOURCE_TOPIC};
+    match resource_type {
+        RESOURCE_TOPIC => {
+            let table = {
+                let _guard = shard.ctx.topic_changes.lock();
+                let now = shard.ctx.topics.snapshot();
+                let Some(info) = now.get(name) else {
+                    return Err((
+                        ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
+                        format!("topic {name} does not exist"),
+                    ));
+                };
+                let next = configs::alter_topic(&info.configs, alt)
+                    .map_err(configs::ConfigProblem::into_pair)?;
+                if validate_only || next == *info.configs {
+                    return Ok(());
+                }
+                shard
+                    .ctx
+                    .topics
+                    .set_configs(name, next)
+                    .map_err(|e| (topic_error_code(&e), e.to_string()))?
+            };
+            persist_topics(shard, &table)
+                .await
+                .map_err(|e| (ErrorCode::KAFKA_STORAGE_ERROR, e))?;
+            tracing::info!(topic = name, keys = ?alt.keys(), "topic configs altered");
+            Ok(())
+        }
+        RESOURCE_BROKER => {
+            // Every broker key is static for now, so this refuses any key.
+            // When one becomes dynamic, apply the returned changes to the
+            // running node here (unless `validate_only`).
+            let _changes = configs::alter_broker(shard.ctx.node_id, name, alt)
+                .map_err(configs::ConfigProblem::into_pair)?;
+            Ok(())
+        }
+        other => Err(configs::unsupported_resource(other).into_pair()),
     }
 }
 

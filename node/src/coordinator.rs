@@ -103,7 +103,7 @@ impl Coordinator {
         if changes == *self.persisted_changes.borrow() {
             return Ok(());
         }
-        match self.durable.put_meta("groups", snapshot).await {
+        match self.durable.put_meta("groups", changes, snapshot).await {
             Ok(Ok(())) => {
                 *self.persisted_changes.borrow_mut() = changes;
                 Ok(())

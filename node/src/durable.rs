@@ -82,8 +82,16 @@ pub trait DurableLog: Send + Sync + 'static {
     fn render_metrics(&self) -> String;
 
     /// Writes a small metadata object (`meta/<name>`): the topic table, group
-    /// offsets. Answers once it is in the bucket.
-    fn put_meta(&self, name: &str, data: Bytes) -> oneshot::Receiver<Result<(), DurableError>>;
+    /// offsets. `version` orders writes of one name: a write whose version is
+    /// not above one already written is dropped (answered `Ok`), because the
+    /// newer object already holds what it held. Writes of one name never
+    /// overlap. Answers once the object (or a newer one) is in the bucket.
+    fn put_meta(
+        &self,
+        name: &str,
+        version: u64,
+        data: Bytes,
+    ) -> oneshot::Receiver<Result<(), DurableError>>;
 
     /// Reads a metadata object; `None` if it was never written.
     fn get_meta(&self, name: &str) -> oneshot::Receiver<Result<Option<Bytes>, DurableError>>;
@@ -100,6 +108,7 @@ pub struct MemoryLog {
 struct MemoryLogInner {
     objects: Vec<Bytes>,
     meta: std::collections::HashMap<String, Bytes>,
+    meta_versions: std::collections::HashMap<String, u64>,
 }
 
 impl MemoryLog {
@@ -153,9 +162,19 @@ impl DurableLog for MemoryLog {
         String::new()
     }
 
-    fn put_meta(&self, name: &str, data: Bytes) -> oneshot::Receiver<Result<(), DurableError>> {
+    fn put_meta(
+        &self,
+        name: &str,
+        version: u64,
+        data: Bytes,
+    ) -> oneshot::Receiver<Result<(), DurableError>> {
         let (tx, rx) = oneshot::channel();
-        self.inner.lock().meta.insert(name.to_string(), data);
+        let mut g = self.inner.lock();
+        let last = g.meta_versions.entry(name.to_string()).or_insert(0);
+        if version > *last {
+            *last = version;
+            g.meta.insert(name.to_string(), data);
+        }
         let _ = tx.send(Ok(()));
         rx
     }

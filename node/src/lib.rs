@@ -17,6 +17,9 @@
 //! - [`metrics`]: counters and latency histograms, in Prometheus format;
 //!   [`http`] serves them at `/metrics`.
 //! - [`config`]: `server.properties` and AutoMQ's keys.
+//! - [`configs`]: topic and broker configs through the admin APIs
+//!   (DescribeConfigs, AlterConfigs, IncrementalAlterConfigs), per-topic
+//!   overrides and their checks.
 //! - [`group`]: the classic consumer-group coordinator, as a state machine;
 //!   [`coordinator`] runs it on shard 0 and persists committed offsets.
 //!
@@ -28,6 +31,7 @@
 
 pub mod api;
 pub mod config;
+pub mod configs;
 pub mod conn;
 pub mod coordinator;
 pub mod durable;

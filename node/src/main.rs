@@ -144,6 +144,7 @@ fn run(config: &mut Config, dev: bool) -> anyhow::Result<()> {
         retention_ms: config.log_retention_ms.map_or(-1, |v| v as i64),
         retention_bytes: config.log_retention_bytes.map_or(-1, |v| v as i64),
         frame_bytes_max: config.socket_request_bytes_max,
+        config_describe: config.describe(),
         group_config: config.group.clone(),
         groups_snapshot: opened.groups.clone(),
     };

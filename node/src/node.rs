@@ -36,6 +36,10 @@ pub struct NodeCtx {
     pub retention_ms: i64,
     pub retention_bytes: i64,
     pub frame_bytes_max: usize,
+    /// The broker's configs as DescribeConfigs shows them:
+    /// `(key, value, sensitive)`, from [`crate::config::Config::describe`]
+    /// (sensitive values already `None`, URI credentials redacted).
+    pub config_describe: Vec<(String, Option<String>, bool)>,
     /// Serialises changes to the topic table and their persistence.
     pub topic_changes: Mutex<()>,
     recovered: Mutex<Recovered>,
@@ -59,6 +63,9 @@ pub struct NodeSettings {
     pub retention_ms: i64,
     pub retention_bytes: i64,
     pub frame_bytes_max: usize,
+    /// [`crate::config::Config::describe`], for DescribeConfigs on the
+    /// broker; empty if the caller has no `Config`.
+    pub config_describe: Vec<(String, Option<String>, bool)>,
     pub group_config: crate::group::GroupConfig,
     pub groups_snapshot: Option<bytes::Bytes>,
 }
@@ -87,6 +94,7 @@ impl NodeCtx {
             retention_ms: s.retention_ms,
             retention_bytes: s.retention_bytes,
             frame_bytes_max: s.frame_bytes_max,
+            config_describe: s.config_describe,
             topic_changes: Mutex::new(()),
             recovered: Mutex::new(recovered),
             group_config: s.group_config,

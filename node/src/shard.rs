@@ -652,15 +652,25 @@ impl Shard {
         }
     }
 
-    /// Applies `log.retention.ms` / `log.retention.bytes` to this shard's
-    /// partitions; returns the batches dropped.
+    /// Applies retention to this shard's partitions: each topic's
+    /// `retention.ms` / `retention.bytes` overrides, else the node's
+    /// `log.retention.ms` / `log.retention.bytes`. Returns the batches
+    /// dropped.
     pub fn apply_retention(&self, now_ms: i64) -> usize {
-        let before = (self.ctx.retention_ms >= 0).then(|| now_ms - self.ctx.retention_ms);
-        let bytes = (self.ctx.retention_bytes >= 0).then_some(self.ctx.retention_bytes as u64);
+        let table = self.topics.get();
         self.partitions
             .borrow()
-            .values()
-            .map(|p| p.borrow_mut().apply_retention(before, bytes))
+            .iter()
+            .map(|((topic, _), p)| {
+                let (ms, bytes) = crate::configs::retention_of(
+                    table.get(topic).map(|t| t.configs.as_ref()),
+                    self.ctx.retention_ms,
+                    self.ctx.retention_bytes,
+                );
+                let before = (ms >= 0).then(|| now_ms.saturating_sub(ms));
+                let bytes = (bytes >= 0).then_some(bytes as u64);
+                p.borrow_mut().apply_retention(before, bytes)
+            })
             .sum()
     }
 }

@@ -6,12 +6,20 @@
 //! the node-wide version number (one atomic load) has moved.
 //!
 //! Persisted form (object `meta/topics` in the data bucket), one topic a line:
-//! `v1 <topic id hex> <partitions> <name>`.
+//!
+//! - `v1 <topic id hex> <partitions> <name>`: a topic without config
+//!   overrides. Still written for such topics, so an older binary reads a
+//!   table that uses no per-topic configs.
+//! - `v2 <topic id hex> <partitions> <name> <key>=<value> ...`: a topic with
+//!   config overrides (see [`crate::configs`]), one `key=value` token each.
+//!   Keys and values are percent-encoded: every byte that is not printable
+//!   ASCII, and `%`, `=` and space, is written as `%XX`.
 
 use ferry_protocol::wire::Uuid;
 use parking_lot::RwLock;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -20,7 +28,13 @@ pub struct TopicInfo {
     pub name: Arc<str>,
     pub id: Uuid,
     pub partitions: i32,
+    /// Per-topic config overrides (`retention.ms`, ...), already validated by
+    /// [`crate::configs`]; keys without an override take the node's value.
+    pub configs: Arc<TopicConfigs>,
 }
+
+/// A topic's config overrides: key to value.
+pub type TopicConfigs = BTreeMap<String, String>;
 
 /// An immutable snapshot of every topic.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -71,7 +85,18 @@ impl TopicTable {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = String::new();
         for t in self.by_name.values() {
-            out.push_str(&format!("v1 {:?} {} {}\n", t.id, t.partitions, t.name));
+            if t.configs.is_empty() {
+                let _ = writeln!(out, "v1 {:?} {} {}", t.id, t.partitions, t.name);
+                continue;
+            }
+            let _ = write!(out, "v2 {:?} {} {}", t.id, t.partitions, t.name);
+            for (k, v) in t.configs.iter() {
+                out.push(' ');
+                escape(k, &mut out);
+                out.push('=');
+                escape(v, &mut out);
+            }
+            out.push('\n');
         }
         out.into_bytes()
     }
@@ -88,10 +113,13 @@ impl TopicTable {
                 line: line_no,
                 what,
             };
-            let mut parts = line.splitn(4, ' ');
-            if parts.next() != Some("v1") {
+            let (version, rest) = line.split_once(' ').ok_or_else(|| bad("unknown version"))?;
+            // v1: the name is the rest of the line. v2: the name ends at the
+            // next space, and `key=value` tokens follow.
+            if version != "v1" && version != "v2" {
                 return Err(bad("unknown version"));
             }
+            let mut parts = rest.splitn(3, ' ');
             let id = parts
                 .next()
                 .and_then(parse_uuid)
@@ -100,18 +128,65 @@ impl TopicTable {
                 .next()
                 .and_then(|p| p.parse::<i32>().ok())
                 .ok_or_else(|| bad("bad partition count"))?;
-            let name: Arc<str> = parts.next().ok_or_else(|| bad("no name"))?.into();
+            let rest = parts.next().ok_or_else(|| bad("no name"))?;
+            let mut configs = TopicConfigs::new();
+            let name: Arc<str> = if version == "v1" {
+                rest.into()
+            } else {
+                let mut tokens = rest.split(' ');
+                let name = tokens.next().filter(|n| !n.is_empty());
+                let name = name.ok_or_else(|| bad("no name"))?;
+                for token in tokens {
+                    let (k, v) = token
+                        .split_once('=')
+                        .ok_or_else(|| bad("config override without '='"))?;
+                    let k = unescape(k).ok_or_else(|| bad("bad config key encoding"))?;
+                    let v = unescape(v).ok_or_else(|| bad("bad config value encoding"))?;
+                    if k.is_empty() || configs.insert(k, v).is_some() {
+                        return Err(bad("empty or repeated config key"));
+                    }
+                }
+                name.into()
+            };
             t.by_name.insert(
                 name.clone(),
                 TopicInfo {
                     name,
                     id,
                     partitions,
+                    configs: Arc::new(configs),
                 },
             );
         }
         Ok(t)
     }
+}
+
+/// Percent-encodes `s` for a `v2` line: everything but printable ASCII
+/// other than `%` and `=` (space is not printable here).
+fn escape(s: &str, out: &mut String) {
+    for b in s.bytes() {
+        if b.is_ascii_graphic() && b != b'%' && b != b'=' {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+}
+
+fn unescape(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next()?, bytes.next()?];
+            let hex = std::str::from_utf8(&hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn parse_uuid(s: &str) -> Option<Uuid> {
@@ -179,6 +254,17 @@ impl Topics {
         name: &str,
         partitions: i32,
     ) -> Result<(TopicInfo, Arc<TopicTable>), TopicError> {
+        self.create_with_configs(name, partitions, TopicConfigs::new())
+    }
+
+    /// Adds a topic with config overrides the caller has validated; returns
+    /// the new table, for the caller to persist.
+    pub fn create_with_configs(
+        &self,
+        name: &str,
+        partitions: i32,
+        configs: TopicConfigs,
+    ) -> Result<(TopicInfo, Arc<TopicTable>), TopicError> {
         validate_name(name)?;
         if !(1..=PARTITIONS_MAX).contains(&partitions) {
             return Err(TopicError::InvalidPartitions(partitions));
@@ -191,6 +277,7 @@ impl Topics {
             name: name.into(),
             id: self.new_id(),
             partitions,
+            configs: Arc::new(configs),
         };
         let mut next = (**guard).clone();
         next.by_name.insert(info.name.clone(), info.clone());
@@ -211,6 +298,26 @@ impl Topics {
         *guard = next.clone();
         self.version.fetch_add(1, Ordering::AcqRel);
         Ok((info, next))
+    }
+
+    /// Replaces a topic's config overrides with ones the caller has
+    /// validated; returns the new table, for the caller to persist.
+    pub fn set_configs(
+        &self,
+        name: &str,
+        configs: TopicConfigs,
+    ) -> Result<Arc<TopicTable>, TopicError> {
+        let mut guard = self.table.write();
+        let mut next = (**guard).clone();
+        let t = next
+            .by_name
+            .get_mut(name)
+            .ok_or_else(|| TopicError::Unknown(name.to_string()))?;
+        t.configs = Arc::new(configs);
+        let next = Arc::new(next);
+        *guard = next.clone();
+        self.version.fetch_add(1, Ordering::AcqRel);
+        Ok(next)
     }
 
     pub fn add_partitions(&self, name: &str, count: i32) -> Result<Arc<TopicTable>, TopicError> {
@@ -273,8 +380,75 @@ mod tests {
         let back = TopicTable::decode(&table.encode()).unwrap();
         assert_eq!(&back, table.as_ref());
         assert_eq!(back.get("orders").unwrap().partitions, 6);
-        assert!(TopicTable::decode(b"v2 00 1 x\n").is_err());
+        assert!(TopicTable::decode(b"v3 00 1 x\n").is_err());
         assert!(TopicTable::decode(b"v1 zz 1 x\n").is_err());
+    }
+
+    #[test]
+    fn v1_lines_written_before_configs_still_decode() {
+        // As an older binary wrote them: no overrides.
+        let old = b"v1 000000000000000800000000000000ff 1 a.b_c-d\n\
+                    v1 00000000000000070000000000000007 6 orders\n";
+        let t = TopicTable::decode(old).unwrap();
+        assert_eq!(t.len(), 2);
+        let o = t.get("orders").unwrap();
+        assert_eq!(o.partitions, 6);
+        assert!(o.configs.is_empty());
+        assert_eq!(format!("{:?}", o.id), "00000000000000070000000000000007");
+        // And a table without overrides is still written as v1 lines.
+        assert_eq!(t.encode(), old.to_vec());
+    }
+
+    #[test]
+    fn overrides_round_trip_as_v2_lines() {
+        let topics = Topics::new(TopicTable::default(), 3);
+        topics.create("plain", 2).unwrap();
+        let mut c = TopicConfigs::new();
+        c.insert("retention.ms".into(), "1000".into());
+        // Not a value Ferry accepts, but the encoding must carry any text.
+        c.insert("odd key".into(), "a=b %20 c\té".into());
+        let (_, _) = topics.create_with_configs("tuned", 4, c.clone()).unwrap();
+        let table = topics.snapshot();
+        let text = String::from_utf8(table.encode()).unwrap();
+        assert!(text
+            .lines()
+            .any(|l| l.starts_with("v1 ") && l.ends_with(" plain")));
+        let v2 = text.lines().find(|l| l.starts_with("v2 ")).unwrap();
+        assert!(
+            v2.contains(" tuned ") && v2.contains(" retention.ms=1000"),
+            "{v2}"
+        );
+        assert!(v2.contains("odd%20key=a%3Db%20%2520%20c%09%C3%A9"), "{v2}");
+        let back = TopicTable::decode(text.as_bytes()).unwrap();
+        assert_eq!(&back, table.as_ref());
+        assert_eq!(*back.get("tuned").unwrap().configs, c);
+        // Clearing the overrides goes back to a v1 line.
+        let table = topics.set_configs("tuned", TopicConfigs::new()).unwrap();
+        let text = String::from_utf8(table.encode()).unwrap();
+        assert!(!text.contains("v2 "), "{text}");
+        assert!(topics.set_configs("missing", TopicConfigs::new()).is_err());
+    }
+
+    #[test]
+    fn bad_v2_lines_are_refused() {
+        let id = "00000000000000070000000000000007";
+        for bad in [
+            format!("v2 {id} 1 t retention.ms"),
+            format!("v2 {id} 1 t retention.ms=%4"),
+            format!("v2 {id} 1 t retention.ms=%zz"),
+            format!("v2 {id} 1 t a=1 a=2"),
+            format!("v2 {id} 1 t =1"),
+            format!("v2 {id} 1  a=1"),
+            format!("v2 {id} 1 t %FF=1"),
+        ] {
+            assert!(TopicTable::decode(bad.as_bytes()).is_err(), "{bad}");
+        }
+        let ok = format!("v2 {id} 1 t a=1 b=");
+        let t = TopicTable::decode(ok.as_bytes()).unwrap();
+        assert_eq!(
+            t.get("t").unwrap().configs.get("b").map(String::as_str),
+            Some("")
+        );
     }
 
     #[test]

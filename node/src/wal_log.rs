@@ -27,6 +27,9 @@ pub struct WalLog {
     store: Arc<dyn ObjectStore>,
     inflight_bytes_max: usize,
     node_id: u32,
+    /// Per metadata name: the last version written, held while writing.
+    meta_written:
+        parking_lot::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<u64>>>>,
 }
 
 /// What opening the log found in the bucket.
@@ -103,6 +106,7 @@ impl WalLog {
             store,
             inflight_bytes_max,
             node_id,
+            meta_written: Default::default(),
         });
         Ok(Opened {
             log,
@@ -188,15 +192,33 @@ impl DurableLog for WalLog {
         self.handle.resume_partition(topic, partition);
     }
 
-    fn put_meta(&self, name: &str, data: Bytes) -> oneshot::Receiver<Result<(), DurableError>> {
+    fn put_meta(
+        &self,
+        name: &str,
+        version: u64,
+        data: Bytes,
+    ) -> oneshot::Receiver<Result<(), DurableError>> {
         let store = self.store.clone();
         let key = Path::from(format!("meta/{name}"));
+        let written = self
+            .meta_written
+            .lock()
+            .entry(name.to_string())
+            .or_default()
+            .clone();
         self.io.spawn(async move {
+            // One write of a name at a time; an older version than the last
+            // written is already covered by it.
+            let mut last = written.lock().await;
+            if version <= *last {
+                return Ok(());
+            }
             store
                 .put(&key, PutPayload::from(data))
                 .await
-                .map(|_| ())
-                .map_err(|e| DurableError::Failed(format!("put {key}: {e}")))
+                .map_err(|e| DurableError::Failed(format!("put {key}: {e}")))?;
+            *last = version;
+            Ok(())
         })
     }
 

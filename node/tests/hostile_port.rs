@@ -31,6 +31,7 @@ fn settings() -> NodeSettings {
         retention_ms: -1,
         retention_bytes: -1,
         frame_bytes_max: 1 << 20,
+        config_describe: vec![],
         group_config: Default::default(),
         groups_snapshot: None,
     }

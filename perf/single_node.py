@@ -1,0 +1,176 @@
+"""Single-node produce benchmark (the single-node issue's benchmark), as
+ratios measured in one run on one machine:
+
+  1. the loopback TCP limit on this machine (iperf3, one stream);
+  2. Ferry (`ferry dev`, local-directory bucket, batchInterval 250 ms):
+     peak MB/s with acks=all, 1 KiB records, 6 partitions; then publish p50
+     and p99 at half that rate, beside the WAL's PUT p99 from /metrics;
+  3. the same client against the `tansu` broker with its memory engine, if
+     it is installed (`cargo install tansu --features dynostore`).
+
+The load comes from `ferry-bench` (librdkafka). Build both in release first:
+
+    cargo build --release -p ferry-node -p ferry-bench
+    python3 perf/single_node.py [--tansu PATH] [--seconds 20] [--out perf/single-node.md]
+
+It prints every figure and the machine, and writes them as Markdown.
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RELEASE = os.path.join(ROOT, "target", "release")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, deadline_s=30):
+    end = time.time() + deadline_s
+    while time.time() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def machine():
+    cpu = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Linux {platform.release()}"
+
+
+def iperf3_loopback(seconds):
+    port = free_port()
+    server = subprocess.Popen(["iperf3", "-s", "-1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        out = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(seconds), "-J"],
+                             capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
+        bps = json.loads(out)["end"]["sum_received"]["bits_per_second"]
+        return bps / 8 / 1e6
+    finally:
+        server.kill()
+        server.wait()
+
+
+def bench(bootstrap, topic, rate, seconds, json_path):
+    cmd = [os.path.join(RELEASE, "ferry-bench"), "run", "--bootstrap", bootstrap, "--topic", topic,
+           "--partitions", "6", "--record-bytes", "1024", "--acks", "all", "--rate", str(int(rate)),
+           "--producers", "2", "--consumers", "0", "--warmup-secs", "5", "--duration-secs", str(seconds),
+           "--linger-ms", "5", "--json", json_path]
+    print("+", " ".join(cmd[1:]), flush=True)
+    subprocess.run(cmd, check=True, timeout=seconds + 120, stdout=subprocess.DEVNULL)
+    with open(json_path) as f:
+        return json.load(f)
+
+
+def metric(port, name, labels=""):
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + labels) or (line.startswith(name + "{") and labels in line):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def run_ferry(args, work):
+    port, mport = free_port(), free_port()
+    log = open(os.path.join(work, "ferry.log"), "ab")
+    proc = subprocess.Popen([os.path.join(RELEASE, "ferry"), "dev", "--dir", os.path.join(work, "ferry"),
+                             "--port", str(port), "--override", f"ferry.metrics.listener=127.0.0.1:{mport}"],
+                            stdout=log, stderr=log)
+    try:
+        if not wait_port(port):
+            sys.exit("ferry did not start")
+        peak = bench(f"127.0.0.1:{port}", "peak", 0, args.seconds, os.path.join(work, "ferry-peak.json"))
+        peak_rps = peak["publish"]["throughput"]["records_per_sec"]
+        half = bench(f"127.0.0.1:{port}", "half", peak_rps / 2, args.seconds, os.path.join(work, "ferry-half.json"))
+        put_p99 = metric(mport, "ferry_wal_upload_latency_seconds", 'quantile="0.99"')
+        puts = metric(mport, "ferry_s3_puts_total")
+        return peak, half, put_p99, puts
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        proc.kill()
+        proc.wait()
+
+
+def run_tansu(args, work):
+    port = free_port()
+    log = open(os.path.join(work, "tansu.log"), "ab")
+    cmd = [args.tansu, "--listener-url", f"tcp://127.0.0.1:{port}",
+           "--advertised-listener-url", f"tcp://127.0.0.1:{port}", "--storage-engine", "memory://tansu/"]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=log)
+    try:
+        if not wait_port(port):
+            sys.exit(f"tansu did not start: {' '.join(cmd)}; see {work}/tansu.log")
+        peak = bench(f"127.0.0.1:{port}", "peak", 0, args.seconds, os.path.join(work, "tansu-peak.json"))
+        return peak
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tansu", default=shutil.which("tansu") or "/opt/tansu/bin/tansu")
+    ap.add_argument("--seconds", type=int, default=20)
+    ap.add_argument("--out", default=os.path.join(ROOT, "perf", "single-node.md"))
+    args = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="ferry-perf-")
+    lines = [f"- Machine: {machine()}", f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+             f"- Command: `python3 perf/single_node.py --seconds {args.seconds}`",
+             "- Load: ferry-bench (librdkafka), 2 producers, acks=all, 1 KiB records, 6 partitions, "
+             "linger 5 ms, on the same 2 cores as the broker"]
+    loop = iperf3_loopback(10)
+    lines.append(f"- Loopback TCP (iperf3, 1 stream, 10 s): {loop:.0f} MB/s")
+    peak, half, put_p99, puts = run_ferry(args, work)
+    fp = peak["publish"]["throughput"]["mb_per_sec"]
+    lines.append(f"- Ferry peak (rate 0): {fp:.1f} MB/s, "
+                 f"{peak['publish']['throughput']['records_per_sec']:.0f} records/s, "
+                 f"failed {peak['publish']['records_failed']}")
+    hl = half["publish"]["latency"]
+    lines.append(f"- Ferry at half the peak ({half['publish']['throughput']['mb_per_sec']:.1f} MB/s): "
+                 f"publish p50 {hl['p50_ms']:.1f} ms, p99 {hl['p99_ms']:.1f} ms, max {hl['max_ms']:.1f} ms")
+    if put_p99 is not None:
+        goal = 250 + put_p99 * 1000 + 5
+        lines.append(f"- WAL PUT p99 (from /metrics): {put_p99 * 1000:.1f} ms; goal p99 <= 250 + PUT p99 + 5 = "
+                     f"{goal:.1f} ms: {'met' if hl['p99_ms'] <= goal else 'NOT met'}; S3 PUTs {puts:.0f}")
+    lines.append(f"- Ferry / loopback: {fp / loop:.3f} (goal >= 0.5: {'met' if fp / loop >= 0.5 else 'NOT met'})")
+    if os.path.exists(args.tansu):
+        tp = run_tansu(args, work)["publish"]["throughput"]["mb_per_sec"]
+        lines.append(f"- tansu (memory engine) peak: {tp:.1f} MB/s")
+        lines.append(f"- Ferry / tansu: {fp / tp:.2f} (goal >= 3: {'met' if fp / tp >= 3 else 'NOT met'})")
+    else:
+        lines.append(f"- tansu: not installed at {args.tansu}; no ratio")
+    text = "# Single-node produce benchmark\n\n" + "\n".join(lines) + "\n"
+    print(text)
+    with open(args.out, "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()
