@@ -175,6 +175,9 @@ impl Shard {
             let me = self.clone();
             glommio::spawn_local(async move {
                 while let Some(msg) = rx.recv().await {
+                    if let Some(d) = me.ctx.metrics.queue_depth.get(me.id) {
+                        d.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     let me = me.clone();
                     glommio::spawn_local(async move { me.handle(msg).await }).detach();
                 }
@@ -228,8 +231,20 @@ impl Shard {
         }
     }
 
+    /// Sends to shard `to`; counts the message in `to`'s queue depth until
+    /// `to` takes it off the queue.
     async fn send(&self, to: usize, msg: ShardMsg) -> bool {
-        self.senders.send_to(to, msg).await.is_ok()
+        let depth = &self.ctx.metrics.queue_depth;
+        if let Some(d) = depth.get(to) {
+            d.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let ok = self.senders.send_to(to, msg).await.is_ok();
+        if !ok {
+            if let Some(d) = depth.get(to) {
+                d.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        ok
     }
 
     /// The partition's log, created on first use from what recovery found.

@@ -76,3 +76,45 @@ fn a_node_on_a_real_s3_server_survives_kill_9() {
         dir.path().display()
     );
 }
+
+/// Reads `/metrics` from a running node.
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut s = String::new();
+    c.read_to_string(&mut s).unwrap();
+    s
+}
+
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+}
+
+#[test]
+fn metrics_count_requests_wal_objects_and_latency() {
+    let dir = tempfile::tempdir().unwrap();
+    let mport = free_port();
+    let listener = format!("ferry.metrics.listener=127.0.0.1:{mport}");
+    let node = DevNode::start(dir.path(), free_port(), &["--override", &listener]);
+    python(
+        "produce_consume.py",
+        &[&node.bootstrap(), "metered", "300", "none"],
+        120,
+    );
+    let text = scrape(mport);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(value(&text, "ferry_requests_total{api=\"Produce\"}") >= 1.0);
+    assert!(value(&text, "ferry_requests_total{api=\"Fetch\"}") >= 1.0);
+    assert!(value(&text, "ferry_wal_objects_total") >= 1.0);
+    assert!(value(&text, "ferry_s3_puts_total") >= 1.0);
+    assert!(value(&text, "ferry_bytes_in_total") > 300.0 * 100.0);
+    assert!(value(&text, "ferry_produce_latency_seconds_count") >= 1.0);
+    assert!(value(&text, "ferry_cache_hit_ratio") > 0.0);
+    assert!(text.contains("ferry_shard_queue_depth{shard=\"0\"}"));
+}
