@@ -9,10 +9,10 @@ and runs `PATH node --config FILE`. Exits non-zero on any failure.
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
+from harness import free_port, wait_port
 
 import boto3
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -20,23 +20,6 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from moto.server import ThreadedMotoServer
 
 BUCKET = "ferry-test"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, deadline_s=30):
-    end = time.time() + deadline_s
-    while time.time() < end:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.1)
-    return False
 
 
 def fail(msg):

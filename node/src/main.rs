@@ -126,27 +126,9 @@ fn run(config: &mut Config, dev: bool) -> anyhow::Result<()> {
         .ok()
         .and_then(|mut a| a.next())
         .with_context(|| format!("listeners: cannot resolve {}", listener.bind_address()))?;
-    let advertised = config
-        .advertised_listeners
-        .first()
-        .cloned()
-        .unwrap_or(listener);
     let settings = NodeSettings {
-        node_id,
-        rack: config.rack.clone(),
-        advertised_host: advertised.host.clone(),
-        advertised_port: advertised.port,
-        cluster_id: "ferry".into(),
-        shards: config.shards,
-        num_partitions: config.num_partitions,
-        auto_create_topics: config.auto_create_topics,
-        cache_bytes_max: config.cache_bytes_max as usize,
-        retention_ms: config.log_retention_ms.map_or(-1, |v| v as i64),
-        retention_bytes: config.log_retention_bytes.map_or(-1, |v| v as i64),
-        frame_bytes_max: config.socket_request_bytes_max,
-        config_describe: config.describe(),
-        group_config: config.group.clone(),
         groups_snapshot: opened.groups.clone(),
+        ..NodeSettings::from_config(config).context("node.id and listeners are required")?
     };
     let log = opened.log.clone();
     let node = server::start(

@@ -70,6 +70,60 @@ pub struct NodeSettings {
     pub groups_snapshot: Option<bytes::Bytes>,
 }
 
+impl NodeSettings {
+    /// One node on 127.0.0.1 with Kafka's defaults (1 partition per topic,
+    /// auto-creation on, no retention limit, 100 MiB frames), two shards and
+    /// a 64 MiB cache per shard: what an embedded node or a test starts from.
+    pub fn local(node_id: i32) -> NodeSettings {
+        NodeSettings {
+            node_id,
+            rack: None,
+            advertised_host: "127.0.0.1".into(),
+            advertised_port: 0,
+            cluster_id: "ferry".into(),
+            shards: 2,
+            num_partitions: 1,
+            auto_create_topics: true,
+            cache_bytes_max: 64 << 20,
+            retention_ms: -1,
+            retention_bytes: -1,
+            frame_bytes_max: ferry_protocol::frame::FRAME_BYTES_MAX_DEFAULT,
+            config_describe: vec![],
+            group_config: Default::default(),
+            groups_snapshot: None,
+        }
+    }
+}
+
+impl NodeSettings {
+    /// The settings a configuration asks for (`node.id` must be set). The
+    /// advertised address is the first advertised listener, or else the
+    /// first listener; a port of 0 is filled in once the node has bound.
+    pub fn from_config(config: &crate::config::Config) -> Option<NodeSettings> {
+        let advertised = config
+            .advertised_listeners
+            .first()
+            .or_else(|| config.listeners.first())?;
+        Some(NodeSettings {
+            node_id: config.node_id?,
+            rack: config.rack.clone(),
+            advertised_host: advertised.host.clone(),
+            advertised_port: advertised.port,
+            cluster_id: "ferry".into(),
+            shards: config.shards,
+            num_partitions: config.num_partitions,
+            auto_create_topics: config.auto_create_topics,
+            cache_bytes_max: config.cache_bytes_max as usize,
+            retention_ms: config.log_retention_ms.map_or(-1, |v| v as i64),
+            retention_bytes: config.log_retention_bytes.map_or(-1, |v| v as i64),
+            frame_bytes_max: config.socket_request_bytes_max,
+            config_describe: config.describe(),
+            group_config: config.group.clone(),
+            groups_snapshot: None,
+        })
+    }
+}
+
 impl NodeCtx {
     pub fn new(
         s: NodeSettings,

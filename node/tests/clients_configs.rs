@@ -19,21 +19,9 @@ const SECRET: &str = "TOPSECRETvalue42";
 
 fn settings(config: &Config) -> NodeSettings {
     NodeSettings {
-        node_id: config.node_id.unwrap(),
-        rack: None,
-        advertised_host: "127.0.0.1".into(),
-        advertised_port: 0,
-        cluster_id: "test".into(),
         shards: 2,
-        num_partitions: config.num_partitions,
-        auto_create_topics: true,
         cache_bytes_max: 64 << 20,
-        retention_ms: config.log_retention_ms.map_or(-1, |v| v as i64),
-        retention_bytes: config.log_retention_bytes.map_or(-1, |v| v as i64),
-        frame_bytes_max: config.socket_request_bytes_max,
-        config_describe: config.describe(),
-        group_config: Default::default(),
-        groups_snapshot: None,
+        ..NodeSettings::from_config(config).unwrap()
     }
 }
 
@@ -52,6 +40,7 @@ fn configs_are_described_and_altered_through_admin_clients() {
     let config = Config::from_pairs(
         [
             ("node.id", "1"),
+            ("listeners", "PLAINTEXT://127.0.0.1:0"),
             ("num.partitions", "2"),
             ("log.retention.ms", "-1"),
             ("s3.data.buckets", bucket.as_str()),

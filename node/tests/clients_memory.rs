@@ -12,21 +12,8 @@ use std::time::Duration;
 
 fn settings() -> NodeSettings {
     NodeSettings {
-        node_id: 1,
-        rack: None,
-        advertised_host: "127.0.0.1".into(),
-        advertised_port: 0,
-        cluster_id: "test".into(),
-        shards: 2,
         num_partitions: 3,
-        auto_create_topics: true,
-        cache_bytes_max: 64 << 20,
-        retention_ms: -1,
-        retention_bytes: -1,
-        frame_bytes_max: 100 << 20,
-        config_describe: vec![],
-        group_config: Default::default(),
-        groups_snapshot: None,
+        ..NodeSettings::local(1)
     }
 }
 
