@@ -81,6 +81,14 @@ pub trait DurableLog: Send + Sync + 'static {
     /// Prometheus lines for the log's own counters.
     fn render_metrics(&self) -> String;
 
+    /// Deletes this node's WAL objects with a sequence number below `seq`
+    /// that are at least `min_age` old; answers how many went.
+    fn delete_objects_below(
+        &self,
+        seq: u64,
+        min_age: std::time::Duration,
+    ) -> oneshot::Receiver<Result<usize, DurableError>>;
+
     /// Writes a small metadata object (`meta/<name>`): the topic table, group
     /// offsets. `version` orders writes of one name: a write whose version is
     /// not above one already written is dropped (answered `Ok`), because the
@@ -157,6 +165,18 @@ impl DurableLog for MemoryLog {
     }
 
     fn resume_partition(&self, _topic: &str, _partition: i32) {}
+
+    fn delete_objects_below(
+        &self,
+        _seq: u64,
+        _min_age: std::time::Duration,
+    ) -> oneshot::Receiver<Result<usize, DurableError>> {
+        // Objects in memory are never deleted: the log lives as long as the
+        // process.
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(Ok(0));
+        rx
+    }
 
     fn render_metrics(&self) -> String {
         String::new()

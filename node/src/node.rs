@@ -43,6 +43,15 @@ pub struct NodeCtx {
     /// Serialises changes to the topic table and their persistence.
     pub topic_changes: Mutex<()>,
     recovered: Mutex<Recovered>,
+    /// Per shard: the oldest WAL object its partitions read from
+    /// (`u64::MAX`: none). WAL objects older than every shard's, and than
+    /// anything recovery found but no shard has loaded yet, can be deleted.
+    pub shard_oldest_seq: Vec<std::sync::atomic::AtomicU64>,
+    /// How often retention runs, and how old an unreferenced WAL object
+    /// must be before it is deleted (so a batch acknowledged a moment ago,
+    /// whose shard has not yet recorded where it lives, is never lost).
+    pub retention_check_ms: u64,
+    pub object_delete_age_ms: u64,
     /// The group coordinator's settings, and the offsets snapshot recovery
     /// found; shard 0 takes the snapshot when it starts the coordinator.
     pub group_config: crate::group::GroupConfig,
@@ -68,6 +77,10 @@ pub struct NodeSettings {
     pub config_describe: Vec<(String, Option<String>, bool)>,
     pub group_config: crate::group::GroupConfig,
     pub groups_snapshot: Option<bytes::Bytes>,
+    /// How often retention runs (Ferry's default: 10 s).
+    pub retention_check_ms: u64,
+    /// Minimum age of a WAL object before it may be deleted (default 60 s).
+    pub object_delete_age_ms: u64,
 }
 
 impl NodeSettings {
@@ -91,6 +104,8 @@ impl NodeSettings {
             config_describe: vec![],
             group_config: Default::default(),
             groups_snapshot: None,
+            retention_check_ms: 10_000,
+            object_delete_age_ms: 60_000,
         }
     }
 }
@@ -120,6 +135,8 @@ impl NodeSettings {
             config_describe: config.describe(),
             group_config: config.group.clone(),
             groups_snapshot: None,
+            retention_check_ms: 10_000,
+            object_delete_age_ms: 60_000,
         })
     }
 }
@@ -151,6 +168,14 @@ impl NodeCtx {
             config_describe: s.config_describe,
             topic_changes: Mutex::new(()),
             recovered: Mutex::new(recovered),
+            shard_oldest_seq: (0..s.shards)
+                .map(|_| std::sync::atomic::AtomicU64::new(u64::MAX))
+                .collect(),
+            retention_check_ms: s.retention_check_ms,
+            // A shard publishes what it reads from once per retention
+            // period; an object must outlive two periods before it can go,
+            // so a batch a shard took on since its last report is safe.
+            object_delete_age_ms: s.object_delete_age_ms.max(2 * s.retention_check_ms),
             group_config: s.group_config,
             groups_snapshot: Mutex::new(s.groups_snapshot),
         }
@@ -161,8 +186,42 @@ impl NodeCtx {
         self.groups_snapshot.lock().take()
     }
 
-    /// What recovery found for a partition; handed out once, to its owner.
-    pub fn take_recovered(&self, key: &(Arc<str>, i32)) -> Vec<(LogBatch, RecoveredProducer)> {
-        self.recovered.lock().remove(key).unwrap_or_default()
+    /// What recovery found for a partition; handed out once, to its owner
+    /// `shard`, which from then on counts its objects as in use.
+    pub fn take_recovered(
+        &self,
+        key: &(Arc<str>, i32),
+        shard: usize,
+    ) -> Vec<(LogBatch, RecoveredProducer)> {
+        let mut map = self.recovered.lock();
+        let oldest = map
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(|(b, _)| b.location.as_ref().map(|l| l.seq))
+            .min();
+        // Publish before the entries leave the map, so a reader of the map
+        // and then of the shards never misses them.
+        if let (Some(seq), Some(slot)) = (oldest, self.shard_oldest_seq.get(shard)) {
+            slot.fetch_min(seq, std::sync::atomic::Ordering::AcqRel);
+        }
+        map.remove(key).unwrap_or_default()
+    }
+
+    /// The oldest WAL object anything still reads from: loaded partitions on
+    /// every shard, and recovered ones no shard has loaded yet.
+    pub fn oldest_object_in_use(&self) -> u64 {
+        let recovered = self
+            .recovered
+            .lock()
+            .values()
+            .flatten()
+            .filter_map(|(b, _)| b.location.as_ref().map(|l| l.seq))
+            .min()
+            .unwrap_or(u64::MAX);
+        self.shard_oldest_seq
+            .iter()
+            .map(|s| s.load(std::sync::atomic::Ordering::Acquire))
+            .fold(recovered, u64::min)
     }
 }

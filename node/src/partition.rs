@@ -352,6 +352,15 @@ impl PartitionLog {
         }
     }
 
+    /// The sequence number of the oldest WAL object this partition still
+    /// reads from, if any of its batches is durable.
+    pub fn oldest_object_seq(&self) -> Option<u64> {
+        self.batches
+            .iter()
+            .filter_map(|b| b.location.as_ref().map(|l| l.seq))
+            .min()
+    }
+
     /// The first offset whose timestamp is at or after `ts`, for ListOffsets.
     pub fn offset_for_timestamp(&self, ts: i64) -> Option<(i64, i64)> {
         self.batches

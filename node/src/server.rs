@@ -20,8 +20,6 @@ use std::time::Duration;
 
 /// Queue depth between each pair of shards.
 pub const SHARD_QUEUE_DEPTH: usize = 1024;
-/// How often retention runs.
-pub const RETENTION_PERIOD: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -163,11 +161,25 @@ async fn run_shard(
     let retention = {
         let shard = shard.clone();
         glommio::spawn_local(async move {
+            let period = Duration::from_millis(shard.ctx.retention_check_ms.max(10));
             loop {
-                glommio::timer::sleep(RETENTION_PERIOD).await;
+                glommio::timer::sleep(period).await;
                 let dropped = shard.apply_retention(now_ms());
                 if dropped > 0 {
                     tracing::info!(shard = id, batches = dropped, "retention dropped batches");
+                }
+                if id == 0 {
+                    // WAL objects no partition reads from any more go.
+                    let below = shard.ctx.oldest_object_in_use();
+                    let age = Duration::from_millis(shard.ctx.object_delete_age_ms);
+                    match shard.ctx.durable.delete_objects_below(below, age).await {
+                        Ok(Ok(0)) => {}
+                        Ok(Ok(n)) => {
+                            tracing::info!(objects = n, below, "deleted unreferenced WAL objects")
+                        }
+                        Ok(Err(e)) => tracing::warn!(error = %e, "deleting WAL objects failed"),
+                        Err(_) => {}
+                    }
                 }
             }
         })

@@ -258,7 +258,7 @@ impl Shard {
         let mut parts = self.partitions.borrow_mut();
         let log = parts.entry(key.clone()).or_insert_with(|| {
             let mut log = PartitionLog::new(info.name.clone(), partition);
-            for (b, producer) in self.ctx.take_recovered(&key) {
+            for (b, producer) in self.ctx.take_recovered(&key, self.id) {
                 log.recover(b, producer);
             }
             Rc::new(RefCell::new(log))
@@ -673,8 +673,8 @@ impl Shard {
     /// dropped.
     pub fn apply_retention(&self, now_ms: i64) -> usize {
         let table = self.topics.get();
-        self.partitions
-            .borrow()
+        let parts = self.partitions.borrow();
+        let dropped = parts
             .iter()
             .map(|((topic, _), p)| {
                 let (ms, bytes) = crate::configs::retention_of(
@@ -686,7 +686,17 @@ impl Shard {
                 let bytes = (bytes >= 0).then_some(bytes as u64);
                 p.borrow_mut().apply_retention(before, bytes)
             })
-            .sum()
+            .sum();
+        // Publish the oldest WAL object this shard still reads from.
+        let oldest = parts
+            .values()
+            .filter_map(|p| p.borrow().oldest_object_seq())
+            .min()
+            .unwrap_or(u64::MAX);
+        if let Some(slot) = self.ctx.shard_oldest_seq.get(self.id) {
+            slot.store(oldest, std::sync::atomic::Ordering::Release);
+        }
+        dropped
     }
 }
 

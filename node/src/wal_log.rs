@@ -30,6 +30,12 @@ pub struct WalLog {
     /// Per metadata name: the last version written, held while writing.
     meta_written:
         parking_lot::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<u64>>>>,
+    objects_deleted: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The wall-clock time `age` ago, in object_store's timestamp type.
+fn chrono_now_minus(age: Duration) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::Utc::now().checked_sub_signed(chrono::Duration::from_std(age).ok()?)
 }
 
 /// What opening the log found in the bucket.
@@ -107,6 +113,7 @@ impl WalLog {
             inflight_bytes_max,
             node_id,
             meta_written: Default::default(),
+            objects_deleted: Default::default(),
         });
         Ok(Opened {
             log,
@@ -229,6 +236,42 @@ impl DurableLog for WalLog {
             .spawn(async move { get_meta(&*store, &name).await.map_err(wal_error) })
     }
 
+    fn delete_objects_below(
+        &self,
+        seq: u64,
+        min_age: Duration,
+    ) -> oneshot::Receiver<Result<usize, DurableError>> {
+        let store = self.store.clone();
+        let node = self.node_id;
+        let deleted = self.objects_deleted.clone();
+        self.io.spawn(async move {
+            use futures_util::StreamExt;
+            let prefix = ferry_wal::reader::node_prefix(WAL_PREFIX, node);
+            let cutoff = chrono_now_minus(min_age);
+            let mut listing = store.list(Some(&prefix));
+            let mut doomed = Vec::new();
+            while let Some(meta) = listing.next().await {
+                let meta = meta.map_err(|e| DurableError::Failed(format!("list {prefix}: {e}")))?;
+                let old_enough = cutoff.is_some_and(|c| meta.last_modified <= c);
+                if old_enough
+                    && ferry_wal::reader::parse_seq(&meta.location).is_some_and(|s| s < seq)
+                {
+                    doomed.push(meta.location);
+                }
+            }
+            let mut n = 0;
+            for key in doomed {
+                store
+                    .delete(&key)
+                    .await
+                    .map_err(|e| DurableError::Failed(format!("delete {key}: {e}")))?;
+                n += 1;
+            }
+            deleted.fetch_add(n as u64, Relaxed);
+            Ok(n)
+        })
+    }
+
     fn render_metrics(&self) -> String {
         let s = self.handle.stats();
         let mut o = String::new();
@@ -268,6 +311,11 @@ impl DurableLog for WalLog {
                 "ferry_wal_inflight_bytes",
                 "gauge",
                 s.inflight_bytes.load(Relaxed),
+            ),
+            (
+                "ferry_wal_objects_deleted_total",
+                "counter",
+                self.objects_deleted.load(Relaxed),
             ),
         ] {
             let _ = writeln!(o, "# TYPE {name} {kind}\n{name}{{node=\"{node}\"}} {v}");

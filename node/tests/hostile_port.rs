@@ -2,6 +2,8 @@
 //! answered or closed, while another client keeps producing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use bytes::Bytes;
 use ferry_node::durable::MemoryLog;
 use ferry_node::node::NodeSettings;
@@ -26,43 +28,8 @@ fn settings() -> NodeSettings {
     }
 }
 
-/// Sends one request and reads one response body.
-fn call(conn: &mut TcpStream, version: i16, body: RequestBody) -> Bytes {
-    let frame = concat(&encode_request(7, Some("hostile-test"), version, &body).unwrap());
-    conn.write_all(&frame).unwrap();
-    let mut size = [0u8; 4];
-    conn.read_exact(&mut size).unwrap();
-    let mut resp = vec![0u8; u32::from_be_bytes(size) as usize];
-    conn.read_exact(&mut resp).unwrap();
-    Bytes::from(resp)
-}
-
 fn produce_one(conn: &mut TcpStream, i: usize) -> (i16, i64) {
-    let mut b = RecordBatchBuilder::new();
-    b.push(NewRecord::new(
-        1,
-        Some(format!("k{i}").as_bytes()),
-        Some(b"v"),
-    ));
-    let body = RequestBody::Produce(produce_request::ProduceRequest {
-        acks: -1,
-        timeout_ms: 10_000,
-        topic_data: vec![produce_request::TopicProduceData {
-            name: "steady".into(),
-            partition_data: vec![produce_request::PartitionProduceData {
-                index: 0,
-                records: Some(b.build().unwrap().into()),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    });
-    let resp = call(conn, 9, body);
-    // Response header v1: correlation id + empty tagged fields.
-    let r = produce_response::ProduceResponse::decode(&resp.slice(5..), 9).unwrap();
-    let p = &r.responses[0].partition_responses[0];
-    (p.error_code, p.base_offset)
+    common::raw::produce(conn, "steady", 0, 1, format!("k{i}").as_bytes())
 }
 
 /// True if the server closes the connection (or resets it) within 5 s.
@@ -95,23 +62,7 @@ fn bad_frames_are_closed_while_a_producer_keeps_going() {
     .unwrap();
     let addr = node.addr;
     let mut admin = connect(addr);
-    let resp = call(
-        &mut admin,
-        7,
-        RequestBody::CreateTopics(create_topics_request::CreateTopicsRequest {
-            topics: vec![create_topics_request::CreatableTopic {
-                name: "steady".into(),
-                num_partitions: 1,
-                replication_factor: 1,
-                ..Default::default()
-            }],
-            timeout_ms: 10_000,
-            ..Default::default()
-        }),
-    );
-    let created =
-        create_topics_response::CreateTopicsResponse::decode(&resp.slice(5..), 7).unwrap();
-    assert_eq!(created.topics[0].error_code, 0);
+    assert_eq!(common::raw::create_topic(&mut admin, "steady", 1, &[]), 0);
     let stop = Arc::new(AtomicBool::new(false));
     let produced = Arc::new(AtomicUsize::new(0));
     let producer = {

@@ -104,3 +104,118 @@ pub fn python(script: &str, args: &[&str], secs: u64) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Raw Kafka requests over a blocking socket, for tests that need exact
+/// control of what is sent.
+pub mod raw {
+    use bytes::Bytes;
+    use ferry_protocol::frame::{concat, encode_request};
+    use ferry_protocol::messages::*;
+    use ferry_protocol::records::{NewRecord, RecordBatchBuilder};
+    use ferry_protocol::wire::Message;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    /// Sends one request and returns the response body (after a v0 or v1
+    /// response header, as the API and version call for).
+    pub fn call(conn: &mut TcpStream, version: i16, body: RequestBody) -> Bytes {
+        let api = body.api_key();
+        let frame = concat(&encode_request(7, Some("raw-test"), version, &body).unwrap());
+        conn.write_all(&frame).unwrap();
+        let mut size = [0u8; 4];
+        conn.read_exact(&mut size).unwrap();
+        let mut resp = vec![0u8; u32::from_be_bytes(size) as usize];
+        conn.read_exact(&mut resp).unwrap();
+        let header = if ferry_protocol::frame::response_header_version(api, version) == 1 {
+            5
+        } else {
+            4
+        };
+        Bytes::from(resp).slice(header..)
+    }
+
+    /// Creates a topic; returns the error code.
+    pub fn create_topic(
+        conn: &mut TcpStream,
+        name: &str,
+        partitions: i32,
+        configs: &[(&str, &str)],
+    ) -> i16 {
+        use create_topics_request::*;
+        let body = RequestBody::CreateTopics(CreateTopicsRequest {
+            topics: vec![CreatableTopic {
+                name: name.into(),
+                num_partitions: partitions,
+                replication_factor: 1,
+                configs: configs
+                    .iter()
+                    .map(|(k, v)| CreatableTopicConfig {
+                        name: (*k).into(),
+                        value: Some((*v).into()),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            timeout_ms: 10_000,
+            ..Default::default()
+        });
+        let resp = call(conn, 7, body);
+        create_topics_response::CreateTopicsResponse::decode(&resp, 7)
+            .unwrap()
+            .topics[0]
+            .error_code
+    }
+
+    /// Produces one record (acks=all) with timestamp `ts`; returns the error
+    /// code and base offset.
+    pub fn produce(
+        conn: &mut TcpStream,
+        topic: &str,
+        partition: i32,
+        ts: i64,
+        key: &[u8],
+    ) -> (i16, i64) {
+        let mut b = RecordBatchBuilder::new();
+        b.push(NewRecord::new(ts, Some(key), Some(b"v")));
+        let body = RequestBody::Produce(produce_request::ProduceRequest {
+            acks: -1,
+            timeout_ms: 10_000,
+            topic_data: vec![produce_request::TopicProduceData {
+                name: topic.into(),
+                partition_data: vec![produce_request::PartitionProduceData {
+                    index: partition,
+                    records: Some(b.build().unwrap().into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let resp = call(conn, 9, body);
+        let r = produce_response::ProduceResponse::decode(&resp, 9).unwrap();
+        let p = &r.responses[0].partition_responses[0];
+        (p.error_code, p.base_offset)
+    }
+
+    /// ListOffsets for one partition: -2 earliest, -1 latest.
+    pub fn list_offset(conn: &mut TcpStream, topic: &str, partition: i32, ts: i64) -> i64 {
+        use list_offsets_request::*;
+        let body = RequestBody::ListOffsets(ListOffsetsRequest {
+            replica_id: -1,
+            topics: vec![ListOffsetsTopic {
+                name: topic.into(),
+                partitions: vec![ListOffsetsPartition {
+                    partition_index: partition,
+                    timestamp: ts,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let resp = call(conn, 7, body);
+        let r = list_offsets_response::ListOffsetsResponse::decode(&resp, 7).unwrap();
+        r.topics[0].partitions[0].offset
+    }
+}
