@@ -23,6 +23,7 @@ pub type ProducerFields = ferry_wal::ProducerFields;
 #[derive(Debug, Clone)]
 pub struct AppendEntry {
     pub topic: Arc<str>,
+    pub topic_id: [u8; 16],
     pub partition: i32,
     pub base_offset: i64,
     pub last_offset: i64,

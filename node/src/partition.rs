@@ -85,6 +85,9 @@ impl AppendError {
 #[derive(Debug)]
 pub struct PartitionLog {
     pub topic: Arc<str>,
+    /// The id of the topic this log belongs to; a topic created again under
+    /// the same name has another id and another log.
+    pub topic_id: [u8; 16],
     pub partition: i32,
     pub leader_epoch: i32,
     log_start: i64,
@@ -102,9 +105,10 @@ pub struct PartitionLog {
 }
 
 impl PartitionLog {
-    pub fn new(topic: Arc<str>, partition: i32) -> PartitionLog {
+    pub fn new(topic: Arc<str>, topic_id: [u8; 16], partition: i32) -> PartitionLog {
         PartitionLog {
             topic,
+            topic_id,
             partition,
             leader_epoch: 0,
             log_start: 0,
@@ -205,6 +209,7 @@ impl PartitionLog {
         let segments = [head.freeze(), raw.slice(16..)];
         let entry = AppendEntry {
             topic: self.topic.clone(),
+            topic_id: self.topic_id,
             partition: self.partition,
             base_offset: base,
             last_offset: last,
@@ -431,7 +436,7 @@ mod tests {
 
     #[test]
     fn offsets_are_dense_and_patched_outside_the_crc() {
-        let mut p = PartitionLog::new("t".into(), 0);
+        let mut p = PartitionLog::new("t".into(), [0; 16], 0);
         let mut entries = Vec::new();
         for n in [3, 1, 5] {
             let raw = batch(n, None);
@@ -469,7 +474,7 @@ mod tests {
 
     #[test]
     fn idempotent_retries_are_written_once_and_gaps_refused() {
-        let mut p = PartitionLog::new("t".into(), 0);
+        let mut p = PartitionLog::new("t".into(), [0; 16], 0);
         let first = batch(2, Some((9, 0, 0)));
         let b = &PartitionLog::check(&first).unwrap()[0];
         assert!(matches!(
@@ -504,7 +509,7 @@ mod tests {
 
     #[test]
     fn a_failed_write_rolls_the_log_end_back() {
-        let mut p = PartitionLog::new("t".into(), 0);
+        let mut p = PartitionLog::new("t".into(), [0; 16], 0);
         for seq in [0, 1, 2] {
             let raw = batch(1, Some((4, 0, seq)));
             p.append(&PartitionLog::check(&raw).unwrap()[0]).unwrap();
@@ -527,7 +532,7 @@ mod tests {
 
     #[test]
     fn eviction_keeps_undurable_batches_and_retention_trims_the_front() {
-        let mut p = PartitionLog::new("t".into(), 0);
+        let mut p = PartitionLog::new("t".into(), [0; 16], 0);
         let raw = batch(1, None);
         let b = &PartitionLog::check(&raw).unwrap()[0];
         let (a0, _) = p.append(b).unwrap();

@@ -256,8 +256,16 @@ impl Shard {
         }
         let key = (topic.clone(), partition);
         let mut parts = self.partitions.borrow_mut();
+        // A log of an earlier topic of the same name (deleted, then created
+        // again) is dropped: the new topic starts empty.
+        if parts
+            .get(&key)
+            .is_some_and(|l| l.borrow().topic_id != info.id.0)
+        {
+            parts.remove(&key);
+        }
         let log = parts.entry(key.clone()).or_insert_with(|| {
-            let mut log = PartitionLog::new(info.name.clone(), partition);
+            let mut log = PartitionLog::new(info.name.clone(), info.id.0, partition);
             for (b, producer) in self.ctx.take_recovered(&key, self.id) {
                 log.recover(b, producer);
             }

@@ -76,7 +76,19 @@ impl WalLog {
         for s in &rec.skipped {
             tracing::warn!(object_key = %s.key, error = %s.error, "skipped a WAL object at recovery");
         }
-        let logs = recovery::rebuild(&rec.entries);
+        // Only entries of the topics that exist now, by id: a topic deleted
+        // and created again under its name starts empty.
+        let live: Vec<_> = rec
+            .entries
+            .iter()
+            .filter(|e| {
+                topics
+                    .get(&e.entry.topic)
+                    .is_some_and(|t| t.id.0 == e.entry.topic_id)
+            })
+            .cloned()
+            .collect();
+        let logs = recovery::rebuild(&live);
         let mut recovered = Recovered::new();
         let mut batches = 0;
         for (key, log) in logs {
@@ -164,6 +176,7 @@ impl DurableLog for WalLog {
     fn append(&self, e: AppendEntry) -> AppendAck {
         let rx = self.handle.append(WalEntry {
             topic: e.topic,
+            topic_id: e.topic_id,
             partition: e.partition,
             base_offset: e.base_offset,
             last_offset: e.last_offset,

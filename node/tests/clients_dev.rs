@@ -118,3 +118,12 @@ fn metrics_count_requests_wal_objects_and_latency() {
     assert!(value(&text, "ferry_cache_hit_ratio") > 0.0);
     assert!(text.contains("ferry_shard_queue_depth{shard=\"0\"}"));
 }
+
+#[test]
+fn a_recreated_topic_starts_empty_even_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = DevNode::start(dir.path(), free_port(), &[]);
+    python("recreate_topic.py", &[&node.bootstrap(), "run"], 120);
+    node.kill9_and_restart(&[]);
+    python("recreate_topic.py", &[&node.bootstrap(), "check"], 60);
+}

@@ -22,8 +22,9 @@
 //! 32            ...   entries' bytes back to back, grouped by partition
 //! index (starts at index_offset, index_len bytes)
 //! +0            4     entry count (u32)
-//!               per entry (INDEX_ENTRY_FIXED_LEN = 68 bytes + topic):
+//!               per entry (INDEX_ENTRY_FIXED_LEN = 84 bytes + topic):
 //!               2     topic length (u16), then the topic (UTF-8)
+//!               16    topic id: tells a topic from an earlier one of the same name
 //!               4     partition (i32)
 //!               8     base offset (i64)
 //!               8     last offset (i64)
@@ -70,7 +71,7 @@ pub const HEADER_LEN: usize = 32;
 /// Size of the footer.
 pub const FOOTER_LEN: usize = 24;
 /// Size of one index entry without its topic name.
-pub const INDEX_ENTRY_FIXED_LEN: usize = 68;
+pub const INDEX_ENTRY_FIXED_LEN: usize = 84;
 
 /// The idempotent-producer fields of an entry's batch. They are kept in the
 /// index so that recovery rebuilds producer state (duplicate detection)
@@ -216,6 +217,9 @@ impl Footer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalEntry {
     pub topic: Arc<str>,
+    /// The topic's id, so that a topic deleted and created again under the
+    /// same name never gets the old one's data back at recovery.
+    pub topic_id: [u8; 16],
     pub partition: i32,
     pub base_offset: i64,
     pub last_offset: i64,
@@ -262,6 +266,7 @@ impl WalEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexEntry {
     pub topic: Arc<str>,
+    pub topic_id: [u8; 16],
     pub partition: i32,
     pub base_offset: i64,
     pub last_offset: i64,
@@ -291,6 +296,7 @@ impl IndexEntry {
         debug_assert!(self.topic.len() <= TOPIC_LEN_MAX);
         out.put_u16_le(self.topic.len() as u16);
         out.put_slice(self.topic.as_bytes());
+        out.put_slice(&self.topic_id);
         out.put_i32_le(self.partition);
         out.put_i64_le(self.base_offset);
         out.put_i64_le(self.last_offset);
@@ -466,6 +472,7 @@ impl ObjectBuilder {
         }
         let index_entry = IndexEntry {
             topic: entry.topic.clone(),
+            topic_id: entry.topic_id,
             partition: entry.partition,
             base_offset: entry.base_offset,
             last_offset: entry.last_offset,
@@ -596,6 +603,7 @@ pub fn decode_index(
         })?;
         let e = IndexEntry {
             topic: Arc::from(topic),
+            topic_id: r.array(),
             partition: r.i32(),
             base_offset: r.i64(),
             last_offset: r.i64(),
@@ -742,6 +750,7 @@ mod tests {
     fn entry(topic: &str, partition: i32, base: i64, segs: &[&[u8]]) -> WalEntry {
         WalEntry {
             topic: Arc::from(topic),
+            topic_id: [7; 16],
             partition,
             base_offset: base,
             last_offset: base + 9,
@@ -952,6 +961,7 @@ mod tests {
                 .into_iter()
                 .map(|(t, p, base, segs)| WalEntry {
                     topic: Arc::from(t.as_str()),
+                    topic_id: [p as u8; 16],
                     partition: p,
                     base_offset: base,
                     last_offset: base + 3,

@@ -260,6 +260,7 @@ mod tests {
             seq,
             entry: IndexEntry {
                 topic: Arc::from(topic),
+                topic_id: [0; 16],
                 partition,
                 base_offset: base,
                 last_offset: last,

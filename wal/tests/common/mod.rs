@@ -47,6 +47,7 @@ pub fn entry(topic: &str, partition: i32, base: i64, len: usize) -> WalEntry {
     let cut = len / 3;
     WalEntry {
         topic: Arc::from(topic),
+        topic_id: [1; 16],
         partition,
         base_offset: base,
         last_offset: base + 9,
