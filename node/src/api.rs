@@ -315,7 +315,7 @@ async fn produce(
     shard
         .ctx
         .metrics
-        .produce_latency_us(started.elapsed().as_micros() as u64);
+        .produce_latency_us(shard.id, started.elapsed().as_micros() as u64);
     if acks == 0 {
         return None;
     }
@@ -407,7 +407,7 @@ async fn fetch(shard: &Rc<Shard>, f: fetch_request::FetchRequest) -> fetch_respo
             shard
                 .ctx
                 .metrics
-                .fetch_latency_us(started.elapsed().as_micros() as u64);
+                .fetch_latency_us(shard.id, started.elapsed().as_micros() as u64);
             let mut results = results.into_iter();
             let responses = topics
                 .iter()

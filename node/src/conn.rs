@@ -18,7 +18,10 @@ use std::sync::atomic::Ordering::Relaxed;
 
 /// Requests one connection may have in flight.
 pub const INFLIGHT_REQUESTS_MAX: usize = 64;
-const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Most bytes one read asks for. The read buffer is zeroed before each read
+/// (safe Rust cannot read into uninitialised memory), so only this much is
+/// zeroed per read, never the rest of a large frame again and again.
+const READ_CHUNK_BYTES: usize = 256 * 1024;
 
 /// What the writer is given per request: the response segments, or `None`
 /// for no response (acks=0), or an instruction to close.
@@ -71,8 +74,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         if need > 0 {
             buf.reserve(need.max(READ_CHUNK_BYTES));
             let len = buf.len();
-            let cap = buf.capacity();
-            buf.resize(cap, 0);
+            let end = buf.capacity().min(len + READ_CHUNK_BYTES);
+            buf.resize(end, 0);
             let n = match rd.read(&mut buf[len..]).await {
                 Ok(0) | Err(_) => {
                     buf.truncate(len);

@@ -2,7 +2,8 @@
 //!
 //! Counters are per node and updated with relaxed atomics: shards never
 //! wait on each other to count. Latency goes into one HdrHistogram per shard
-//! and API kind, merged only when `/metrics` is read.
+//! and API kind, each behind its own lock that only its shard and a scrape
+//! ever take, merged only when `/metrics` is read.
 
 use ferry_protocol::messages::APIS;
 use hdrhistogram::Histogram;
@@ -27,8 +28,8 @@ pub struct Metrics {
     cache_misses: AtomicU64,
     pub queue_depth: Vec<AtomicI64>,
     pub unknown_zone_clients: AtomicU64,
-    produce_us: Mutex<Histogram<u64>>,
-    fetch_us: Mutex<Histogram<u64>>,
+    produce_us: Vec<Mutex<Histogram<u64>>>,
+    fetch_us: Vec<Mutex<Histogram<u64>>>,
 }
 
 impl Metrics {
@@ -48,8 +49,8 @@ impl Metrics {
             cache_misses: AtomicU64::new(0),
             queue_depth: (0..shards).map(|_| AtomicI64::new(0)).collect(),
             unknown_zone_clients: AtomicU64::new(0),
-            produce_us: Mutex::new(hist()),
-            fetch_us: Mutex::new(hist()),
+            produce_us: (0..shards.max(1)).map(|_| Mutex::new(hist())).collect(),
+            fetch_us: (0..shards.max(1)).map(|_| Mutex::new(hist())).collect(),
         }
     }
 
@@ -82,12 +83,16 @@ impl Metrics {
         self.cache_misses.fetch_add(1, Relaxed);
     }
 
-    pub fn produce_latency_us(&self, us: u64) {
-        let _ = self.produce_us.lock().record(us.max(1));
+    pub fn produce_latency_us(&self, shard: usize, us: u64) {
+        if let Some(h) = self.produce_us.get(shard) {
+            let _ = h.lock().record(us.max(1));
+        }
     }
 
-    pub fn fetch_latency_us(&self, us: u64) {
-        let _ = self.fetch_us.lock().record(us.max(1));
+    pub fn fetch_latency_us(&self, shard: usize, us: u64) {
+        if let Some(h) = self.fetch_us.get(shard) {
+            let _ = h.lock().record(us.max(1));
+        }
     }
 
     /// The Prometheus text exposition. `extra` is appended as is (the WAL's
@@ -168,8 +173,14 @@ impl Metrics {
             "# TYPE ferry_unknown_zone_clients_total counter\nferry_unknown_zone_clients_total {}",
             self.unknown_zone_clients.load(Relaxed)
         );
-        for (name, hist) in [("produce", &self.produce_us), ("fetch", &self.fetch_us)] {
-            let h = hist.lock();
+        for (name, per_shard) in [("produce", &self.produce_us), ("fetch", &self.fetch_us)] {
+            let mut h = match per_shard.first() {
+                Some(first) => first.lock().clone(),
+                None => continue,
+            };
+            for other in per_shard.iter().skip(1) {
+                let _ = h.add(&*other.lock());
+            }
             let _ = writeln!(o, "# TYPE ferry_{name}_latency_seconds summary");
             for q in [0.5, 0.9, 0.99, 0.999] {
                 let v = h.value_at_quantile(q) as f64 / 1e6;
@@ -193,7 +204,8 @@ mod tests {
         m.request(0);
         m.request(3);
         m.error(6);
-        m.produce_latency_us(250_000);
+        m.produce_latency_us(0, 250_000);
+        m.produce_latency_us(1, 250_000);
         m.cache_bytes_add(1, 100);
         let text = m.render("ferry_wal_objects_total 3\n");
         assert!(
