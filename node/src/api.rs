@@ -358,7 +358,7 @@ async fn fetch(shard: &Rc<Shard>, f: fetch_request::FetchRequest) -> fetch_respo
     let started = Instant::now();
     let deadline = started + Duration::from_millis(f.max_wait_ms.clamp(0, 60_000) as u64);
     let min_bytes = f.min_bytes.max(0) as usize;
-    let mut response_bytes_max = if f.max_bytes > 0 {
+    let response_bytes_max = if f.max_bytes > 0 {
         f.max_bytes as usize
     } else {
         usize::MAX
@@ -395,15 +395,28 @@ async fn fetch(shard: &Rc<Shard>, f: fetch_request::FetchRequest) -> fetch_respo
         }
         let mut results = Vec::with_capacity(tasks.len());
         let mut total = 0usize;
+        let mut any_error = false;
         for t in tasks {
-            let r = t.await;
-            if let Some(r) = &r {
-                total += r.records.len();
+            let mut r = t.await;
+            match &mut r {
+                Some(r) => {
+                    // The response-level max_bytes: partitions are filled in
+                    // request order, and the first one with data always gets
+                    // its records (KIP-74), even past the limit.
+                    if total > 0 && total + r.records.len() > response_bytes_max {
+                        r.records = Default::default();
+                    }
+                    total += r.records.len();
+                    any_error |= r.error.is_err();
+                }
+                None => any_error = true,
             }
             results.push(r);
         }
         let now = Instant::now();
-        if total >= min_bytes.max(1) || now >= deadline || topics.is_empty() {
+        // Kafka answers at once on an error, or when min_bytes is met
+        // (min_bytes 0 means "do not wait").
+        if total >= min_bytes || any_error || now >= deadline || topics.is_empty() {
             shard
                 .ctx
                 .metrics
@@ -441,8 +454,6 @@ async fn fetch(shard: &Rc<Shard>, f: fetch_request::FetchRequest) -> fetch_respo
                                     out.high_watermark = r.high_watermark;
                                     out.last_stable_offset = r.high_watermark;
                                     out.log_start_offset = r.log_start;
-                                    response_bytes_max =
-                                        response_bytes_max.saturating_sub(r.records.len());
                                     out.records = Some(r.records);
                                 }
                             }

@@ -51,7 +51,7 @@ pub enum Appended {
         entry_index: usize,
     },
     /// A retry of a batch already in the log: answer with its offset.
-    Duplicate { base_offset: i64 },
+    Duplicate { base_offset: i64, last_offset: i64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -166,24 +166,35 @@ impl PartitionLog {
             let epoch = batch.producer_epoch();
             let first = batch.base_sequence();
             let last = batch.last_sequence();
-            let st = self.producers.entry(pid).or_default();
-            if epoch < st.epoch {
-                return Err(AppendError::Fenced {
-                    producer_id: pid,
-                    current: st.epoch,
-                    got: epoch,
-                });
+            // A producer's state is created only by a batch that is
+            // appended, so refused batches with made-up ids leave nothing.
+            if let Some(st) = self.producers.get_mut(&pid) {
+                if epoch < st.epoch {
+                    return Err(AppendError::Fenced {
+                        producer_id: pid,
+                        current: st.epoch,
+                        got: epoch,
+                    });
+                }
+                if epoch > st.epoch {
+                    st.epoch = epoch;
+                    st.recent.clear();
+                }
             }
-            if epoch > st.epoch {
-                st.epoch = epoch;
-                st.recent.clear();
-            }
+            let st = self.producers.get(&pid);
             if let Some(&(_, _, base)) =
-                st.recent.iter().find(|(f, l, _)| *f == first && *l == last)
+                st.and_then(|st| st.recent.iter().find(|(f, l, _)| *f == first && *l == last))
             {
-                return Ok((Appended::Duplicate { base_offset: base }, None));
+                let last_offset = base + i64::from(batch.last_offset_delta());
+                return Ok((
+                    Appended::Duplicate {
+                        base_offset: base,
+                        last_offset,
+                    },
+                    None,
+                ));
             }
-            if let Some(&(_, prev_last, _)) = st.recent.back() {
+            if let Some(&(_, prev_last, _)) = st.and_then(|st| st.recent.back()) {
                 let expected = if prev_last == i32::MAX {
                     0
                 } else {
@@ -254,11 +265,14 @@ impl PartitionLog {
         ))
     }
 
-    /// Records that the batch at `entry_index` is durable at `location`.
-    pub fn made_durable(&mut self, entry_index: usize, location: Location) {
+    /// Records that the batch at `entry_index`, whose base offset is
+    /// `base_offset`, is durable at `location`. A batch rolled back and
+    /// replaced meanwhile is left alone.
+    pub fn made_durable(&mut self, entry_index: usize, base_offset: i64, location: Location) {
         if let Some(b) = entry_index
             .checked_sub(self.front_index)
             .and_then(|i| self.batches.get_mut(i))
+            .filter(|b| b.base_offset == base_offset && b.location.is_none())
         {
             b.location = Some(location);
             self.high_watermark = self.high_watermark.max(b.last_offset + 1);
@@ -375,14 +389,20 @@ impl PartitionLog {
     }
 
     /// Drops batches older than `before_ms` or beyond `bytes_max` of total
-    /// size, keeping at least the batches at or above the high watermark.
+    /// size. It keeps the batches at or above the high watermark, and always
+    /// the last batch, as Kafka keeps the active segment: the WAL object that
+    /// holds it is what tells recovery where the log ends, so offsets are
+    /// never given out again after a restart.
     pub fn apply_retention(&mut self, before_ms: Option<i64>, bytes_max: Option<u64>) -> usize {
         let mut total: u64 = self.batches.iter().map(|b| u64::from(b.len)).sum();
         let mut dropped = 0;
         while let Some(front) = self.batches.front() {
             let too_old = before_ms.is_some_and(|t| front.max_timestamp < t);
             let too_big = bytes_max.is_some_and(|m| total > m);
-            if !(too_old || too_big) || front.last_offset >= self.high_watermark {
+            if !(too_old || too_big)
+                || front.last_offset >= self.high_watermark
+                || self.batches.len() == 1
+            {
                 break;
             }
             total -= u64::from(front.len);
@@ -458,8 +478,8 @@ mod tests {
         // Nothing is visible before it is durable.
         assert_eq!(p.high_watermark(), 0);
         assert!(p.read(0, 1 << 20).is_empty());
-        for (i, _) in &entries {
-            p.made_durable(*i, loc());
+        for (i, e) in &entries {
+            p.made_durable(*i, e.base_offset, loc());
         }
         assert_eq!(p.high_watermark(), 9);
         let read = p.read(3, 1 << 20);
@@ -484,7 +504,10 @@ mod tests {
         // The same batch again is a duplicate at the same offset.
         assert_eq!(
             p.append(b).unwrap().0,
-            Appended::Duplicate { base_offset: 0 }
+            Appended::Duplicate {
+                base_offset: 0,
+                last_offset: 1
+            }
         );
         assert_eq!(p.log_end(), 2);
         // A gap in the sequence is refused.
@@ -531,6 +554,41 @@ mod tests {
     }
 
     #[test]
+    fn retention_keeps_the_last_batch_and_stale_acks_change_nothing() {
+        let mut p = PartitionLog::new("t".into(), [0; 16], 0);
+        let raw = batch(1, None);
+        let b = &PartitionLog::check(&raw).unwrap()[0];
+        let mut idx = Vec::new();
+        for _ in 0..3 {
+            let (
+                Appended::New {
+                    entry_index,
+                    base_offset,
+                },
+                _,
+            ) = p.append(b).unwrap()
+            else {
+                panic!()
+            };
+            idx.push((entry_index, base_offset));
+        }
+        // An acknowledgement naming the wrong batch is ignored.
+        p.made_durable(idx[0].0, 7, loc());
+        assert_eq!(p.high_watermark(), 0);
+        for (i, base) in &idx {
+            p.made_durable(*i, *base, loc());
+        }
+        assert_eq!(p.high_watermark(), 3);
+        assert_eq!(
+            p.apply_retention(Some(i64::MAX), None),
+            2,
+            "all but the last batch"
+        );
+        assert_eq!((p.log_start(), p.log_end()), (2, 3));
+        assert_eq!(p.oldest_object_seq(), Some(0));
+    }
+
+    #[test]
     fn eviction_keeps_undurable_batches_and_retention_trims_the_front() {
         let mut p = PartitionLog::new("t".into(), [0; 16], 0);
         let raw = batch(1, None);
@@ -541,7 +599,7 @@ mod tests {
             panic!()
         };
         assert_eq!(p.evict(0), Some(false), "not durable yet");
-        p.made_durable(entry_index, loc());
+        p.made_durable(entry_index, 0, loc());
         assert_eq!(p.evict(0), Some(true));
         assert_eq!(p.evict(0), None, "already evicted");
         assert!(p.read(0, 100)[0].data.is_none());

@@ -334,6 +334,7 @@ impl Shard {
             return ProduceResult::err(ErrorCode::REQUEST_TIMED_OUT, e.to_string());
         }
         let mut first_offset = None;
+        let mut duplicate_last: Option<i64> = None;
         let mut pending = Vec::new();
         let generation = log.borrow().generation();
         {
@@ -352,9 +353,20 @@ impl Shard {
                         pending.push((entry_index, base_offset, self.ctx.durable.append(entry)));
                         self.cached(&topic, partition, base_offset, len);
                     }
-                    Ok((Appended::New { base_offset, .. }, None))
-                    | Ok((Appended::Duplicate { base_offset }, _)) => {
+                    Ok((Appended::New { base_offset, .. }, None)) => {
                         first_offset.get_or_insert(base_offset);
+                    }
+                    Ok((
+                        Appended::Duplicate {
+                            base_offset,
+                            last_offset,
+                        },
+                        _,
+                    )) => {
+                        // A retry of a batch that may not be durable yet: it
+                        // is answered only once it is.
+                        first_offset.get_or_insert(base_offset);
+                        duplicate_last = duplicate_last.max(Some(last_offset));
                     }
                     Err(e) => {
                         if first_offset.is_none() {
@@ -375,7 +387,7 @@ impl Shard {
             let mut outcome = Ok(());
             for (idx, base, ack) in pending {
                 match ack.await {
-                    Ok(loc) if outcome.is_ok() => log2.borrow_mut().made_durable(idx, loc),
+                    Ok(loc) if outcome.is_ok() => log2.borrow_mut().made_durable(idx, base, loc),
                     Ok(_) => {}
                     Err(e) => {
                         if outcome.is_ok() {
@@ -405,7 +417,8 @@ impl Shard {
             };
         }
         let timeout = Duration::from_millis(timeout_ms.clamp(1, 300_000) as u64);
-        match glommio::timer::timeout(timeout, async { Ok(done_rx.await) }).await {
+        let deadline = Instant::now() + timeout;
+        let result = match glommio::timer::timeout(timeout, async { Ok(done_rx.await) }).await {
             Ok(Ok(Ok(()))) => ProduceResult {
                 error: ErrorCode::NONE,
                 base_offset,
@@ -418,6 +431,52 @@ impl Shard {
                 ErrorCode::REQUEST_TIMED_OUT,
                 "the WAL object was not durable in time",
             ),
+        };
+        match duplicate_last {
+            Some(last) if result.error.is_ok() => self
+                .await_durable(&log, &topic, partition, last, deadline, generation)
+                .await
+                .map_or(result, |e| {
+                    ProduceResult::err(e, "the original of this retry was not made durable")
+                }),
+            _ => result,
+        }
+    }
+
+    /// Waits until offset `last` is below the high watermark. `Some(code)`
+    /// if it is not by `deadline`, or if the batch holding it was rolled
+    /// back (a retriable code: the producer sends it again).
+    async fn await_durable(
+        self: &Rc<Self>,
+        log: &Rc<RefCell<PartitionLog>>,
+        topic: &Arc<str>,
+        partition: i32,
+        last: i64,
+        deadline: Instant,
+        generation: u64,
+    ) -> Option<ErrorCode> {
+        loop {
+            {
+                let l = log.borrow();
+                if l.high_watermark() > last {
+                    return None;
+                }
+                if l.generation() != generation {
+                    return Some(ErrorCode::REQUEST_TIMED_OUT);
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Some(ErrorCode::REQUEST_TIMED_OUT);
+            }
+            let waited = glommio::timer::timeout(left, async {
+                self.wait(topic.clone(), partition, last).await;
+                Ok(())
+            })
+            .await;
+            if waited.is_err() {
+                return Some(ErrorCode::REQUEST_TIMED_OUT);
+            }
         }
     }
 
@@ -548,6 +607,7 @@ impl Shard {
         };
         let mut batches = batches;
         // Older batches come back from the bucket with a ranged GET each.
+        let mut read_failed = false;
         for b in batches.iter_mut().filter(|b| b.data.is_none()) {
             match self.read_back(b).await {
                 Ok(data) => {
@@ -557,6 +617,7 @@ impl Shard {
                     self.ctx.metrics.cache_miss();
                 }
                 Err(e) => {
+                    read_failed = true;
                     tracing::warn!(topic = %topic, partition, offset = b.base_offset, error = %e, "read from bucket failed");
                     break;
                 }
@@ -569,6 +630,14 @@ impl Shard {
             .collect();
         if !served.is_empty() {
             self.ctx.metrics.cache_hit();
+        }
+        if served.is_empty() && read_failed {
+            // Retriable: the client fetches again rather than wait on
+            // data that is there but could not be read.
+            let mut r = FetchResult::err(ErrorCode::KAFKA_STORAGE_ERROR);
+            r.high_watermark = hw;
+            r.log_start = start;
+            return r;
         }
         FetchResult {
             error: ErrorCode::NONE,
@@ -665,7 +734,8 @@ impl Shard {
             -1 => (l.high_watermark(), -1),
             -2 => (l.log_start(), -1),
             // Max timestamp (KIP-734): the last batch's, approximately.
-            -3 => (l.high_watermark().saturating_sub(1).max(l.log_start()), -1),
+            -3 if l.high_watermark() <= l.log_start() => (-1, -1),
+            -3 => (l.high_watermark() - 1, -1),
             ts => l.offset_for_timestamp(ts).unwrap_or((-1, -1)),
         };
         ListOffsetResult {

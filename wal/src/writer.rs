@@ -392,6 +392,12 @@ impl WalHandle {
                     },
                     other => other,
                 };
+                // Later entries of this partition carry later offsets: they
+                // must fail too until the owner rewinds and resumes, or the
+                // partition's acknowledged offsets would have a hole.
+                let _ = self
+                    .tx
+                    .send(Command::Reject(entry.topic.clone(), entry.partition));
                 let _ = tx.send(Err(e));
                 return rx;
             }
@@ -492,6 +498,10 @@ enum Command {
     Append(Pending),
     Flush(oneshot::Sender<Result<(), WalError>>),
     Resume(Arc<str>, i32),
+    /// An append of this partition was refused before it was queued: fail
+    /// the partition's later appends until it is resumed. Entries accepted
+    /// before it hold earlier offsets and go on.
+    Reject(Arc<str>, i32),
     /// Refuse new appends; stop once everything accepted is settled.
     Stop,
 }
@@ -628,6 +638,11 @@ impl Batcher {
                 self.seal(SealReason::Flush);
                 self.flush_waiters.push((self.next_seq, tx));
                 self.settle_flushes();
+            }
+            Command::Reject(topic, partition) => {
+                self.failed_partitions
+                    .entry((topic, partition))
+                    .or_insert_with(|| Arc::from("(refused before upload)"));
             }
             Command::Resume(topic, partition) => {
                 if self

@@ -324,6 +324,14 @@ fn backpressure_bounds_unacknowledged_bytes() {
     }
     assert_eq!(h.inflight_bytes(), 0, "acknowledged bytes are given back");
     store.set_put_latency(Duration::ZERO);
+    // The refusal stopped the partition: later offsets must not get in
+    // until its owner rewinds and resumes it.
+    let stopped = wait(writer.io(), h.append(entry("t", 0, 60, 1000))).unwrap();
+    assert!(
+        matches!(stopped, Err(WalError::PartitionFailed { .. })),
+        "{stopped:?}"
+    );
+    h.resume_partition("t", 0);
     let again = wait(writer.io(), h.append(entry("t", 0, 50, 1000))).unwrap();
     assert!(again.is_ok(), "{again:?}");
 }
