@@ -8,7 +8,11 @@ ratios measured in one run on one machine:
   3. the same client against the `tansu` broker with its memory engine, if
      it is installed (`cargo install tansu --features dynostore`).
 
-The load comes from `ferry-bench` (librdkafka). Build both in release first:
+The load comes from `ferry-bench` (librdkafka). It is built against Debian's
+librdkafka 2.0.2, which tansu 0.6 does not answer; so every run here, Ferry's
+and tansu's alike, loads the current librdkafka that the confluent-kafka wheel
+bundles (LD_LIBRARY_PATH; the C API is stable), and the report names the
+librdkafka version used. Build both in release first:
 
     cargo build --release -p ferry-node -p ferry-bench
     python3 perf/single_node.py [--tansu PATH] [--seconds 20] [--out perf/single-node.md]
@@ -62,13 +66,33 @@ def iperf3_loopback(seconds):
         server.wait()
 
 
+def bundled_librdkafka_dir(work):
+    """A directory holding the confluent-kafka wheel's librdkafka as
+    librdkafka.so.1, or None if the wheel is not installed."""
+    try:
+        import confluent_kafka
+    except ImportError:
+        return None
+    libs = os.path.join(os.path.dirname(os.path.dirname(confluent_kafka.__file__)), "confluent_kafka.libs")
+    found = [f for f in os.listdir(libs) if f.startswith("librdkafka")] if os.path.isdir(libs) else []
+    if not found:
+        return None
+    d = os.path.join(work, "librdkafka")
+    os.makedirs(d, exist_ok=True)
+    os.symlink(os.path.join(libs, found[0]), os.path.join(d, "librdkafka.so.1"))
+    return d
+
+
+BENCH_ENV = dict(os.environ)
+
+
 def bench(bootstrap, topic, rate, seconds, json_path):
     cmd = [os.path.join(RELEASE, "ferry-bench"), "run", "--bootstrap", bootstrap, "--topic", topic,
            "--partitions", "6", "--record-bytes", "1024", "--acks", "all", "--rate", str(int(rate)),
            "--producers", "2", "--consumers", "0", "--warmup-secs", "5", "--duration-secs", str(seconds),
            "--linger-ms", "5", "--json", json_path]
     print("+", " ".join(cmd[1:]), flush=True)
-    subprocess.run(cmd, check=True, timeout=seconds + 120, stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, timeout=seconds + 120, stdout=subprocess.DEVNULL, env=BENCH_ENV)
     with open(json_path) as f:
         return json.load(f)
 
@@ -126,6 +150,9 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "perf", "single-node.md"))
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="ferry-perf-")
+    lib = bundled_librdkafka_dir(work)
+    if lib:
+        BENCH_ENV["LD_LIBRARY_PATH"] = lib
     lines = [f"- Machine: {machine()}", f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
              f"- Command: `python3 perf/single_node.py --seconds {args.seconds}`",
              "- Load: ferry-bench (librdkafka), 2 producers, acks=all, 1 KiB records, 6 partitions, "
@@ -133,6 +160,7 @@ def main():
     loop = iperf3_loopback(10)
     lines.append(f"- Loopback TCP (iperf3, 1 stream, 10 s): {loop:.0f} MB/s")
     peak, half, put_p99, puts = run_ferry(args, work)
+    lines.append(f"- librdkafka used by the load generator: {peak['machine'].get('librdkafka', '?')}")
     fp = peak["publish"]["throughput"]["mb_per_sec"]
     lines.append(f"- Ferry peak (rate 0): {fp:.1f} MB/s, "
                  f"{peak['publish']['throughput']['records_per_sec']:.0f} records/s, "
@@ -148,7 +176,7 @@ def main():
     if os.path.exists(args.tansu):
         try:
             tp = run_tansu(args, work)["publish"]["throughput"]["mb_per_sec"]
-            lines.append(f"- tansu (memory engine) peak: {tp:.1f} MB/s")
+            lines.append(f"- tansu 0.6.0 (memory engine, not durable) peak, same client: {tp:.1f} MB/s")
             lines.append(f"- Ferry / tansu: {fp / tp:.2f} (goal >= 3: {'met' if fp / tp >= 3 else 'NOT met'})")
         except subprocess.CalledProcessError:
             lines.append("- tansu (memory engine): the load generator could not talk to it (see the run's "
