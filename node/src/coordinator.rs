@@ -162,14 +162,28 @@ impl Coordinator {
                 self.deliver(completed);
                 ResponseBody::LeaveGroup(resp)
             }
-            RequestBody::OffsetCommit(o) => {
+            RequestBody::OffsetCommit(mut o) => {
+                // Offsets of topics that do not exist are not stored, as in
+                // Kafka; they are answered UNKNOWN_TOPIC_OR_PARTITION.
+                let (known, unknown): (Vec<_>, Vec<_>) =
+                    o.topics.drain(..).partition(|t| topic_exists(&t.name));
+                o.topics = known;
                 let mut resp = self.state.borrow_mut().offset_commit(&ctx, &o);
-                for t in &mut resp.topics {
-                    if !topic_exists(&t.name) {
-                        for p in &mut t.partitions {
-                            p.error_code = ErrorCode::UNKNOWN_TOPIC_OR_PARTITION.code();
-                        }
-                    }
+                use ferry_protocol::messages::offset_commit_response::*;
+                for t in unknown {
+                    resp.topics.push(OffsetCommitResponseTopic {
+                        name: t.name,
+                        partitions: t
+                            .partitions
+                            .iter()
+                            .map(|p| OffsetCommitResponsePartition {
+                                partition_index: p.partition_index,
+                                error_code: ErrorCode::UNKNOWN_TOPIC_OR_PARTITION.code(),
+                                ..Default::default()
+                            })
+                            .collect(),
+                        ..Default::default()
+                    });
                 }
                 if let Err(e) = self.persist().await {
                     tracing::warn!(error = %e, "committed offsets were not persisted");

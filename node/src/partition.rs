@@ -411,6 +411,13 @@ impl PartitionLog {
             self.front_index += 1;
             dropped += 1;
         }
+        if dropped > 0 {
+            // A producer none of whose recent batches is left is forgotten,
+            // so producer state does not outgrow the log.
+            let start = self.log_start;
+            self.producers
+                .retain(|_, st| st.recent.back().is_some_and(|&(_, _, base)| base >= start));
+        }
         dropped
     }
 }
@@ -556,10 +563,11 @@ mod tests {
     #[test]
     fn retention_keeps_the_last_batch_and_stale_acks_change_nothing() {
         let mut p = PartitionLog::new("t".into(), [0; 16], 0);
-        let raw = batch(1, None);
-        let b = &PartitionLog::check(&raw).unwrap()[0];
         let mut idx = Vec::new();
-        for _ in 0..3 {
+        // Producer 6 writes offset 0; producer 5 writes offsets 1 and 2.
+        for (pid, seq) in [(6, 0), (5, 0), (5, 1)] {
+            let raw = batch(1, Some((pid, 0, seq)));
+            let b = &PartitionLog::check(&raw).unwrap()[0];
             let (
                 Appended::New {
                     entry_index,
@@ -586,6 +594,10 @@ mod tests {
         );
         assert_eq!((p.log_start(), p.log_end()), (2, 3));
         assert_eq!(p.oldest_object_seq(), Some(0));
+        // Producer 6 has nothing left in the log and is forgotten; 5 is not.
+        let mut left: Vec<_> = p.producers.keys().copied().collect();
+        left.sort_unstable();
+        assert_eq!(left, [5]);
     }
 
     #[test]

@@ -6,7 +6,7 @@ Usage: group_rebalance.py BOOTSTRAP run|check
 import sys
 import time
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 bootstrap, phase = sys.argv[1], sys.argv[2]
@@ -69,6 +69,15 @@ elif phase == "check":
     offs = {tp.partition: tp.offset for tp in got}
     if offs != {p: 5 + p for p in range(PARTS)}:
         fail(f"committed offsets after restart: {offs}")
+    # Offsets of a topic that does not exist are refused and not stored.
+    try:
+        c.commit(offsets=[TopicPartition("no-such-topic", 0, 3)], asynchronous=False)
+        refused = False
+    except KafkaException:
+        refused = True
+    stored = c.committed([TopicPartition("no-such-topic", 0)], timeout=20)[0].offset
+    if not refused or stored >= 0:
+        fail(f"commit to a missing topic: refused={refused}, stored offset {stored}")
     c.close()
     print("committed offsets survived:", offs, flush=True)
     print("OK", flush=True)
