@@ -22,6 +22,16 @@ pub const INFLIGHT_REQUESTS_MAX: usize = 64;
 /// (safe Rust cannot read into uninitialised memory), so only this much is
 /// zeroed per read, never the rest of a large frame again and again.
 const READ_CHUNK_BYTES: usize = 256 * 1024;
+/// Fewest bytes one read asks for.
+const READ_CHUNK_BYTES_MIN: usize = 4 * 1024;
+
+/// How much to read at a time, from the frames seen so far: about four
+/// frames' worth. Frames are cut from the read buffer without a copy and
+/// cached batches keep their buffer alive, so reading far more than the
+/// frames a client sends would let a small cached batch pin a large buffer.
+fn read_chunk(frame_bytes_avg: usize) -> usize {
+    (frame_bytes_avg * 4).clamp(READ_CHUNK_BYTES_MIN, READ_CHUNK_BYTES)
+}
 
 /// What the writer is given per request: the response segments, or `None`
 /// for no response (acks=0), or an instruction to close.
@@ -60,7 +70,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         let _ = wr.close().await;
     });
     let reader = FrameReader::new(shard.ctx.frame_bytes_max);
-    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES_MIN);
+    // A running average of frame sizes on this connection.
+    let mut frame_bytes_avg = READ_CHUNK_BYTES_MIN;
     'conn: loop {
         // Reserve what the next frame needs, once its size is known and
         // checked; a small read buffer otherwise.
@@ -72,9 +84,12 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             }
         };
         if need > 0 {
-            buf.reserve(need.max(READ_CHUNK_BYTES));
+            let chunk = read_chunk(frame_bytes_avg);
+            buf.reserve(need.max(chunk));
             let len = buf.len();
-            let end = buf.capacity().min(len + READ_CHUNK_BYTES);
+            let end = buf
+                .capacity()
+                .min(len + need.max(chunk).min(READ_CHUNK_BYTES));
             buf.resize(end, 0);
             let n = match rd.read(&mut buf[len..]).await {
                 Ok(0) | Err(_) => {
@@ -95,6 +110,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                     break 'conn;
                 }
             };
+            frame_bytes_avg = (frame_bytes_avg * 7 + f.len()) / 8;
             let req = match frame::decode_request(&f, &shard.ctx.supported) {
                 Ok(r) => r,
                 Err(e) => {
@@ -132,4 +148,16 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     drop(tx);
     writer.await;
     shard.ctx.metrics.connections.fetch_sub(1, Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_follow_the_frames_a_client_sends() {
+        assert_eq!(read_chunk(100), READ_CHUNK_BYTES_MIN);
+        assert_eq!(read_chunk(16 * 1024), 64 * 1024);
+        assert_eq!(read_chunk(1 << 20), READ_CHUNK_BYTES);
+    }
 }
