@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -86,6 +87,19 @@ def bundled_librdkafka_dir(work):
 BENCH_ENV = dict(os.environ)
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds a running process has used."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def children_cpu_seconds():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def bench(bootstrap, topic, rate, seconds, json_path):
     cmd = [os.path.join(RELEASE, "ferry-bench"), "run", "--bootstrap", bootstrap, "--topic", topic,
            "--partitions", "6", "--record-bytes", "1024", "--acks", "all", "--rate", str(int(rate)),
@@ -114,7 +128,10 @@ def run_ferry(args, work):
     try:
         if not wait_port(port):
             sys.exit("ferry did not start")
+        broker_before, load_before, wall_before = cpu_seconds(proc.pid), children_cpu_seconds(), time.time()
         peak = bench(f"127.0.0.1:{port}", "peak", 0, args.seconds, os.path.join(work, "ferry-peak.json"))
+        peak["cpu"] = {"broker_s": cpu_seconds(proc.pid) - broker_before,
+                       "load_s": children_cpu_seconds() - load_before, "wall_s": time.time() - wall_before}
         peak_rps = peak["publish"]["throughput"]["records_per_sec"]
         half = bench(f"127.0.0.1:{port}", "half", peak_rps / 2, args.seconds, os.path.join(work, "ferry-half.json"))
         put_p99 = metric(mport, "ferry_wal_upload_latency_seconds", 'quantile="0.99"')
@@ -161,6 +178,9 @@ def main():
     lines.append(f"- Loopback TCP (iperf3, 1 stream, 10 s): {loop:.0f} MB/s")
     peak, half, put_p99, puts = run_ferry(args, work)
     lines.append(f"- librdkafka used by the load generator: {peak['machine'].get('librdkafka', '?')}")
+    cpu = peak["cpu"]
+    lines.append(f"- CPU during Ferry's peak run ({cpu['wall_s']:.0f} s wall, {os.cpu_count()} cores): "
+                 f"broker {cpu['broker_s']:.1f} s, load generator {cpu['load_s']:.1f} s")
     fp = peak["publish"]["throughput"]["mb_per_sec"]
     lines.append(f"- Ferry peak (rate 0): {fp:.1f} MB/s, "
                  f"{peak['publish']['throughput']['records_per_sec']:.0f} records/s, "
@@ -190,5 +210,16 @@ def main():
         f.write(text)
 
 
+def main_cleaning_up():
+    """Runs the benchmark; its buckets (gigabytes per run) never outlive it."""
+    before = set(os.listdir(tempfile.gettempdir()))
+    try:
+        main()
+    finally:
+        for name in set(os.listdir(tempfile.gettempdir())) - before:
+            if name.startswith("ferry-perf-"):
+                shutil.rmtree(os.path.join(tempfile.gettempdir(), name), ignore_errors=True)
+
+
 if __name__ == "__main__":
-    main()
+    main_cleaning_up()
