@@ -12,7 +12,9 @@
 //! - [`partition`]: one partition's log: checks, offsets, idempotent
 //!   producers, the high watermark, cached batch bytes.
 //! - [`topics`]: the node-wide topic table, read by shards without locks.
-//! - [`durable`]: what shards need from the WAL, and an in-memory stand-in.
+//! - [`durable`]: what shards need from the WAL, and an in-memory stand-in;
+//!   [`wal_log`] is the real one over `ferry-wal`, with recovery at start-up
+//!   and deletion of WAL objects nothing reads any more.
 //! - [`node`]: what every shard of a node shares.
 //! - [`metrics`]: counters and latency histograms, in Prometheus format;
 //!   [`http`] serves them at `/metrics`.
