@@ -155,6 +155,58 @@ impl PartitionLog {
         Ok(out)
     }
 
+    /// Checks the producer sequences of several batches bound for this
+    /// partition in one request, as if each were appended in turn, without
+    /// changing anything: a request is all or nothing per partition, as in
+    /// Kafka, so a later batch's sequence error must refuse the earlier ones.
+    pub fn check_sequences(&self, batches: &[RecordBatch]) -> Result<(), AppendError> {
+        // (epoch, recent (first, last) sequences) per producer, as the
+        // appends so far would leave them.
+        let mut sim: HashMap<i64, (i16, Vec<(i32, i32)>)> = HashMap::new();
+        for b in batches {
+            let pid = b.producer_id();
+            if pid < 0 {
+                continue;
+            }
+            let (epoch, first, last) = (b.producer_epoch(), b.base_sequence(), b.last_sequence());
+            let st = sim
+                .entry(pid)
+                .or_insert_with(|| match self.producers.get(&pid) {
+                    Some(p) => (p.epoch, p.recent.iter().map(|&(f, l, _)| (f, l)).collect()),
+                    None => (epoch, Vec::new()),
+                });
+            if epoch < st.0 {
+                return Err(AppendError::Fenced {
+                    producer_id: pid,
+                    current: st.0,
+                    got: epoch,
+                });
+            }
+            if epoch > st.0 {
+                *st = (epoch, Vec::new());
+            }
+            if st.1.contains(&(first, last)) {
+                continue;
+            }
+            if let Some(&(_, prev_last)) = st.1.last() {
+                let expected = if prev_last == i32::MAX {
+                    0
+                } else {
+                    prev_last + 1
+                };
+                if first != expected {
+                    return Err(AppendError::OutOfOrder {
+                        producer_id: pid,
+                        expected,
+                        got: first,
+                    });
+                }
+            }
+            st.1.push((first, last));
+        }
+        Ok(())
+    }
+
     /// Appends one checked batch: duplicate check, offsets, and the WAL entry
     /// to write.
     pub fn append(
@@ -598,6 +650,23 @@ mod tests {
         let mut left: Vec<_> = p.producers.keys().copied().collect();
         left.sort_unstable();
         assert_eq!(left, [5]);
+    }
+
+    #[test]
+    fn a_request_whose_later_batch_is_out_of_order_is_refused_whole() {
+        let p = PartitionLog::new("t".into(), [0; 16], 0);
+        let ok: Vec<_> = [batch(2, Some((3, 0, 0))), batch(1, Some((3, 0, 2)))]
+            .iter()
+            .map(|raw| PartitionLog::check(raw).unwrap().remove(0))
+            .collect();
+        assert!(p.check_sequences(&ok).is_ok());
+        let gap: Vec<_> = [batch(2, Some((3, 0, 0))), batch(1, Some((3, 0, 7)))]
+            .iter()
+            .map(|raw| PartitionLog::check(raw).unwrap().remove(0))
+            .collect();
+        let err = p.check_sequences(&gap).unwrap_err();
+        assert_eq!(err.error_code(), ErrorCode::OUT_OF_ORDER_SEQUENCE_NUMBER);
+        assert_eq!(p.log_end(), 0, "nothing was appended");
     }
 
     #[test]

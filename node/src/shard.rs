@@ -330,6 +330,11 @@ impl Shard {
             Ok(b) => b,
             Err(e) => return ProduceResult::err(e.error_code(), e.to_string()),
         };
+        if batches.len() > 1 {
+            if let Err(e) = log.borrow().check_sequences(&batches) {
+                return ProduceResult::err(e.error_code(), e.to_string());
+            }
+        }
         if let Err(e) = self.ctx.durable.reserve(records.len()) {
             return ProduceResult::err(ErrorCode::REQUEST_TIMED_OUT, e.to_string());
         }
