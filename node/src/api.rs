@@ -155,6 +155,14 @@ async fn create_topic(
     Ok(())
 }
 
+/// A per-resource result as the error code and message of a response.
+fn outcome(r: Result<(), (ErrorCode, String)>) -> (ErrorCode, Option<KStr>) {
+    match r {
+        Ok(()) => (ErrorCode::NONE, None),
+        Err((code, message)) => (code, Some(s(&message))),
+    }
+}
+
 fn topic_error_code(e: &TopicError) -> ErrorCode {
     match e {
         TopicError::Exists(_) => ErrorCode::TOPIC_ALREADY_EXISTS,
@@ -581,10 +589,7 @@ async fn create_topics(
             .get(&t.name)
             .map(|i| i.id)
             .unwrap_or_default();
-        let (code, msg) = match result {
-            Ok(()) => (ErrorCode::NONE, None),
-            Err((code, msg)) => (code, Some(s(&msg))),
-        };
+        let (code, msg) = outcome(result);
         out.push(CreatableTopicResult {
             name: t.name,
             topic_id: id,
@@ -645,10 +650,7 @@ async fn delete_topics(
                 }
             }
         };
-        let (code, msg) = match result {
-            Ok(()) => (ErrorCode::NONE, None),
-            Err((c, m)) => (c, Some(s(&m))),
-        };
+        let (code, msg) = outcome(result);
         out.push(DeletableTopicResult {
             name: name.as_deref().map(s),
             topic_id: id,
@@ -684,10 +686,7 @@ async fn create_partitions(
                 Err(e) => Err((topic_error_code(&e), e.to_string())),
             }
         };
-        let (code, msg) = match r {
-            Ok(()) => (ErrorCode::NONE, None),
-            Err((c, m)) => (c, Some(s(&m))),
-        };
+        let (code, msg) = outcome(r);
         results.push(CreatePartitionsTopicResult {
             name: t.name,
             error_code: code.code(),
@@ -725,10 +724,7 @@ async fn alter_configs(
             a.validate_only,
         )
         .await;
-        let (code, msg) = match result {
-            Ok(()) => (ErrorCode::NONE, None),
-            Err((c, m)) => (c, Some(s(&m))),
-        };
+        let (code, msg) = outcome(result);
         responses.push(AlterConfigsResourceResponse {
             error_code: code.code(),
             error_message: msg,
@@ -767,10 +763,7 @@ async fn incremental_alter_configs(
             a.validate_only,
         )
         .await;
-        let (code, msg) = match result {
-            Ok(()) => (ErrorCode::NONE, None),
-            Err((c, m)) => (c, Some(s(&m))),
-        };
+        let (code, msg) = outcome(result);
         responses.push(AlterConfigsResourceResponse {
             error_code: code.code(),
             error_message: msg,

@@ -247,6 +247,21 @@ impl Shard {
         ok
     }
 
+    /// Asks shard `to` for something and waits for the answer; `fail` when
+    /// the shard cannot be reached or drops the question.
+    async fn ask<T>(
+        &self,
+        to: usize,
+        msg: impl FnOnce(oneshot::Sender<T>) -> ShardMsg,
+        fail: impl FnOnce() -> T,
+    ) -> T {
+        let (tx, rx) = oneshot::channel();
+        if !self.send(to, msg(tx)).await {
+            return fail();
+        }
+        rx.await.unwrap_or_else(|_| fail())
+    }
+
     /// The partition's log, created on first use from what recovery found.
     fn log(&self, topic: &Arc<str>, partition: i32) -> Option<Rc<RefCell<PartitionLog>>> {
         let table = self.topics.get();
@@ -295,21 +310,21 @@ impl Shard {
                 .produce_local(topic, partition, records, acks, timeout_ms)
                 .await;
         }
-        let (tx, rx) = oneshot::channel();
-        let msg = ShardMsg::Produce {
+        let msg = |reply| ShardMsg::Produce {
             topic,
             partition,
             records,
             acks,
             timeout_ms,
-            reply: tx,
+            reply,
         };
-        if !self.send(to, msg).await {
-            return ProduceResult::err(ErrorCode::NOT_LEADER_OR_FOLLOWER, "shard unavailable");
-        }
-        rx.await.unwrap_or_else(|_| {
-            ProduceResult::err(ErrorCode::NOT_LEADER_OR_FOLLOWER, "shard stopped")
+        self.ask(to, msg, || {
+            ProduceResult::err(
+                ErrorCode::NOT_LEADER_OR_FOLLOWER,
+                "owning shard unavailable",
+            )
         })
+        .await
     }
 
     async fn produce_local(
@@ -575,19 +590,17 @@ impl Shard {
         if to == self.id {
             return self.fetch_local(topic, partition, offset, max_bytes).await;
         }
-        let (tx, rx) = oneshot::channel();
-        let msg = ShardMsg::Fetch {
+        let msg = |reply| ShardMsg::Fetch {
             topic,
             partition,
             offset,
             max_bytes,
-            reply: tx,
+            reply,
         };
-        if !self.send(to, msg).await {
-            return FetchResult::err(ErrorCode::NOT_LEADER_OR_FOLLOWER);
-        }
-        rx.await
-            .unwrap_or_else(|_| FetchResult::err(ErrorCode::NOT_LEADER_OR_FOLLOWER))
+        self.ask(to, msg, || {
+            FetchResult::err(ErrorCode::NOT_LEADER_OR_FOLLOWER)
+        })
+        .await
     }
 
     async fn fetch_local(
@@ -671,20 +684,11 @@ impl Shard {
         if self.id == COORDINATOR_SHARD {
             return self.group_local(req).await;
         }
-        let (tx, rx) = oneshot::channel();
-        if !self
-            .send(
-                COORDINATOR_SHARD,
-                ShardMsg::Group {
-                    req: Box::new(req),
-                    reply: tx,
-                },
-            )
-            .await
-        {
-            return None;
-        }
-        rx.await.ok().flatten()
+        let msg = |reply| ShardMsg::Group {
+            req: Box::new(req),
+            reply,
+        };
+        self.ask(COORDINATOR_SHARD, msg, || None).await
     }
 
     async fn group_local(&self, req: GroupRequest) -> Option<ResponseBody> {
@@ -703,22 +707,18 @@ impl Shard {
         if to == self.id {
             return self.list_offset_local(&topic, partition, timestamp);
         }
-        let (tx, rx) = oneshot::channel();
-        let fail = ListOffsetResult {
+        let msg = |reply| ShardMsg::ListOffset {
+            topic,
+            partition,
+            timestamp,
+            reply,
+        };
+        let fail = || ListOffsetResult {
             error: ErrorCode::NOT_LEADER_OR_FOLLOWER,
             offset: -1,
             timestamp: -1,
         };
-        let msg = ShardMsg::ListOffset {
-            topic,
-            partition,
-            timestamp,
-            reply: tx,
-        };
-        if !self.send(to, msg).await {
-            return fail;
-        }
-        rx.await.unwrap_or(fail)
+        self.ask(to, msg, fail).await
     }
 
     fn list_offset_local(
