@@ -116,7 +116,7 @@ pub async fn handle(
 /// tagged with the version read before it was taken, so that writes racing
 /// from several shards can be ordered: the log drops a write older than one
 /// already made, and the newer one holds this change too.
-async fn persist_topics(shard: &Shard, _changed: &crate::topics::TopicTable) -> Result<(), String> {
+async fn persist_topics(shard: &Shard) -> Result<(), String> {
     let version = shard.ctx.topics.version();
     let table = shard.ctx.topics.snapshot();
     let rx = shard
@@ -137,18 +137,17 @@ async fn create_topic(
     partitions: i32,
     configs: crate::topics::TopicConfigs,
 ) -> Result<(), (ErrorCode, String)> {
-    let table = {
+    {
         let _guard = shard.ctx.topic_changes.lock();
-        match shard
+        if let Err(e) = shard
             .ctx
             .topics
             .create_with_configs(name, partitions, configs)
         {
-            Ok((_, table)) => table,
-            Err(e) => return Err((topic_error_code(&e), e.to_string())),
+            return Err((topic_error_code(&e), e.to_string()));
         }
-    };
-    persist_topics(shard, &table)
+    }
+    persist_topics(shard)
         .await
         .map_err(|e| (ErrorCode::KAFKA_STORAGE_ERROR, e))?;
     tracing::info!(topic = name, partitions, "topic created");
@@ -640,9 +639,9 @@ async fn delete_topics(
                     shard.ctx.topics.delete(n)
                 };
                 match r {
-                    Ok((info, table)) => {
+                    Ok((info, _)) => {
                         shard.forget_topic(&info.name);
-                        persist_topics(shard, &table)
+                        persist_topics(shard)
                             .await
                             .map_err(|e| (ErrorCode::KAFKA_STORAGE_ERROR, e))
                     }
@@ -680,7 +679,7 @@ async fn create_partitions(
                 shard.ctx.topics.add_partitions(&t.name, t.count)
             };
             match r {
-                Ok(table) => persist_topics(shard, &table)
+                Ok(_) => persist_topics(shard)
                     .await
                     .map_err(|e| (ErrorCode::KAFKA_STORAGE_ERROR, e)),
                 Err(e) => Err((topic_error_code(&e), e.to_string())),
@@ -791,7 +790,7 @@ async fn alter_resource(
     use crate::configs::{self, RESOURCE_BROKER, RESOURCE_TOPIC};
     match resource_type {
         RESOURCE_TOPIC => {
-            let table = {
+            {
                 let _guard = shard.ctx.topic_changes.lock();
                 let now = shard.ctx.topics.snapshot();
                 let Some(info) = now.get(name) else {
@@ -809,9 +808,9 @@ async fn alter_resource(
                     .ctx
                     .topics
                     .set_configs(name, next)
-                    .map_err(|e| (topic_error_code(&e), e.to_string()))?
-            };
-            persist_topics(shard, &table)
+                    .map_err(|e| (topic_error_code(&e), e.to_string()))?;
+            }
+            persist_topics(shard)
                 .await
                 .map_err(|e| (ErrorCode::KAFKA_STORAGE_ERROR, e))?;
             tracing::info!(topic = name, keys = ?alt.keys(), "topic configs altered");
