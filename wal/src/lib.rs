@@ -4,7 +4,8 @@
 //! # Layout
 //!
 //! - [`store`]: bucket URIs (`s3://…`, `file://…`) into an `ObjectStore`;
-//!   [`FaultyStore`], a latency- and failure-injecting wrapper for tests.
+//!   [`FaultyStore`], a latency- and failure-injecting wrapper for tests;
+//!   [`LatencyStore`], the S3 latency model a bucket URI can turn on.
 //! - [`object`]: the versioned WAL object format (header, data, index,
 //!   footer), its encoder and its checked decoders.
 //! - [`runtime`]: [`IoRuntime`], the small tokio runtime beside the shards
@@ -43,7 +44,7 @@ pub use reader::{WalObjectMeta, WalReader};
 pub use recovery::{PartitionLog, RecoveredEntry, Recovery};
 pub use runtime::IoRuntime;
 pub use stats::{WalStats, WalStatsSnapshot};
-pub use store::{BucketUri, FaultyStore};
+pub use store::{BucketUri, FaultyStore, LatencyModel, LatencyStore};
 pub use writer::{WalConfig, WalHandle, WalLocation, WalWriter};
 
 #[cfg(test)]

@@ -23,6 +23,30 @@
 //!
 //! [`FaultyStore`] wraps any store with PUT/GET latency and injected PUT
 //! failures, for tests.
+//!
+//! # The S3 latency model
+//!
+//! A local directory answers in microseconds, so every `batchInterval` /
+//! `maxBytesInBatch` setting looks alike on it. Five optional parameters, in
+//! either kind of URI, make [`BucketUri::build_store`] wrap the store in a
+//! [`LatencyStore`] that delays each request the way S3 does:
+//!
+//! ```text
+//! putLatencyP50Ms=MS&putLatencyP99Ms=MS   PUT latency: median and 99th percentile
+//! getLatencyP50Ms=MS&getLatencyP99Ms=MS   GET (and HEAD) latency, the same way
+//! latencyMsPerMiB=MS                      added per MiB sent or received
+//! ```
+//!
+//! e.g. `s3.wal.path=0@file:///tmp/b?batchInterval=100&putLatencyP50Ms=50&putLatencyP99Ms=300&latencyMsPerMiB=20`.
+//! Each pair is given together or not at all, with `0 < p50 <= p99 <=
+//! 600000`; fractions of a millisecond are kept to the microsecond. A
+//! request's delay is drawn from the log-normal distribution that has that
+//! median and that 99th percentile (see [`LogNormal::from_quantiles`]), plus
+//! `latencyMsPerMiB` x its size in MiB, a fixed cost (so the p99 of a 4 MiB
+//! PUT is `putLatencyP99Ms + 4 x latencyMsPerMiB`). The size of a PUT is its
+//! payload, of a GET the bytes it returns (none for a HEAD); a multipart
+//! upload is delayed once, when it starts, without the per-MiB cost. LIST,
+//! DELETE, COPY and RENAME are not delayed.
 
 use std::fmt;
 use std::ops::Range;
@@ -55,6 +79,12 @@ pub const MAX_BYTES_IN_BATCH_DEFAULT: usize = 8 * 1024 * 1024;
 pub const BATCH_INTERVAL_MS_MAX: u64 = 60_000;
 /// Upper bound accepted for `maxBytesInBatch`.
 pub const MAX_BYTES_IN_BATCH_MAX: usize = 1 << 30;
+/// Upper bound accepted for the latency model's quantiles, in ms (10 minutes).
+pub const LATENCY_MS_MAX: f64 = 600_000.0;
+/// Upper bound accepted for `latencyMsPerMiB`.
+pub const LATENCY_MS_PER_MIB_MAX: f64 = 60_000.0;
+/// The standard normal's 99th percentile, Φ⁻¹(0.99).
+pub const Z_99: f64 = 2.326_347_874_040_840_8;
 
 /// A string that must not be printed (a secret key).
 #[derive(Clone, PartialEq, Eq)]
@@ -126,10 +156,96 @@ pub struct BucketUri {
     pub batch_interval: Duration,
     /// `maxBytesInBatch` (default 8 MiB).
     pub max_bytes_in_batch: usize,
+    /// The S3 latency model (off unless its parameters are given).
+    pub latency: LatencyModel,
 }
 
-const S3_PARAMS: &str =
-    "region, endpoint, pathStyle, authType, accessKey, secretKey, batchInterval, maxBytesInBatch";
+/// The median and 99th percentile of a request latency, in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LatencyQuantiles {
+    pub p50_us: u64,
+    pub p99_us: u64,
+}
+
+/// The S3 latency model of a bucket URI (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LatencyModel {
+    /// `putLatencyP50Ms` / `putLatencyP99Ms`.
+    pub put: Option<LatencyQuantiles>,
+    /// `getLatencyP50Ms` / `getLatencyP99Ms`.
+    pub get: Option<LatencyQuantiles>,
+    /// `latencyMsPerMiB`, in microseconds per MiB.
+    pub us_per_mib: u64,
+}
+
+impl LatencyModel {
+    /// True when it delays nothing.
+    pub fn is_off(&self) -> bool {
+        self.put.is_none() && self.get.is_none() && self.us_per_mib == 0
+    }
+}
+
+const LATENCY_PARAMS: &str =
+    "putLatencyP50Ms, putLatencyP99Ms, getLatencyP50Ms, getLatencyP99Ms, latencyMsPerMiB";
+
+const S3_PARAMS: &str = "region, endpoint, pathStyle, authType, accessKey, secretKey, \
+     batchInterval, maxBytesInBatch, putLatencyP50Ms, putLatencyP99Ms, getLatencyP50Ms, \
+     getLatencyP99Ms, latencyMsPerMiB";
+
+/// Parses milliseconds (fractions allowed) in `min..=max` into microseconds;
+/// `min_exclusive` refuses `min` itself.
+fn parse_ms(
+    key: &str,
+    value: &str,
+    min: f64,
+    min_exclusive: bool,
+    max: f64,
+) -> Result<u64, WalError> {
+    let range = if min_exclusive {
+        format!("milliseconds greater than {min} and at most {max}")
+    } else {
+        format!("milliseconds from {min} to {max}")
+    };
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|ms| ms.is_finite() && *ms <= max && (*ms > min || (!min_exclusive && *ms == min)))
+        .map(|ms| (ms * 1_000.0).round() as u64)
+        .filter(|us| !min_exclusive || *us > 0)
+        .ok_or_else(|| WalError::config(key, range, value))
+}
+
+/// Checks one latency pair: both or neither, `p50 <= p99`.
+fn latency_pair(
+    kind: &str,
+    p50: Option<u64>,
+    p99: Option<u64>,
+) -> Result<Option<LatencyQuantiles>, WalError> {
+    let (p50_key, p99_key) = (format!("{kind}LatencyP50Ms"), format!("{kind}LatencyP99Ms"));
+    match (p50, p99) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(WalError::config(
+            p99_key,
+            format!("to be given with {p50_key} (both or neither)"),
+            "",
+        )),
+        (None, Some(_)) => Err(WalError::config(
+            p50_key,
+            format!("to be given with {p99_key} (both or neither)"),
+            "",
+        )),
+        (Some(p50_us), Some(p99_us)) if p99_us < p50_us => Err(WalError::config(
+            p99_key,
+            format!(
+                "milliseconds at least {p50_key} ({})",
+                p50_us as f64 / 1_000.0
+            ),
+            (p99_us as f64 / 1_000.0).to_string(),
+        )),
+        (Some(p50_us), Some(p99_us)) => Ok(Some(LatencyQuantiles { p50_us, p99_us })),
+    }
+}
 
 impl FromStr for BucketUri {
     type Err = WalError;
@@ -175,6 +291,11 @@ impl BucketUri {
             other => return Err(WalError::config("bucket URI scheme", "s3 or file", other)),
         };
         let mut seen = Vec::new();
+        let mut put_p50 = None;
+        let mut put_p99 = None;
+        let mut get_p50 = None;
+        let mut get_p99 = None;
+        let mut us_per_mib = 0;
         for (key, value) in url.query_pairs() {
             let key = key.into_owned();
             let shown = if key == "secretKey" {
@@ -214,10 +335,28 @@ impl BucketUri {
                             )
                         })?;
                 }
+                "putLatencyP50Ms" => {
+                    put_p50 = Some(parse_ms(&key, &value, 0.0, true, LATENCY_MS_MAX)?)
+                }
+                "putLatencyP99Ms" => {
+                    put_p99 = Some(parse_ms(&key, &value, 0.0, true, LATENCY_MS_MAX)?)
+                }
+                "getLatencyP50Ms" => {
+                    get_p50 = Some(parse_ms(&key, &value, 0.0, true, LATENCY_MS_MAX)?)
+                }
+                "getLatencyP99Ms" => {
+                    get_p99 = Some(parse_ms(&key, &value, 0.0, true, LATENCY_MS_MAX)?)
+                }
+                "latencyMsPerMiB" => {
+                    us_per_mib = parse_ms(&key, &value, 0.0, false, LATENCY_MS_PER_MIB_MAX)?;
+                }
                 _ if !is_s3 => {
                     return Err(WalError::config(
                         key,
-                        "only batchInterval or maxBytesInBatch in a file:// URI",
+                        format!(
+                            "only batchInterval, maxBytesInBatch or the latency model \
+                             ({LATENCY_PARAMS}) in a file:// URI"
+                        ),
                         shown,
                     ))
                 }
@@ -308,11 +447,17 @@ impl BucketUri {
                 .map_err(|()| WalError::config("file URI", "file:///ABSOLUTE/DIR", rest))?;
             BucketLocation::File { dir }
         };
+        let latency = LatencyModel {
+            put: latency_pair("put", put_p50, put_p99)?,
+            get: latency_pair("get", get_p50, get_p99)?,
+            us_per_mib,
+        };
         Ok(BucketUri {
             id,
             location,
             batch_interval,
             max_bytes_in_batch,
+            latency,
         })
     }
 
@@ -323,6 +468,22 @@ impl BucketUri {
 
     /// Builds the store, reading credentials through `env` (a test passes its own).
     pub fn build_store_with_env(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Arc<dyn ObjectStore>, WalError> {
+        let store = self.build_bare_store(env)?;
+        if self.latency.is_off() {
+            return Ok(store);
+        }
+        tracing::info!(model = ?self.latency, "S3 latency model on: requests are delayed");
+        Ok(Arc::new(LatencyStore::new(
+            store,
+            self.latency,
+            seed_from_clock(),
+        )))
+    }
+
+    fn build_bare_store(
         &self,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Arc<dyn ObjectStore>, WalError> {
@@ -518,10 +679,252 @@ impl fmt::Display for BucketUri {
         if self.max_bytes_in_batch != MAX_BYTES_IN_BATCH_DEFAULT {
             params.push(("maxBytesInBatch", self.max_bytes_in_batch.to_string()));
         }
+        let ms = |us: u64| (us as f64 / 1_000.0).to_string();
+        for (kind, q) in [("put", self.latency.put), ("get", self.latency.get)] {
+            if let Some(q) = q {
+                let (p50, p99) = match kind {
+                    "put" => ("putLatencyP50Ms", "putLatencyP99Ms"),
+                    _ => ("getLatencyP50Ms", "getLatencyP99Ms"),
+                };
+                params.push((p50, ms(q.p50_us)));
+                params.push((p99, ms(q.p99_us)));
+            }
+        }
+        if self.latency.us_per_mib > 0 {
+            params.push(("latencyMsPerMiB", ms(self.latency.us_per_mib)));
+        }
         for (i, (k, v)) in params.iter().enumerate() {
             write!(f, "{}{k}={v}", if i == 0 { '?' } else { '&' })?;
         }
         Ok(())
+    }
+}
+
+/// A log-normal distribution: `exp(mu + sigma Z)` with `Z` standard normal.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LogNormal {
+    pub mu: f64,
+    pub sigma: f64,
+}
+
+impl LogNormal {
+    /// The log-normal whose median is `p50` and whose 99th percentile is
+    /// `p99` (any unit; `0 < p50 <= p99`): the median of `exp(mu + sigma Z)`
+    /// is `exp(mu)`, so `mu = ln p50`; its p99 is `exp(mu + sigma z99)`, so
+    /// `sigma = ln(p99 / p50) / z99`, with `z99 = Φ⁻¹(0.99)` ([`Z_99`]).
+    /// `p50 == p99` gives `sigma = 0`: every draw is `p50`.
+    pub fn from_quantiles(p50: f64, p99: f64) -> LogNormal {
+        LogNormal {
+            mu: p50.ln(),
+            sigma: (p99 / p50).ln() / Z_99,
+        }
+    }
+
+    /// The value at standard-normal deviate `z`.
+    pub fn at(&self, z: f64) -> f64 {
+        (self.mu + self.sigma * z).exp()
+    }
+}
+
+/// A SplitMix64 generator behind an atomic, so concurrent requests draw
+/// without a lock; seeded, so a test's draws are reproducible.
+#[derive(Debug)]
+pub struct SplitMix64(AtomicU64);
+
+impl SplitMix64 {
+    const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+
+    pub fn new(seed: u64) -> SplitMix64 {
+        SplitMix64(AtomicU64::new(seed))
+    }
+
+    pub fn next_u64(&self) -> u64 {
+        let mut z = self
+            .0
+            .fetch_add(Self::GAMMA, Ordering::Relaxed)
+            .wrapping_add(Self::GAMMA);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in (0, 1]: never 0, so its logarithm is finite.
+    pub fn next_unit(&self) -> f64 {
+        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A standard normal deviate (Box-Muller).
+    pub fn next_normal(&self) -> f64 {
+        let (u1, u2) = (self.next_unit(), self.next_unit());
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+}
+
+fn seed_from_clock() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 32)
+}
+
+/// Delays PUTs and GETs by the S3 latency model (see the module doc). The
+/// delay goes through tokio time, so the store must be called on a tokio
+/// runtime (the WAL's I/O runtime is one); called elsewhere, it delays
+/// nothing and says so once.
+#[derive(Debug)]
+pub struct LatencyStore {
+    inner: Arc<dyn ObjectStore>,
+    model: LatencyModel,
+    put: Option<LogNormal>,
+    get: Option<LogNormal>,
+    rng: SplitMix64,
+    warned_no_runtime: AtomicBool,
+}
+
+impl LatencyStore {
+    pub fn new(inner: Arc<dyn ObjectStore>, model: LatencyModel, seed: u64) -> LatencyStore {
+        let dist = |q: Option<LatencyQuantiles>| {
+            q.map(|q| LogNormal::from_quantiles(q.p50_us as f64, q.p99_us as f64))
+        };
+        LatencyStore {
+            inner,
+            model,
+            put: dist(model.put),
+            get: dist(model.get),
+            rng: SplitMix64::new(seed),
+            warned_no_runtime: AtomicBool::new(false),
+        }
+    }
+
+    pub fn model(&self) -> LatencyModel {
+        self.model
+    }
+
+    fn draw(&self, dist: Option<LogNormal>, bytes: u64) -> Duration {
+        let base_us = dist.map_or(0.0, |d| d.at(self.rng.next_normal()));
+        let size_us = self.model.us_per_mib as f64 * bytes as f64 / (1u64 << 20) as f64;
+        // At most an hour, whatever the tail draws.
+        Duration::from_micros((base_us + size_us).min(3.6e9) as u64)
+    }
+
+    /// The delay of a PUT of `bytes` bytes.
+    pub fn put_delay(&self, bytes: u64) -> Duration {
+        self.draw(self.put, bytes)
+    }
+
+    /// The delay of a GET returning `bytes` bytes.
+    pub fn get_delay(&self, bytes: u64) -> Duration {
+        self.draw(self.get, bytes)
+    }
+
+    async fn wait(&self, delay: Duration) {
+        if delay.is_zero() {
+            return;
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            if !self.warned_no_runtime.swap(true, Ordering::Relaxed) {
+                tracing::warn!("S3 latency model: called outside a tokio runtime, not delaying");
+            }
+            return;
+        }
+        tokio::time::sleep(delay).await;
+    }
+}
+
+impl fmt::Display for LatencyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LatencyStore({})", self.inner)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for LatencyStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.wait(self.put_delay(payload.content_length() as u64))
+            .await;
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.wait(self.put_delay(0)).await;
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        let head = options.head;
+        let result = self.inner.get_opts(location, options).await?;
+        let bytes = if head {
+            0
+        } else {
+            result.range.end.saturating_sub(result.range.start)
+        };
+        self.wait(self.get_delay(bytes)).await;
+        Ok(result)
+    }
+
+    async fn get_ranges(
+        &self,
+        location: &Path,
+        ranges: &[Range<u64>],
+    ) -> object_store::Result<Vec<Bytes>> {
+        let got = self.inner.get_ranges(location, ranges).await?;
+        let bytes = got.iter().map(|b| b.len() as u64).sum();
+        self.wait(self.get_delay(bytes)).await;
+        Ok(got)
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list_with_offset(prefix, offset)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+
+    async fn rename_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: RenameOptions,
+    ) -> object_store::Result<()> {
+        self.inner.rename_opts(from, to, options).await
     }
 }
 
@@ -919,6 +1322,260 @@ mod tests {
         let u = BucketUri::parse(&format!("file://{}", dir.display())).unwrap();
         u.build_store().unwrap();
         assert!(dir.is_dir());
+    }
+
+    #[test]
+    fn latency_model_parameters_parse_and_round_trip() {
+        let text = "0@file:///tmp/b?batchInterval=100&putLatencyP50Ms=50&putLatencyP99Ms=300\
+                    &getLatencyP50Ms=12.5&getLatencyP99Ms=80&latencyMsPerMiB=20";
+        let u = BucketUri::parse(text).unwrap();
+        assert_eq!(
+            u.latency,
+            LatencyModel {
+                put: Some(LatencyQuantiles {
+                    p50_us: 50_000,
+                    p99_us: 300_000
+                }),
+                get: Some(LatencyQuantiles {
+                    p50_us: 12_500,
+                    p99_us: 80_000
+                }),
+                us_per_mib: 20_000,
+            }
+        );
+        assert_eq!(u.to_string(), text);
+        assert_eq!(BucketUri::parse(&u.to_string()).unwrap(), u);
+        // S3 URIs take them too; without them the model is off.
+        let s = BucketUri::parse("s3://b?region=r&latencyMsPerMiB=0.5").unwrap();
+        assert_eq!(s.latency.us_per_mib, 500);
+        assert!(s.latency.put.is_none() && !s.latency.is_off());
+        assert!(BucketUri::parse("file:///tmp/b").unwrap().latency.is_off());
+    }
+
+    #[test]
+    fn bad_latency_values_name_the_key_and_what_was_expected() {
+        let cases = [
+            (
+                "file:///d?putLatencyP50Ms=0&putLatencyP99Ms=5",
+                "putLatencyP50Ms",
+                "greater than 0",
+            ),
+            (
+                "file:///d?putLatencyP50Ms=abc&putLatencyP99Ms=5",
+                "putLatencyP50Ms",
+                "milliseconds",
+            ),
+            (
+                "file:///d?getLatencyP50Ms=1&getLatencyP99Ms=NaN",
+                "getLatencyP99Ms",
+                "milliseconds",
+            ),
+            (
+                "file:///d?getLatencyP50Ms=1&getLatencyP99Ms=600001",
+                "getLatencyP99Ms",
+                "at most 600000",
+            ),
+            (
+                "file:///d?putLatencyP50Ms=50",
+                "putLatencyP99Ms",
+                "both or neither",
+            ),
+            (
+                "file:///d?getLatencyP99Ms=50",
+                "getLatencyP50Ms",
+                "both or neither",
+            ),
+            (
+                "file:///d?putLatencyP50Ms=50&putLatencyP99Ms=10",
+                "putLatencyP99Ms",
+                "at least putLatencyP50Ms (50)",
+            ),
+            (
+                "file:///d?latencyMsPerMiB=-1",
+                "latencyMsPerMiB",
+                "from 0 to 60000",
+            ),
+            (
+                "file:///d?latencyMsPerMiB=1&latencyMsPerMiB=2",
+                "latencyMsPerMiB",
+                "once",
+            ),
+            ("file:///d?putLatency=5", "putLatency", "putLatencyP50Ms"),
+            (
+                "s3://b?region=r&getLatencyP50Ms=inf&getLatencyP99Ms=1",
+                "getLatencyP50Ms",
+                "milliseconds",
+            ),
+        ];
+        for (uri, param, expected) in cases {
+            let (p, e) = err_param(uri);
+            assert_eq!(p, param, "{uri}");
+            assert!(
+                e.contains(expected),
+                "{uri}: expected {expected:?} in {e:?}"
+            );
+        }
+    }
+
+    /// The `q`-quantile of sorted samples, nearest rank.
+    fn quantile(sorted: &[f64], q: f64) -> f64 {
+        let rank = ((q * sorted.len() as f64).ceil() as usize).max(1);
+        sorted[rank - 1]
+    }
+
+    fn store_with(model: LatencyModel, seed: u64) -> LatencyStore {
+        let tmp = std::env::temp_dir();
+        let fs = LocalFileSystem::new_with_prefix(tmp).unwrap();
+        LatencyStore::new(Arc::new(fs), model, seed)
+    }
+
+    #[test]
+    fn drawn_latencies_have_the_configured_p50_and_p99() {
+        // 200,000 draws: the standard error of the empirical p99 of a
+        // log-normal with sigma = ln(300/50)/2.326 = 0.770 is about 1%, of the
+        // p50 under 0.5%; 3% and 5% leave room and still catch a wrong z99
+        // (z = 2 would put the p99 at 50 x 6^(2.326/2) = 401 ms).
+        for (p50_ms, p99_ms, seed) in [(50.0, 300.0, 1), (10.0, 12.0, 2), (20.0, 400.0, 3)] {
+            let store = store_with(
+                LatencyModel {
+                    put: Some(LatencyQuantiles {
+                        p50_us: (p50_ms * 1e3) as u64,
+                        p99_us: (p99_ms * 1e3) as u64,
+                    }),
+                    get: None,
+                    us_per_mib: 0,
+                },
+                seed,
+            );
+            let mut draws: Vec<f64> = (0..200_000)
+                .map(|_| store.put_delay(0).as_secs_f64() * 1e3)
+                .collect();
+            draws.sort_by(f64::total_cmp);
+            let (got50, got99) = (quantile(&draws, 0.5), quantile(&draws, 0.99));
+            assert!(
+                (got50 / p50_ms - 1.0).abs() < 0.03,
+                "p50 {got50} ms, configured {p50_ms}"
+            );
+            assert!(
+                (got99 / p99_ms - 1.0).abs() < 0.05,
+                "p99 {got99} ms, configured {p99_ms}"
+            );
+            // And the model is spread, not constant, when p99 > p50.
+            assert!(draws[0] < p50_ms && draws[draws.len() - 1] > p99_ms);
+        }
+    }
+
+    #[test]
+    fn the_same_seed_draws_the_same_latencies() {
+        let model = LatencyModel {
+            put: Some(LatencyQuantiles {
+                p50_us: 1_000,
+                p99_us: 9_000,
+            }),
+            get: None,
+            us_per_mib: 0,
+        };
+        let (a, b, c) = (
+            store_with(model, 7),
+            store_with(model, 7),
+            store_with(model, 8),
+        );
+        let draw = |s: &LatencyStore| (0..50).map(|_| s.put_delay(0)).collect::<Vec<_>>();
+        let (da, db, dc) = (draw(&a), draw(&b), draw(&c));
+        assert_eq!(da, db);
+        assert_ne!(da, dc);
+    }
+
+    #[test]
+    fn each_mib_adds_its_fixed_cost() {
+        // PUT constant at 10 ms (p50 = p99, sigma 0), 20 ms per MiB:
+        // 4 MiB = 10 + 4 x 20 = 90 ms; 512 KiB = 10 + 10 = 20 ms.
+        // GET has no distribution: 1 MiB = 20 ms, nothing = 0.
+        let store = store_with(
+            LatencyModel {
+                put: Some(LatencyQuantiles {
+                    p50_us: 10_000,
+                    p99_us: 10_000,
+                }),
+                get: None,
+                us_per_mib: 20_000,
+            },
+            1,
+        );
+        assert_eq!(store.put_delay(4 << 20), Duration::from_millis(90));
+        assert_eq!(store.put_delay(512 << 10), Duration::from_millis(20));
+        assert_eq!(store.get_delay(1 << 20), Duration::from_millis(20));
+        assert_eq!(store.get_delay(0), Duration::ZERO);
+    }
+
+    #[test]
+    fn log_normal_fits_both_quantiles() {
+        // mu = ln 50; sigma = ln 6 / 2.3263 = 0.77021; at z = 0 the median,
+        // at z = z99 exactly the p99.
+        let d = LogNormal::from_quantiles(50.0, 300.0);
+        assert!((d.mu - 50f64.ln()).abs() < 1e-12);
+        assert!((d.sigma - 0.770_21).abs() < 1e-5, "{}", d.sigma);
+        assert!((d.at(0.0) - 50.0).abs() < 1e-9);
+        assert!((d.at(Z_99) - 300.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn standard_normal_draws_have_mean_zero_and_unit_variance() {
+        // 100,000 draws: standard error of the mean 0.003, of the variance
+        // about 0.0045; and 1% of them above z99.
+        let rng = SplitMix64::new(42);
+        let n = 100_000;
+        let xs: Vec<f64> = (0..n).map(|_| rng.next_normal()).collect();
+        let mean = xs.iter().sum::<f64>() / n as f64;
+        let var = xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n as f64;
+        let above = xs.iter().filter(|x| **x > Z_99).count() as f64 / n as f64;
+        assert!(mean.abs() < 0.015, "mean {mean}");
+        assert!((var - 1.0).abs() < 0.025, "variance {var}");
+        assert!((above - 0.01).abs() < 0.0015, "above z99: {above}");
+    }
+
+    #[test]
+    fn a_uri_with_the_model_delays_puts_and_gets() {
+        // Constant 40 ms PUTs and 30 ms GETs through build_store, as the node
+        // builds its store; without the parameters nothing waits.
+        use object_store::ObjectStoreExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let slow = BucketUri::parse(&format!(
+            "file://{}?putLatencyP50Ms=40&putLatencyP99Ms=40&getLatencyP50Ms=30&getLatencyP99Ms=30",
+            tmp.path().join("slow").display()
+        ))
+        .unwrap()
+        .build_store()
+        .unwrap();
+        let fast = BucketUri::parse(&format!("file://{}", tmp.path().join("fast").display()))
+            .unwrap()
+            .build_store()
+            .unwrap();
+        let key = Path::from("a/b");
+        rt.block_on(async {
+            let t = std::time::Instant::now();
+            slow.put(&key, PutPayload::from_static(b"hello"))
+                .await
+                .unwrap();
+            let put = t.elapsed();
+            let t = std::time::Instant::now();
+            let got = slow.get(&key).await.unwrap().bytes().await.unwrap();
+            let get = t.elapsed();
+            assert_eq!(&got[..], b"hello");
+            assert!(put >= Duration::from_millis(40), "PUT took {put:?}");
+            assert!(get >= Duration::from_millis(30), "GET took {get:?}");
+            let t = std::time::Instant::now();
+            fast.put(&key, PutPayload::from_static(b"hello"))
+                .await
+                .unwrap();
+            fast.get(&key).await.unwrap().bytes().await.unwrap();
+            assert!(t.elapsed() < Duration::from_millis(30), "{:?}", t.elapsed());
+        });
+        assert!(slow.to_string().starts_with("LatencyStore("), "{slow}");
     }
 
     #[test]
