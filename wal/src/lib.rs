@@ -15,6 +15,8 @@
 //!   backpressure.
 //! - [`reader`]: listing a node's objects, reading an index, ranged reads of
 //!   entries; [`WalReader`] for callers that are not on tokio.
+//! - [`compact`]: per-partition compacted objects, written from durable
+//!   batches so that WAL objects can be deleted, and scanned at recovery.
 //! - [`recovery`]: scanning a node's objects after a restart, and rebuilding
 //!   each partition's log from them.
 //! - [`stats`]: [`WalStats`], the counters behind the node's `/metrics`.
@@ -29,6 +31,7 @@
 //! [`IoRuntime`], rebuilds its partitions with [`recovery::rebuild`], and
 //! starts the writer with `first_seq = recovery.next_seq`.
 
+pub mod compact;
 pub mod error;
 pub mod object;
 pub mod reader;

@@ -56,6 +56,9 @@ pub struct WalStats {
     pub get_errors: AtomicU64,
     /// Bytes received by GETs.
     pub get_bytes: AtomicU64,
+    /// Compacted objects written, and their bytes.
+    pub compacted_objects: AtomicU64,
+    pub compacted_bytes: AtomicU64,
     upload_latency_buckets: [AtomicU64; 18],
     upload_latency_sum_us: AtomicU64,
     upload_latency_count: AtomicU64,
@@ -80,6 +83,8 @@ impl Default for WalStats {
             get_requests: AtomicU64::new(0),
             get_errors: AtomicU64::new(0),
             get_bytes: AtomicU64::new(0),
+            compacted_objects: AtomicU64::new(0),
+            compacted_bytes: AtomicU64::new(0),
             upload_latency_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             upload_latency_sum_us: AtomicU64::new(0),
             upload_latency_count: AtomicU64::new(0),

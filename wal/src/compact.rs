@@ -1,0 +1,406 @@
+//! Compacted objects: one partition's durable batches, copied out of the WAL
+//! objects they were first written to, into larger objects of their own.
+//!
+//! A WAL object holds a little of many partitions, and it can only be
+//! deleted once no partition reads from it any more. Compaction moves each
+//! partition's durable batches into per-partition objects, after which the
+//! WAL objects go, and an idle node's object count stays flat: the
+//! compacted objects hold the data, the WAL holds only what came since the
+//! last pass.
+//!
+//! A compacted object has the WAL object format ([`crate::object`]), with
+//! entries of one partition only, in offset order. Its key is
+//!
+//! ```text
+//! data/<node_id>/<topic_id as 32 hex digits>/<partition>/<first base offset:020>-<created ms:013>.obj
+//! ```
+//!
+//! so that the objects of one partition list in offset order, and an object
+//! rewritten to merge a small one gets a new key (the old one is deleted
+//! after the new one is durable; if both exist after a crash, recovery
+//! keeps one copy of each offset, see [`scan_compacted`]).
+//!
+//! Only batches below the high watermark are compacted: they are final, no
+//! write will ever supersede them, so a compacted entry and the WAL entry it
+//! was copied from always hold the same bytes.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use futures_util::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use tracing::warn;
+
+use crate::error::{FormatError, WalError};
+use crate::object::{ObjectBuilder, ObjectHeader, WalEntry};
+use crate::reader::read_index_counted;
+use crate::recovery::RecoveredEntry;
+use crate::stats::WalStats;
+use crate::writer::WalLocation;
+
+/// Where compacted objects go in the bucket.
+pub const DATA_PREFIX: &str = "data";
+
+/// The sequence number of every compacted location. Compacted objects are
+/// not WAL objects: they never hold a WAL object in use, and sort after
+/// every WAL object.
+pub const COMPACTED_SEQ: u64 = u64::MAX;
+
+/// Attempts per PUT of a compacted object.
+const PUT_ATTEMPTS_MAX: u32 = 5;
+const PUT_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+
+static UNCOUNTED: LazyLock<WalStats> = LazyLock::new(WalStats::default);
+
+fn hex(id: &[u8; 16]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The folder of one node's compacted objects.
+pub fn node_folder(node_id: u32) -> Path {
+    Path::from(format!("{DATA_PREFIX}/{node_id}"))
+}
+
+/// The folder of one partition's compacted objects.
+pub fn partition_folder(node_id: u32, topic_id: &[u8; 16], partition: i32) -> Path {
+    Path::from(format!(
+        "{DATA_PREFIX}/{node_id}/{}/{partition}",
+        hex(topic_id)
+    ))
+}
+
+/// The key of a compacted object whose first entry starts at `base_offset`.
+pub fn compacted_key(
+    node_id: u32,
+    topic_id: &[u8; 16],
+    partition: i32,
+    base_offset: i64,
+    created_ms: u64,
+) -> Path {
+    Path::from(format!(
+        "{DATA_PREFIX}/{node_id}/{}/{partition}/{:020}-{created_ms:013}.obj",
+        hex(topic_id),
+        base_offset.max(0)
+    ))
+}
+
+/// Whether a location is in a compacted object rather than a WAL object.
+pub fn is_compacted(location: &WalLocation) -> bool {
+    location.seq == COMPACTED_SEQ
+}
+
+/// Writes `entries` (one partition's, in offset order) as one compacted
+/// object, retrying a failed PUT with backoff, and answers each entry's new
+/// location. The object is durable when this returns `Ok`.
+pub async fn write_compacted(
+    store: &dyn ObjectStore,
+    node_id: u32,
+    entries: &[WalEntry],
+    stats: &WalStats,
+) -> Result<Vec<WalLocation>, WalError> {
+    let first = entries.first().ok_or_else(|| WalError::Config {
+        param: "compaction".into(),
+        expected: "at least one entry".into(),
+        found: "none".into(),
+    })?;
+    if let Some(other) = entries
+        .iter()
+        .find(|e| e.topic_id != first.topic_id || e.partition != first.partition)
+    {
+        return Err(WalError::Config {
+            param: "compaction".into(),
+            expected: format!("entries of {}-{} only", first.topic, first.partition),
+            found: format!("{}-{}", other.topic, other.partition),
+        });
+    }
+    if entries
+        .windows(2)
+        .any(|w| w[1].base_offset <= w[0].last_offset)
+    {
+        return Err(WalError::Config {
+            param: "compaction".into(),
+            expected: "entries in offset order without overlap".into(),
+            found: "overlapping or unordered entries".into(),
+        });
+    }
+    let created_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut builder = ObjectBuilder::new(ObjectHeader {
+        node_id,
+        seq: COMPACTED_SEQ,
+        created_ms,
+    });
+    for e in entries {
+        e.check().map_err(|reason| WalError::Config {
+            param: "compaction entry".into(),
+            expected: "an entry the format can hold".into(),
+            found: reason,
+        })?;
+        builder
+            .push(e)
+            .map_err(|err: FormatError| WalError::corrupt("compacted object".to_string(), err))?;
+    }
+    let encoded = builder
+        .finish()
+        .map_err(|err| WalError::corrupt("compacted object".to_string(), err))?;
+    let key = compacted_key(
+        node_id,
+        &first.topic_id,
+        first.partition,
+        first.base_offset,
+        created_ms,
+    );
+    let payload = encoded.payload();
+    let started = Instant::now();
+    let mut backoff = PUT_BACKOFF_INITIAL;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        WalStats::add(&stats.put_requests, 1);
+        match store.put(&key, payload.clone()).await {
+            Ok(_) => break,
+            Err(e) => {
+                WalStats::add(&stats.put_errors, 1);
+                if attempt >= PUT_ATTEMPTS_MAX {
+                    return Err(WalError::UploadFailed {
+                        key: key.to_string(),
+                        attempts: attempt,
+                        elapsed_ms: started.elapsed().as_millis() as u64,
+                        source: Arc::new(e),
+                    });
+                }
+                warn!(object_key = %key, attempt, error = %e, "compacted object PUT failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    WalStats::add(&stats.compacted_objects, 1);
+    WalStats::add(&stats.compacted_bytes, encoded.len());
+    let key: Arc<str> = Arc::from(key.as_ref());
+    Ok(encoded
+        .index
+        .entries
+        .iter()
+        .map(|i| WalLocation {
+            key: key.clone(),
+            seq: COMPACTED_SEQ,
+            position: i.position,
+            len: i.len,
+            crc: i.crc,
+        })
+        .collect())
+}
+
+/// What [`scan_compacted`] found.
+#[derive(Debug, Clone, Default)]
+pub struct CompactedScan {
+    /// Per partition (topic name, partition): its entries, dense where the
+    /// objects are, in offset order, one copy of each offset.
+    pub partitions: BTreeMap<(Arc<str>, i32), Vec<RecoveredEntry>>,
+    /// Objects none of whose entries were kept (fully covered by another
+    /// copy, left by a merge that crashed before deleting them).
+    pub redundant: Vec<Path>,
+    /// Objects whose index could not be read (corrupt or partial); they are
+    /// reported, not deleted.
+    pub skipped: Vec<(Path, WalError)>,
+    pub objects_read: u64,
+}
+
+/// Reads the index of every compacted object of `node_id`. Where two objects
+/// hold the same offsets (a merge whose old object was not yet deleted), the
+/// larger object's copy is kept.
+pub async fn scan_compacted(
+    store: &dyn ObjectStore,
+    node_id: u32,
+) -> Result<CompactedScan, WalError> {
+    scan_compacted_counted(store, node_id, &UNCOUNTED).await
+}
+
+pub(crate) async fn scan_compacted_counted(
+    store: &dyn ObjectStore,
+    node_id: u32,
+    stats: &WalStats,
+) -> Result<CompactedScan, WalError> {
+    let folder = node_folder(node_id);
+    let listed: Vec<_> = store
+        .list(Some(&folder))
+        .try_collect()
+        .await
+        .map_err(|e| WalError::store("LIST", folder.to_string(), e))?;
+    let mut out = CompactedScan::default();
+    let reads = futures_util::stream::iter(listed.into_iter().filter(|m| {
+        m.location
+            .filename()
+            .is_some_and(|f| f.ends_with(".obj"))
+    }))
+    .map(|m| async move {
+        let r = read_index_counted(store, &m.location, Some(m.size), stats).await;
+        (m, r)
+    })
+    .buffer_unordered(8)
+    .collect::<Vec<_>>()
+    .await;
+    // (first offset, -object length) so that for equal starts the larger
+    // object comes first and its copy wins.
+    let mut objects = Vec::new();
+    for (meta, r) in reads {
+        match r {
+            Ok(index) if !index.entries.is_empty() => {
+                out.objects_read += 1;
+                objects.push((meta.location, index));
+            }
+            Ok(_) => out.redundant.push(meta.location),
+            Err(e) if e.is_retriable() => return Err(e),
+            Err(e) => {
+                warn!(object_key = %meta.location, error = %e, "skipped a compacted object");
+                out.skipped.push((meta.location, e));
+            }
+        }
+    }
+    objects.sort_by_key(|(_, i)| {
+        let first = &i.entries[0];
+        (
+            first.topic.clone(),
+            first.partition,
+            first.base_offset,
+            std::cmp::Reverse(i.object_len),
+        )
+    });
+    for (key, index) in objects {
+        let k: Arc<str> = Arc::from(key.as_ref());
+        let mut kept_any = false;
+        for entry in index.entries {
+            let list = out
+                .partitions
+                .entry((entry.topic.clone(), entry.partition))
+                .or_default();
+            let end = list.last().map_or(i64::MIN, |e| e.entry.last_offset + 1);
+            if entry.base_offset < end {
+                continue;
+            }
+            kept_any = true;
+            list.push(RecoveredEntry {
+                key: k.clone(),
+                seq: COMPACTED_SEQ,
+                entry,
+            });
+        }
+        if !kept_any {
+            out.redundant.push(key);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::object::ProducerFields;
+    use bytes::Bytes;
+    use object_store::memory::InMemory;
+
+    fn entry(base: i64, last: i64, fill: u8) -> WalEntry {
+        WalEntry {
+            topic: Arc::from("t"),
+            topic_id: [7; 16],
+            partition: 3,
+            base_offset: base,
+            last_offset: last,
+            record_count: (last - base + 1) as u32,
+            max_timestamp: base,
+            producer: ProducerFields::default(),
+            data: vec![Bytes::from(vec![fill; 100])],
+        }
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    #[test]
+    fn keys_list_in_offset_order() {
+        let a = compacted_key(1, &[0xab; 16], 2, 99, 5);
+        let b = compacted_key(1, &[0xab; 16], 2, 100, 1);
+        assert!(a.as_ref() < b.as_ref());
+        assert!(a.as_ref().starts_with(partition_folder(1, &[0xab; 16], 2).as_ref()));
+        assert_eq!(
+            a.as_ref(),
+            "data/1/abababababababababababababababab/2/00000000000000000099-0000000000005.obj"
+        );
+    }
+
+    #[test]
+    fn written_entries_read_back_and_scan() {
+        rt().block_on(async {
+            let store = InMemory::new();
+            let entries = vec![entry(0, 4, 1), entry(5, 9, 2)];
+            let locs = write_compacted(&store, 1, &entries, &UNCOUNTED)
+                .await
+                .expect("write");
+            assert_eq!(locs.len(), 2);
+            assert!(locs.iter().all(is_compacted));
+            let b = crate::reader::read_entry(&store, &locs[1])
+                .await
+                .expect("read");
+            assert_eq!(&b[..], &[2u8; 100][..]);
+            let scan = scan_compacted(&store, 1).await.expect("scan");
+            let p = &scan.partitions[&(Arc::from("t"), 3)];
+            assert_eq!(
+                p.iter().map(|e| e.entry.base_offset).collect::<Vec<_>>(),
+                vec![0, 5]
+            );
+            assert!(scan.redundant.is_empty());
+            // Another node's objects are not this node's.
+            assert!(scan_compacted(&store, 2)
+                .await
+                .expect("scan")
+                .partitions
+                .is_empty());
+        });
+    }
+
+    #[test]
+    fn a_merged_object_wins_over_the_small_one_it_replaced() {
+        rt().block_on(async {
+            let store = InMemory::new();
+            write_compacted(&store, 1, &[entry(0, 4, 1)], &UNCOUNTED)
+                .await
+                .expect("small");
+            tokio::time::sleep(Duration::from_millis(3)).await;
+            write_compacted(&store, 1, &[entry(0, 4, 1), entry(5, 9, 2)], &UNCOUNTED)
+                .await
+                .expect("merged");
+            let scan = scan_compacted(&store, 1).await.expect("scan");
+            let p = &scan.partitions[&(Arc::from("t"), 3)];
+            assert_eq!(p.len(), 2);
+            assert_eq!(p[0].key, p[1].key, "both offsets from the merged object");
+            assert_eq!(scan.redundant.len(), 1);
+            assert_ne!(scan.redundant[0].as_ref(), &*p[0].key);
+        });
+    }
+
+    #[test]
+    fn mixed_or_unordered_entries_are_refused() {
+        rt().block_on(async {
+            let store = InMemory::new();
+            let mut other = entry(5, 9, 2);
+            other.partition = 4;
+            assert!(write_compacted(&store, 1, &[entry(0, 4, 1), other], &UNCOUNTED)
+                .await
+                .is_err());
+            assert!(
+                write_compacted(&store, 1, &[entry(5, 9, 1), entry(0, 4, 2)], &UNCOUNTED)
+                    .await
+                    .is_err()
+            );
+            assert!(write_compacted(&store, 1, &[], &UNCOUNTED).await.is_err());
+        });
+    }
+}
