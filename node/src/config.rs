@@ -49,6 +49,8 @@
 //! | `automq.zone.cidr.blocks` | none | `zone@cidr[,cidr...]<>zone@cidr...` |
 //! | `ferry.shards` | available cores | executors (one per core) |
 //! | `ferry.cache.bytes.max` | 268435456 | log cache bound, per shard |
+//! | `ferry.compaction.interval.ms` | 30000 | how often durable batches move from WAL objects into per-partition objects; 0: never |
+//! | `ferry.compaction.bytes.min` | 8388608 | a compacted object smaller than this is merged into the next one |
 //! | `ferry.metrics.listener` | empty: disabled | `IP:port` serving `/metrics`; port 0 picks a free one |
 
 use std::collections::BTreeMap;
@@ -73,6 +75,10 @@ pub const BATCH_BYTES_MAX_DEFAULT: u64 = 8 * 1024 * 1024;
 pub const BATCH_BYTES_MAX_LIMIT: u64 = 1024 * 1024 * 1024;
 /// Default `ferry.cache.bytes.max`, per shard.
 pub const CACHE_BYTES_MAX_DEFAULT: u64 = 256 * 1024 * 1024;
+/// Default `ferry.compaction.interval.ms`.
+pub const COMPACTION_INTERVAL_MS_DEFAULT: u64 = 30_000;
+/// Default `ferry.compaction.bytes.min`.
+pub const COMPACTION_BYTES_MIN_DEFAULT: u64 = 8 * 1024 * 1024;
 /// Smallest accepted `ferry.cache.bytes.max`.
 pub const CACHE_BYTES_MAX_MIN: u64 = 1024 * 1024;
 /// Upper bound of `ferry.shards`.
@@ -110,6 +116,8 @@ pub const KNOWN_KEYS: &[&str] = &[
     "automq.zone.cidr.blocks",
     "ferry.shards",
     "ferry.cache.bytes.max",
+    "ferry.compaction.interval.ms",
+    "ferry.compaction.bytes.min",
     "ferry.metrics.listener",
 ];
 
@@ -883,6 +891,10 @@ pub struct Config {
     pub shards: usize,
     /// `ferry.cache.bytes.max`: log cache bound per shard.
     pub cache_bytes_max: u64,
+    /// `ferry.compaction.interval.ms`; 0: compaction off.
+    pub compaction_interval_ms: u64,
+    /// `ferry.compaction.bytes.min`.
+    pub compaction_bytes_min: u64,
     /// `ferry.metrics.listener`: where `/metrics` is served; `None`: off.
     pub metrics_listener: Option<SocketAddr>,
     /// Keys Ferry does not use, sorted. Kafka warns about these; so should
@@ -1110,6 +1122,8 @@ impl Config {
             "automq.zone.cidr.blocks" => format_zone_cidrs(&self.zone_cidr_blocks),
             "ferry.shards" => self.shards.to_string(),
             "ferry.cache.bytes.max" => self.cache_bytes_max.to_string(),
+            "ferry.compaction.interval.ms" => self.compaction_interval_ms.to_string(),
+            "ferry.compaction.bytes.min" => self.compaction_bytes_min.to_string(),
             "ferry.metrics.listener" => self
                 .metrics_listener
                 .map_or_else(String::new, |a| a.to_string()),
@@ -1266,6 +1280,24 @@ impl Config {
             )
             .and_then(|n| u64::try_from(n).ok())
             .unwrap_or(CACHE_BYTES_MAX_DEFAULT);
+        let compaction_interval_ms = r
+            .int(
+                "ferry.compaction.interval.ms",
+                0,
+                86_400_000,
+                "an integer from 0 (off) to 86400000 (milliseconds)",
+            )
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(COMPACTION_INTERVAL_MS_DEFAULT);
+        let compaction_bytes_min = r
+            .int(
+                "ferry.compaction.bytes.min",
+                0,
+                1 << 30,
+                "an integer from 0 to 1073741824 (bytes)",
+            )
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(COMPACTION_BYTES_MIN_DEFAULT);
         let metrics_listener = r
             .parse("ferry.metrics.listener", |key, v| {
                 if v.is_empty() {
@@ -1303,6 +1335,8 @@ impl Config {
             zone_cidr_blocks,
             shards,
             cache_bytes_max,
+            compaction_interval_ms,
+            compaction_bytes_min,
             metrics_listener,
             unknown_keys,
             raw,

@@ -782,7 +782,11 @@ fn broker_config_type(key: &str) -> i8 {
         | "offsets.retention.minutes"
         | "offset.metadata.max.bytes"
         | "ferry.shards" => config_type::INT,
-        "log.retention.ms" | "log.retention.bytes" | "ferry.cache.bytes.max" => config_type::LONG,
+        "log.retention.ms"
+        | "log.retention.bytes"
+        | "ferry.cache.bytes.max"
+        | "ferry.compaction.interval.ms"
+        | "ferry.compaction.bytes.min" => config_type::LONG,
         "listeners"
         | "advertised.listeners"
         | "listener.security.protocol.map"
@@ -825,6 +829,12 @@ fn broker_doc(key: &str) -> &'static str {
         "automq.zone.cidr.blocks" => "zone@cidr[,cidr...]<>zone@cidr...: client zones.",
         "ferry.shards" => "Executors, one per core.",
         "ferry.cache.bytes.max" => "Log cache bound, per shard.",
+        "ferry.compaction.interval.ms" => {
+            "How often durable batches move from WAL objects into per-partition objects; 0: never."
+        }
+        "ferry.compaction.bytes.min" => {
+            "A compacted object smaller than this is merged into the next one."
+        }
         "ferry.metrics.listener" => "IP:port serving /metrics; empty: disabled.",
         _ => "",
     }

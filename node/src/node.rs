@@ -52,6 +52,11 @@ pub struct NodeCtx {
     /// whose shard has not yet recorded where it lives, is never lost).
     pub retention_check_ms: u64,
     pub object_delete_age_ms: u64,
+    /// How often each shard compacts its partitions' durable batches into
+    /// per-partition objects (0: never), and below what size a compacted
+    /// object is merged into the next.
+    pub compaction_interval_ms: u64,
+    pub compaction_bytes_min: usize,
     /// The group coordinator's settings, and the offsets snapshot recovery
     /// found; shard 0 takes the snapshot when it starts the coordinator.
     pub group_config: crate::group::GroupConfig,
@@ -81,6 +86,9 @@ pub struct NodeSettings {
     pub retention_check_ms: u64,
     /// Minimum age of a WAL object before it may be deleted (default 60 s).
     pub object_delete_age_ms: u64,
+    /// `ferry.compaction.interval.ms` (0: off) and `ferry.compaction.bytes.min`.
+    pub compaction_interval_ms: u64,
+    pub compaction_bytes_min: usize,
 }
 
 impl NodeSettings {
@@ -106,6 +114,8 @@ impl NodeSettings {
             groups_snapshot: None,
             retention_check_ms: 10_000,
             object_delete_age_ms: 60_000,
+            compaction_interval_ms: crate::config::COMPACTION_INTERVAL_MS_DEFAULT,
+            compaction_bytes_min: crate::config::COMPACTION_BYTES_MIN_DEFAULT as usize,
         }
     }
 }
@@ -137,6 +147,8 @@ impl NodeSettings {
             groups_snapshot: None,
             retention_check_ms: 10_000,
             object_delete_age_ms: 60_000,
+            compaction_interval_ms: config.compaction_interval_ms,
+            compaction_bytes_min: config.compaction_bytes_min as usize,
         })
     }
 }
@@ -176,6 +188,8 @@ impl NodeCtx {
             // period; an object must outlive two periods before it can go,
             // so a batch a shard took on since its last report is safe.
             object_delete_age_ms: s.object_delete_age_ms.max(2 * s.retention_check_ms),
+            compaction_interval_ms: s.compaction_interval_ms,
+            compaction_bytes_min: s.compaction_bytes_min,
             group_config: s.group_config,
             groups_snapshot: Mutex::new(s.groups_snapshot),
         }

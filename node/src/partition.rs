@@ -445,7 +445,15 @@ impl PartitionLog {
     /// the last batch, as Kafka keeps the active segment: the WAL object that
     /// holds it is what tells recovery where the log ends, so offsets are
     /// never given out again after a restart.
-    pub fn apply_retention(&mut self, before_ms: Option<i64>, bytes_max: Option<u64>) -> usize {
+    ///
+    /// Compacted objects none of whose batches is left are pushed to
+    /// `unreferenced`, for the caller to delete.
+    pub fn apply_retention(
+        &mut self,
+        before_ms: Option<i64>,
+        bytes_max: Option<u64>,
+        unreferenced: &mut Vec<Arc<str>>,
+    ) -> usize {
         let mut total: u64 = self.batches.iter().map(|b| u64::from(b.len)).sum();
         let mut dropped = 0;
         while let Some(front) = self.batches.front() {
@@ -459,7 +467,16 @@ impl PartitionLog {
             }
             total -= u64::from(front.len);
             self.log_start = front.last_offset + 1;
-            self.batches.pop_front();
+            if let Some(b) = self.batches.pop_front() {
+                if let Some(key) = b.location.filter(is_compacted).map(|l| l.key) {
+                    // A compacted object holds a run of adjacent batches:
+                    // once the new front is elsewhere, none of it is left.
+                    let next = self.batches.front().and_then(|n| n.location.as_ref());
+                    if next.is_none_or(|n| n.key != key) {
+                        unreferenced.push(key);
+                    }
+                }
+            }
             self.front_index += 1;
             dropped += 1;
         }
@@ -471,6 +488,123 @@ impl PartitionLog {
                 .retain(|_, st| st.recent.back().is_some_and(|&(_, _, base)| base >= start));
         }
         dropped
+    }
+}
+
+/// Whether a location is in a compacted object (not a WAL object).
+pub fn is_compacted(location: &Location) -> bool {
+    location.seq == ferry_wal::compact::COMPACTED_SEQ
+}
+
+/// What one compaction pass of a partition takes: durable batches still in
+/// WAL objects, and before them the batches of a compacted object small
+/// enough to be merged into the new one.
+#[derive(Debug, Clone)]
+pub struct CompactionPlan {
+    /// The batches to write, in offset order.
+    pub batches: Vec<LogBatch>,
+    /// The small compacted object whose batches lead `batches`, to delete
+    /// once the new object holds them.
+    pub merged: Option<Arc<str>>,
+}
+
+impl PartitionLog {
+    /// The batches a compaction pass should move, if any: every durable
+    /// batch still in a WAL object, up to `object_bytes_max`, led by the
+    /// batches of the last compacted object if that is under `bytes_min`.
+    pub fn compaction_plan(
+        &self,
+        bytes_min: usize,
+        object_bytes_max: usize,
+    ) -> Option<CompactionPlan> {
+        let durable = |b: &&LogBatch| b.last_offset < self.high_watermark;
+        let first_wal = self
+            .batches
+            .iter()
+            .take_while(durable)
+            .position(|b| b.location.as_ref().is_some_and(|l| !is_compacted(l)))?;
+        // The compacted object just before, if small: merge it in.
+        let mut start = first_wal;
+        let mut merged = None;
+        if let Some(key) = first_wal
+            .checked_sub(1)
+            .and_then(|i| self.batches.get(i))
+            .and_then(|b| b.location.as_ref())
+            .filter(|l| is_compacted(l))
+            .map(|l| l.key.clone())
+        {
+            let run = self
+                .batches
+                .iter()
+                .take(first_wal)
+                .rev()
+                .take_while(|b| b.location.as_ref().is_some_and(|l| l.key == key))
+                .count();
+            let bytes: usize = self
+                .batches
+                .range(first_wal - run..first_wal)
+                .map(|b| b.len as usize)
+                .sum();
+            if bytes < bytes_min {
+                start = first_wal - run;
+                merged = Some(key);
+            }
+        }
+        let mut total = 0usize;
+        let batches: Vec<LogBatch> = self
+            .batches
+            .range(start..)
+            .take_while(durable)
+            .take_while(|b| b.location.is_some())
+            .take_while(|b| {
+                total += b.len as usize;
+                total <= object_bytes_max || total == b.len as usize
+            })
+            .cloned()
+            .collect();
+        // Only the merged batches fitted: nothing would move off the WAL.
+        if batches.len() <= first_wal - start {
+            return None;
+        }
+        Some(CompactionPlan { batches, merged })
+    }
+
+    /// Points batches at their compacted copies: `moves` holds (base
+    /// offset, old object key, new location). A batch whose location
+    /// changed meanwhile (retention dropped it) is left alone. Answers how
+    /// many moved.
+    pub fn relocate(&mut self, moves: &[(i64, Arc<str>, Location)]) -> usize {
+        let mut moved = 0;
+        for (base, old_key, new) in moves {
+            let Ok(i) = self.batches.binary_search_by_key(base, |b| b.base_offset) else {
+                continue;
+            };
+            if let Some(b) = self.batches.get_mut(i) {
+                if b.location.as_ref().is_some_and(|l| l.key == *old_key) {
+                    b.location = Some(new.clone());
+                    moved += 1;
+                }
+            }
+        }
+        moved
+    }
+
+    /// Whether any batch still reads from object `key`.
+    pub fn references(&self, key: &str) -> bool {
+        self.batches
+            .iter()
+            .any(|b| b.location.as_ref().is_some_and(|l| &*l.key == key))
+    }
+
+    /// The compacted objects this log reads from.
+    pub fn compacted_objects(&self) -> Vec<Arc<str>> {
+        let mut keys: Vec<Arc<str>> = Vec::new();
+        for l in self.batches.iter().filter_map(|b| b.location.as_ref()) {
+            if is_compacted(l) && keys.last() != Some(&l.key) {
+                keys.push(l.key.clone());
+            }
+        }
+        keys
     }
 }
 
@@ -640,7 +774,7 @@ mod tests {
         }
         assert_eq!(p.high_watermark(), 3);
         assert_eq!(
-            p.apply_retention(Some(i64::MAX), None),
+            p.apply_retention(Some(i64::MAX), None, &mut Vec::new()),
             2,
             "all but the last batch"
         );
@@ -685,7 +819,7 @@ mod tests {
         assert_eq!(p.evict(0), None, "already evicted");
         assert!(p.read(0, 100)[0].data.is_none());
         assert_eq!(
-            p.apply_retention(Some(i64::MAX), None),
+            p.apply_retention(Some(i64::MAX), None, &mut Vec::new()),
             1,
             "only the durable batch goes"
         );

@@ -184,6 +184,19 @@ async fn run_shard(
             }
         })
     };
+    let compaction = (shard.ctx.compaction_interval_ms > 0).then(|| {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            let period = Duration::from_millis(shard.ctx.compaction_interval_ms.max(10));
+            loop {
+                glommio::timer::sleep(period).await;
+                let moved = shard.compact().await;
+                if moved > 0 {
+                    tracing::debug!(shard = id, batches = moved, "compacted");
+                }
+            }
+        })
+    });
     let accept = async {
         loop {
             match listener.accept().await {
@@ -203,4 +216,5 @@ async fn run_shard(
     })
     .await;
     drop(retention);
+    drop(compaction);
 }

@@ -7,7 +7,7 @@ use crate::partition::LogBatch;
 use crate::topics::TopicTable;
 use bytes::Bytes;
 use ferry_wal::{
-    recovery, IoRuntime, WalConfig, WalEntry, WalError, WalHandle, WalReader, WalWriter,
+    compact, recovery, IoRuntime, WalConfig, WalEntry, WalError, WalHandle, WalReader, WalWriter,
 };
 use futures_channel::oneshot;
 use object_store::{path::Path, ObjectStore, ObjectStoreExt, PutPayload};
@@ -31,6 +31,8 @@ pub struct WalLog {
     meta_written:
         parking_lot::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<u64>>>>,
     objects_deleted: Arc<std::sync::atomic::AtomicU64>,
+    compacted_deleted: Arc<std::sync::atomic::AtomicU64>,
+    stats: Arc<ferry_wal::WalStats>,
 }
 
 /// The wall-clock time `age` ago, in object_store's timestamp type.
@@ -47,6 +49,20 @@ pub struct Opened {
     pub recovered: Recovered,
     pub objects_read: u64,
     pub batches: usize,
+}
+
+fn wal_entry(e: AppendEntry) -> WalEntry {
+    WalEntry {
+        topic: e.topic,
+        topic_id: e.topic_id,
+        partition: e.partition,
+        base_offset: e.base_offset,
+        last_offset: e.last_offset,
+        record_count: e.record_count.max(0) as u32,
+        max_timestamp: e.max_timestamp,
+        producer: e.producer,
+        data: e.segments.to_vec(),
+    }
 }
 
 fn wal_error(e: WalError) -> DurableError {
@@ -76,18 +92,54 @@ impl WalLog {
         for s in &rec.skipped {
             tracing::warn!(object_key = %s.key, error = %s.error, "skipped a WAL object at recovery");
         }
+        let compacted = io.block_on(compact::scan_compacted(&*store, node_id))?;
+        let is_live = |topic: &str, id: &[u8; 16]| topics.get(topic).is_some_and(|t| t.id.0 == *id);
+        // Compacted objects of deleted topics, and copies a merge left
+        // behind, are not read by anything: they go.
+        let mut orphans = compacted.redundant.clone();
         // Only entries of the topics that exist now, by id: a topic deleted
-        // and created again under its name starts empty.
-        let live: Vec<_> = rec
-            .entries
-            .iter()
-            .filter(|e| {
-                topics
-                    .get(&e.entry.topic)
-                    .is_some_and(|t| t.id.0 == e.entry.topic_id)
-            })
-            .cloned()
-            .collect();
+        // and created again under its name starts empty. A partition's
+        // compacted entries come first; WAL entries they already hold are
+        // left out (they are the same batches, and their WAL objects go
+        // once nothing else reads from them).
+        let mut live: Vec<ferry_wal::RecoveredEntry> = Vec::new();
+        let mut compacted_end: std::collections::HashMap<(Arc<str>, i32), i64> = Default::default();
+        for (key, entries) in &compacted.partitions {
+            let Some(first) = entries.first() else {
+                continue;
+            };
+            if !is_live(&first.entry.topic, &first.entry.topic_id) {
+                orphans.extend(entries.iter().map(|e| Path::from(&*e.key)));
+                continue;
+            }
+            if let Some(last) = entries.last() {
+                compacted_end.insert(key.clone(), last.entry.last_offset + 1);
+            }
+            live.extend(entries.iter().cloned());
+        }
+        live.extend(
+            rec.entries
+                .iter()
+                .filter(|e| is_live(&e.entry.topic, &e.entry.topic_id))
+                .filter(|e| {
+                    compacted_end
+                        .get(&(e.entry.topic.clone(), e.entry.partition))
+                        .is_none_or(|end| e.entry.last_offset >= *end)
+                })
+                .cloned(),
+        );
+        orphans.sort();
+        orphans.dedup();
+        for key in orphans {
+            match io.block_on(store.delete(&key)) {
+                Ok(()) => {
+                    tracing::info!(object_key = %key, "deleted an unreferenced compacted object")
+                }
+                Err(e) => {
+                    tracing::warn!(object_key = %key, error = %e, "could not delete an unreferenced compacted object")
+                }
+            }
+        }
         let logs = recovery::rebuild(&live);
         let mut recovered = Recovered::new();
         let mut batches = 0;
@@ -114,6 +166,7 @@ impl WalLog {
         config.prefix = WAL_PREFIX.to_string();
         let inflight_bytes_max = config.inflight_bytes_max;
         let writer = WalWriter::start_on(&io, store.clone(), config)?;
+        let stats = writer.stats();
         let handle = writer.handle();
         let reader = writer.reader();
         let log = Arc::new(WalLog {
@@ -126,13 +179,15 @@ impl WalLog {
             node_id,
             meta_written: Default::default(),
             objects_deleted: Default::default(),
+            compacted_deleted: Default::default(),
+            stats,
         });
         Ok(Opened {
             log,
             topics,
             groups,
             recovered,
-            objects_read: rec.objects_read,
+            objects_read: rec.objects_read + compacted.objects_read,
             batches,
         })
     }
@@ -174,17 +229,7 @@ impl DurableLog for WalLog {
     }
 
     fn append(&self, e: AppendEntry) -> AppendAck {
-        let rx = self.handle.append(WalEntry {
-            topic: e.topic,
-            topic_id: e.topic_id,
-            partition: e.partition,
-            base_offset: e.base_offset,
-            last_offset: e.last_offset,
-            record_count: e.record_count.max(0) as u32,
-            max_timestamp: e.max_timestamp,
-            producer: e.producer,
-            data: e.segments.to_vec(),
-        });
+        let rx = self.handle.append(wal_entry(e));
         Box::pin(async move {
             match rx.await {
                 Ok(r) => r.map_err(wal_error),
@@ -285,6 +330,36 @@ impl DurableLog for WalLog {
         })
     }
 
+    fn compact(
+        &self,
+        entries: Vec<AppendEntry>,
+    ) -> oneshot::Receiver<Result<Vec<crate::durable::Location>, DurableError>> {
+        let store = self.store.clone();
+        let node = self.node_id;
+        let stats = self.stats.clone();
+        self.io.spawn(async move {
+            let entries: Vec<WalEntry> = entries.into_iter().map(wal_entry).collect();
+            compact::write_compacted(&*store, node, &entries, &stats)
+                .await
+                .map_err(wal_error)
+        })
+    }
+
+    fn delete_object(&self, key: Arc<str>) -> oneshot::Receiver<Result<(), DurableError>> {
+        let store = self.store.clone();
+        let deleted = self.compacted_deleted.clone();
+        self.io.spawn(async move {
+            let path = Path::from(&*key);
+            match store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                    deleted.fetch_add(1, Relaxed);
+                    Ok(())
+                }
+                Err(e) => Err(DurableError::Failed(format!("delete {key}: {e}"))),
+            }
+        })
+    }
+
     fn render_metrics(&self) -> String {
         let s = self.handle.stats();
         let mut o = String::new();
@@ -329,6 +404,21 @@ impl DurableLog for WalLog {
                 "ferry_wal_objects_deleted_total",
                 "counter",
                 self.objects_deleted.load(Relaxed),
+            ),
+            (
+                "ferry_compacted_objects_total",
+                "counter",
+                s.compacted_objects.load(Relaxed),
+            ),
+            (
+                "ferry_compacted_bytes_total",
+                "counter",
+                s.compacted_bytes.load(Relaxed),
+            ),
+            (
+                "ferry_compacted_objects_deleted_total",
+                "counter",
+                self.compacted_deleted.load(Relaxed),
             ),
         ] {
             let _ = writeln!(o, "# TYPE {name} {kind}\n{name}{{node=\"{node}\"}} {v}");

@@ -198,6 +198,57 @@ pub mod raw {
         (p.error_code, p.base_offset)
     }
 
+    /// Fetches (v11) one partition from `offset`, up to 1 MiB, waiting at
+    /// most 100 ms; returns the error code and the (offset, key) of every
+    /// record in the response.
+    pub fn fetch(
+        conn: &mut TcpStream,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> (i16, Vec<(i64, Vec<u8>)>) {
+        use fetch_request::*;
+        let body = RequestBody::Fetch(FetchRequest {
+            replica_id: -1,
+            max_wait_ms: 100,
+            min_bytes: 1,
+            max_bytes: 1 << 20,
+            session_epoch: -1,
+            topics: vec![FetchTopic {
+                topic: topic.into(),
+                partitions: vec![FetchPartition {
+                    partition,
+                    current_leader_epoch: -1,
+                    fetch_offset: offset,
+                    last_fetched_epoch: -1,
+                    log_start_offset: -1,
+                    partition_max_bytes: 1 << 20,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let resp = call(conn, 11, body);
+        let r = fetch_response::FetchResponse::decode(&resp, 11).unwrap();
+        let p = &r.responses[0].partitions[0];
+        let mut out = Vec::new();
+        if let Some(set) = &p.records {
+            for batch in ferry_protocol::records::RecordBatches::new(set.to_bytes()) {
+                let batch = batch.unwrap();
+                let base = batch.base_offset();
+                for rec in batch.records().unwrap() {
+                    let rec = rec.unwrap();
+                    out.push((
+                        base + i64::from(rec.offset_delta()),
+                        rec.key().unwrap_or_default().to_vec(),
+                    ));
+                }
+            }
+        }
+        (p.error_code, out)
+    }
+
     /// ListOffsets for one partition: -2 earliest, -1 latest.
     pub fn list_offset(conn: &mut TcpStream, topic: &str, partition: i32, ts: i64) -> i64 {
         use list_offsets_request::*;
