@@ -4,8 +4,10 @@
 //! Parsing is clap's; [`RunArgs::into_config`] then checks every value and
 //! names the flag when one is wrong.
 
+use crate::cost::Prices;
 use crate::error::BenchError;
 use crate::payload::STAMP_BYTES;
+use crate::sweep::{self, LatencyModel, Peer, SweepConfig};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -32,6 +34,10 @@ pub enum Command {
     /// Price a workload per month: Kafka RF=3, Kafka with follower fetching,
     /// and Ferry from measured request rates; and the handoff break-even.
     Cost(CostArgs),
+    /// Run the workload on a fresh `ferry dev` at every batchInterval x
+    /// maxBytesInBatch point, with the S3 latency model, and once against
+    /// each peer broker; write JSON, CSV, Markdown and SVG plots.
+    Sweep(SweepArgs),
 }
 
 /// `acks` as librdkafka spells it.
@@ -94,6 +100,16 @@ pub struct RunArgs {
     /// client.rack). Repeatable.
     #[arg(long, value_name = "NAME=HOST:PORT")]
     pub zone: Vec<String>,
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+    /// Write the report as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+}
+
+/// The workload of a run, wherever it is sent: shared by `run` and `sweep`.
+#[derive(Debug, Clone, Args)]
+pub struct WorkloadArgs {
     /// The topic; created if missing.
     #[arg(long, default_value = "ferry-bench")]
     pub topic: String,
@@ -146,9 +162,6 @@ pub struct RunArgs {
     /// Any other librdkafka consumer setting. Repeatable.
     #[arg(long, value_name = "KEY=VALUE")]
     pub consumer_config: Vec<String>,
-    /// Write the report as JSON to this file.
-    #[arg(long, value_name = "PATH")]
-    pub json: Option<PathBuf>,
 }
 
 /// A broker address, with the zone its clients say they are in.
@@ -223,46 +236,59 @@ fn check_address(flag: &'static str, address: &str) -> Result<(), BenchError> {
     }
 }
 
+/// Checks `NAME=HOST:PORT` zone placements and plain bootstrap addresses.
+fn endpoints(bootstrap: &[String], zones: &[String]) -> Result<Vec<Endpoint>, BenchError> {
+    let mut endpoints = Vec::new();
+    for address in bootstrap {
+        check_address("--bootstrap", address)?;
+        endpoints.push(Endpoint {
+            zone: None,
+            bootstrap: address.clone(),
+        });
+    }
+    for item in zones {
+        let Some((zone, address)) = item.split_once('=') else {
+            return Err(BenchError::flag(
+                "--zone",
+                format!("expected NAME=HOST:PORT, got {item:?}"),
+            ));
+        };
+        let zone_ok = !zone.is_empty()
+            && zone
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !zone_ok {
+            return Err(BenchError::flag(
+                "--zone",
+                format!("zone names are letters, digits, '-', '_' and '.', got {zone:?}"),
+            ));
+        }
+        check_address("--zone", address)?;
+        endpoints.push(Endpoint {
+            zone: Some(zone.to_string()),
+            bootstrap: address.to_string(),
+        });
+    }
+    Ok(endpoints)
+}
+
 impl RunArgs {
     /// Checks every value and builds the run configuration.
     pub fn into_config(self) -> Result<RunConfig, BenchError> {
-        let mut endpoints = Vec::new();
-        for address in &self.bootstrap {
-            check_address("--bootstrap", address)?;
-            endpoints.push(Endpoint {
-                zone: None,
-                bootstrap: address.clone(),
-            });
-        }
-        for item in &self.zone {
-            let Some((zone, address)) = item.split_once('=') else {
-                return Err(BenchError::flag(
-                    "--zone",
-                    format!("expected NAME=HOST:PORT, got {item:?}"),
-                ));
-            };
-            let zone_ok = !zone.is_empty()
-                && zone
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-            if !zone_ok {
-                return Err(BenchError::flag(
-                    "--zone",
-                    format!("zone names are letters, digits, '-', '_' and '.', got {zone:?}"),
-                ));
-            }
-            check_address("--zone", address)?;
-            endpoints.push(Endpoint {
-                zone: Some(zone.to_string()),
-                bootstrap: address.to_string(),
-            });
-        }
+        let endpoints = endpoints(&self.bootstrap, &self.zone)?;
         if endpoints.is_empty() {
             return Err(BenchError::flag(
                 "--bootstrap",
                 "give a broker with --bootstrap HOST:PORT or --zone NAME=HOST:PORT",
             ));
         }
+        self.workload.into_config(endpoints)
+    }
+}
+
+impl WorkloadArgs {
+    /// Checks every value and builds the run configuration for `endpoints`.
+    pub fn into_config(self, endpoints: Vec<Endpoint>) -> Result<RunConfig, BenchError> {
         if self.topic.is_empty() {
             return Err(BenchError::flag("--topic", "must not be empty"));
         }
@@ -351,6 +377,215 @@ impl RunArgs {
     }
 }
 
+/// The grid of `--small`: 2 x 2 points.
+pub const SMALL_GRID: ([u64; 2], [u64; 2]) = ([50, 250], [1, 8]);
+
+/// `ferry-bench sweep`.
+#[derive(Debug, Clone, Args)]
+pub struct SweepArgs {
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+    /// batchInterval values, in ms, comma-separated.
+    #[arg(long, value_name = "MS,...", value_delimiter = ',', default_values_t = [10, 50, 100, 250, 500])]
+    pub batch_interval_ms: Vec<u64>,
+    /// maxBytesInBatch values, in MiB, comma-separated.
+    #[arg(long, value_name = "MIB,...", value_delimiter = ',', default_values_t = [1, 4, 8, 16])]
+    pub max_bytes_mib: Vec<u64>,
+    /// A quick 2 x 2 grid: 50, 250 ms x 1, 8 MiB (instead of the two lists).
+    #[arg(long, conflicts_with_all = ["batch_interval_ms", "max_bytes_mib"])]
+    pub small: bool,
+    /// The `ferry` binary to start for each point.
+    #[arg(long, value_name = "PATH", default_value = "target/release/ferry")]
+    pub ferry: PathBuf,
+    /// A broker to run the same workload against once, for ratios, e.g.
+    /// tansu=127.0.0.1:9093. Repeatable.
+    #[arg(long, value_name = "NAME=HOST:PORT")]
+    pub peer: Vec<String>,
+    /// The sweep's name, the end of its results directory.
+    #[arg(long, default_value = "sweep")]
+    pub name: String,
+    /// Results go to OUT_DIR/<UTC timestamp>-<name>/.
+    #[arg(long, value_name = "DIR", default_value = "perf/results")]
+    pub out_dir: PathBuf,
+    /// Where each point's node directory (the bucket) goes; deleted after
+    /// the point. Default: the system's temporary directory.
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// S3 PUT latency, median, ms.
+    #[arg(long, default_value_t = 50.0)]
+    pub put_p50_ms: f64,
+    /// S3 PUT latency, 99th percentile, ms.
+    #[arg(long, default_value_t = 300.0)]
+    pub put_p99_ms: f64,
+    /// S3 GET latency, median, ms.
+    #[arg(long, default_value_t = 20.0)]
+    pub get_p50_ms: f64,
+    /// S3 GET latency, 99th percentile, ms.
+    #[arg(long, default_value_t = 100.0)]
+    pub get_p99_ms: f64,
+    /// Added to a request per MiB it moves, ms.
+    #[arg(long, default_value_t = 20.0)]
+    pub ms_per_mib: f64,
+    /// Run on a bare local directory, without the S3 latency model.
+    #[arg(long)]
+    pub no_latency_model: bool,
+    /// A prices file (see bench/prices.toml). Defaults otherwise.
+    #[arg(long, value_name = "PATH")]
+    pub prices: Option<PathBuf>,
+    /// Hours the bucket keeps data, for the storage cost.
+    #[arg(long, default_value_t = 24.0)]
+    pub retention_hours: f64,
+    /// Seconds a node may take to listen.
+    #[arg(long, default_value_t = 30)]
+    pub start_timeout_secs: u64,
+}
+
+impl SweepArgs {
+    /// Checks every value and builds the sweep configuration.
+    pub fn into_config(self) -> Result<SweepConfig, BenchError> {
+        if !(self.workload.rate.is_finite() && self.workload.rate > 0.0) {
+            return Err(BenchError::flag(
+                "--rate",
+                "a sweep needs a fixed rate (records/s over all producers), e.g. --rate 5000",
+            ));
+        }
+        let (intervals, sizes) = if self.small {
+            (SMALL_GRID.0.to_vec(), SMALL_GRID.1.to_vec())
+        } else {
+            (self.batch_interval_ms.clone(), self.max_bytes_mib.clone())
+        };
+        if intervals.is_empty() || intervals.iter().any(|ms| !(1..=60_000).contains(ms)) {
+            return Err(BenchError::flag(
+                "--batch-interval-ms",
+                format!("expected milliseconds from 1 to 60000, got {intervals:?}"),
+            ));
+        }
+        if sizes.is_empty() || sizes.iter().any(|mib| !(1..=1024).contains(mib)) {
+            return Err(BenchError::flag(
+                "--max-bytes-mib",
+                format!("expected MiB from 1 to 1024, got {sizes:?}"),
+            ));
+        }
+        let name_ok = !self.name.is_empty()
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !name_ok {
+            return Err(BenchError::flag(
+                "--name",
+                format!(
+                    "letters, digits, '-', '_' and '.' only, got {:?}",
+                    self.name
+                ),
+            ));
+        }
+        let latency_model = if self.no_latency_model {
+            None
+        } else {
+            for (flag, v) in [
+                ("--put-p50-ms", self.put_p50_ms),
+                ("--put-p99-ms", self.put_p99_ms),
+                ("--get-p50-ms", self.get_p50_ms),
+                ("--get-p99-ms", self.get_p99_ms),
+            ] {
+                if !(v.is_finite() && v > 0.0 && v <= 600_000.0) {
+                    return Err(BenchError::flag(
+                        flag,
+                        format!("expected milliseconds above 0 and at most 600000, got {v}"),
+                    ));
+                }
+            }
+            if self.put_p99_ms < self.put_p50_ms {
+                return Err(BenchError::flag(
+                    "--put-p99-ms",
+                    format!("must be at least --put-p50-ms ({})", self.put_p50_ms),
+                ));
+            }
+            if self.get_p99_ms < self.get_p50_ms {
+                return Err(BenchError::flag(
+                    "--get-p99-ms",
+                    format!("must be at least --get-p50-ms ({})", self.get_p50_ms),
+                ));
+            }
+            if !(self.ms_per_mib.is_finite() && (0.0..=60_000.0).contains(&self.ms_per_mib)) {
+                return Err(BenchError::flag(
+                    "--ms-per-mib",
+                    format!(
+                        "expected milliseconds from 0 to 60000, got {}",
+                        self.ms_per_mib
+                    ),
+                ));
+            }
+            Some(LatencyModel {
+                put_p50_ms: self.put_p50_ms,
+                put_p99_ms: self.put_p99_ms,
+                get_p50_ms: self.get_p50_ms,
+                get_p99_ms: self.get_p99_ms,
+                ms_per_mib: self.ms_per_mib,
+            })
+        };
+        if !(self.retention_hours.is_finite() && self.retention_hours >= 0.0) {
+            return Err(BenchError::flag(
+                "--retention-hours",
+                format!("must be >= 0, got {}", self.retention_hours),
+            ));
+        }
+        if self.start_timeout_secs == 0 {
+            return Err(BenchError::flag(
+                "--start-timeout-secs",
+                "must be at least 1",
+            ));
+        }
+        let mut peers = Vec::new();
+        for item in &self.peer {
+            let Some((name, address)) = item.split_once('=') else {
+                return Err(BenchError::flag(
+                    "--peer",
+                    format!("expected NAME=HOST:PORT, got {item:?}"),
+                ));
+            };
+            if name.is_empty() || name.contains([',', '|', '"']) {
+                return Err(BenchError::flag(
+                    "--peer",
+                    format!("expected a name without ',', '|' or '\"', got {name:?}"),
+                ));
+            }
+            check_address("--peer", address)?;
+            peers.push(Peer {
+                name: name.to_string(),
+                bootstrap: address.to_string(),
+            });
+        }
+        let prices = match &self.prices {
+            Some(path) => Prices::load(path)?,
+            None => Prices::default(),
+        };
+        let work_dir = match self.work_dir {
+            Some(d) => std::path::absolute(&d).map_err(|source| BenchError::Io {
+                op: "resolving",
+                path: d.clone(),
+                source,
+            })?,
+            None => std::env::temp_dir(),
+        };
+        Ok(SweepConfig {
+            // Endpoints are set per point and per peer.
+            workload: self.workload.into_config(Vec::new())?,
+            grid: sweep::grid(&intervals, &sizes),
+            latency_model,
+            peers,
+            ferry: self.ferry,
+            work_dir,
+            out_dir: self.out_dir,
+            name: self.name,
+            prices,
+            retention_hours: self.retention_hours,
+            start_timeout_secs: self.start_timeout_secs,
+        })
+    }
+}
+
 /// `ferry-bench cost`.
 #[derive(Debug, Clone, Args)]
 pub struct CostArgs {
@@ -426,7 +661,7 @@ mod tests {
         let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
         match cli.command {
             Command::Run(run) => run.into_config().map_err(|e| e.to_string()),
-            Command::Cost(_) => Err("not run".into()),
+            _ => Err("not run".into()),
         }
     }
 

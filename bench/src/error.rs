@@ -51,6 +51,14 @@ pub enum BenchError {
     /// A worker thread could not be started or panicked.
     #[error("thread {name}: {reason}")]
     Thread { name: String, reason: String },
+
+    /// A `ferry` node the sweep started failed, or its `/metrics` did.
+    #[error("ferry node ({what}): {reason}")]
+    Node { what: String, reason: String },
+
+    /// Drawing a plot failed.
+    #[error("plotting {path}: {reason}")]
+    Plot { path: PathBuf, reason: String },
 }
 
 impl BenchError {

@@ -1,12 +1,13 @@
 //! Ferry's load generator, `ferry-bench`: librdkafka producers and consumers
 //! against any Kafka-compatible broker, at a fixed rate corrected for
 //! coordinated omission or as fast as possible, with publish and end-to-end
-//! latency in HdrHistogram; and the cost model that prices a workload for
-//! Kafka and for Ferry.
+//! latency in HdrHistogram; the cost model that prices a workload for
+//! Kafka and for Ferry; and sweeps of Ferry's batch settings.
 //!
 //! # Layout
 //!
-//! - [`cli`]: the command line (`run`, `cost`) and the checked [`cli::RunConfig`].
+//! - [`cli`]: the command line (`run`, `cost`, `sweep`) and the checked
+//!   [`cli::RunConfig`] and [`sweep::SweepConfig`].
 //! - [`run`]: one run against a broker: topic, consumers, producers, the load,
 //!   the progress line, the drain, the [`report::Report`].
 //! - [`pacer`]: each record's intended send time; the coordinated-omission
@@ -21,6 +22,13 @@
 //!   with follower fetching and Ferry; the handoff break-even rate.
 //! - [`machine`]: the CPU, cores, kernel and OS a run happened on.
 //! - [`report`]: the run's and the cost model's results, as JSON and text.
+//! - [`sweep`]: `ferry-bench sweep`: a fresh `ferry dev` per
+//!   `batchInterval` x `maxBytesInBatch` point with the S3 latency model, the
+//!   load in process, `/metrics` sampled; the same load against peers.
+//! - [`prom`]: scraping `/metrics` and rates over the measured window.
+//! - [`results`]: the sweep's report, its cost-latency frontier, CSV and
+//!   Markdown, and the results directory.
+//! - [`plots`]: the sweep's SVG plots (plotters).
 //! - [`error`]: [`error::BenchError`], which names the flag, file or client
 //!   call that failed.
 //!
@@ -36,7 +44,11 @@ pub mod error;
 pub mod machine;
 pub mod pacer;
 pub mod payload;
+pub mod plots;
+pub mod prom;
 pub mod recorder;
 pub mod report;
+pub mod results;
 pub mod run;
 pub mod stats;
+pub mod sweep;

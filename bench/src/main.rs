@@ -2,7 +2,7 @@
 //! library. `ferry-bench run --help` lists the settings.
 
 use clap::Parser;
-use ferry_bench::cli::{Cli, Command, CostArgs, RunArgs};
+use ferry_bench::cli::{Cli, Command, CostArgs, RunArgs, SweepArgs};
 use ferry_bench::cost::{FerryUsage, Prices};
 use ferry_bench::error::BenchError;
 use ferry_bench::report::CostReport;
@@ -57,6 +57,24 @@ fn cost(args: CostArgs) -> Result<(), BenchError> {
     Ok(())
 }
 
+fn sweep(args: SweepArgs) -> Result<(), BenchError> {
+    let config = args.into_config()?;
+    let report = ferry_bench::sweep::sweep(&config, std::env::args().collect())?;
+    let dir = ferry_bench::results::write_all(&report)?;
+    println!("{}", dir.join("report.md").display());
+    let failed = report.failures();
+    if failed > 0 {
+        return Err(BenchError::Node {
+            what: "sweep".into(),
+            reason: format!(
+                "{failed} point(s) or peer(s) failed; see {}",
+                dir.join("report.md").display()
+            ),
+        });
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -70,6 +88,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Cost(args) => cost(args),
+        Command::Sweep(args) => sweep(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -18,6 +18,8 @@ pub struct Report {
     pub run_id: u64,
     /// When the run's clock started, Unix milliseconds.
     pub started_unix_ms: u64,
+    /// The measured window (after the warm-up), in Unix milliseconds.
+    pub measured_window: MeasuredWindow,
     pub machine: Machine,
     pub config: RunConfig,
     /// Partitions of the topic as found or created.
@@ -30,6 +32,13 @@ pub struct Report {
     pub zones: Option<ZoneLatencies>,
     /// Errors by message, with counts: delivery reports, sends, consumers.
     pub errors: BTreeMap<String, u64>,
+}
+
+/// When measurement started and ended, Unix milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MeasuredWindow {
+    pub start_unix_ms: u64,
+    pub end_unix_ms: u64,
 }
 
 /// The producers' side.

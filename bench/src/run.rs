@@ -32,7 +32,9 @@ use crate::machine;
 use crate::pacer::{Pace, Pacer};
 use crate::payload::{self, Stamp};
 use crate::recorder::{Phase, Recorder, Window};
-use crate::report::{EndToEnd, Publish, Report, ZoneLatencies, ZonePair, ZonePublish};
+use crate::report::{
+    EndToEnd, MeasuredWindow, Publish, Report, ZoneLatencies, ZonePair, ZonePublish,
+};
 use crate::stats::{LatencySummary, Throughput};
 use parking_lot::Mutex;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -904,6 +906,10 @@ fn build_report(
         command,
         run_id,
         started_unix_ms: clock.origin_unix_ms(),
+        measured_window: MeasuredWindow {
+            start_unix_ms: clock.unix_ns(window.warmup_end_ns) / 1_000_000,
+            end_unix_ms: clock.unix_ns(window.end_ns) / 1_000_000,
+        },
         machine,
         config: config.clone(),
         partitions,

@@ -1,0 +1,876 @@
+//! What a sweep produces: the [`SweepReport`], its cost-latency frontier,
+//! and its files under `perf/results/<timestamp>-<name>/`: `sweep.json`,
+//! `sweep.csv`, `report.md` and the SVG plots of [`crate::plots`].
+
+use crate::cost::{FerryUsage, MonthlyCost};
+use crate::error::BenchError;
+use crate::machine::Machine;
+use crate::plots;
+use crate::prom::Rates;
+use crate::report::Report;
+use crate::stats::{LatencySummary, Throughput};
+use crate::sweep::{GridPoint, Peer, SweepConfig};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// Said in every sweep's report: what it does not measure yet, and how the
+/// costs are made.
+pub const NOTES: [&str; 4] = [
+    "Cross-zone bytes: the node exports no cross-zone byte counter yet \
+     (`ferry_cross_zone_bytes_total` arrives with the zones issue), so they are recorded as 0 \
+     and marked not measured.",
+    "One node in one zone: `ferry dev` runs a single node, so the cross-zone produce (the \
+     handoff), read replicas and multi-zone placement are not measured until the zones issue \
+     lands; every latency here is same-zone.",
+    "Ferry $/month: the PUT and GET rates measured in the window, the cross-zone bytes (0, see \
+     above), and storage of the produced rate for the retention given. Kafka $/month: the same \
+     produced rate, RF=3 across 3 zones with one consumer group (cross-zone transfer only).",
+    "Rates come from `/metrics` samples taken every 250 ms inside the measured window; PUTs \
+     include metadata writes and retries.",
+];
+
+/// The figures of one load run, as the sweep keeps them.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub publish: LatencySummary,
+    pub publish_throughput: Throughput,
+    pub end_to_end: Option<LatencySummary>,
+    pub records_acked: u64,
+    /// Failed, unreported or never sent.
+    pub records_lost: u64,
+    /// Acknowledged but not consumed by the drain deadline.
+    pub records_missing: u64,
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl RunSummary {
+    pub fn of(r: &Report) -> RunSummary {
+        let p = &r.publish;
+        RunSummary {
+            publish: p.latency,
+            publish_throughput: p.throughput,
+            end_to_end: r.end_to_end.as_ref().map(|e| e.latency),
+            records_acked: p.records_acked,
+            records_lost: p.records_failed + p.records_unreported + p.records_not_sent,
+            records_missing: r.end_to_end.as_ref().map_or(0, |e| e.records_missing),
+            errors: r.errors.clone(),
+        }
+    }
+}
+
+/// A grid point's measurements.
+#[derive(Debug, Clone, Serialize)]
+pub struct PointMeasure {
+    pub run: RunSummary,
+    pub rates: Rates,
+    pub usage: FerryUsage,
+    pub cost: MonthlyCost,
+    pub kafka_rf3_usd: f64,
+    pub kafka_follower_fetching_usd: f64,
+}
+
+/// One grid point: measured, or the error that stopped it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PointResult {
+    pub point: GridPoint,
+    pub measured: Option<PointMeasure>,
+    pub error: Option<String>,
+    /// No other point is as cheap and as fast, and better in one of the two.
+    pub on_frontier: bool,
+    /// Wall time of the point, node start to node stop.
+    pub seconds: f64,
+}
+
+/// The workload against a peer broker.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerResult {
+    pub peer: Peer,
+    pub measured: Option<RunSummary>,
+    pub error: Option<String>,
+    pub seconds: f64,
+}
+
+/// Everything a sweep measured (`sweep.json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepReport {
+    pub tool: &'static str,
+    pub version: &'static str,
+    pub name: String,
+    pub command: Vec<String>,
+    pub started_unix_ms: u64,
+    pub finished_unix_ms: u64,
+    pub machine: Machine,
+    pub config: SweepConfig,
+    pub peers: Vec<PeerResult>,
+    pub points: Vec<PointResult>,
+    pub notes: Vec<String>,
+}
+
+impl SweepReport {
+    /// Points that failed.
+    pub fn failures(&self) -> usize {
+        self.points.iter().filter(|p| p.measured.is_none()).count()
+            + self.peers.iter().filter(|p| p.measured.is_none()).count()
+    }
+}
+
+/// The cost-latency frontier of `(cost, p99)` pairs (`None`: not measured):
+/// a point is on it when no other point is at most as costly and at most as
+/// slow, and strictly better in one of the two. Equal points are both on it.
+pub fn frontier(points: &[Option<(f64, f64)>]) -> Vec<bool> {
+    points
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let Some((cost, p99)) = *p else {
+                return false;
+            };
+            !points.iter().enumerate().any(|(j, q)| {
+                matches!(*q, Some((c, l)) if j != i && c <= cost && l <= p99 && (c < cost || l < p99))
+            })
+        })
+        .collect()
+}
+
+/// A CSV field, quoted when it holds a comma, a quote or a line break
+/// (RFC 4180: quotes inside are doubled).
+pub fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// The CSV columns, in order.
+pub const CSV_HEADER: &str = "target,batch_interval_ms,max_bytes_in_batch,status,\
+publish_p50_ms,publish_p90_ms,publish_p99_ms,publish_p999_ms,publish_max_ms,\
+e2e_p50_ms,e2e_p99_ms,records_per_sec,mb_per_sec,records_lost,\
+puts_per_sec,gets_per_sec,cross_zone_bytes_per_sec,cross_zone_measured,\
+ferry_usd_per_month,kafka_rf3_usd_per_month,on_frontier,error";
+
+fn f3(x: f64) -> String {
+    format!("{x:.3}")
+}
+
+fn run_columns(run: Option<&RunSummary>) -> Vec<String> {
+    match run {
+        Some(r) => {
+            let p = &r.publish;
+            vec![
+                f3(p.p50_ms),
+                f3(p.p90_ms),
+                f3(p.p99_ms),
+                f3(p.p999_ms),
+                f3(p.max_ms),
+                r.end_to_end.map(|e| f3(e.p50_ms)).unwrap_or_default(),
+                r.end_to_end.map(|e| f3(e.p99_ms)).unwrap_or_default(),
+                format!("{:.1}", r.publish_throughput.records_per_sec),
+                f3(r.publish_throughput.mb_per_sec),
+                r.records_lost.to_string(),
+            ]
+        }
+        None => vec![String::new(); 10],
+    }
+}
+
+/// One line per grid point, then one per peer (whose S3 columns are empty).
+pub fn to_csv(report: &SweepReport) -> String {
+    let mut out = String::from(CSV_HEADER);
+    out.push('\n');
+    let mut line = |cells: Vec<String>| {
+        let cells: Vec<String> = cells.iter().map(|c| csv_field(c)).collect();
+        out.push_str(&cells.join(","));
+        out.push('\n');
+    };
+    for p in &report.points {
+        let m = p.measured.as_ref();
+        let mut cells = vec![
+            "ferry".to_string(),
+            p.point.batch_interval_ms.to_string(),
+            p.point.max_bytes_in_batch.to_string(),
+            if m.is_some() { "ok" } else { "failed" }.to_string(),
+        ];
+        cells.extend(run_columns(m.map(|m| &m.run)));
+        match m {
+            Some(m) => cells.extend([
+                f3(m.rates.puts_per_sec),
+                f3(m.rates.gets_per_sec),
+                f3(m.rates.cross_zone_bytes_per_sec),
+                m.rates.cross_zone_measured.to_string(),
+                format!("{:.2}", m.cost.total_usd),
+                format!("{:.2}", m.kafka_rf3_usd),
+            ]),
+            None => cells.extend(vec![String::new(); 6]),
+        }
+        cells.push(p.on_frontier.to_string());
+        cells.push(p.error.clone().unwrap_or_default());
+        line(cells);
+    }
+    for peer in &report.peers {
+        let mut cells = vec![
+            peer.peer.name.clone(),
+            String::new(),
+            String::new(),
+            if peer.measured.is_some() {
+                "ok"
+            } else {
+                "failed"
+            }
+            .to_string(),
+        ];
+        cells.extend(run_columns(peer.measured.as_ref()));
+        cells.extend(vec![String::new(); 6]);
+        cells.push("false".to_string());
+        cells.push(peer.error.clone().unwrap_or_default());
+        line(cells);
+    }
+    out
+}
+
+/// `20251124T160000Z` for a Unix time in milliseconds.
+pub fn timestamp(unix_ms: u64) -> String {
+    i64::try_from(unix_ms)
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map_or_else(
+            || unix_ms.to_string(),
+            |t| t.format("%Y%m%dT%H%M%SZ").to_string(),
+        )
+}
+
+fn date(unix_ms: u64) -> String {
+    i64::try_from(unix_ms)
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map_or_else(
+            || unix_ms.to_string(),
+            |t| t.format("%Y-%m-%d %H:%M UTC").to_string(),
+        )
+}
+
+/// The command line as one shell-ish string.
+fn command_text(command: &[String]) -> String {
+    command
+        .iter()
+        .map(|a| {
+            if a.is_empty() || a.contains([' ', '&', '?', '"', '\'', '$', ';']) {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            } else {
+                a.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn ms(x: f64) -> String {
+    format!("{x:.1}")
+}
+
+/// The Markdown report; `plots` are the SVG file names beside it.
+pub fn to_markdown(report: &SweepReport, plots: &[(&str, &str)]) -> String {
+    let c = &report.config;
+    let w = &c.workload;
+    let m = &report.machine;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "# Sweep `{}`: batchInterval x maxBytesInBatch\n",
+        report.name
+    );
+    let _ = writeln!(
+        o,
+        "- Date: {} ({:.0} s)",
+        date(report.started_unix_ms),
+        report
+            .finished_unix_ms
+            .saturating_sub(report.started_unix_ms) as f64
+            / 1e3
+    );
+    let _ = writeln!(o, "- Command: `{}`", command_text(&report.command));
+    let _ = writeln!(
+        o,
+        "- Machine: {} ({} cores usable, {} logical), {}, kernel {}, {:.1} GiB memory, host `{}`",
+        m.cpu_model,
+        m.cores,
+        m.logical_cpus,
+        m.os,
+        m.kernel,
+        m.memory_bytes as f64 / (1u64 << 30) as f64,
+        m.hostname
+    );
+    let _ = writeln!(
+        o,
+        "- Load generator: ferry-bench {} with librdkafka {}, in the same process as the sweep, on the same machine as the broker",
+        report.version, m.librdkafka
+    );
+    let _ = writeln!(
+        o,
+        "- Broker: `{} dev`, one node in one zone, a fresh local-directory bucket per point",
+        c.ferry.display()
+    );
+    match &c.latency_model {
+        Some(l) => {
+            let _ = writeln!(
+                o,
+                "- S3 latency model: PUT p50 {} ms, p99 {} ms; GET p50 {} ms, p99 {} ms (log-normal); plus {} ms per MiB",
+                l.put_p50_ms, l.put_p99_ms, l.get_p50_ms, l.get_p99_ms, l.ms_per_mib
+            );
+        }
+        None => {
+            let _ = writeln!(
+                o,
+                "- S3 latency model: off (a bare local directory: every point looks alike)"
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "- Workload: {} records/s ({:.2} MB/s) of {} B, acks={}, {} producer(s), {} consumer(s), {} partitions, linger {} ms, {} s warm-up + {} s measured per point",
+        w.rate_per_sec,
+        w.rate_per_sec * w.record_bytes as f64 / 1e6,
+        w.record_bytes,
+        w.acks.as_config(),
+        w.producers,
+        w.consumers,
+        w.partitions,
+        w.linger_ms,
+        w.warmup_secs,
+        w.duration_secs
+    );
+    let p = &c.prices;
+    let _ = writeln!(
+        o,
+        "- Prices: PUT ${}/1000, GET ${}/1000, cross-zone ${}/GB each way, storage ${}/GB-month, {} h/month; retention {} h",
+        p.s3_put_usd_per_1000,
+        p.s3_get_usd_per_1000,
+        p.cross_zone_usd_per_gb_each_way,
+        p.storage_usd_per_gb_month,
+        p.hours_per_month,
+        c.retention_hours
+    );
+
+    let _ = writeln!(o, "\n## Points\n");
+    let _ = writeln!(
+        o,
+        "Latency in ms, publish = intended send to acknowledgement (acks={}), e2e = to consumer receipt. \
+         `*` marks the cost-latency frontier (publish p99 against Ferry $/month).\n",
+        w.acks.as_config()
+    );
+    let _ = writeln!(
+        o,
+        "| batchInterval | maxBytesInBatch | publish p50 | p99 | p99.9 | e2e p50 | e2e p99 | MB/s | PUT/s | GET/s | cross-zone B/s | Ferry $/month | Kafka RF=3 $/month | frontier |"
+    );
+    let _ = writeln!(
+        o,
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |"
+    );
+    for pt in &report.points {
+        let head = format!(
+            "| {} ms | {} MiB",
+            pt.point.batch_interval_ms,
+            pt.point.max_mib()
+        );
+        match &pt.measured {
+            Some(mm) => {
+                let r = &mm.run;
+                let e2e = |f: fn(&LatencySummary) -> f64| {
+                    r.end_to_end.as_ref().map_or("-".into(), |e| ms(f(e)))
+                };
+                let _ = writeln!(
+                    o,
+                    "{head} | {} | {} | {} | {} | {} | {:.2} | {:.1} | {:.1} | {} | {:.2} | {:.2} | {} |",
+                    ms(r.publish.p50_ms),
+                    ms(r.publish.p99_ms),
+                    ms(r.publish.p999_ms),
+                    e2e(|e| e.p50_ms),
+                    e2e(|e| e.p99_ms),
+                    r.publish_throughput.mb_per_sec,
+                    mm.rates.puts_per_sec,
+                    mm.rates.gets_per_sec,
+                    if mm.rates.cross_zone_measured {
+                        format!("{:.0}", mm.rates.cross_zone_bytes_per_sec)
+                    } else {
+                        "0 (not measured)".to_string()
+                    },
+                    mm.cost.total_usd,
+                    mm.kafka_rf3_usd,
+                    if pt.on_frontier { "*" } else { "" }
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    o,
+                    "{head} | failed: {} | | | | | | | | | | | |",
+                    pt.error
+                        .as_deref()
+                        .unwrap_or("?")
+                        .lines()
+                        .next()
+                        .unwrap_or("?")
+                        .replace('|', "/")
+                );
+            }
+        }
+    }
+    let lost: u64 = report
+        .points
+        .iter()
+        .filter_map(|p| p.measured.as_ref())
+        .map(|m| m.run.records_lost + m.run.records_missing)
+        .sum();
+    if lost > 0 {
+        let _ = writeln!(
+            o,
+            "\nWarning: {lost} records were lost or never consumed over the points (see sweep.json)."
+        );
+    }
+
+    let on: Vec<String> = report
+        .points
+        .iter()
+        .filter(|p| p.on_frontier)
+        .filter_map(|p| {
+            p.measured.as_ref().map(|m| {
+                format!(
+                    "{} (p99 {} ms, ${:.2}/month)",
+                    p.point.label(),
+                    ms(m.run.publish.p99_ms),
+                    m.cost.total_usd
+                )
+            })
+        })
+        .collect();
+    let _ = writeln!(o, "\n## Cost-latency frontier\n");
+    if on.is_empty() {
+        let _ = writeln!(o, "No point was measured.");
+    } else {
+        let _ = writeln!(
+            o,
+            "No other point is both cheaper and faster (publish p99) than these:\n"
+        );
+        for f in on {
+            let _ = writeln!(o, "- {f}");
+        }
+    }
+
+    if !report.peers.is_empty() {
+        let _ = writeln!(o, "\n## Peers: the same workload, same run\n");
+        let _ = writeln!(
+            o,
+            "| target | publish p50 | p99 | p99.9 | e2e p99 | MB/s | lost |"
+        );
+        let _ = writeln!(o, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+        for peer in &report.peers {
+            match &peer.measured {
+                Some(r) => {
+                    let _ = writeln!(
+                        o,
+                        "| {} ({}) | {} | {} | {} | {} | {:.2} | {} |",
+                        peer.peer.name,
+                        peer.peer.bootstrap,
+                        ms(r.publish.p50_ms),
+                        ms(r.publish.p99_ms),
+                        ms(r.publish.p999_ms),
+                        r.end_to_end.as_ref().map_or("-".into(), |e| ms(e.p99_ms)),
+                        r.publish_throughput.mb_per_sec,
+                        r.records_lost
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        o,
+                        "| {} ({}) | failed: {} | | | | | |",
+                        peer.peer.name,
+                        peer.peer.bootstrap,
+                        peer.error.as_deref().unwrap_or("?").replace('|', "/")
+                    );
+                }
+            }
+        }
+        for peer in &report.peers {
+            let Some(pr) = &peer.measured else { continue };
+            let _ = writeln!(
+                o,
+                "\nFerry / {}, per point (below 1: Ferry lower; latency ratios of the publish percentiles, throughput of MB/s):\n",
+                peer.peer.name
+            );
+            let _ = writeln!(o, "| point | p50 ratio | p99 ratio | MB/s ratio |");
+            let _ = writeln!(o, "| --- | ---: | ---: | ---: |");
+            for pt in &report.points {
+                let Some(mm) = &pt.measured else { continue };
+                let ratio = |a: f64, b: f64| {
+                    if b > 0.0 {
+                        format!("{:.2}", a / b)
+                    } else {
+                        "-".into()
+                    }
+                };
+                let _ = writeln!(
+                    o,
+                    "| {} | {} | {} | {} |",
+                    pt.point.label(),
+                    ratio(mm.run.publish.p50_ms, pr.publish.p50_ms),
+                    ratio(mm.run.publish.p99_ms, pr.publish.p99_ms),
+                    ratio(
+                        mm.run.publish_throughput.mb_per_sec,
+                        pr.publish_throughput.mb_per_sec
+                    )
+                );
+            }
+        }
+    }
+
+    if !plots.is_empty() {
+        let _ = writeln!(o, "\n## Plots\n");
+        for (file, title) in plots {
+            let _ = writeln!(o, "![{title}]({file})\n");
+        }
+    }
+    let _ = writeln!(o, "## Notes\n");
+    for n in &report.notes {
+        let _ = writeln!(o, "- {n}");
+    }
+    o
+}
+
+/// `out_dir/<timestamp>-<name>`.
+pub fn results_dir(out_dir: &Path, name: &str, unix_ms: u64) -> PathBuf {
+    out_dir.join(format!("{}-{name}", timestamp(unix_ms)))
+}
+
+fn write(path: PathBuf, text: &str) -> Result<(), BenchError> {
+    std::fs::write(&path, text).map_err(|source| BenchError::Io {
+        op: "writing",
+        path,
+        source,
+    })
+}
+
+/// Writes `sweep.json`, `sweep.csv`, the plots and `report.md` into a new
+/// results directory; returns it.
+pub fn write_all(report: &SweepReport) -> Result<PathBuf, BenchError> {
+    let dir = results_dir(&report.config.out_dir, &report.name, report.started_unix_ms);
+    std::fs::create_dir_all(&dir).map_err(|source| BenchError::Io {
+        op: "creating",
+        path: dir.clone(),
+        source,
+    })?;
+    let mut json = serde_json::to_string_pretty(report)?;
+    json.push('\n');
+    write(dir.join("sweep.json"), &json)?;
+    write(dir.join("sweep.csv"), &to_csv(report))?;
+    let plots = plots::draw_all(report, &dir)?;
+    let names: Vec<(&str, &str)> = plots.iter().map(|(f, t)| (*f, *t)).collect();
+    write(dir.join("report.md"), &to_markdown(report, &names))?;
+    Ok(dir)
+}
+
+/// A small, fully known sweep report, for tests here and in `plots`.
+#[cfg(test)]
+pub(crate) fn sample_report() -> SweepReport {
+    use crate::cli::{Acks, Compression, RunConfig};
+    use crate::cost::Prices;
+    use crate::sweep::{price, LatencyModel};
+
+    let latency = |p50: f64, p99: f64| LatencySummary {
+        count: 1_000,
+        min_ms: 1.0,
+        mean_ms: p50,
+        p50_ms: p50,
+        p90_ms: (p50 + p99) / 2.0,
+        p99_ms: p99,
+        p999_ms: p99 * 1.5,
+        max_ms: p99 * 2.0,
+    };
+    let run = |p50: f64, p99: f64| RunSummary {
+        publish: latency(p50, p99),
+        // 50,000 records of 1,000 B in 10 s: 5,000 records/s, 5 MB/s.
+        publish_throughput: Throughput::new(50_000, 50_000_000, 10.0),
+        end_to_end: Some(latency(p50 + 2.0, p99 + 4.0)),
+        records_acked: 50_000,
+        records_lost: 0,
+        records_missing: 0,
+        errors: BTreeMap::new(),
+    };
+    let rates = |puts: f64| Rates {
+        puts_per_sec: puts,
+        gets_per_sec: 0.0,
+        cross_zone_bytes_per_sec: 0.0,
+        cross_zone_measured: false,
+        seconds: 9.75,
+    };
+    let prices = Prices::default();
+    let point = |ms: u64, mib: u64| GridPoint {
+        batch_interval_ms: ms,
+        max_bytes_in_batch: mib << 20,
+    };
+    SweepReport {
+        tool: "ferry-bench sweep",
+        version: "0.1.0",
+        name: "test".into(),
+        command: vec!["ferry-bench".into(), "sweep".into(), "--small".into()],
+        started_unix_ms: 1_764_000_000_000,
+        finished_unix_ms: 1_764_000_060_000,
+        machine: Machine {
+            hostname: "host".into(),
+            cpu_model: "CPU".into(),
+            cores: 2,
+            logical_cpus: 2,
+            kernel: "6.1".into(),
+            os: "Debian".into(),
+            memory_bytes: 1 << 30,
+            librdkafka: "2.0.2".into(),
+        },
+        config: SweepConfig {
+            workload: RunConfig {
+                endpoints: Vec::new(),
+                topic: "ferry-bench".into(),
+                partitions: 6,
+                replication_factor: 1,
+                record_bytes: 1_000,
+                rate_per_sec: 5_000.0,
+                acks: Acks::All,
+                producers: 1,
+                consumers: 1,
+                warmup_secs: 2,
+                duration_secs: 10,
+                drain_secs: 30,
+                connect_timeout_secs: 10,
+                linger_ms: 5,
+                batch_bytes: 1_000_000,
+                compression: Compression::None,
+                producer_config: Vec::new(),
+                consumer_config: Vec::new(),
+            },
+            grid: vec![point(50, 1), point(250, 1), point(50, 8)],
+            latency_model: Some(LatencyModel {
+                put_p50_ms: 50.0,
+                put_p99_ms: 300.0,
+                get_p50_ms: 20.0,
+                get_p99_ms: 100.0,
+                ms_per_mib: 20.0,
+            }),
+            peers: vec![Peer {
+                name: "tansu".into(),
+                bootstrap: "127.0.0.1:9093".into(),
+            }],
+            ferry: PathBuf::from("target/release/ferry"),
+            work_dir: PathBuf::from("/tmp"),
+            out_dir: PathBuf::from("perf/results"),
+            name: "test".into(),
+            prices,
+            retention_hours: 24.0,
+            start_timeout_secs: 30,
+        },
+        peers: vec![PeerResult {
+            peer: Peer {
+                name: "tansu".into(),
+                bootstrap: "127.0.0.1:9093".into(),
+            },
+            measured: Some(run(5.0, 20.0)),
+            error: None,
+            seconds: 13.0,
+        }],
+        points: vec![
+            PointResult {
+                point: point(50, 1),
+                measured: Some(price(&prices, run(90.0, 400.0), rates(20.0), 24.0)),
+                error: None,
+                on_frontier: false,
+                seconds: 14.0,
+            },
+            PointResult {
+                point: point(250, 1),
+                measured: Some(price(&prices, run(210.0, 600.0), rates(4.0), 24.0)),
+                error: None,
+                on_frontier: true,
+                seconds: 14.0,
+            },
+            PointResult {
+                point: point(50, 8),
+                measured: None,
+                error: Some("ferry node (start): exited, \"port\" in use".into()),
+                on_frontier: false,
+                seconds: 1.0,
+            },
+        ],
+        notes: NOTES.iter().map(|n| n.to_string()).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_frontier_keeps_what_nothing_beats_on_both() {
+        // (cost $, p99 ms):
+        //   0: (10, 500)  cheapest: on it
+        //   1: (20, 300)  on it: only 0 is cheaper, and it is slower
+        //   2: (25, 300)  beaten by 1 (cheaper, as fast)
+        //   3: (40, 100)  fastest: on it
+        //   4: (40, 100)  equal to 3: both stay
+        //   5: not measured: never on it
+        //   6: (30, 350)  beaten by 1 (cheaper and faster)
+        let points = [
+            Some((10.0, 500.0)),
+            Some((20.0, 300.0)),
+            Some((25.0, 300.0)),
+            Some((40.0, 100.0)),
+            Some((40.0, 100.0)),
+            None,
+            Some((30.0, 350.0)),
+        ];
+        assert_eq!(
+            frontier(&points),
+            [true, true, false, true, true, false, false]
+        );
+        assert_eq!(frontier(&[]), Vec::<bool>::new());
+        assert_eq!(frontier(&[Some((1.0, 1.0))]), [true]);
+    }
+
+    #[test]
+    fn csv_fields_are_quoted_only_when_needed() {
+        assert_eq!(csv_field("ok"), "ok");
+        assert_eq!(csv_field("12.500"), "12.500");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
+        assert_eq!(csv_field(""), "");
+    }
+
+    #[test]
+    fn timestamps_name_results_in_utc() {
+        // 1,764,000,000 s = 20,416 days + 57,600 s. Day 20,089 is
+        // 2025-01-01 (55 years, 14 of them leap); day 327 of 2025 is
+        // 24 November (304 days to the end of October); 57,600 s = 16:00.
+        assert_eq!(timestamp(1_764_000_000_000), "20251124T160000Z");
+        assert_eq!(timestamp(0), "19700101T000000Z");
+        assert_eq!(
+            results_dir(Path::new("perf/results"), "quick", 0),
+            Path::new("perf/results/19700101T000000Z-quick")
+        );
+    }
+
+    #[test]
+    fn shell_quoting_of_the_command() {
+        let c = [
+            "ferry-bench".to_string(),
+            "sweep".to_string(),
+            "--name".to_string(),
+            "a b".to_string(),
+            "it's".to_string(),
+        ];
+        assert_eq!(
+            command_text(&c),
+            "ferry-bench sweep --name 'a b' 'it'\\''s'"
+        );
+    }
+    #[test]
+    fn the_csv_has_one_line_per_point_and_peer_with_hand_worked_numbers() {
+        // Point 50 ms / 1 MiB: 20 PUT/s -> $262.80 + storage 5e6 B/s x 86,400 s
+        // = 432 GB x $0.023 = $9.936 -> $272.736, printed $272.74. Kafka RF=3
+        // at 5 MB/s: $700.80. Point 250 ms: 4 PUT/s = $52.56 + $9.936 =
+        // $62.496 -> $62.50. The failed point's error holds a comma and
+        // quotes, so it is quoted with its quotes doubled. The peer has no
+        // S3 columns.
+        let csv = to_csv(&sample_report());
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines.len(), 5, "{csv}");
+        assert_eq!(lines[0], CSV_HEADER);
+        assert_eq!(lines[0].split(',').count(), 22);
+        assert_eq!(
+            lines[1],
+            "ferry,50,1048576,ok,90.000,245.000,400.000,600.000,800.000,92.000,404.000,\
+             5000.0,5.000,0,20.000,0.000,0.000,false,272.74,700.80,false,"
+        );
+        assert_eq!(
+            lines[2],
+            "ferry,250,1048576,ok,210.000,405.000,600.000,900.000,1200.000,212.000,604.000,\
+             5000.0,5.000,0,4.000,0.000,0.000,false,62.50,700.80,true,"
+        );
+        assert_eq!(
+            lines[3],
+            "ferry,50,8388608,failed,,,,,,,,,,,,,,,,,false,\
+             \"ferry node (start): exited, \"\"port\"\" in use\""
+        );
+        assert_eq!(
+            lines[4],
+            "tansu,,,ok,5.000,12.500,20.000,30.000,40.000,7.000,24.000,5000.0,5.000,0,,,,,,,false,"
+        );
+    }
+
+    #[test]
+    fn the_markdown_report_says_what_was_measured_and_what_was_not() {
+        let md = to_markdown(&sample_report(), &[("latency.svg", "latency")]);
+        assert!(md.contains("# Sweep `test`"), "{md}");
+        assert!(md.contains("- Date: 2025-11-24 16:00 UTC (60 s)"), "{md}");
+        assert!(
+            md.contains("- Command: `ferry-bench sweep --small`"),
+            "{md}"
+        );
+        assert!(
+            md.contains("CPU (2 cores usable, 2 logical), Debian, kernel 6.1"),
+            "{md}"
+        );
+        assert!(md.contains("PUT p50 50 ms, p99 300 ms"), "{md}");
+        // 5,000 records/s of 1,000 B = 5.00 MB/s.
+        assert!(md.contains("5000 records/s (5.00 MB/s) of 1000 B"), "{md}");
+        assert!(
+            md.contains("| 50 ms | 1 MiB | 90.0 | 400.0 | 600.0 | 92.0 | 404.0 | 5.00 | 20.0 | 0.0 | 0 (not measured) | 272.74 | 700.80 |  |"),
+            "{md}"
+        );
+        assert!(md.contains("| 250 ms | 1 MiB | 210.0 | 600.0"), "{md}");
+        assert!(
+            md.contains("| 50 ms | 8 MiB | failed: ferry node (start)"),
+            "{md}"
+        );
+        assert!(
+            md.contains("- 250 ms / 1 MiB (p99 600.0 ms, $62.50/month)"),
+            "{md}"
+        );
+        // Ratios against tansu: p50 90 / 5 = 18.00, p99 400 / 20 = 20.00,
+        // MB/s 5 / 5 = 1.00.
+        assert!(
+            md.contains("| 50 ms / 1 MiB | 18.00 | 20.00 | 1.00 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| tansu (127.0.0.1:9093) | 5.0 | 20.0 | 30.0 | 24.0 | 5.00 | 0 |"),
+            "{md}"
+        );
+        assert!(md.contains("![latency](latency.svg)"), "{md}");
+        assert!(md.contains("cross-zone byte counter"), "{md}");
+        assert!(md.contains("multi-zone placement"), "{md}");
+    }
+
+    #[test]
+    fn every_file_is_written_into_a_new_results_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut report = sample_report();
+        report.config.out_dir = tmp.path().to_path_buf();
+        let dir = write_all(&report).unwrap();
+        assert_eq!(dir, tmp.path().join("20251124T160000Z-test"));
+        for f in [
+            "sweep.json",
+            "sweep.csv",
+            "report.md",
+            "latency.svg",
+            "frontier.svg",
+            "throughput.svg",
+        ] {
+            let len = std::fs::metadata(dir.join(f)).map(|m| m.len()).unwrap_or(0);
+            assert!(len > 100, "{f}: {len} bytes");
+        }
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("sweep.json")).unwrap())
+                .unwrap();
+        assert_eq!(json["points"][1]["on_frontier"], true);
+        assert_eq!(json["points"][0]["measured"]["rates"]["puts_per_sec"], 20.0);
+        assert_eq!(json["config"]["grid"][2]["max_bytes_in_batch"], 8_388_608);
+    }
+}

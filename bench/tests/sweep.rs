@@ -1,0 +1,162 @@
+//! `ferry-bench sweep` end to end: a 1 x 1 grid against the debug `ferry`
+//! that `cargo test --workspace` builds beside this package's binary, with a
+//! constant 60 ms PUT latency, checking that the model took effect, that the
+//! PUT rate follows `batchInterval`, that every output file is written, and
+//! that the node's directory is gone afterwards.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferry-bench");
+
+/// `target/debug/ferry`, beside `target/debug/ferry-bench`. Not built here:
+/// `cargo test --workspace` builds it (or `cargo build -p ferry-node --bin ferry`).
+fn ferry_binary() -> PathBuf {
+    let ferry = PathBuf::from(BIN).with_file_name("ferry");
+    assert!(
+        ferry.is_file(),
+        "{} is missing: the sweep test needs the ferry binary. Run `cargo build -p ferry-node \
+         --bin ferry` first (cargo test --workspace builds it).",
+        ferry.display()
+    );
+    ferry
+}
+
+#[test]
+fn a_one_point_sweep_against_ferry_dev() {
+    let ferry = ferry_binary();
+    let out = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let start = Instant::now();
+    let mut child = Command::new(BIN)
+        .arg("sweep")
+        .arg("--ferry")
+        .arg(&ferry)
+        .args(["--batch-interval-ms", "50", "--max-bytes-mib", "1"])
+        .args([
+            "--rate",
+            "200",
+            "--record-bytes",
+            "1000",
+            "--partitions",
+            "2",
+        ])
+        .args([
+            "--warmup-secs",
+            "1",
+            "--duration-secs",
+            "3",
+            "--drain-secs",
+            "10",
+        ])
+        // A constant 60 ms PUT: p50 = p99.
+        .args(["--put-p50-ms", "60", "--put-p99-ms", "60"])
+        .args([
+            "--get-p50-ms",
+            "5",
+            "--get-p99-ms",
+            "10",
+            "--ms-per-mib",
+            "0",
+        ])
+        .args(["--name", "it", "--out-dir"])
+        .arg(out.path())
+        .arg("--work-dir")
+        .arg(work.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ferry-bench sweep");
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "sweep still running after 120 s:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("sweep [1/1] batchInterval 50 ms, maxBytesInBatch 1 MiB: publish p50"),
+        "no progress line:\n{stderr}"
+    );
+
+    let dirs: Vec<PathBuf> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    let dir = &dirs[0];
+    assert!(
+        dir.file_name().unwrap().to_string_lossy().ends_with("Z-it"),
+        "{}",
+        dir.display()
+    );
+    assert_eq!(stdout.trim(), dir.join("report.md").display().to_string());
+    for f in [
+        "sweep.json",
+        "sweep.csv",
+        "report.md",
+        "latency.svg",
+        "frontier.svg",
+        "throughput.svg",
+    ] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+    }
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("sweep.json")).unwrap()).unwrap();
+    let point = &json["points"][0];
+    assert_eq!(point["point"]["batch_interval_ms"], 50);
+    assert_eq!(point["point"]["max_bytes_in_batch"], 1_048_576);
+    let m = &point["measured"];
+    assert!(m.is_object(), "point failed: {}", point["error"]);
+    // Acknowledged only once the object's PUT is done: at least the 60 ms
+    // PUT, where a bare directory answers in a few ms.
+    let p50 = m["run"]["publish"]["p50_ms"].as_f64().unwrap();
+    let p99 = m["run"]["publish"]["p99_ms"].as_f64().unwrap();
+    assert!(
+        p50 >= 60.0,
+        "publish p50 {p50} ms: the latency model is off"
+    );
+    assert!(p99 < 2_000.0, "publish p99 {p99} ms");
+    // One object per 50 ms while records flow: about 20 PUT/s (up to 4
+    // uploads of 60 ms overlap, so the PUT latency does not slow them).
+    let puts = m["rates"]["puts_per_sec"].as_f64().unwrap();
+    assert!((12.0..=30.0).contains(&puts), "{puts} PUT/s");
+    assert_eq!(m["rates"]["cross_zone_measured"], false);
+    assert_eq!(m["run"]["records_lost"], 0);
+    // 200 records/s of 1,000 B: 0.2 MB/s.
+    let mbs = m["run"]["publish_throughput"]["mb_per_sec"]
+        .as_f64()
+        .unwrap();
+    assert!((0.15..=0.25).contains(&mbs), "{mbs} MB/s");
+    assert_eq!(
+        point["on_frontier"], true,
+        "the only point is on the frontier"
+    );
+
+    let csv = std::fs::read_to_string(dir.join("sweep.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 2, "{csv}");
+    assert!(
+        csv.lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("ferry,50,1048576,ok,"),
+        "{csv}"
+    );
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(md.contains("| 50 ms | 1 MiB |"), "{md}");
+
+    // The node's directory (its bucket) is deleted with the point.
+    let left: Vec<_> = std::fs::read_dir(work.path()).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
