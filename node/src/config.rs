@@ -51,6 +51,7 @@
 //! | `ferry.cache.bytes.max` | 268435456 | log cache bound, per shard |
 //! | `ferry.compaction.interval.ms` | 30000 | how often durable batches move from WAL objects into per-partition objects; 0: never |
 //! | `ferry.compaction.bytes.min` | 8388608 | a compacted object smaller than this is merged into the next one |
+//! | `ferry.accept` | reuseport | how connections reach shards: `reuseport` (a listener per shard, the kernel spreads connections) or `acceptor` (shard 0 accepts and deals connections round-robin) |
 //! | `ferry.metrics.listener` | empty: disabled | `IP:port` serving `/metrics`; port 0 picks a free one |
 
 use std::collections::BTreeMap;
@@ -118,6 +119,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "ferry.cache.bytes.max",
     "ferry.compaction.interval.ms",
     "ferry.compaction.bytes.min",
+    "ferry.accept",
     "ferry.metrics.listener",
 ];
 
@@ -895,6 +897,8 @@ pub struct Config {
     pub compaction_interval_ms: u64,
     /// `ferry.compaction.bytes.min`.
     pub compaction_bytes_min: u64,
+    /// `ferry.accept`: true for `acceptor`, false for `reuseport`.
+    pub acceptor: bool,
     /// `ferry.metrics.listener`: where `/metrics` is served; `None`: off.
     pub metrics_listener: Option<SocketAddr>,
     /// Keys Ferry does not use, sorted. Kafka warns about these; so should
@@ -1124,6 +1128,12 @@ impl Config {
             "ferry.cache.bytes.max" => self.cache_bytes_max.to_string(),
             "ferry.compaction.interval.ms" => self.compaction_interval_ms.to_string(),
             "ferry.compaction.bytes.min" => self.compaction_bytes_min.to_string(),
+            "ferry.accept" => if self.acceptor {
+                "acceptor"
+            } else {
+                "reuseport"
+            }
+            .to_string(),
             "ferry.metrics.listener" => self
                 .metrics_listener
                 .map_or_else(String::new, |a| a.to_string()),
@@ -1298,6 +1308,13 @@ impl Config {
             )
             .and_then(|n| u64::try_from(n).ok())
             .unwrap_or(COMPACTION_BYTES_MIN_DEFAULT);
+        let acceptor = r
+            .parse("ferry.accept", |key, v| match v {
+                "reuseport" => Ok(false),
+                "acceptor" => Ok(true),
+                _ => Err(ConfigError::invalid(key, "reuseport or acceptor", v)),
+            })
+            .unwrap_or(false);
         let metrics_listener = r
             .parse("ferry.metrics.listener", |key, v| {
                 if v.is_empty() {
@@ -1337,6 +1354,7 @@ impl Config {
             cache_bytes_max,
             compaction_interval_ms,
             compaction_bytes_min,
+            acceptor,
             metrics_listener,
             unknown_keys,
             raw,

@@ -835,6 +835,9 @@ fn broker_doc(key: &str) -> &'static str {
         "ferry.compaction.bytes.min" => {
             "A compacted object smaller than this is merged into the next one."
         }
+        "ferry.accept" => {
+            "reuseport: a listener per shard; acceptor: shard 0 accepts and deals connections."
+        }
         "ferry.metrics.listener" => "IP:port serving /metrics; empty: disabled.",
         _ => "",
     }

@@ -43,7 +43,7 @@ enum Out {
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
-    shard.ctx.metrics.connections.fetch_add(1, Relaxed);
+    shard.ctx.metrics.connection(shard.id, 1);
     let (mut rd, mut wr) = futures_lite::io::split(stream);
     let (tx, rx) = glommio::channels::local_channel::new_bounded::<Out>(INFLIGHT_REQUESTS_MAX);
     let metrics_shard = shard.clone();
@@ -147,7 +147,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let _ = tx.send(Out::Close).await;
     drop(tx);
     writer.await;
-    shard.ctx.metrics.connections.fetch_sub(1, Relaxed);
+    shard.ctx.metrics.connection(shard.id, -1);
 }
 
 #[cfg(test)]

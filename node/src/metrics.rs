@@ -20,7 +20,8 @@ const ERROR_CODES: usize = 160;
 pub struct Metrics {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
-    pub connections: AtomicI64,
+    /// Open connections, per shard.
+    pub connections: Vec<AtomicI64>,
     requests: Vec<AtomicU64>,
     errors: Vec<AtomicU64>,
     cache_bytes: Vec<AtomicI64>,
@@ -41,7 +42,7 @@ impl Metrics {
         Metrics {
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
-            connections: AtomicI64::new(0),
+            connections: (0..shards.max(1)).map(|_| AtomicI64::new(0)).collect(),
             requests: (0..API_KEYS).map(|_| AtomicU64::new(0)).collect(),
             errors: (0..ERROR_CODES).map(|_| AtomicU64::new(0)).collect(),
             cache_bytes: (0..shards).map(|_| AtomicI64::new(0)).collect(),
@@ -66,6 +67,13 @@ impl Metrics {
     pub fn error(&self, code: i16) {
         if let Some(c) = usize::try_from(code).ok().and_then(|k| self.errors.get(k)) {
             c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A connection opened (`+1`) or closed (`-1`) on `shard`.
+    pub fn connection(&self, shard: usize, delta: i64) {
+        if let Some(c) = self.connections.get(shard) {
+            c.fetch_add(delta, Relaxed);
         }
     }
 
@@ -109,11 +117,14 @@ impl Metrics {
             "# TYPE ferry_bytes_out_total counter\nferry_bytes_out_total {}",
             self.bytes_out.load(Relaxed)
         );
-        let _ = writeln!(
-            o,
-            "# TYPE ferry_connections gauge\nferry_connections {}",
-            self.connections.load(Relaxed)
-        );
+        let _ = writeln!(o, "# TYPE ferry_connections gauge");
+        for (shard, c) in self.connections.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "ferry_connections{{shard=\"{shard}\"}} {}",
+                c.load(Relaxed)
+            );
+        }
         let _ = writeln!(o, "# TYPE ferry_requests_total counter");
         for a in APIS {
             let n = usize::try_from(a.key)

@@ -57,6 +57,9 @@ pub struct NodeCtx {
     /// object is merged into the next.
     pub compaction_interval_ms: u64,
     pub compaction_bytes_min: usize,
+    /// `ferry.accept=acceptor`: shard 0 accepts every connection and deals
+    /// them round-robin, instead of a SO_REUSEPORT listener per shard.
+    pub acceptor: bool,
     /// The group coordinator's settings, and the offsets snapshot recovery
     /// found; shard 0 takes the snapshot when it starts the coordinator.
     pub group_config: crate::group::GroupConfig,
@@ -89,6 +92,8 @@ pub struct NodeSettings {
     /// `ferry.compaction.interval.ms` (0: off) and `ferry.compaction.bytes.min`.
     pub compaction_interval_ms: u64,
     pub compaction_bytes_min: usize,
+    /// `ferry.accept=acceptor` (default: SO_REUSEPORT listeners).
+    pub acceptor: bool,
 }
 
 impl NodeSettings {
@@ -116,6 +121,7 @@ impl NodeSettings {
             object_delete_age_ms: 60_000,
             compaction_interval_ms: crate::config::COMPACTION_INTERVAL_MS_DEFAULT,
             compaction_bytes_min: crate::config::COMPACTION_BYTES_MIN_DEFAULT as usize,
+            acceptor: false,
         }
     }
 }
@@ -149,6 +155,7 @@ impl NodeSettings {
             object_delete_age_ms: 60_000,
             compaction_interval_ms: config.compaction_interval_ms,
             compaction_bytes_min: config.compaction_bytes_min as usize,
+            acceptor: config.acceptor,
         })
     }
 }
@@ -190,6 +197,7 @@ impl NodeCtx {
             object_delete_age_ms: s.object_delete_age_ms.max(2 * s.retention_check_ms),
             compaction_interval_ms: s.compaction_interval_ms,
             compaction_bytes_min: s.compaction_bytes_min,
+            acceptor: s.acceptor,
             group_config: s.group_config,
             groups_snapshot: Mutex::new(s.groups_snapshot),
         }

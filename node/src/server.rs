@@ -150,11 +150,18 @@ async fn run_shard(
     };
     let shard = Rc::new(Shard::new(id, ctx, senders));
     shard.serve_peers(receivers);
-    let listener = match glommio::net::TcpListener::bind(addr) {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = ready.send(Err(format!("shard {id} cannot listen on {addr}: {e}")));
-            return;
+    // With an acceptor, only shard 0 listens: a listener that never
+    // accepted would still be given connections by the kernel.
+    let acceptor = shard.ctx.acceptor;
+    let listener = if acceptor && id != 0 {
+        None
+    } else {
+        match glommio::net::TcpListener::bind(addr) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                let _ = ready.send(Err(format!("shard {id} cannot listen on {addr}: {e}")));
+                return;
+            }
         }
     };
     let _ = ready.send(Ok(id));
@@ -198,6 +205,26 @@ async fn run_shard(
         })
     });
     let accept = async {
+        let Some(listener) = listener else {
+            // Connections come from shard 0 through the mesh.
+            return futures_lite::future::pending::<()>().await;
+        };
+        if acceptor {
+            let mut next = 0usize;
+            loop {
+                match listener.shared_accept().await {
+                    Ok(stream) => {
+                        let to = next % shard.ctx.shards;
+                        next = next.wrapping_add(1);
+                        shard.deal(to, stream).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(shard = id, error = %e, "accept failed");
+                        glommio::timer::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+        }
         loop {
             match listener.accept().await {
                 Ok(stream) => {

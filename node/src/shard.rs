@@ -67,6 +67,9 @@ pub enum ShardMsg {
         req: Box<GroupRequest>,
         reply: oneshot::Sender<Option<ResponseBody>>,
     },
+    /// A connection the acceptor (shard 0, `ferry.accept=acceptor`) dealt
+    /// to this shard.
+    Accepted(glommio::net::AcceptedTcpStream),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,6 +231,20 @@ impl Shard {
             ShardMsg::Group { req, reply } => {
                 let _ = reply.send(self.group_local(*req).await);
             }
+            ShardMsg::Accepted(stream) => {
+                crate::conn::serve(self, stream.bind_to_executor()).await;
+            }
+        }
+    }
+
+    /// Hands an accepted connection to shard `to` (or serves it here).
+    pub async fn deal(self: &Rc<Self>, to: usize, stream: glommio::net::AcceptedTcpStream) {
+        if to == self.id {
+            glommio::spawn_local(crate::conn::serve(self.clone(), stream.bind_to_executor()))
+                .detach();
+        } else if !self.send(to, ShardMsg::Accepted(stream)).await {
+            // Only when the node is stopping: the connection is dropped.
+            tracing::warn!(shard = to, "could not hand a connection over");
         }
     }
 
