@@ -153,7 +153,9 @@ fn durable_batches_move_out_of_the_wal_and_read_back_the_same() {
     });
     // Idle: the object count stays flat over several passes.
     let all = || files(&bucket, "wal").len() + files(&bucket, "obj").len();
-    wait_until("the last WAL objects go", || files(&wal_dir, "wal").is_empty());
+    wait_until("the last WAL objects go", || {
+        files(&wal_dir, "wal").is_empty()
+    });
     let idle = all();
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(all(), idle, "an idle node's object count changed");

@@ -232,11 +232,11 @@ pub(crate) async fn scan_compacted_counted(
         .await
         .map_err(|e| WalError::store("LIST", folder.to_string(), e))?;
     let mut out = CompactedScan::default();
-    let reads = futures_util::stream::iter(listed.into_iter().filter(|m| {
-        m.location
-            .filename()
-            .is_some_and(|f| f.ends_with(".obj"))
-    }))
+    let reads = futures_util::stream::iter(
+        listed
+            .into_iter()
+            .filter(|m| m.location.filename().is_some_and(|f| f.ends_with(".obj"))),
+    )
     .map(|m| async move {
         let r = read_index_counted(store, &m.location, Some(m.size), stats).await;
         (m, r)
@@ -329,7 +329,9 @@ mod tests {
         let a = compacted_key(1, &[0xab; 16], 2, 99, 5);
         let b = compacted_key(1, &[0xab; 16], 2, 100, 1);
         assert!(a.as_ref() < b.as_ref());
-        assert!(a.as_ref().starts_with(partition_folder(1, &[0xab; 16], 2).as_ref()));
+        assert!(a
+            .as_ref()
+            .starts_with(partition_folder(1, &[0xab; 16], 2).as_ref()));
         assert_eq!(
             a.as_ref(),
             "data/1/abababababababababababababababab/2/00000000000000000099-0000000000005.obj"
@@ -392,9 +394,11 @@ mod tests {
             let store = InMemory::new();
             let mut other = entry(5, 9, 2);
             other.partition = 4;
-            assert!(write_compacted(&store, 1, &[entry(0, 4, 1), other], &UNCOUNTED)
-                .await
-                .is_err());
+            assert!(
+                write_compacted(&store, 1, &[entry(0, 4, 1), other], &UNCOUNTED)
+                    .await
+                    .is_err()
+            );
             assert!(
                 write_compacted(&store, 1, &[entry(5, 9, 1), entry(0, 4, 2)], &UNCOUNTED)
                     .await
