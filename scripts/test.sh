@@ -47,6 +47,9 @@ install_debian_packages() {
     # The load generator links Debian's librdkafka (rdkafka's dynamic-linking).
     dpkg -s librdkafka-dev >/dev/null 2>&1 || missing+=(librdkafka-dev)
     command -v pkg-config >/dev/null || missing+=(pkg-config)
+    # The etcd coordinator's tests run a real etcd; etcd-client's build script needs protoc.
+    command -v etcd >/dev/null || missing+=(etcd-server)
+    command -v protoc >/dev/null || missing+=(protobuf-compiler)
     if [ ${#missing[@]} -eq 0 ]; then
         echo "Debian packages: already installed"
         return 0

@@ -32,11 +32,13 @@
 //! answer travels back the same way.
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod configs;
 pub mod conn;
 pub mod coordinator;
 pub mod durable;
+pub mod etcd;
 pub mod group;
 pub mod http;
 pub mod metrics;
@@ -46,3 +48,4 @@ pub mod server;
 pub mod shard;
 pub mod topics;
 pub mod wal_log;
+pub mod zone;
