@@ -68,6 +68,9 @@ pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(3);
 /// Default bound on one etcd request.
 pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(3);
 
+/// HTTP/2 ping interval on the etcd connection.
+const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Longest wait between two attempts to re-establish the watch.
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
@@ -312,20 +315,23 @@ impl Shared {
         }
     }
 
-    /// Publishes a view if it differs from the current one.
-    fn publish(&self, revision: u64, members: &BTreeMap<i32, Member>) {
+    /// Publishes `members` at `revision` if that is newer than the view
+    /// shown. Returns whether the view shown now has these members: false
+    /// when they differ from the shown ones but `revision` is not higher.
+    /// That happens after a read that found members gone by a deletion this
+    /// node has not seen yet (a deletion leaves no key behind to date it);
+    /// the watch then replays that deletion and publishes at its revision.
+    /// So new members are never shown at an old revision.
+    fn publish(&self, revision: u64, members: &BTreeMap<i32, Member>) -> bool {
         let mut view = self.view.lock();
-        if view.revision() == revision && view.members().len() == members.len() {
-            let same = view
-                .members()
-                .iter()
-                .zip(members.values())
-                .all(|(a, b)| a == b);
-            if same {
-                return;
-            }
+        if revision <= view.revision() {
+            return view.members().len() == members.len()
+                && view
+                    .members()
+                    .iter()
+                    .zip(members.values())
+                    .all(|(a, b)| a == b);
         }
-        let revision = revision.max(view.revision());
         *view = Arc::new(View::new(revision, members.values().cloned()));
         self.generation.fetch_add(1, Ordering::AcqRel);
         tracing::debug!(
@@ -334,6 +340,7 @@ impl Shared {
             members = members.len(),
             "cluster view"
         );
+        true
     }
 
     /// Takes a cidr value seen at `revision` (0: unset), if newer.
@@ -427,7 +434,10 @@ async fn register_on_runtime(
 ) -> Result<EtcdCoordinator, CoordinatorError> {
     options.check()?;
     check_member(&member)?;
-    let keep_alive = (options.lease_ttl / 3).max(Duration::from_secs(1));
+    // HTTP/2 pings find a dead connection under the watch. etcd answers
+    // pings more frequent than its --grpc-keepalive-min-time (5 s by default)
+    // with GOAWAY, so stay above that.
+    let keep_alive = HTTP2_PING_INTERVAL;
     let connect = ConnectOptions::new()
         .with_connect_timeout(options.connect_timeout)
         .with_keep_alive(keep_alive, options.request_timeout);
@@ -759,8 +769,14 @@ impl Watcher {
         } else {
             newest + 1
         };
+        let replay = self.start <= synced;
         self.compacted = false;
-        shared.publish(self.revision, &self.members);
+        if !shared.publish(self.revision, &self.members) && !replay {
+            // Without a replay, the read's revision is later than any
+            // change this node has seen.
+            self.revision = self.revision.max(u64::try_from(synced).unwrap_or(0));
+            shared.publish(self.revision, &self.members);
+        }
         match cidrs {
             Some((value, revision)) => shared.set_cidrs(&value, revision),
             // Unset (deleted, or never set): empty, as of this read.
