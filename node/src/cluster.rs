@@ -286,7 +286,7 @@ pub enum CoordinatorError {
     Config(#[from] ConfigError),
     #[error("node {node_id} has left the cluster")]
     Left { node_id: i32 },
-    #[error("etcd: {0}")]
+    #[error(transparent)]
     Etcd(#[from] crate::etcd::EtcdError),
 }
 

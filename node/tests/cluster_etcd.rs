@@ -354,3 +354,39 @@ fn losing_etcd_fences_and_a_restarted_etcd_takes_the_node_back() {
     );
     eprintln!("back {:?} after etcd was killed", killed.elapsed());
 }
+
+#[test]
+fn an_unreachable_etcd_is_an_error_within_the_timeouts() {
+    let io = IoRuntime::new(1).unwrap();
+    // A port nobody listens on.
+    let port = free_port();
+    let mut o = EtcdOptions::new(vec![format!("http://127.0.0.1:{port}")], "c1");
+    o.connect_timeout = Duration::from_millis(500);
+    o.request_timeout = Duration::from_millis(500);
+    let start = Instant::now();
+    let r = register(&io, o, member(1, "za"));
+    let took = start.elapsed();
+    assert!(matches!(r, Err(CoordinatorError::Etcd(_))), "{r:?}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    eprintln!(
+        "refused after {took:?}: {}",
+        r.err().map(|e| e.to_string()).unwrap_or_default()
+    );
+
+    // One that accepts connections and never answers: the request timeout.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let mut o = EtcdOptions::new(vec![format!("http://{addr}")], "c1");
+    o.connect_timeout = Duration::from_millis(500);
+    o.request_timeout = Duration::from_millis(500);
+    let start = Instant::now();
+    let r = register(&io, o, member(1, "za"));
+    let took = start.elapsed();
+    assert!(matches!(r, Err(CoordinatorError::Etcd(_))), "{r:?}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    eprintln!(
+        "silent etcd refused after {took:?}: {}",
+        r.err().map(|e| e.to_string()).unwrap_or_default()
+    );
+    drop(silent);
+}
