@@ -230,6 +230,13 @@ impl Keys {
     }
 }
 
+/// Whether the `n`th failure in a row (from 1) is logged: the first three,
+/// then one in 30, so that an etcd that is away for hours does not flood
+/// the log.
+fn log_failure(n: u64) -> bool {
+    n <= 3 || n % 30 == 0
+}
+
 /// Runs `fut`, bounded by `timeout`.
 async fn bounded<T>(
     op: &'static str,
@@ -596,6 +603,7 @@ async fn keep_lease(shared: Arc<Shared>) {
     let interval = shared.options.lease_ttl / 3;
     let timeout = shared.options.request_timeout.min(interval);
     let mut stream: Option<(i64, LeaseKeeper, LeaseKeepAliveStream)> = None;
+    let mut failures = 0u64;
     loop {
         tokio::select! {
             _ = stop.changed() => return,
@@ -608,13 +616,18 @@ async fn keep_lease(shared: Arc<Shared>) {
         // Checks the clock (latches the fence if late).
         if shared.fenced() {
             stream = None;
-            rejoin(&shared, lease).await;
+            if rejoin(&shared, lease, failures + 1).await {
+                failures = 0;
+            } else {
+                failures += 1;
+            }
             continue;
         }
         let sent = shared.now_ms();
         let renewed = renew(&shared, lease, &mut stream, timeout).await;
         match renewed {
             Ok(ttl) if ttl > 0 => {
+                failures = 0;
                 // A renewal sent after the deadline does not undo a fence
                 // that a reader may already have acted on.
                 let prior = shared.renewed_ms.load(Ordering::Acquire);
@@ -630,11 +643,15 @@ async fn keep_lease(shared: Arc<Shared>) {
             }
             Err(e) => {
                 stream = None;
-                tracing::warn!(
-                    node_id = shared.member.node_id,
-                    error = %e,
-                    "lease renewal failed"
-                );
+                failures += 1;
+                if log_failure(failures) {
+                    tracing::warn!(
+                        node_id = shared.member.node_id,
+                        error = %e,
+                        failures,
+                        "lease renewal failed"
+                    );
+                }
             }
         }
     }
@@ -678,8 +695,9 @@ async fn renew(
     }
 }
 
-/// Registers again after the lease was lost.
-async fn rejoin(shared: &Shared, old: i64) {
+/// Registers again after the lease was lost; whether it did. `attempt`
+/// counts failed attempts in a row, from 1, for the log.
+async fn rejoin(shared: &Shared, old: i64, attempt: u64) -> bool {
     let mut client = shared.client.clone();
     if old != 0 {
         // Best effort: the old lease may still be alive in etcd.
@@ -699,7 +717,7 @@ async fn rejoin(shared: &Shared, old: i64) {
                     client.lease_revoke(r.lease),
                 )
                 .await;
-                return;
+                return false;
             }
             adopt(shared, &r);
             tracing::warn!(
@@ -708,12 +726,19 @@ async fn rejoin(shared: &Shared, old: i64) {
                 session = shared.session.load(Ordering::Acquire),
                 "registered again in etcd after being fenced"
             );
+            true
         }
-        Err(e) => tracing::warn!(
-            node_id = shared.member.node_id,
-            error = %e,
-            "registering again in etcd failed; will retry"
-        ),
+        Err(e) => {
+            if log_failure(attempt) {
+                tracing::warn!(
+                    node_id = shared.member.node_id,
+                    error = %e,
+                    attempt,
+                    "registering again in etcd failed; will retry"
+                );
+            }
+            false
+        }
     }
 }
 
@@ -865,7 +890,9 @@ impl Watcher {
 /// Keeps the view current until the coordinator stops.
 async fn watch_loop(shared: Arc<Shared>, mut watcher: Watcher) {
     let mut stop = shared.stop.subscribe();
-    let mut backoff = Duration::from_millis(100);
+    const BACKOFF_MIN: Duration = Duration::from_millis(100);
+    let mut backoff = BACKOFF_MIN;
+    let mut failures = 0u64;
     let mut first = true;
     loop {
         if *stop.borrow() {
@@ -876,19 +903,30 @@ async fn watch_loop(shared: Arc<Shared>, mut watcher: Watcher) {
             watcher.watch(&shared, &mut stop).await
         } else {
             match watcher.sync(&shared).await {
-                Ok(()) => watcher.watch(&shared, &mut stop).await,
+                Ok(()) => {
+                    if failures > 0 {
+                        tracing::info!(node_id = shared.member.node_id, "etcd watch is back");
+                    }
+                    backoff = BACKOFF_MIN;
+                    failures = 0;
+                    watcher.watch(&shared, &mut stop).await
+                }
                 Err(e) => Err(e),
             }
         };
         match result {
             Ok(()) => return,
             Err(e) => {
-                tracing::warn!(
-                    node_id = shared.member.node_id,
-                    error = %e,
-                    retry_in = ?backoff,
-                    "etcd watch broke; the view may be stale until it is back"
-                );
+                failures += 1;
+                if log_failure(failures) {
+                    tracing::warn!(
+                        node_id = shared.member.node_id,
+                        error = %e,
+                        failures,
+                        retry_in = ?backoff,
+                        "etcd watch broke; the view may be stale until it is back"
+                    );
+                }
             }
         }
         tokio::select! {
