@@ -94,7 +94,7 @@ fn err(path: &Path) -> impl Fn(String) -> BenchError + '_ {
     }
 }
 
-/// A line chart against batchInterval (ms, log scale), with flat reference
+/// A line chart against batchInterval (ms, from 0), with flat reference
 /// lines (peers) in grey.
 fn interval_chart<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
@@ -107,22 +107,19 @@ where
     DB::ErrorType: 'static,
 {
     let xs = lines.iter().flat_map(|l| l.points.iter().map(|p| p.0));
-    let (x_lo, x_hi) = {
-        let (lo, hi) = span(xs, false);
-        // Log scale: keep it positive.
-        (lo.max(1.0) * 0.8, hi.max(2.0) * 1.1)
-    };
+    let (x_lo, x_hi) = span(xs, true);
     let ys = lines
         .iter()
         .flat_map(|l| l.points.iter().map(|p| p.1))
         .chain(flat.iter().map(|f| f.1));
-    let (_, y_hi) = span(ys, true);
+    // Headroom above the data for the legend.
+    let y_hi = span(ys, true).1 * 1.25;
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d((x_lo..x_hi).log_scale(), 0.0..y_hi)
+        .build_cartesian_2d(x_lo..x_hi, 0.0..y_hi)
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
@@ -247,17 +244,19 @@ pub fn frontier(report: &SweepReport, path: &Path) -> Result<(), BenchError> {
         })
         .collect();
     let (x_lo, x_hi) = span(measured.iter().map(|m| m.0), false);
+    // Room on the right for the last point's label.
+    let x_hi = x_hi + (x_hi - x_lo) * 0.15;
     let (_, y_hi) = span(measured.iter().map(|m| m.1), true);
     let draw = || -> Result<(), String> {
         let mut chart = ChartBuilder::on(&root)
             .caption(
-                "Cost-latency frontier (one node, measured rate)",
+                "Cost-latency frontier (red), one node at the measured rate",
                 ("sans-serif", 18),
             )
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(60)
-            .build_cartesian_2d(x_lo.min(0.0).max(x_lo)..x_hi, 0.0..y_hi)
+            .build_cartesian_2d(x_lo..x_hi, 0.0..y_hi)
             .map_err(|e| e.to_string())?;
         chart
             .configure_mesh()
@@ -274,9 +273,7 @@ pub fn frontier(report: &SweepReport, path: &Path) -> Result<(), BenchError> {
         let red = colour(3);
         chart
             .draw_series(LineSeries::new(on, red.stroke_width(2)))
-            .map_err(|e| e.to_string())?
-            .label("frontier")
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], red.stroke_width(2)));
+            .map_err(|e| e.to_string())?;
         chart
             .draw_series(measured.iter().map(|(x, y, label, on)| {
                 let c = if *on { red } else { GREY };
@@ -284,13 +281,6 @@ pub fn frontier(report: &SweepReport, path: &Path) -> Result<(), BenchError> {
                     + Circle::new((0, 0), 4, c.filled())
                     + Text::new(label.clone(), (6, -14), ("sans-serif", 11).into_font())
             }))
-            .map_err(|e| e.to_string())?;
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
             .map_err(|e| e.to_string())?;
         Ok(())
     };
