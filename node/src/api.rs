@@ -61,6 +61,9 @@ pub async fn handle(
     peer: Option<std::net::SocketAddr>,
 ) -> Option<ResponseBody> {
     let v = req.api_version();
+    shard.ctx.sync_topics();
+    let client_id = req.header.client_id.as_deref().unwrap_or("").to_owned();
+    let addr = peer.map(|p| p.ip());
     if crate::coordinator::is_group_api(req.api_key()) {
         let g = crate::coordinator::GroupRequest {
             version: v,
@@ -72,7 +75,8 @@ pub async fn handle(
     }
     Some(match req.body {
         RequestBody::FindCoordinator(f) => {
-            ResponseBody::FindCoordinator(find_coordinator(shard, f))
+            let zone = shard.client_zone(&client_id, addr, None);
+            ResponseBody::FindCoordinator(find_coordinator(shard, f, zone.as_deref()))
         }
         RequestBody::ApiVersions(_) => {
             ResponseBody::ApiVersions(api_versions_response::ApiVersionsResponse {
@@ -80,7 +84,10 @@ pub async fn handle(
                 ..Default::default()
             })
         }
-        RequestBody::Metadata(m) => ResponseBody::Metadata(metadata(shard, m, v).await),
+        RequestBody::Metadata(m) => {
+            let zone = shard.client_zone(&client_id, addr, None);
+            ResponseBody::Metadata(metadata(shard, m, v, zone.as_deref()).await)
+        }
         RequestBody::Produce(p) => return produce(shard, p).await.map(ResponseBody::Produce),
         RequestBody::Fetch(f) => ResponseBody::Fetch(fetch(shard, f).await),
         RequestBody::ListOffsets(l) => ResponseBody::ListOffsets(list_offsets(shard, l).await),
@@ -112,6 +119,46 @@ pub async fn handle(
     })
 }
 
+/// Applies `change` to the cluster's topic table: on the newest table,
+/// stored in the coordinator with compare-and-set (tried again on the newer
+/// table when another node changed it first), then written to the bucket.
+/// This node's changes run one at a time.
+async fn change_topics<T>(
+    shard: &Shard,
+    mut change: impl FnMut(&crate::topics::Topics) -> Result<T, (ErrorCode, String)>,
+) -> Result<T, (ErrorCode, String)> {
+    const ATTEMPTS: usize = 8;
+    let ctx = &shard.ctx;
+    let _guard = ctx.topic_changes.lock().await;
+    for _ in 0..ATTEMPTS {
+        ctx.sync_topics();
+        let expected = ctx.topics_version();
+        let result = change(&ctx.topics)?;
+        let data = Bytes::from(ctx.topics.snapshot().encode());
+        match ctx.cluster.put_topics(expected, data).await {
+            Ok(Ok(version)) => {
+                ctx.topics_stored(version);
+                persist_topics(shard)
+                    .await
+                    .map_err(|e| (ErrorCode::KAFKA_STORAGE_ERROR, e))?;
+                return Ok(result);
+            }
+            // Another node's change came first: start again from its table
+            // (the next sync replaces this node's unstored change).
+            Ok(Err(_)) => continue,
+            Err(e) => {
+                // Unstored: take the cluster's table back.
+                ctx.sync_topics();
+                return Err((ErrorCode::REQUEST_TIMED_OUT, e.to_string()));
+            }
+        }
+    }
+    Err((
+        ErrorCode::REQUEST_TIMED_OUT,
+        format!("the topic table changed under {ATTEMPTS} attempts in a row; try again"),
+    ))
+}
+
 /// Writes the topic table to the bucket. It writes the *current* table,
 /// tagged with the version read before it was taken, so that writes racing
 /// from several shards can be ordered: the log drops a write older than one
@@ -137,19 +184,13 @@ async fn create_topic(
     partitions: i32,
     configs: crate::topics::TopicConfigs,
 ) -> Result<(), (ErrorCode, String)> {
-    {
-        let _guard = shard.ctx.topic_changes.lock();
-        if let Err(e) = shard
-            .ctx
-            .topics
-            .create_with_configs(name, partitions, configs)
-        {
-            return Err((topic_error_code(&e), e.to_string()));
-        }
-    }
-    persist_topics(shard)
-        .await
-        .map_err(|e| (ErrorCode::KAFKA_STORAGE_ERROR, e))?;
+    change_topics(shard, |topics| {
+        topics
+            .create_with_configs(name, partitions, configs.clone())
+            .map(|_| ())
+            .map_err(|e| (topic_error_code(&e), e.to_string()))
+    })
+    .await?;
     tracing::info!(topic = name, partitions, "topic created");
     Ok(())
 }
@@ -172,10 +213,49 @@ fn topic_error_code(e: &TopicError) -> ErrorCode {
     }
 }
 
+/// The brokers a client sees: every live node, with its zone as its rack
+/// (this node alone if the view is empty).
+fn brokers(shard: &Shard) -> Vec<(i32, String, u16, String)> {
+    let view = shard.view();
+    if view.is_empty() {
+        let c = &shard.ctx;
+        return vec![(
+            c.node_id,
+            c.advertised_host.clone(),
+            c.advertised_port,
+            c.zone.clone(),
+        )];
+    }
+    view.members()
+        .iter()
+        .map(|m| (m.node_id, m.host.clone(), m.port, m.zone.clone()))
+        .collect()
+}
+
+/// The node a client of `zone` should see as a partition's leader, and the
+/// leader epoch: the leader, or its proxy in the client's zone.
+pub fn routed_leader(shard: &Shard, topic: &str, partition: i32, zone: Option<&str>) -> (i32, i32) {
+    let view = shard.view();
+    match view.route(topic, partition, zone) {
+        Some(m) => (m.node_id, view.leader_epoch(topic, partition)),
+        None => (shard.ctx.node_id, 0),
+    }
+}
+
+/// Groups are spread over nodes like the partitions of a 50-partition
+/// topic, as Kafka spreads them over `__consumer_offsets`.
+pub const GROUP_SLOTS: u32 = 50;
+
+/// The slot of a group: where its coordinator is.
+pub fn group_slot(group: &str) -> i32 {
+    (crc32c::crc32c(group.as_bytes()) % GROUP_SLOTS) as i32
+}
+
 async fn metadata(
     shard: &Rc<Shard>,
     m: metadata_request::MetadataRequest,
     v: i16,
+    zone: Option<&str>,
 ) -> metadata_response::MetadataResponse {
     use metadata_response::*;
     let ctx = &shard.ctx;
@@ -237,28 +317,36 @@ async fn metadata(
             name: Some(s(&info.name)),
             topic_id: info.id,
             partitions: (0..info.partitions)
-                .map(|p| MetadataResponsePartition {
-                    partition_index: p,
-                    leader_id: ctx.node_id,
-                    leader_epoch: 0,
-                    replica_nodes: vec![ctx.node_id],
-                    isr_nodes: vec![ctx.node_id],
-                    ..Default::default()
+                .map(|p| {
+                    let (leader, epoch) = routed_leader(shard, &info.name, p, zone);
+                    MetadataResponsePartition {
+                        partition_index: p,
+                        leader_id: leader,
+                        leader_epoch: epoch,
+                        replica_nodes: vec![leader],
+                        isr_nodes: vec![leader],
+                        ..Default::default()
+                    }
                 })
                 .collect(),
             ..Default::default()
         });
     }
-    MetadataResponse {
-        brokers: vec![MetadataResponseBroker {
-            node_id: ctx.node_id,
-            host: s(&ctx.advertised_host),
-            port: i32::from(ctx.advertised_port),
-            rack: ctx.rack.as_deref().map(s),
+    let brokers: Vec<MetadataResponseBroker> = brokers(shard)
+        .into_iter()
+        .map(|(id, host, port, zone)| MetadataResponseBroker {
+            node_id: id,
+            host: s(&host),
+            port: i32::from(port),
+            rack: Some(s(&zone)),
             ..Default::default()
-        }],
+        })
+        .collect();
+    let controller_id = brokers.first().map_or(ctx.node_id, |b| b.node_id);
+    MetadataResponse {
+        brokers,
         cluster_id: Some(s(&ctx.cluster_id)),
-        controller_id: ctx.node_id,
+        controller_id,
         topics,
         ..Default::default()
     }
@@ -634,19 +722,14 @@ async fn delete_topics(
         let result = match &name {
             None => Err((ErrorCode::UNKNOWN_TOPIC_ID, "unknown topic id".to_string())),
             Some(n) => {
-                let r = {
-                    let _guard = shard.ctx.topic_changes.lock();
-                    shard.ctx.topics.delete(n)
-                };
-                match r {
-                    Ok((info, _)) => {
-                        shard.forget_topic(&info.name);
-                        persist_topics(shard)
-                            .await
-                            .map_err(|e| (ErrorCode::KAFKA_STORAGE_ERROR, e))
-                    }
-                    Err(e) => Err((topic_error_code(&e), e.to_string())),
-                }
+                let r = change_topics(shard, |topics| {
+                    topics
+                        .delete(n)
+                        .map(|(info, _)| info)
+                        .map_err(|e| (topic_error_code(&e), e.to_string()))
+                })
+                .await;
+                r.map(|info| shard.forget_topic(&info.name))
             }
         };
         let (code, msg) = outcome(result);
@@ -674,16 +757,13 @@ async fn create_partitions(
         let r = if c.validate_only {
             Ok(())
         } else {
-            let r = {
-                let _guard = shard.ctx.topic_changes.lock();
-                shard.ctx.topics.add_partitions(&t.name, t.count)
-            };
-            match r {
-                Ok(_) => persist_topics(shard)
-                    .await
-                    .map_err(|e| (ErrorCode::KAFKA_STORAGE_ERROR, e)),
-                Err(e) => Err((topic_error_code(&e), e.to_string())),
-            }
+            change_topics(shard, |topics| {
+                topics
+                    .add_partitions(&t.name, t.count)
+                    .map(|_| ())
+                    .map_err(|e| (topic_error_code(&e), e.to_string()))
+            })
+            .await
         };
         let (code, msg) = outcome(r);
         results.push(CreatePartitionsTopicResult {
@@ -790,9 +870,8 @@ async fn alter_resource(
     use crate::configs::{self, RESOURCE_BROKER, RESOURCE_TOPIC};
     match resource_type {
         RESOURCE_TOPIC => {
-            {
-                let _guard = shard.ctx.topic_changes.lock();
-                let now = shard.ctx.topics.snapshot();
+            let check = |topics: &crate::topics::Topics| {
+                let now = topics.snapshot();
                 let Some(info) = now.get(name) else {
                     return Err((
                         ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
@@ -801,27 +880,45 @@ async fn alter_resource(
                 };
                 let next = configs::alter_topic(&info.configs, alt)
                     .map_err(configs::ConfigProblem::into_pair)?;
-                if validate_only || next == *info.configs {
-                    return Ok(());
-                }
-                shard
-                    .ctx
-                    .topics
-                    .set_configs(name, next)
-                    .map_err(|e| (topic_error_code(&e), e.to_string()))?;
+                Ok((next != *info.configs).then_some(next))
+            };
+            shard.ctx.sync_topics();
+            if validate_only || check(&shard.ctx.topics)?.is_none() {
+                return Ok(());
             }
-            persist_topics(shard)
-                .await
-                .map_err(|e| (ErrorCode::KAFKA_STORAGE_ERROR, e))?;
+            change_topics(shard, |topics| match check(topics)? {
+                Some(next) => topics
+                    .set_configs(name, next)
+                    .map(|_| ())
+                    .map_err(|e| (topic_error_code(&e), e.to_string())),
+                None => Ok(()),
+            })
+            .await?;
             tracing::info!(topic = name, keys = ?alt.keys(), "topic configs altered");
             Ok(())
         }
         RESOURCE_BROKER => {
-            // Every broker key is static for now, so this refuses any key.
-            // When one becomes dynamic, apply the returned changes to the
-            // running node here (unless `validate_only`).
-            let _changes = configs::alter_broker(shard.ctx.node_id, name, alt)
+            let changes = configs::alter_broker(shard.ctx.node_id, name, alt)
                 .map_err(configs::ConfigProblem::into_pair)?;
+            if validate_only {
+                return Ok(());
+            }
+            for (key, value) in changes {
+                // The only dynamic key is the cluster-wide zone table.
+                if key == crate::zone::ZONE_CIDR_KEY {
+                    shard
+                        .ctx
+                        .cluster
+                        .set_zone_cidrs(value.as_deref().unwrap_or(""))
+                        .await
+                        .map_err(|e| (ErrorCode::INVALID_CONFIG, e.to_string()))?;
+                    tracing::info!(
+                        key,
+                        value = value.as_deref().unwrap_or(""),
+                        "broker config altered cluster-wide"
+                    );
+                }
+            }
             Ok(())
         }
         other => Err(configs::unsupported_resource(other).into_pair()),
@@ -862,65 +959,78 @@ fn init_producer_id(
     }
 }
 
-/// Every group is coordinated by this node; transactions are not
-/// implemented, so transaction coordinators are not available.
+/// A group's coordinator is the node that leads its slot (as a partition
+/// of `__consumer_offsets`), or that node's proxy in the client's zone, the
+/// same mapping Metadata shows. Transactions are not implemented, so
+/// transaction coordinators are not available.
 fn find_coordinator(
     shard: &Shard,
     f: find_coordinator_request::FindCoordinatorRequest,
+    zone: Option<&str>,
 ) -> find_coordinator_response::FindCoordinatorResponse {
     use find_coordinator_response::*;
-    let ctx = &shard.ctx;
     let ok = f.key_type == 0;
-    let code = if ok {
-        ErrorCode::NONE
-    } else {
-        ErrorCode::COORDINATOR_NOT_AVAILABLE
-    };
-    let (node, port) = if ok {
-        (ctx.node_id, i32::from(ctx.advertised_port))
-    } else {
-        (-1, -1)
-    };
-    let host = if ok { s(&ctx.advertised_host) } else { s("") };
     let keys = if f.coordinator_keys.is_empty() {
-        vec![f.key]
+        vec![f.key.clone()]
     } else {
         f.coordinator_keys
     };
+    let brokers = brokers(shard);
+    let answer = |key: &KStr| -> (ErrorCode, i32, KStr, i32) {
+        if !ok {
+            return (ErrorCode::COORDINATOR_NOT_AVAILABLE, -1, s(""), -1);
+        }
+        let (node, _) = routed_leader(shard, GROUP_TOPIC, group_slot(key.as_str()), zone);
+        match brokers.iter().find(|b| b.0 == node) {
+            Some((id, host, port, _)) => (ErrorCode::NONE, *id, s(host), i32::from(*port)),
+            None => (ErrorCode::COORDINATOR_NOT_AVAILABLE, -1, s(""), -1),
+        }
+    };
+    let (code, node, host, port) = answer(&f.key);
     FindCoordinatorResponse {
         error_code: code.code(),
         node_id: node,
-        host: host.clone(),
+        host,
         port,
         coordinators: keys
             .into_iter()
-            .map(|key| Coordinator {
-                key,
-                node_id: node,
-                host: host.clone(),
-                port,
-                error_code: code.code(),
-                ..Default::default()
+            .map(|key| {
+                let (code, node_id, host, port) = answer(&key);
+                Coordinator {
+                    key,
+                    node_id,
+                    host,
+                    port,
+                    error_code: code.code(),
+                    ..Default::default()
+                }
             })
             .collect(),
         ..Default::default()
     }
 }
 
+/// The name groups are placed by (see [`group_slot`]).
+pub const GROUP_TOPIC: &str = "__consumer_offsets";
+
 fn describe_cluster(shard: &Shard) -> describe_cluster_response::DescribeClusterResponse {
     use describe_cluster_response::*;
     let ctx = &shard.ctx;
+    let brokers: Vec<DescribeClusterBroker> = brokers(shard)
+        .into_iter()
+        .map(|(id, host, port, zone)| DescribeClusterBroker {
+            broker_id: id,
+            host: s(&host),
+            port: i32::from(port),
+            rack: Some(s(&zone)),
+            ..Default::default()
+        })
+        .collect();
     DescribeClusterResponse {
         cluster_id: s(&ctx.cluster_id),
-        controller_id: ctx.node_id,
+        controller_id: brokers.first().map_or(ctx.node_id, |b| b.broker_id),
         endpoint_type: 1,
-        brokers: vec![DescribeClusterBroker {
-            broker_id: ctx.node_id,
-            host: s(&ctx.advertised_host),
-            port: i32::from(ctx.advertised_port),
-            rack: ctx.rack.as_deref().map(s),
-            ..Default::default()
-        }],
+        brokers,
         ..Default::default()
     }
 }

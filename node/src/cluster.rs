@@ -333,6 +333,18 @@ pub trait Coordinator: Send + Sync {
     /// Leaves the cluster: the member disappears from every view and this
     /// handle is fenced for good.
     fn leave(&self) -> CoordinatorFuture<()>;
+
+    /// The cluster's topic table (an encoded `TopicTable`) and its version
+    /// (0 and `None`: never written).
+    fn topics(&self) -> (u64, Option<bytes::Bytes>);
+
+    /// Moves on every change of [`topics`](Self::topics).
+    fn topics_generation(&self) -> u64;
+
+    /// Stores a new topic table if the stored one is still at `expected`
+    /// (compare and set). Answers `Ok(Ok(new version))`, or `Ok(Err(current
+    /// version))` when another node changed it first: read it and try again.
+    fn put_topics(&self, expected: u64, data: bytes::Bytes) -> CoordinatorFuture<Result<u64, u64>>;
 }
 
 /// A shard's copy of the coordinator's view: re-read only when the
@@ -428,6 +440,7 @@ pub struct LocalCoordinator {
     state: Mutex<LocalState>,
     generation: AtomicU64,
     cidr_generation: AtomicU64,
+    topics_generation: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -436,6 +449,7 @@ struct LocalState {
     members: BTreeMap<i32, LocalMember>,
     view: Arc<View>,
     cidrs: String,
+    topics: (u64, Option<bytes::Bytes>),
 }
 
 #[derive(Debug)]
@@ -461,9 +475,11 @@ impl LocalCoordinator {
                 members: BTreeMap::new(),
                 view: Arc::new(View::empty()),
                 cidrs: String::new(),
+                topics: (0, None),
             }),
             generation: AtomicU64::new(1),
             cidr_generation: AtomicU64::new(1),
+            topics_generation: AtomicU64::new(1),
         })
     }
 
@@ -648,6 +664,28 @@ impl Coordinator for LocalHandle {
     fn leave(&self) -> CoordinatorFuture<()> {
         self.leave_now();
         Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn topics(&self) -> (u64, Option<bytes::Bytes>) {
+        self.coordinator.state.lock().topics.clone()
+    }
+
+    fn topics_generation(&self) -> u64 {
+        self.coordinator.topics_generation.load(Ordering::Acquire)
+    }
+
+    fn put_topics(&self, expected: u64, data: bytes::Bytes) -> CoordinatorFuture<Result<u64, u64>> {
+        let mut state = self.coordinator.state.lock();
+        let result = if state.topics.0 == expected {
+            state.topics = (expected + 1, Some(data));
+            self.coordinator
+                .topics_generation
+                .fetch_add(1, Ordering::AcqRel);
+            Ok(expected + 1)
+        } else {
+            Err(state.topics.0)
+        };
+        Box::pin(std::future::ready(Ok(result)))
     }
 }
 

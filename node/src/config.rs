@@ -51,6 +51,8 @@
 //! | `ferry.cache.bytes.max` | 268435456 | log cache bound, per shard |
 //! | `ferry.compaction.interval.ms` | 30000 | how often durable batches move from WAL objects into per-partition objects; 0: never |
 //! | `ferry.compaction.bytes.min` | 8388608 | a compacted object smaller than this is merged into the next one |
+//! | `ferry.coordinator` | empty: in process | `etcd://HOST:PORT[,HOST:PORT...]`: the cluster's coordinator |
+//! | `ferry.cluster.id` | ferry | the cluster's name (its keys in etcd) |
 //! | `ferry.accept` | reuseport | how connections reach shards: `reuseport` (a listener per shard, the kernel spreads connections) or `acceptor` (shard 0 accepts and deals connections round-robin) |
 //! | `ferry.metrics.listener` | empty: disabled | `IP:port` serving `/metrics`; port 0 picks a free one |
 
@@ -120,6 +122,8 @@ pub const KNOWN_KEYS: &[&str] = &[
     "ferry.compaction.interval.ms",
     "ferry.compaction.bytes.min",
     "ferry.accept",
+    "ferry.coordinator",
+    "ferry.cluster.id",
     "ferry.metrics.listener",
 ];
 
@@ -899,6 +903,11 @@ pub struct Config {
     pub compaction_bytes_min: u64,
     /// `ferry.accept`: true for `acceptor`, false for `reuseport`.
     pub acceptor: bool,
+    /// `ferry.coordinator`: etcd endpoints (`http://HOST:PORT`); empty for
+    /// the in-process coordinator.
+    pub etcd_endpoints: Vec<String>,
+    /// `ferry.cluster.id`.
+    pub cluster_id: String,
     /// `ferry.metrics.listener`: where `/metrics` is served; `None`: off.
     pub metrics_listener: Option<SocketAddr>,
     /// Keys Ferry does not use, sorted. Kafka warns about these; so should
@@ -1134,6 +1143,19 @@ impl Config {
                 "reuseport"
             }
             .to_string(),
+            "ferry.coordinator" => {
+                if self.etcd_endpoints.is_empty() {
+                    String::new()
+                } else {
+                    let hosts: Vec<&str> = self
+                        .etcd_endpoints
+                        .iter()
+                        .map(|e| e.trim_start_matches("http://"))
+                        .collect();
+                    format!("etcd://{}", hosts.join(","))
+                }
+            }
+            "ferry.cluster.id" => self.cluster_id.clone(),
             "ferry.metrics.listener" => self
                 .metrics_listener
                 .map_or_else(String::new, |a| a.to_string()),
@@ -1315,6 +1337,44 @@ impl Config {
                 _ => Err(ConfigError::invalid(key, "reuseport or acceptor", v)),
             })
             .unwrap_or(false);
+        let etcd_endpoints = r
+            .parse("ferry.coordinator", |key, v| {
+                if v.is_empty() {
+                    return Ok(vec![]);
+                }
+                let expected = "empty (in process) or etcd://HOST:PORT[,HOST:PORT...]";
+                let hosts = v
+                    .strip_prefix("etcd://")
+                    .ok_or_else(|| ConfigError::invalid(key, expected, v))?;
+                hosts
+                    .split(',')
+                    .map(|h| {
+                        let h = h.trim();
+                        let ok = h.rsplit_once(':').is_some_and(|(host, port)| {
+                            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+                        });
+                        if ok {
+                            Ok(format!("http://{h}"))
+                        } else {
+                            Err(ConfigError::invalid(key, expected, v))
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let cluster_id = r
+            .parse("ferry.cluster.id", |key, v| {
+                if crate::zone::is_zone_name(v) {
+                    Ok(v.to_owned())
+                } else {
+                    Err(ConfigError::invalid(
+                        key,
+                        "a name of letters, digits, '-', '_' and '.'",
+                        v,
+                    ))
+                }
+            })
+            .unwrap_or_else(|| "ferry".to_owned());
         let metrics_listener = r
             .parse("ferry.metrics.listener", |key, v| {
                 if v.is_empty() {
@@ -1355,6 +1415,8 @@ impl Config {
             compaction_interval_ms,
             compaction_bytes_min,
             acceptor,
+            etcd_endpoints,
+            cluster_id,
             metrics_listener,
             unknown_keys,
             raw,

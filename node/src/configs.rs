@@ -80,10 +80,10 @@ pub mod op {
     pub const SUBTRACT: i8 = 3;
 }
 
-/// Broker keys that may change at run time. None yet: every broker key is
-/// static in this version. The zones work adds `automq.zone.cidr.blocks`
-/// (at the cluster default, resource name `""`).
-const DYNAMIC_BROKER_KEYS: &[&str] = &[];
+/// Broker keys that may change at run time: `automq.zone.cidr.blocks`,
+/// which is cluster-wide (kept by the coordinator), whether altered at the
+/// cluster default (resource name `""`) or at one broker.
+const DYNAMIC_BROKER_KEYS: &[&str] = &[crate::zone::ZONE_CIDR_KEY];
 
 /// Why a config request failed: the error code and a message that names
 /// the key and says what was expected.
@@ -546,10 +546,14 @@ pub fn alter_broker(
         // A dynamic key's value is checked here with the parser in
         // `crate::config` (errors name the key, never the value).
         match operation {
-            op::SET => changes.push((
-                key.to_owned(),
-                Some(need_value(key, op::SET, value)?.to_owned()),
-            )),
+            op::SET => {
+                let v = need_value(key, op::SET, value)?;
+                if key == crate::zone::ZONE_CIDR_KEY {
+                    crate::zone::ZoneTable::parse(v)
+                        .map_err(|e| ConfigProblem::invalid_config(e.to_string()))?;
+                }
+                changes.push((key.to_owned(), Some(v.to_owned())))
+            }
             op::DELETE => changes.push((key.to_owned(), None)),
             o => {
                 return Err(ConfigProblem::invalid_request(format!(
@@ -835,6 +839,10 @@ fn broker_doc(key: &str) -> &'static str {
         "ferry.compaction.bytes.min" => {
             "A compacted object smaller than this is merged into the next one."
         }
+        "ferry.coordinator" => {
+            "etcd://HOST:PORT[,...]: the cluster's coordinator; empty: in process."
+        }
+        "ferry.cluster.id" => "The cluster's name (its keys in etcd).",
         "ferry.accept" => {
             "reuseport: a listener per shard; acceptor: shard 0 accepts and deals connections."
         }
@@ -961,13 +969,15 @@ pub fn describe(
     table: &TopicTable,
     req: &DescribeConfigsRequest,
 ) -> DescribeConfigsResponse {
-    describe_with(
-        ctx.node_id,
-        &NodeValues::of(ctx),
-        &ctx.config_describe,
-        table,
-        req,
-    )
+    // The cluster-wide values, as the coordinator holds them now.
+    let mut broker = ctx.config_describe.clone();
+    for (key, value, _) in broker.iter_mut() {
+        if key == crate::zone::ZONE_CIDR_KEY {
+            let cidrs = ctx.cluster.zone_cidrs();
+            *value = (!cidrs.is_empty()).then_some(cidrs);
+        }
+    }
+    describe_with(ctx.node_id, &NodeValues::of(ctx), &broker, table, req)
 }
 
 #[cfg(test)]
@@ -1229,22 +1239,40 @@ mod tests {
     }
 
     #[test]
-    fn broker_configs_are_static() {
+    fn only_the_zone_table_is_dynamic_among_broker_configs() {
         for name in ["", "3"] {
-            let e = alter_broker(
+            // The zone table changes at run time, value checked.
+            let ok = alter_broker(
                 3,
                 name,
                 &inc(&[("automq.zone.cidr.blocks", op::SET, Some("a@10.0.0.0/8"))]),
             )
+            .unwrap();
+            assert_eq!(
+                ok,
+                vec![(
+                    "automq.zone.cidr.blocks".to_owned(),
+                    Some("a@10.0.0.0/8".to_owned())
+                )]
+            );
+            let e = alter_broker(
+                3,
+                name,
+                &inc(&[("automq.zone.cidr.blocks", op::SET, Some("a@10.0.0.0/99"))]),
+            )
             .unwrap_err();
-            assert_eq!(e.code, ErrorCode::INVALID_REQUEST);
+            assert_eq!(e.code, ErrorCode::INVALID_CONFIG);
             assert!(
                 e.message.contains("automq.zone.cidr.blocks"),
                 "{}",
                 e.message
             );
+            // Other keys stay static.
+            let e =
+                alter_broker(3, name, &inc(&[("num.partitions", op::SET, Some("3"))])).unwrap_err();
+            assert_eq!(e.code, ErrorCode::INVALID_REQUEST);
+            assert!(e.message.contains("num.partitions"), "{}", e.message);
             assert!(e.message.contains("--override"), "{}", e.message);
-            assert!(!e.message.contains("10.0.0.0"), "{}", e.message);
         }
         let e = alter_broker(3, "4", &Alteration::Replace(vec![])).unwrap_err();
         assert_eq!(e.code, ErrorCode::INVALID_REQUEST);

@@ -74,6 +74,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES_MIN);
     // A running average of frame sizes on this connection.
     let mut frame_bytes_avg = READ_CHUNK_BYTES_MIN;
+    // Clients of unknown zone are counted once per connection.
+    let mut zone_noted = false;
     'conn: loop {
         // Reserve what the next frame needs, once its size is known and
         // checked; a small read buffer otherwise.
@@ -126,6 +128,11 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                     break 'conn;
                 }
             };
+            if !zone_noted {
+                zone_noted = true;
+                let client_id = req.header.client_id.as_deref().unwrap_or("");
+                shard.note_unknown_zone(client_id, peer.map(|p| p.ip()));
+            }
             shard.ctx.metrics.request(req.api_key());
             let sh = shard.clone();
             let h = glommio::spawn_local(async move {

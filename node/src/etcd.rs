@@ -175,6 +175,7 @@ struct Keys {
     prefix: String,
     members: String,
     cidrs: String,
+    topics: String,
 }
 
 impl Keys {
@@ -183,6 +184,7 @@ impl Keys {
         Keys {
             members: format!("{prefix}members/"),
             cidrs: format!("{prefix}config/{ZONE_CIDR_KEY}"),
+            topics: format!("{prefix}meta/topics"),
             prefix,
         }
     }
@@ -278,6 +280,9 @@ struct Shared {
     /// (value, etcd mod revision of the value; 0 when unset).
     cidrs: Mutex<(String, i64)>,
     cidr_generation: AtomicU64,
+    /// The topic table (etcd mod revision of the value, 0 when unset).
+    topics: Mutex<(u64, Option<bytes::Bytes>)>,
+    topics_generation: AtomicU64,
     /// The current lease.
     lease: AtomicI64,
     /// When the last successful renewal (or the grant) was sent, in ms
@@ -362,6 +367,18 @@ impl Shared {
             cidrs.0 = text;
             self.cidr_generation.fetch_add(1, Ordering::AcqRel);
         }
+    }
+
+    /// Takes a topic table seen at `revision` (value `None`: deleted), if
+    /// newer than the one held.
+    fn set_topics(&self, value: Option<&[u8]>, revision: i64) {
+        let revision = u64::try_from(revision).unwrap_or(0);
+        let mut topics = self.topics.lock();
+        if revision <= topics.0 {
+            return;
+        }
+        *topics = (revision, value.map(bytes::Bytes::copy_from_slice));
+        self.topics_generation.fetch_add(1, Ordering::AcqRel);
     }
 
     fn fence_after(&self, granted_ttl_s: i64) -> u64 {
@@ -465,6 +482,8 @@ async fn register_on_runtime(
         generation: AtomicU64::new(1),
         cidrs: Mutex::new((String::new(), 0)),
         cidr_generation: AtomicU64::new(1),
+        topics: Mutex::new((0, None)),
+        topics_generation: AtomicU64::new(1),
         lease: AtomicI64::new(0),
         renewed_ms: AtomicU64::new(0),
         fence_after_ms: AtomicU64::new(0),
@@ -784,6 +803,8 @@ impl Watcher {
                 }
             } else if kv.key() == shared.keys.cidrs.as_bytes() {
                 cidrs = Some((kv.value().to_vec(), kv.mod_revision()));
+            } else if kv.key() == shared.keys.topics.as_bytes() {
+                shared.set_topics(Some(kv.value()), kv.mod_revision());
             }
         }
         self.members = members;
@@ -880,6 +901,8 @@ impl Watcher {
                 } else if kv.key() == shared.keys.cidrs.as_bytes() && revision > self.synced {
                     let value = if deleted { &[][..] } else { kv.value() };
                     shared.set_cidrs(value, revision);
+                } else if kv.key() == shared.keys.topics.as_bytes() {
+                    shared.set_topics((!deleted).then(|| kv.value()), revision);
                 }
             }
             shared.publish(self.revision, &self.members);
@@ -985,6 +1008,54 @@ impl Coordinator for EtcdCoordinator {
                 shared.set_cidrs(value.as_bytes(), h.revision());
             }
             Ok(())
+        })
+    }
+
+    fn topics(&self) -> (u64, Option<bytes::Bytes>) {
+        self.shared.topics.lock().clone()
+    }
+
+    fn topics_generation(&self) -> u64 {
+        self.shared.topics_generation.load(Ordering::Acquire)
+    }
+
+    fn put_topics(&self, expected: u64, data: bytes::Bytes) -> CoordinatorFuture<Result<u64, u64>> {
+        let shared = self.shared.clone();
+        on_runtime(&self.handle, async move {
+            use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+            let key = shared.keys.topics.clone();
+            let expected_rev = i64::try_from(expected).unwrap_or(i64::MAX);
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    expected_rev,
+                )])
+                .and_then([TxnOp::put(key.clone(), data.to_vec(), None)])
+                .or_else([TxnOp::get(key.clone(), None)]);
+            let mut client = shared.client.clone();
+            let r = bounded(
+                "put topics",
+                shared.options.request_timeout,
+                client.txn(txn),
+            )
+            .await?;
+            let revision = r.header().map_or(0, |h| h.revision());
+            if r.succeeded() {
+                shared.set_topics(Some(&data), revision);
+                return Ok(Ok(u64::try_from(revision).unwrap_or(0)));
+            }
+            // Someone else's table is newer: take it, and say at what.
+            let mut current = 0;
+            for op in r.op_responses() {
+                if let etcd_client::TxnOpResponse::Get(g) = op {
+                    for kv in g.kvs() {
+                        shared.set_topics(Some(kv.value()), kv.mod_revision());
+                        current = u64::try_from(kv.mod_revision()).unwrap_or(0);
+                    }
+                }
+            }
+            Ok(Err(current))
         })
     }
 

@@ -126,8 +126,20 @@ fn run(config: &mut Config, dev: bool) -> anyhow::Result<()> {
         .ok()
         .and_then(|mut a| a.next())
         .with_context(|| format!("listeners: cannot resolve {}", listener.bind_address()))?;
+    let cluster = if config.etcd_endpoints.is_empty() {
+        ferry_node::node::ClusterJoin::Alone
+    } else {
+        ferry_node::node::ClusterJoin::Etcd {
+            options: ferry_node::etcd::EtcdOptions::new(
+                config.etcd_endpoints.clone(),
+                config.cluster_id.clone(),
+            ),
+            runtime: opened.log.runtime(),
+        }
+    };
     let settings = NodeSettings {
         groups_snapshot: opened.groups.clone(),
+        cluster,
         ..NodeSettings::from_config(config).context("node.id and listeners are required")?
     };
     let log = opened.log.clone();

@@ -40,8 +40,20 @@ pub struct NodeCtx {
     /// `(key, value, sensitive)`, from [`crate::config::Config::describe`]
     /// (sensitive values already `None`, URI credentials redacted).
     pub config_describe: Vec<(String, Option<String>, bool)>,
-    /// Serialises changes to the topic table and their persistence.
-    pub topic_changes: Mutex<()>,
+    /// Serialises this node's changes to the topic table, from the read of
+    /// the cluster's table to its compare-and-set and persistence.
+    pub topic_changes: futures_util::lock::Mutex<()>,
+    /// The cluster: membership, leadership, the cluster-wide topic table
+    /// and zone CIDR blocks. In process for one node or `ferry dev`, etcd
+    /// for a cluster of processes.
+    pub cluster: Arc<dyn crate::cluster::Coordinator>,
+    /// This node's zone (`broker.rack`, or [`DEFAULT_ZONE`]).
+    pub zone: String,
+    /// Client zones by `automq.zone.cidr.blocks`; shards keep it current
+    /// from the coordinator.
+    pub zones: Arc<crate::zone::ZoneResolver>,
+    /// The coordinator's topic-table generation and version last applied.
+    topics_seen: Mutex<(u64, u64)>,
     recovered: Mutex<Recovered>,
     /// Per shard: the oldest WAL object its partitions read from
     /// (`u64::MAX`: none). WAL objects older than every shard's, and than
@@ -85,6 +97,12 @@ pub struct NodeSettings {
     pub config_describe: Vec<(String, Option<String>, bool)>,
     pub group_config: crate::group::GroupConfig,
     pub groups_snapshot: Option<bytes::Bytes>,
+    /// The cluster to join once the listener is bound (so the port is
+    /// known).
+    pub cluster: ClusterJoin,
+    /// `automq.zone.cidr.blocks` as configured (canonical text), for an
+    /// in-process coordinator.
+    pub zone_cidrs: String,
     /// How often retention runs (Ferry's default: 10 s).
     pub retention_check_ms: u64,
     /// Minimum age of a WAL object before it may be deleted (default 60 s).
@@ -117,6 +135,8 @@ impl NodeSettings {
             config_describe: vec![],
             group_config: Default::default(),
             groups_snapshot: None,
+            cluster: ClusterJoin::Alone,
+            zone_cidrs: String::new(),
             retention_check_ms: 10_000,
             object_delete_age_ms: 60_000,
             compaction_interval_ms: crate::config::COMPACTION_INTERVAL_MS_DEFAULT,
@@ -140,7 +160,7 @@ impl NodeSettings {
             rack: config.rack.clone(),
             advertised_host: advertised.host.clone(),
             advertised_port: advertised.port,
-            cluster_id: "ferry".into(),
+            cluster_id: config.cluster_id.clone(),
             shards: config.shards,
             num_partitions: config.num_partitions,
             auto_create_topics: config.auto_create_topics,
@@ -151,6 +171,10 @@ impl NodeSettings {
             config_describe: config.describe(),
             group_config: config.group.clone(),
             groups_snapshot: None,
+            cluster: ClusterJoin::Alone,
+            zone_cidrs: crate::zone::ZoneTable::from_config(config)
+                .text()
+                .to_owned(),
             retention_check_ms: 10_000,
             object_delete_age_ms: 60_000,
             compaction_interval_ms: config.compaction_interval_ms,
@@ -160,14 +184,44 @@ impl NodeSettings {
     }
 }
 
+/// How a starting node finds its cluster.
+#[derive(Default)]
+pub enum ClusterJoin {
+    /// An in-process coordinator of this node alone.
+    #[default]
+    Alone,
+    /// An in-process coordinator shared by nodes of one process (`ferry dev`
+    /// with several zones, tests).
+    Local(Arc<crate::cluster::LocalCoordinator>),
+    /// etcd, with the runtime its client runs on.
+    Etcd {
+        options: crate::etcd::EtcdOptions,
+        runtime: tokio::runtime::Handle,
+    },
+}
+
+/// The zone of a node without `broker.rack`.
+pub const DEFAULT_ZONE: &str = "default";
+
 impl NodeCtx {
     pub fn new(
         s: NodeSettings,
         topics: Arc<Topics>,
         durable: Arc<dyn DurableLog>,
         recovered: Recovered,
+        cluster: Arc<dyn crate::cluster::Coordinator>,
     ) -> NodeCtx {
+        let zones = Arc::new(crate::zone::ZoneResolver::new(
+            crate::zone::ZoneTable::parse(&cluster.zone_cidrs()).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "the cluster's zone CIDR blocks do not parse; none used");
+                crate::zone::ZoneTable::empty()
+            }),
+        ));
         NodeCtx {
+            zone: s.rack.clone().unwrap_or_else(|| DEFAULT_ZONE.to_owned()),
+            zones,
+            topics_seen: Mutex::new((0, 0)),
+            cluster,
             node_id: s.node_id,
             rack: s.rack,
             advertised_host: s.advertised_host,
@@ -185,7 +239,7 @@ impl NodeCtx {
             retention_bytes: s.retention_bytes,
             frame_bytes_max: s.frame_bytes_max,
             config_describe: s.config_describe,
-            topic_changes: Mutex::new(()),
+            topic_changes: futures_util::lock::Mutex::new(()),
             recovered: Mutex::new(recovered),
             shard_oldest_seq: (0..s.shards)
                 .map(|_| std::sync::atomic::AtomicU64::new(u64::MAX))
@@ -201,6 +255,42 @@ impl NodeCtx {
             group_config: s.group_config,
             groups_snapshot: Mutex::new(s.groups_snapshot),
         }
+    }
+
+    /// Adopts the cluster's topic table if the coordinator has a newer one
+    /// than this node applied. Cheap when nothing changed (one atomic load).
+    pub fn sync_topics(&self) {
+        let generation = self.cluster.topics_generation();
+        let mut seen = self.topics_seen.lock();
+        if seen.0 == generation {
+            return;
+        }
+        let (version, data) = self.cluster.topics();
+        seen.0 = generation;
+        if version <= seen.1 {
+            return;
+        }
+        let Some(data) = data else { return };
+        match crate::topics::TopicTable::decode(&data) {
+            Ok(table) => {
+                self.topics.replace(table);
+                seen.1 = version;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, version, "the cluster's topic table does not decode")
+            }
+        }
+    }
+
+    /// The version of the cluster's topic table this node holds.
+    pub fn topics_version(&self) -> u64 {
+        self.topics_seen.lock().1
+    }
+
+    /// Records that this node stored the cluster's table at `version`.
+    pub fn topics_stored(&self, version: u64) {
+        let mut seen = self.topics_seen.lock();
+        seen.1 = seen.1.max(version);
     }
 
     /// The committed-offsets snapshot found at start-up; handed out once.

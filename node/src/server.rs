@@ -7,7 +7,7 @@
 //! the same port.
 
 use crate::durable::DurableLog;
-use crate::node::{NodeCtx, NodeSettings, Recovered};
+use crate::node::{ClusterJoin, NodeCtx, NodeSettings, Recovered};
 use crate::shard::{now_ms, Shard, ShardMsg};
 use crate::topics::{TopicTable, Topics};
 use futures_channel::oneshot;
@@ -32,6 +32,8 @@ pub enum ServerError {
     Shard { shard: usize, error: String },
     #[error("shard {0} did not start listening within 10 s")]
     StartTimeout(usize),
+    #[error("cannot join the cluster: {0}")]
+    Cluster(#[from] crate::cluster::CoordinatorError),
 }
 
 pub struct RunningNode {
@@ -97,8 +99,37 @@ pub fn start(
     let shards = settings.shards.max(1);
     settings.shards = shards;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let me = crate::cluster::Member::new(
+        settings.node_id,
+        settings
+            .rack
+            .clone()
+            .unwrap_or_else(|| crate::node::DEFAULT_ZONE.to_owned()),
+        settings.advertised_host.clone(),
+        settings.advertised_port,
+    );
+    let cluster: Arc<dyn crate::cluster::Coordinator> = match std::mem::take(&mut settings.cluster)
+    {
+        ClusterJoin::Alone => {
+            let local = crate::cluster::LocalCoordinator::with_zone_cidrs(&settings.zone_cidrs)
+                .map_err(crate::cluster::CoordinatorError::from)?;
+            Arc::new(local.register(me)?)
+        }
+        ClusterJoin::Local(local) => Arc::new(local.register(me)?),
+        ClusterJoin::Etcd { options, runtime } => {
+            let rt = runtime.clone();
+            let c = runtime.block_on(crate::etcd::EtcdCoordinator::register(rt, options, me))?;
+            use crate::cluster::Coordinator as _;
+            if !settings.zone_cidrs.is_empty() && c.zone_cidrs().is_empty() {
+                // A cluster without a zone table takes this node's.
+                runtime.block_on(c.set_zone_cidrs(&settings.zone_cidrs))?;
+            }
+            Arc::new(c)
+        }
+    };
     let topics = Arc::new(Topics::new(topics, now_ms() as u64));
-    let ctx = Arc::new(NodeCtx::new(settings, topics, durable, recovered));
+    let ctx = Arc::new(NodeCtx::new(settings, topics, durable, recovered, cluster));
+    seed_topics(&ctx);
     let mesh = MeshBuilder::<ShardMsg, _>::full(shards, SHARD_QUEUE_DEPTH);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, String>>();
     let mut stops = Vec::new();
@@ -131,6 +162,23 @@ pub fn start(
         stops,
         executors,
     })
+}
+
+/// The cluster's topic table wins over the one read from the bucket; a
+/// cluster that has none yet is seeded with the bucket's.
+fn seed_topics(ctx: &NodeCtx) {
+    let (version, data) = ctx.cluster.topics();
+    if version > 0 && data.is_some() {
+        ctx.sync_topics();
+        return;
+    }
+    let table = bytes::Bytes::from(ctx.topics.snapshot().encode());
+    match futures_lite::future::block_on(ctx.cluster.put_topics(0, table)) {
+        Ok(Ok(v)) => ctx.topics_stored(v),
+        // Another node seeded it first: take theirs.
+        Ok(Err(_)) => ctx.sync_topics(),
+        Err(e) => tracing::warn!(error = %e, "could not seed the cluster's topic table"),
+    }
 }
 
 async fn run_shard(

@@ -140,6 +140,10 @@ pub struct Shard {
     senders: Senders<ShardMsg>,
     /// The group coordinator, on shard 0 only.
     coordinator: Option<Rc<Coordinator>>,
+    /// This shard's copies of the cluster view and the zone table.
+    view: RefCell<crate::cluster::ViewCache>,
+    zone_cache: RefCell<crate::zone::ZoneCache>,
+    cidrs_seen: std::cell::Cell<u64>,
 }
 
 impl Shard {
@@ -154,6 +158,9 @@ impl Shard {
             c
         });
         Shard {
+            view: RefCell::new(crate::cluster::ViewCache::new(ctx.cluster.clone())),
+            zone_cache: RefCell::new(crate::zone::ZoneCache::new(ctx.zones.clone())),
+            cidrs_seen: std::cell::Cell::new(0),
             coordinator,
             id,
             topics: LocalTopics::new(ctx.topics.clone()),
@@ -162,6 +169,46 @@ impl Shard {
             waiters: RefCell::new(HashMap::new()),
             cache: RefCell::new(Cache::default()),
             senders,
+        }
+    }
+
+    /// The cluster view (one atomic load unless it changed).
+    pub fn view(&self) -> Arc<crate::cluster::View> {
+        self.view.borrow_mut().get().clone()
+    }
+
+    /// The zone table, following the cluster's `automq.zone.cidr.blocks`.
+    pub fn zone_table(&self) -> Arc<crate::zone::ZoneTable> {
+        let mut seen = self.cidrs_seen.get();
+        crate::cluster::follow_zone_cidrs(&*self.ctx.cluster, &self.ctx.zones, &mut seen);
+        self.cidrs_seen.set(seen);
+        self.zone_cache.borrow_mut().table().clone()
+    }
+
+    /// The zone of a client: its `client.id` tag, its address by the CIDR
+    /// blocks, or the rack it names (fetches); `None` if unknown.
+    pub fn client_zone(
+        &self,
+        client_id: &str,
+        addr: Option<std::net::IpAddr>,
+        rack: Option<&str>,
+    ) -> Option<String> {
+        let table = self.zone_table();
+        table
+            .resolve(client_id, addr, rack)
+            .map(|z| z.zone.to_owned())
+    }
+
+    /// Counts and logs a client of unknown zone (once per connection).
+    pub fn note_unknown_zone(&self, client_id: &str, addr: Option<std::net::IpAddr>) {
+        if self.view().zones().nth(1).is_some()
+            && self.zone_table().resolve(client_id, addr, None).is_none()
+        {
+            self.ctx.zones.note_unknown(addr, client_id);
+            self.ctx
+                .metrics
+                .unknown_zone_clients
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 

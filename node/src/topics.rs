@@ -320,6 +320,12 @@ impl Topics {
         Ok(next)
     }
 
+    /// Replaces the whole table (with the cluster's, from the coordinator).
+    pub fn replace(&self, table: TopicTable) {
+        *self.table.write() = Arc::new(table);
+        self.version.fetch_add(1, Ordering::AcqRel);
+    }
+
     pub fn add_partitions(&self, name: &str, count: i32) -> Result<Arc<TopicTable>, TopicError> {
         if !(1..=PARTITIONS_MAX).contains(&count) {
             return Err(TopicError::InvalidPartitions(count));

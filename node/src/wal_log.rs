@@ -192,6 +192,12 @@ impl WalLog {
         })
     }
 
+    /// The tokio runtime the log's I/O runs on (the etcd client runs there
+    /// too).
+    pub fn runtime(&self) -> tokio::runtime::Handle {
+        self.io.handle().clone()
+    }
+
     /// Uploads what is pending and stops the writer (a clean stop).
     pub fn shutdown(&self, timeout: Duration) {
         if let Some(w) = self.writer.lock().take() {

@@ -119,8 +119,18 @@ pub mod raw {
     /// Sends one request and returns the response body (after a v0 or v1
     /// response header, as the API and version call for).
     pub fn call(conn: &mut TcpStream, version: i16, body: RequestBody) -> Bytes {
+        call_as(conn, "raw-test", version, body)
+    }
+
+    /// [`call`] with a chosen `client.id` (which can carry a zone tag).
+    pub fn call_as(
+        conn: &mut TcpStream,
+        client_id: &str,
+        version: i16,
+        body: RequestBody,
+    ) -> Bytes {
         let api = body.api_key();
-        let frame = concat(&encode_request(7, Some("raw-test"), version, &body).unwrap());
+        let frame = concat(&encode_request(7, Some(client_id), version, &body).unwrap());
         conn.write_all(&frame).unwrap();
         let mut size = [0u8; 4];
         conn.read_exact(&mut size).unwrap();

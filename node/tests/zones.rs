@@ -1,0 +1,194 @@
+//! Zones in a cluster of in-process nodes sharing one coordinator: the
+//! topic table is cluster-wide, and every client learns leaders through
+//! its zone: a leader in another zone shows as its proxy in the client's
+//! zone, in Metadata and FindCoordinator alike; a client of unknown zone
+//! sees the true leaders; and a zone table changed at run time (at the
+//! cluster defaults, resource name "") moves clients at once.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::raw;
+use ferry_node::cluster::LocalCoordinator;
+use ferry_node::durable::MemoryLog;
+use ferry_node::node::{ClusterJoin, NodeSettings};
+use ferry_node::server::{self, RunningNode};
+use ferry_protocol::messages::*;
+use ferry_protocol::wire::Message;
+use std::collections::BTreeMap;
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn node(id: i32, zone: &str, coordinator: &Arc<LocalCoordinator>) -> RunningNode {
+    let settings = NodeSettings {
+        rack: Some(zone.to_owned()),
+        shards: 1,
+        cluster: ClusterJoin::Local(coordinator.clone()),
+        ..NodeSettings::local(id)
+    };
+    server::start(
+        settings,
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(MemoryLog::new()),
+        Default::default(),
+        Default::default(),
+    )
+    .unwrap()
+}
+
+fn connect(n: &RunningNode) -> TcpStream {
+    let c = TcpStream::connect(n.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c
+}
+
+/// Partition -> leader id, and broker id -> rack, as `client_id` sees them.
+fn metadata(
+    c: &mut TcpStream,
+    client_id: &str,
+    topic: &str,
+) -> (BTreeMap<i32, i32>, BTreeMap<i32, String>) {
+    let body = RequestBody::Metadata(metadata_request::MetadataRequest {
+        topics: Some(vec![metadata_request::MetadataRequestTopic {
+            name: Some(topic.into()),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    });
+    let resp = raw::call_as(c, client_id, 12, body);
+    let r = metadata_response::MetadataResponse::decode(&resp, 12).unwrap();
+    let leaders = r.topics[0]
+        .partitions
+        .iter()
+        .map(|p| (p.partition_index, p.leader_id))
+        .collect();
+    let racks = r
+        .brokers
+        .iter()
+        .map(|b| {
+            (
+                b.node_id,
+                b.rack.as_ref().map(|r| r.to_string()).unwrap_or_default(),
+            )
+        })
+        .collect();
+    (leaders, racks)
+}
+
+fn coordinator_of(c: &mut TcpStream, client_id: &str, group: &str) -> i32 {
+    let body = RequestBody::FindCoordinator(find_coordinator_request::FindCoordinatorRequest {
+        key: group.into(),
+        ..Default::default()
+    });
+    let resp = raw::call_as(c, client_id, 3, body);
+    let r = find_coordinator_response::FindCoordinatorResponse::decode(&resp, 3).unwrap();
+    assert_eq!(r.error_code, 0);
+    r.node_id
+}
+
+fn set_zone_cidrs_at_cluster_defaults(c: &mut TcpStream, value: &str) -> i16 {
+    use incremental_alter_configs_request::*;
+    let body = RequestBody::IncrementalAlterConfigs(IncrementalAlterConfigsRequest {
+        resources: vec![AlterConfigsResource {
+            resource_type: 4,
+            resource_name: "".into(),
+            configs: vec![AlterableConfig {
+                name: "automq.zone.cidr.blocks".into(),
+                config_operation: 0,
+                value: Some(value.into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let resp = raw::call(c, 0, body);
+    incremental_alter_configs_response::IncrementalAlterConfigsResponse::decode(&resp, 0)
+        .unwrap()
+        .responses[0]
+        .error_code
+}
+
+#[test]
+fn clients_learn_leaders_through_their_zone() {
+    let coordinator = LocalCoordinator::new();
+    let a = node(1, "zone-a", &coordinator);
+    let b = node(2, "zone-b", &coordinator);
+    let mut ca = connect(&a);
+    let mut cb = connect(&b);
+    // A topic created on one node is the cluster's.
+    assert_eq!(raw::create_topic(&mut ca, "t", 6, &[]), 0);
+    assert_eq!(
+        raw::create_topic(&mut cb, "t", 6, &[]),
+        36,
+        "TOPIC_ALREADY_EXISTS on the other node"
+    );
+
+    // Unknown zone: the true leaders, spread over both nodes and zones.
+    let (truth, racks) = metadata(&mut cb, "plain-client", "t");
+    assert_eq!(
+        racks,
+        BTreeMap::from([(1, "zone-a".into()), (2, "zone-b".into())])
+    );
+    assert_eq!(truth.len(), 6);
+    assert_eq!(truth.values().filter(|&&l| l == 1).count(), 3, "{truth:?}");
+    assert_eq!(truth.values().filter(|&&l| l == 2).count(), 3, "{truth:?}");
+    let (truth_a, _) = metadata(&mut ca, "plain-client", "t");
+    assert_eq!(truth, truth_a, "every node tells the same truth");
+
+    // A zone-tagged client sees only its zone's node, on either node.
+    for c in [&mut ca, &mut cb] {
+        let (seen, _) = metadata(c, "automq_az=zone-a&app", "t");
+        assert!(seen.values().all(|&l| l == 1), "{seen:?}");
+        let (seen, _) = metadata(c, "app&ws_az=zone-b", "t");
+        assert!(seen.values().all(|&l| l == 2), "{seen:?}");
+        // A zone with no node: the true leaders.
+        let (seen, _) = metadata(c, "automq_az=zone-z", "t");
+        assert_eq!(seen, truth);
+    }
+    // The same mapping for group coordinators.
+    let groups: Vec<String> = (0..20).map(|i| format!("g{i}")).collect();
+    let true_coordinators: Vec<i32> = groups
+        .iter()
+        .map(|g| coordinator_of(&mut ca, "plain-client", g))
+        .collect();
+    assert!(true_coordinators.contains(&1) && true_coordinators.contains(&2));
+    for g in &groups {
+        assert_eq!(coordinator_of(&mut cb, "automq_az=zone-a", g), 1);
+        assert_eq!(coordinator_of(&mut ca, "diskless_az=zone-b", g), 2);
+    }
+
+    // The zone table, set at run time at the cluster defaults through one
+    // node, moves an untagged client on 127.0.0.1 on every node.
+    assert_eq!(
+        set_zone_cidrs_at_cluster_defaults(&mut ca, "zone-b@127.0.0.0/8"),
+        0
+    );
+    for c in [&mut ca, &mut cb] {
+        let (seen, _) = metadata(c, "plain-client", "t");
+        assert!(seen.values().all(|&l| l == 2), "{seen:?}");
+    }
+    assert_eq!(
+        set_zone_cidrs_at_cluster_defaults(&mut cb, "zone-a@127.0.0.1/32<>zone-b@127.0.0.0/8"),
+        0
+    );
+    let (seen, _) = metadata(&mut cb, "plain-client", "t");
+    assert!(
+        seen.values().all(|&l| l == 1),
+        "longest prefix wins: {seen:?}"
+    );
+    // A tag still wins over the address.
+    let (seen, _) = metadata(&mut cb, "automq_az=zone-b", "t");
+    assert!(seen.values().all(|&l| l == 2), "{seen:?}");
+    // A bad table is refused and changes nothing.
+    assert_eq!(
+        set_zone_cidrs_at_cluster_defaults(&mut ca, "zone-a@300.0.0.0/8"),
+        40
+    );
+    let (seen, _) = metadata(&mut ca, "plain-client", "t");
+    assert!(seen.values().all(|&l| l == 1), "{seen:?}");
+
+    drop((ca, cb));
+    a.stop();
+    b.stop();
+}
