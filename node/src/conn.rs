@@ -114,6 +114,17 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 }
             };
             frame_bytes_avg = (frame_bytes_avg * 7 + f.len()) / 8;
+            // Ferry's node-to-node RPCs (API keys >= 32000), see crate::rpc:
+            // served by the shard; an undecodable one closes the connection.
+            if crate::rpc::is_rpc_frame(&f) {
+                let Ok(h) = crate::rpc::spawn_call(&shard, &f, peer) else {
+                    break 'conn;
+                };
+                if tx.send(Out::Respond(h)).await.is_err() {
+                    break 'conn;
+                }
+                continue;
+            }
             let req = match frame::decode_request(&f, &shard.ctx.supported) {
                 Ok(r) => r,
                 Err(e) => {

@@ -44,6 +44,7 @@ pub mod http;
 pub mod metrics;
 pub mod node;
 pub mod partition;
+pub mod rpc;
 pub mod server;
 pub mod shard;
 pub mod topics;

@@ -1,0 +1,586 @@
+//! The node-to-node RPC layer over real TCP: a test handler served through
+//! `serve_frame` on one executor, an `RpcClient` on another. Pipelining
+//! with out-of-order answers, timeouts, broken connections, reconnects,
+//! hostile frames; and the conn.rs hook on a real node. Every wait is
+//! bounded.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use bytes::{Bytes, BytesMut};
+use ferry_node::cluster::Member;
+use ferry_node::rpc::*;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Partition numbers that make the test handler misbehave.
+const NEVER_ANSWER: i32 = -1;
+const KILL_CONNECTION: i32 = -2;
+
+/// Answers each message with values derived from the request, after a
+/// delay that varies by request, so answers leave out of order.
+struct TestHandler;
+
+async fn jitter(n: i64) {
+    glommio::timer::sleep(Duration::from_micros((n.unsigned_abs() % 5) * 700)).await;
+}
+
+impl RpcHandler for TestHandler {
+    async fn handoff_commit(&self, req: HandoffCommit) -> HandoffCommitResponse {
+        jitter(req.view_revision as i64).await;
+        HandoffCommitResponse {
+            partitions: req
+                .partitions
+                .iter()
+                .map(|p| {
+                    p.batches
+                        .iter()
+                        .map(|b| BatchResult {
+                            error_code: 0,
+                            base_offset: b.position as i64 + req.from_node as i64,
+                            log_start: p.partition as i64,
+                        })
+                        .collect()
+                })
+                .collect(),
+        }
+    }
+
+    async fn replica_read(&self, req: ReplicaRead) -> ReplicaReadResponse {
+        if req.partition == NEVER_ANSWER {
+            futures_lite::future::pending::<()>().await;
+        }
+        jitter(req.from_offset).await;
+        ReplicaReadResponse {
+            error_code: 0,
+            high_watermark: req.from_offset + 1,
+            log_start: 0,
+            leader_epoch: req.partition,
+            entries: vec![ReplicaEntry {
+                base_offset: req.from_offset,
+                last_offset: req.from_offset,
+                max_timestamp: 0,
+                key: req.topic.clone(),
+                position: req.max_bytes as u64,
+                len: 1,
+                crc: 2,
+            }],
+        }
+    }
+
+    async fn forward(&self, req: Forward) -> ForwardResponse {
+        jitter(req.frame.len() as i64).await;
+        ForwardResponse {
+            error_code: 0,
+            frame: Some(req.frame),
+        }
+    }
+}
+
+struct TestServer {
+    addr: SocketAddr,
+    /// Connections accepted.
+    accepted: Arc<AtomicUsize>,
+    /// Answers written after one with a higher correlation id.
+    out_of_order: Arc<AtomicUsize>,
+    stop: Option<futures_channel::oneshot::Sender<()>>,
+    executor: Option<glommio::ExecutorJoinHandle<()>>,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(e) = self.executor.take() {
+            let _ = e.join();
+        }
+    }
+}
+
+/// A server on its own executor: every frame goes through `decode_call`
+/// (an undecodable one closes the connection) and `serve_frame`, and
+/// answers are written as they complete.
+fn test_server() -> TestServer {
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let out_of_order = Arc::new(AtomicUsize::new(0));
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = futures_channel::oneshot::channel::<()>();
+    let (acc, ooo) = (accepted.clone(), out_of_order.clone());
+    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .name("rpc-test-server")
+        .spawn(move || async move {
+            let listener = glommio::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            addr_tx
+                .send(listener.local_addr().expect("addr"))
+                .expect("addr");
+            let handler = Rc::new(TestHandler);
+            let accept = async {
+                loop {
+                    let Ok(stream) = listener.accept().await else {
+                        continue;
+                    };
+                    acc.fetch_add(1, Ordering::Relaxed);
+                    glommio::spawn_local(serve_conn(handler.clone(), stream, ooo.clone())).detach();
+                }
+            };
+            futures_lite::future::or(accept, async {
+                let _ = stop_rx.await;
+            })
+            .await;
+        })
+        .expect("executor");
+    let addr = addr_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("server address");
+    TestServer {
+        addr,
+        accepted,
+        out_of_order,
+        stop: Some(stop_tx),
+        executor: Some(executor),
+    }
+}
+
+async fn serve_conn(
+    handler: Rc<TestHandler>,
+    stream: glommio::net::TcpStream,
+    out_of_order: Arc<AtomicUsize>,
+) {
+    let (mut rd, mut wr) = futures_lite::io::split(stream);
+    let (tx, rx) = glommio::channels::local_channel::new_unbounded::<Vec<Bytes>>();
+    let tx = Rc::new(tx);
+    let writer = glommio::spawn_local(async move {
+        let mut last = i32::MIN;
+        while let Some(segs) = rx.recv().await {
+            let whole = ferry_protocol::frame::concat(&segs);
+            let id = i32::from_be_bytes([whole[4], whole[5], whole[6], whole[7]]);
+            if id < last {
+                out_of_order.fetch_add(1, Ordering::Relaxed);
+            }
+            last = last.max(id);
+            if wr.write_all(&whole).await.is_err() {
+                return;
+            }
+        }
+    });
+    let frames = ferry_protocol::frame::FrameReader::new(1 << 20);
+    let mut buf = BytesMut::new();
+    'conn: loop {
+        loop {
+            let f = match frames.next_frame(&mut buf) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(_) => break 'conn,
+            };
+            match decode_call(&f) {
+                Err(_) => break 'conn,
+                Ok(RpcCall {
+                    body: RpcBody::ReplicaRead(r),
+                    ..
+                }) if r.partition == KILL_CONNECTION => break 'conn,
+                Ok(_) => {}
+            }
+            let (h, tx) = (handler.clone(), tx.clone());
+            glommio::spawn_local(async move {
+                if let Some(segs) = serve_frame(&*h, &f).await {
+                    let _ = tx.send(segs).await;
+                }
+            })
+            .detach();
+        }
+        let mut chunk = [0u8; 8192];
+        match rd.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    // Dropping the writer task and the read half closes the socket.
+    drop(writer);
+}
+
+/// Runs `f` on a fresh executor and returns its result, failing the test
+/// if it takes more than `secs`.
+fn run_bounded<T: Send + 'static, F, Fut>(secs: u64, f: F) -> T
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .name("rpc-test-client")
+        .spawn(move || async move {
+            let _ = tx.send(f().await);
+        })
+        .expect("executor");
+    let r = rx
+        .recv_timeout(Duration::from_secs(secs))
+        .unwrap_or_else(|_| panic!("test did not finish within {secs} s"));
+    ex.join().expect("join");
+    r
+}
+
+fn member(node_id: i32, zone: &str, addr: SocketAddr) -> Member {
+    Member::new(node_id, zone, addr.ip().to_string(), addr.port())
+}
+
+fn client() -> (RpcClient, Arc<RpcTraffic>) {
+    let traffic = Arc::new(RpcTraffic::new());
+    (RpcClient::new(traffic.clone(), 1 << 20), traffic)
+}
+
+fn read(i: i64, partition: i32) -> ReplicaRead {
+    ReplicaRead {
+        topic: format!("topic-{i}").into(),
+        partition,
+        from_offset: i,
+        max_bytes: (i * 3) as i32,
+        max_wait_ms: 0,
+    }
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+
+#[test]
+fn a_thousand_pipelined_calls_on_one_connection_are_all_answered() {
+    let server = test_server();
+    let to = member(2, "zone-b", server.addr);
+    let t0 = Instant::now();
+    let traffic = run_bounded(60, move || async move {
+        let (c, traffic) = client();
+        let calls = (0..1000i64).map(|i| {
+            let (c, to) = (&c, &to);
+            async move {
+                match i % 3 {
+                    0 => {
+                        let r = c.replica_read(to, &read(i, 1), 10 * SECOND).await.unwrap();
+                        assert_eq!(r.high_watermark, i + 1);
+                        assert_eq!(&*r.entries[0].key, format!("topic-{i}"));
+                        assert_eq!(r.entries[0].position, (i * 3) as u64);
+                    }
+                    1 => {
+                        let req = HandoffCommit {
+                            from_node: 7,
+                            view_revision: i as u64,
+                            partitions: vec![HandoffPartition {
+                                topic: "orders".into(),
+                                topic_id: [1; 16],
+                                partition: i as i32,
+                                batches: (0..3)
+                                    .map(|b| HandoffBatch {
+                                        key: "handoff/a/1".into(),
+                                        position: (i * 10 + b) as u64,
+                                        len: 100,
+                                        crc: 0,
+                                        record_count: 1,
+                                        last_offset_delta: 0,
+                                        max_timestamp: 0,
+                                        producer_id: -1,
+                                        producer_epoch: -1,
+                                        base_sequence: -1,
+                                    })
+                                    .collect(),
+                            }],
+                        };
+                        let r = c.handoff_commit(to, &req, 10 * SECOND).await.unwrap();
+                        assert_eq!(r.partitions.len(), 1);
+                        let bases: Vec<i64> =
+                            r.partitions[0].iter().map(|b| b.base_offset).collect();
+                        assert_eq!(bases, vec![i * 10 + 7, i * 10 + 8, i * 10 + 9]);
+                        assert_eq!(r.partitions[0][0].log_start, i);
+                    }
+                    _ => {
+                        // Some large enough to go as their own segment.
+                        let len = if i % 30 == 2 { 10_000 } else { i as usize };
+                        let frame = Bytes::from(vec![(i % 251) as u8; len]);
+                        let req = Forward {
+                            client_host: "10.1.2.3".into(),
+                            frame: frame.clone(),
+                        };
+                        let r = c.forward(to, &req, 10 * SECOND).await.unwrap();
+                        assert_eq!(r.frame, Some(frame));
+                    }
+                }
+            }
+        });
+        futures_util::future::join_all(calls).await;
+        assert!(c.is_connected(2));
+        traffic.snapshot()
+    });
+    let took = t0.elapsed();
+    eprintln!("1000 pipelined calls in {took:?}");
+    assert_eq!(server.accepted.load(Ordering::Relaxed), 1, "one connection");
+    assert!(
+        server.out_of_order.load(Ordering::Relaxed) > 0,
+        "the server should have answered out of order"
+    );
+    let kinds: Vec<&str> = traffic.iter().map(|r| r.1).collect();
+    assert_eq!(kinds, vec!["forward", "handoff", "replica"], "{traffic:?}");
+    for (zone, kind, out, inn) in &traffic {
+        assert_eq!(zone, "zone-b");
+        assert!(*out > 0 && *inn > 0, "{kind}: {out} out, {inn} in");
+    }
+    // 334 handoff calls of 3 batches: header, key table and batches.
+    let handoff = traffic.iter().find(|r| r.1 == "handoff").unwrap();
+    assert!(handoff.2 < 334 * 250, "{handoff:?}");
+}
+
+#[test]
+fn a_call_nobody_answers_times_out_and_the_connection_stays() {
+    let server = test_server();
+    let to = member(2, "zone-b", server.addr);
+    run_bounded(30, move || async move {
+        let (c, _) = client();
+        let t = Instant::now();
+        let r = c
+            .replica_read(&to, &read(1, NEVER_ANSWER), Duration::from_millis(200))
+            .await;
+        let took = t.elapsed();
+        match r {
+            Err(e @ RpcError::Timeout { .. }) => assert!(e.is_retriable()),
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        assert!(
+            took >= Duration::from_millis(200) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+        // Others on the same connection are still answered.
+        let r = c.replica_read(&to, &read(5, 1), 5 * SECOND).await.unwrap();
+        assert_eq!(r.high_watermark, 6);
+        assert!(c.is_connected(2));
+    });
+    assert_eq!(server.accepted.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_broken_connection_fails_every_pending_call_and_the_next_call_reconnects() {
+    let server = test_server();
+    let to = member(2, "zone-b", server.addr);
+    run_bounded(30, move || async move {
+        let (c, _) = client();
+        // Open the connection.
+        c.replica_read(&to, &read(1, 1), 5 * SECOND).await.unwrap();
+        let t = Instant::now();
+        let (c, to) = (&c, &to);
+        let stuck = (0..5).map(|i| async move {
+            c.replica_read(to, &read(i, NEVER_ANSWER), 20 * SECOND)
+                .await
+        });
+        let kill = async {
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+            c.replica_read(to, &read(0, KILL_CONNECTION), 20 * SECOND)
+                .await
+        };
+        let (results, killed) =
+            futures_lite::future::zip(futures_util::future::join_all(stuck), kill).await;
+        let took = t.elapsed();
+        assert!(
+            took < Duration::from_secs(5),
+            "pending calls took {took:?} to fail"
+        );
+        for r in results.into_iter().chain([killed]) {
+            match r {
+                Err(e @ RpcError::ConnectionLost { .. }) => assert!(e.is_retriable()),
+                other => panic!("expected a lost connection, got {other:?}"),
+            }
+        }
+        // The next call reconnects.
+        let r = c.replica_read(to, &read(9, 1), 5 * SECOND).await.unwrap();
+        assert_eq!(r.high_watermark, 10);
+    });
+    assert_eq!(server.accepted.load(Ordering::Relaxed), 2);
+}
+
+#[test]
+fn a_peer_that_moved_is_called_at_its_new_address() {
+    let (a, b) = (test_server(), test_server());
+    let (at_a, at_b) = (member(3, "zone-c", a.addr), member(3, "zone-c", b.addr));
+    run_bounded(30, move || async move {
+        let (c, _) = client();
+        c.replica_read(&at_a, &read(1, 1), 5 * SECOND)
+            .await
+            .unwrap();
+        c.replica_read(&at_b, &read(2, 1), 5 * SECOND)
+            .await
+            .unwrap();
+        c.replica_read(&at_b, &read(3, 1), 5 * SECOND)
+            .await
+            .unwrap();
+        // Nobody listening: a retriable connect error, within the bound.
+        let gone = member(4, "zone-c", "127.0.0.1:1".parse().unwrap());
+        let e = c
+            .replica_read(&gone, &read(4, 1), 5 * SECOND)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RpcError::Connect { .. }), "{e:?}");
+        assert!(e.is_retriable());
+        c.forget(3);
+        assert!(!c.is_connected(3));
+    });
+    assert_eq!(a.accepted.load(Ordering::Relaxed), 1);
+    assert_eq!(b.accepted.load(Ordering::Relaxed), 1);
+}
+
+/// True if the server closes the connection within 5 s.
+fn closed(mut conn: std::net::TcpStream) -> bool {
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 1024];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => return true,
+            Err(e) => {
+                return !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                )
+            }
+            Ok(_) => continue,
+        }
+    }
+}
+
+fn frame(key: i16, version: i16, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(&((8 + payload.len()) as u32).to_be_bytes());
+    v.extend_from_slice(&key.to_be_bytes());
+    v.extend_from_slice(&version.to_be_bytes());
+    v.extend_from_slice(&1i32.to_be_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+/// Frames that are not valid RPCs, each of which must close the
+/// connection.
+fn garbage() -> Vec<Vec<u8>> {
+    let valid = |i: i32| {
+        ferry_protocol::frame::concat(&encode_request_frame(i, &read(1, 1)).unwrap()).to_vec()
+    };
+    let mut v = vec![
+        frame(HANDOFF_COMMIT, 0, &[0, 0, 0, 1]),
+        frame(REPLICA_READ, 0, &[0xff, 0xff]),
+        frame(FORWARD, 0, &[0, 0, 0x80, 0, 0, 0]),
+        frame(32005, 0, &[]),
+        frame(REPLICA_READ, 3, &valid(1)[12..]),
+    ];
+    // A valid frame with a trailing byte.
+    let mut t = valid(2);
+    t.push(0);
+    let n = (t.len() - 4) as u32;
+    t[..4].copy_from_slice(&n.to_be_bytes());
+    v.push(t);
+    // Random payloads after valid headers.
+    let mut x = 0x1234_5678_9abc_def0u64;
+    for i in 0..40 {
+        let len = (i * 7) % 90;
+        let payload: Vec<u8> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        if decode_call(&Bytes::from(frame(HANDOFF_COMMIT + (i % 3) as i16, 0, &payload)).slice(4..))
+            .is_err()
+        {
+            v.push(frame(HANDOFF_COMMIT + (i % 3) as i16, 0, &payload));
+        }
+    }
+    v
+}
+
+#[test]
+fn garbage_frames_close_the_connection_and_the_server_keeps_serving() {
+    let server = test_server();
+    for g in garbage() {
+        let mut c = std::net::TcpStream::connect(server.addr).unwrap();
+        c.write_all(&g).unwrap();
+        assert!(closed(c), "garbage {g:?} was not refused");
+    }
+    let to = member(2, "zone-b", server.addr);
+    run_bounded(30, move || async move {
+        let (c, _) = client();
+        let r = c.replica_read(&to, &read(1, 1), 5 * SECOND).await.unwrap();
+        assert_eq!(r.high_watermark, 2);
+    });
+}
+
+/// The conn.rs hook on a real node: RPC frames reach the shard's handler
+/// (for now the stand-in, which refuses every call), garbage RPC frames
+/// close the connection, and Kafka requests still work.
+#[test]
+fn a_real_node_serves_rpcs_on_its_kafka_listener() {
+    use ferry_node::durable::MemoryLog;
+    use ferry_node::node::NodeSettings;
+    use ferry_node::server;
+    let node = server::start(
+        NodeSettings {
+            frame_bytes_max: 1 << 20,
+            ..NodeSettings::local(1)
+        },
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(MemoryLog::new()),
+        Default::default(),
+        Default::default(),
+    )
+    .unwrap();
+    let addr = node.addr;
+    for g in garbage() {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.write_all(&g).unwrap();
+        assert!(closed(c), "garbage {g:?} was not refused");
+    }
+    let to = member(1, "zone-a", addr);
+    run_bounded(30, move || async move {
+        let (c, traffic) = client();
+        let r = c.replica_read(&to, &read(1, 0), 5 * SECOND).await.unwrap();
+        assert_ne!(r.error_code, 0);
+        let req = HandoffCommit {
+            from_node: 2,
+            view_revision: 1,
+            partitions: vec![HandoffPartition {
+                topic: "t".into(),
+                topic_id: [0; 16],
+                partition: 0,
+                batches: vec![],
+            }],
+        };
+        let r = c.handoff_commit(&to, &req, 5 * SECOND).await.unwrap();
+        assert_eq!(r.partitions, vec![vec![]]);
+        let r = c
+            .forward(
+                &to,
+                &Forward {
+                    client_host: "10.0.0.1".into(),
+                    frame: Bytes::from_static(b"\0\x12\0\0\0\0\0\x01\0\0"),
+                },
+                5 * SECOND,
+            )
+            .await
+            .unwrap();
+        assert_ne!(r.error_code, 0);
+        assert_eq!(traffic.snapshot().len(), 3);
+    });
+    // A Kafka client on the same port is unaffected.
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = ferry_protocol::frame::concat(
+        &ferry_protocol::frame::encode_request(
+            77,
+            Some("t"),
+            0,
+            &ferry_protocol::messages::RequestBody::ApiVersions(Default::default()),
+        )
+        .unwrap(),
+    );
+    c.write_all(&req).unwrap();
+    let mut size = [0u8; 4];
+    c.read_exact(&mut size).unwrap();
+    let mut resp = vec![0u8; u32::from_be_bytes(size) as usize];
+    c.read_exact(&mut resp).unwrap();
+    assert_eq!(&resp[..4], &77i32.to_be_bytes());
+    node.stop();
+}
