@@ -20,7 +20,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 
 /// Requests one connection may have in flight.
-pub const INFLIGHT_REQUESTS_MAX: usize = 64;
+pub const INFLIGHT_REQUESTS_MAX: usize = 1024;
 /// Most bytes one read asks for. The read buffer is zeroed before each read
 /// (safe Rust cannot read into uninitialised memory), so only this much is
 /// zeroed per read, never the rest of a large frame again and again.

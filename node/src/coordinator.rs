@@ -37,6 +37,14 @@ pub struct Coordinator {
     persist: glommio::sync::Semaphore,
     persisted_changes: RefCell<u64>,
     durable: Arc<dyn crate::durable::DurableLog>,
+    /// The metadata object the offsets go to ([`groups_meta_name`]).
+    meta_name: String,
+}
+
+/// Where a node's committed offsets are kept: `meta/groups-<node id>`, one
+/// object per node, since every node coordinates its own groups.
+pub fn groups_meta_name(node_id: i32) -> String {
+    format!("groups-{node_id}")
 }
 
 impl Coordinator {
@@ -44,6 +52,7 @@ impl Coordinator {
         config: GroupConfig,
         snapshot: Option<Bytes>,
         durable: Arc<dyn crate::durable::DurableLog>,
+        meta_name: String,
     ) -> Coordinator {
         let mut state = GroupCoordinator::new(config, now_ms() as u64);
         if let Some(s) = snapshot {
@@ -61,6 +70,7 @@ impl Coordinator {
             persist: glommio::sync::Semaphore::new(1),
             persisted_changes: RefCell::new(persisted),
             durable,
+            meta_name,
         }
     }
 
@@ -103,7 +113,11 @@ impl Coordinator {
         if changes == *self.persisted_changes.borrow() {
             return Ok(());
         }
-        match self.durable.put_meta("groups", changes, snapshot).await {
+        match self
+            .durable
+            .put_meta(&self.meta_name, changes, snapshot)
+            .await
+        {
             Ok(Ok(())) => {
                 *self.persisted_changes.borrow_mut() = changes;
                 Ok(())

@@ -44,9 +44,17 @@ enum Command {
         /// Where the bucket directory goes.
         #[arg(long, default_value = "ferry-dev")]
         dir: PathBuf,
-        /// The Kafka listener's port on 127.0.0.1.
+        /// The Kafka listener's port on 127.0.0.1 (the first node's; the
+        /// others take the ports after it).
         #[arg(long, default_value_t = 9092)]
         port: u16,
+        /// Zones (az1, az2, ...), each with its own nodes, all in this
+        /// process, sharing the bucket and an in-process coordinator.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=9))]
+        zones: u16,
+        /// Nodes in each zone.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4))]
+        nodes_per_zone: u16,
         /// `key=value`, overriding the defaults; repeatable.
         #[arg(long = "override", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
@@ -61,6 +69,7 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
+    let mut layout = (1u16, 1u16);
     let (mut config, dev) = match cli.command {
         Command::Node { config, overrides } => {
             let mut c =
@@ -73,13 +82,20 @@ fn main() -> anyhow::Result<()> {
         Command::Dev {
             dir,
             port,
+            zones,
+            nodes_per_zone,
             overrides,
         } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let mut c = Config::dev(&dir, port)?;
+            if zones * nodes_per_zone > 1 {
+                // Several nodes share the machine's cores.
+                c.set("ferry.shards", "1")?;
+            }
             for o in &overrides {
                 c.apply_override(o)?;
             }
+            layout = (zones, nodes_per_zone);
             (c, true)
         }
     };
@@ -87,10 +103,115 @@ fn main() -> anyhow::Result<()> {
     for k in &config.unknown_keys {
         tracing::warn!(key = %k, "unknown configuration key, ignored");
     }
+    if layout.0 * layout.1 > 1 {
+        return run_zones(&config, layout.0, layout.1);
+    }
     run(&mut config, dev)
 }
 
+/// `ferry dev --zones N [--nodes-per-zone M]`: N zones (az1...) of M nodes,
+/// in this process, on consecutive ports, with one bucket and an in-process
+/// coordinator.
+fn run_zones(base: &Config, zones: u16, per_zone: u16) -> anyhow::Result<()> {
+    let coordinator = ferry_node::cluster::LocalCoordinator::with_zone_cidrs(
+        ferry_node::zone::ZoneTable::from_config(base).text(),
+    )?;
+    let first = base.listeners.first().context("listeners is empty")?.port;
+    let mut nodes = Vec::new();
+    for z in 0..zones {
+        for n in 0..per_zone {
+            let k = z * per_zone + n;
+            let mut c = base.clone();
+            c.set("node.id", &k.to_string())?;
+            c.set("broker.rack", &format!("az{}", z + 1))?;
+            let port = first.checked_add(k).context("ports past 65535")?;
+            c.set("listeners", &format!("PLAINTEXT://127.0.0.1:{port}"))?;
+            if let Some(m) = base.metrics_listener.filter(|m| m.port() != 0) {
+                c.set(
+                    "ferry.metrics.listener",
+                    &format!("{}:{}", m.ip(), m.port() + k),
+                )?;
+            }
+            let started = start_node(
+                &c,
+                ferry_node::node::ClusterJoin::Local(coordinator.clone()),
+            )?;
+            nodes.push((format!("az{}", z + 1), started));
+        }
+    }
+    println!(
+        "ferry dev: {zones} zones, {per_zone} node(s) each, one process; bucket {}",
+        base.wal.as_ref().map_or_else(String::new, |w| w.redacted())
+    );
+    for z in 1..=zones {
+        let zone = format!("az{z}");
+        let addrs: Vec<String> = nodes
+            .iter()
+            .filter(|(nz, _)| *nz == zone)
+            .map(|(_, s)| s.node.addr.to_string())
+            .collect();
+        println!(
+            "  zone {zone}: bootstrap {}  client.id automq_az={zone}&<your-app>",
+            addrs.join(",")
+        );
+    }
+    if let Some((_, s)) = nodes.first() {
+        println!(
+            "  try: kcat -b {} -X client.id=automq_az=az1 -L",
+            s.node.addr
+        );
+    }
+    for (_, s) in &nodes {
+        if let Some(m) = s.metrics {
+            println!(
+                "  metrics of node {}: http://{m}/metrics",
+                s.node.ctx.node_id
+            );
+        }
+    }
+    let mut logs = Vec::new();
+    for (_, s) in nodes {
+        logs.push(s.log.clone());
+        s.node.wait();
+    }
+    for log in logs {
+        log.shutdown(Duration::from_secs(10));
+    }
+    Ok(())
+}
+
+/// A started node, with its log and metrics address.
+struct Started {
+    node: server::RunningNode,
+    log: Arc<WalLog>,
+    metrics: Option<SocketAddr>,
+}
+
 fn run(config: &mut Config, dev: bool) -> anyhow::Result<()> {
+    let cluster = if config.etcd_endpoints.is_empty() {
+        ferry_node::node::ClusterJoin::Alone
+    } else {
+        ferry_node::node::ClusterJoin::Pending
+    };
+    let started = start_node(config, cluster)?;
+    if dev {
+        let wal = config
+            .wal
+            .as_ref()
+            .map_or_else(String::new, |w| w.redacted());
+        println!("ferry dev: one node, bucket {wal}");
+        println!("  bootstrap: {}", started.node.addr);
+        println!("  try: kcat -b {} -L", started.node.addr);
+    }
+    let log = started.log.clone();
+    started.node.wait();
+    log.shutdown(Duration::from_secs(10));
+    Ok(())
+}
+
+/// Recovers one node's log from the bucket and starts it in `cluster`
+/// (`ClusterJoin::Pending`: etcd per the config, on the log's runtime).
+fn start_node(config: &Config, cluster: ferry_node::node::ClusterJoin) -> anyhow::Result<Started> {
     let node_id = config.node_id.context("node.id is required")?;
     let wal_bucket = config
         .wal
@@ -126,16 +247,15 @@ fn run(config: &mut Config, dev: bool) -> anyhow::Result<()> {
         .ok()
         .and_then(|mut a| a.next())
         .with_context(|| format!("listeners: cannot resolve {}", listener.bind_address()))?;
-    let cluster = if config.etcd_endpoints.is_empty() {
-        ferry_node::node::ClusterJoin::Alone
-    } else {
-        ferry_node::node::ClusterJoin::Etcd {
+    let cluster = match cluster {
+        ferry_node::node::ClusterJoin::Pending => ferry_node::node::ClusterJoin::Etcd {
             options: ferry_node::etcd::EtcdOptions::new(
                 config.etcd_endpoints.clone(),
                 config.cluster_id.clone(),
             ),
             runtime: opened.log.runtime(),
-        }
+        },
+        other => other,
     };
     let settings = NodeSettings {
         groups_snapshot: opened.groups.clone(),
@@ -150,6 +270,7 @@ fn run(config: &mut Config, dev: bool) -> anyhow::Result<()> {
         opened.topics,
         opened.recovered,
     )?;
+    let mut metrics = None;
     if let Some(addr) = config.metrics_listener {
         let ctx = node.ctx.clone();
         let log2 = log.clone();
@@ -157,14 +278,8 @@ fn run(config: &mut Config, dev: bool) -> anyhow::Result<()> {
             addr,
             Arc::new(move || ctx.metrics.render(&log2.render_metrics())),
         )?;
-        tracing::info!(addr = %bound, "metrics at /metrics");
+        tracing::info!(addr = %bound, node = node_id, "metrics at /metrics");
+        metrics = Some(bound);
     }
-    if dev {
-        println!("ferry dev: one node, bucket {}", wal_bucket.redacted());
-        println!("  bootstrap: {}", node.addr);
-        println!("  try: kcat -b {} -L", node.addr);
-    }
-    node.wait();
-    log.shutdown(Duration::from_secs(10));
-    Ok(())
+    Ok(Started { node, log, metrics })
 }

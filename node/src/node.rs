@@ -193,6 +193,9 @@ pub enum ClusterJoin {
     /// An in-process coordinator shared by nodes of one process (`ferry dev`
     /// with several zones, tests).
     Local(Arc<crate::cluster::LocalCoordinator>),
+    /// etcd per the configuration, once the node's runtime exists (the
+    /// binary's own placeholder; `server::start` refuses it).
+    Pending,
     /// etcd, with the runtime its client runs on.
     Etcd {
         options: crate::etcd::EtcdOptions,

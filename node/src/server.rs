@@ -116,6 +116,13 @@ pub fn start(
             Arc::new(local.register(me)?)
         }
         ClusterJoin::Local(local) => Arc::new(local.register(me)?),
+        ClusterJoin::Pending => {
+            return Err(ServerError::Cluster(
+                crate::cluster::CoordinatorError::InvalidMember(
+                    "the etcd coordinator was not set up before the node started".into(),
+                ),
+            ))
+        }
         ClusterJoin::Etcd { options, runtime } => {
             let rt = runtime.clone();
             let c = runtime.block_on(crate::etcd::EtcdCoordinator::register(rt, options, me))?;
@@ -138,7 +145,9 @@ pub fn start(
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         stops.push(stop_tx);
         let (ctx, mesh, ready) = (ctx.clone(), mesh.clone(), ready_tx.clone());
-        let handle = LocalExecutorBuilder::new(Placement::Fixed(id % cores))
+        // Nodes of one process (`ferry dev --zones`) start on different cores.
+        let core = (id + ctx.node_id.unsigned_abs() as usize) % cores;
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(core))
             .name(&format!("ferry-shard-{id}"))
             .spawn(move || async move { run_shard(id, ctx, mesh, addr, ready, stop_rx).await })
             .map_err(|e| ServerError::Shard {

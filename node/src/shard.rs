@@ -153,6 +153,7 @@ impl Shard {
                 ctx.group_config.clone(),
                 ctx.take_groups_snapshot(),
                 ctx.durable.clone(),
+                crate::coordinator::groups_meta_name(ctx.node_id),
             ));
             c.start_timer();
             c

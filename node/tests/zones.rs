@@ -192,3 +192,77 @@ fn clients_learn_leaders_through_their_zone() {
     a.stop();
     b.stop();
 }
+
+/// `ferry dev --zones 3`: three nodes in one process, one per zone, each
+/// zone's clients led by their own zone's node.
+#[test]
+fn ferry_dev_runs_three_zones() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    // Three consecutive free ports: retry a few bases.
+    let mut base = port;
+    for _ in 0..20 {
+        if (1..3).all(|k| std::net::TcpListener::bind(("127.0.0.1", base + k)).is_ok()) {
+            break;
+        }
+        base = common::free_port();
+    }
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["dev", "--zones", "3", "--port", &base.to_string(), "--dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().unwrap();
+    let _guard = Kill(child);
+    // The banner names each zone's bootstrap address and client.id.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    // Logs share stdout: keep the banner's zone lines.
+    let mut banner = Vec::new();
+    while banner.len() < 3 {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("ferry dev banner");
+        if line.starts_with("  zone ") {
+            banner.push(line);
+        }
+    }
+    for (z, line) in banner.iter().enumerate() {
+        let want = format!("zone az{}: bootstrap 127.0.0.1:{}", z + 1, base + z as u16);
+        assert!(line.contains(&want), "{line:?} should contain {want:?}");
+        assert!(line.contains(&format!("automq_az=az{}", z + 1)), "{line}");
+    }
+    let mut c = TcpStream::connect(("127.0.0.1", base)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(raw::create_topic(&mut c, "dev-t", 6, &[]), 0);
+    for z in 0..3u16 {
+        let mut c = TcpStream::connect(("127.0.0.1", base + z)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let (seen, racks) = metadata(&mut c, &format!("automq_az=az{}&app", z + 1), "dev-t");
+        assert_eq!(racks.len(), 3);
+        let node = i32::from(z);
+        assert_eq!(racks[&node], format!("az{}", z + 1));
+        assert!(
+            seen.values().all(|&l| l == node),
+            "zone az{}: {seen:?}",
+            z + 1
+        );
+    }
+}
