@@ -8,8 +8,9 @@
 //! order, as Kafka clients require. The segments (a fetch response's are
 //! views of cached batches) go out with vectored `sendmsg` calls, not
 //! joined and not one send each; only when the socket's buffer is full does
-//! the writer wait, through glommio, for one segment to go. At most `INFLIGHT_REQUESTS_MAX` requests
-//! per connection are in flight; beyond that the reader waits.
+//! the writer wait, through glommio, for one segment to go. At most
+//! `INFLIGHT_REQUESTS_MAX` requests per connection are in flight; beyond
+//! that the reader waits.
 
 use crate::shard::Shard;
 use bytes::{Bytes, BytesMut};
