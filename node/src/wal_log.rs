@@ -62,6 +62,8 @@ fn wal_entry(e: AppendEntry) -> WalEntry {
         max_timestamp: e.max_timestamp,
         producer: e.producer,
         data: e.segments.to_vec(),
+        leader_epoch: 0,
+        external: None,
     }
 }
 

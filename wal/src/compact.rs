@@ -139,6 +139,18 @@ pub async fn write_compacted(
             expected: "an entry the format can hold".into(),
             found: reason,
         })?;
+        if e.external.is_some() {
+            // A compacted object replaces the objects its batches were in:
+            // it holds their bytes, never a reference to another object.
+            return Err(WalError::Config {
+                param: "compaction entry".into(),
+                expected: "an entry with its data".into(),
+                found: format!(
+                    "an external entry of {}-{} at offset {}",
+                    e.topic, e.partition, e.base_offset
+                ),
+            });
+        }
         builder
             .push(e)
             .map_err(|err: FormatError| WalError::corrupt("compacted object".to_string(), err))?;
@@ -185,13 +197,7 @@ pub async fn write_compacted(
         .index
         .entries
         .iter()
-        .map(|i| WalLocation {
-            key: key.clone(),
-            seq: COMPACTED_SEQ,
-            position: i.position,
-            len: i.len,
-            crc: i.crc,
-        })
+        .map(|i| WalLocation::of_entry(&key, COMPACTED_SEQ, i))
         .collect())
 }
 
@@ -314,6 +320,8 @@ mod tests {
             max_timestamp: base,
             producer: ProducerFields::default(),
             data: vec![Bytes::from(vec![fill; 100])],
+            leader_epoch: 1,
+            external: None,
         }
     }
 

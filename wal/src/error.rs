@@ -27,7 +27,9 @@ pub enum FormatError {
     #[error("bad {what} magic")]
     BadMagic { what: &'static str },
     /// A format version this build cannot read.
-    #[error("unsupported WAL object version {version} (this build reads version {supported})")]
+    #[error(
+        "unsupported WAL object version {version} (this build reads versions 1 to {supported})"
+    )]
     UnsupportedVersion { version: u16, supported: u16 },
     /// Header flag bits this build does not know.
     #[error("unknown header flags {flags:#06x}")]

@@ -56,15 +56,11 @@ pub struct RecoveredEntry {
 }
 
 impl RecoveredEntry {
-    /// Where to read the entry's bytes.
+    /// Where to read the entry's bytes: in the object `key`, or for an
+    /// external entry in the external object (with `seq` still the WAL
+    /// object's, see [`WalLocation`]).
     pub fn location(&self) -> WalLocation {
-        WalLocation {
-            key: self.key.clone(),
-            seq: self.seq,
-            position: self.entry.position,
-            len: self.entry.len,
-            crc: self.entry.crc,
-        }
+        WalLocation::of_entry(&self.key, self.seq, &self.entry)
     }
 }
 
@@ -215,7 +211,8 @@ pub struct PartitionLog {
 /// Turns scanned entries into per-partition logs (see the module doc).
 pub fn rebuild(entries: &[RecoveredEntry]) -> BTreeMap<(Arc<str>, i32), PartitionLog> {
     let mut logs: BTreeMap<(Arc<str>, i32), PartitionLog> = BTreeMap::new();
-    for e in entries {
+    // Epoch markers are not log entries (see `rebuild_fenced` for what they mean).
+    for e in entries.iter().filter(|e| !e.entry.is_epoch_marker()) {
         let log = logs
             .entry((e.entry.topic.clone(), e.entry.partition))
             .or_default();
@@ -270,6 +267,8 @@ mod tests {
                 record_count: (last - base + 1) as u32,
                 max_timestamp: 0,
                 producer: Default::default(),
+                leader_epoch: 0,
+                external: None,
             },
         }
     }

@@ -51,16 +51,14 @@ use tokio::time::Instant;
 use tracing::{debug, error, warn};
 
 use crate::error::WalError;
-use crate::object::{
-    ObjectBuilder, ObjectHeader, WalEntry, FOOTER_LEN, HEADER_LEN, INDEX_ENTRY_FIXED_LEN,
-};
+use crate::object::{IndexEntry, ObjectBuilder, ObjectHeader, WalEntry, FOOTER_LEN, HEADER_LEN};
 use crate::reader::{object_key, WalReader};
 use crate::runtime::{IoRuntime, IO_THREADS_MAX};
 use crate::stats::WalStats;
 use crate::store::{BATCH_INTERVAL_MS_MAX, MAX_BYTES_IN_BATCH_MAX};
 
-/// Bytes charged against `inflight_bytes_max` per entry on top of its data
-/// and topic: the bookkeeping an entry costs while it waits.
+/// Bytes charged against `inflight_bytes_max` per entry on top of its data,
+/// topic and external key: the bookkeeping an entry costs while it waits.
 pub const ENTRY_OVERHEAD_BYTES: usize = 128;
 /// Most objects uploading at once that a config may ask for.
 pub const UPLOADS_INFLIGHT_MAX_LIMIT: usize = 64;
@@ -205,11 +203,18 @@ impl WalConfig {
 
 /// Where an acknowledged entry is: enough to read it back with one ranged
 /// GET and check it.
+///
+/// For an external entry, `key`, `position`, `len` and `crc` name the bytes
+/// in the external object (the proxy's handoff object), while `seq` is
+/// still the sequence number of the WAL object holding the index entry: the
+/// WAL object must be kept while the batch is read from there, since it is
+/// what records the offsets. An epoch marker's location has `len` 0, in its
+/// WAL object.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct WalLocation {
-    /// The object key.
+    /// The key of the object holding the bytes.
     pub key: Arc<str>,
-    /// The object's sequence number.
+    /// The sequence number of the WAL object holding the index entry.
     pub seq: u64,
     /// Position of the entry's data in the object.
     pub position: u64,
@@ -220,6 +225,28 @@ pub struct WalLocation {
 }
 
 impl WalLocation {
+    /// Where the bytes of `entry`, an index entry of WAL object `key`
+    /// (sequence `seq`), are: in that object, or for an external entry, in
+    /// the external object.
+    pub fn of_entry(key: &Arc<str>, seq: u64, entry: &IndexEntry) -> WalLocation {
+        match &entry.external {
+            Some(ext) => WalLocation {
+                key: ext.key.clone(),
+                seq,
+                position: ext.position,
+                len: ext.len,
+                crc: ext.crc,
+            },
+            None => WalLocation {
+                key: key.clone(),
+                seq,
+                position: entry.position,
+                len: entry.len,
+                crc: entry.crc,
+            },
+        }
+    }
+
     /// The byte range of the entry's data in the object.
     pub fn range(&self) -> Range<u64> {
         self.position..self.position + u64::from(self.len)
@@ -380,7 +407,10 @@ impl WalHandle {
             }));
             return rx;
         }
-        let bytes = entry.data_len() + entry.topic.len() + ENTRY_OVERHEAD_BYTES;
+        let bytes = entry.data_len()
+            + entry.topic.len()
+            + entry.external.as_ref().map_or(0, |x| x.key.len())
+            + ENTRY_OVERHEAD_BYTES;
         let charge = match Charge::take(&self.shared, bytes) {
             Ok(c) => c,
             Err(e) => {
@@ -665,7 +695,7 @@ impl Batcher {
                 return;
             }
         }
-        let bytes = p.entry.data_len() + INDEX_ENTRY_FIXED_LEN + p.entry.topic.len();
+        let bytes = p.entry.data_len() + p.entry.index_entry_len();
         let fixed = HEADER_LEN + 4 + FOOTER_LEN;
         if !self.batch.is_empty() && fixed + self.batch_bytes + bytes > self.cfg.max_bytes_in_batch
         {
@@ -727,13 +757,7 @@ impl Batcher {
         for p in groups.into_iter().flatten() {
             match builder.push(&p.entry) {
                 Ok(ie) => waiters.push(Waiter {
-                    location: WalLocation {
-                        key: key.clone(),
-                        seq,
-                        position: ie.position,
-                        len: ie.len,
-                        crc: ie.crc,
-                    },
+                    location: WalLocation::of_entry(&key, seq, ie),
                     topic: p.entry.topic,
                     partition: p.entry.partition,
                     tx: p.tx,
@@ -899,7 +923,7 @@ impl Batcher {
                     settle(p.tx, p.charge, &stats, Err(err));
                 }
                 None => {
-                    kept_bytes += p.entry.data_len() + INDEX_ENTRY_FIXED_LEN + p.entry.topic.len();
+                    kept_bytes += p.entry.data_len() + p.entry.index_entry_len();
                     self.batch.push(p);
                 }
             }

@@ -453,3 +453,149 @@ fn sequence_numbers_continue_from_first_seq() {
     assert_eq!(loc.seq, 41);
     assert_eq!(&*loc.key, "wal/11/00000000000000000041.wal");
 }
+
+/// A proxy's handoff object holds the bytes; the leader's WAL object holds
+/// an external entry pointing at them, beside its own data and an epoch
+/// marker. Each is acknowledged with the location the node reads from.
+#[test]
+fn external_entries_and_markers_are_acknowledged_with_their_locations() {
+    use ferry_wal::object::ExternalRef;
+    let (_dir, store) = local_bucket();
+    // The proxy (node 3) writes the batch bytes to its handoff object.
+    let mut proxy_cfg = config(3, Duration::from_millis(5));
+    proxy_cfg.prefix = "handoff".into();
+    let proxy = WalWriter::start(as_store(&store), proxy_cfg).unwrap();
+    let handed = wait(proxy.io(), proxy.handle().append(entry("t", 0, 0, 500)))
+        .unwrap()
+        .unwrap();
+    assert!(handed.key.starts_with("handoff/3/"));
+
+    // The leader (node 1) records the offsets, pointing at those bytes.
+    let mut cfg = config(1, Duration::from_millis(50));
+    cfg.first_seq = 7;
+    let writer = WalWriter::start(as_store(&store), cfg).unwrap();
+    let h = writer.handle();
+    let marker = h.append(ferry_wal::WalEntry::epoch_marker(
+        Arc::from("t"),
+        [1; 16],
+        0,
+        4,
+        100,
+        0,
+    ));
+    let external = ferry_wal::WalEntry {
+        data: Vec::new(),
+        leader_epoch: 4,
+        external: Some(ExternalRef {
+            key: handed.key.clone(),
+            position: handed.position,
+            len: handed.len,
+            crc: handed.crc,
+        }),
+        ..entry("t", 0, 100, 0)
+    };
+    let external = h.append(external);
+    let own = h.append(ferry_wal::WalEntry {
+        leader_epoch: 4,
+        ..entry("t", 0, 110, 300)
+    });
+    let marker = wait(writer.io(), marker).unwrap().unwrap();
+    let external = wait(writer.io(), external).unwrap().unwrap();
+    let own = wait(writer.io(), own).unwrap().unwrap();
+
+    let wal_key = object_key("wal", 1, 7);
+    assert_eq!(&*own.key, wal_key.as_ref());
+    assert_eq!((marker.seq, external.seq, own.seq), (7, 7, 7), "one object");
+    // The external entry: the handoff object's range, the WAL object's seq.
+    assert_eq!(
+        external,
+        ferry_wal::WalLocation {
+            key: handed.key.clone(),
+            seq: 7,
+            position: handed.position,
+            len: handed.len,
+            crc: handed.crc,
+        }
+    );
+    // The marker: nothing to read, in the WAL object.
+    assert_eq!((&*marker.key, marker.len), (wal_key.as_ref(), 0));
+    // Both read back through their locations and checks.
+    let io = writer.io().clone();
+    assert_eq!(
+        wait(&io, reader::read_entry(&*as_store(&store), &external)).unwrap(),
+        payload("t", 0, 0, 500)
+    );
+    assert_eq!(
+        wait(&io, reader::read_entry(&*as_store(&store), &own)).unwrap(),
+        payload("t", 0, 110, 300)
+    );
+    // Recovery answers the same locations.
+    let rec = wait(&io, ferry_wal::recovery::scan(&*as_store(&store), "wal", 1)).unwrap();
+    let locs: Vec<_> = rec.entries.iter().map(|e| e.location()).collect();
+    assert_eq!(locs, vec![marker, external, own]);
+    assert!(rec.entries[0].entry.is_epoch_marker());
+    assert_eq!(rec.entries[1].entry.leader_epoch, 4);
+
+    // An external entry with data of its own is refused at once.
+    let bad = ferry_wal::WalEntry {
+        external: Some(ExternalRef {
+            key: handed.key.clone(),
+            position: 0,
+            len: 10,
+            crc: 0,
+        }),
+        ..entry("t", 1, 0, 10)
+    };
+    let bad = wait(&io, h.append(bad)).unwrap();
+    assert!(
+        matches!(bad, Err(WalError::InvalidEntry { ref reason, .. }) if reason.contains("no data")),
+        "{bad:?}"
+    );
+}
+
+/// External entries and markers fail like any entry when their object
+/// cannot be made durable, and stop their partition.
+#[test]
+fn external_entries_and_markers_follow_the_failure_rules() {
+    use ferry_wal::object::ExternalRef;
+    let (_dir, store) = local_bucket();
+    let mut cfg = config(1, Duration::from_millis(5));
+    cfg.upload_deadline = Duration::from_millis(200);
+    let writer = WalWriter::start(as_store(&store), cfg).unwrap();
+    let h = writer.handle();
+    store.set_puts_failing(true);
+    let marker = h.append(ferry_wal::WalEntry::epoch_marker(
+        Arc::from("t"),
+        [1; 16],
+        0,
+        2,
+        0,
+        0,
+    ));
+    let external = h.append(ferry_wal::WalEntry {
+        data: Vec::new(),
+        external: Some(ExternalRef {
+            key: Arc::from("handoff/9/00000000000000000001.wal"),
+            position: 32,
+            len: 100,
+            crc: 1,
+        }),
+        ..entry("t", 0, 0, 0)
+    });
+    let m = wait(writer.io(), marker).unwrap();
+    assert!(matches!(m, Err(WalError::UploadFailed { .. })), "{m:?}");
+    let x = wait(writer.io(), external).unwrap();
+    assert!(
+        matches!(
+            x,
+            Err(WalError::UploadFailed { .. } | WalError::PartitionFailed { .. })
+        ),
+        "{x:?}"
+    );
+    store.set_puts_failing(false);
+    let later = wait(writer.io(), h.append(entry("t", 0, 10, 10))).unwrap();
+    assert!(
+        matches!(later, Err(WalError::PartitionFailed { .. })),
+        "{later:?}"
+    );
+}

@@ -55,6 +55,8 @@ pub fn entry(topic: &str, partition: i32, base: i64, len: usize) -> WalEntry {
         max_timestamp: 1_700_000_000_000 + base,
         producer: Default::default(),
         data: vec![data.slice(..cut), data.slice(cut..)],
+        leader_epoch: 0,
+        external: None,
     }
 }
 
