@@ -18,7 +18,11 @@
 //! - [`compact`]: per-partition compacted objects, written from durable
 //!   batches so that WAL objects can be deleted, and scanned at recovery.
 //! - [`recovery`]: scanning a node's objects after a restart, and rebuilding
-//!   each partition's log from them.
+//!   each partition's log from them; scanning some partitions across every
+//!   node's objects, and merging their histories by leader epoch
+//!   ([`recovery::scan_partitions`], [`recovery::rebuild_fenced`]) for a
+//!   new leader after a failover.
+//! - [`cleanup`]: deleting a node's old WAL or handoff objects.
 //! - [`stats`]: [`WalStats`], the counters behind the node's `/metrics`.
 //! - [`error`]: [`WalError`] (with `is_retriable`) and [`FormatError`].
 //!
@@ -31,6 +35,7 @@
 //! [`IoRuntime`], rebuilds its partitions with [`recovery::rebuild`], and
 //! starts the writer with `first_seq = recovery.next_seq`.
 
+pub mod cleanup;
 pub mod compact;
 pub mod error;
 pub mod object;
@@ -42,7 +47,7 @@ pub mod store;
 pub mod writer;
 
 pub use error::{FormatError, WalError};
-pub use object::{IndexEntry, ObjectHeader, ObjectIndex, ProducerFields, WalEntry};
+pub use object::{ExternalRef, IndexEntry, ObjectHeader, ObjectIndex, ProducerFields, WalEntry};
 pub use reader::{WalObjectMeta, WalReader};
 pub use recovery::{PartitionLog, RecoveredEntry, Recovery};
 pub use runtime::IoRuntime;
