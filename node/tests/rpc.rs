@@ -329,30 +329,69 @@ fn a_thousand_pipelined_calls_on_one_connection_are_all_answered() {
 }
 
 #[test]
-fn a_call_nobody_answers_times_out_and_the_connection_stays() {
+fn a_call_nobody_answers_times_out_while_others_are_answered() {
     let server = test_server();
     let to = member(2, "zone-b", server.addr);
     run_bounded(30, move || async move {
         let (c, _) = client();
+        let to = &to;
         let t = Instant::now();
-        let r = c
-            .replica_read(&to, &read(1, NEVER_ANSWER), Duration::from_millis(200))
-            .await;
-        let took = t.elapsed();
+        let stuck = async {
+            let r = c
+                .replica_read(to, &read(1, NEVER_ANSWER), Duration::from_millis(400))
+                .await;
+            (r, t.elapsed())
+        };
+        // Others keep being answered on the same connection meanwhile.
+        let others = async {
+            for i in 0..30 {
+                let r = c.replica_read(to, &read(i, 1), 5 * SECOND).await.unwrap();
+                assert_eq!(r.high_watermark, i + 1);
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let ((r, took), ()) = futures_lite::future::zip(stuck, others).await;
         match r {
             Err(e @ RpcError::Timeout { .. }) => assert!(e.is_retriable()),
             other => panic!("expected a timeout, got {other:?}"),
         }
         assert!(
-            took >= Duration::from_millis(200) && took < Duration::from_secs(2),
+            took >= Duration::from_millis(400) && took < Duration::from_secs(2),
             "{took:?}"
         );
-        // Others on the same connection are still answered.
-        let r = c.replica_read(&to, &read(5, 1), 5 * SECOND).await.unwrap();
-        assert_eq!(r.high_watermark, 6);
+        // The connection was not silent, so it stays.
         assert!(c.is_connected(2));
+        c.replica_read(to, &read(5, 1), 5 * SECOND).await.unwrap();
     });
     assert_eq!(server.accepted.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_connection_silent_for_a_whole_timeout_is_replaced() {
+    let server = test_server();
+    let to = member(2, "zone-b", server.addr);
+    run_bounded(30, move || async move {
+        let (c, _) = client();
+        let to = &to;
+        c.replica_read(to, &read(0, 1), 5 * SECOND).await.unwrap();
+        let t = Instant::now();
+        let (r1, r2) = (read(1, NEVER_ANSWER), read(2, NEVER_ANSWER));
+        let short = c.replica_read(to, &r1, Duration::from_millis(200));
+        // A longer call on the same connection fails as soon as the short
+        // one finds the connection silent.
+        let long = c.replica_read(to, &r2, 20 * SECOND);
+        let (short, long) = futures_lite::future::zip(short, long).await;
+        assert!(matches!(short, Err(RpcError::Timeout { .. })), "{short:?}");
+        assert!(
+            matches!(long, Err(RpcError::ConnectionLost { .. })),
+            "{long:?}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert!(!c.is_connected(2));
+        let r = c.replica_read(to, &read(5, 1), 5 * SECOND).await.unwrap();
+        assert_eq!(r.high_watermark, 6);
+    });
+    assert_eq!(server.accepted.load(Ordering::Relaxed), 2);
 }
 
 #[test]
@@ -538,6 +577,14 @@ fn a_real_node_serves_rpcs_on_its_kafka_listener() {
         let (c, traffic) = client();
         let r = c.replica_read(&to, &read(1, 0), 5 * SECOND).await.unwrap();
         assert_ne!(r.error_code, 0);
+        // Pipelined, past the node's 64 requests in flight per connection.
+        let reads: Vec<ReplicaRead> = (0..300).map(|i| read(i, 0)).collect();
+        let rs = futures_util::future::join_all(
+            reads.iter().map(|r| c.replica_read(&to, r, 10 * SECOND)),
+        )
+        .await;
+        assert!(rs.into_iter().all(|r| r.unwrap().error_code != 0));
+        assert!(c.is_connected(1));
         let req = HandoffCommit {
             from_node: 2,
             view_revision: 1,
