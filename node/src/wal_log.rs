@@ -89,7 +89,13 @@ impl WalLog {
             })?,
             None => TopicTable::default(),
         };
-        let groups = io.block_on(get_meta(&*store, "groups"))?;
+        // This node's committed offsets; before nodes kept one object each,
+        // the one node's were in `meta/groups`.
+        let name = crate::coordinator::groups_meta_name(node_id as i32);
+        let groups = match io.block_on(get_meta(&*store, &name))? {
+            Some(g) => Some(g),
+            None => io.block_on(get_meta(&*store, "groups"))?,
+        };
         let rec = io.block_on(recovery::scan(&*store, WAL_PREFIX, node_id))?;
         for s in &rec.skipped {
             tracing::warn!(object_key = %s.key, error = %s.error, "skipped a WAL object at recovery");
