@@ -279,6 +279,7 @@ pub(crate) async fn scan_compacted_counted(
     for (key, index) in objects {
         let k: Arc<str> = Arc::from(key.as_ref());
         let mut kept_any = false;
+        let node_id = index.header.node_id;
         for entry in index.entries {
             let list = out
                 .partitions
@@ -292,6 +293,177 @@ pub(crate) async fn scan_compacted_counted(
             list.push(RecoveredEntry {
                 key: k.clone(),
                 seq: COMPACTED_SEQ,
+                node_id,
+                entry,
+            });
+        }
+        if !kept_any {
+            out.redundant.push(key);
+        }
+    }
+    Ok(out)
+}
+
+/// What [`scan_compacted_partitions`] found.
+#[derive(Debug, Clone, Default)]
+pub struct CompactedPartitions {
+    /// The wanted partitions' entries, per node one copy of each offset
+    /// (the larger object's), by node, partition and offset.
+    pub entries: Vec<RecoveredEntry>,
+    /// Objects none of whose entries were kept.
+    pub redundant: Vec<Path>,
+    /// Objects whose index could not be read, or whose header names
+    /// another node than their folder.
+    pub skipped: Vec<(Path, WalError)>,
+    pub objects_read: u64,
+}
+
+/// Parses a topic id folder name (32 hex digits).
+fn parse_hex_id(s: &str) -> Option<[u8; 16]> {
+    if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut id = [0u8; 16];
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(id)
+}
+
+/// The last part of each common prefix of a delimited listing of `folder`.
+async fn subfolders(store: &dyn ObjectStore, folder: &Path) -> Result<Vec<String>, WalError> {
+    let listed = crate::recovery::with_retries(|| async {
+        store
+            .list_with_delimiter(Some(folder))
+            .await
+            .map_err(|e| WalError::store("LIST", folder.to_string(), e))
+    })
+    .await?;
+    Ok(listed
+        .common_prefixes
+        .iter()
+        .filter_map(|p| p.filename().map(str::to_string))
+        .collect())
+}
+
+/// Reads the compacted objects of every node, of the partitions `want`
+/// takes (by topic id and partition). It lists node folders, then each
+/// node's topic folders, and lists and reads only the folders of wanted
+/// topics; objects of unwanted partitions are not read. Per node, where two
+/// objects hold the same offsets, the larger object's copy is kept (as
+/// [`scan_compacted`] does); copies of different nodes are all answered.
+pub async fn scan_compacted_partitions(
+    store: &dyn ObjectStore,
+    want: &(dyn Fn(&[u8; 16], i32) -> bool + Sync),
+    stats: &WalStats,
+) -> Result<CompactedPartitions, WalError> {
+    let mut candidates = Vec::new();
+    for node in subfolders(store, &Path::from(DATA_PREFIX)).await? {
+        let Ok(node_id) = node.parse::<u32>() else {
+            warn!(folder = %node, "not a node folder under {DATA_PREFIX}/; ignored");
+            continue;
+        };
+        let node_folder = node_folder(node_id);
+        for topic in subfolders(store, &node_folder).await? {
+            let Some(topic_id) = parse_hex_id(&topic) else {
+                warn!(folder = %topic, node_id, "not a topic id folder; ignored");
+                continue;
+            };
+            let topic_folder = Path::from(format!("{DATA_PREFIX}/{node_id}/{topic}"));
+            let listed: Vec<_> = crate::recovery::with_retries(|| async {
+                store
+                    .list(Some(&topic_folder))
+                    .try_collect::<Vec<_>>()
+                    .await
+                    .map_err(|e| WalError::store("LIST", topic_folder.to_string(), e))
+            })
+            .await?;
+            for m in listed {
+                let parts: Vec<_> = m.location.parts().collect();
+                let [_, _, _, partition, file] = parts.as_slice() else {
+                    continue;
+                };
+                let Ok(partition) = partition.as_ref().parse::<i32>() else {
+                    continue;
+                };
+                if file.as_ref().ends_with(".obj") && want(&topic_id, partition) {
+                    candidates.push((node_id, m));
+                }
+            }
+        }
+    }
+    let reads: Vec<_> = futures_util::stream::iter(candidates)
+        .map(|(node_id, m)| async move {
+            let r = crate::recovery::with_retries(|| {
+                read_index_counted(store, &m.location, Some(m.size), stats)
+            })
+            .await;
+            (node_id, m, r)
+        })
+        .buffer_unordered(crate::recovery::RECOVERY_READS_INFLIGHT_MAX)
+        .collect()
+        .await;
+    let mut out = CompactedPartitions::default();
+    let mut objects = Vec::new();
+    for (node_id, meta, r) in reads {
+        match r {
+            Ok(index) if index.header.node_id != node_id => {
+                let e = WalError::corrupt(
+                    meta.location.to_string(),
+                    FormatError::BadIndex {
+                        reason: format!(
+                            "header says node {}, the folder node {node_id}",
+                            index.header.node_id
+                        ),
+                    },
+                );
+                warn!(object_key = %meta.location, error = %e, "skipped a compacted object");
+                out.skipped.push((meta.location, e));
+            }
+            Ok(index) if !index.entries.is_empty() => {
+                out.objects_read += 1;
+                objects.push((meta.location, index));
+            }
+            Ok(_) => out.redundant.push(meta.location),
+            Err(e @ (WalError::Corrupt { .. } | WalError::Store { .. })) => {
+                // Store errors left here are NotFound: the object went away
+                // between the listing and the read.
+                warn!(object_key = %meta.location, error = %e, "skipped a compacted object");
+                out.skipped.push((meta.location, e));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    // Per node and partition, by first offset, the larger object first so
+    // that its copy wins.
+    objects.sort_by(|(ka, a), (kb, b)| {
+        let (fa, fb) = (&a.entries[0], &b.entries[0]);
+        (a.header.node_id, fa.topic_id, fa.partition, fa.base_offset)
+            .cmp(&(b.header.node_id, fb.topic_id, fb.partition, fb.base_offset))
+            .then(b.object_len.cmp(&a.object_len))
+            .then(ka.cmp(kb))
+    });
+    let mut ends: BTreeMap<(u32, [u8; 16], i32), i64> = BTreeMap::new();
+    for (key, index) in objects {
+        let k: Arc<str> = Arc::from(key.as_ref());
+        let node_id = index.header.node_id;
+        let mut kept_any = false;
+        for entry in index.entries {
+            if !want(&entry.topic_id, entry.partition) {
+                continue;
+            }
+            let end = ends
+                .entry((node_id, entry.topic_id, entry.partition))
+                .or_insert(i64::MIN);
+            if entry.base_offset < *end {
+                continue;
+            }
+            *end = entry.last_offset.saturating_add(1);
+            kept_any = true;
+            out.entries.push(RecoveredEntry {
+                key: k.clone(),
+                seq: COMPACTED_SEQ,
+                node_id,
                 entry,
             });
         }

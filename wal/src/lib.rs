@@ -49,7 +49,7 @@ pub mod writer;
 pub use error::{FormatError, WalError};
 pub use object::{ExternalRef, IndexEntry, ObjectHeader, ObjectIndex, ProducerFields, WalEntry};
 pub use reader::{WalObjectMeta, WalReader};
-pub use recovery::{PartitionLog, RecoveredEntry, Recovery};
+pub use recovery::{EpochStart, PartitionLog, PartitionsScan, RecoveredEntry, Recovery};
 pub use runtime::IoRuntime;
 pub use stats::{WalStats, WalStatsSnapshot};
 pub use store::{BucketUri, FaultyStore, LatencyModel, LatencyStore};

@@ -379,6 +379,20 @@ impl WalReader {
         )
     }
 
+    /// Scans some partitions across every node's objects (see
+    /// `recovery::scan_partitions`).
+    pub fn scan_partitions(
+        &self,
+        wal_prefix: &str,
+        want: impl Fn(&[u8; 16], i32) -> bool + Send + Sync + 'static,
+    ) -> oneshot::Receiver<Result<recovery::PartitionsScan, WalError>> {
+        let (store, stats) = (self.store.clone(), self.stats.clone());
+        let prefix = wal_prefix.to_string();
+        self.io.spawn(async move {
+            recovery::scan_partitions_counted(store.as_ref(), &prefix, &want, &stats).await
+        })
+    }
+
     /// Scans one node's WAL (see `recovery::scan`).
     pub fn recover(
         &self,
