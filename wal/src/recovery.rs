@@ -438,7 +438,7 @@ pub fn rebuild(entries: &[RecoveredEntry]) -> BTreeMap<(Arc<str>, i32), Partitio
 ///
 /// 1. **Epochs.** Epoch `e` starts at its epoch marker's offset (the
 ///    lowest, if several), or where no marker is left (compacted, or its
-///    object deleted), at its first entry. An entry of epoch `e` whose
+///    object deleted), at its first entry; a marker wins over entries. An entry of epoch `e` whose
 ///    last offset is at or past the start of any epoch above `e` is left
 ///    out and reported in `fenced`: it is a write of a leader that had been
 ///    fenced, made after the new leader had started at those offsets (or
@@ -487,23 +487,26 @@ fn rebuild_partition_fenced(
 ) -> PartitionLog {
     let (topic, partition) = (&*key.0, key.1);
     let mut log = PartitionLog::default();
-    // Where each epoch starts: by its markers, and by its entries.
+    // Where each epoch starts: at its marker, or without one, at its first
+    // entry. A marker wins over entries, so that an odd entry of a newer
+    // epoch (below its own start) cannot fence what came before.
     let mut marker_start: BTreeMap<i32, i64> = BTreeMap::new();
-    let mut start: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut entry_start: BTreeMap<i32, i64> = BTreeMap::new();
     for (_, e) in &list {
         let ie = &e.entry;
-        if ie.is_epoch_marker() {
-            let s = marker_start
-                .entry(ie.leader_epoch)
-                .or_insert(ie.base_offset);
-            *s = (*s).min(ie.base_offset);
-        }
-        let s = start.entry(ie.leader_epoch).or_insert(ie.base_offset);
+        let starts = if ie.is_epoch_marker() {
+            &mut marker_start
+        } else {
+            &mut entry_start
+        };
+        let s = starts.entry(ie.leader_epoch).or_insert(ie.base_offset);
         *s = (*s).min(ie.base_offset);
     }
+    let mut start = entry_start;
+    start.extend(marker_start.iter().map(|(&e, &s)| (e, s)));
     log.epoch = start.last_key_value().map(|(&e, &s)| EpochStart {
         leader_epoch: e,
-        start_offset: marker_start.get(&e).copied().unwrap_or(s),
+        start_offset: s,
     });
     // The lowest start of any epoch above each epoch.
     let mut fence: BTreeMap<i32, i64> = BTreeMap::new();
@@ -1001,6 +1004,29 @@ mod tests {
     }
 
     #[test]
+    fn a_marker_wins_over_an_odd_entry_of_its_epoch_below_it() {
+        // Epoch 2 starts at 10 by its marker; a late write of epoch 2,
+        // reaching back to 5 and past epoch 3's start, fences nothing of
+        // epoch 1 below 10 and is itself fenced by epoch 3.
+        let log = one(&[
+            w(1, 0, 1, 0, 9),
+            m(2, 0, 2, 10),
+            w(2, 1, 2, 10, 14),
+            m(1, 1, 3, 15),
+            w(2, 2, 2, 5, 16),
+            w(1, 2, 3, 15, 19),
+        ]);
+        assert_eq!(
+            shape(&log),
+            vec![(1, 0, 1, 0, 9), (2, 1, 2, 10, 14), (1, 2, 3, 15, 19)]
+        );
+        assert_eq!(
+            log.fenced.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![2]
+        );
+    }
+
+    #[test]
     fn a_partition_with_only_a_marker_starts_there() {
         let log = one(&[m(4, 0, 7, 1234)]);
         assert!(log.entries.is_empty());
@@ -1018,6 +1044,8 @@ mod tests {
         /// batches it wrote, and the late writes of that leader after the
         /// next epoch started (offset from the next start, length).
         type Epoch = (u32, Vec<i64>, Vec<(i64, i64)>);
+        /// A fenced leader's late writes: node, epoch, (offset, length).
+        type Late = (u32, i32, Vec<(i64, i64)>);
 
         proptest! {
             /// Leaders on three nodes take turns; each fenced leader may
@@ -1040,7 +1068,7 @@ mod tests {
                 let mut truth = Vec::new();
                 let mut late = 0;
                 let mut end = 100i64;
-                let mut pending_late: Vec<(u32, i32, Vec<(i64, i64)>)> = Vec::new();
+                let mut pending_late: Vec<Late> = Vec::new();
                 for (i, (node, sizes, lates)) in epochs.iter().enumerate() {
                     let epoch = i as i32 + 1;
                     // The previous leader's late writes land now, past this start.
