@@ -13,6 +13,7 @@ node-<id>.properties.
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,6 +29,9 @@ S3_PORT = 9000
 ETCD_PORT = 2379
 KAFKA_PORT = 9092
 METRICS_PORT = 9100
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class ClusterError(Exception):
@@ -279,7 +283,7 @@ class Cluster:
     def tail(self, name, lines=40):
         try:
             with open(os.path.join(self.dir, name), "rb") as f:
-                text = f.read().decode(errors="replace").splitlines()
+                text = ANSI.sub("", f.read().decode(errors="replace")).splitlines()
         except OSError:
             return f"(no {name})"
         return "\n".join(text[-lines:])

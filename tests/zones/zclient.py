@@ -7,7 +7,9 @@ the harness with `ip netns exec NS python3 zclient.py ...`.
         "the same client, no restart" is literal. Commands (field "cmd"):
           wait_tcp {addrs: ["ip:port"...], timeout}  -> {ok, missing}
           s3_bucket {endpoint, bucket}               -> {ok}
-          metadata {addr, client_id, topics|null, conn} -> {brokers, topics}
+          metadata {addr, client_id, topics|null, conn, source} -> {brokers, topics}
+          metadata_loop {..., count}                 -> {..., loop_bytes}
+          find_coordinator {addr, client_id, group}  -> {node_id, error_code}
           create_topic {addr, topic, partitions}     -> {error_code}
           alter_cidr {addr, value, resource_name}    -> {error_code, error_message}
           describe_config {addr, key}                -> {value, error_code}
@@ -86,6 +88,7 @@ class Conn:
                                              source_address=(source, 0) if source else None)
         self.client_id = client_id
         self.corr = 0
+        self.bytes = 0  # request and response frames, size prefixes included
 
     def call(self, api, version, body):
         self.corr += 1
@@ -94,6 +97,7 @@ class Conn:
         self.sock.sendall(struct.pack(">i", len(frame)) + frame)
         size = struct.unpack(">i", self._read(4))[0]
         resp = self._read(size)
+        self.bytes += 8 + len(frame) + size
         corr = struct.unpack_from(">i", resp)[0]
         if corr != self.corr:
             raise IOError(f"correlation id {corr}, expected {self.corr}")
@@ -128,6 +132,13 @@ def metadata(conn, topics):
         t["partitions"] = sorted(r.array(partition), key=lambda p: p["partition"])
         return t
     return {"brokers": sorted(brokers, key=lambda b: b["id"]), "topics": r.array(topic)}
+
+
+def find_coordinator(conn, group):
+    r = conn.call(10, 1, _str(group) + struct.pack(">b", 0))
+    r.i32()
+    return {"error_code": r.i16(), "error_message": r.string(), "node_id": r.i32(),
+            "host": r.string(), "port": r.i32()}
 
 
 def create_topic(conn, topic, partitions):
@@ -173,10 +184,10 @@ def describe_config(conn, key, resource_name=""):
 def agent():
     conns = {}
 
-    def conn(addr, client_id, key):
+    def conn(addr, client_id, key, source=None):
         k = (key or "default", addr, client_id)
         if k not in conns:
-            conns[k] = Conn(addr, client_id)
+            conns[k] = Conn(addr, client_id, source=source)
         return conns[k]
 
     for line in sys.stdin:
@@ -230,9 +241,20 @@ def handle(req, conn, conns):
                 n += 1
                 size += o["Size"]
         return {"objects": n, "bytes": size}
-    c = conn(req["addr"], req.get("client_id", "ferry-zones-admin"), req.get("conn"))
+    c = conn(req["addr"], req.get("client_id", "ferry-zones-admin"), req.get("conn"), req.get("source"))
     if cmd == "metadata":
-        return metadata(c, req.get("topics"))
+        out = metadata(c, req.get("topics"))
+        out["conn_bytes"] = c.bytes
+        return out
+    if cmd == "metadata_loop":
+        # `count` Metadata requests on one connection; the bytes they moved.
+        before = c.bytes
+        for _ in range(req["count"]):
+            out = metadata(c, req.get("topics"))
+        out["loop_bytes"] = c.bytes - before
+        return out
+    if cmd == "find_coordinator":
+        return find_coordinator(c, req["group"])
     if cmd == "create_topic":
         return {"error_code": create_topic(c, req["topic"], req["partitions"])}
     if cmd == "alter_cidr":
