@@ -277,7 +277,7 @@ def produce(args):
     --seconds; then flushes for at most --flush-timeout. Every delivery
     report goes to --acks as one JSON line: [partition, offset, key] for an
     ack, or {"err": name, "key": key}. Prints a JSON summary."""
-    from confluent_kafka import Producer
+    from confluent_kafka import KafkaException, Producer
     conf = {"bootstrap.servers": args.bootstrap, "client.id": args.client_id,
             "acks": "all", "enable.idempotence": True, "linger.ms": args.linger_ms,
             "message.timeout.ms": args.message_timeout_ms,
@@ -286,7 +286,7 @@ def produce(args):
             "queue.buffering.max.kbytes": 65536}
     p = Producer(conf)
     out = open(args.acks, "w")
-    stats = {"acked": 0, "failed": 0, "errors": {}, "sent": 0, "payload_bytes_acked": 0}
+    stats = {"fatal": None, "acked": 0, "failed": 0, "errors": {}, "sent": 0, "payload_bytes_acked": 0}
 
     def report(err, msg):
         key = msg.key().decode()
@@ -297,36 +297,51 @@ def produce(args):
         else:
             stats["failed"] += 1
             name = err.name()
+            if err.fatal():
+                stats["fatal"] = stats.get("fatal") or str(err)
             stats["errors"][name] = stats["errors"].get(name, 0) + 1
             out.write(json.dumps({"err": name, "key": key, "t": time.time()}) + "\n")
 
     parts = [int(x) for x in args.partitions.split(",")] if args.partitions else None
     start = time.time()
     i = 0
-    while True:
-        if args.count and i >= args.count:
-            break
-        if args.seconds and time.time() - start >= args.seconds:
-            break
-        if args.rate:
-            due = start + i / args.rate
-            while time.time() < due:
-                p.poll(min(0.05, max(0.0, due - time.time())))
-        key = f"{args.tag}-{i:08d}"
-        value = (key + "|").encode().ljust(args.size, b"x")
-        kw = {}
-        if parts:
-            kw["partition"] = parts[i % len(parts)]
+    def loop():
+        nonlocal i
         while True:
-            try:
-                p.produce(args.topic, key=key.encode(), value=value, on_delivery=report, **kw)
-                break
-            except BufferError:
-                p.poll(0.1)
-        i += 1
-        stats["sent"] = i
-        p.poll(0)
-    left = p.flush(args.flush_timeout)
+            if args.count and i >= args.count:
+                return
+            if args.seconds and time.time() - start >= args.seconds:
+                return
+            if args.rate:
+                due = start + i / args.rate
+                while time.time() < due:
+                    p.poll(min(0.05, max(0.0, due - time.time())))
+            key = f"{args.tag}-{i:08d}"
+            value = (key + "|").encode().ljust(args.size, b"x")
+            kw = {}
+            if parts:
+                kw["partition"] = parts[i % len(parts)]
+            while True:
+                try:
+                    p.produce(args.topic, key=key.encode(), value=value, on_delivery=report, **kw)
+                    break
+                except BufferError:
+                    p.poll(0.1)
+            i += 1
+            stats["sent"] = i
+            p.poll(0)
+
+    try:
+        loop()
+    except KafkaException as e:
+        # A fatal error (e.g. OUT_OF_ORDER_SEQUENCE_NUMBER for an idempotent
+        # producer) ends the producer; the harness reports it.
+        stats["fatal"] = stats.get("fatal") or str(e.args[0])
+    try:
+        left = p.flush(args.flush_timeout)
+    except KafkaException as e:
+        stats["fatal"] = stats.get("fatal") or str(e.args[0])
+        left = len(p)
     out.close()
     stats["unflushed"] = left
     stats["seconds"] = round(time.time() - start, 2)

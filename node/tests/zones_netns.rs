@@ -1,0 +1,150 @@
+//! Three zones as network namespaces (tests/zones/): etcd and moto's S3
+//! server in a services namespace, two `ferry node` processes per zone, real
+//! clients inside the zones. This runs the steps of tests/zones/check.py
+//! that hold today:
+//!
+//! - topology: the namespaces, bridges and addresses, the root namespace's
+//!   routes untouched;
+//! - cluster: every node lists every node with its zone;
+//! - metadata: zone-tagged clients see only their zone's nodes as leaders
+//!   (Metadata, FindCoordinator), leaders are spread over the zones, and a
+//!   metadata-only load sends at most 1% of its bytes across zones (counted
+//!   on the zone bridge's interfaces, not by Ferry);
+//! - local: each zone produces (acks=all, idempotent) to and consumes from
+//!   the partitions its own nodes lead; every ack is read back at its offset
+//!   and cross-zone bytes are at most 1% of the bytes produced;
+//! - cidr: `automq.zone.cidr.blocks` set at run time at the broker defaults
+//!   moves an untagged client between zones, on its open connection.
+//!
+//! The other steps (produce_consume, cross_zone, groups, kill, fence) wait
+//! for the cross-zone data path and failover; run them by hand:
+//! `python3 tests/zones/check.py --ferry target/debug/ferry`, or here with
+//! `FERRY_ZONES_STEPS=topology,cluster,produce_consume,cross_zone cargo test
+//! -p ferry-node --test zones_netns` (the time limit then grows to 10 min).
+//!
+//! Needs root (network namespaces); without it the test fails, it does not
+//! skip.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The steps that hold today, and how long they may take in all.
+const STEPS: &str = "topology,cluster,metadata,local,cidr";
+const LIMIT: Duration = Duration::from_secs(110);
+/// The limit when `FERRY_ZONES_STEPS` chooses other steps.
+const LIMIT_CHOSEN: Duration = Duration::from_secs(600);
+
+fn is_root() -> bool {
+    let out = Command::new("id").arg("-u").output().expect("run `id -u`");
+    String::from_utf8_lossy(&out.stdout).trim() == "0"
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[test]
+fn zones_in_network_namespaces_metadata_local_path_and_cidr_at_run_time() {
+    assert!(
+        is_root(),
+        "the zone tests need root: they create network namespaces, veth pairs and bridges \
+         (ip netns, iproute2). Run the tests as root (CI does), or run \
+         `sudo python3 tests/zones/check.py --ferry target/debug/ferry` by hand"
+    );
+    let chosen = std::env::var("FERRY_ZONES_STEPS").ok();
+    let steps = chosen.clone().unwrap_or_else(|| STEPS.to_owned());
+    let limit = if chosen.is_some() {
+        LIMIT_CHOSEN
+    } else {
+        LIMIT
+    };
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/zones/check.py");
+    let dir: PathBuf =
+        std::env::temp_dir().join(format!("ferry-zones-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let result_path = dir.join("result.json");
+    let out_path = dir.join("check.out");
+    let out = std::fs::File::create(&out_path).unwrap();
+    let mut child = Command::new("python3")
+        .arg(script)
+        .args(["--ferry", env!("CARGO_BIN_EXE_ferry"), "--only", &steps])
+        .args(["--nodes-per-zone", "2", "--records", "1000"])
+        .arg("--workdir")
+        .arg(dir.join("work"))
+        .arg("--json-out")
+        .arg(&result_path)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .expect("python3 must be installed (scripts/test.sh installs the clients)");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > limit {
+            // SIGTERM first: the harness tears its namespaces down on it.
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let end = Instant::now() + Duration::from_secs(15);
+            while child.try_wait().unwrap().is_none() && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "tests/zones/check.py took more than {limit:?}; output in {}:\n{}",
+                out_path.display(),
+                tail(&out_path, 60)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let output = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let step_lines: Vec<&str> = output.lines().filter(|l| l.starts_with("STEP ")).collect();
+    let summary = step_lines.join("\n");
+    let result: serde_json::Value = std::fs::read_to_string(&result_path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "check.py ({status}) wrote no result; output in {}:\n{}",
+                out_path.display(),
+                tail(&out_path, 80)
+            )
+        });
+    for step in steps.split(',') {
+        let r = &result[step];
+        assert!(
+            r["ok"].as_bool() == Some(true),
+            "step {step} failed ({status}):\n{summary}\nfull output and node logs in {}:\n{}",
+            dir.display(),
+            tail(&out_path, 80)
+        );
+    }
+    assert!(status.success(), "check.py exited {status}:\n{summary}");
+    println!("{summary}");
+    if chosen.is_some() {
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
+    // The numbers behind the verdicts.
+    let local = &result["local"]["numbers"];
+    let produced = local["produced_bytes"].as_f64().unwrap();
+    assert!(produced >= 3.0 * 1000.0 * 1024.0, "{local}");
+    assert!(local["cross_zone_pct"].as_f64().unwrap() <= 1.0, "{local}");
+    let meta = &result["metadata"]["numbers"];
+    let meta_client = meta["client_metadata_bytes"].as_f64().unwrap();
+    let meta_cross = meta["cross_zone_bytes"].as_f64().unwrap();
+    assert!(
+        meta_client > 0.0 && meta_cross <= meta_client / 100.0,
+        "{meta}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
