@@ -13,6 +13,8 @@
 //! - local: each zone produces (acks=all, idempotent) to and consumes from
 //!   the partitions its own nodes lead; every ack is read back at its offset
 //!   and cross-zone bytes are at most 1% of the bytes produced;
+//! - meter: the control for the counters: an untagged producer writing
+//!   straight to leaders in other zones shows all its bytes on the bridge;
 //! - cidr: `automq.zone.cidr.blocks` set at run time at the broker defaults
 //!   moves an untagged client between zones, on its open connection.
 //!
@@ -31,7 +33,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The steps that hold today, and how long they may take in all.
-const STEPS: &str = "topology,cluster,metadata,local,cidr";
+const STEPS: &str = "topology,cluster,metadata,local,meter,cidr";
 const LIMIT: Duration = Duration::from_secs(110);
 /// The limit when `FERRY_ZONES_STEPS` chooses other steps.
 const LIMIT_CHOSEN: Duration = Duration::from_secs(600);
