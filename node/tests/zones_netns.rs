@@ -28,6 +28,7 @@
 //! skip.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -79,6 +80,9 @@ fn zones_in_network_namespaces_metadata_local_path_and_cidr_at_run_time() {
         .arg(dir.join("work"))
         .arg("--json-out")
         .arg(&result_path)
+        // Its own process group, so that a timeout reaches python3 even
+        // behind a wrapper (pyenv's shim).
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out)
@@ -91,14 +95,13 @@ fn zones_in_network_namespaces_metadata_local_path_and_cidr_at_run_time() {
         }
         if started.elapsed() > limit {
             // SIGTERM first: the harness tears its namespaces down on it.
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
+            let group = format!("-{}", child.id());
+            let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
             let end = Instant::now() + Duration::from_secs(15);
             while child.try_wait().unwrap().is_none() && Instant::now() < end {
                 std::thread::sleep(Duration::from_millis(100));
             }
-            let _ = child.kill();
+            let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
             let _ = child.wait();
             panic!(
                 "tests/zones/check.py took more than {limit:?}; output in {}:\n{}",
@@ -148,5 +151,8 @@ fn zones_in_network_namespaces_metadata_local_path_and_cidr_at_run_time() {
         meta_client > 0.0 && meta_cross <= meta_client / 100.0,
         "{meta}"
     );
+    // The control: bytes sent across on purpose are all seen on the bridge.
+    let meter = &result["meter"]["numbers"];
+    assert!(meter["zone1_sent_pct"].as_f64().unwrap() >= 100.0, "{meter}");
     let _ = std::fs::remove_dir_all(&dir);
 }
