@@ -153,6 +153,9 @@ fn zones_in_network_namespaces_metadata_local_path_and_cidr_at_run_time() {
     );
     // The control: bytes sent across on purpose are all seen on the bridge.
     let meter = &result["meter"]["numbers"];
-    assert!(meter["zone1_sent_pct"].as_f64().unwrap() >= 100.0, "{meter}");
+    assert!(
+        meter["zone1_sent_pct"].as_f64().unwrap() >= 100.0,
+        "{meter}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
