@@ -7,7 +7,7 @@ use crate::shard::{now_ms, Shard};
 use crate::topics::TopicError;
 use bytes::Bytes;
 use ferry_protocol::error_code::ErrorCode;
-use ferry_protocol::frame::{Request, SupportedApis};
+use ferry_protocol::frame::{self, Request, SupportedApis};
 use ferry_protocol::messages::*;
 use ferry_protocol::wire::{KStr, VersionRange};
 use std::rc::Rc;
@@ -1007,6 +1007,72 @@ fn find_coordinator(
             })
             .collect(),
         ..Default::default()
+    }
+}
+
+/// The group a request is about, for the group APIs that name one.
+/// (ListGroups, DescribeGroups and DeleteGroups are answered by the node
+/// asked, from the groups it coordinates.)
+pub fn group_of(body: &RequestBody) -> Option<&str> {
+    Some(match body {
+        RequestBody::JoinGroup(r) => r.group_id.as_str(),
+        RequestBody::SyncGroup(r) => r.group_id.as_str(),
+        RequestBody::Heartbeat(r) => r.group_id.as_str(),
+        RequestBody::LeaveGroup(r) => r.group_id.as_str(),
+        RequestBody::OffsetCommit(r) => r.group_id.as_str(),
+        RequestBody::OffsetFetch(r) => {
+            if r.groups.is_empty() {
+                r.group_id.as_str()
+            } else if r.groups.len() == 1 {
+                r.groups[0].group_id.as_str()
+            } else {
+                return None;
+            }
+        }
+        _ => return None,
+    })
+}
+
+/// The node a group request must be served by, if not this one: the
+/// group's coordinator (the leader of its slot). Requests reach this node
+/// when it is that coordinator's proxy in the client's zone.
+pub fn forward_target(shard: &Shard, body: &RequestBody) -> Option<crate::cluster::Member> {
+    let group = group_of(body)?;
+    let view = shard.view();
+    let m = view.leader(GROUP_TOPIC, group_slot(group))?;
+    (m.node_id != shard.ctx.node_id).then(|| m.clone())
+}
+
+/// Serves a client request another node forwarded (a group request whose
+/// coordinator is this node), answering the whole response frame.
+pub async fn forwarded(shard: &Rc<Shard>, f: crate::rpc::Forward) -> crate::rpc::ForwardResponse {
+    let refuse = |code: ErrorCode| crate::rpc::ForwardResponse {
+        error_code: code.code(),
+        frame: None,
+    };
+    let req = match frame::decode_request(&f.frame, &shard.ctx.supported) {
+        Ok(r) => r,
+        Err(_) => return refuse(ErrorCode::INVALID_REQUEST),
+    };
+    let (correlation_id, version) = (req.correlation_id(), req.api_version());
+    let peer = f
+        .client_host
+        .trim_start_matches('/')
+        .parse::<std::net::IpAddr>()
+        .ok()
+        .map(|ip| std::net::SocketAddr::new(ip, 0));
+    let Some(body) = handle(shard, req, peer).await else {
+        return crate::rpc::ForwardResponse {
+            error_code: 0,
+            frame: None,
+        };
+    };
+    match frame::encode_response(correlation_id, version, &body) {
+        Ok(segs) => crate::rpc::ForwardResponse {
+            error_code: 0,
+            frame: Some(frame::concat(&segs)),
+        },
+        Err(_) => refuse(ErrorCode::UNKNOWN_SERVER_ERROR),
     }
 }
 

@@ -51,14 +51,38 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     shard.ctx.metrics.connection(shard.id, 1);
     let (mut rd, mut wr) = futures_lite::io::split(stream);
     let (tx, rx) = glommio::channels::local_channel::new_bounded::<Out>(INFLIGHT_REQUESTS_MAX);
+    // Answers to node-to-node RPCs, which callers match by correlation id:
+    // they leave as soon as they are ready, so a long poll never holds up
+    // a handoff commit behind it.
+    let (rpc_tx, rpc_rx) =
+        glommio::channels::local_channel::new_bounded::<Vec<Bytes>>(INFLIGHT_REQUESTS_MAX);
+    let rpc_tx = Rc::new(rpc_tx);
     let metrics_shard = shard.clone();
     let writer = glommio::spawn_local(async move {
-        while let Some(out) = rx.recv().await {
-            let handle = match out {
-                Out::Respond(h) => h,
-                Out::Close => break,
+        enum Next {
+            Ordered(Option<Out>),
+            Rpc(Option<Vec<Bytes>>),
+        }
+        loop {
+            let next = futures_lite::future::or(async { Next::Ordered(rx.recv().await) }, async {
+                Next::Rpc(rpc_rx.recv().await)
+            })
+            .await;
+            let segs = match next {
+                Next::Ordered(Some(Out::Respond(handle))) => match handle.await {
+                    Some(segs) => segs,
+                    None => continue,
+                },
+                Next::Ordered(Some(Out::Close)) | Next::Ordered(None) => break,
+                Next::Rpc(Some(segs)) => segs,
+                Next::Rpc(None) => break,
             };
-            let Some(segs) = handle.await else { continue };
+            if segs.is_empty() {
+                // A request that could not be served where it had to be
+                // (a forwarded group request): closing makes the client
+                // look its coordinator up again.
+                break;
+            }
             let n: usize = segs.iter().map(Bytes::len).sum();
             if write_segments(&mut wr, fd, &segs).await.is_err() {
                 return;
@@ -121,9 +145,13 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 let Ok(h) = crate::rpc::spawn_call(&shard, &f, peer) else {
                     break 'conn;
                 };
-                if tx.send(Out::Respond(h)).await.is_err() {
-                    break 'conn;
-                }
+                let rpc_tx = rpc_tx.clone();
+                glommio::spawn_local(async move {
+                    if let Some(segs) = h.await.filter(|s| !s.is_empty()) {
+                        let _ = rpc_tx.send(segs).await;
+                    }
+                })
+                .detach();
                 continue;
             }
             let req = match frame::decode_request(&f, &shard.ctx.supported) {
@@ -146,6 +174,40 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 shard.note_unknown_zone(client_id, peer.map(|p| p.ip()));
             }
             shard.ctx.metrics.request(req.api_key());
+            // A group request whose coordinator is another node (this one
+            // being its proxy in the client's zone) is served there.
+            if crate::coordinator::is_group_api(req.api_key()) {
+                if let Some(target) = crate::api::forward_target(&shard, &req.body) {
+                    let sh = shard.clone();
+                    let fwd = crate::rpc::Forward {
+                        client_host: peer
+                            .map_or_else(String::new, |p| format!("/{}", p.ip()))
+                            .into(),
+                        frame: f.clone(),
+                    };
+                    let h = glommio::spawn_local(async move {
+                        match sh.rpc.forward(&target, &fwd, FORWARD_TIMEOUT).await {
+                            Ok(r) if r.error_code == 0 => r.frame.map(|f| vec![f]),
+                            Ok(r) => {
+                                tracing::info!(
+                                    node = target.node_id,
+                                    error = r.error_code,
+                                    "forwarded group request refused; closing"
+                                );
+                                Some(vec![])
+                            }
+                            Err(e) => {
+                                tracing::info!(node = target.node_id, error = %e, "group request could not be forwarded; closing");
+                                Some(vec![])
+                            }
+                        }
+                    });
+                    if tx.send(Out::Respond(h)).await.is_err() {
+                        break 'conn;
+                    }
+                    continue;
+                }
+            }
             let sh = shard.clone();
             let h = glommio::spawn_local(async move {
                 let correlation_id = req.correlation_id();
@@ -169,6 +231,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     writer.await;
     shard.ctx.metrics.connection(shard.id, -1);
 }
+
+/// How long a forwarded group request may take (a JoinGroup waits for the
+/// rebalance).
+const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(310);
 
 /// Most segments one `sendmsg` takes (Linux's IOV_MAX is 1024).
 const IOVECS_MAX: usize = 64;

@@ -276,7 +276,11 @@ fn start_node(config: &Config, cluster: ferry_node::node::ClusterJoin) -> anyhow
         let log2 = log.clone();
         let bound = ferry_node::http::serve_metrics(
             addr,
-            Arc::new(move || ctx.metrics.render(&log2.render_metrics())),
+            Arc::new(move || {
+                let mut extra = log2.render_metrics();
+                ctx.traffic.render(&ctx.zone, &mut extra);
+                ctx.metrics.render(&extra)
+            }),
         )?;
         tracing::info!(addr = %bound, node = node_id, "metrics at /metrics");
         metrics = Some(bound);

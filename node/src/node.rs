@@ -52,8 +52,12 @@ pub struct NodeCtx {
     /// Client zones by `automq.zone.cidr.blocks`; shards keep it current
     /// from the coordinator.
     pub zones: Arc<crate::zone::ZoneResolver>,
+    /// Bytes of node-to-node RPCs, by peer zone and kind.
+    pub traffic: Arc<crate::rpc::RpcTraffic>,
     /// The coordinator's topic-table generation and version last applied.
     topics_seen: Mutex<(u64, u64)>,
+    /// The generation last looked at, read without the lock.
+    topics_generation_seen: std::sync::atomic::AtomicU64,
     recovered: Mutex<Recovered>,
     /// Per shard: the oldest WAL object its partitions read from
     /// (`u64::MAX`: none). WAL objects older than every shard's, and than
@@ -224,6 +228,8 @@ impl NodeCtx {
             zone: s.rack.clone().unwrap_or_else(|| DEFAULT_ZONE.to_owned()),
             zones,
             topics_seen: Mutex::new((0, 0)),
+            topics_generation_seen: std::sync::atomic::AtomicU64::new(0),
+            traffic: Arc::new(crate::rpc::RpcTraffic::new()),
             cluster,
             node_id: s.node_id,
             rack: s.rack,
@@ -264,7 +270,16 @@ impl NodeCtx {
     /// than this node applied. Cheap when nothing changed (one atomic load).
     pub fn sync_topics(&self) {
         let generation = self.cluster.topics_generation();
+        if self
+            .topics_generation_seen
+            .load(std::sync::atomic::Ordering::Acquire)
+            == generation
+        {
+            return;
+        }
         let mut seen = self.topics_seen.lock();
+        self.topics_generation_seen
+            .store(generation, std::sync::atomic::Ordering::Release);
         if seen.0 == generation {
             return;
         }

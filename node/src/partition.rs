@@ -22,6 +22,57 @@ use std::sync::Arc;
 /// detection, as Kafka does.
 pub const PRODUCER_BATCHES_REMEMBERED: usize = 5;
 
+/// The header fields of a batch that placing it needs: from the batch
+/// itself, or from a proxy's handoff commit (the leader never sees those
+/// bytes on the way in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchMeta {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub last_offset_delta: i32,
+    pub max_timestamp: i64,
+    pub records_count: i32,
+    /// The batch's length in bytes.
+    pub len: u32,
+}
+
+impl BatchMeta {
+    pub fn of(b: &RecordBatch) -> BatchMeta {
+        BatchMeta {
+            producer_id: b.producer_id(),
+            producer_epoch: b.producer_epoch(),
+            base_sequence: b.base_sequence(),
+            last_offset_delta: b.last_offset_delta(),
+            max_timestamp: b.max_timestamp(),
+            records_count: b.records_count(),
+            len: b.as_bytes().len() as u32,
+        }
+    }
+
+    /// The last sequence number, wrapping as Kafka's do (-1: none).
+    pub fn last_sequence(&self) -> i32 {
+        if self.base_sequence < 0 {
+            return -1;
+        }
+        let next = i64::from(self.base_sequence) + i64::from(self.last_offset_delta);
+        if next > i64::from(i32::MAX) {
+            (next - i64::from(i32::MAX) - 1) as i32
+        } else {
+            next as i32
+        }
+    }
+}
+
+/// Where an appended batch's bytes are.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// In hand: the batch as the client sent it.
+    Local(Bytes),
+    /// In another object already (a proxy's handoff object).
+    External(Location),
+}
+
 /// A batch in the log.
 #[derive(Debug, Clone)]
 pub struct LogBatch {
@@ -160,15 +211,21 @@ impl PartitionLog {
     /// changing anything: a request is all or nothing per partition, as in
     /// Kafka, so a later batch's sequence error must refuse the earlier ones.
     pub fn check_sequences(&self, batches: &[RecordBatch]) -> Result<(), AppendError> {
+        let metas: Vec<BatchMeta> = batches.iter().map(BatchMeta::of).collect();
+        self.check_sequences_meta(&metas)
+    }
+
+    /// [`PartitionLog::check_sequences`] from header fields.
+    pub fn check_sequences_meta(&self, batches: &[BatchMeta]) -> Result<(), AppendError> {
         // (epoch, recent (first, last) sequences) per producer, as the
         // appends so far would leave them.
         let mut sim: HashMap<i64, (i16, Vec<(i32, i32)>)> = HashMap::new();
         for b in batches {
-            let pid = b.producer_id();
+            let pid = b.producer_id;
             if pid < 0 {
                 continue;
             }
-            let (epoch, first, last) = (b.producer_epoch(), b.base_sequence(), b.last_sequence());
+            let (epoch, first, last) = (b.producer_epoch, b.base_sequence, b.last_sequence());
             let st = sim
                 .entry(pid)
                 .or_insert_with(|| match self.producers.get(&pid) {
@@ -213,10 +270,24 @@ impl PartitionLog {
         &mut self,
         batch: &RecordBatch,
     ) -> Result<(Appended, Option<AppendEntry>), AppendError> {
-        let pid = batch.producer_id();
+        self.append_meta(
+            &BatchMeta::of(batch),
+            Payload::Local(batch.as_bytes().clone()),
+        )
+    }
+
+    /// Appends one batch given its header fields: its bytes (`Local`), or
+    /// where a proxy put them (`External`: a handoff object's range, whose
+    /// batch header still has the producer's base offset).
+    pub fn append_meta(
+        &mut self,
+        batch: &BatchMeta,
+        payload: Payload,
+    ) -> Result<(Appended, Option<AppendEntry>), AppendError> {
+        let pid = batch.producer_id;
         if pid >= 0 {
-            let epoch = batch.producer_epoch();
-            let first = batch.base_sequence();
+            let epoch = batch.producer_epoch;
+            let first = batch.base_sequence;
             let last = batch.last_sequence();
             // A producer's state is created only by a batch that is
             // appended, so refused batches with made-up ids leave nothing.
@@ -237,7 +308,7 @@ impl PartitionLog {
             if let Some(&(_, _, base)) =
                 st.and_then(|st| st.recent.iter().find(|(f, l, _)| *f == first && *l == last))
             {
-                let last_offset = base + i64::from(batch.last_offset_delta());
+                let last_offset = base + i64::from(batch.last_offset_delta);
                 return Ok((
                     Appended::Duplicate {
                         base_offset: base,
@@ -262,48 +333,55 @@ impl PartitionLog {
             }
         }
         let base = self.next_offset;
-        let count = i64::from(batch.last_offset_delta()) + 1;
+        let count = i64::from(batch.last_offset_delta) + 1;
         let last = base + count - 1;
-        let raw = batch.as_bytes();
-        let mut head = BytesMut::with_capacity(16);
-        head.put_i64(base);
-        head.put_slice(&raw[8..12]);
-        head.put_i32(self.leader_epoch);
-        let segments = [head.freeze(), raw.slice(16..)];
+        let (segments, external) = match payload {
+            Payload::Local(raw) => {
+                let mut head = BytesMut::with_capacity(16);
+                head.put_i64(base);
+                head.put_slice(&raw[8..12]);
+                head.put_i32(self.leader_epoch);
+                ([head.freeze(), raw.slice(16..)], None)
+            }
+            Payload::External(location) => ([Bytes::new(), Bytes::new()], Some(location)),
+        };
+        let cached = external.is_none().then(|| segments.clone());
         let entry = AppendEntry {
             topic: self.topic.clone(),
             topic_id: self.topic_id,
             partition: self.partition,
             base_offset: base,
             last_offset: last,
-            max_timestamp: batch.max_timestamp(),
-            record_count: batch.records_count(),
+            max_timestamp: batch.max_timestamp,
+            record_count: batch.records_count,
             producer: if pid >= 0 {
                 ProducerFields {
                     id: pid,
-                    epoch: batch.producer_epoch(),
-                    first_sequence: batch.base_sequence(),
+                    epoch: batch.producer_epoch,
+                    first_sequence: batch.base_sequence,
                     last_sequence: batch.last_sequence(),
                 }
             } else {
                 ProducerFields::default()
             },
-            segments: segments.clone(),
+            segments,
+            leader_epoch: self.leader_epoch,
+            external,
         };
         self.next_offset = last + 1;
         let entry_index = self.front_index + self.batches.len();
         self.batches.push_back(LogBatch {
             base_offset: base,
             last_offset: last,
-            max_timestamp: batch.max_timestamp(),
-            len: raw.len() as u32,
-            data: Some(segments),
+            max_timestamp: batch.max_timestamp,
+            len: batch.len,
+            data: cached,
             location: None,
         });
         if pid >= 0 {
             let st = self.producers.entry(pid).or_default();
             st.recent
-                .push_back((batch.base_sequence(), batch.last_sequence(), base));
+                .push_back((batch.base_sequence, batch.last_sequence(), base));
             while st.recent.len() > PRODUCER_BATCHES_REMEMBERED {
                 st.recent.pop_front();
             }

@@ -1071,26 +1071,6 @@ pub fn spawn_call<H: RpcHandler + Clone + 'static>(
     ))
 }
 
-/// Until shard.rs has the real handler: every call is refused, with codes
-/// a proxy or replica treats as "try elsewhere / later".
-// replaced by the real handler in shard.rs
-impl RpcHandler for Rc<crate::shard::Shard> {
-    async fn handoff_commit(&self, req: HandoffCommit) -> HandoffCommitResponse {
-        HandoffCommitResponse::all(&req, ErrorCode::NOT_LEADER_OR_FOLLOWER)
-    }
-
-    async fn replica_read(&self, _req: ReplicaRead) -> ReplicaReadResponse {
-        ReplicaReadResponse::error(ErrorCode::NOT_LEADER_OR_FOLLOWER)
-    }
-
-    async fn forward(&self, _req: Forward) -> ForwardResponse {
-        ForwardResponse {
-            error_code: ErrorCode::UNKNOWN_SERVER_ERROR.code(),
-            frame: None,
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Traffic accounting.
 // ---------------------------------------------------------------------------
@@ -1194,8 +1174,12 @@ impl RpcTraffic {
     pub fn render(&self, local_zone: &str, o: &mut String) {
         let _ = writeln!(o, "# TYPE ferry_zone_bytes_total counter");
         let local = label(local_zone);
+        let mut cross = 0u64;
         for (zone, kind, bytes_out, bytes_in) in self.snapshot() {
             let peer = label(&zone);
+            if zone != local_zone {
+                cross += bytes_out + bytes_in;
+            }
             for (direction, n) in [("out", bytes_out), ("in", bytes_in)] {
                 let _ = writeln!(
                     o,
@@ -1203,6 +1187,12 @@ impl RpcTraffic {
                 );
             }
         }
+        // Every node-to-node byte this node sent to or received from
+        // another zone, as its calls counted them.
+        let _ = writeln!(
+            o,
+            "# TYPE ferry_cross_zone_bytes_total counter\nferry_cross_zone_bytes_total{{local_zone=\"{local}\"}} {cross}"
+        );
     }
 }
 

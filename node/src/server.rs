@@ -18,6 +18,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A handoff object is kept for this many compaction passes of its
+/// leaders, and at least `HANDOFF_KEEP_MS_MIN`.
+const HANDOFF_KEEP_PASSES: u64 = 20;
+const HANDOFF_KEEP_MS_MIN: u64 = 10 * 60 * 1000;
+
 /// Queue depth between each pair of shards.
 pub const SHARD_QUEUE_DEPTH: usize = 1024;
 
@@ -231,6 +236,19 @@ async fn run_shard(
                 let dropped = shard.apply_retention(now_ms());
                 if dropped > 0 {
                     tracing::info!(shard = id, batches = dropped, "retention dropped batches");
+                }
+                if id == 0 && shard.ctx.compaction_interval_ms > 0 {
+                    // Handoff objects this node wrote as a proxy: their
+                    // leaders have compacted the batches well before this.
+                    let keep = Duration::from_millis(
+                        (shard.ctx.compaction_interval_ms * HANDOFF_KEEP_PASSES)
+                            .max(HANDOFF_KEEP_MS_MIN),
+                    );
+                    match shard.ctx.durable.delete_handoff_older_than(keep).await {
+                        Ok(Ok(0)) | Err(_) => {}
+                        Ok(Ok(n)) => tracing::info!(objects = n, "deleted old handoff objects"),
+                        Ok(Err(e)) => tracing::warn!(error = %e, "deleting handoff objects failed"),
+                    }
                 }
                 if id == 0 {
                     // WAL objects no partition reads from any more go.

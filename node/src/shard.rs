@@ -11,7 +11,7 @@
 use crate::coordinator::{Coordinator, GroupRequest};
 use crate::durable::{AppendEntry, DurableError, Location, ProducerFields};
 use crate::node::NodeCtx;
-use crate::partition::{record_set, Appended, LogBatch, PartitionLog};
+use crate::partition::{record_set, Appended, BatchMeta, LogBatch, PartitionLog, Payload};
 use crate::topics::LocalTopics;
 use bytes::Bytes;
 use ferry_protocol::error_code::ErrorCode;
@@ -70,6 +70,16 @@ pub enum ShardMsg {
     /// A connection the acceptor (shard 0, `ferry.accept=acceptor`) dealt
     /// to this shard.
     Accepted(glommio::net::AcceptedTcpStream),
+    /// A read replica asks where a partition's durable batches are.
+    ReplicaRead {
+        req: crate::rpc::ReplicaRead,
+        reply: oneshot::Sender<crate::rpc::ReplicaReadResponse>,
+    },
+    /// A proxy's batches for a partition this shard owns (handoff commit).
+    Handoff {
+        part: crate::rpc::HandoffPartition,
+        reply: oneshot::Sender<ProduceResult>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,6 +154,10 @@ pub struct Shard {
     view: RefCell<crate::cluster::ViewCache>,
     zone_cache: RefCell<crate::zone::ZoneCache>,
     cidrs_seen: std::cell::Cell<u64>,
+    /// Calls to other nodes (handoff commits, replica reads, forwards).
+    pub rpc: crate::rpc::RpcClient,
+    /// Batches this shard serves as a read replica, read from the bucket.
+    replica_cache: RefCell<ReplicaCache>,
 }
 
 impl Shard {
@@ -160,6 +174,8 @@ impl Shard {
         });
         Shard {
             view: RefCell::new(crate::cluster::ViewCache::new(ctx.cluster.clone())),
+            rpc: crate::rpc::RpcClient::new(ctx.traffic.clone(), ctx.frame_bytes_max),
+            replica_cache: RefCell::new(ReplicaCache::new(ctx.cache_bytes_max / 4)),
             zone_cache: RefCell::new(crate::zone::ZoneCache::new(ctx.zones.clone())),
             cidrs_seen: std::cell::Cell::new(0),
             coordinator,
@@ -282,6 +298,12 @@ impl Shard {
             ShardMsg::Accepted(stream) => {
                 crate::conn::serve(self, stream.bind_to_executor()).await;
             }
+            ShardMsg::ReplicaRead { req, reply } => {
+                let _ = reply.send(self.replica_entries(&req));
+            }
+            ShardMsg::Handoff { part, reply } => {
+                let _ = reply.send(self.handoff_local(part).await);
+            }
         }
     }
 
@@ -329,6 +351,8 @@ impl Shard {
 
     /// The partition's log, created on first use from what recovery found.
     fn log(&self, topic: &Arc<str>, partition: i32) -> Option<Rc<RefCell<PartitionLog>>> {
+        // Topics other nodes created: one atomic load when nothing changed.
+        self.ctx.sync_topics();
         let table = self.topics.get();
         let info = table.get(topic)?;
         if partition < 0 || partition >= info.partitions {
@@ -440,6 +464,8 @@ impl Shard {
                     }),
                 producer: producer_fields(&data),
                 segments: data,
+                leader_epoch: 0,
+                external: None,
             });
         }
         let locations = self
@@ -474,6 +500,20 @@ impl Shard {
         Ok(moved)
     }
 
+    /// Where a partition's requests go from this node.
+    pub fn route(&self, topic: &str, partition: i32) -> Route {
+        if self.ctx.cluster.fenced() {
+            return Route::Fenced;
+        }
+        let view = self.view();
+        match view.leader(topic, partition) {
+            None => Route::Local,
+            Some(m) if m.node_id == self.ctx.node_id => Route::Local,
+            Some(m) if m.zone != self.ctx.zone => Route::Proxy(m.clone()),
+            Some(m) => Route::SameZone(m.node_id),
+        }
+    }
+
     pub async fn produce(
         self: &Rc<Self>,
         topic: Arc<str>,
@@ -482,6 +522,26 @@ impl Shard {
         acks: i16,
         timeout_ms: i32,
     ) -> ProduceResult {
+        match self.route(&topic, partition) {
+            Route::Local => {}
+            Route::Proxy(leader) => {
+                return self
+                    .handoff_produce(leader, topic, partition, records, timeout_ms)
+                    .await
+            }
+            Route::Fenced => {
+                return ProduceResult::err(
+                    ErrorCode::NOT_LEADER_OR_FOLLOWER,
+                    "this node lost its lease in the cluster",
+                )
+            }
+            Route::SameZone(node) => {
+                return ProduceResult::err(
+                    ErrorCode::NOT_LEADER_OR_FOLLOWER,
+                    format!("node {node}, in this zone, leads this partition"),
+                )
+            }
+        }
         let to = self.owner_of(&topic, partition);
         if to == self.id {
             return self
@@ -505,6 +565,358 @@ impl Shard {
         .await
     }
 
+    /// A read replica's fetch: the leader says where the durable batches
+    /// from `offset` are (metadata only crosses zones), and their bytes come
+    /// from the bucket.
+    async fn replica_fetch(
+        self: &Rc<Self>,
+        leader: crate::cluster::Member,
+        topic: Arc<str>,
+        partition: i32,
+        offset: i64,
+        max_bytes: usize,
+    ) -> FetchResult {
+        let req = crate::rpc::ReplicaRead {
+            topic: topic.clone(),
+            partition,
+            from_offset: offset,
+            max_bytes: i32::try_from(max_bytes).unwrap_or(i32::MAX),
+            max_wait_ms: 0,
+        };
+        let resp = match self
+            .rpc
+            .replica_read(&leader, &req, Duration::from_secs(10))
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return FetchResult::err(e.error_code()),
+        };
+        let mut result = FetchResult {
+            error: ErrorCode(resp.error_code),
+            high_watermark: resp.high_watermark,
+            log_start: resp.log_start,
+            records: RecordSet::default(),
+        };
+        if result.error.is_err() {
+            return result;
+        }
+        let mut segments = Vec::with_capacity(resp.entries.len() * 2);
+        for e in resp.entries {
+            let b = LogBatch {
+                base_offset: e.base_offset,
+                last_offset: e.last_offset,
+                max_timestamp: e.max_timestamp,
+                len: e.len,
+                data: None,
+                location: Some(Location {
+                    key: e.key,
+                    seq: 0,
+                    position: e.position,
+                    len: e.len,
+                    crc: e.crc,
+                }),
+            };
+            match self.replica_cached(&topic, partition, &b).await {
+                Ok([h, body]) => {
+                    segments.push(h);
+                    segments.push(body);
+                }
+                // What was read so far is answered; the client asks again.
+                Err(e) if !segments.is_empty() => {
+                    tracing::debug!(error = %e, "replica read stopped early");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(topic = &*topic, partition, error = %e, "replica read failed");
+                    return FetchResult::err(ErrorCode::KAFKA_STORAGE_ERROR);
+                }
+            }
+        }
+        result.records = RecordSet::from_segments(segments);
+        result
+    }
+
+    /// A replica's batch bytes: from this shard's replica cache, or read
+    /// from the bucket and cached.
+    async fn replica_cached(
+        &self,
+        topic: &Arc<str>,
+        partition: i32,
+        b: &LogBatch,
+    ) -> Result<[Bytes; 2], DurableError> {
+        let key = (topic.clone(), partition, b.base_offset);
+        if let Some(d) = self.replica_cache.borrow().get(&key) {
+            self.ctx.metrics.cache_hit();
+            return Ok(d.clone());
+        }
+        self.ctx.metrics.cache_miss();
+        let data = self.read_back(b).await?;
+        let mut cache = self.replica_cache.borrow_mut();
+        cache.insert(key, data.clone(), data[0].len() + data[1].len());
+        Ok(data)
+    }
+
+    /// The leader's side of a replica read: waits (at most `max_wait_ms`)
+    /// until there is data past `from_offset`, then answers where the
+    /// durable batches from there are.
+    pub async fn replica_read_served(
+        self: &Rc<Self>,
+        req: crate::rpc::ReplicaRead,
+    ) -> crate::rpc::ReplicaReadResponse {
+        use crate::rpc::ReplicaReadResponse;
+        if !matches!(self.route(&req.topic, req.partition), Route::Local) {
+            return ReplicaReadResponse::error(ErrorCode::NOT_LEADER_OR_FOLLOWER);
+        }
+        if req.max_wait_ms > 0 {
+            let wait = Duration::from_millis(req.max_wait_ms.clamp(0, 30_000) as u64);
+            let (me, topic) = (self.clone(), req.topic.clone());
+            let _ = glommio::timer::timeout(wait, async move {
+                me.wait(topic, req.partition, req.from_offset).await;
+                Ok(())
+            })
+            .await;
+        }
+        let to = self.owner_of(&req.topic, req.partition);
+        if to == self.id {
+            return self.replica_entries(&req);
+        }
+        self.ask(
+            to,
+            |reply| ShardMsg::ReplicaRead { req, reply },
+            || ReplicaReadResponse::error(ErrorCode::NOT_LEADER_OR_FOLLOWER),
+        )
+        .await
+    }
+
+    fn replica_entries(&self, req: &crate::rpc::ReplicaRead) -> crate::rpc::ReplicaReadResponse {
+        use crate::rpc::{ReplicaEntry, ReplicaReadResponse};
+        let Some(log) = self.log(&req.topic, req.partition) else {
+            return ReplicaReadResponse::error(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION);
+        };
+        let l = log.borrow();
+        let (start, hw) = (l.log_start(), l.high_watermark());
+        let mut resp = ReplicaReadResponse {
+            error_code: 0,
+            high_watermark: hw,
+            log_start: start,
+            leader_epoch: l.leader_epoch,
+            entries: Vec::new(),
+        };
+        if req.from_offset < start || req.from_offset > hw {
+            resp.error_code = ErrorCode::OFFSET_OUT_OF_RANGE.code();
+            return resp;
+        }
+        if req.max_bytes > 0 {
+            resp.entries = l
+                .read(req.from_offset, req.max_bytes as usize)
+                .into_iter()
+                .map_while(|b| {
+                    let loc = b.location?;
+                    Some(ReplicaEntry {
+                        base_offset: b.base_offset,
+                        last_offset: b.last_offset,
+                        max_timestamp: b.max_timestamp,
+                        key: loc.key,
+                        position: loc.position,
+                        len: loc.len,
+                        crc: loc.crc,
+                    })
+                })
+                .collect();
+        }
+        resp
+    }
+
+    /// The proxy's side of a produce for a partition led in another zone:
+    /// the batches go into this node's next handoff object, and once it is
+    /// in the bucket the leader gets their places and header fields in one
+    /// small RPC, assigns offsets and answers; its answer is the producer's.
+    async fn handoff_produce(
+        self: &Rc<Self>,
+        leader: crate::cluster::Member,
+        topic: Arc<str>,
+        partition: i32,
+        records: Bytes,
+        timeout_ms: i32,
+    ) -> ProduceResult {
+        let started = Instant::now();
+        let timeout = Duration::from_millis(timeout_ms.clamp(1, 300_000) as u64);
+        let table = self.topics.get();
+        let Some(info) = table
+            .get(&topic)
+            .filter(|i| partition >= 0 && partition < i.partitions)
+        else {
+            return ProduceResult::err(
+                ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
+                "unknown topic or partition",
+            );
+        };
+        let batches = match PartitionLog::check(&records) {
+            Ok(b) => b,
+            Err(e) => return ProduceResult::err(e.error_code(), e.to_string()),
+        };
+        if let Err(e) = self.ctx.durable.reserve(records.len()) {
+            return ProduceResult::err(ErrorCode::REQUEST_TIMED_OUT, e.to_string());
+        }
+        let metas: Vec<BatchMeta> = batches.iter().map(BatchMeta::of).collect();
+        let entry = AppendEntry {
+            topic: topic.clone(),
+            topic_id: info.id.0,
+            partition,
+            base_offset: 0,
+            last_offset: metas
+                .iter()
+                .map(|m| i64::from(m.last_offset_delta) + 1)
+                .sum::<i64>()
+                - 1,
+            max_timestamp: metas.iter().map(|m| m.max_timestamp).max().unwrap_or(-1),
+            record_count: metas.iter().map(|m| m.records_count).sum(),
+            producer: ProducerFields::default(),
+            segments: [records.clone(), Bytes::new()],
+            leader_epoch: 0,
+            external: None,
+        };
+        let location = match glommio::timer::timeout(timeout, async {
+            Ok(self.ctx.durable.handoff_append(entry).await)
+        })
+        .await
+        {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => return ProduceResult::err(ErrorCode::REQUEST_TIMED_OUT, e.to_string()),
+            Err(_) => {
+                return ProduceResult::err(
+                    ErrorCode::REQUEST_TIMED_OUT,
+                    "the handoff object was not durable in time",
+                )
+            }
+        };
+        let mut position = location.position;
+        let handoff_batches = batches
+            .iter()
+            .zip(&metas)
+            .map(|(b, m)| {
+                let raw = b.as_bytes();
+                let hb = crate::rpc::HandoffBatch {
+                    key: location.key.clone(),
+                    position,
+                    len: raw.len() as u32,
+                    crc: crc32c::crc32c(raw),
+                    record_count: m.records_count,
+                    last_offset_delta: m.last_offset_delta,
+                    max_timestamp: m.max_timestamp,
+                    producer_id: m.producer_id,
+                    producer_epoch: m.producer_epoch,
+                    base_sequence: m.base_sequence,
+                };
+                position += raw.len() as u64;
+                hb
+            })
+            .collect();
+        let req = crate::rpc::HandoffCommit {
+            from_node: self.ctx.node_id,
+            view_revision: self.view().revision(),
+            partitions: vec![crate::rpc::HandoffPartition {
+                topic,
+                topic_id: info.id.0,
+                partition,
+                batches: handoff_batches,
+            }],
+        };
+        let left = timeout
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_millis(1));
+        match self.rpc.handoff_commit(&leader, &req, left).await {
+            Ok(resp) => match resp.partitions.first().and_then(|p| p.first()) {
+                Some(r) if r.error_code == 0 => ProduceResult {
+                    error: ErrorCode::NONE,
+                    base_offset: r.base_offset,
+                    log_start: r.log_start,
+                    message: None,
+                },
+                Some(r) => ProduceResult::err(
+                    ErrorCode(r.error_code),
+                    format!("leader {} refused the batches", leader.node_id),
+                ),
+                None => ProduceResult::err(
+                    ErrorCode::UNKNOWN_SERVER_ERROR,
+                    "the leader's answer had no result",
+                ),
+            },
+            Err(e) => ProduceResult::err(e.error_code(), e.to_string()),
+        }
+    }
+
+    /// The leader's side of a handoff commit for one partition: routed to
+    /// the owning shard, placed like a produce, and the WAL object holding
+    /// the references is sealed at once.
+    pub async fn handoff_partition(
+        self: &Rc<Self>,
+        part: crate::rpc::HandoffPartition,
+    ) -> ProduceResult {
+        if !matches!(self.route(&part.topic, part.partition), Route::Local) {
+            return ProduceResult::err(
+                ErrorCode::NOT_LEADER_OR_FOLLOWER,
+                "this node does not lead the partition",
+            );
+        }
+        let to = self.owner_of(&part.topic, part.partition);
+        if to == self.id {
+            return self.handoff_local(part).await;
+        }
+        self.ask(
+            to,
+            |reply| ShardMsg::Handoff { part, reply },
+            || {
+                ProduceResult::err(
+                    ErrorCode::NOT_LEADER_OR_FOLLOWER,
+                    "owning shard unavailable",
+                )
+            },
+        )
+        .await
+    }
+
+    async fn handoff_local(self: &Rc<Self>, part: crate::rpc::HandoffPartition) -> ProduceResult {
+        let Some(log) = self.log(&part.topic, part.partition) else {
+            return ProduceResult::err(
+                ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
+                "unknown topic or partition",
+            );
+        };
+        if log.borrow().topic_id != part.topic_id {
+            return ProduceResult::err(
+                ErrorCode::UNKNOWN_TOPIC_ID,
+                "the topic was deleted and created again",
+            );
+        }
+        let items = part
+            .batches
+            .iter()
+            .map(|b| {
+                (
+                    BatchMeta {
+                        producer_id: b.producer_id,
+                        producer_epoch: b.producer_epoch,
+                        base_sequence: b.base_sequence,
+                        last_offset_delta: b.last_offset_delta,
+                        max_timestamp: b.max_timestamp,
+                        records_count: b.record_count,
+                        len: b.len,
+                    },
+                    Payload::External(Location {
+                        key: b.key.clone(),
+                        seq: 0,
+                        position: b.position,
+                        len: b.len,
+                        crc: b.crc,
+                    }),
+                )
+            })
+            .collect();
+        self.append_batches(log, part.topic, part.partition, items, -1, 30_000, true)
+            .await
+    }
+
     async fn produce_local(
         self: &Rc<Self>,
         topic: Arc<str>,
@@ -523,13 +935,37 @@ impl Shard {
             Ok(b) => b,
             Err(e) => return ProduceResult::err(e.error_code(), e.to_string()),
         };
-        if batches.len() > 1 {
-            if let Err(e) = log.borrow().check_sequences(&batches) {
-                return ProduceResult::err(e.error_code(), e.to_string());
-            }
-        }
         if let Err(e) = self.ctx.durable.reserve(records.len()) {
             return ProduceResult::err(ErrorCode::REQUEST_TIMED_OUT, e.to_string());
+        }
+        let items = batches
+            .iter()
+            .map(|b| (BatchMeta::of(b), Payload::Local(b.as_bytes().clone())))
+            .collect();
+        self.append_batches(log, topic, partition, items, acks, timeout_ms, false)
+            .await
+    }
+
+    /// Appends checked batches to a partition this shard owns, writes them
+    /// to the WAL (their bytes, or for a proxy's batches a reference to its
+    /// handoff object, sealing the WAL object at once with `flush`), and
+    /// answers once they are durable (or at once for acks=0).
+    #[allow(clippy::too_many_arguments)]
+    async fn append_batches(
+        self: &Rc<Self>,
+        log: Rc<RefCell<PartitionLog>>,
+        topic: Arc<str>,
+        partition: i32,
+        items: Vec<(BatchMeta, Payload)>,
+        acks: i16,
+        timeout_ms: i32,
+        flush: bool,
+    ) -> ProduceResult {
+        if items.len() > 1 {
+            let metas: Vec<BatchMeta> = items.iter().map(|(m, _)| *m).collect();
+            if let Err(e) = log.borrow().check_sequences_meta(&metas) {
+                return ProduceResult::err(e.error_code(), e.to_string());
+            }
         }
         let mut first_offset = None;
         let mut duplicate_last: Option<i64> = None;
@@ -537,8 +973,8 @@ impl Shard {
         let generation = log.borrow().generation();
         {
             let mut l = log.borrow_mut();
-            for b in &batches {
-                match l.append(b) {
+            for (meta, payload) in items {
+                match l.append_meta(&meta, payload) {
                     Ok((
                         Appended::New {
                             base_offset,
@@ -549,7 +985,9 @@ impl Shard {
                         first_offset.get_or_insert(base_offset);
                         let len = entry.len();
                         pending.push((entry_index, base_offset, self.ctx.durable.append(entry)));
-                        self.cached(&topic, partition, base_offset, len);
+                        if len > 0 {
+                            self.cached(&topic, partition, base_offset, len);
+                        }
                     }
                     Ok((Appended::New { base_offset, .. }, None)) => {
                         first_offset.get_or_insert(base_offset);
@@ -574,6 +1012,9 @@ impl Shard {
                     }
                 }
             }
+        }
+        if flush && !pending.is_empty() {
+            self.ctx.durable.flush();
         }
         self.evict_if_needed();
         // Durability is tracked whether or not the producer still waits.
@@ -736,6 +1177,25 @@ impl Shard {
 
     /// Resolves once the partition has data past `offset` (or cannot).
     pub async fn wait(self: &Rc<Self>, topic: Arc<str>, partition: i32, offset: i64) {
+        if let Route::Proxy(leader) = self.route(&topic, partition) {
+            // A read replica waits on the leader's commit stream: long polls
+            // that carry no data, until the leader has data at `offset`.
+            loop {
+                let req = crate::rpc::ReplicaRead {
+                    topic: topic.clone(),
+                    partition,
+                    from_offset: offset,
+                    max_bytes: 0,
+                    max_wait_ms: REPLICA_POLL_MS as i32,
+                };
+                let timeout = Duration::from_millis(REPLICA_POLL_MS + 5_000);
+                match self.rpc.replica_read(&leader, &req, timeout).await {
+                    Ok(r) if r.error_code != 0 || r.high_watermark > offset => return,
+                    Ok(_) => {}
+                    Err(_) => glommio::timer::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        }
         let to = self.owner_of(&topic, partition);
         let (tx, rx) = oneshot::channel();
         if to == self.id {
@@ -764,6 +1224,17 @@ impl Shard {
         offset: i64,
         max_bytes: usize,
     ) -> FetchResult {
+        match self.route(&topic, partition) {
+            Route::Local => {}
+            Route::Proxy(leader) => {
+                return self
+                    .replica_fetch(leader, topic, partition, offset, max_bytes)
+                    .await
+            }
+            Route::SameZone(_) | Route::Fenced => {
+                return FetchResult::err(ErrorCode::NOT_LEADER_OR_FOLLOWER)
+            }
+        }
         let to = self.owner_of(&topic, partition);
         if to == self.id {
             return self.fetch_local(topic, partition, offset, max_bytes).await;
@@ -854,7 +1325,12 @@ impl Shard {
                 error: "batch shorter than its header".into(),
             });
         }
-        Ok([bytes.slice(..16), bytes.slice(16..)])
+        // The head is made again from the log: a batch a proxy put in its
+        // handoff object still has the producer's base offset there.
+        let mut head = bytes::BytesMut::with_capacity(16);
+        head.extend_from_slice(&b.base_offset.to_be_bytes());
+        head.extend_from_slice(&bytes[8..16]);
+        Ok([head.freeze(), bytes.slice(16..)])
     }
 
     /// Hands a group request to the coordinator on shard 0.
@@ -971,6 +1447,104 @@ impl Shard {
             slot.store(oldest, std::sync::atomic::Ordering::Release);
         }
         dropped
+    }
+}
+
+/// How long one long poll of a read replica waits at the leader.
+const REPLICA_POLL_MS: u64 = 1_000;
+
+type ReplicaKey = (Arc<str>, i32, i64);
+
+/// A read replica's cache: batch bytes by (topic, partition, base offset),
+/// bounded in bytes, the oldest inserted dropped first.
+struct ReplicaCache {
+    bytes_max: usize,
+    bytes: usize,
+    map: HashMap<ReplicaKey, [Bytes; 2]>,
+    order: VecDeque<(ReplicaKey, usize)>,
+}
+
+impl ReplicaCache {
+    fn new(bytes_max: usize) -> ReplicaCache {
+        ReplicaCache {
+            bytes_max,
+            bytes: 0,
+            map: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    fn get(&self, key: &ReplicaKey) -> Option<&[Bytes; 2]> {
+        self.map.get(key)
+    }
+
+    fn insert(&mut self, key: ReplicaKey, data: [Bytes; 2], len: usize) {
+        if self.map.insert(key.clone(), data).is_none() {
+            self.bytes += len;
+            self.order.push_back((key, len));
+        }
+        while self.bytes > self.bytes_max {
+            let Some((old, n)) = self.order.pop_front() else {
+                break;
+            };
+            self.map.remove(&old);
+            self.bytes -= n;
+        }
+    }
+}
+
+/// Where a partition's requests go from this node.
+#[derive(Debug, Clone)]
+pub enum Route {
+    /// This node leads it (or there is no cluster view).
+    Local,
+    /// The leader is in another zone: this node stands in as its proxy.
+    Proxy(crate::cluster::Member),
+    /// Another node of this zone leads it: the client should go there.
+    SameZone(i32),
+    /// This node lost its lease: it acknowledges nothing.
+    Fenced,
+}
+
+impl crate::rpc::RpcHandler for Rc<Shard> {
+    async fn handoff_commit(
+        &self,
+        req: crate::rpc::HandoffCommit,
+    ) -> crate::rpc::HandoffCommitResponse {
+        let tasks: Vec<_> = req
+            .partitions
+            .into_iter()
+            .map(|p| {
+                let me = self.clone();
+                let n = p.batches.len();
+                (
+                    n,
+                    glommio::spawn_local(async move { me.handoff_partition(p).await }),
+                )
+            })
+            .collect();
+        let mut partitions = Vec::with_capacity(tasks.len());
+        for (n, t) in tasks {
+            let r = t.await;
+            partitions.push(
+                (0..n)
+                    .map(|_| crate::rpc::BatchResult {
+                        error_code: r.error.code(),
+                        base_offset: r.base_offset,
+                        log_start: r.log_start,
+                    })
+                    .collect(),
+            );
+        }
+        crate::rpc::HandoffCommitResponse { partitions }
+    }
+
+    async fn replica_read(&self, req: crate::rpc::ReplicaRead) -> crate::rpc::ReplicaReadResponse {
+        self.replica_read_served(req).await
+    }
+
+    async fn forward(&self, req: crate::rpc::Forward) -> crate::rpc::ForwardResponse {
+        crate::api::forwarded(self, req).await
     }
 }
 

@@ -22,6 +22,9 @@ pub const WAL_PREFIX: &str = "wal";
 pub struct WalLog {
     writer: parking_lot::Mutex<Option<WalWriter>>,
     handle: WalHandle,
+    /// The handoff writer: batches this node forwards as a proxy.
+    handoff_writer: parking_lot::Mutex<Option<WalWriter>>,
+    handoff: WalHandle,
     reader: WalReader,
     io: IoRuntime,
     store: Arc<dyn ObjectStore>,
@@ -61,11 +64,23 @@ fn wal_entry(e: AppendEntry) -> WalEntry {
         record_count: e.record_count.max(0) as u32,
         max_timestamp: e.max_timestamp,
         producer: e.producer,
-        data: e.segments.to_vec(),
-        leader_epoch: 0,
-        external: None,
+        data: if e.external.is_some() {
+            Vec::new()
+        } else {
+            e.segments.to_vec()
+        },
+        leader_epoch: e.leader_epoch,
+        external: e.external.map(|l| ferry_wal::ExternalRef {
+            key: l.key,
+            position: l.position,
+            len: l.len,
+            crc: l.crc,
+        }),
     }
 }
+
+/// Where a node's handoff objects go: `handoff/<node>/<seq>.wal`.
+pub const HANDOFF_PREFIX: &str = "handoff";
 
 fn wal_error(e: WalError) -> DurableError {
     match e {
@@ -78,7 +93,17 @@ fn wal_error(e: WalError) -> DurableError {
 impl WalLog {
     /// Recovers what the bucket holds for `config.node_id`, then starts the
     /// writer after the last object found.
-    pub fn open(store: Arc<dyn ObjectStore>, mut config: WalConfig) -> Result<Opened, WalError> {
+    pub fn open(store: Arc<dyn ObjectStore>, config: WalConfig) -> Result<Opened, WalError> {
+        WalLog::open_with_handoff(store, config, None)
+    }
+
+    /// [`WalLog::open`], with the handoff writer's own settings
+    /// (`automq.zonerouter.channels`'s `batchInterval` / `maxBytesInBatch`).
+    pub fn open_with_handoff(
+        store: Arc<dyn ObjectStore>,
+        mut config: WalConfig,
+        handoff: Option<WalConfig>,
+    ) -> Result<Opened, WalError> {
         let io = IoRuntime::new(config.io_threads.max(1))?;
         let node_id = config.node_id;
         let topics = match io.block_on(get_meta(&*store, "topics"))? {
@@ -170,6 +195,22 @@ impl WalLog {
                 batches += 1;
             }
         }
+        // The handoff writer: same settings (the zonerouter channel's, when
+        // the node has one: see `open_with_handoff`), its own prefix, and
+        // sequence numbers after any object it left.
+        let mut handoff_config = handoff.unwrap_or_else(|| config.clone());
+        handoff_config.node_id = node_id;
+        handoff_config.prefix = HANDOFF_PREFIX.to_string();
+        handoff_config.first_seq = io
+            .block_on(ferry_wal::reader::list_objects(
+                &*store,
+                HANDOFF_PREFIX,
+                node_id,
+            ))?
+            .last()
+            .map_or(0, |o| o.seq + 1);
+        let handoff_writer = WalWriter::start_on(&io, store.clone(), handoff_config)?;
+        let handoff_handle = handoff_writer.handle();
         config.first_seq = rec.next_seq;
         config.prefix = WAL_PREFIX.to_string();
         let inflight_bytes_max = config.inflight_bytes_max;
@@ -180,6 +221,8 @@ impl WalLog {
         let log = Arc::new(WalLog {
             writer: parking_lot::Mutex::new(Some(writer)),
             handle,
+            handoff_writer: parking_lot::Mutex::new(Some(handoff_writer)),
+            handoff: handoff_handle,
             reader,
             io,
             store,
@@ -208,6 +251,11 @@ impl WalLog {
 
     /// Uploads what is pending and stops the writer (a clean stop).
     pub fn shutdown(&self, timeout: Duration) {
+        if let Some(w) = self.handoff_writer.lock().take() {
+            if let Err(e) = w.shutdown(timeout) {
+                tracing::warn!(error = %e, "handoff writer shutdown");
+            }
+        }
         if let Some(w) = self.writer.lock().take() {
             if let Err(e) = w.shutdown(timeout) {
                 tracing::warn!(error = %e, "WAL shutdown");
@@ -354,6 +402,34 @@ impl DurableLog for WalLog {
         self.io.spawn(async move {
             let entries: Vec<WalEntry> = entries.into_iter().map(wal_entry).collect();
             compact::write_compacted(&*store, node, &entries, &stats)
+                .await
+                .map_err(wal_error)
+        })
+    }
+
+    fn handoff_append(&self, e: AppendEntry) -> AppendAck {
+        let rx = self.handoff.append(wal_entry(e));
+        Box::pin(async move {
+            match rx.await {
+                Ok(r) => r.map_err(wal_error),
+                Err(_) => Err(DurableError::Closed),
+            }
+        })
+    }
+
+    fn flush(&self) {
+        // The answer is each entry's own acknowledgement.
+        drop(self.handle.flush());
+    }
+
+    fn delete_handoff_older_than(
+        &self,
+        min_age: Duration,
+    ) -> oneshot::Receiver<Result<usize, DurableError>> {
+        let store = self.store.clone();
+        let node = self.node_id;
+        self.io.spawn(async move {
+            ferry_wal::cleanup::delete_objects(&*store, HANDOFF_PREFIX, node, u64::MAX, min_age)
                 .await
                 .map_err(wal_error)
         })

@@ -20,6 +20,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn node(id: i32, zone: &str, coordinator: &Arc<LocalCoordinator>) -> RunningNode {
+    node_on(id, zone, coordinator, Arc::new(MemoryLog::new()))
+}
+
+/// A node whose durable log may be shared with others (a MemoryLog shared
+/// by nodes stands for the bucket they share).
+fn node_on(
+    id: i32,
+    zone: &str,
+    coordinator: &Arc<LocalCoordinator>,
+    log: Arc<MemoryLog>,
+) -> RunningNode {
     let settings = NodeSettings {
         rack: Some(zone.to_owned()),
         shards: 1,
@@ -29,7 +40,7 @@ fn node(id: i32, zone: &str, coordinator: &Arc<LocalCoordinator>) -> RunningNode
     server::start(
         settings,
         "127.0.0.1:0".parse().unwrap(),
-        Arc::new(MemoryLog::new()),
+        log,
         Default::default(),
         Default::default(),
     )
@@ -264,5 +275,101 @@ fn ferry_dev_runs_three_zones() {
             "zone az{}: {seen:?}",
             z + 1
         );
+    }
+}
+
+/// A node whose WAL and handoff objects go to a directory bucket.
+fn node_in_bucket(
+    id: i32,
+    zone: &str,
+    coordinator: &Arc<LocalCoordinator>,
+    bucket: &std::path::Path,
+) -> (RunningNode, Arc<ferry_node::wal_log::WalLog>) {
+    let uri = ferry_wal::BucketUri::parse(&format!("file://{}", bucket.display())).unwrap();
+    let mut cfg = ferry_wal::WalConfig::new(id as u32);
+    cfg.batch_interval = Duration::from_millis(20);
+    let opened = ferry_node::wal_log::WalLog::open(uri.build_store().unwrap(), cfg).unwrap();
+    let settings = NodeSettings {
+        rack: Some(zone.to_owned()),
+        shards: 2,
+        cluster: ClusterJoin::Local(coordinator.clone()),
+        ..NodeSettings::local(id)
+    };
+    let node = server::start(
+        settings,
+        "127.0.0.1:0".parse().unwrap(),
+        opened.log.clone(),
+        opened.topics,
+        opened.recovered,
+    )
+    .unwrap();
+    (node, opened.log)
+}
+
+/// Produce through a proxy (the handoff) and fetch through a read replica:
+/// every partition, written at either node, reads the same at both. Here
+/// the nodes share a MemoryLog.
+#[test]
+fn proxies_hand_produces_off_and_replicas_serve_fetches() {
+    let coordinator = LocalCoordinator::new();
+    let bucket = Arc::new(MemoryLog::new());
+    let a = node_on(1, "zone-a", &coordinator, bucket.clone());
+    let b = node_on(2, "zone-b", &coordinator, bucket.clone());
+    handoff_round_trip(&a, &b);
+    a.stop();
+    b.stop();
+}
+
+/// The same through real WAL and handoff objects in a directory bucket.
+#[test]
+fn handoff_and_replica_reads_through_a_directory_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = LocalCoordinator::new();
+    let (a, la) = node_in_bucket(1, "zone-a", &coordinator, dir.path());
+    let (b, lb) = node_in_bucket(2, "zone-b", &coordinator, dir.path());
+    handoff_round_trip(&a, &b);
+    // The proxy's batches are in its handoff objects; the leader's WAL
+    // objects hold references to them.
+    assert!(std::fs::read_dir(dir.path().join("handoff")).is_ok());
+    a.stop();
+    b.stop();
+    la.shutdown(Duration::from_secs(5));
+    lb.shutdown(Duration::from_secs(5));
+}
+
+fn handoff_round_trip(a: &RunningNode, b: &RunningNode) {
+    let mut ca = connect(a);
+    let mut cb = connect(b);
+    assert_eq!(raw::create_topic(&mut ca, "h", 4, &[]), 0);
+    let (truth, _) = metadata(&mut ca, "plain", "h");
+    // Each record goes in at both nodes: one of them is its partition's
+    // leader, the other a proxy handing it off.
+    let mut want: BTreeMap<i32, Vec<(i64, Vec<u8>)>> = BTreeMap::new();
+    for round in 0..3 {
+        for p in 0..4 {
+            for (name, c) in [("a", &mut ca), ("b", &mut cb)] {
+                let key = format!("{name}-{p}-{round}");
+                let (err, offset) = raw::produce(c, "h", p, 1_000, key.as_bytes());
+                assert_eq!(err, 0, "produce {key} (leader {})", truth[&p]);
+                want.entry(p).or_default().push((offset, key.into_bytes()));
+            }
+        }
+    }
+    for (p, recs) in &want {
+        let offsets: Vec<i64> = recs.iter().map(|(o, _)| *o).collect();
+        assert_eq!(
+            offsets,
+            (0..6).collect::<Vec<i64>>(),
+            "partition {p}: dense offsets"
+        );
+        // The leader and the replica serve the same records.
+        for c in [&mut ca, &mut cb] {
+            let (err, got) = raw::fetch(c, "h", *p, 0);
+            assert_eq!(err, 0);
+            assert_eq!(&got, recs, "partition {p}");
+        }
+        // From the middle, too.
+        let (_, got) = raw::fetch(&mut cb, "h", *p, 3);
+        assert_eq!(&got[..], &recs[3..]);
     }
 }
