@@ -61,7 +61,12 @@ def tagged(z, app):
 
 
 class Failed(Exception):
-    """A step's check did not hold; the message has the numbers."""
+    """A step's check did not hold; the message has the numbers, and
+    `nums` (when given) goes to the RESULT line too."""
+
+    def __init__(self, msg, nums=None):
+        super().__init__(msg)
+        self.nums = nums or {}
 
 
 class Ctx:
@@ -384,7 +389,7 @@ def step_local(ctx):
     detail = (f"same-zone only: acked {len(r['acks'])}/{sent}, read back by each zone at the same offsets; "
               f"cross-zone {total} B = {pct:.3f}% of {r['produced_bytes']} B produced; {r['seconds']}s")
     if problems:
-        raise Failed(detail + " | " + "; ".join(problems))
+        raise Failed(detail + " | " + "; ".join(problems), nums)
     return detail, nums
 
 
@@ -515,7 +520,7 @@ def step_produce_consume(ctx):
     read_by_zone = {z: len(v) for z, v in r["consumed"].items()}
     detail = f"acked per producer zone {ack_by_zone} of {ctx.args.records}; read per consumer zone {read_by_zone}; {r['seconds']}s"
     if problems:
-        raise Failed(detail + " | " + "; ".join(problems[:4]))
+        raise Failed(detail + " | " + "; ".join(problems[:4]), nums)
     return detail, nums
 
 
@@ -576,7 +581,7 @@ def step_groups(ctx):
     detail = "; ".join(f"zone {z}: read {v['read']}/{v['want']}" for z, v in
                        ((z, nums[f'zone{z}']) for z in sums))
     if problems:
-        raise Failed(detail + " | " + "; ".join(problems))
+        raise Failed(detail + " | " + "; ".join(problems), nums)
     return detail + "; committed offsets = end offsets", nums
 
 
@@ -649,7 +654,7 @@ def step_kill(ctx):
     detail = (f"{'; '.join(events)}; sent {sent}, acked {len(acks)}, failed {len(errs)} {error_counts(errs)}; "
               f"lost-acked (summed over zones) {lost}, duplicated keys {dups}")
     if problems:
-        raise Failed(detail + " | " + "; ".join(problems[:4]))
+        raise Failed(detail + " | " + "; ".join(problems[:4]), nums)
     return detail, nums
 
 
@@ -700,7 +705,7 @@ def step_fence(ctx):
     if not new_leader:
         c.signal(victim.id, signal.SIGCONT)
         raise Failed(f"no other node took over partition {part} from stopped node {victim.id} within "
-                     f"{ctx.args.takeover_timeout}s (acked before the stop: {nums['acked_before_stop']})")
+                     f"{ctx.args.takeover_timeout}s (acked before the stop: {nums['acked_before_stop']})", nums)
     nums["new_leader"] = new_leader.id
     # S1: what the partition shows once the new leader serves it; wait
     # (bounded) until it holds every record the old leader acked before the
@@ -755,7 +760,7 @@ def step_fence(ctx):
               f"read {len(s1)} before SIGCONT, {len(s2)} after, {len(s3)} after its restart; "
               f"old leader acks after stop {len(late_acks)}, acked-but-invisible {len(lost_old)}")
     if problems:
-        raise Failed(detail + " | " + "; ".join(problems))
+        raise Failed(detail + " | " + "; ".join(problems), nums)
     return detail, nums
 
 
@@ -824,7 +829,7 @@ def main():
                         nums = dict(nums, seconds=round(time.time() - t0, 1))
                         record(name, True, detail, nums)
                     except Failed as e:
-                        record(name, False, str(e), {"seconds": round(time.time() - t0, 1)})
+                        record(name, False, str(e), dict(e.nums, seconds=round(time.time() - t0, 1)))
                         status = 1
                     except Exception as e:
                         traceback.print_exc()
