@@ -39,7 +39,44 @@ pub struct AppendEntry {
     pub external: Option<Location>,
 }
 
+/// What the bucket holds for one partition, from every node's objects.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    /// Its batches in offset order, with their producer state.
+    pub batches: Vec<(crate::partition::LogBatch, crate::node::RecoveredProducer)>,
+    /// The next offset to assign (the log end, or a newer epoch's start).
+    pub log_end: i64,
+}
+
+/// What [`DurableLog::load_partitions`] answers, by (topic id, partition).
+pub type LoadedPartitions = std::collections::HashMap<([u8; 16], i32), Loaded>;
+
 impl AppendEntry {
+    /// An epoch marker: "leader epoch `epoch` of this partition starts at
+    /// `start`". A new leader writes one before it serves, so that what a
+    /// fenced leader writes later is never taken into the log.
+    pub fn epoch_marker(
+        topic: Arc<str>,
+        topic_id: [u8; 16],
+        partition: i32,
+        epoch: i32,
+        start: i64,
+    ) -> AppendEntry {
+        AppendEntry {
+            topic,
+            topic_id,
+            partition,
+            base_offset: start,
+            last_offset: start - 1,
+            max_timestamp: -1,
+            record_count: 0,
+            producer: ProducerFields::default(),
+            segments: [Bytes::new(), Bytes::new()],
+            leader_epoch: epoch,
+            external: None,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.segments.iter().map(Bytes::len).sum()
     }
@@ -132,6 +169,14 @@ pub trait DurableLog: Send + Sync + 'static {
     /// interval: a leader does so for handoff commits, so a cross-zone
     /// produce waits for one interval, the proxy's, not two.
     fn flush(&self);
+
+    /// Reads the history of some partitions (topic id, partition) from
+    /// every node's WAL and compacted objects, fenced by leader epochs: what
+    /// a leader taking them over starts from.
+    fn load_partitions(
+        &self,
+        want: Vec<([u8; 16], i32)>,
+    ) -> oneshot::Receiver<Result<LoadedPartitions, DurableError>>;
 
     /// Deletes this node's handoff objects older than `min_age`; their
     /// batches have been compacted by their leaders by then.
@@ -281,6 +326,17 @@ impl DurableLog for MemoryLog {
 
     fn handoff_append(&self, entry: AppendEntry) -> AppendAck {
         self.append(entry)
+    }
+
+    fn load_partitions(
+        &self,
+        _want: Vec<([u8; 16], i32)>,
+    ) -> oneshot::Receiver<Result<LoadedPartitions, DurableError>> {
+        // Memory is not indexed by partition: a partition taken over here
+        // starts empty (tests start nodes before they create topics).
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(Ok(LoadedPartitions::new()));
+        rx
     }
 
     fn flush(&self) {}

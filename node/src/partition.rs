@@ -409,6 +409,16 @@ impl PartitionLog {
         }
     }
 
+    /// Where an empty log starts: a new leader's log whose history ends at
+    /// `offset` (a newer epoch's start) though no batch is left before it.
+    pub fn start_at(&mut self, offset: i64) {
+        if self.batches.is_empty() && offset > self.next_offset {
+            self.log_start = offset;
+            self.next_offset = offset;
+            self.high_watermark = offset;
+        }
+    }
+
     /// Adds a batch found in the bucket at recovery.
     pub fn recover(&mut self, b: LogBatch, producer: Option<(i64, i16, i32, i32)>) {
         if self.batches.is_empty() {

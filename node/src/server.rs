@@ -211,6 +211,7 @@ async fn run_shard(
         }
     };
     let shard = Rc::new(Shard::new(id, ctx, senders));
+    shard.set_self(&shard);
     shard.serve_peers(receivers);
     // With an acceptor, only shard 0 listens: a listener that never
     // accepted would still be given connections by the kernel.

@@ -158,6 +158,21 @@ pub struct Shard {
     pub rpc: crate::rpc::RpcClient,
     /// Batches this shard serves as a read replica, read from the bucket.
     replica_cache: RefCell<ReplicaCache>,
+    /// Which partitions this node leads, as last acted on.
+    leadership: RefCell<Leadership>,
+    /// This shard itself, for tasks it spawns.
+    me: RefCell<std::rc::Weak<Shard>>,
+}
+
+struct Leadership {
+    /// Every view since start had this node alone (or none): start-up
+    /// recovery is the partitions' whole history.
+    solo: bool,
+    /// The view generation last acted on.
+    generation: u64,
+    /// Partitions queued or being loaded, with their topic ids.
+    loading: HashMap<Key, [u8; 16]>,
+    loader_running: bool,
 }
 
 impl Shard {
@@ -176,6 +191,13 @@ impl Shard {
             view: RefCell::new(crate::cluster::ViewCache::new(ctx.cluster.clone())),
             rpc: crate::rpc::RpcClient::new(ctx.traffic.clone(), ctx.frame_bytes_max),
             replica_cache: RefCell::new(ReplicaCache::new(ctx.cache_bytes_max / 4)),
+            leadership: RefCell::new(Leadership {
+                solo: true,
+                generation: 0,
+                loading: HashMap::new(),
+                loader_running: false,
+            }),
+            me: RefCell::new(std::rc::Weak::new()),
             zone_cache: RefCell::new(crate::zone::ZoneCache::new(ctx.zones.clone())),
             cidrs_seen: std::cell::Cell::new(0),
             coordinator,
@@ -187,6 +209,11 @@ impl Shard {
             cache: RefCell::new(Cache::default()),
             senders,
         }
+    }
+
+    /// Lets the shard spawn tasks that hold it.
+    pub fn set_self(self: &Rc<Self>, me: &Rc<Shard>) {
+        *self.me.borrow_mut() = Rc::downgrade(me);
     }
 
     /// The cluster view (one atomic load unless it changed).
@@ -349,15 +376,30 @@ impl Shard {
         rx.await.unwrap_or_else(|_| fail())
     }
 
-    /// The partition's log, created on first use from what recovery found.
+    /// The partition's log, or `None` (see [`Shard::log_checked`]).
     fn log(&self, topic: &Arc<str>, partition: i32) -> Option<Rc<RefCell<PartitionLog>>> {
+        self.log_checked(topic, partition).ok()
+    }
+
+    /// The log of a partition this shard owns. While every view since the
+    /// node started had this node alone, the log is built on first use from
+    /// what start-up recovery found. Otherwise a partition this node has
+    /// just come to lead is loaded from every node's objects first (and
+    /// its new epoch marked in the WAL): until then the answer is
+    /// LEADER_NOT_AVAILABLE, which clients retry.
+    fn log_checked(
+        &self,
+        topic: &Arc<str>,
+        partition: i32,
+    ) -> Result<Rc<RefCell<PartitionLog>>, ErrorCode> {
         // Topics other nodes created: one atomic load when nothing changed.
         self.ctx.sync_topics();
+        self.follow_leadership();
         let table = self.topics.get();
-        let info = table.get(topic)?;
-        if partition < 0 || partition >= info.partitions {
-            return None;
-        }
+        let info = table
+            .get(topic)
+            .filter(|i| partition >= 0 && partition < i.partitions)
+            .ok_or(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION)?;
         let key = (topic.clone(), partition);
         let mut parts = self.partitions.borrow_mut();
         // A log of an earlier topic of the same name (deleted, then created
@@ -368,14 +410,144 @@ impl Shard {
         {
             parts.remove(&key);
         }
-        let log = parts.entry(key.clone()).or_insert_with(|| {
+        if let Some(log) = parts.get(&key) {
+            return Ok(log.clone());
+        }
+        if self.leadership.borrow().solo {
             let mut log = PartitionLog::new(info.name.clone(), info.id.0, partition);
             for (b, producer) in self.ctx.take_recovered(&key, self.id) {
                 log.recover(b, producer);
             }
-            Rc::new(RefCell::new(log))
-        });
-        Some(log.clone())
+            let log = Rc::new(RefCell::new(log));
+            parts.insert(key, log.clone());
+            return Ok(log);
+        }
+        drop(parts);
+        self.start_load(key, info.id.0);
+        Err(ErrorCode::LEADER_NOT_AVAILABLE)
+    }
+
+    /// Acts on a new cluster view: partitions this node no longer leads are
+    /// dropped (their waiters woken, to be routed again).
+    fn follow_leadership(&self) {
+        let generation = self.ctx.cluster.generation();
+        {
+            let mut ld = self.leadership.borrow_mut();
+            if ld.generation == generation {
+                return;
+            }
+            ld.generation = generation;
+            let view = self.view();
+            let alone = view.members().len() == 1
+                && view.members().first().map(|m| m.node_id) == Some(self.ctx.node_id);
+            if !alone && !view.is_empty() {
+                ld.solo = false;
+            }
+        }
+        let lost: Vec<Key> = self
+            .partitions
+            .borrow()
+            .keys()
+            .filter(|(t, p)| !matches!(self.route(t, *p), Route::Local))
+            .cloned()
+            .collect();
+        for key in lost {
+            tracing::info!(topic = &*key.0, partition = key.1, "no longer the leader");
+            self.partitions.borrow_mut().remove(&key);
+            self.wake(&key);
+        }
+    }
+
+    /// Queues a partition to be loaded; one task loads what is queued, with
+    /// one scan of the bucket per round.
+    fn start_load(&self, key: Key, topic_id: [u8; 16]) {
+        let mut ld = self.leadership.borrow_mut();
+        if ld.loading.contains_key(&key) {
+            return;
+        }
+        ld.loading.insert(key, topic_id);
+        if ld.loader_running {
+            return;
+        }
+        ld.loader_running = true;
+        drop(ld);
+        let Some(me) = self.me.borrow().upgrade() else {
+            return;
+        };
+        glommio::spawn_local(async move {
+            // Let a burst of requests queue their partitions first.
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+            loop {
+                let batch: Vec<(Key, [u8; 16])> = {
+                    let ld = me.leadership.borrow();
+                    ld.loading.iter().map(|(k, id)| (k.clone(), *id)).collect()
+                };
+                if batch.is_empty() {
+                    me.leadership.borrow_mut().loader_running = false;
+                    return;
+                }
+                me.load(&batch).await;
+                let mut ld = me.leadership.borrow_mut();
+                for (k, _) in &batch {
+                    ld.loading.remove(k);
+                }
+            }
+        })
+        .detach();
+    }
+
+    /// Loads partitions this node has come to lead: their history from
+    /// every node's objects, then a durable epoch marker, then the log.
+    async fn load(self: &Rc<Self>, batch: &[(Key, [u8; 16])]) {
+        let generation = self.ctx.cluster.generation();
+        let view = self.view();
+        let want = batch.iter().map(|((_, p), id)| (*id, *p)).collect();
+        let loaded = match self.ctx.durable.load_partitions(want).await {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, partitions = batch.len(), "taking partitions over failed; clients retry");
+                glommio::timer::sleep(Duration::from_millis(200)).await;
+                return;
+            }
+            Err(_) => return,
+        };
+        let mut loaded = loaded;
+        for ((topic, partition), id) in batch {
+            let epoch = view.leader_epoch(topic, *partition);
+            let found = loaded.remove(&(*id, *partition)).unwrap_or_default();
+            let mut log = PartitionLog::new(topic.clone(), *id, *partition);
+            log.leader_epoch = epoch;
+            let batches = found.batches.len();
+            for (b, producer) in found.batches {
+                log.recover(b, producer);
+            }
+            log.start_at(found.log_end);
+            let marker =
+                AppendEntry::epoch_marker(topic.clone(), *id, *partition, epoch, log.log_end());
+            if let Err(e) = self.ctx.durable.append(marker).await {
+                tracing::warn!(topic = &**topic, partition, error = %e, "epoch marker not written; clients retry");
+                continue;
+            }
+            // Still the leader, in the view the load was for?
+            if self.ctx.cluster.generation() != generation
+                || !matches!(self.route(topic, *partition), Route::Local)
+            {
+                continue;
+            }
+            tracing::info!(
+                topic = &**topic,
+                partition,
+                epoch,
+                batches,
+                log_end = log.log_end(),
+                "leading"
+            );
+            let key = (topic.clone(), *partition);
+            self.partitions
+                .borrow_mut()
+                .insert(key.clone(), Rc::new(RefCell::new(log)));
+            self.wake(&key);
+        }
     }
 
     /// Drops a deleted topic's partitions from this shard.
@@ -435,14 +607,20 @@ impl Shard {
         &self,
         log: &Rc<RefCell<PartitionLog>>,
     ) -> Result<usize, DurableError> {
-        let (plan, topic, topic_id, partition) = {
+        let (plan, topic, topic_id, partition, epoch) = {
             let l = log.borrow();
             let Some(plan) =
                 l.compaction_plan(self.ctx.compaction_bytes_min, COMPACTED_OBJECT_BYTES_MAX)
             else {
                 return Ok(0);
             };
-            (plan, l.topic.clone(), l.topic_id, l.partition)
+            (
+                plan,
+                l.topic.clone(),
+                l.topic_id,
+                l.partition,
+                l.leader_epoch,
+            )
         };
         let mut entries = Vec::with_capacity(plan.batches.len());
         for b in &plan.batches {
@@ -464,7 +642,9 @@ impl Shard {
                     }),
                 producer: producer_fields(&data),
                 segments: data,
-                leader_epoch: 0,
+                // This leader's epoch: the batches are its log now, and an
+                // older label would let a newer epoch's marker fence them.
+                leader_epoch: epoch,
                 external: None,
             });
         }
@@ -690,8 +870,9 @@ impl Shard {
 
     fn replica_entries(&self, req: &crate::rpc::ReplicaRead) -> crate::rpc::ReplicaReadResponse {
         use crate::rpc::{ReplicaEntry, ReplicaReadResponse};
-        let Some(log) = self.log(&req.topic, req.partition) else {
-            return ReplicaReadResponse::error(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION);
+        let log = match self.log_checked(&req.topic, req.partition) {
+            Ok(l) => l,
+            Err(code) => return ReplicaReadResponse::error(code),
         };
         let l = log.borrow();
         let (start, hw) = (l.log_start(), l.high_watermark());
@@ -877,11 +1058,9 @@ impl Shard {
     }
 
     async fn handoff_local(self: &Rc<Self>, part: crate::rpc::HandoffPartition) -> ProduceResult {
-        let Some(log) = self.log(&part.topic, part.partition) else {
-            return ProduceResult::err(
-                ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
-                "unknown topic or partition",
-            );
+        let log = match self.log_checked(&part.topic, part.partition) {
+            Ok(l) => l,
+            Err(code) => return ProduceResult::err(code, "partition not available here"),
         };
         if log.borrow().topic_id != part.topic_id {
             return ProduceResult::err(
@@ -925,11 +1104,9 @@ impl Shard {
         acks: i16,
         timeout_ms: i32,
     ) -> ProduceResult {
-        let Some(log) = self.log(&topic, partition) else {
-            return ProduceResult::err(
-                ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
-                "unknown topic or partition",
-            );
+        let log = match self.log_checked(&topic, partition) {
+            Ok(l) => l,
+            Err(code) => return ProduceResult::err(code, "partition not available here"),
         };
         let batches = match PartitionLog::check(&records) {
             Ok(b) => b,
@@ -1058,6 +1235,12 @@ impl Shard {
         let timeout = Duration::from_millis(timeout_ms.clamp(1, 300_000) as u64);
         let deadline = Instant::now() + timeout;
         let result = match glommio::timer::timeout(timeout, async { Ok(done_rx.await) }).await {
+            // A node that lost its lease acknowledges nothing: a newer
+            // leader may have taken these offsets, and fences what it wrote.
+            Ok(Ok(Ok(()))) if self.ctx.cluster.fenced() => ProduceResult::err(
+                ErrorCode::NOT_LEADER_OR_FOLLOWER,
+                "this node lost its lease in the cluster",
+            ),
             Ok(Ok(Ok(()))) => ProduceResult {
                 error: ErrorCode::NONE,
                 base_offset,
@@ -1259,8 +1442,9 @@ impl Shard {
         offset: i64,
         max_bytes: usize,
     ) -> FetchResult {
-        let Some(log) = self.log(&topic, partition) else {
-            return FetchResult::err(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION);
+        let log = match self.log_checked(&topic, partition) {
+            Ok(l) => l,
+            Err(code) => return FetchResult::err(code),
         };
         let (batches, hw, start) = {
             let l = log.borrow();
@@ -1357,6 +1541,50 @@ impl Shard {
         partition: i32,
         timestamp: i64,
     ) -> ListOffsetResult {
+        let fail = |error| ListOffsetResult {
+            error,
+            offset: -1,
+            timestamp: -1,
+        };
+        match self.route(&topic, partition) {
+            Route::Local => {}
+            // A read replica answers earliest and latest from the leader's
+            // commit stream; by timestamp, only the leader can.
+            Route::Proxy(leader) if timestamp == -1 || timestamp == -2 => {
+                let req = crate::rpc::ReplicaRead {
+                    topic: topic.clone(),
+                    partition,
+                    from_offset: -1,
+                    max_bytes: 0,
+                    max_wait_ms: 0,
+                };
+                return match self
+                    .rpc
+                    .replica_read(&leader, &req, Duration::from_secs(10))
+                    .await
+                {
+                    Ok(r)
+                        if r.error_code == 0
+                            || r.error_code == ErrorCode::OFFSET_OUT_OF_RANGE.code() =>
+                    {
+                        ListOffsetResult {
+                            error: ErrorCode::NONE,
+                            offset: if timestamp == -1 {
+                                r.high_watermark
+                            } else {
+                                r.log_start
+                            },
+                            timestamp: -1,
+                        }
+                    }
+                    Ok(r) => fail(ErrorCode(r.error_code)),
+                    Err(e) => fail(e.error_code()),
+                };
+            }
+            Route::Proxy(_) | Route::SameZone(_) | Route::Fenced => {
+                return fail(ErrorCode::NOT_LEADER_OR_FOLLOWER)
+            }
+        }
         let to = self.owner_of(&topic, partition);
         if to == self.id {
             return self.list_offset_local(&topic, partition, timestamp);
@@ -1381,12 +1609,15 @@ impl Shard {
         partition: i32,
         timestamp: i64,
     ) -> ListOffsetResult {
-        let Some(log) = self.log(topic, partition) else {
-            return ListOffsetResult {
-                error: ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
-                offset: -1,
-                timestamp: -1,
-            };
+        let log = match self.log_checked(topic, partition) {
+            Ok(l) => l,
+            Err(error) => {
+                return ListOffsetResult {
+                    error,
+                    offset: -1,
+                    timestamp: -1,
+                }
+            }
         };
         let l = log.borrow();
         let (offset, ts) = match timestamp {

@@ -55,6 +55,7 @@ pub struct Opened {
 }
 
 fn wal_entry(e: AppendEntry) -> WalEntry {
+    let no_data = e.external.is_some() || e.is_empty();
     WalEntry {
         topic: e.topic,
         topic_id: e.topic_id,
@@ -64,7 +65,7 @@ fn wal_entry(e: AppendEntry) -> WalEntry {
         record_count: e.record_count.max(0) as u32,
         max_timestamp: e.max_timestamp,
         producer: e.producer,
-        data: if e.external.is_some() {
+        data: if no_data {
             Vec::new()
         } else {
             e.segments.to_vec()
@@ -420,6 +421,64 @@ impl DurableLog for WalLog {
     fn flush(&self) {
         // The answer is each entry's own acknowledgement.
         drop(self.handle.flush());
+    }
+
+    fn load_partitions(
+        &self,
+        want: Vec<([u8; 16], i32)>,
+    ) -> oneshot::Receiver<Result<crate::durable::LoadedPartitions, DurableError>> {
+        let store = self.store.clone();
+        self.io.spawn(async move {
+            let wanted: std::collections::HashSet<([u8; 16], i32)> = want.into_iter().collect();
+            let scan = recovery::scan_partitions(&*store, WAL_PREFIX, |id, p| {
+                wanted.contains(&(*id, p))
+            })
+            .await
+            .map_err(wal_error)?;
+            for s in &scan.skipped {
+                tracing::warn!(object_key = %s.key, error = %s.error, "skipped an object while taking partitions over");
+            }
+            let mut ids: std::collections::HashMap<(Arc<str>, i32), [u8; 16]> = Default::default();
+            for e in &scan.entries {
+                ids.insert((e.entry.topic.clone(), e.entry.partition), e.entry.topic_id);
+            }
+            let mut out = crate::durable::LoadedPartitions::new();
+            for (key, log) in recovery::rebuild_fenced(&scan.entries) {
+                let Some(id) = ids.get(&key) else { continue };
+                if !log.fenced.is_empty() {
+                    tracing::info!(topic = &*key.0, partition = key.1, entries = log.fenced.len(),
+                        "a fenced leader's late writes are left out");
+                }
+                let batches = log
+                    .entries
+                    .iter()
+                    .map(|e| {
+                        let i = &e.entry;
+                        let p = i.producer;
+                        (
+                            LogBatch {
+                                base_offset: i.base_offset,
+                                last_offset: i.last_offset,
+                                max_timestamp: i.max_timestamp,
+                                len: e.location().len,
+                                data: None,
+                                location: Some(e.location()),
+                            },
+                            (p.id >= 0)
+                                .then_some((p.id, p.epoch, p.first_sequence, p.last_sequence)),
+                        )
+                    })
+                    .collect();
+                out.insert(
+                    (*id, key.1),
+                    crate::durable::Loaded {
+                        batches,
+                        log_end: log.log_end,
+                    },
+                );
+            }
+            Ok(out)
+        })
     }
 
     fn delete_handoff_older_than(

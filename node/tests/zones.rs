@@ -337,6 +337,20 @@ fn handoff_and_replica_reads_through_a_directory_bucket() {
     lb.shutdown(Duration::from_secs(5));
 }
 
+/// Produces one record, retrying retriable errors as clients do (a leader
+/// answers LEADER_NOT_AVAILABLE while it takes a partition over) for at
+/// most 10 s.
+fn produce_retrying(c: &mut TcpStream, topic: &str, p: i32, key: &[u8]) -> (i16, i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (err, offset) = raw::produce(c, topic, p, 1_000, key);
+        if !matches!(err, 5..=7) || std::time::Instant::now() > deadline {
+            return (err, offset);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn handoff_round_trip(a: &RunningNode, b: &RunningNode) {
     let mut ca = connect(a);
     let mut cb = connect(b);
@@ -349,7 +363,7 @@ fn handoff_round_trip(a: &RunningNode, b: &RunningNode) {
         for p in 0..4 {
             for (name, c) in [("a", &mut ca), ("b", &mut cb)] {
                 let key = format!("{name}-{p}-{round}");
-                let (err, offset) = raw::produce(c, "h", p, 1_000, key.as_bytes());
+                let (err, offset) = produce_retrying(c, "h", p, key.as_bytes());
                 assert_eq!(err, 0, "produce {key} (leader {})", truth[&p]);
                 want.entry(p).or_default().push((offset, key.into_bytes()));
             }
@@ -372,4 +386,60 @@ fn handoff_round_trip(a: &RunningNode, b: &RunningNode) {
         let (_, got) = raw::fetch(&mut cb, "h", *p, 3);
         assert_eq!(&got[..], &recs[3..]);
     }
+}
+
+/// Failover: a leader leaves the view (its lease lost); the other node of
+/// its zone takes its partitions over from the bucket: the same records at
+/// the same offsets, and new ones after them. The old leader acknowledges
+/// nothing more.
+#[test]
+fn a_leaders_partitions_are_taken_over_from_the_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = LocalCoordinator::new();
+    let (a, la) = node_in_bucket(1, "zone-a", &coordinator, dir.path());
+    let (b, lb) = node_in_bucket(2, "zone-a", &coordinator, dir.path());
+    let mut ca = connect(&a);
+    let mut cb = connect(&b);
+    assert_eq!(raw::create_topic(&mut ca, "f", 4, &[]), 0);
+    let (truth, _) = metadata(&mut ca, "plain", "f");
+    assert!(truth.values().any(|&l| l == 1) && truth.values().any(|&l| l == 2));
+    let mut want: BTreeMap<i32, Vec<(i64, Vec<u8>)>> = BTreeMap::new();
+    for round in 0..5 {
+        for p in 0..4 {
+            let c = if truth[&p] == 1 { &mut ca } else { &mut cb };
+            let key = format!("before-{p}-{round}");
+            let (err, offset) = produce_retrying(c, "f", p, key.as_bytes());
+            assert_eq!(err, 0, "{key}");
+            want.entry(p).or_default().push((offset, key.into_bytes()));
+        }
+    }
+    // Node 1 loses its lease: it refuses produces from now on.
+    assert!(coordinator.fence(1));
+    let led_by_1: Vec<i32> = truth
+        .iter()
+        .filter(|(_, &l)| l == 1)
+        .map(|(p, _)| *p)
+        .collect();
+    let (err, _) = raw::produce(&mut ca, "f", led_by_1[0], 1_000, b"late");
+    assert_eq!(err, 6, "NOT_LEADER_OR_FOLLOWER from a fenced node");
+    // Node 2 leads everything, and continues each log where it ended.
+    let (now, _) = metadata(&mut cb, "plain", "f");
+    assert!(now.values().all(|&l| l == 2), "{now:?}");
+    for p in 0..4 {
+        let key = format!("after-{p}");
+        let (err, offset) = produce_retrying(&mut cb, "f", p, key.as_bytes());
+        assert_eq!(err, 0, "{key}");
+        assert_eq!(offset, 5, "partition {p} continues after its 5 records");
+        want.entry(p).or_default().push((offset, key.into_bytes()));
+    }
+    for (p, recs) in &want {
+        let (err, got) = raw::fetch(&mut cb, "f", *p, 0);
+        assert_eq!(err, 0);
+        assert_eq!(&got, recs, "partition {p} after the takeover");
+    }
+    drop((ca, cb));
+    a.stop();
+    b.stop();
+    la.shutdown(Duration::from_secs(5));
+    lb.shutdown(Duration::from_secs(5));
 }
