@@ -1,6 +1,7 @@
 //! One client connection, on the shard that accepted it.
 //!
-//! The reader cuts frames (refusing any larger than
+//! The reader reads into the shard's off-heap arena (`crate::arena`) and
+//! cuts frames as views of it (refusing any larger than
 //! `socket.request.max.bytes` from the size prefix alone), decodes each and
 //! spawns its handler at once, so a client's pipelined requests are worked on
 //! together. The writer awaits the handlers in the order the requests came
@@ -13,28 +14,25 @@
 //! that the reader waits.
 
 use crate::shard::Shard;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use ferry_protocol::frame::{self, FrameReader};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncWriteExt};
 use glommio::net::TcpStream;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 
 /// Requests one connection may have in flight.
 pub const INFLIGHT_REQUESTS_MAX: usize = 1024;
-/// Most bytes one read asks for. The read buffer is zeroed before each read
-/// (safe Rust cannot read into uninitialised memory), so only this much is
-/// zeroed per read, never the rest of a large frame again and again.
-const READ_CHUNK_BYTES: usize = 256 * 1024;
-/// Fewest bytes one read asks for.
-const READ_CHUNK_BYTES_MIN: usize = 4 * 1024;
+/// The largest arena chunk a connection asks for by its frame sizes (a
+/// larger frame still gets a chunk it fits in).
+const CHUNK_BYTES_MAX: usize = 4 << 20;
 
-/// How much to read at a time, from the frames seen so far: about four
-/// frames' worth. Frames are cut from the read buffer without a copy and
-/// cached batches keep their buffer alive, so reading far more than the
-/// frames a client sends would let a small cached batch pin a large buffer.
-fn read_chunk(frame_bytes_avg: usize) -> usize {
-    (frame_bytes_avg * 4).clamp(READ_CHUNK_BYTES_MIN, READ_CHUNK_BYTES)
+/// The arena chunk size for a connection, from the frames seen so far:
+/// about sixteen frames' worth. Frames are cut from the chunk without a
+/// copy, and cached batches keep their chunk alive (the log cache is
+/// charged for whole chunks), so chunks follow the frames a client sends.
+fn chunk_bytes(frame_bytes_avg: usize) -> usize {
+    (frame_bytes_avg * 16).clamp(crate::arena::CHUNK_BYTES_MIN, CHUNK_BYTES_MAX)
 }
 
 /// What the writer is given per request: the response segments, or `None`
@@ -96,15 +94,17 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         let _ = wr.close().await;
     });
     let reader = FrameReader::new(shard.ctx.frame_bytes_max);
-    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES_MIN);
     // A running average of frame sizes on this connection.
-    let mut frame_bytes_avg = READ_CHUNK_BYTES_MIN;
+    let mut frame_bytes_avg = 1024;
+    // Reads go into the shard's off-heap arena (see crate::arena); frames
+    // come out as views of it.
+    let mut buf = shard.arena().read_buf(chunk_bytes(frame_bytes_avg));
     // Clients of unknown zone are counted once per connection.
     let mut zone_noted = false;
     'conn: loop {
-        // Reserve what the next frame needs, once its size is known and
-        // checked; a small read buffer otherwise.
-        let need = match reader.bytes_needed(&buf) {
+        // Room for what the next frame needs, once its size is known and
+        // checked (the reader refuses an oversized one from its prefix).
+        let need = match reader.bytes_needed(buf.pending()) {
             Ok(n) => n,
             Err(e) => {
                 tracing::info!(peer = ?peer, error = %e, "closing connection");
@@ -112,25 +112,35 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             }
         };
         if need > 0 {
-            let chunk = read_chunk(frame_bytes_avg);
-            buf.reserve(need.max(chunk));
-            let len = buf.len();
-            let end = buf
-                .capacity()
-                .min(len + need.max(chunk).min(READ_CHUNK_BYTES));
-            buf.resize(end, 0);
-            let n = match rd.read(&mut buf[len..]).await {
-                Ok(0) | Err(_) => {
-                    buf.truncate(len);
+            buf.set_chunk_bytes(chunk_bytes(frame_bytes_avg));
+            // The room is asked for at each poll: while the socket has
+            // nothing, a connection with nothing pending gives its chunk
+            // back, so idle connections hold no arena memory.
+            let read = futures_lite::future::poll_fn(|cx| {
+                let space = match buf.space(need) {
+                    Ok(s) => s,
+                    Err(e) => return std::task::Poll::Ready(Err(e)),
+                };
+                let r = std::pin::Pin::new(&mut rd).poll_read(cx, space);
+                if r.is_pending() {
+                    buf.release_if_idle();
+                }
+                r
+            })
+            .await;
+            let n = match read {
+                Ok(0) => break,
+                Err(e) => {
+                    tracing::debug!(peer = ?peer, error = %e, "read failed, closing connection");
                     break;
                 }
                 Ok(n) => n,
             };
-            buf.truncate(len + n);
+            buf.filled(n);
             shard.ctx.metrics.bytes_in.fetch_add(n as u64, Relaxed);
         }
         loop {
-            let f = match reader.next_frame(&mut buf) {
+            let f = match buf.next_frame(&reader) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => {
@@ -345,9 +355,9 @@ mod tests {
     }
 
     #[test]
-    fn reads_follow_the_frames_a_client_sends() {
-        assert_eq!(read_chunk(100), READ_CHUNK_BYTES_MIN);
-        assert_eq!(read_chunk(16 * 1024), 64 * 1024);
-        assert_eq!(read_chunk(1 << 20), READ_CHUNK_BYTES);
+    fn chunks_follow_the_frames_a_client_sends() {
+        assert_eq!(chunk_bytes(100), crate::arena::CHUNK_BYTES_MIN);
+        assert_eq!(chunk_bytes(16 * 1024), 256 * 1024);
+        assert_eq!(chunk_bytes(1 << 20), CHUNK_BYTES_MAX);
     }
 }

@@ -9,6 +9,8 @@
 //! - [`api`]: the Kafka APIs, from decoded request to response body.
 //! - [`shard`]: a shard's partitions and log cache, and the messages shards
 //!   send each other for partitions they do not own.
+//! - [`arena`]: each shard's off-heap read arena (anonymous mappings):
+//!   connections read into it, and the log cache's batches are views of it.
 //! - [`partition`]: one partition's log: checks, offsets, idempotent
 //!   producers, the high watermark, cached batch bytes.
 //! - [`topics`]: the node-wide topic table, read by shards without locks.
@@ -32,6 +34,7 @@
 //! answer travels back the same way.
 
 pub mod api;
+pub mod arena;
 pub mod cluster;
 pub mod config;
 pub mod configs;

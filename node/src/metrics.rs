@@ -10,6 +10,9 @@ use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use crate::arena::ArenaStats;
 
 /// The highest API key counted one by one.
 const API_KEYS: usize = 96;
@@ -25,6 +28,10 @@ pub struct Metrics {
     requests: Vec<AtomicU64>,
     errors: Vec<AtomicU64>,
     cache_bytes: Vec<AtomicI64>,
+    /// Arena bytes the log cache is charged, per shard (see crate::arena).
+    cache_pinned_bytes: Vec<AtomicI64>,
+    /// Each shard's read arena.
+    arena: Vec<Arc<ArenaStats>>,
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
     pub queue_depth: Vec<AtomicI64>,
@@ -46,6 +53,8 @@ impl Metrics {
             requests: (0..API_KEYS).map(|_| AtomicU64::new(0)).collect(),
             errors: (0..ERROR_CODES).map(|_| AtomicU64::new(0)).collect(),
             cache_bytes: (0..shards).map(|_| AtomicI64::new(0)).collect(),
+            cache_pinned_bytes: (0..shards).map(|_| AtomicI64::new(0)).collect(),
+            arena: (0..shards.max(1)).map(|_| Arc::default()).collect(),
             cache_hits: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
             queue_depth: (0..shards).map(|_| AtomicI64::new(0)).collect(),
@@ -81,6 +90,27 @@ impl Metrics {
         if let Some(c) = self.cache_bytes.get(shard) {
             c.fetch_add(delta, Relaxed);
         }
+    }
+
+    pub fn cache_pinned_bytes_add(&self, shard: usize, delta: i64) {
+        if let Some(c) = self.cache_pinned_bytes.get(shard) {
+            c.fetch_add(delta, Relaxed);
+        }
+    }
+
+    /// The arena bytes the log cache of `shard` is charged.
+    pub fn cache_pinned_bytes(&self, shard: usize) -> i64 {
+        self.cache_pinned_bytes
+            .get(shard)
+            .map_or(0, |c| c.load(Relaxed))
+    }
+
+    /// The counters of `shard`'s read arena.
+    pub fn arena(&self, shard: usize) -> Arc<ArenaStats> {
+        self.arena
+            .get(shard)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(ArenaStats::default()))
     }
 
     pub fn cache_hit(&self) {
@@ -150,6 +180,15 @@ impl Metrics {
         for (s, c) in self.cache_bytes.iter().enumerate() {
             let _ = writeln!(o, "ferry_cache_bytes{{shard=\"{s}\"}} {}", c.load(Relaxed));
         }
+        let _ = writeln!(o, "# TYPE ferry_cache_pinned_bytes gauge");
+        for (s, c) in self.cache_pinned_bytes.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "ferry_cache_pinned_bytes{{shard=\"{s}\"}} {}",
+                c.load(Relaxed)
+            );
+        }
+        self.render_arena(&mut o);
         let (h, m) = (
             self.cache_hits.load(Relaxed),
             self.cache_misses.load(Relaxed),
@@ -202,6 +241,39 @@ impl Metrics {
         o.push_str(extra);
         o
     }
+
+    /// Each shard's read arena: bytes mapped (in use and free), bytes
+    /// pinned (held by a read buffer or a view), chunks, and mappings made
+    /// and unmapped.
+    fn render_arena(&self, o: &mut String) {
+        type Get = fn(&ArenaStats) -> u64;
+        let gauges: [(&str, &str, Get); 6] = [
+            ("ferry_arena_bytes", "gauge", |a| {
+                a.mapped_bytes.load(Relaxed)
+            }),
+            ("ferry_arena_pinned_bytes", "gauge", |a| {
+                a.in_use_bytes.load(Relaxed)
+            }),
+            ("ferry_arena_chunks", "gauge", |a| {
+                a.chunks_mapped.load(Relaxed)
+            }),
+            ("ferry_arena_chunks_in_use", "gauge", |a| {
+                a.chunks_in_use.load(Relaxed)
+            }),
+            ("ferry_arena_maps_total", "counter", |a| {
+                a.maps_total.load(Relaxed)
+            }),
+            ("ferry_arena_unmaps_total", "counter", |a| {
+                a.unmaps_total.load(Relaxed)
+            }),
+        ];
+        for (name, kind, get) in gauges {
+            let _ = writeln!(o, "# TYPE {name} {kind}");
+            for (s, a) in self.arena.iter().enumerate() {
+                let _ = writeln!(o, "{name}{{shard=\"{s}\"}} {}", get(a));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -218,6 +290,9 @@ mod tests {
         m.produce_latency_us(0, 250_000);
         m.produce_latency_us(1, 250_000);
         m.cache_bytes_add(1, 100);
+        m.cache_pinned_bytes_add(1, 65536);
+        m.arena(1).mapped_bytes.fetch_add(1 << 20, Relaxed);
+        m.arena(1).in_use_bytes.fetch_add(65536, Relaxed);
         let text = m.render("ferry_wal_objects_total 3\n");
         assert!(
             text.contains("ferry_requests_total{api=\"Produce\"} 2"),
@@ -226,6 +301,10 @@ mod tests {
         assert!(text.contains("ferry_requests_total{api=\"Metadata\"} 1"));
         assert!(text.contains("ferry_errors_total{code=\"6\",name=\"NOT_LEADER_OR_FOLLOWER\"} 1"));
         assert!(text.contains("ferry_cache_bytes{shard=\"1\"} 100"));
+        assert!(text.contains("ferry_cache_pinned_bytes{shard=\"1\"} 65536"));
+        assert!(text.contains("ferry_arena_bytes{shard=\"1\"} 1048576"));
+        assert!(text.contains("ferry_arena_pinned_bytes{shard=\"1\"} 65536"));
+        assert!(text.contains("ferry_arena_bytes{shard=\"0\"} 0"));
         assert!(text.contains("ferry_produce_latency_seconds{quantile=\"0.99\"} 0.25"));
         assert!(text.ends_with("ferry_wal_objects_total 3\n"));
     }

@@ -132,12 +132,33 @@ type Key = (Arc<str>, i32);
 /// The shard that runs the group coordinator.
 pub const COORDINATOR_SHARD: usize = 0;
 
-/// The shard's log cache accounting: bytes held and the order they came in,
-/// so the oldest durable batches are dropped first.
+/// The shard's log cache accounting, and the shard's read arena.
+///
+/// `ferry.cache.bytes.max` bounds `pinned`: every arena chunk that at least
+/// one cached batch lies in, counted once at its full length, plus the
+/// length of cached bytes that are not in the arena (batches read back from
+/// the bucket). Chunks are shared with other batches and with requests in
+/// flight, so this is an attribution of the memory held, not an exact share:
+/// see `crate::arena`. `bytes` counts the batches' own bytes. `order` is the
+/// order batches came in, so the oldest durable ones are dropped first.
 #[derive(Debug, Default)]
 struct Cache {
     bytes: usize,
-    order: VecDeque<(Key, i64, usize)>,
+    pinned: usize,
+    /// Chunk base address to (cached batches in it, chunk length).
+    chunks: HashMap<usize, (usize, usize)>,
+    order: VecDeque<CacheEntry>,
+    arena: Option<crate::arena::Arena>,
+}
+
+/// One cached batch, as the cache is charged for it.
+#[derive(Debug)]
+struct CacheEntry {
+    key: Key,
+    base_offset: i64,
+    len: usize,
+    /// The arena chunk its bytes lie in, if they are the arena's.
+    chunk: Option<crate::arena::ChunkSpan>,
 }
 
 pub struct Shard {
@@ -1161,9 +1182,10 @@ impl Shard {
                     )) => {
                         first_offset.get_or_insert(base_offset);
                         let len = entry.len();
+                        let chunk = crate::arena::chunk_of(&entry.segments[1]);
                         pending.push((entry_index, base_offset, self.ctx.durable.append(entry)));
                         if len > 0 {
-                            self.cached(&topic, partition, base_offset, len);
+                            self.cached(&topic, partition, base_offset, len, chunk);
                         }
                     }
                     Ok((Appended::New { base_offset, .. }, None)) => {
@@ -1302,37 +1324,91 @@ impl Shard {
         }
     }
 
-    fn cached(&self, topic: &Arc<str>, partition: i32, base_offset: i64, len: usize) {
+    /// Charges the cache for a batch of `len` bytes whose body lies in
+    /// `chunk` (from [`crate::arena::chunk_of`]; `None`: not arena memory).
+    fn cached(
+        &self,
+        topic: &Arc<str>,
+        partition: i32,
+        base_offset: i64,
+        len: usize,
+        chunk: Option<crate::arena::ChunkSpan>,
+    ) {
         let mut c = self.cache.borrow_mut();
         c.bytes += len;
-        c.order
-            .push_back(((topic.clone(), partition), base_offset, len));
+        let pinned = match chunk {
+            Some(span) => {
+                let e = c.chunks.entry(span.base).or_insert((0, span.len));
+                e.0 += 1;
+                if e.0 == 1 {
+                    e.1
+                } else {
+                    0
+                }
+            }
+            None => len,
+        };
+        c.pinned += pinned;
+        c.order.push_back(CacheEntry {
+            key: (topic.clone(), partition),
+            base_offset,
+            len,
+            chunk,
+        });
         self.ctx.metrics.cache_bytes_add(self.id, len as i64);
+        self.ctx
+            .metrics
+            .cache_pinned_bytes_add(self.id, pinned as i64);
     }
 
-    /// Drops the oldest durable batches while the cache is over its bound.
+    /// Drops the oldest durable batches while the cache's pinned bytes are
+    /// over the bound.
     fn evict_if_needed(&self) {
         let max = self.ctx.cache_bytes_max;
         let mut c = self.cache.borrow_mut();
         let mut skipped = 0;
-        while c.bytes > max && skipped < c.order.len() {
-            let Some((key, base, len)) = c.order.pop_front() else {
+        while c.pinned > max && skipped < c.order.len() {
+            let Some(e) = c.order.pop_front() else {
                 break;
             };
             let evicted = self
                 .partitions
                 .borrow()
-                .get(&key)
-                .and_then(|log| log.borrow_mut().evict(base));
+                .get(&e.key)
+                .and_then(|log| log.borrow_mut().evict(e.base_offset));
             if evicted == Some(false) {
                 // Not durable yet: keep it, look at the next.
-                c.order.push_back((key, base, len));
+                c.order.push_back(e);
                 skipped += 1;
                 continue;
             }
-            c.bytes = c.bytes.saturating_sub(len);
-            self.ctx.metrics.cache_bytes_add(self.id, -(len as i64));
+            let unpinned = match e.chunk {
+                Some(span) => match c.chunks.get_mut(&span.base) {
+                    Some(n) if n.0 > 1 => {
+                        n.0 -= 1;
+                        0
+                    }
+                    Some(_) => c.chunks.remove(&span.base).map_or(0, |n| n.1),
+                    None => 0,
+                },
+                None => e.len,
+            };
+            c.bytes = c.bytes.saturating_sub(e.len);
+            c.pinned = c.pinned.saturating_sub(unpinned);
+            self.ctx.metrics.cache_bytes_add(self.id, -(e.len as i64));
+            self.ctx
+                .metrics
+                .cache_pinned_bytes_add(self.id, -(unpinned as i64));
         }
+    }
+
+    /// This shard's read arena, which its connections read requests into.
+    pub fn arena(&self) -> crate::arena::Arena {
+        self.cache
+            .borrow_mut()
+            .arena
+            .get_or_insert_with(|| crate::arena::Arena::new(self.ctx.metrics.arena(self.id)))
+            .clone()
     }
 
     fn wake(&self, key: &Key) {
@@ -1463,7 +1539,8 @@ impl Shard {
             match self.read_back(b).await {
                 Ok(data) => {
                     log.borrow_mut().fill(b.base_offset, data.clone());
-                    self.cached(&topic, partition, b.base_offset, b.len as usize);
+                    let chunk = crate::arena::chunk_of(&data[1]);
+                    self.cached(&topic, partition, b.base_offset, b.len as usize, chunk);
                     b.data = Some(data);
                     self.ctx.metrics.cache_miss();
                 }
