@@ -179,11 +179,26 @@ pub struct Shard {
     pub rpc: crate::rpc::RpcClient,
     /// Batches this shard serves as a read replica, read from the bucket.
     replica_cache: RefCell<ReplicaCache>,
+    /// Where the durable batches of partitions read here as a replica are,
+    /// as the leaders said.
+    replica_index: RefCell<HashMap<Key, ReplicaIndex>>,
     /// Which partitions this node leads, as last acted on.
     leadership: RefCell<Leadership>,
     /// This shard itself, for tasks it spawns.
     me: RefCell<std::rc::Weak<Shard>>,
+    /// Handoff commits waiting to go, by leader.
+    outbox: RefCell<HashMap<i32, Vec<QueuedCommit>>>,
 }
+
+type QueuedCommit = (
+    crate::rpc::HandoffPartition,
+    Duration,
+    oneshot::Sender<Result<crate::rpc::BatchResult, crate::rpc::RpcError>>,
+);
+
+/// How long a handoff commit waits for the other batches of its handoff
+/// object before it goes.
+const COMMIT_GATHER: Duration = Duration::from_millis(1);
 
 struct Leadership {
     /// Every view since start had this node alone (or none): start-up
@@ -212,6 +227,7 @@ impl Shard {
             view: RefCell::new(crate::cluster::ViewCache::new(ctx.cluster.clone())),
             rpc: crate::rpc::RpcClient::new(ctx.traffic.clone(), ctx.frame_bytes_max),
             replica_cache: RefCell::new(ReplicaCache::new(ctx.cache_bytes_max / 4)),
+            replica_index: RefCell::new(HashMap::new()),
             leadership: RefCell::new(Leadership {
                 solo: true,
                 generation: 0,
@@ -219,6 +235,7 @@ impl Shard {
                 loader_running: false,
             }),
             me: RefCell::new(std::rc::Weak::new()),
+            outbox: RefCell::new(HashMap::new()),
             zone_cache: RefCell::new(crate::zone::ZoneCache::new(ctx.zones.clone())),
             cidrs_seen: std::cell::Cell::new(0),
             coordinator,
@@ -777,32 +794,54 @@ impl Shard {
         offset: i64,
         max_bytes: usize,
     ) -> FetchResult {
-        let req = crate::rpc::ReplicaRead {
-            topic: topic.clone(),
-            partition,
-            from_offset: offset,
-            max_bytes: i32::try_from(max_bytes).unwrap_or(i32::MAX),
-            max_wait_ms: 0,
-        };
-        let resp = match self
-            .rpc
-            .replica_read(&leader, &req, Duration::from_secs(10))
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => return FetchResult::err(e.error_code()),
+        let key: Key = (topic.clone(), partition);
+        // What the leader already said about these offsets is reused: only
+        // offsets past what this replica knows cost an RPC.
+        let known = self
+            .replica_index
+            .borrow()
+            .get(&key)
+            .and_then(|idx| idx.serve(offset, max_bytes));
+        let (hw, log_start, entries) = match known {
+            Some(k) => k,
+            None => {
+                let req = crate::rpc::ReplicaRead {
+                    topic: topic.clone(),
+                    partition,
+                    from_offset: offset,
+                    max_bytes: i32::try_from(max_bytes).unwrap_or(i32::MAX),
+                    max_wait_ms: 0,
+                };
+                let resp = match self
+                    .rpc
+                    .replica_read(&leader, &req, Duration::from_secs(10))
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(e) => return FetchResult::err(e.error_code()),
+                };
+                if resp.error_code != 0 {
+                    let mut r = FetchResult::err(ErrorCode(resp.error_code));
+                    r.high_watermark = resp.high_watermark;
+                    r.log_start = resp.log_start;
+                    return r;
+                }
+                self.replica_index
+                    .borrow_mut()
+                    .entry(key.clone())
+                    .or_default()
+                    .learn(&resp);
+                (resp.high_watermark, resp.log_start, resp.entries)
+            }
         };
         let mut result = FetchResult {
-            error: ErrorCode(resp.error_code),
-            high_watermark: resp.high_watermark,
-            log_start: resp.log_start,
+            error: ErrorCode::NONE,
+            high_watermark: hw,
+            log_start,
             records: RecordSet::default(),
         };
-        if result.error.is_err() {
-            return result;
-        }
-        let mut segments = Vec::with_capacity(resp.entries.len() * 2);
-        for e in resp.entries {
+        let mut segments = Vec::with_capacity(entries.len() * 2);
+        for e in entries {
             let b = LogBatch {
                 base_offset: e.base_offset,
                 last_offset: e.last_offset,
@@ -828,7 +867,11 @@ impl Shard {
                     break;
                 }
                 Err(e) => {
-                    tracing::warn!(topic = &*topic, partition, error = %e, "replica read failed");
+                    // The batch may have moved (compacted, its WAL object
+                    // deleted): forget what the leader said; the client's
+                    // retry asks it again.
+                    tracing::info!(topic = &*topic, partition, error = %e, "replica read failed");
+                    self.replica_index.borrow_mut().remove(&key);
                     return FetchResult::err(ErrorCode::KAFKA_STORAGE_ERROR);
                 }
             }
@@ -1014,38 +1057,102 @@ impl Shard {
                 hb
             })
             .collect();
-        let req = crate::rpc::HandoffCommit {
-            from_node: self.ctx.node_id,
-            view_revision: self.view().revision(),
-            partitions: vec![crate::rpc::HandoffPartition {
-                topic,
-                topic_id: info.id.0,
-                partition,
-                batches: handoff_batches,
-            }],
+        let part = crate::rpc::HandoffPartition {
+            topic,
+            topic_id: info.id.0,
+            partition,
+            batches: handoff_batches,
         };
         let left = timeout
             .saturating_sub(started.elapsed())
             .max(Duration::from_millis(1));
-        match self.rpc.handoff_commit(&leader, &req, left).await {
-            Ok(resp) => match resp.partitions.first().and_then(|p| p.first()) {
-                Some(r) if r.error_code == 0 => ProduceResult {
-                    error: ErrorCode::NONE,
-                    base_offset: r.base_offset,
-                    log_start: r.log_start,
-                    message: None,
-                },
-                Some(r) => ProduceResult::err(
-                    ErrorCode(r.error_code),
-                    format!("leader {} refused the batches", leader.node_id),
-                ),
-                None => ProduceResult::err(
-                    ErrorCode::UNKNOWN_SERVER_ERROR,
-                    "the leader's answer had no result",
-                ),
+        let (tx, rx) = oneshot::channel();
+        self.queue_commit(leader.clone(), part, left, tx);
+        match rx.await {
+            Ok(Ok(r)) if r.error_code == 0 => ProduceResult {
+                error: ErrorCode::NONE,
+                base_offset: r.base_offset,
+                log_start: r.log_start,
+                message: None,
             },
-            Err(e) => ProduceResult::err(e.error_code(), e.to_string()),
+            Ok(Ok(r)) => ProduceResult::err(
+                ErrorCode(r.error_code),
+                format!("leader {} refused the batches", leader.node_id),
+            ),
+            Ok(Err(e)) => ProduceResult::err(e.error_code(), e.to_string()),
+            Err(_) => ProduceResult::err(
+                ErrorCode::REQUEST_TIMED_OUT,
+                "the handoff commit was dropped",
+            ),
         }
+    }
+
+    /// Queues a partition's batches for their leader's next handoff commit.
+    /// The batches of one handoff object become durable together, so a
+    /// commit sent a moment after the first of them carries them all: one
+    /// RPC per leader per handoff object, not one per produce request.
+    fn queue_commit(
+        &self,
+        leader: crate::cluster::Member,
+        part: crate::rpc::HandoffPartition,
+        timeout: Duration,
+        reply: oneshot::Sender<Result<crate::rpc::BatchResult, crate::rpc::RpcError>>,
+    ) {
+        let id = leader.node_id;
+        let first = {
+            let mut out = self.outbox.borrow_mut();
+            let q = out.entry(id).or_default();
+            q.push((part, timeout, reply));
+            q.len() == 1
+        };
+        if !first {
+            return;
+        }
+        let Some(me) = self.me.borrow().upgrade() else {
+            return;
+        };
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(COMMIT_GATHER).await;
+            let queued = me.outbox.borrow_mut().remove(&id).unwrap_or_default();
+            if queued.is_empty() {
+                return;
+            }
+            let timeout = queued
+                .iter()
+                .map(|(_, t, _)| *t)
+                .min()
+                .unwrap_or(Duration::from_secs(30));
+            let mut partitions = Vec::with_capacity(queued.len());
+            let mut replies = Vec::with_capacity(queued.len());
+            for (p, _, r) in queued {
+                partitions.push(p);
+                replies.push(r);
+            }
+            let req = crate::rpc::HandoffCommit {
+                from_node: me.ctx.node_id,
+                view_revision: me.view().revision(),
+                partitions,
+            };
+            match me.rpc.handoff_commit(&leader, &req, timeout).await {
+                Ok(resp) => {
+                    let mut results = resp.partitions.into_iter();
+                    for r in replies {
+                        let first = results.next().and_then(|p| p.into_iter().next());
+                        let _ = r.send(Ok(first.unwrap_or(crate::rpc::BatchResult {
+                            error_code: ErrorCode::UNKNOWN_SERVER_ERROR.code(),
+                            base_offset: -1,
+                            log_start: -1,
+                        })));
+                    }
+                }
+                Err(e) => {
+                    for r in replies {
+                        let _ = r.send(Err(e.clone()));
+                    }
+                }
+            }
+        })
+        .detach();
     }
 
     /// The leader's side of a handoff commit for one partition: routed to
@@ -1440,16 +1547,26 @@ impl Shard {
             // A read replica waits on the leader's commit stream: long polls
             // that carry no data, until the leader has data at `offset`.
             loop {
+                // The answer also says where the new batches are, so the
+                // fetch that follows is served without asking again.
                 let req = crate::rpc::ReplicaRead {
                     topic: topic.clone(),
                     partition,
                     from_offset: offset,
-                    max_bytes: 0,
+                    max_bytes: REPLICA_WAIT_BYTES,
                     max_wait_ms: REPLICA_POLL_MS as i32,
                 };
                 let timeout = Duration::from_millis(REPLICA_POLL_MS + 5_000);
                 match self.rpc.replica_read(&leader, &req, timeout).await {
-                    Ok(r) if r.error_code != 0 || r.high_watermark > offset => return,
+                    Ok(r) if r.error_code == 0 && r.high_watermark > offset => {
+                        self.replica_index
+                            .borrow_mut()
+                            .entry((topic.clone(), partition))
+                            .or_default()
+                            .learn(&r);
+                        return;
+                    }
+                    Ok(r) if r.error_code != 0 => return,
                     Ok(_) => {}
                     Err(_) => glommio::timer::sleep(Duration::from_millis(100)).await,
                 }
@@ -1758,6 +1875,10 @@ impl Shard {
     }
 }
 
+/// How many bytes of batches a replica's long poll asks the leader to
+/// describe (it gets their places, not their bytes).
+const REPLICA_WAIT_BYTES: i32 = 1 << 20;
+
 /// How long one long poll of a read replica waits at the leader.
 const REPLICA_POLL_MS: u64 = 1_000;
 
@@ -1798,6 +1919,63 @@ impl ReplicaCache {
             self.map.remove(&old);
             self.bytes -= n;
         }
+    }
+}
+
+/// Entries a replica remembers per partition.
+const REPLICA_INDEX_ENTRIES_MAX: usize = 4096;
+
+/// What a read replica knows of a partition from its leader: the high
+/// watermark and log start it last heard, and where durable batches are.
+#[derive(Default)]
+struct ReplicaIndex {
+    high_watermark: i64,
+    log_start: i64,
+    /// By base offset; contiguous runs as the leader answered them.
+    entries: std::collections::BTreeMap<i64, crate::rpc::ReplicaEntry>,
+}
+
+impl ReplicaIndex {
+    fn learn(&mut self, resp: &crate::rpc::ReplicaReadResponse) {
+        self.high_watermark = self.high_watermark.max(resp.high_watermark);
+        self.log_start = resp.log_start;
+        for e in &resp.entries {
+            self.entries.insert(e.base_offset, e.clone());
+        }
+        let start = self.log_start;
+        self.entries.retain(|_, e| e.last_offset >= start);
+        while self.entries.len() > REPLICA_INDEX_ENTRIES_MAX {
+            self.entries.pop_first();
+        }
+    }
+
+    /// The batches from `offset`, if this index holds a contiguous run
+    /// starting there (`None`: ask the leader).
+    #[allow(clippy::type_complexity)]
+    fn serve(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Option<(i64, i64, Vec<crate::rpc::ReplicaEntry>)> {
+        if offset < self.log_start || offset >= self.high_watermark {
+            return None;
+        }
+        let (_, first) = self.entries.range(..=offset).next_back()?;
+        if first.last_offset < offset {
+            return None;
+        }
+        let mut out = vec![first.clone()];
+        let mut bytes = first.len as usize;
+        let mut next = first.last_offset + 1;
+        for (_, e) in self.entries.range(next..) {
+            if e.base_offset != next || bytes + e.len as usize > max_bytes {
+                break;
+            }
+            bytes += e.len as usize;
+            next = e.last_offset + 1;
+            out.push(e.clone());
+        }
+        Some((self.high_watermark, self.log_start, out))
     }
 }
 

@@ -18,11 +18,12 @@
 //! - cidr: `automq.zone.cidr.blocks` set at run time at the broker defaults
 //!   moves an untagged client between zones, on its open connection.
 //!
-//! The other steps (produce_consume, cross_zone, groups, kill, fence) wait
-//! for the cross-zone data path and failover; run them by hand:
-//! `python3 tests/zones/check.py --ferry target/debug/ferry`, or here with
-//! `FERRY_ZONES_STEPS=topology,cluster,produce_consume,cross_zone cargo test
-//! -p ferry-node --test zones_netns` (the time limit then grows to 10 min).
+//! Every step runs: the metadata and local-path checks, the cross-zone
+//! produce and consume with the bytes counted on the zone bridge, consumer
+//! groups, kill -9 of a proxy and of a leader under load, and a fenced
+//! leader's late writes. Choose steps with
+//! `FERRY_ZONES_STEPS=topology,cluster,kill cargo test -p ferry-node --test
+//! zones_netns` (the time limit then grows to 10 min).
 //!
 //! Needs root (network namespaces); without it the test fails, it does not
 //! skip.
@@ -33,9 +34,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The steps that hold today, and how long they may take in all.
-const STEPS: &str = "topology,cluster,metadata,local,meter,cidr";
-const LIMIT: Duration = Duration::from_secs(110);
+/// The steps, and how long they may take in all.
+const STEPS: &str =
+    "topology,cluster,metadata,local,meter,cidr,produce_consume,cross_zone,groups,kill,fence";
+const LIMIT: Duration = Duration::from_secs(300);
 /// The limit when `FERRY_ZONES_STEPS` chooses other steps.
 const LIMIT_CHOSEN: Duration = Duration::from_secs(600);
 
@@ -75,7 +77,14 @@ fn zones_in_network_namespaces_metadata_local_path_and_cidr_at_run_time() {
     let mut child = Command::new("python3")
         .arg(script)
         .args(["--ferry", env!("CARGO_BIN_EXE_ferry"), "--only", &steps])
-        .args(["--nodes-per-zone", "2", "--records", "1000"])
+        .args([
+            "--nodes-per-zone",
+            "2",
+            "--records",
+            "2000",
+            "--kill-seconds",
+            "20",
+        ])
         .arg("--workdir")
         .arg(dir.join("work"))
         .arg("--json-out")
