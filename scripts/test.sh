@@ -50,6 +50,13 @@ install_debian_packages() {
     # The etcd coordinator's tests run a real etcd; etcd-client's build script needs protoc.
     command -v etcd >/dev/null || missing+=(etcd-server)
     command -v protoc >/dev/null || missing+=(protobuf-compiler)
+    # protoc's well-known types (google/protobuf/descriptor.proto), which
+    # etcd-client's protos import.
+    dpkg -s libprotobuf-dev >/dev/null 2>&1 || missing+=(libprotobuf-dev)
+    # The three-zone test builds network namespaces (ip) and reads each
+    # node's /metrics from inside them (curl).
+    command -v ip >/dev/null || missing+=(iproute2)
+    command -v curl >/dev/null || missing+=(curl)
     if [ ${#missing[@]} -eq 0 ]; then
         echo "Debian packages: already installed"
         return 0
