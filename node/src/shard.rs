@@ -188,6 +188,8 @@ pub struct Shard {
     me: RefCell<std::rc::Weak<Shard>>,
     /// Handoff commits waiting to go, by leader.
     outbox: RefCell<HashMap<i32, Vec<QueuedCommit>>>,
+    /// A WAL seal is scheduled ([`Shard::flush_soon`]).
+    flush_scheduled: std::cell::Cell<bool>,
 }
 
 type QueuedCommit = (
@@ -236,6 +238,7 @@ impl Shard {
             }),
             me: RefCell::new(std::rc::Weak::new()),
             outbox: RefCell::new(HashMap::new()),
+            flush_scheduled: std::cell::Cell::new(false),
             zone_cache: RefCell::new(crate::zone::ZoneCache::new(ctx.zones.clone())),
             cidrs_seen: std::cell::Cell::new(0),
             coordinator,
@@ -1087,6 +1090,26 @@ impl Shard {
         }
     }
 
+    /// Seals the pending WAL object a moment from now: every batch of a
+    /// handoff commit is appended by then, so one commit makes one object,
+    /// not one per produce request it carries.
+    fn flush_soon(&self) {
+        if self.flush_scheduled.replace(true) {
+            return;
+        }
+        let Some(me) = self.me.borrow().upgrade() else {
+            self.flush_scheduled.set(false);
+            self.ctx.durable.flush();
+            return;
+        };
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(COMMIT_GATHER).await;
+            me.flush_scheduled.set(false);
+            me.ctx.durable.flush();
+        })
+        .detach();
+    }
+
     /// Queues a partition's batches for their leader's next handoff commit.
     /// The batches of one handoff object become durable together, so a
     /// commit sent a moment after the first of them carries them all: one
@@ -1128,6 +1151,7 @@ impl Shard {
                 partitions.push(p);
                 replies.push(r);
             }
+            tracing::debug!(leader = id, partitions = partitions.len(), "handoff commit");
             let req = crate::rpc::HandoffCommit {
                 from_node: me.ctx.node_id,
                 view_revision: me.view().revision(),
@@ -1320,7 +1344,7 @@ impl Shard {
             }
         }
         if flush && !pending.is_empty() {
-            self.ctx.durable.flush();
+            self.flush_soon();
         }
         self.evict_if_needed();
         // Durability is tracked whether or not the producer still waits.
