@@ -36,6 +36,14 @@ def spread(mport):
 
 
 def one(mode, producers, seconds, work):
+    for _attempt in range(3):
+        r = one_attempt(mode, producers, seconds, work)
+        if r is not None:
+            return r
+    sys.exit(f"ferry did not start three times; see {work}/ferry.log")
+
+
+def one_attempt(mode, producers, seconds, work):
     port, mport = free_port(), free_port()
     data = os.path.join(work, f"ferry-{mode}-{producers}")
     log = open(os.path.join(work, "ferry.log"), "ab")
@@ -45,7 +53,9 @@ def one(mode, producers, seconds, work):
     seen = []
     try:
         if not wait_port(port):
-            sys.exit(f"ferry did not start; see {work}/ferry.log")
+            # A port taken meanwhile, or a slow start: try again.
+            print(f"ferry did not start on port {port}; trying again", flush=True)
+            return None
         done = threading.Event()
 
         def watch():
