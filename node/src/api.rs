@@ -89,7 +89,11 @@ pub async fn handle(
             ResponseBody::Metadata(metadata(shard, m, v, zone.as_deref()).await)
         }
         RequestBody::Produce(p) => return produce(shard, p).await.map(ResponseBody::Produce),
-        RequestBody::Fetch(f) => ResponseBody::Fetch(fetch(shard, f).await),
+        RequestBody::Fetch(f) => {
+            // A fetch's rack (KIP-392) tells a client's zone too.
+            let zone = shard.client_zone(&client_id, addr, Some(f.rack_id.as_str()));
+            ResponseBody::Fetch(fetch(shard, f, v, zone.as_deref()).await)
+        }
         RequestBody::ListOffsets(l) => ResponseBody::ListOffsets(list_offsets(shard, l).await),
         RequestBody::CreateTopics(c) => ResponseBody::CreateTopics(create_topics(shard, c).await),
         RequestBody::DeleteTopics(d) => ResponseBody::DeleteTopics(delete_topics(shard, d).await),
@@ -448,7 +452,32 @@ async fn produce(
     })
 }
 
-async fn fetch(shard: &Rc<Shard>, f: fetch_request::FetchRequest) -> fetch_response::FetchResponse {
+/// The read replica a client of `zone` should fetch a partition led here
+/// from (KIP-392): this node's proxy in the client's zone, if the client is
+/// in another zone that has nodes.
+fn preferred_replica(
+    shard: &Shard,
+    zone: Option<&str>,
+    topic: &str,
+    partition: i32,
+) -> Option<i32> {
+    let zone = zone.filter(|z| *z != shard.ctx.zone)?;
+    if !matches!(shard.route(topic, partition), crate::shard::Route::Local) {
+        return None;
+    }
+    let view = shard.view();
+    let me = view.member(shard.ctx.node_id)?;
+    view.proxy(me, zone)
+        .map(|m| m.node_id)
+        .filter(|&id| id != shard.ctx.node_id)
+}
+
+async fn fetch(
+    shard: &Rc<Shard>,
+    f: fetch_request::FetchRequest,
+    version: i16,
+    zone: Option<&str>,
+) -> fetch_response::FetchResponse {
     use fetch_response::*;
     let started = Instant::now();
     let deadline = started + Duration::from_millis(f.max_wait_ms.clamp(0, 60_000) as u64);
@@ -472,6 +501,19 @@ async fn fetch(shard: &Rc<Shard>, f: fetch_request::FetchRequest) -> fetch_respo
             (name, t)
         })
         .collect();
+    // Partitions whose fetch this client should make at a read replica in
+    // its own zone (v11+): answered at once, without records.
+    let mut preferred: std::collections::HashMap<(Arc<str>, i32), i32> = Default::default();
+    if version >= 11 {
+        for (name, t) in &topics {
+            let Some(n) = name else { continue };
+            for p in &t.partitions {
+                if let Some(id) = preferred_replica(shard, zone, n, p.partition) {
+                    preferred.insert((n.clone(), p.partition), id);
+                }
+            }
+        }
+    }
     loop {
         let mut tasks = Vec::new();
         for (name, t) in &topics {
@@ -511,7 +553,12 @@ async fn fetch(shard: &Rc<Shard>, f: fetch_request::FetchRequest) -> fetch_respo
         let now = Instant::now();
         // Kafka answers at once on an error, or when min_bytes is met
         // (min_bytes 0 means "do not wait").
-        if total >= min_bytes || any_error || now >= deadline || topics.is_empty() {
+        if total >= min_bytes
+            || any_error
+            || !preferred.is_empty()
+            || now >= deadline
+            || topics.is_empty()
+        {
             shard
                 .ctx
                 .metrics
@@ -549,7 +596,18 @@ async fn fetch(shard: &Rc<Shard>, f: fetch_request::FetchRequest) -> fetch_respo
                                     out.high_watermark = r.high_watermark;
                                     out.last_stable_offset = r.high_watermark;
                                     out.log_start_offset = r.log_start;
-                                    out.records = Some(r.records);
+                                    // A client in another zone is sent to
+                                    // the read replica in its zone, with no
+                                    // records from here.
+                                    let to = name
+                                        .as_ref()
+                                        .and_then(|n| preferred.get(&(n.clone(), p.partition)));
+                                    match to {
+                                        Some(&id) if r.error.is_ok() => {
+                                            out.preferred_read_replica = id
+                                        }
+                                        _ => out.records = Some(r.records),
+                                    }
                                 }
                             }
                             out

@@ -56,6 +56,11 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         glommio::channels::local_channel::new_bounded::<Vec<Bytes>>(INFLIGHT_REQUESTS_MAX);
     let rpc_tx = Rc::new(rpc_tx);
     let metrics_shard = shard.clone();
+    // A Kafka client's bytes, by its zone, once its first request says who
+    // it is (node-to-node RPC connections are counted by their callers).
+    let traffic: Rc<std::cell::RefCell<Option<std::sync::Arc<crate::rpc::ZoneTraffic>>>> =
+        Rc::default();
+    let writer_traffic = traffic.clone();
     let writer = glommio::spawn_local(async move {
         enum Next {
             Ordered(Option<Out>),
@@ -90,6 +95,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 .metrics
                 .bytes_out
                 .fetch_add(n as u64, Relaxed);
+            if let Some(t) = writer_traffic.borrow().as_ref() {
+                t.add(crate::rpc::RpcKind::Client, n as u64, 0);
+            }
         }
         let _ = wr.close().await;
     });
@@ -138,6 +146,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             };
             buf.filled(n);
             shard.ctx.metrics.bytes_in.fetch_add(n as u64, Relaxed);
+            if let Some(t) = traffic.borrow().as_ref() {
+                t.add(crate::rpc::RpcKind::Client, 0, n as u64);
+            }
         }
         loop {
             let f = match buf.next_frame(&reader) {
@@ -181,7 +192,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             if !zone_noted {
                 zone_noted = true;
                 let client_id = req.header.client_id.as_deref().unwrap_or("");
-                shard.note_unknown_zone(client_id, peer.map(|p| p.ip()));
+                let t = shard.note_client(client_id, peer.map(|p| p.ip()));
+                // The first request's bytes, read before the zone was known.
+                t.add(crate::rpc::RpcKind::Client, 0, f.len() as u64 + 4);
+                *traffic.borrow_mut() = Some(t);
             }
             shard.ctx.metrics.request(req.api_key());
             // A group request whose coordinator is another node (this one

@@ -228,7 +228,27 @@ fn start_node(config: &Config, cluster: ferry_node::node::ClusterJoin) -> anyhow
     wal.inflight_bytes_max = WAL_INFLIGHT_BYTES_MAX.max(2 * wal.max_bytes_in_batch);
     wal.validate()?;
     let started = std::time::Instant::now();
-    let opened = WalLog::open(store, wal).context("recovering from the bucket")?;
+    // The handoff writer takes `automq.zonerouter.channels`'s batch
+    // settings; its objects go to the WAL's bucket.
+    let handoff = config.zonerouter_channels.first().map(|channel| {
+        let mut h = wal.clone();
+        h.batch_interval = Duration::from_millis(channel.batch_interval_ms);
+        h.max_bytes_in_batch = channel.batch_bytes_max as usize;
+        let same_bucket = ferry_wal::BucketUri::parse(channel.uri())
+            .is_ok_and(|c| c.location == uri.location);
+        if !same_bucket {
+            tracing::warn!(
+                channel = %channel.redacted(),
+                "automq.zonerouter.channels names another bucket; handoff objects go to the WAL's bucket, with the channel's batchInterval and maxBytesInBatch"
+            );
+        }
+        h
+    });
+    if let Some(h) = &handoff {
+        h.validate()?;
+    }
+    let opened =
+        WalLog::open_with_handoff(store, wal, handoff).context("recovering from the bucket")?;
     tracing::info!(
         objects = opened.objects_read,
         batches = opened.batches,

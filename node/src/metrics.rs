@@ -36,6 +36,8 @@ pub struct Metrics {
     cache_misses: AtomicU64,
     pub queue_depth: Vec<AtomicI64>,
     pub unknown_zone_clients: AtomicU64,
+    /// Connections from clients of another zone.
+    pub misrouted_clients: AtomicU64,
     produce_us: Vec<Mutex<Histogram<u64>>>,
     fetch_us: Vec<Mutex<Histogram<u64>>>,
 }
@@ -59,6 +61,7 @@ impl Metrics {
             cache_misses: AtomicU64::new(0),
             queue_depth: (0..shards).map(|_| AtomicI64::new(0)).collect(),
             unknown_zone_clients: AtomicU64::new(0),
+            misrouted_clients: AtomicU64::new(0),
             produce_us: (0..shards.max(1)).map(|_| Mutex::new(hist())).collect(),
             fetch_us: (0..shards.max(1)).map(|_| Mutex::new(hist())).collect(),
         }
@@ -222,6 +225,11 @@ impl Metrics {
             o,
             "# TYPE ferry_unknown_zone_clients_total counter\nferry_unknown_zone_clients_total {}",
             self.unknown_zone_clients.load(Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# TYPE ferry_misrouted_clients_total counter\nferry_misrouted_clients_total {}",
+            self.misrouted_clients.load(Relaxed)
         );
         for (name, per_shard) in [("produce", &self.produce_us), ("fetch", &self.fetch_us)] {
             let mut h = match per_shard.first() {

@@ -1081,16 +1081,25 @@ pub enum RpcKind {
     Handoff,
     Replica,
     Forward,
+    /// Kafka clients' own connections (counted by the node they talk to,
+    /// by the client's zone; `unknown` when it has none).
+    Client,
 }
 
 impl RpcKind {
-    pub const ALL: [RpcKind; 3] = [RpcKind::Handoff, RpcKind::Replica, RpcKind::Forward];
+    pub const ALL: [RpcKind; 4] = [
+        RpcKind::Handoff,
+        RpcKind::Replica,
+        RpcKind::Forward,
+        RpcKind::Client,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             RpcKind::Handoff => "handoff",
             RpcKind::Replica => "replica",
             RpcKind::Forward => "forward",
+            RpcKind::Client => "client",
         }
     }
 
@@ -1102,8 +1111,8 @@ impl RpcKind {
 /// Bytes to and from one peer zone, by kind.
 #[derive(Debug, Default)]
 pub struct ZoneTraffic {
-    out: [AtomicU64; 3],
-    inn: [AtomicU64; 3],
+    out: [AtomicU64; 4],
+    inn: [AtomicU64; 4],
 }
 
 impl ZoneTraffic {
@@ -1177,7 +1186,9 @@ impl RpcTraffic {
         let mut cross = 0u64;
         for (zone, kind, bytes_out, bytes_in) in self.snapshot() {
             let peer = label(&zone);
-            if zone != local_zone {
+            // Clients of unknown zone are not counted as crossing: nothing
+            // says where they are.
+            if zone != local_zone && zone != "unknown" {
                 cross += bytes_out + bytes_in;
             }
             for (direction, n) in [("out", bytes_out), ("in", bytes_in)] {

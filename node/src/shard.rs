@@ -284,17 +284,36 @@ impl Shard {
             .map(|z| z.zone.to_owned())
     }
 
-    /// Counts and logs a client of unknown zone (once per connection).
-    pub fn note_unknown_zone(&self, client_id: &str, addr: Option<std::net::IpAddr>) {
-        if self.view().zones().nth(1).is_some()
-            && self.zone_table().resolve(client_id, addr, None).is_none()
-        {
-            self.ctx.zones.note_unknown(addr, client_id);
-            self.ctx
-                .metrics
-                .unknown_zone_clients
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    /// Looks at a new connection's client (once per connection): a client
+    /// of unknown zone is counted and logged; one of another zone (a
+    /// misrouted client: its bytes cross zones) is counted and logged too.
+    /// Answers the traffic counters its bytes go to, by its zone.
+    pub fn note_client(
+        &self,
+        client_id: &str,
+        addr: Option<std::net::IpAddr>,
+    ) -> Arc<crate::rpc::ZoneTraffic> {
+        let several_zones = self.view().zones().nth(1).is_some();
+        let zone = self.client_zone(client_id, addr, None);
+        match &zone {
+            None if several_zones => {
+                self.ctx.zones.note_unknown(addr, client_id);
+                self.ctx
+                    .metrics
+                    .unknown_zone_clients
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Some(z) if *z != self.ctx.zone => {
+                self.ctx
+                    .metrics
+                    .misrouted_clients
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(client_id, peer = ?addr, client_zone = %z, zone = %self.ctx.zone,
+                    "client of another zone connected here: its bytes cross zones; give it its zone's bootstrap address");
+            }
+            _ => {}
         }
+        self.ctx.traffic.zone(zone.as_deref().unwrap_or("unknown"))
     }
 
     fn owner_of(&self, topic: &str, partition: i32) -> usize {

@@ -199,6 +199,24 @@ fn clients_learn_leaders_through_their_zone() {
     let (seen, _) = metadata(&mut ca, "plain-client", "t");
     assert!(seen.values().all(|&l| l == 1), "{seen:?}");
 
+    // A client of zone-b connecting to node a is misrouted (its bytes
+    // cross zones): counted (per connection, by its first request), with
+    // every client's bytes by zone.
+    let mut stray = connect(&a);
+    metadata(&mut stray, "automq_az=zone-b&stray", "t");
+    let m = a.ctx.metrics.render("");
+    let misrouted: u64 = m
+        .lines()
+        .find(|l| l.starts_with("ferry_misrouted_clients_total"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap();
+    assert!(misrouted >= 1, "{m}");
+    let mut t = String::new();
+    a.ctx.traffic.render(&a.ctx.zone, &mut t);
+    assert!(
+        t.contains("peer_zone=\"zone-b\",kind=\"client\",direction=\"in\""),
+        "{t}"
+    );
     drop((ca, cb));
     a.stop();
     b.stop();
@@ -442,4 +460,64 @@ fn a_leaders_partitions_are_taken_over_from_the_bucket() {
     b.stop();
     la.shutdown(Duration::from_secs(5));
     lb.shutdown(Duration::from_secs(5));
+}
+
+/// A fetch naming its rack (KIP-392) at a leader in another zone is sent
+/// to the read replica in the client's zone, with no records; in the
+/// leader's own zone it gets the records.
+#[test]
+fn a_fetch_from_another_rack_is_sent_to_its_zones_replica() {
+    use fetch_request::*;
+    let coordinator = LocalCoordinator::new();
+    let bucket = Arc::new(MemoryLog::new());
+    let a = node_on(1, "zone-a", &coordinator, bucket.clone());
+    let b = node_on(2, "zone-b", &coordinator, bucket.clone());
+    let mut ca = connect(&a);
+    assert_eq!(raw::create_topic(&mut ca, "r", 2, &[]), 0);
+    let (truth, _) = metadata(&mut ca, "plain", "r");
+    let p = *truth.iter().find(|(_, &l)| l == 1).unwrap().0;
+    assert_eq!(produce_retrying(&mut ca, "r", p, b"k").0, 0);
+    let fetch = |c: &mut TcpStream, rack: &str| {
+        let body = RequestBody::Fetch(FetchRequest {
+            replica_id: -1,
+            max_wait_ms: 5_000,
+            min_bytes: 1,
+            max_bytes: 1 << 20,
+            session_epoch: -1,
+            rack_id: rack.into(),
+            topics: vec![FetchTopic {
+                topic: "r".into(),
+                partitions: vec![FetchPartition {
+                    partition: p,
+                    current_leader_epoch: -1,
+                    fetch_offset: 0,
+                    last_fetched_epoch: -1,
+                    log_start_offset: -1,
+                    partition_max_bytes: 1 << 20,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let started = std::time::Instant::now();
+        let resp = raw::call_as(c, "plain", 11, body);
+        let r = fetch_response::FetchResponse::decode(&resp, 11).unwrap();
+        let part = r.responses[0].partitions[0].clone();
+        (part, started.elapsed())
+    };
+    let (other, took) = fetch(&mut ca, "zone-b");
+    assert_eq!(other.error_code, 0);
+    assert_eq!(other.preferred_read_replica, 2, "the replica in zone-b");
+    assert!(other.records.as_ref().is_none_or(|r| r.is_empty()));
+    assert!(
+        took < Duration::from_secs(2),
+        "answered at once, not after max_wait"
+    );
+    let (same, _) = fetch(&mut ca, "zone-a");
+    assert_eq!(same.preferred_read_replica, -1);
+    assert!(same.records.as_ref().is_some_and(|r| !r.is_empty()));
+    drop(ca);
+    a.stop();
+    b.stop();
 }
