@@ -3,8 +3,9 @@
 //! requests through the channel mesh. JoinGroup and SyncGroup answers that
 //! must wait are parked under their token until a later call or the timer
 //! completes them. Committed offsets are written to the bucket
-//! (`meta/groups`) before an OffsetCommit is answered, one snapshot at a
-//! time, so a later snapshot never lands before an earlier one.
+//! (`meta/groups-<node id>`, see [`groups_meta_name`]) before an
+//! OffsetCommit is answered, one snapshot at a time, so a later snapshot
+//! never lands before an earlier one.
 
 use crate::group::{Completed, GroupConfig, GroupCoordinator, Reply, RequestContext, Token};
 use crate::shard::now_ms;

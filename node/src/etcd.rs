@@ -8,6 +8,8 @@
 //!   with this node's lease, so it disappears when the node stops renewing.
 //! - `config/automq.zone.cidr.blocks`: the cluster-wide value, in canonical
 //!   form, without a lease.
+//! - `meta/topics`: the cluster's topic table (an encoded `TopicTable`),
+//!   changed only by compare-and-set on its mod revision.
 //!
 //! # How it runs
 //!

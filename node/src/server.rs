@@ -4,7 +4,8 @@
 //! the same port (SO_REUSEPORT), so the kernel spreads connections over the
 //! shards with no acceptor thread in between. The port is reserved first by a
 //! socket that binds but never listens, so `port 0` still gives every shard
-//! the same port.
+//! the same port. With `ferry.accept=acceptor`, shard 0 alone listens and
+//! deals connections round-robin (perf/accept-modes.md compares the two).
 
 use crate::durable::DurableLog;
 use crate::node::{ClusterJoin, NodeCtx, NodeSettings, Recovered};
