@@ -88,7 +88,12 @@ pub async fn handle(
             let zone = shard.client_zone(&client_id, addr, None);
             ResponseBody::Metadata(metadata(shard, m, v, zone.as_deref()).await)
         }
-        RequestBody::Produce(p) => return produce(shard, p).await.map(ResponseBody::Produce),
+        RequestBody::Produce(p) => {
+            let zone = shard.client_zone(&client_id, addr, None);
+            return produce(shard, p, zone.as_deref())
+                .await
+                .map(ResponseBody::Produce);
+        }
         RequestBody::Fetch(f) => {
             // A fetch's rack (KIP-392) tells a client's zone too.
             let zone = shard.client_zone(&client_id, addr, Some(f.rack_id.as_str()));
@@ -356,11 +361,31 @@ async fn metadata(
     }
 }
 
+/// KIP-951: with NOT_LEADER_OR_FOLLOWER, the leader a client of `zone`
+/// should turn to (the same mapping Metadata shows), and its endpoint, so
+/// the client need not ask for metadata first.
+fn leader_hint(
+    shard: &Shard,
+    topic: &str,
+    partition: i32,
+    zone: Option<&str>,
+    endpoints: &mut Vec<(i32, String, u16, String)>,
+) -> Option<(i32, i32)> {
+    let view = shard.view();
+    let m = view.route(topic, partition, zone)?;
+    if !endpoints.iter().any(|e| e.0 == m.node_id) {
+        endpoints.push((m.node_id, m.host.clone(), m.port, m.zone.clone()));
+    }
+    Some((m.node_id, view.leader_epoch(topic, partition)))
+}
+
 async fn produce(
     shard: &Rc<Shard>,
     p: produce_request::ProduceRequest,
+    zone: Option<&str>,
 ) -> Option<produce_response::ProduceResponse> {
     use produce_response::*;
+    let mut endpoints = Vec::new();
     let started = Instant::now();
     let acks = p.acks;
     if p.transactional_id.is_some() {
@@ -423,7 +448,6 @@ async fn produce(
         .topic_data
         .into_iter()
         .map(|t| TopicProduceResponse {
-            name: t.name,
             partition_responses: t
                 .partition_data
                 .iter()
@@ -432,6 +456,11 @@ async fn produce(
                     if r.error.is_err() {
                         shard.ctx.metrics.error(r.error.code());
                     }
+                    let hint = (r.error == ErrorCode::NOT_LEADER_OR_FOLLOWER)
+                        .then(|| {
+                            leader_hint(shard, t.name.as_str(), pd.index, zone, &mut endpoints)
+                        })
+                        .flatten();
                     Some(PartitionProduceResponse {
                         index: pd.index,
                         error_code: r.error.code(),
@@ -439,15 +468,33 @@ async fn produce(
                         log_append_time_ms: -1,
                         log_start_offset: r.log_start,
                         error_message: r.message.map(KStr::from),
+                        current_leader: hint.map_or_else(Default::default, |(id, epoch)| {
+                            LeaderIdAndEpoch {
+                                leader_id: id,
+                                leader_epoch: epoch,
+                                ..Default::default()
+                            }
+                        }),
                         ..Default::default()
                     })
                 })
                 .collect(),
+            name: t.name,
             ..Default::default()
         })
         .collect();
     Some(ProduceResponse {
         responses,
+        node_endpoints: endpoints
+            .into_iter()
+            .map(|(id, host, port, rack)| NodeEndpoint {
+                node_id: id,
+                host: s(&host),
+                port: i32::from(port),
+                rack: Some(s(&rack)),
+                ..Default::default()
+            })
+            .collect(),
         ..Default::default()
     })
 }
@@ -564,6 +611,7 @@ async fn fetch(
                 .metrics
                 .fetch_latency_us(shard.id, started.elapsed().as_micros() as u64);
             let mut results = results.into_iter();
+            let endpoints = std::cell::RefCell::new(Vec::new());
             let responses = topics
                 .iter()
                 .map(|(name, t)| FetchableTopicResponse {
@@ -593,6 +641,23 @@ async fn fetch(
                                 }
                                 Some(r) => {
                                     out.error_code = r.error.code();
+                                    if r.error == ErrorCode::NOT_LEADER_OR_FOLLOWER {
+                                        if let Some((id, epoch)) = name.as_deref().and_then(|n| {
+                                            leader_hint(
+                                                shard,
+                                                n,
+                                                p.partition,
+                                                zone,
+                                                &mut endpoints.borrow_mut(),
+                                            )
+                                        }) {
+                                            out.current_leader = LeaderIdAndEpoch {
+                                                leader_id: id,
+                                                leader_epoch: epoch,
+                                                ..Default::default()
+                                            };
+                                        }
+                                    }
                                     out.high_watermark = r.high_watermark;
                                     out.last_stable_offset = r.high_watermark;
                                     out.log_start_offset = r.log_start;
@@ -618,6 +683,17 @@ async fn fetch(
                 .collect();
             return FetchResponse {
                 responses,
+                node_endpoints: endpoints
+                    .into_inner()
+                    .into_iter()
+                    .map(|(id, host, port, rack)| NodeEndpoint {
+                        node_id: id,
+                        host: s(&host),
+                        port: i32::from(port),
+                        rack: Some(s(&rack)),
+                        ..Default::default()
+                    })
+                    .collect(),
                 ..Default::default()
             };
         }

@@ -440,6 +440,14 @@ fn a_leaders_partitions_are_taken_over_from_the_bucket() {
         .collect();
     let (err, _) = raw::produce(&mut ca, "f", led_by_1[0], 1_000, b"late");
     assert_eq!(err, 6, "NOT_LEADER_OR_FOLLOWER from a fenced node");
+    // With it, a KIP-951 hint (produce v10+): the new leader and where it is.
+    let r = raw::produce_response(&mut ca, 10, "f", led_by_1[0], b"late");
+    let part = &r.responses[0].partition_responses[0];
+    assert_eq!(part.error_code, 6);
+    assert_eq!(part.current_leader.leader_id, 2);
+    assert_eq!(r.node_endpoints.len(), 1);
+    assert_eq!(r.node_endpoints[0].node_id, 2);
+    assert_eq!(r.node_endpoints[0].port, i32::from(b.addr.port()));
     // Node 2 leads everything, and continues each log where it ended.
     let (now, _) = metadata(&mut cb, "plain", "f");
     assert!(now.values().all(|&l| l == 2), "{now:?}");

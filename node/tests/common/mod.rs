@@ -259,6 +259,35 @@ pub mod raw {
         (p.error_code, out)
     }
 
+    /// Produces one record (acks=all) at produce `version`; returns the
+    /// whole response.
+    pub fn produce_response(
+        conn: &mut TcpStream,
+        version: i16,
+        topic: &str,
+        partition: i32,
+        key: &[u8],
+    ) -> produce_response::ProduceResponse {
+        let mut b = RecordBatchBuilder::new();
+        b.push(NewRecord::new(1_000, Some(key), Some(b"v")));
+        let body = RequestBody::Produce(produce_request::ProduceRequest {
+            acks: -1,
+            timeout_ms: 10_000,
+            topic_data: vec![produce_request::TopicProduceData {
+                name: topic.into(),
+                partition_data: vec![produce_request::PartitionProduceData {
+                    index: partition,
+                    records: Some(b.build().unwrap().into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let resp = call(conn, version, body);
+        produce_response::ProduceResponse::decode(&resp, version).unwrap()
+    }
+
     /// ListOffsets for one partition: -2 earliest, -1 latest.
     pub fn list_offset(conn: &mut TcpStream, topic: &str, partition: i32, ts: i64) -> i64 {
         use list_offsets_request::*;
