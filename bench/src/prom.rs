@@ -14,8 +14,8 @@ use std::time::Duration;
 pub const PUTS: &str = "ferry_s3_puts_total";
 /// S3 GET requests sent by the node's WAL reader.
 pub const GETS: &str = "ferry_s3_gets_total";
-/// Bytes the node sent to other zones. Not exported yet: it arrives with the
-/// zones issue, under this name.
+/// Bytes the node exchanged with other zones (node-to-node RPCs, and
+/// clients of another zone), summed over its labels.
 pub const CROSS_ZONE_BYTES: &str = "ferry_cross_zone_bytes_total";
 
 /// The most bytes read from one scrape.
