@@ -100,6 +100,28 @@ impl Coordinator {
         .detach();
     }
 
+    /// Takes over committed offsets from another node's snapshot (for the
+    /// groups `take` picks), and persists them as this node's.
+    pub async fn adopt(&self, snapshot: &[u8], take: impl Fn(&str) -> bool) {
+        let r = self
+            .state
+            .borrow_mut()
+            .adopt(snapshot, now_ms() as u64, take);
+        match r {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(
+                    offsets = n,
+                    "took over committed offsets of groups now coordinated here"
+                );
+                if let Err(e) = self.persist().await {
+                    tracing::warn!(error = %e, "persisting taken-over offsets failed");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "another node's offsets snapshot is unreadable"),
+        }
+    }
+
     /// Writes the offsets snapshot if commits happened since the last one.
     async fn persist(&self) -> Result<(), String> {
         let _permit = self

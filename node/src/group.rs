@@ -1753,6 +1753,46 @@ impl GroupCoordinator {
     }
 }
 
+impl GroupCoordinator {
+    /// Takes over the committed offsets of the groups `take` picks from
+    /// another node's snapshot (this node became their coordinator). An
+    /// offset this node already holds for a partition is kept. Answers how
+    /// many offsets were taken.
+    pub fn adopt(
+        &mut self,
+        snapshot: &[u8],
+        now_ms: u64,
+        take: impl Fn(&str) -> bool,
+    ) -> Result<usize, GroupError> {
+        let mut taken = 0;
+        for (id, protocol_type, offsets) in decode_snapshot(snapshot)? {
+            if !take(&id) {
+                continue;
+            }
+            let group = self
+                .groups
+                .entry(id.clone())
+                .or_insert_with(|| Group::new(&id, now_ms));
+            if group.members.is_empty() && group.protocol_type.is_none() {
+                group.protocol_type = protocol_type;
+            }
+            for (topic, parts) in offsets {
+                let mine = group.offsets.entry(topic).or_default();
+                for (p, o) in parts {
+                    if let std::collections::btree_map::Entry::Vacant(v) = mine.entry(p) {
+                        v.insert(o);
+                        taken += 1;
+                    }
+                }
+            }
+        }
+        if taken > 0 {
+            self.offsets_changes += 1;
+        }
+        Ok(taken)
+    }
+}
+
 fn put_len(buf: &mut BytesMut, len: usize) {
     // Lengths come from Kafka requests, bounded far below 4 GiB.
     buf.put_u32(u32::try_from(len).unwrap_or(u32::MAX));

@@ -190,6 +190,8 @@ pub struct Shard {
     outbox: RefCell<HashMap<i32, Vec<QueuedCommit>>>,
     /// A WAL seal is scheduled ([`Shard::flush_soon`]).
     flush_scheduled: std::cell::Cell<bool>,
+    /// The view the group coordinator last took groups over for.
+    groups_view: RefCell<Option<Arc<crate::cluster::View>>>,
 }
 
 type QueuedCommit = (
@@ -239,6 +241,7 @@ impl Shard {
             me: RefCell::new(std::rc::Weak::new()),
             outbox: RefCell::new(HashMap::new()),
             flush_scheduled: std::cell::Cell::new(false),
+            groups_view: RefCell::new(Some(ctx.cluster.view())),
             zone_cache: RefCell::new(crate::zone::ZoneCache::new(ctx.zones.clone())),
             cidrs_seen: std::cell::Cell::new(0),
             coordinator,
@@ -1768,8 +1771,56 @@ impl Shard {
 
     async fn group_local(&self, req: GroupRequest) -> Option<ResponseBody> {
         let c = self.coordinator.as_ref()?;
+        self.adopt_groups(c).await;
         let table = self.topics.get();
         c.handle(req, |t| table.get(t).is_some()).await
+    }
+
+    /// After a view change, the groups whose slot this node now leads and
+    /// another node led before come with their committed offsets: read from
+    /// that node's snapshot in the bucket.
+    async fn adopt_groups(&self, c: &Rc<Coordinator>) {
+        let view = self.view();
+        let before = {
+            let mut seen = self.groups_view.borrow_mut();
+            if seen
+                .as_ref()
+                .is_some_and(|v| v.revision() == view.revision())
+            {
+                return;
+            }
+            seen.replace(view.clone())
+        };
+        // The first view: this node's own snapshot was restored at start.
+        let Some(before) = before else { return };
+        let me = self.ctx.node_id;
+        let mut from: HashMap<i32, std::collections::HashSet<i32>> = HashMap::new();
+        for slot in 0..crate::api::GROUP_SLOTS as i32 {
+            let now = view
+                .leader(crate::api::GROUP_TOPIC, slot)
+                .map(|m| m.node_id);
+            let was = before
+                .leader(crate::api::GROUP_TOPIC, slot)
+                .map(|m| m.node_id);
+            if let (Some(n), Some(w)) = (now, was) {
+                if n == me && w != me {
+                    from.entry(w).or_default().insert(slot);
+                }
+            }
+        }
+        for (node, slots) in from {
+            let name = crate::coordinator::groups_meta_name(node);
+            match self.ctx.durable.get_meta(&name).await {
+                Ok(Ok(Some(snapshot))) => {
+                    c.adopt(&snapshot, |g| slots.contains(&crate::api::group_slot(g)))
+                        .await
+                }
+                Ok(Ok(None)) | Err(_) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(node, error = %e, "could not read another node's offsets")
+                }
+            }
+        }
     }
 
     pub async fn list_offset(

@@ -529,3 +529,81 @@ fn a_fetch_from_another_rack_is_sent_to_its_zones_replica() {
     a.stop();
     b.stop();
 }
+
+/// A group's coordinator fails over with its committed offsets: the node
+/// that comes to lead the group's slot takes them from the old
+/// coordinator's snapshot in the bucket.
+#[test]
+fn committed_offsets_move_with_the_group_coordinator() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = LocalCoordinator::new();
+    let (a, la) = node_in_bucket(1, "zone-a", &coordinator, dir.path());
+    let (b, lb) = node_in_bucket(2, "zone-a", &coordinator, dir.path());
+    let mut ca = connect(&a);
+    let mut cb = connect(&b);
+    assert_eq!(raw::create_topic(&mut ca, "g", 1, &[]), 0);
+    // A group that node 1 coordinates.
+    let group = (0..200)
+        .map(|i| format!("grp-{i}"))
+        .find(|g| coordinator_of(&mut ca, "plain", g) == 1)
+        .unwrap();
+    let commit = |c: &mut TcpStream, offset: i64| {
+        use offset_commit_request::*;
+        let body = RequestBody::OffsetCommit(OffsetCommitRequest {
+            group_id: group.as_str().into(),
+            generation_id_or_member_epoch: -1,
+            member_id: "".into(),
+            retention_time_ms: -1,
+            topics: vec![OffsetCommitRequestTopic {
+                name: "g".into(),
+                partitions: vec![OffsetCommitRequestPartition {
+                    partition_index: 0,
+                    committed_offset: offset,
+                    committed_leader_epoch: -1,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let resp = raw::call(c, 2, body);
+        offset_commit_response::OffsetCommitResponse::decode(&resp, 2)
+            .unwrap()
+            .topics[0]
+            .partitions[0]
+            .error_code
+    };
+    let fetch = |c: &mut TcpStream| {
+        use offset_fetch_request::*;
+        let body = RequestBody::OffsetFetch(OffsetFetchRequest {
+            group_id: group.as_str().into(),
+            topics: Some(vec![OffsetFetchRequestTopic {
+                name: "g".into(),
+                partition_indexes: vec![0],
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        let resp = raw::call(c, 1, body);
+        offset_fetch_response::OffsetFetchResponse::decode(&resp, 1)
+            .unwrap()
+            .topics[0]
+            .partitions[0]
+            .committed_offset
+    };
+    assert_eq!(commit(&mut ca, 42), 0);
+    assert_eq!(fetch(&mut ca), 42);
+    // Node 1 goes; node 2 now coordinates the group, with its offsets.
+    assert!(coordinator.fence(1));
+    assert_eq!(coordinator_of(&mut cb, "plain", &group), 2);
+    assert_eq!(
+        fetch(&mut cb),
+        42,
+        "the committed offset moved with the group"
+    );
+    drop((ca, cb));
+    a.stop();
+    b.stop();
+    la.shutdown(Duration::from_secs(5));
+    lb.shutdown(Duration::from_secs(5));
+}
