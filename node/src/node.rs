@@ -58,6 +58,8 @@ pub struct NodeCtx {
     topics_seen: Mutex<(u64, u64)>,
     /// The generation last looked at, read without the lock.
     topics_generation_seen: std::sync::atomic::AtomicU64,
+    /// WAL objects kept for other nodes ([`NodeCtx::pin_objects_from`]).
+    pins: Mutex<Vec<(u64, std::time::Instant)>>,
     recovered: Mutex<Recovered>,
     /// Per shard: the oldest WAL object its partitions read from
     /// (`u64::MAX`: none). WAL objects older than every shard's, and than
@@ -229,6 +231,7 @@ impl NodeCtx {
             zones,
             topics_seen: Mutex::new((0, 0)),
             topics_generation_seen: std::sync::atomic::AtomicU64::new(0),
+            pins: Mutex::new(Vec::new()),
             traffic: Arc::new(crate::rpc::RpcTraffic::new()),
             cluster,
             node_id: s.node_id,
@@ -341,6 +344,12 @@ impl NodeCtx {
     /// The oldest WAL object anything still reads from: loaded partitions on
     /// every shard, and recovered ones no shard has loaded yet.
     pub fn oldest_object_in_use(&self) -> u64 {
+        let now = std::time::Instant::now();
+        let pinned = {
+            let mut pins = self.pins.lock();
+            pins.retain(|(_, until)| *until > now);
+            pins.iter().map(|(seq, _)| *seq).min().unwrap_or(u64::MAX)
+        };
         let recovered = self
             .recovered
             .lock()
@@ -352,6 +361,19 @@ impl NodeCtx {
         self.shard_oldest_seq
             .iter()
             .map(|s| s.load(std::sync::atomic::Ordering::Acquire))
-            .fold(recovered, u64::min)
+            .fold(recovered.min(pinned), u64::min)
+    }
+
+    /// Keeps WAL objects from `seq` on for a while: a partition this node
+    /// no longer leads may be read from them by its new leader until that
+    /// leader has compacted it (as handoff objects are kept for their
+    /// leaders).
+    pub fn pin_objects_from(&self, seq: u64) {
+        let keep = std::time::Duration::from_millis(
+            (self.compaction_interval_ms * 20).max(10 * 60 * 1000),
+        );
+        self.pins
+            .lock()
+            .push((seq, std::time::Instant::now() + keep));
     }
 }

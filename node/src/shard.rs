@@ -516,7 +516,13 @@ impl Shard {
             .collect();
         for key in lost {
             tracing::info!(topic = &*key.0, partition = key.1, "no longer the leader");
-            self.partitions.borrow_mut().remove(&key);
+            if let Some(log) = self.partitions.borrow_mut().remove(&key) {
+                // Its new leader reads these batches from this node's WAL
+                // objects until it has compacted them: keep them.
+                if let Some(seq) = log.borrow().oldest_object_seq() {
+                    self.ctx.pin_objects_from(seq);
+                }
+            }
             self.wake(&key);
         }
     }
@@ -650,6 +656,8 @@ impl Shard {
     /// a time, so at most one object's bytes are held. Answers how many
     /// batches moved.
     pub async fn compact(&self) -> usize {
+        // Partitions led elsewhere now are not this node's to compact.
+        self.follow_leadership();
         let logs: Vec<Rc<RefCell<PartitionLog>>> =
             self.partitions.borrow().values().cloned().collect();
         let mut moved = 0;
@@ -1928,6 +1936,9 @@ impl Shard {
     /// `log.retention.ms` / `log.retention.bytes`. Returns the batches
     /// dropped.
     pub fn apply_retention(&self, now_ms: i64) -> usize {
+        // Partitions led elsewhere now are not this node's to trim (nor
+        // their objects to delete).
+        self.follow_leadership();
         let mut unreferenced = Vec::new();
         let table = self.topics.get();
         // Partitions of deleted topics (the shard that took the DeleteTopics

@@ -311,6 +311,7 @@ fn node_in_bucket(
         rack: Some(zone.to_owned()),
         shards: 2,
         cluster: ClusterJoin::Local(coordinator.clone()),
+        retention_check_ms: 100,
         ..NodeSettings::local(id)
     };
     let node = server::start(
@@ -448,6 +449,13 @@ fn a_leaders_partitions_are_taken_over_from_the_bucket() {
     assert_eq!(r.node_endpoints.len(), 1);
     assert_eq!(r.node_endpoints[0].node_id, 2);
     assert_eq!(r.node_endpoints[0].port, i32::from(b.addr.port()));
+    // Node 1 drops the partitions it no longer leads, but keeps the WAL
+    // objects they were in: node 2 reads them until it has compacted them.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        a.ctx.oldest_object_in_use() < u64::MAX,
+        "node 1 would delete WAL objects its successor reads"
+    );
     // Node 2 leads everything, and continues each log where it ended.
     let (now, _) = metadata(&mut cb, "plain", "f");
     assert!(now.values().all(|&l| l == 2), "{now:?}");
