@@ -49,6 +49,10 @@ pub struct NodeCtx {
     pub cluster: Arc<dyn crate::cluster::Coordinator>,
     /// This node's zone (`broker.rack`, or [`DEFAULT_ZONE`]).
     pub zone: String,
+    /// The node runs alone by construction (an in-process coordinator of
+    /// its own): no other node ever writes its partitions, so start-up
+    /// recovery of its own objects is their whole history.
+    pub alone: bool,
     /// Client zones by `automq.zone.cidr.blocks`; shards keep it current
     /// from the coordinator.
     pub zones: Arc<crate::zone::ZoneResolver>,
@@ -219,6 +223,7 @@ impl NodeCtx {
         durable: Arc<dyn DurableLog>,
         recovered: Recovered,
         cluster: Arc<dyn crate::cluster::Coordinator>,
+        alone: bool,
     ) -> NodeCtx {
         let zones = Arc::new(crate::zone::ZoneResolver::new(
             crate::zone::ZoneTable::parse(&cluster.zone_cidrs()).unwrap_or_else(|e| {
@@ -228,6 +233,7 @@ impl NodeCtx {
         ));
         NodeCtx {
             zone: s.rack.clone().unwrap_or_else(|| DEFAULT_ZONE.to_owned()),
+            alone,
             zones,
             topics_seen: Mutex::new((0, 0)),
             topics_generation_seen: std::sync::atomic::AtomicU64::new(0),

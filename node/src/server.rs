@@ -114,6 +114,7 @@ pub fn start(
         settings.advertised_host.clone(),
         settings.advertised_port,
     );
+    let alone = matches!(settings.cluster, ClusterJoin::Alone);
     let cluster: Arc<dyn crate::cluster::Coordinator> = match std::mem::take(&mut settings.cluster)
     {
         ClusterJoin::Alone => {
@@ -141,7 +142,9 @@ pub fn start(
         }
     };
     let topics = Arc::new(Topics::new(topics, now_ms() as u64));
-    let ctx = Arc::new(NodeCtx::new(settings, topics, durable, recovered, cluster));
+    let ctx = Arc::new(NodeCtx::new(
+        settings, topics, durable, recovered, cluster, alone,
+    ));
     seed_topics(&ctx);
     let mesh = MeshBuilder::<ShardMsg, _>::full(shards, SHARD_QUEUE_DEPTH);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, String>>();

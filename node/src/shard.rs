@@ -205,11 +205,15 @@ type QueuedCommit = (
 const COMMIT_GATHER: Duration = Duration::from_millis(1);
 
 struct Leadership {
-    /// Every view since start had this node alone (or none): start-up
-    /// recovery is the partitions' whole history.
+    /// The node runs alone by construction ([`NodeCtx::alone`]): start-up
+    /// recovery is the partitions' whole history. Otherwise (a cluster,
+    /// even one that has only this node now) every partition this node
+    /// comes to lead is loaded from every node's objects.
     solo: bool,
     /// The view generation last acted on.
     generation: u64,
+    /// The coordinator session (registration) last acted on.
+    session: u64,
     /// Partitions queued or being loaded, with their topic ids.
     loading: HashMap<Key, [u8; 16]>,
     loader_running: bool,
@@ -233,8 +237,9 @@ impl Shard {
             replica_cache: RefCell::new(ReplicaCache::new(ctx.cache_bytes_max / 4)),
             replica_index: RefCell::new(HashMap::new()),
             leadership: RefCell::new(Leadership {
-                solo: true,
+                solo: ctx.alone,
                 generation: 0,
+                session: ctx.cluster.session(),
                 loading: HashMap::new(),
                 loader_running: false,
             }),
@@ -494,24 +499,28 @@ impl Shard {
     /// dropped (their waiters woken, to be routed again).
     fn follow_leadership(&self) {
         let generation = self.ctx.cluster.generation();
+        let session = self.ctx.cluster.session();
+        let fenced = self.ctx.cluster.fenced();
+        let mut drop_all = false;
         {
             let mut ld = self.leadership.borrow_mut();
-            if ld.generation == generation {
+            // A node that lost its lease (or registered again since) may
+            // have missed views in which another node led its partitions:
+            // nothing it holds can be trusted; it loads again what it leads.
+            if (fenced || ld.session != session) && !ld.solo {
+                drop_all = true;
+            }
+            ld.session = session;
+            if ld.generation == generation && !drop_all {
                 return;
             }
             ld.generation = generation;
-            let view = self.view();
-            let alone = view.members().len() == 1
-                && view.members().first().map(|m| m.node_id) == Some(self.ctx.node_id);
-            if !alone && !view.is_empty() {
-                ld.solo = false;
-            }
         }
         let lost: Vec<Key> = self
             .partitions
             .borrow()
             .keys()
-            .filter(|(t, p)| !matches!(self.route(t, *p), Route::Local))
+            .filter(|(t, p)| drop_all || !matches!(self.route(t, *p), Route::Local))
             .cloned()
             .collect();
         for key in lost {

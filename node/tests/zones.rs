@@ -303,6 +303,18 @@ fn node_in_bucket(
     coordinator: &Arc<LocalCoordinator>,
     bucket: &std::path::Path,
 ) -> (RunningNode, Arc<ferry_node::wal_log::WalLog>) {
+    node_in_bucket_checking(id, zone, coordinator, bucket, 100)
+}
+
+/// [`node_in_bucket`] whose retention pass (which also notices lost
+/// leadership) runs every `retention_check_ms`.
+fn node_in_bucket_checking(
+    id: i32,
+    zone: &str,
+    coordinator: &Arc<LocalCoordinator>,
+    bucket: &std::path::Path,
+    retention_check_ms: u64,
+) -> (RunningNode, Arc<ferry_node::wal_log::WalLog>) {
     let uri = ferry_wal::BucketUri::parse(&format!("file://{}", bucket.display())).unwrap();
     let mut cfg = ferry_wal::WalConfig::new(id as u32);
     cfg.batch_interval = Duration::from_millis(20);
@@ -311,7 +323,7 @@ fn node_in_bucket(
         rack: Some(zone.to_owned()),
         shards: 2,
         cluster: ClusterJoin::Local(coordinator.clone()),
-        retention_check_ms: 100,
+        retention_check_ms,
         ..NodeSettings::local(id)
     };
     let node = server::start(
@@ -608,6 +620,47 @@ fn committed_offsets_move_with_the_group_coordinator() {
         fetch(&mut cb),
         42,
         "the committed offset moved with the group"
+    );
+    drop((ca, cb));
+    a.stop();
+    b.stop();
+    la.shutdown(Duration::from_secs(5));
+    lb.shutdown(Duration::from_secs(5));
+}
+
+/// A node that lost its lease may miss the views in which another node led
+/// its partitions (it was stopped, or simply not looking). When it
+/// registers again and leads them again, it must not go on from what it
+/// held: it loads them again, with what the other node wrote meanwhile.
+#[test]
+fn a_node_back_from_a_lost_lease_reloads_what_it_leads() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = LocalCoordinator::new();
+    // Node 1 looks at the view only when asked (no retention pass soon).
+    let (a, la) = node_in_bucket_checking(1, "zone-a", &coordinator, dir.path(), 60_000);
+    let (b, lb) = node_in_bucket(2, "zone-a", &coordinator, dir.path());
+    let mut ca = connect(&a);
+    let mut cb = connect(&b);
+    assert_eq!(raw::create_topic(&mut cb, "s", 4, &[]), 0);
+    let (truth, _) = metadata(&mut cb, "plain", "s");
+    let p = *truth.iter().find(|(_, &l)| l == 1).unwrap().0;
+    assert_eq!(produce_retrying(&mut ca, "s", p, b"one"), (0, 0));
+    // Node 1 loses its lease; node 2 takes the partition and writes to it.
+    assert!(coordinator.fence(1));
+    assert_eq!(produce_retrying(&mut cb, "s", p, b"two"), (0, 1));
+    // Node 1 is back before it ever looked.
+    assert!(coordinator.unfence(1));
+    let (err, offset) = produce_retrying(&mut ca, "s", p, b"three");
+    assert_eq!(err, 0);
+    assert_eq!(offset, 2, "node 1 continues after node 2's record");
+    let (_, got) = raw::fetch(&mut ca, "s", p, 0);
+    assert_eq!(
+        got,
+        vec![
+            (0, b"one".to_vec()),
+            (1, b"two".to_vec()),
+            (2, b"three".to_vec())
+        ]
     );
     drop((ca, cb));
     a.stop();
