@@ -1051,6 +1051,28 @@ async fn alter_resource(
                         value = value.as_deref().unwrap_or(""),
                         "broker config altered cluster-wide"
                     );
+                    // An in-process coordinator forgets it at a restart:
+                    // the bucket keeps it (etcd keeps its own).
+                    if shard.ctx.in_process {
+                        let text = shard.ctx.cluster.zone_cidrs();
+                        let rx = shard.ctx.durable.put_meta(
+                            ZONE_CIDRS_META,
+                            now_ms() as u64,
+                            Bytes::from(text.into_bytes()),
+                        );
+                        match rx.await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => {
+                                return Err((ErrorCode::KAFKA_STORAGE_ERROR, e.to_string()))
+                            }
+                            Err(_) => {
+                                return Err((
+                                    ErrorCode::KAFKA_STORAGE_ERROR,
+                                    "the WAL is shut down".into(),
+                                ))
+                            }
+                        }
+                    }
                 }
             }
             Ok(())
@@ -1058,6 +1080,10 @@ async fn alter_resource(
         other => Err(configs::unsupported_resource(other).into_pair()),
     }
 }
+
+/// Where an in-process cluster keeps `automq.zone.cidr.blocks` set at run
+/// time (`meta/zone-cidrs`); it wins over the configured value at start.
+pub const ZONE_CIDRS_META: &str = "zone-cidrs";
 
 /// Producer ids: the start time in milliseconds shifted left by 10 bits,
 /// plus a counter. They stay unique across restarts as long as the clock

@@ -334,6 +334,12 @@ pub trait Coordinator: Send + Sync {
     /// handle is fenced for good.
     fn leave(&self) -> CoordinatorFuture<()>;
 
+    /// Whether this is the etcd coordinator (whose values etcd keeps), not
+    /// an in-process one.
+    fn is_etcd(&self) -> bool {
+        false
+    }
+
     /// The cluster's topic table (an encoded `TopicTable`) and its version
     /// (0 and `None`: never written).
     fn topics(&self) -> (u64, Option<bytes::Bytes>);

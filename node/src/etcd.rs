@@ -1017,6 +1017,10 @@ impl Coordinator for EtcdCoordinator {
         self.shared.topics.lock().clone()
     }
 
+    fn is_etcd(&self) -> bool {
+        true
+    }
+
     fn topics_generation(&self) -> u64 {
         self.shared.topics_generation.load(Ordering::Acquire)
     }

@@ -136,6 +136,12 @@ fn run_zones(base: &Config, zones: u16, per_zone: u16) -> anyhow::Result<()> {
                 &c,
                 ferry_node::node::ClusterJoin::Local(coordinator.clone()),
             )?;
+            if k == 0 {
+                if let Some(text) = &started.zone_cidrs {
+                    // The value set at run time before a restart.
+                    futures_lite::future::block_on(started.node.ctx.cluster.set_zone_cidrs(text))?;
+                }
+            }
             nodes.push((format!("az{}", z + 1), started));
         }
     }
@@ -185,6 +191,9 @@ struct Started {
     node: server::RunningNode,
     log: Arc<WalLog>,
     metrics: Option<SocketAddr>,
+    /// `automq.zone.cidr.blocks` as kept in the bucket, if it was set at
+    /// run time.
+    zone_cidrs: Option<String>,
 }
 
 fn run(config: &mut Config, dev: bool) -> anyhow::Result<()> {
@@ -277,11 +286,17 @@ fn start_node(config: &Config, cluster: ferry_node::node::ClusterJoin) -> anyhow
         },
         other => other,
     };
-    let settings = NodeSettings {
+    let mut settings = NodeSettings {
         groups_snapshot: opened.groups.clone(),
         cluster,
         ..NodeSettings::from_config(config).context("node.id and listeners are required")?
     };
+    // A value set at run time (and kept in the bucket) wins over the
+    // configured one, as Kafka's dynamic broker configs do.
+    if let Some(stored) = &opened.zone_cidrs {
+        settings.zone_cidrs = stored.clone();
+    }
+    let stored_zone_cidrs = opened.zone_cidrs.clone();
     let log = opened.log.clone();
     let node = server::start(
         settings,
@@ -305,5 +320,10 @@ fn start_node(config: &Config, cluster: ferry_node::node::ClusterJoin) -> anyhow
         tracing::info!(addr = %bound, node = node_id, "metrics at /metrics");
         metrics = Some(bound);
     }
-    Ok(Started { node, log, metrics })
+    Ok(Started {
+        node,
+        log,
+        metrics,
+        zone_cidrs: stored_zone_cidrs,
+    })
 }

@@ -53,6 +53,9 @@ pub struct NodeCtx {
     /// its own): no other node ever writes its partitions, so start-up
     /// recovery of its own objects is their whole history.
     pub alone: bool,
+    /// The coordinator is in this process (alone, or `ferry dev --zones`):
+    /// cluster-wide values it holds are kept in the bucket too.
+    pub in_process: bool,
     /// Client zones by `automq.zone.cidr.blocks`; shards keep it current
     /// from the coordinator.
     pub zones: Arc<crate::zone::ZoneResolver>,
@@ -234,6 +237,7 @@ impl NodeCtx {
         NodeCtx {
             zone: s.rack.clone().unwrap_or_else(|| DEFAULT_ZONE.to_owned()),
             alone,
+            in_process: !cluster.is_etcd(),
             zones,
             topics_seen: Mutex::new((0, 0)),
             topics_generation_seen: std::sync::atomic::AtomicU64::new(0),

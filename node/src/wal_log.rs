@@ -49,6 +49,9 @@ pub struct Opened {
     pub topics: TopicTable,
     /// The committed-offsets snapshot (`meta/groups`), if one was written.
     pub groups: Option<Bytes>,
+    /// `automq.zone.cidr.blocks` as last set at run time in an in-process
+    /// cluster (`meta/zone-cidrs`), if it was.
+    pub zone_cidrs: Option<String>,
     pub recovered: Recovered,
     pub objects_read: u64,
     pub batches: usize,
@@ -122,6 +125,9 @@ impl WalLog {
             Some(g) => Some(g),
             None => io.block_on(get_meta(&*store, "groups"))?,
         };
+        let zone_cidrs = io
+            .block_on(get_meta(&*store, crate::api::ZONE_CIDRS_META))?
+            .and_then(|b| String::from_utf8(b.to_vec()).ok());
         let rec = io.block_on(recovery::scan(&*store, WAL_PREFIX, node_id))?;
         for s in &rec.skipped {
             tracing::warn!(object_key = %s.key, error = %s.error, "skipped a WAL object at recovery");
@@ -238,6 +244,7 @@ impl WalLog {
             log,
             topics,
             groups,
+            zone_cidrs,
             recovered,
             objects_read: rec.objects_read + compacted.objects_read,
             batches,

@@ -668,3 +668,79 @@ fn a_node_back_from_a_lost_lease_reloads_what_it_leads() {
     la.shutdown(Duration::from_secs(5));
     lb.shutdown(Duration::from_secs(5));
 }
+
+/// A zone table set at run time survives a restart of a node whose
+/// coordinator is in process (the bucket keeps it; etcd keeps its own).
+#[test]
+fn a_zone_table_set_at_run_time_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = common::DevNode::start(dir.path(), common::free_port(), &[]);
+    let describe = |c: &mut TcpStream| -> Option<String> {
+        use describe_configs_request::*;
+        let body = RequestBody::DescribeConfigs(DescribeConfigsRequest {
+            resources: vec![DescribeConfigsResource {
+                resource_type: 4,
+                resource_name: "0".into(),
+                configuration_keys: Some(vec!["automq.zone.cidr.blocks".into()]),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let resp = raw::call(c, 1, body);
+        let r = describe_configs_response::DescribeConfigsResponse::decode(&resp, 1).unwrap();
+        r.results[0]
+            .configs
+            .iter()
+            .find(|c| c.name.as_str() == "automq.zone.cidr.blocks")
+            .and_then(|c| c.value.as_ref().map(|v| v.to_string()))
+    };
+    let value = "zone-x@10.9.0.0/16";
+    {
+        let mut c = ready(n.port);
+        assert_eq!(set_zone_cidrs_at_cluster_defaults(&mut c, value), 0);
+        assert_eq!(describe(&mut c).as_deref(), Some(value));
+    }
+    n.kill9_and_restart(&[]);
+    let mut c = ready(n.port);
+    assert_eq!(
+        describe(&mut c).as_deref(),
+        Some(value),
+        "kept across the restart"
+    );
+}
+
+/// A connection to a node that has finished starting: it answers an
+/// ApiVersions request (retried for at most 20 s).
+fn ready(port: u16) -> TcpStream {
+    use std::io::{Read, Write};
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node on {port} never answered"
+        );
+        let attempt = || -> std::io::Result<TcpStream> {
+            let mut c = TcpStream::connect(("127.0.0.1", port))?;
+            c.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let frame = ferry_protocol::frame::concat(
+                &ferry_protocol::frame::encode_request(
+                    1,
+                    Some("ready"),
+                    0,
+                    &RequestBody::ApiVersions(Default::default()),
+                )
+                .map_err(std::io::Error::other)?,
+            );
+            c.write_all(&frame)?;
+            let mut size = [0u8; 4];
+            c.read_exact(&mut size)?;
+            let mut rest = vec![0u8; u32::from_be_bytes(size) as usize];
+            c.read_exact(&mut rest)?;
+            Ok(c)
+        };
+        match attempt() {
+            Ok(c) => return c,
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
