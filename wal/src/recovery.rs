@@ -129,48 +129,15 @@ pub(crate) async fn scan_counted(
         ..Recovery::default()
     };
     while let Some((meta, result)) = reads.next().await {
-        let WalObjectMeta { key, seq, .. } = meta;
-        match result {
-            Ok(index) if index.header.seq == seq && index.header.node_id == node_id => {
-                recovery.objects_read += 1;
-                let key: Arc<str> = Arc::from(key.as_ref());
-                recovery
-                    .entries
-                    .extend(index.entries.into_iter().map(|entry| RecoveredEntry {
-                        key: key.clone(),
-                        seq,
-                        node_id,
-                        entry,
-                    }));
-            }
-            Ok(index) => {
-                let error = WalError::corrupt(
-                    key.to_string(),
-                    crate::error::FormatError::BadIndex {
-                        reason: format!(
-                            "header says node {} object {}, the key says node {node_id} object {seq}",
-                            index.header.node_id, index.header.seq
-                        ),
-                    },
-                );
-                error!(object_key = %key, error = %error, "WAL object skipped");
-                recovery.skipped.push(SkippedObject {
-                    key: key.to_string(),
-                    seq,
-                    error,
-                });
-            }
-            Err(error @ (WalError::Corrupt { .. } | WalError::Store { .. })) => {
-                // Store errors left here are NotFound: the object went away
-                // between the listing and the read.
-                error!(object_key = %key, error = %error, "WAL object skipped");
-                recovery.skipped.push(SkippedObject {
-                    key: key.to_string(),
-                    seq,
-                    error,
-                });
-            }
-            Err(other) => return Err(other),
+        if take_index(
+            node_id,
+            meta,
+            result,
+            &|_, _| true,
+            &mut recovery.entries,
+            &mut recovery.skipped,
+        )? {
+            recovery.objects_read += 1;
         }
     }
     Ok(recovery)
@@ -261,50 +228,15 @@ pub(crate) async fn scan_partitions_counted(
         })
         .buffered(RECOVERY_READS_INFLIGHT_MAX);
     while let Some((node_id, meta, result)) = reads.next().await {
-        let WalObjectMeta { key, seq, .. } = meta;
-        match result {
-            Ok(index) if index.header.seq == seq && index.header.node_id == node_id => {
-                out.objects_read += 1;
-                let key: Arc<str> = Arc::from(key.as_ref());
-                out.entries.extend(
-                    index
-                        .entries
-                        .into_iter()
-                        .filter(|e| want(&e.topic_id, e.partition))
-                        .map(|entry| RecoveredEntry {
-                            key: key.clone(),
-                            seq,
-                            node_id,
-                            entry,
-                        }),
-                );
-            }
-            Ok(index) => {
-                let error = WalError::corrupt(
-                    key.to_string(),
-                    crate::error::FormatError::BadIndex {
-                        reason: format!(
-                            "header says node {} object {}, the key says node {node_id} object {seq}",
-                            index.header.node_id, index.header.seq
-                        ),
-                    },
-                );
-                error!(object_key = %key, error = %error, "WAL object skipped");
-                out.skipped.push(SkippedObject {
-                    key: key.to_string(),
-                    seq,
-                    error,
-                });
-            }
-            Err(error @ (WalError::Corrupt { .. } | WalError::Store { .. })) => {
-                error!(object_key = %key, error = %error, "WAL object skipped");
-                out.skipped.push(SkippedObject {
-                    key: key.to_string(),
-                    seq,
-                    error,
-                });
-            }
-            Err(other) => return Err(other),
+        if take_index(
+            node_id,
+            meta,
+            result,
+            want,
+            &mut out.entries,
+            &mut out.skipped,
+        )? {
+            out.objects_read += 1;
         }
     }
     drop(reads);
@@ -355,6 +287,59 @@ where
             other => return other,
         }
     }
+}
+
+/// One object's index read during a scan: its entries that `want` takes go
+/// to `entries` (answers `true`); an object whose header does not match its
+/// key, or that is corrupt or gone, is skipped and reported; any other
+/// error fails the scan.
+fn take_index(
+    node_id: u32,
+    meta: WalObjectMeta,
+    result: Result<crate::object::ObjectIndex, WalError>,
+    want: &(dyn Fn(&[u8; 16], i32) -> bool + Sync),
+    entries: &mut Vec<RecoveredEntry>,
+    skipped: &mut Vec<SkippedObject>,
+) -> Result<bool, WalError> {
+    let WalObjectMeta { key, seq, .. } = meta;
+    let error = match result {
+        Ok(index) if index.header.seq == seq && index.header.node_id == node_id => {
+            let key: Arc<str> = Arc::from(key.as_ref());
+            entries.extend(
+                index
+                    .entries
+                    .into_iter()
+                    .filter(|e| want(&e.topic_id, e.partition))
+                    .map(|entry| RecoveredEntry {
+                        key: key.clone(),
+                        seq,
+                        node_id,
+                        entry,
+                    }),
+            );
+            return Ok(true);
+        }
+        Ok(index) => WalError::corrupt(
+            key.to_string(),
+            crate::error::FormatError::BadIndex {
+                reason: format!(
+                    "header says node {} object {}, the key says node {node_id} object {seq}",
+                    index.header.node_id, index.header.seq
+                ),
+            },
+        ),
+        // Store errors left here are NotFound: the object went away between
+        // the listing and the read.
+        Err(error @ (WalError::Corrupt { .. } | WalError::Store { .. })) => error,
+        Err(other) => return Err(other),
+    };
+    error!(object_key = %key, error = %error, "WAL object skipped");
+    skipped.push(SkippedObject {
+        key: key.to_string(),
+        seq,
+        error,
+    });
+    Ok(false)
 }
 
 /// One partition's log as rebuilt by [`rebuild`].
