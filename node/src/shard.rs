@@ -765,7 +765,10 @@ impl Shard {
         if self.ctx.cluster.fenced() {
             return Route::Fenced;
         }
-        let view = self.view();
+        // Borrowed, not cloned: this runs for every partition of every
+        // produce and fetch.
+        let mut cache = self.view.borrow_mut();
+        let view = cache.get();
         match view.leader(topic, partition) {
             None => Route::Local,
             Some(m) if m.node_id == self.ctx.node_id => Route::Local,

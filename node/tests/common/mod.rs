@@ -186,24 +186,7 @@ pub mod raw {
         ts: i64,
         key: &[u8],
     ) -> (i16, i64) {
-        let mut b = RecordBatchBuilder::new();
-        b.push(NewRecord::new(ts, Some(key), Some(b"v")));
-        let body = RequestBody::Produce(produce_request::ProduceRequest {
-            acks: -1,
-            timeout_ms: 10_000,
-            topic_data: vec![produce_request::TopicProduceData {
-                name: topic.into(),
-                partition_data: vec![produce_request::PartitionProduceData {
-                    index: partition,
-                    records: Some(b.build().unwrap().into()),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        });
-        let resp = call(conn, 9, body);
-        let r = produce_response::ProduceResponse::decode(&resp, 9).unwrap();
+        let r = produce_at(conn, 9, topic, partition, ts, key);
         let p = &r.responses[0].partition_responses[0];
         (p.error_code, p.base_offset)
     }
@@ -268,8 +251,19 @@ pub mod raw {
         partition: i32,
         key: &[u8],
     ) -> produce_response::ProduceResponse {
+        produce_at(conn, version, topic, partition, 1_000, key)
+    }
+
+    fn produce_at(
+        conn: &mut TcpStream,
+        version: i16,
+        topic: &str,
+        partition: i32,
+        ts: i64,
+        key: &[u8],
+    ) -> produce_response::ProduceResponse {
         let mut b = RecordBatchBuilder::new();
-        b.push(NewRecord::new(1_000, Some(key), Some(b"v")));
+        b.push(NewRecord::new(ts, Some(key), Some(b"v")));
         let body = RequestBody::Produce(produce_request::ProduceRequest {
             acks: -1,
             timeout_ms: 10_000,
