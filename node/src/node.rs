@@ -227,6 +227,7 @@ impl NodeCtx {
         recovered: Recovered,
         cluster: Arc<dyn crate::cluster::Coordinator>,
         alone: bool,
+        traffic: Arc<crate::rpc::RpcTraffic>,
     ) -> NodeCtx {
         let zones = Arc::new(crate::zone::ZoneResolver::new(
             crate::zone::ZoneTable::parse(&cluster.zone_cidrs()).unwrap_or_else(|e| {
@@ -242,7 +243,7 @@ impl NodeCtx {
             topics_seen: Mutex::new((0, 0)),
             topics_generation_seen: std::sync::atomic::AtomicU64::new(0),
             pins: Mutex::new(Vec::new()),
-            traffic: Arc::new(crate::rpc::RpcTraffic::new()),
+            traffic,
             cluster,
             node_id: s.node_id,
             rack: s.rack,

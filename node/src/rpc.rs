@@ -1084,14 +1084,19 @@ pub enum RpcKind {
     /// Kafka clients' own connections (counted by the node they talk to,
     /// by the client's zone; `unknown` when it has none).
     Client,
+    /// The node's connections to etcd (leases, watches, the cluster's
+    /// tables), by the zone of the etcd endpoint; `unknown` when no zone
+    /// CIDR block holds its address.
+    Coordinator,
 }
 
 impl RpcKind {
-    pub const ALL: [RpcKind; 4] = [
+    pub const ALL: [RpcKind; 5] = [
         RpcKind::Handoff,
         RpcKind::Replica,
         RpcKind::Forward,
         RpcKind::Client,
+        RpcKind::Coordinator,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -1100,6 +1105,7 @@ impl RpcKind {
             RpcKind::Replica => "replica",
             RpcKind::Forward => "forward",
             RpcKind::Client => "client",
+            RpcKind::Coordinator => "coordinator",
         }
     }
 
@@ -1111,8 +1117,8 @@ impl RpcKind {
 /// Bytes to and from one peer zone, by kind.
 #[derive(Debug, Default)]
 pub struct ZoneTraffic {
-    out: [AtomicU64; 4],
-    inn: [AtomicU64; 4],
+    out: [AtomicU64; RpcKind::ALL.len()],
+    inn: [AtomicU64; RpcKind::ALL.len()],
 }
 
 impl ZoneTraffic {

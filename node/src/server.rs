@@ -115,6 +115,7 @@ pub fn start(
         settings.advertised_port,
     );
     let alone = matches!(settings.cluster, ClusterJoin::Alone);
+    let traffic = Arc::new(crate::rpc::RpcTraffic::new());
     let cluster: Arc<dyn crate::cluster::Coordinator> = match std::mem::take(&mut settings.cluster)
     {
         ClusterJoin::Alone => {
@@ -132,7 +133,19 @@ pub fn start(
         }
         ClusterJoin::Etcd { options, runtime } => {
             let rt = runtime.clone();
-            let c = runtime.block_on(crate::etcd::EtcdCoordinator::register(rt, options, me))?;
+            // etcd's bytes count as coordinator traffic, by the zone the
+            // configured CIDR blocks give its address.
+            let counted = crate::etcd::CoordinatorTraffic {
+                traffic: traffic.clone(),
+                zones: crate::zone::ZoneTable::parse(&settings.zone_cidrs)
+                    .unwrap_or_else(|_| crate::zone::ZoneTable::empty()),
+            };
+            let c = runtime.block_on(crate::etcd::EtcdCoordinator::register_counted(
+                rt,
+                options,
+                me,
+                Some(counted),
+            ))?;
             use crate::cluster::Coordinator as _;
             if !settings.zone_cidrs.is_empty() && c.zone_cidrs().is_empty() {
                 // A cluster without a zone table takes this node's.
@@ -143,7 +156,7 @@ pub fn start(
     };
     let topics = Arc::new(Topics::new(topics, now_ms() as u64));
     let ctx = Arc::new(NodeCtx::new(
-        settings, topics, durable, recovered, cluster, alone,
+        settings, topics, durable, recovered, cluster, alone, traffic,
     ));
     seed_topics(&ctx);
     let mesh = MeshBuilder::<ShardMsg, _>::full(shards, SHARD_QUEUE_DEPTH);

@@ -7,6 +7,7 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_node::cluster::{follow_zone_cidrs, Coordinator, CoordinatorError, Member};
@@ -389,4 +390,82 @@ fn an_unreachable_etcd_is_an_error_within_the_timeouts() {
         r.err().map(|e| e.to_string()).unwrap_or_default()
     );
     drop(silent);
+}
+
+#[test]
+fn etcd_bytes_count_as_coordinator_traffic_of_the_endpoints_zone() {
+    use ferry_node::etcd::CoordinatorTraffic;
+    use ferry_node::rpc::RpcTraffic;
+    use ferry_node::zone::ZoneTable;
+    let etcd = Etcd::start();
+    let io = IoRuntime::new(2).unwrap();
+    let count = |zones: &str| {
+        let traffic = Arc::new(RpcTraffic::new());
+        let counted = CoordinatorTraffic {
+            traffic: traffic.clone(),
+            zones: ZoneTable::parse(zones).unwrap(),
+        };
+        (traffic, counted)
+    };
+    // 127.0.0.0/8 is etcd's zone here; the other node's table has none.
+    let (traffic_a, counted_a) = count("zx@127.0.0.0/8");
+    let (traffic_b, counted_b) = count("");
+    let register_counted = |options, m, counted| {
+        io.block_on(EtcdCoordinator::register_counted(
+            io.handle().clone(),
+            options,
+            m,
+            Some(counted),
+        ))
+    };
+    let a = register_counted(options(&etcd, "c1"), member(1, "za"), counted_a)
+        .expect("node 1 registers through the relay");
+    let b = register_counted(options(&etcd, "c1"), member(2, "zb"), counted_b)
+        .expect("node 2 registers through the relay");
+    wait_until(Duration::from_secs(5), "both see both", || {
+        ids(&a) == [1, 2] && ids(&b) == [1, 2]
+    });
+    let coordinator = |t: &RpcTraffic| -> Vec<(String, u64, u64)> {
+        t.snapshot()
+            .into_iter()
+            .filter(|r| r.1 == "coordinator")
+            .map(|(z, _, o, i)| (z, o, i))
+            .collect()
+    };
+    let rows = coordinator(&traffic_a);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].0, "zx");
+    assert!(rows[0].1 > 100 && rows[0].2 > 100, "{rows:?}");
+    let rows_b = coordinator(&traffic_b);
+    assert_eq!(rows_b.len(), 1, "{rows_b:?}");
+    assert_eq!(rows_b[0].0, "unknown");
+    // Lease renewals keep counting while the node lives.
+    let before = coordinator(&traffic_a)[0].1;
+    wait_until(Duration::from_secs(5), "renewals are counted", || {
+        coordinator(&traffic_a)[0].1 > before
+    });
+    // A write through one node's relay reaches the other.
+    io.block_on(a.set_zone_cidrs("za@10.0.0.0/8"))
+        .expect("stored through the relay");
+    wait_until(Duration::from_secs(5), "b sees it", || {
+        b.zone_cidrs() == "za@10.0.0.0/8"
+    });
+    // The cross-zone total counts the etcd bytes of a known other zone.
+    let mut text = String::new();
+    traffic_a.render("za", &mut text);
+    assert!(
+        text.contains("kind=\"coordinator\",direction=\"out\""),
+        "{text}"
+    );
+    let cross: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ferry_cross_zone_bytes_total{local_zone=\"za\"} "))
+        .and_then(|v| v.parse().ok())
+        .expect("a cross-zone total");
+    assert!(cross > 200, "{text}");
+    // Leaving goes through the relay too: the lease is revoked at once.
+    io.block_on(a.leave()).expect("leaves through the relay");
+    wait_until(Duration::from_secs(2), "b sees node 1 leave", || {
+        ids(&b) == [2]
+    });
 }
