@@ -7,7 +7,7 @@
 use crate::cost::Prices;
 use crate::error::BenchError;
 use crate::payload::STAMP_BYTES;
-use crate::sweep::{self, LatencyModel, Peer, SweepConfig};
+use crate::sweep::{self, LatencyModel, Layout, Peer, SweepConfig};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -397,6 +397,15 @@ pub struct SweepArgs {
     /// The `ferry` binary to start for each point.
     #[arg(long, value_name = "PATH", default_value = "target/release/ferry")]
     pub ferry: PathBuf,
+    /// Zones of the cluster each point runs on (`ferry dev --zones N`,
+    /// az1..azN, one process). Above 1, producers and consumers are placed
+    /// round-robin over the zones with zone tags, and publish latency is
+    /// split into same-zone and cross-zone.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=9))]
+    pub zones: u16,
+    /// Nodes in each zone (`ferry dev --nodes-per-zone M`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4))]
+    pub nodes_per_zone: u16,
     /// A broker to run the same workload against once, for ratios, e.g.
     /// tansu=127.0.0.1:9093. Repeatable.
     #[arg(long, value_name = "NAME=HOST:PORT")]
@@ -573,6 +582,10 @@ impl SweepArgs {
             // Endpoints are set per point and per peer.
             workload: self.workload.into_config(Vec::new())?,
             grid: sweep::grid(&intervals, &sizes),
+            layout: Layout {
+                zones: self.zones,
+                nodes_per_zone: self.nodes_per_zone,
+            },
             latency_model,
             peers,
             ferry: self.ferry,
@@ -738,6 +751,38 @@ mod tests {
             let e = run_args(args).unwrap_err();
             assert!(e.contains(flag), "{args:?}: {e}");
         }
+    }
+
+    fn sweep_args(args: &[&str]) -> Result<SweepConfig, String> {
+        let mut argv = vec!["ferry-bench", "sweep", "--rate", "100"];
+        argv.extend_from_slice(args);
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        match cli.command {
+            Command::Sweep(s) => s.into_config().map_err(|e| e.to_string()),
+            _ => Err("not sweep".into()),
+        }
+    }
+
+    #[test]
+    fn a_sweep_runs_on_one_node_unless_zones_are_asked_for() {
+        let c = sweep_args(&["--small"]).unwrap();
+        assert_eq!(c.layout, Layout::ONE_NODE);
+        let c = sweep_args(&["--small", "--zones", "3", "--nodes-per-zone", "2"]).unwrap();
+        assert_eq!(
+            c.layout,
+            Layout {
+                zones: 3,
+                nodes_per_zone: 2
+            }
+        );
+        // ferry dev's own limits: 1..=9 zones, 1..=4 nodes per zone.
+        assert!(sweep_args(&["--zones", "0"])
+            .unwrap_err()
+            .contains("--zones"));
+        assert!(sweep_args(&["--zones", "10"]).is_err());
+        assert!(sweep_args(&["--nodes-per-zone", "5"])
+            .unwrap_err()
+            .contains("--nodes-per-zone"));
     }
 
     #[test]

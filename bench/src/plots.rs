@@ -5,7 +5,11 @@
 //! - `frontier.svg`: every point's publish p99 against its Ferry $/month,
 //!   the cost-latency frontier joined up;
 //! - `throughput.svg`: MB/s acknowledged and S3 PUTs per second against
-//!   `batchInterval`, one line per `maxBytesInBatch`.
+//!   `batchInterval`, one line per `maxBytesInBatch`;
+//! - `zones.svg`, for a sweep across zones: same-zone and cross-zone publish
+//!   p99, their ratio (with the 1.25 goal), and the cross-zone bytes as a
+//!   share of the produced bytes, against `batchInterval`, one line per
+//!   `maxBytesInBatch` (and path).
 
 use crate::error::BenchError;
 use crate::results::{PointMeasure, SweepReport};
@@ -22,6 +26,16 @@ pub struct Line {
 /// One line per `maxBytesInBatch`, over `batchInterval` (ms), sorted by it,
 /// of `value` at each measured point.
 pub fn lines_by_max_bytes(report: &SweepReport, value: fn(&PointMeasure) -> f64) -> Vec<Line> {
+    lines_of(report, "", &|m| Some(value(m)))
+}
+
+/// [`lines_by_max_bytes`] of a value some points lack (they are left out),
+/// each line's name starting with `prefix`.
+pub fn lines_of(
+    report: &SweepReport,
+    prefix: &str,
+    value: &dyn Fn(&PointMeasure) -> Option<f64>,
+) -> Vec<Line> {
     let mut sizes: Vec<u64> = report
         .points
         .iter()
@@ -37,14 +51,16 @@ pub fn lines_by_max_bytes(report: &SweepReport, value: fn(&PointMeasure) -> f64)
                 .iter()
                 .filter(|p| p.point.max_bytes_in_batch == size)
                 .filter_map(|p| {
-                    p.measured
-                        .as_ref()
-                        .map(|m| (p.point.batch_interval_ms as f64, value(m)))
+                    let m = p.measured.as_ref()?;
+                    Some((p.point.batch_interval_ms as f64, value(m)?))
                 })
                 .collect();
             points.sort_by(|a, b| a.0.total_cmp(&b.0));
             Line {
-                name: format!("maxBytesInBatch {} MiB", size as f64 / (1u64 << 20) as f64),
+                name: format!(
+                    "{prefix}maxBytesInBatch {} MiB",
+                    size as f64 / (1u64 << 20) as f64
+                ),
                 points,
             }
         })
@@ -225,6 +241,40 @@ pub fn throughput(report: &SweepReport, path: &Path) -> Result<(), BenchError> {
     root.present().map_err(|e| err(path)(e.to_string()))
 }
 
+/// `zones.svg`: publish p99 by path, the cross/same p99 ratio against the
+/// 1.25 goal, and cross-zone bytes as % of produced.
+pub fn zones(report: &SweepReport, path: &Path) -> Result<(), BenchError> {
+    let root = SVGBackend::new(path, (1800, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(path)(e.to_string()))?;
+    let panels = root.split_evenly((1, 3));
+    let mut by_path = lines_of(report, "cross zone, ", &|m| {
+        m.run.paths.as_ref().map(|p| p.cross_zone.p99_ms)
+    });
+    by_path.extend(lines_of(report, "same zone, ", &|m| {
+        m.run.paths.as_ref().map(|p| p.same_zone.p99_ms)
+    }));
+    interval_chart(&panels[0], "Publish p99 by path", "ms", &by_path, &[]).map_err(err(path))?;
+    interval_chart(
+        &panels[1],
+        "Cross-zone / same-zone publish p99",
+        "ratio",
+        &lines_of(report, "", &|m| {
+            m.run.paths.as_ref().and_then(|p| p.cross_same_p99_ratio)
+        }),
+        &[("goal 1.25".to_string(), 1.25)],
+    )
+    .map_err(err(path))?;
+    interval_chart(
+        &panels[2],
+        "Cross-zone bytes, % of produced",
+        "%",
+        &lines_of(report, "", &|m| m.cross_zone_fraction.map(|f| f * 100.0)),
+        &[],
+    )
+    .map_err(err(path))?;
+    root.present().map_err(|e| err(path)(e.to_string()))
+}
+
 /// `frontier.svg`: publish p99 against Ferry $/month.
 pub fn frontier(report: &SweepReport, path: &Path) -> Result<(), BenchError> {
     let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
@@ -250,7 +300,7 @@ pub fn frontier(report: &SweepReport, path: &Path) -> Result<(), BenchError> {
     let draw = || -> Result<(), String> {
         let mut chart = ChartBuilder::on(&root)
             .caption(
-                "Cost-latency frontier (red), one node at the measured rate",
+                "Cost-latency frontier (red), at the measured rate",
                 ("sans-serif", 18),
             )
             .margin(12)
@@ -260,7 +310,7 @@ pub fn frontier(report: &SweepReport, path: &Path) -> Result<(), BenchError> {
             .map_err(|e| e.to_string())?;
         chart
             .configure_mesh()
-            .x_desc("Ferry $/month (PUT + GET + storage)")
+            .x_desc("Ferry $/month (PUT + GET + storage + cross-zone)")
             .y_desc("publish p99 (ms)")
             .draw()
             .map_err(|e| e.to_string())?;
@@ -296,14 +346,22 @@ pub fn draw_all(
     latency(report, &dir.join("latency.svg"))?;
     frontier(report, &dir.join("frontier.svg"))?;
     throughput(report, &dir.join("throughput.svg"))?;
-    Ok(vec![
+    let mut drawn = vec![
         (
             "latency.svg",
             "publish latency p50 and p99 against batchInterval",
         ),
         ("frontier.svg", "publish p99 against Ferry $/month"),
         ("throughput.svg", "MB/s and PUT/s against batchInterval"),
-    ])
+    ];
+    if report.config.layout.zoned() {
+        zones(report, &dir.join("zones.svg"))?;
+        drawn.push((
+            "zones.svg",
+            "same-zone and cross-zone publish p99, their ratio, and cross-zone bytes as % of produced, against batchInterval",
+        ));
+    }
+    Ok(drawn)
 }
 
 #[cfg(test)]

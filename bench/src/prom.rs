@@ -6,6 +6,7 @@
 //! process the sweep started itself, so no HTTP client crate is needed.
 
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -17,6 +18,8 @@ pub const GETS: &str = "ferry_s3_gets_total";
 /// Bytes the node exchanged with other zones (node-to-node RPCs, and
 /// clients of another zone), summed over its labels.
 pub const CROSS_ZONE_BYTES: &str = "ferry_cross_zone_bytes_total";
+/// Node-to-node RPC and client bytes by zone, kind and direction.
+pub const ZONE_BYTES: &str = "ferry_zone_bytes_total";
 
 /// The most bytes read from one scrape.
 const SCRAPE_BYTES_MAX: u64 = 16 << 20;
@@ -44,46 +47,103 @@ pub fn scrape(addr: SocketAddr, timeout: Duration) -> Result<String, String> {
     Ok(body.to_string())
 }
 
+/// One sample line of metric `name`: its labels (unescaped) and its value.
+/// `None` for a comment, a line of another metric (`name` must end where the
+/// labels or the value begin) or a line that does not parse.
+pub fn series<'a>(line: &'a str, name: &str) -> Option<(Vec<(&'a str, String)>, f64)> {
+    let line = line.trim();
+    if line.starts_with('#') {
+        return None;
+    }
+    let rest = line.strip_prefix(name)?;
+    let (labels, rest) = if let Some(mut r) = rest.strip_prefix('{') {
+        let mut labels = Vec::new();
+        loop {
+            r = r.trim_start();
+            if let Some(after) = r.strip_prefix('}') {
+                break (labels, after);
+            }
+            let (key, after) = r.split_once('=')?;
+            // `"value"`, with `\"`, `\\` and `\n` escaped.
+            let quoted = after.trim_start().strip_prefix('"')?;
+            let mut value = String::new();
+            let mut chars = quoted.char_indices();
+            let end = loop {
+                let (i, c) = chars.next()?;
+                match c {
+                    '"' => break i,
+                    '\\' => match chars.next()?.1 {
+                        'n' => value.push('\n'),
+                        other => value.push(other),
+                    },
+                    c => value.push(c),
+                }
+            };
+            labels.push((key.trim(), value));
+            r = quoted[end + 1..].trim_start();
+            r = r.strip_prefix(',').unwrap_or(r);
+        }
+    } else if rest.starts_with(' ') {
+        (Vec::new(), rest)
+    } else {
+        return None;
+    };
+    // `value [timestamp]`
+    let value = rest.split_whitespace().next()?.parse::<f64>().ok()?;
+    Some((labels, value))
+}
+
 /// The sum of every series of metric `name` (all label sets), or `None` if
 /// the text has no series of that name.
 pub fn sum(text: &str, name: &str) -> Option<f64> {
     let mut total = None;
-    for line in text.lines() {
-        let line = line.trim();
-        if line.starts_with('#') {
-            continue;
-        }
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        // The name must end here: `{labels} value` or ` value`.
-        let value = if let Some(labelled) = rest.strip_prefix('{') {
-            labelled.rsplit_once('}').map(|(_, v)| v)
-        } else if rest.starts_with(' ') {
-            Some(rest)
-        } else {
-            None
-        };
-        // `value [timestamp]`
-        if let Some(v) = value
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<f64>().ok())
-        {
-            *total.get_or_insert(0.0) += v;
-        }
+    for (_, v) in text.lines().filter_map(|line| series(line, name)) {
+        *total.get_or_insert(0.0) += v;
     }
     total
 }
 
-/// The counters the sweep reads, at one moment.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+/// Bytes that crossed zones by `kind`, from the
+/// `ferry_zone_bytes_total{local_zone,peer_zone,kind,direction}` series:
+/// both directions of every series whose peer zone is another known zone
+/// (`unknown` is not counted as crossing), the way the node sums
+/// `ferry_cross_zone_bytes_total`. Every kind with a series is a key, 0 when
+/// none of its bytes crossed.
+pub fn cross_zone_by_kind(text: &str) -> BTreeMap<String, f64> {
+    let mut kinds = BTreeMap::new();
+    for (labels, v) in text.lines().filter_map(|line| series(line, ZONE_BYTES)) {
+        let get = |k: &str| {
+            labels
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.as_str())
+        };
+        let Some(kind) = get("kind") else {
+            continue;
+        };
+        let total = kinds.entry(kind.to_string()).or_insert(0.0);
+        let (local, peer) = (get("local_zone"), get("peer_zone"));
+        if matches!((local, peer), (Some(l), Some(p)) if l != p && p != "unknown") {
+            *total += v;
+        }
+    }
+    kinds
+}
+
+/// The counters the sweep reads, at one moment, summed over the nodes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Sample {
     /// When it was taken (the middle of the scrape), Unix milliseconds.
     pub at_unix_ms: u64,
     pub puts: f64,
     pub gets: f64,
-    /// `None` while the node exports no cross-zone byte counter.
+    /// `None` while a node exports no cross-zone byte counter.
     pub cross_zone_bytes: Option<f64>,
+    /// Cross-zone bytes by kind ([`cross_zone_by_kind`]).
+    pub cross_zone_by_kind: BTreeMap<String, f64>,
+    /// Handoff objects in the bucket, counted by the sweep (the node's
+    /// metrics leave the handoff writer's PUTs out); `None` if not counted.
+    pub handoff_objects: Option<f64>,
 }
 
 impl Sample {
@@ -96,12 +156,39 @@ impl Sample {
             puts: need(PUTS)?,
             gets: need(GETS)?,
             cross_zone_bytes: sum(text, CROSS_ZONE_BYTES),
+            cross_zone_by_kind: cross_zone_by_kind(text),
+            handoff_objects: None,
         })
+    }
+
+    /// The scrapes of every node of a cluster, taken together, as one
+    /// sample: counters summed; the cross-zone bytes only if every node
+    /// exports them. At least one scrape is needed.
+    pub fn parse_nodes(texts: &[String], at_unix_ms: u64) -> Result<Sample, String> {
+        let mut all: Option<Sample> = None;
+        for (node, text) in texts.iter().enumerate() {
+            let s = Sample::parse(text, at_unix_ms).map_err(|e| format!("node {node}: {e}"))?;
+            match &mut all {
+                None => all = Some(s),
+                Some(a) => {
+                    a.puts += s.puts;
+                    a.gets += s.gets;
+                    a.cross_zone_bytes = a
+                        .cross_zone_bytes
+                        .zip(s.cross_zone_bytes)
+                        .map(|(x, y)| x + y);
+                    for (kind, bytes) in s.cross_zone_by_kind {
+                        *a.cross_zone_by_kind.entry(kind).or_insert(0.0) += bytes;
+                    }
+                }
+            }
+        }
+        all.ok_or_else(|| "no node to scrape".to_string())
     }
 }
 
 /// Object-store requests and cross-zone bytes per second over a window.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Rates {
     pub puts_per_sec: f64,
     pub gets_per_sec: f64,
@@ -109,6 +196,12 @@ pub struct Rates {
     pub cross_zone_bytes_per_sec: f64,
     /// Whether the node exported a cross-zone byte counter.
     pub cross_zone_measured: bool,
+    /// Cross-zone bytes per second by kind (handoff, replica, forward,
+    /// client, coordinator).
+    pub cross_zone_by_kind_per_sec: BTreeMap<String, f64>,
+    /// Handoff objects written per second (one PUT each), counted in the
+    /// bucket; 0 when not counted.
+    pub handoff_puts_per_sec: f64,
     /// The seconds between the two samples the rates come from.
     pub seconds: f64,
 }
@@ -129,11 +222,25 @@ pub fn window_rates(samples: &[Sample], start_ms: u64, end_ms: u64) -> Option<Ra
             (Some(a), Some(b)) => (rate(a, b), true),
             _ => (0.0, false),
         };
+    let cross_zone_by_kind_per_sec = last
+        .cross_zone_by_kind
+        .iter()
+        .map(|(kind, b)| {
+            let a = first.cross_zone_by_kind.get(kind).copied().unwrap_or(0.0);
+            (kind.clone(), rate(a, *b))
+        })
+        .collect();
+    let handoff_puts_per_sec = match (first.handoff_objects, last.handoff_objects) {
+        (Some(a), Some(b)) => rate(a, b),
+        _ => 0.0,
+    };
     Some(Rates {
         puts_per_sec: rate(first.puts, last.puts),
         gets_per_sec: rate(first.gets, last.gets),
         cross_zone_bytes_per_sec,
         cross_zone_measured,
+        cross_zone_by_kind_per_sec,
+        handoff_puts_per_sec,
         seconds,
     })
 }
@@ -171,7 +278,108 @@ mod tests {
             puts,
             gets,
             cross_zone_bytes: cross,
+            cross_zone_by_kind: BTreeMap::new(),
+            handoff_objects: None,
         }
+    }
+
+    /// What node 0 of `ferry dev --zones 3` renders (rpc.rs), in zone az1:
+    /// a handoff to az2, replica reads from az3, its own zone's clients,
+    /// an untagged client, and a client of az2 that connected to it.
+    const AZ1: &str = "# TYPE ferry_s3_puts_total counter\n\
+        ferry_s3_puts_total 40\n\
+        ferry_s3_gets_total 2\n\
+        # TYPE ferry_zone_bytes_total counter\n\
+        ferry_zone_bytes_total{local_zone=\"az1\",peer_zone=\"az1\",kind=\"client\",direction=\"out\"} 5000\n\
+        ferry_zone_bytes_total{local_zone=\"az1\",peer_zone=\"az1\",kind=\"client\",direction=\"in\"} 900000\n\
+        ferry_zone_bytes_total{local_zone=\"az1\",peer_zone=\"az2\",kind=\"client\",direction=\"out\"} 30\n\
+        ferry_zone_bytes_total{local_zone=\"az1\",peer_zone=\"az2\",kind=\"client\",direction=\"in\"} 70\n\
+        ferry_zone_bytes_total{local_zone=\"az1\",peer_zone=\"az2\",kind=\"handoff\",direction=\"out\"} 1200\n\
+        ferry_zone_bytes_total{local_zone=\"az1\",peer_zone=\"az2\",kind=\"handoff\",direction=\"in\"} 300\n\
+        ferry_zone_bytes_total{local_zone=\"az1\",peer_zone=\"az3\",kind=\"replica\",direction=\"out\"} 400\n\
+        ferry_zone_bytes_total{local_zone=\"az1\",peer_zone=\"az3\",kind=\"replica\",direction=\"in\"} 600\n\
+        ferry_zone_bytes_total{local_zone=\"az1\",peer_zone=\"unknown\",kind=\"client\",direction=\"in\"} 123\n\
+        # TYPE ferry_cross_zone_bytes_total counter\n\
+        ferry_cross_zone_bytes_total{local_zone=\"az1\"} 2600\n";
+
+    #[test]
+    fn labels_are_read_with_their_escapes() {
+        // A quote, a backslash and a line break escaped in label values; a
+        // comma and a brace inside a value; spaces around the labels.
+        let line = r#"m{ a="x\"y" , b="c\\d\ne",c="{,}"} 2.5 1700000000000"#;
+        let (labels, v) = series(line, "m").unwrap();
+        assert_eq!(v, 2.5);
+        assert_eq!(
+            labels,
+            vec![
+                ("a", "x\"y".to_string()),
+                ("b", "c\\d\ne".to_string()),
+                ("c", "{,}".to_string())
+            ]
+        );
+        assert_eq!(series("m 7", "m"), Some((Vec::new(), 7.0)));
+        // Another metric, a comment, an unterminated value.
+        assert_eq!(series("mm 7", "m"), None);
+        assert_eq!(series("# m 7", "m"), None);
+        assert_eq!(series(r#"m{a="x} 7"#, "m"), None);
+        assert_eq!(series(r#"m{a=x} 7"#, "m"), None);
+    }
+
+    #[test]
+    fn cross_zone_bytes_by_kind_count_other_known_zones_both_ways() {
+        // client: az2 30 + 70 = 100 (az1's own clients and the unknown
+        // one do not cross); handoff: 1,200 + 300 = 1,500; replica: 400 +
+        // 600 = 1,000. Together 2,600, the node's own sum.
+        let k = cross_zone_by_kind(AZ1);
+        assert_eq!(k.len(), 3, "{k:?}");
+        assert_eq!(k["client"], 100.0);
+        assert_eq!(k["handoff"], 1_500.0);
+        assert_eq!(k["replica"], 1_000.0);
+        assert_eq!(k.values().sum::<f64>(), sum(AZ1, CROSS_ZONE_BYTES).unwrap());
+        // Only same-zone traffic: the kind is there, at 0.
+        let same = "ferry_zone_bytes_total{local_zone=\"az1\",peer_zone=\"az1\",kind=\"client\",direction=\"in\"} 9\n";
+        assert_eq!(cross_zone_by_kind(same)["client"], 0.0);
+    }
+
+    #[test]
+    fn the_nodes_of_a_cluster_are_summed() {
+        // Node 1 in az2: 10 PUTs, 1 GET, 500 B of forwards to az1.
+        let az2 = "ferry_s3_puts_total 10\nferry_s3_gets_total 1\n\
+            ferry_zone_bytes_total{local_zone=\"az2\",peer_zone=\"az1\",kind=\"forward\",direction=\"out\"} 500\n\
+            ferry_cross_zone_bytes_total{local_zone=\"az2\"} 500\n";
+        let s = Sample::parse_nodes(&[AZ1.to_string(), az2.to_string()], 9).unwrap();
+        // PUTs 40 + 10, GETs 2 + 1, cross-zone 2,600 + 500.
+        assert_eq!((s.puts, s.gets), (50.0, 3.0));
+        assert_eq!(s.cross_zone_bytes, Some(3_100.0));
+        assert_eq!(s.cross_zone_by_kind["forward"], 500.0);
+        assert_eq!(s.cross_zone_by_kind["handoff"], 1_500.0);
+        assert_eq!(s.at_unix_ms, 9);
+        // A node without the counter: not measured; a node without PUTs: an
+        // error naming it.
+        let old = "ferry_s3_puts_total 1\nferry_s3_gets_total 1\n".to_string();
+        let s = Sample::parse_nodes(&[AZ1.to_string(), old], 0).unwrap();
+        assert_eq!(s.cross_zone_bytes, None);
+        let e = Sample::parse_nodes(&[AZ1.to_string(), "x 1".into()], 0).unwrap_err();
+        assert!(e.contains("node 1") && e.contains(PUTS), "{e}");
+        assert!(Sample::parse_nodes(&[], 0).is_err());
+    }
+
+    #[test]
+    fn rates_by_kind_and_handoff_objects_over_the_window() {
+        // 2 s apart: handoff 1,500 -> 5,500 B = 2,000 B/s; replica appears
+        // (from 0) at 1,000 B = 500 B/s; 10 -> 18 handoff objects = 4/s.
+        let mut a = sample(1_000, 0.0, 0.0, Some(1_500.0));
+        a.cross_zone_by_kind.insert("handoff".into(), 1_500.0);
+        a.handoff_objects = Some(10.0);
+        let mut b = sample(3_000, 0.0, 0.0, Some(6_500.0));
+        b.cross_zone_by_kind.insert("handoff".into(), 5_500.0);
+        b.cross_zone_by_kind.insert("replica".into(), 1_000.0);
+        b.handoff_objects = Some(18.0);
+        let r = window_rates(&[a, b], 1_000, 3_000).unwrap();
+        assert_eq!(r.cross_zone_bytes_per_sec, 2_500.0);
+        assert_eq!(r.cross_zone_by_kind_per_sec["handoff"], 2_000.0);
+        assert_eq!(r.cross_zone_by_kind_per_sec["replica"], 500.0);
+        assert_eq!(r.handoff_puts_per_sec, 4.0);
     }
 
     #[test]

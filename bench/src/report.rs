@@ -30,6 +30,9 @@ pub struct Report {
     pub end_to_end: Option<EndToEnd>,
     /// By zone, when zones were given.
     pub zones: Option<ZoneLatencies>,
+    /// Publish latency to leaders in the producer's zone and in other zones,
+    /// when zones were given.
+    pub paths: Option<PublishPaths>,
     /// Errors by message, with counts: delivery reports, sends, consumers.
     pub errors: BTreeMap<String, u64>,
 }
@@ -97,6 +100,43 @@ pub struct ZonePair {
     pub producer_zone: String,
     pub consumer_zone: String,
     pub latency: LatencySummary,
+}
+
+/// Publish latency by the path a record took: to a partition whose leader
+/// is in the producer's zone, or in another zone (the producer then talks
+/// to the leader's proxy in its own zone, which hands the records off).
+#[derive(Debug, Clone, Serialize)]
+pub struct PublishPaths {
+    pub same_zone: LatencySummary,
+    pub cross_zone: LatencySummary,
+    /// Measured records of untagged producers, or whose partition's leader
+    /// is in no zone's bootstrap list: in neither path.
+    pub unknown_zone_records: u64,
+    /// Cross-zone p99 / same-zone p99 (the goal is at most 1.25); `None`
+    /// when either path has no record.
+    pub cross_same_p99_ratio: Option<f64>,
+    /// Each partition's leader, as a client of unknown zone is shown it
+    /// (Ferry shows such a client the true leaders), before the load.
+    pub leaders: Vec<PartitionLeader>,
+    /// Whether a partition's leader differed after the load (`None`: the
+    /// second look failed). If so, the split follows the first look.
+    pub leaders_moved: Option<bool>,
+}
+
+/// A partition's true leader and the zone its address is in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartitionLeader {
+    pub partition: i32,
+    pub leader: i32,
+    /// `host:port` as the metadata gives it.
+    pub address: String,
+    /// The zone whose bootstrap list holds the address; `None` if none does.
+    pub zone: Option<String>,
+}
+
+/// `cross / same` p99, when both paths have records.
+pub fn p99_ratio(same: &LatencySummary, cross: &LatencySummary) -> Option<f64> {
+    (same.count > 0 && cross.count > 0 && same.p99_ms > 0.0).then(|| cross.p99_ms / same.p99_ms)
 }
 
 fn latency_line(l: &LatencySummary) -> String {
@@ -179,6 +219,37 @@ impl Report {
                     z.producer_zone,
                     z.consumer_zone,
                     latency_line(&z.latency)
+                );
+            }
+        }
+        if let Some(paths) = &self.paths {
+            let _ = writeln!(
+                out,
+                "publish, leader in the producer's zone: {}",
+                latency_line(&paths.same_zone)
+            );
+            let _ = writeln!(
+                out,
+                "publish, leader in another zone:       {}",
+                latency_line(&paths.cross_zone)
+            );
+            let _ = writeln!(
+                out,
+                "  cross/same p99 {} (goal <= 1.25); {} records in neither (leader zone unknown)",
+                paths
+                    .cross_same_p99_ratio
+                    .map_or("-".to_string(), |r| format!("{r:.2}")),
+                paths.unknown_zone_records
+            );
+            if paths.leaders_moved != Some(false) {
+                let _ = writeln!(
+                    out,
+                    "warning: leaders {} after the load; the split follows the leaders before it",
+                    if paths.leaders_moved.is_some() {
+                        "moved"
+                    } else {
+                        "could not be read again"
+                    }
                 );
             }
         }

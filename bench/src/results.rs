@@ -7,28 +7,56 @@ use crate::error::BenchError;
 use crate::machine::Machine;
 use crate::plots;
 use crate::prom::Rates;
-use crate::report::Report;
+use crate::report::{PublishPaths, Report};
 use crate::stats::{LatencySummary, Throughput};
-use crate::sweep::{GridPoint, Peer, SweepConfig};
+use crate::sweep::{GridPoint, Layout, Peer, SweepConfig};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-/// Said in every sweep's report: what it does not measure yet, and how the
-/// costs are made.
-pub const NOTES: [&str; 4] = [
-    "Cross-zone bytes: from the node's `ferry_cross_zone_bytes_total` (node-to-node RPC bytes \
-     to and from other zones, and bytes of clients of another zone), when the node exports it.",
-    "One zone: each point runs `ferry dev`, one node in one zone, so every latency here is \
-     same-zone and nothing crosses zones; the cross-zone produce (the handoff) and read \
-     replicas are measured by `perf/cross_zone.py` and `tests/zones/`, not by this sweep yet.",
-    "Ferry $/month: the PUT and GET rates measured in the window, the cross-zone bytes (see \
-     above), and storage of the produced rate for the retention given. Kafka $/month: the same \
-     produced rate, RF=3 across 3 zones with one consumer group (cross-zone transfer only).",
-    "Rates come from `/metrics` samples taken every 250 ms inside the measured window; PUTs \
-     include metadata writes and retries.",
-];
+/// Said in every sweep's report: what it measures, what it does not, and
+/// how the costs are made.
+pub fn notes(layout: Layout) -> Vec<String> {
+    let mut notes = vec![
+        "Cross-zone bytes: the sum over the nodes of `ferry_cross_zone_bytes_total` (node-to-node \
+         RPC bytes to and from other zones, counted once, by the caller; and bytes of clients of \
+         another known zone), when the nodes export it; by kind from `ferry_zone_bytes_total`."
+            .to_string(),
+    ];
+    if layout.zoned() {
+        notes.push(format!(
+            "Zones: each point runs `ferry dev --zones {} --nodes-per-zone {}`, every node in one \
+             process on loopback, so a zone is a label: nothing here pays an inter-zone network's \
+             latency, and the cross-zone path's extra cost is the handoff itself (the proxy's \
+             handoff object, then the leader's WAL object). Producers and consumers are placed \
+             round-robin over the zones, tagged `automq_az=<zone>`, with their zone's nodes as \
+             bootstrap. A record is cross-zone when its partition's true leader (as a client of \
+             unknown zone is shown it) is in another zone than its producer.",
+            layout.zones, layout.nodes_per_zone
+        ));
+    } else {
+        notes.push(
+            "One zone: each point runs `ferry dev`, one node in one zone, so every latency here is \
+             same-zone and nothing crosses zones; `--zones N` runs the sweep across zones."
+                .to_string(),
+        );
+    }
+    notes.push(
+        "Ferry $/month: the PUT rate (the nodes' `ferry_s3_puts_total`, which leaves the handoff \
+         writers out, plus the handoff objects counted in the bucket, one PUT each) and GET rate \
+         measured in the window, the cross-zone bytes (see above), and storage of the produced \
+         rate for the retention given. Kafka $/month: the same produced rate, RF=3 across 3 zones \
+         with one consumer group (cross-zone transfer only)."
+            .to_string(),
+    );
+    notes.push(
+        "Rates come from `/metrics` samples of every node taken every 250 ms inside the measured \
+         window; PUTs include metadata writes and retries."
+            .to_string(),
+    );
+    notes
+}
 
 /// The figures of one load run, as the sweep keeps them.
 #[derive(Debug, Clone, Serialize)]
@@ -42,6 +70,9 @@ pub struct RunSummary {
     /// Acknowledged but not consumed by the drain deadline.
     pub records_missing: u64,
     pub errors: BTreeMap<String, u64>,
+    /// Publish latency to leaders in the producer's zone and in others,
+    /// when clients were placed in zones.
+    pub paths: Option<PublishPaths>,
 }
 
 impl RunSummary {
@@ -55,6 +86,7 @@ impl RunSummary {
             records_lost: p.records_failed + p.records_unreported + p.records_not_sent,
             records_missing: r.end_to_end.as_ref().map_or(0, |e| e.records_missing),
             errors: r.errors.clone(),
+            paths: r.paths.clone(),
         }
     }
 }
@@ -64,6 +96,9 @@ impl RunSummary {
 pub struct PointMeasure {
     pub run: RunSummary,
     pub rates: Rates,
+    /// Cross-zone bytes / produced bytes (record values acknowledged in the
+    /// window); `None` when not measured.
+    pub cross_zone_fraction: Option<f64>,
     pub usage: FerryUsage,
     pub cost: MonthlyCost,
     pub kafka_rf3_usd: f64,
@@ -146,9 +181,19 @@ pub fn csv_field(s: &str) -> String {
 /// The CSV columns, in order.
 pub const CSV_HEADER: &str = "target,batch_interval_ms,max_bytes_in_batch,status,\
 publish_p50_ms,publish_p90_ms,publish_p99_ms,publish_p999_ms,publish_max_ms,\
+same_zone_p50_ms,same_zone_p99_ms,cross_zone_p50_ms,cross_zone_p99_ms,cross_same_p99_ratio,\
 e2e_p50_ms,e2e_p99_ms,records_per_sec,mb_per_sec,records_lost,\
-puts_per_sec,gets_per_sec,cross_zone_bytes_per_sec,cross_zone_measured,\
-ferry_usd_per_month,kafka_rf3_usd_per_month,on_frontier,error";
+puts_per_sec,handoff_puts_per_sec,gets_per_sec,cross_zone_bytes_per_sec,cross_zone_fraction,\
+cross_zone_measured,cross_zone_handoff_bytes_per_sec,cross_zone_replica_bytes_per_sec,\
+cross_zone_forward_bytes_per_sec,cross_zone_client_bytes_per_sec,\
+cross_zone_coordinator_bytes_per_sec,ferry_usd_per_month,kafka_rf3_usd_per_month,on_frontier,error";
+
+/// The kinds of `ferry_zone_bytes_total` the CSV has a column for (the JSON
+/// has every kind).
+pub const CSV_KINDS: [&str; 5] = ["handoff", "replica", "forward", "client", "coordinator"];
+
+/// Columns of a grid point that a peer leaves empty.
+const FERRY_COLUMNS: usize = 13;
 
 fn f3(x: f64) -> String {
     format!("{x:.3}")
@@ -158,20 +203,33 @@ fn run_columns(run: Option<&RunSummary>) -> Vec<String> {
     match run {
         Some(r) => {
             let p = &r.publish;
-            vec![
+            let mut cells = vec![
                 f3(p.p50_ms),
                 f3(p.p90_ms),
                 f3(p.p99_ms),
                 f3(p.p999_ms),
                 f3(p.max_ms),
+            ];
+            match &r.paths {
+                Some(paths) => cells.extend([
+                    f3(paths.same_zone.p50_ms),
+                    f3(paths.same_zone.p99_ms),
+                    f3(paths.cross_zone.p50_ms),
+                    f3(paths.cross_zone.p99_ms),
+                    paths.cross_same_p99_ratio.map(f3).unwrap_or_default(),
+                ]),
+                None => cells.extend(vec![String::new(); 5]),
+            }
+            cells.extend([
                 r.end_to_end.map(|e| f3(e.p50_ms)).unwrap_or_default(),
                 r.end_to_end.map(|e| f3(e.p99_ms)).unwrap_or_default(),
                 format!("{:.1}", r.publish_throughput.records_per_sec),
                 f3(r.publish_throughput.mb_per_sec),
                 r.records_lost.to_string(),
-            ]
+            ]);
+            cells
         }
-        None => vec![String::new(); 10],
+        None => vec![String::new(); 15],
     }
 }
 
@@ -194,15 +252,30 @@ pub fn to_csv(report: &SweepReport) -> String {
         ];
         cells.extend(run_columns(m.map(|m| &m.run)));
         match m {
-            Some(m) => cells.extend([
-                f3(m.rates.puts_per_sec),
-                f3(m.rates.gets_per_sec),
-                f3(m.rates.cross_zone_bytes_per_sec),
-                m.rates.cross_zone_measured.to_string(),
-                format!("{:.2}", m.cost.total_usd),
-                format!("{:.2}", m.kafka_rf3_usd),
-            ]),
-            None => cells.extend(vec![String::new(); 6]),
+            Some(m) => {
+                cells.extend([
+                    f3(m.rates.puts_per_sec),
+                    f3(m.rates.handoff_puts_per_sec),
+                    f3(m.rates.gets_per_sec),
+                    f3(m.rates.cross_zone_bytes_per_sec),
+                    m.cross_zone_fraction
+                        .map(|f| format!("{f:.6}"))
+                        .unwrap_or_default(),
+                    m.rates.cross_zone_measured.to_string(),
+                ]);
+                cells.extend(CSV_KINDS.iter().map(|k| {
+                    f3(m.rates
+                        .cross_zone_by_kind_per_sec
+                        .get(*k)
+                        .copied()
+                        .unwrap_or(0.0))
+                }));
+                cells.extend([
+                    format!("{:.2}", m.cost.total_usd),
+                    format!("{:.2}", m.kafka_rf3_usd),
+                ]);
+            }
+            None => cells.extend(vec![String::new(); FERRY_COLUMNS]),
         }
         cells.push(p.on_frontier.to_string());
         cells.push(p.error.clone().unwrap_or_default());
@@ -221,7 +294,7 @@ pub fn to_csv(report: &SweepReport) -> String {
             .to_string(),
         ];
         cells.extend(run_columns(peer.measured.as_ref()));
-        cells.extend(vec![String::new(); 6]);
+        cells.extend(vec![String::new(); FERRY_COLUMNS]);
         cells.push("false".to_string());
         cells.push(peer.error.clone().unwrap_or_default());
         line(cells);
@@ -306,11 +379,23 @@ pub fn to_markdown(report: &SweepReport, plots: &[(&str, &str)]) -> String {
         "- Load generator: ferry-bench {} with librdkafka {}, in the same process as the sweep, on the same machine as the broker",
         report.version, m.librdkafka
     );
-    let _ = writeln!(
-        o,
-        "- Broker: `{} dev`, one node in one zone, a fresh local-directory bucket per point",
-        c.ferry.display()
-    );
+    if c.layout.zoned() {
+        let _ = writeln!(
+            o,
+            "- Broker: `{} dev --zones {} --nodes-per-zone {}`, {} node(s) in zones az1..az{} in one process, a fresh local-directory bucket per point; the batch settings go to the WAL (`s3.wal.path`) and the handoff (`automq.zonerouter.channels`)",
+            c.ferry.display(),
+            c.layout.zones,
+            c.layout.nodes_per_zone,
+            c.layout.nodes(),
+            c.layout.zones
+        );
+    } else {
+        let _ = writeln!(
+            o,
+            "- Broker: `{} dev`, one node in one zone, a fresh local-directory bucket per point",
+            c.ferry.display()
+        );
+    }
     match &c.latency_model {
         Some(l) => {
             let _ = writeln!(
@@ -428,6 +513,10 @@ pub fn to_markdown(report: &SweepReport, plots: &[(&str, &str)]) -> String {
         );
     }
 
+    if c.layout.zoned() {
+        zones_section(&mut o, report);
+    }
+
     let on: Vec<String> = report
         .points
         .iter()
@@ -536,6 +625,112 @@ pub fn to_markdown(report: &SweepReport, plots: &[(&str, &str)]) -> String {
     o
 }
 
+/// `## Zones`: each point's same-zone and cross-zone publish latency, and
+/// its cross-zone bytes in all, as a share of the produced bytes, and by
+/// kind.
+fn zones_section(o: &mut String, report: &SweepReport) {
+    let _ = writeln!(o, "\n## Zones\n");
+    let _ = writeln!(
+        o,
+        "Publish latency in ms by path: same zone = the partition's leader is in the producer's zone; \
+         cross zone = it is in another zone (through the proxy in the producer's zone and a handoff \
+         object). Goal: cross/same p99 <= 1.25. Cross-zone bytes per second over the measured \
+         window, summed over the nodes, in all, as % of the produced bytes, and by kind; handoff \
+         PUT/s = handoff objects written per second.\n"
+    );
+    let _ = writeln!(
+        o,
+        "| batchInterval | maxBytesInBatch | same p50 | same p99 | cross p50 | cross p99 | cross/same p99 | <= 1.25 | cross-zone B/s | % of produced | handoff B/s | replica B/s | forward B/s | client B/s | handoff PUT/s |"
+    );
+    let _ = writeln!(
+        o,
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for pt in &report.points {
+        let Some(m) = &pt.measured else { continue };
+        let (same50, same99, cross50, cross99, ratio, met) = match &m.run.paths {
+            Some(p) => (
+                ms(p.same_zone.p50_ms),
+                ms(p.same_zone.p99_ms),
+                ms(p.cross_zone.p50_ms),
+                ms(p.cross_zone.p99_ms),
+                p.cross_same_p99_ratio
+                    .map_or("-".into(), |r| format!("{r:.2}")),
+                p.cross_same_p99_ratio
+                    .map_or("-", |r| if r <= 1.25 { "yes" } else { "NO" }),
+            ),
+            None => (
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-",
+            ),
+        };
+        let kind = |k: &str| {
+            format!(
+                "{:.0}",
+                m.rates
+                    .cross_zone_by_kind_per_sec
+                    .get(k)
+                    .copied()
+                    .unwrap_or(0.0)
+            )
+        };
+        let (bytes, share) = if m.rates.cross_zone_measured {
+            (
+                format!("{:.0}", m.rates.cross_zone_bytes_per_sec),
+                m.cross_zone_fraction
+                    .map_or("-".into(), |f| format!("{:.3}%", f * 100.0)),
+            )
+        } else {
+            ("not measured".into(), "-".into())
+        };
+        let _ = writeln!(
+            o,
+            "| {} ms | {} MiB | {same50} | {same99} | {cross50} | {cross99} | {ratio} | {met} | {bytes} | {share} | {} | {} | {} | {} | {:.1} |",
+            pt.point.batch_interval_ms,
+            pt.point.max_mib(),
+            kind("handoff"),
+            kind("replica"),
+            kind("forward"),
+            kind("client"),
+            m.rates.handoff_puts_per_sec
+        );
+    }
+    let moved: Vec<String> = report
+        .points
+        .iter()
+        .filter(|p| {
+            p.measured
+                .as_ref()
+                .and_then(|m| m.run.paths.as_ref())
+                .is_some_and(|p| p.leaders_moved != Some(false))
+        })
+        .map(|p| p.point.label())
+        .collect();
+    if !moved.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nWarning: leaders moved, or could not be read again, during {}; their split follows the leaders before the load.",
+            moved.join(", ")
+        );
+    }
+    let unknown: u64 = report
+        .points
+        .iter()
+        .filter_map(|p| p.measured.as_ref()?.run.paths.as_ref())
+        .map(|p| p.unknown_zone_records)
+        .sum();
+    if unknown > 0 {
+        let _ = writeln!(
+            o,
+            "\nNote: {unknown} measured records went to leaders of unknown zone and are in neither path."
+        );
+    }
+}
+
 /// `out_dir/<timestamp>-<name>`.
 pub fn results_dir(out_dir: &Path, name: &str, unix_ms: u64) -> PathBuf {
     out_dir.join(format!("{}-{name}", timestamp(unix_ms)))
@@ -594,12 +789,15 @@ pub(crate) fn sample_report() -> SweepReport {
         records_lost: 0,
         records_missing: 0,
         errors: BTreeMap::new(),
+        paths: None,
     };
     let rates = |puts: f64| Rates {
         puts_per_sec: puts,
         gets_per_sec: 0.0,
         cross_zone_bytes_per_sec: 0.0,
         cross_zone_measured: false,
+        cross_zone_by_kind_per_sec: BTreeMap::new(),
+        handoff_puts_per_sec: 0.0,
         seconds: 9.75,
     };
     let prices = Prices::default();
@@ -646,6 +844,7 @@ pub(crate) fn sample_report() -> SweepReport {
                 consumer_config: Vec::new(),
             },
             grid: vec![point(50, 1), point(250, 1), point(50, 8)],
+            layout: Layout::ONE_NODE,
             latency_model: Some(LatencyModel {
                 put_p50_ms: 50.0,
                 put_p99_ms: 300.0,
@@ -697,8 +896,74 @@ pub(crate) fn sample_report() -> SweepReport {
                 seconds: 1.0,
             },
         ],
-        notes: NOTES.iter().map(|n| n.to_string()).collect(),
+        notes: notes(Layout::ONE_NODE),
     }
+}
+
+/// [`sample_report`] run across 3 zones of one node: its first point
+/// (50 ms / 1 MiB, publish p50 90 / p99 400 ms, 5 MB/s) has same-zone p50
+/// 80 / p99 300 ms and cross-zone p50 120 / p99 360 ms, 20 WAL PUT/s and 12
+/// handoff objects/s, and 50,000 B/s across zones: handoff 40,000, replica
+/// 6,000, forward 1,000, client 3,000.
+#[cfg(test)]
+pub(crate) fn sample_zoned_report() -> SweepReport {
+    use crate::cost::Prices;
+    use crate::report::PartitionLeader;
+    use crate::sweep::price;
+
+    let mut report = sample_report();
+    let layout = Layout {
+        zones: 3,
+        nodes_per_zone: 1,
+    };
+    report.config.layout = layout;
+    report.notes = notes(layout);
+    let summary = |p50: f64, p99: f64, count: u64| LatencySummary {
+        count,
+        min_ms: 1.0,
+        mean_ms: p50,
+        p50_ms: p50,
+        p90_ms: p99,
+        p99_ms: p99,
+        p999_ms: p99,
+        max_ms: p99,
+    };
+    let Some(first) = report.points[0].measured.clone() else {
+        unreachable!("the sample's first point is measured")
+    };
+    let mut run = first.run;
+    run.paths = Some(PublishPaths {
+        same_zone: summary(80.0, 300.0, 300),
+        cross_zone: summary(120.0, 360.0, 700),
+        unknown_zone_records: 0,
+        cross_same_p99_ratio: Some(360.0 / 300.0),
+        leaders: vec![PartitionLeader {
+            partition: 0,
+            leader: 1,
+            address: "127.0.0.1:9093".into(),
+            zone: Some("az2".into()),
+        }],
+        leaders_moved: Some(false),
+    });
+    let rates = Rates {
+        puts_per_sec: 20.0,
+        gets_per_sec: 0.0,
+        cross_zone_bytes_per_sec: 50_000.0,
+        cross_zone_measured: true,
+        cross_zone_by_kind_per_sec: [
+            ("client", 3_000.0),
+            ("forward", 1_000.0),
+            ("handoff", 40_000.0),
+            ("replica", 6_000.0),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect(),
+        handoff_puts_per_sec: 12.0,
+        seconds: 9.75,
+    };
+    report.points[0].measured = Some(price(&Prices::default(), run, rates, 24.0));
+    report
 }
 
 #[cfg(test)]
@@ -777,30 +1042,44 @@ mod tests {
         // $62.496 -> $62.50. The failed point's error holds a comma and
         // quotes, so it is quoted with its quotes doubled. The peer has no
         // S3 columns.
+        // One zone: the path and cross-zone columns are empty or 0.
         let csv = to_csv(&sample_report());
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(lines.len(), 5, "{csv}");
         assert_eq!(lines[0], CSV_HEADER);
-        assert_eq!(lines[0].split(',').count(), 22);
+        assert_eq!(lines[0].split(',').count(), 34);
         assert_eq!(
             lines[1],
-            "ferry,50,1048576,ok,90.000,245.000,400.000,600.000,800.000,92.000,404.000,\
-             5000.0,5.000,0,20.000,0.000,0.000,false,272.74,700.80,false,"
+            "ferry,50,1048576,ok,90.000,245.000,400.000,600.000,800.000,,,,,,92.000,404.000,\
+             5000.0,5.000,0,20.000,0.000,0.000,0.000,,false,0.000,0.000,0.000,0.000,0.000,\
+             272.74,700.80,false,"
         );
         assert_eq!(
             lines[2],
-            "ferry,250,1048576,ok,210.000,405.000,600.000,900.000,1200.000,212.000,604.000,\
-             5000.0,5.000,0,4.000,0.000,0.000,false,62.50,700.80,true,"
+            "ferry,250,1048576,ok,210.000,405.000,600.000,900.000,1200.000,,,,,,212.000,604.000,\
+             5000.0,5.000,0,4.000,0.000,0.000,0.000,,false,0.000,0.000,0.000,0.000,0.000,\
+             62.50,700.80,true,"
         );
         assert_eq!(
             lines[3],
-            "ferry,50,8388608,failed,,,,,,,,,,,,,,,,,false,\
-             \"ferry node (start): exited, \"\"port\"\" in use\""
+            format!(
+                "ferry,50,8388608,failed{},false,\
+                 \"ferry node (start): exited, \"\"port\"\" in use\"",
+                ",".repeat(28)
+            )
         );
         assert_eq!(
             lines[4],
-            "tansu,,,ok,5.000,12.500,20.000,30.000,40.000,7.000,24.000,5000.0,5.000,0,,,,,,,false,"
+            format!(
+                "tansu,,,ok,5.000,12.500,20.000,30.000,40.000,,,,,,7.000,24.000,5000.0,5.000,0{},false,",
+                ",".repeat(13)
+            )
         );
+        // 34 cells; the failed point's error holds one comma of its own.
+        for line in [lines[1], lines[2], lines[4]] {
+            assert_eq!(line.matches(',').count(), 33, "{line}");
+        }
+        assert_eq!(lines[3].matches(',').count(), 34);
     }
 
     #[test]
@@ -845,12 +1124,59 @@ mod tests {
         assert!(md.contains("![latency](latency.svg)"), "{md}");
         assert!(md.contains("ferry_cross_zone_bytes_total"), "{md}");
         assert!(md.contains("every latency here is same-zone"), "{md}");
+        assert!(!md.contains("## Zones"), "{md}");
+    }
+
+    #[test]
+    fn a_sweep_across_zones_reports_both_paths_and_its_cross_zone_bytes() {
+        // The first point (see sample_zoned_report): cross/same p99 360 /
+        // 300 = 1.20, met. 50,000 B/s of 5e6 B/s produced = 1.000%. Ferry:
+        // (20 + 12) PUT/s x 2,628,000 s x $0.000005 = $420.48, storage
+        // $9.936, cross-zone 50,000 x 2,628,000 = 131.4 GB x $0.02 = $2.628:
+        // $433.044, printed 433.04.
+        let report = sample_zoned_report();
+        let csv = to_csv(&report);
+        let line = csv.lines().nth(1).unwrap();
+        assert_eq!(
+            line,
+            "ferry,50,1048576,ok,90.000,245.000,400.000,600.000,800.000,\
+             80.000,300.000,120.000,360.000,1.200,92.000,404.000,5000.0,5.000,0,\
+             20.000,12.000,0.000,50000.000,0.010000,true,\
+             40000.000,6000.000,1000.000,3000.000,0.000,433.04,700.80,false,"
+        );
+        let md = to_markdown(&report, &[]);
+        assert!(
+            md.contains("dev --zones 3 --nodes-per-zone 1`, 3 node(s) in zones az1..az3"),
+            "{md}"
+        );
+        assert!(md.contains("## Zones"), "{md}");
+        assert!(
+            md.contains("| 50 ms | 1 MiB | 80.0 | 300.0 | 120.0 | 360.0 | 1.20 | yes | 50000 | 1.000% | 40000 | 6000 | 1000 | 3000 | 12.0 |"),
+            "{md}"
+        );
+        // The second point has no split: dashes, and 0 B/s not measured.
+        assert!(
+            md.contains("| 250 ms | 1 MiB | - | - | - | - | - | - | not measured | - | 0 | 0 | 0 | 0 | 0.0 |"),
+            "{md}"
+        );
+        assert!(md.contains("| 433.04 | 700.80 |"), "{md}");
+        assert!(md.contains("a zone is a label"), "{md}");
+        assert!(!md.contains("every latency here is same-zone"), "{md}");
+        let json = serde_json::to_value(&report).unwrap();
+        let m = &json["points"][0]["measured"];
+        assert_eq!(m["cross_zone_fraction"], 0.01);
+        assert_eq!(m["run"]["paths"]["cross_zone"]["p99_ms"], 360.0);
+        assert_eq!(
+            m["rates"]["cross_zone_by_kind_per_sec"]["handoff"],
+            40_000.0
+        );
+        assert_eq!(json["config"]["layout"]["zones"], 3);
     }
 
     #[test]
     fn every_file_is_written_into_a_new_results_directory() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut report = sample_report();
+        let mut report = sample_zoned_report();
         report.config.out_dir = tmp.path().to_path_buf();
         let dir = write_all(&report).unwrap();
         assert_eq!(dir, tmp.path().join("20251124T160000Z-test"));
@@ -861,6 +1187,7 @@ mod tests {
             "latency.svg",
             "frontier.svg",
             "throughput.svg",
+            "zones.svg",
         ] {
             let len = std::fs::metadata(dir.join(f)).map(|m| m.len()).unwrap_or(0);
             assert!(len > 100, "{f}: {len} bytes");

@@ -33,7 +33,8 @@ use crate::pacer::{Pace, Pacer};
 use crate::payload::{self, Stamp};
 use crate::recorder::{Phase, Recorder, Window};
 use crate::report::{
-    EndToEnd, MeasuredWindow, Publish, Report, ZoneLatencies, ZonePair, ZonePublish,
+    p99_ratio, EndToEnd, MeasuredWindow, PartitionLeader, Publish, PublishPaths, Report,
+    ZoneLatencies, ZonePair, ZonePublish,
 };
 use crate::stats::{LatencySummary, Throughput};
 use parking_lot::Mutex;
@@ -45,7 +46,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -125,11 +126,37 @@ struct ProducerShared {
     clock: RunClock,
     record_bytes: u64,
     recorder: Mutex<Recorder>,
+    /// The path to each partition's leader, by partition.
+    paths: Vec<LeaderPath>,
+    /// Records to leaders in the producer's zone, and in other zones.
+    same_zone: Mutex<Recorder>,
+    cross_zone: Mutex<Recorder>,
     sent: AtomicU64,
     acked: AtomicU64,
     failed: AtomicU64,
     not_sent: AtomicU64,
     errors: ErrorCounts,
+}
+
+impl ProducerShared {
+    /// Records an acknowledged record of `partition`: in the producer's
+    /// latency, and in the path's to the partition's leader.
+    fn record(&self, partition: i32, intended_ns: u64, done_ns: u64) {
+        self.recorder
+            .lock()
+            .record(intended_ns, done_ns, self.record_bytes);
+        let path = usize::try_from(partition)
+            .ok()
+            .and_then(|p| self.paths.get(p));
+        let by_path = match path {
+            Some(LeaderPath::SameZone) => Some(&self.same_zone),
+            Some(LeaderPath::CrossZone) => Some(&self.cross_zone),
+            Some(LeaderPath::Unknown) | None => None,
+        };
+        if let Some(r) = by_path {
+            r.lock().record(intended_ns, done_ns, self.record_bytes);
+        }
+    }
 }
 
 struct ProducerCtx {
@@ -161,9 +188,7 @@ impl ProducerContext for ProducerCtx {
                     .and_then(Stamp::read)
                     .and_then(|stamp| s.clock.run_ns_of_unix(stamp.intended_unix_ns));
                 if let Some(intended_ns) = intended {
-                    s.recorder
-                        .lock()
-                        .record(intended_ns, done_ns, s.record_bytes);
+                    s.record(message.partition(), intended_ns, done_ns);
                 }
             }
             // Purged at the drain deadline: neither acknowledged nor failed,
@@ -308,6 +333,124 @@ fn ensure_topic(config: &RunConfig, timeout: Duration) -> Result<i32, BenchError
     }
 }
 
+/// Where a partition's leader is, seen from a producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaderPath {
+    /// In the producer's zone.
+    SameZone,
+    /// In another zone: the producer reaches it through its zone's proxy.
+    CrossZone,
+    /// The producer has no zone, or the leader's address is in no zone.
+    Unknown,
+}
+
+/// The zone of every broker address named in a zone's bootstrap list
+/// (`HOST:PORT[,HOST:PORT...]`). An address listed under two zones is left
+/// out: its zone is not known.
+pub fn broker_zones(endpoints: &[Endpoint]) -> BTreeMap<String, String> {
+    let mut zones = BTreeMap::new();
+    let mut ambiguous = BTreeSet::new();
+    for e in endpoints {
+        let Some(zone) = &e.zone else { continue };
+        for address in e
+            .bootstrap
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+        {
+            match zones.get(address) {
+                Some(z) if z != zone => {
+                    ambiguous.insert(address.to_string());
+                }
+                _ => {
+                    zones.insert(address.to_string(), zone.clone());
+                }
+            }
+        }
+    }
+    for a in ambiguous {
+        zones.remove(&a);
+    }
+    zones
+}
+
+/// The path from a producer in `producer_zone` to each partition's leader,
+/// given the leaders' zones in partition order.
+pub fn leader_paths(leader_zones: &[Option<&str>], producer_zone: Option<&str>) -> Vec<LeaderPath> {
+    leader_zones
+        .iter()
+        .map(|leader| match (producer_zone, leader) {
+            (Some(p), Some(l)) if p == *l => LeaderPath::SameZone,
+            (Some(_), Some(_)) => LeaderPath::CrossZone,
+            _ => LeaderPath::Unknown,
+        })
+        .collect()
+}
+
+/// An admin client with no zone tag and no rack: Ferry shows such a client
+/// the true leaders (not its zone's proxies).
+fn untagged_admin(endpoint: &Endpoint) -> Result<AdminClient<LogContext>, BenchError> {
+    let client_id = "ferry-bench-leaders".to_string();
+    AdminClient::from_config_and_context(
+        &base_config(endpoint, &client_id),
+        LogContext { client_id },
+    )
+    .map_err(kafka_err("creating the leader lookup client", endpoint))
+}
+
+/// Each partition's true leader (from `admin`, untagged), with the zone of
+/// its address in `zones`; in partition order.
+fn true_leaders(
+    admin: &AdminClient<LogContext>,
+    endpoint: &Endpoint,
+    topic: &str,
+    partitions: i32,
+    zones: &BTreeMap<String, String>,
+    timeout: Duration,
+) -> Result<Vec<PartitionLeader>, BenchError> {
+    let metadata = admin
+        .inner()
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(kafka_err(
+            format!("reading the leaders of {topic}"),
+            endpoint,
+        ))?;
+    let addresses: BTreeMap<i32, String> = metadata
+        .brokers()
+        .iter()
+        .map(|b| (b.id(), format!("{}:{}", b.host(), b.port())))
+        .collect();
+    let t = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .ok_or_else(|| BenchError::Broker {
+            op: format!("reading the leaders of {topic}"),
+            bootstrap: endpoint.bootstrap.clone(),
+            reason: "the topic is not in the metadata".into(),
+        })?;
+    (0..partitions)
+        .map(|p| {
+            let found = t.partitions().iter().find(|m| m.id() == p);
+            let leader = found.map_or(-1, |m| m.leader());
+            let address = addresses
+                .get(&leader)
+                .cloned()
+                .ok_or_else(|| BenchError::Broker {
+                    op: format!("reading the leader of {topic}-{p}"),
+                    bootstrap: endpoint.bootstrap.clone(),
+                    reason: format!("leader {leader} is not among the brokers listed"),
+                })?;
+            Ok(PartitionLeader {
+                partition: p,
+                leader,
+                zone: zones.get(&address).cloned(),
+                address,
+            })
+        })
+        .collect()
+}
+
 fn create_consumer(
     config: &RunConfig,
     index: usize,
@@ -377,10 +520,13 @@ fn create_producer(
     config: &RunConfig,
     index: usize,
     clock: RunClock,
+    leaders: &[PartitionLeader],
     timeout: Duration,
 ) -> Result<ProducerHandle, BenchError> {
     let zone = index % config.endpoints.len();
     let endpoint = &config.endpoints[zone];
+    let leader_zones: Vec<Option<&str>> = leaders.iter().map(|l| l.zone.as_deref()).collect();
+    let paths = leader_paths(&leader_zones, endpoint.zone.as_deref());
     let client_id = endpoint.client_id("producer", index);
     let mut c = base_config(endpoint, &client_id);
     c.set("acks", config.acks.as_config())
@@ -398,6 +544,9 @@ fn create_producer(
         clock,
         record_bytes: config.record_bytes as u64,
         recorder: Mutex::new(Recorder::new(Window::NONE)),
+        paths,
+        same_zone: Mutex::new(Recorder::new(Window::NONE)),
+        cross_zone: Mutex::new(Recorder::new(Window::NONE)),
         sent: AtomicU64::new(0),
         acked: AtomicU64::new(0),
         failed: AtomicU64::new(0),
@@ -574,6 +723,8 @@ fn p99_ms(recorders: impl Iterator<Item = Recorder>, phase: Phase) -> String {
 }
 
 struct Progress {
+    /// Whether publish latency is split by the leader's zone.
+    split: bool,
     last_acked: u64,
     last_consumed: u64,
     last_ns: u64,
@@ -625,6 +776,17 @@ impl Progress {
             "[{label} {into_secs:>4.0}s] acked {acked_rate:>9.0} rec/s {:>8.2} MB/s  publish p99 {publish_p99:>8} ms",
             acked_rate * record_bytes as f64 / 1e6
         );
+        if self.split {
+            let same = p99_ms(
+                producers.iter().map(|p| p.shared.same_zone.lock().clone()),
+                phase,
+            );
+            let cross = p99_ms(
+                producers.iter().map(|p| p.shared.cross_zone.lock().clone()),
+                phase,
+            );
+            line.push_str(&format!(" (same zone {same} ms, cross zone {cross} ms)"));
+        }
         if !consumers.is_empty() {
             let e2e_p99 = p99_ms(
                 consumers
@@ -663,6 +825,20 @@ pub fn run(config: &RunConfig, command: Vec<String>) -> Result<Report, BenchErro
         );
     }
 
+    // With zones, each partition's true leader and its zone, to split
+    // publish latency by path.
+    let leaders = if config.endpoints.iter().any(|e| e.zone.is_some()) {
+        let endpoint = &config.endpoints[0];
+        let admin = untagged_admin(endpoint)?;
+        let zones = broker_zones(&config.endpoints);
+        let found = true_leaders(&admin, endpoint, &config.topic, partitions, &zones, timeout)?;
+        Some((admin, zones, found))
+    } else {
+        None
+    };
+    let no_leaders = Vec::new();
+    let leader_list = leaders.as_ref().map_or(&no_leaders, |l| &l.2);
+
     // Clients are set up before the window is known (their set-up is not
     // timed), so their recorders start with no window and get it here,
     // before the first record is sent.
@@ -670,7 +846,7 @@ pub fn run(config: &RunConfig, command: Vec<String>) -> Result<Report, BenchErro
         .map(|i| create_consumer(config, i, partitions, run_id, timeout))
         .collect::<Result<Vec<_>, _>>()?;
     let producers = (0..config.producers)
-        .map(|i| create_producer(config, i, clock, timeout))
+        .map(|i| create_producer(config, i, clock, leader_list, timeout))
         .collect::<Result<Vec<_>, _>>()?;
     let window = Window::new(
         clock.now_ns() + START_DELAY_NS,
@@ -679,6 +855,8 @@ pub fn run(config: &RunConfig, command: Vec<String>) -> Result<Report, BenchErro
     );
     for p in &producers {
         *p.shared.recorder.lock() = Recorder::new(window);
+        *p.shared.same_zone.lock() = Recorder::new(window);
+        *p.shared.cross_zone.lock() = Recorder::new(window);
     }
     for c in &consumers {
         for r in &c.shared.recorders {
@@ -705,6 +883,7 @@ pub fn run(config: &RunConfig, command: Vec<String>) -> Result<Report, BenchErro
         }
 
         let mut progress = Progress {
+            split: leaders.is_some(),
             last_acked: 0,
             last_consumed: 0,
             last_ns: clock.now_ns(),
@@ -770,12 +949,25 @@ pub fn run(config: &RunConfig, command: Vec<String>) -> Result<Report, BenchErro
     });
     threads?;
 
+    // The split follows the leaders before the load; say if they moved.
+    let paths = leaders.map(|(admin, zones, before)| {
+        let endpoint = &config.endpoints[0];
+        let leaders_moved =
+            match true_leaders(&admin, endpoint, &config.topic, partitions, &zones, timeout) {
+                Ok(after) => Some(after != before),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the leaders again after the load");
+                    None
+                }
+            };
+        (before, leaders_moved)
+    });
     // Dropping a producer purges what it still holds, so that no delivery
     // report can arrive while the report is built.
     let producers: Vec<(usize, Arc<ProducerShared>)> =
         producers.into_iter().map(|h| (h.zone, h.shared)).collect();
     Ok(build_report(
-        config, command, &clock, run_id, machine, partitions, window, &producers, &consumers,
+        config, command, &clock, run_id, machine, partitions, window, &producers, &consumers, paths,
     ))
 }
 
@@ -790,6 +982,7 @@ fn build_report(
     window: Window,
     producers: &[(usize, Arc<ProducerShared>)],
     consumers: &[ConsumerHandle],
+    leaders: Option<(Vec<PartitionLeader>, Option<bool>)>,
 ) -> Report {
     let endpoints = config.endpoints.len();
     let mut errors = BTreeMap::new();
@@ -803,12 +996,30 @@ fn build_report(
     let mut publish_all = Recorder::new(window);
     let mut publish_by_zone: Vec<Recorder> =
         (0..endpoints).map(|_| Recorder::new(window)).collect();
+    let (mut same_zone, mut cross_zone) = (Recorder::new(window), Recorder::new(window));
     for (zone, shared) in producers {
         let r = shared.recorder.lock();
         publish_all.merge(&r);
         publish_by_zone[*zone].merge(&r);
+        same_zone.merge(&shared.same_zone.lock());
+        cross_zone.merge(&shared.cross_zone.lock());
         shared.errors.merge_into(&mut errors);
     }
+    let paths = leaders.map(|(leaders, leaders_moved)| {
+        let same = LatencySummary::from_histogram_us(&same_zone.measured);
+        let cross = LatencySummary::from_histogram_us(&cross_zone.measured);
+        PublishPaths {
+            same_zone: same,
+            cross_zone: cross,
+            unknown_zone_records: publish_all
+                .measured
+                .len()
+                .saturating_sub(same.count + cross.count),
+            cross_same_p99_ratio: p99_ratio(&same, &cross),
+            leaders,
+            leaders_moved,
+        }
+    });
     let records_sent = sum(&|s| &s.sent);
     let records_acked = sum(&|s| &s.acked);
     let records_failed = sum(&|s| &s.failed);
@@ -916,6 +1127,159 @@ fn build_report(
         publish,
         end_to_end,
         zones,
+        paths,
         errors,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zone(name: &str, bootstrap: &str) -> Endpoint {
+        Endpoint {
+            zone: Some(name.into()),
+            bootstrap: bootstrap.into(),
+        }
+    }
+
+    #[test]
+    fn broker_addresses_take_the_zone_whose_bootstrap_lists_them() {
+        // Two zones of two nodes; az1 is given twice (two endpoints of one
+        // zone agree); 127.0.0.1:9 is claimed by both zones, so its zone is
+        // not known; an untagged endpoint names no zone.
+        let endpoints = [
+            zone("az1", "127.0.0.1:9092, 127.0.0.1:9093"),
+            zone("az2", "127.0.0.1:9094,127.0.0.1:9095,127.0.0.1:9"),
+            zone("az1", "127.0.0.1:9092,127.0.0.1:9"),
+            Endpoint {
+                zone: None,
+                bootstrap: "127.0.0.1:7".into(),
+            },
+        ];
+        let z = broker_zones(&endpoints);
+        let expected: BTreeMap<String, String> = [
+            ("127.0.0.1:9092", "az1"),
+            ("127.0.0.1:9093", "az1"),
+            ("127.0.0.1:9094", "az2"),
+            ("127.0.0.1:9095", "az2"),
+        ]
+        .into_iter()
+        .map(|(a, z)| (a.to_string(), z.to_string()))
+        .collect();
+        assert_eq!(z, expected);
+    }
+
+    #[test]
+    fn a_record_is_cross_zone_when_its_partitions_leader_is_in_another_zone() {
+        // Six partitions led in az1, az2, az3, az1, az2 and an unknown zone.
+        let leaders = [
+            Some("az1"),
+            Some("az2"),
+            Some("az3"),
+            Some("az1"),
+            Some("az2"),
+            None,
+        ];
+        use LeaderPath::*;
+        assert_eq!(
+            leader_paths(&leaders, Some("az1")),
+            [SameZone, CrossZone, CrossZone, SameZone, CrossZone, Unknown]
+        );
+        assert_eq!(
+            leader_paths(&leaders, Some("az3")),
+            [CrossZone, CrossZone, SameZone, CrossZone, CrossZone, Unknown]
+        );
+        // An untagged producer has no path.
+        assert!(leader_paths(&leaders, None).iter().all(|p| *p == Unknown));
+    }
+
+    #[test]
+    fn delivery_reports_are_split_by_path() {
+        // One producer in az1 over three partitions led in az1, az2 and an
+        // unknown zone; records due in the window at 1 s. Partition 0: 100
+        // ms and 300 ms; partition 1: 500 ms; partition 2: 50 ms.
+        // Same zone: {100, 300}, p99 = 300 ms; cross zone: {500}, p99 500
+        // ms; ratio 500 / 300 = 1.667; one record in neither; all four in
+        // the overall p99 (500 ms). A fifth, of a partition not in the
+        // metadata, counts overall and in neither path.
+        let window = Window::new(0, 0, 10_000_000_000);
+        let shared = ProducerShared {
+            clock: RunClock::start(),
+            record_bytes: 1_000,
+            recorder: Mutex::new(Recorder::new(window)),
+            paths: leader_paths(&[Some("az1"), Some("az2"), None], Some("az1")),
+            same_zone: Mutex::new(Recorder::new(window)),
+            cross_zone: Mutex::new(Recorder::new(window)),
+            sent: AtomicU64::new(4),
+            acked: AtomicU64::new(4),
+            failed: AtomicU64::new(0),
+            not_sent: AtomicU64::new(0),
+            errors: ErrorCounts::default(),
+        };
+        let ms = 1_000_000u64;
+        for (partition, latency_ms) in [(0, 100u64), (0, 300), (1, 500), (2, 50)] {
+            shared.record(partition, 1_000 * ms, (1_000 + latency_ms) * ms);
+        }
+        // A partition the metadata did not have: overall only.
+        shared.record(7, 1_000 * ms, 1_010 * ms);
+        let config = crate::cli::WorkloadArgs {
+            topic: "t".into(),
+            partitions: 3,
+            replication_factor: 1,
+            record_bytes: 1_000,
+            rate: 0.0,
+            acks: crate::cli::Acks::All,
+            producers: 1,
+            consumers: 0,
+            warmup_secs: 0,
+            duration_secs: 10,
+            drain_secs: 1,
+            connect_timeout_secs: 1,
+            linger_ms: 5,
+            batch_bytes: 1_000_000,
+            compression: crate::cli::Compression::None,
+            producer_config: Vec::new(),
+            consumer_config: Vec::new(),
+        }
+        .into_config(vec![zone("az1", "127.0.0.1:9092")])
+        .expect("valid config");
+        let leaders = vec![PartitionLeader {
+            partition: 0,
+            leader: 0,
+            address: "127.0.0.1:9092".into(),
+            zone: Some("az1".into()),
+        }];
+        let report = build_report(
+            &config,
+            Vec::new(),
+            &RunClock::start(),
+            1,
+            machine::detect(),
+            3,
+            window,
+            &[(0, Arc::new(shared))],
+            &[],
+            Some((leaders.clone(), Some(false))),
+        );
+        // Percentiles are within HdrHistogram's 0.1% (see stats.rs).
+        let near = |a: f64, b: f64| (a - b).abs() <= b * 1e-3;
+        let paths = report.paths.clone().expect("a split with zones");
+        assert_eq!(paths.same_zone.count, 2);
+        assert!(near(paths.same_zone.p99_ms, 300.0), "{:?}", paths.same_zone);
+        assert_eq!(paths.cross_zone.count, 1);
+        assert!(
+            near(paths.cross_zone.p99_ms, 500.0),
+            "{:?}",
+            paths.cross_zone
+        );
+        assert_eq!(paths.unknown_zone_records, 2);
+        let ratio = paths.cross_same_p99_ratio.expect("both paths have records");
+        assert!(near(ratio, 500.0 / 300.0), "{ratio}");
+        assert_eq!(paths.leaders, leaders);
+        assert_eq!(report.publish.latency.count, 5);
+        assert!(near(report.publish.latency.p99_ms, 500.0));
+        let text = report.render_text();
+        assert!(text.contains("cross/same p99 1.67"), "{text}");
     }
 }

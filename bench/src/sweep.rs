@@ -4,18 +4,30 @@
 //!
 //! For each grid point:
 //!
-//! 1. A fresh temporary directory (the bucket) and two free loopback ports
-//!    (Kafka, `/metrics`); `ferry dev` starts with
+//! 1. A fresh temporary directory (the bucket) and free loopback ports (a
+//!    block for the Kafka listeners, one for `/metrics`); `ferry dev`
+//!    starts with
 //!    `s3.wal.path=0@file://DIR/bucket?batchInterval=..&maxBytesInBatch=..`
-//!    and the latency model's parameters, and is ready when both ports
-//!    accept (bounded by `start_timeout`; a node that exits early is started
-//!    again on new ports, at most [`START_ATTEMPTS`] times).
-//! 2. A sampler thread scrapes `/metrics` every [`SAMPLE_EVERY`].
+//!    plus the latency model's parameters, and the same URI as
+//!    `automq.zonerouter.channels` (the handoff writer's batch settings).
+//!    With `--zones N` (or `--nodes-per-zone M` above 1) it is
+//!    `ferry dev --zones N --nodes-per-zone M`: nodes `0..N*M` in one
+//!    process, node `k` in zone `az{k / M + 1}`, on Kafka port `P + k` and
+//!    `/metrics` port `Q + k`. It is ready when every port accepts (bounded
+//!    by `start_timeout`; a process that exits early is started again on
+//!    new ports, at most [`START_ATTEMPTS`] times).
+//! 2. A sampler thread scrapes every node's `/metrics` every
+//!    [`SAMPLE_EVERY`] and sums them, and counts the handoff objects in the
+//!    bucket (the node's metrics leave the handoff writer's PUTs out).
 //! 3. The load runs in process ([`crate::run::run`]), with all its bounds.
-//! 4. PUT and GET rates (and cross-zone bytes, once the node exports them)
-//!    come from the samples inside the run's measured window
+//!    With zones, producers and consumers are placed round-robin over
+//!    them, tagged `automq_az=azK` and given that zone's nodes as
+//!    bootstrap; publish latency is split by whether the partition's true
+//!    leader is in the producer's zone ([`crate::report::PublishPaths`]).
+//! 4. PUT, GET and handoff-object rates and cross-zone bytes (in total and
+//!    by kind) come from the samples inside the run's measured window
 //!    ([`prom::window_rates`]); the cost model prices them.
-//! 5. The node is killed and its directory deleted, whatever happened.
+//! 5. The process is killed and its directory deleted, whatever happened.
 //!
 //! A point that fails is recorded with its error and the sweep goes on. The
 //! results are written by [`crate::results`] and [`crate::plots`].
@@ -26,7 +38,7 @@ use crate::error::BenchError;
 use crate::machine;
 use crate::prom::{self, Rates, Sample};
 use crate::results::{
-    frontier, PeerResult, PointMeasure, PointResult, RunSummary, SweepReport, NOTES,
+    frontier, notes, PeerResult, PointMeasure, PointResult, RunSummary, SweepReport,
 };
 use crate::run;
 use serde::Serialize;
@@ -45,6 +57,8 @@ pub const START_ATTEMPTS: usize = 3;
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Lines of a failed node's log quoted in the error.
 const LOG_TAIL_LINES: usize = 15;
+/// Tries at finding a block of consecutive free ports.
+const PORT_BLOCK_ATTEMPTS: usize = 64;
 
 /// One point of the grid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -98,6 +112,67 @@ impl LatencyModel {
     }
 }
 
+/// The `ferry dev` cluster of each point: `zones` zones (`az1`...) of
+/// `nodes_per_zone` nodes, in one process. One zone of one node is the plain
+/// single-node `ferry dev` with untagged clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Layout {
+    pub zones: u16,
+    pub nodes_per_zone: u16,
+}
+
+impl Layout {
+    pub const ONE_NODE: Layout = Layout {
+        zones: 1,
+        nodes_per_zone: 1,
+    };
+
+    /// Nodes in all.
+    pub fn nodes(&self) -> usize {
+        usize::from(self.zones) * usize::from(self.nodes_per_zone)
+    }
+
+    /// Whether clients are placed in zones (more than one node).
+    pub fn zoned(&self) -> bool {
+        self.nodes() > 1
+    }
+
+    /// The zone of node `k` (`ferry dev` numbers nodes zone by zone).
+    pub fn zone_of(&self, node: usize) -> String {
+        format!("az{}", node / usize::from(self.nodes_per_zone.max(1)) + 1)
+    }
+
+    /// The clients' endpoints, given each node's Kafka address in node
+    /// order: one per zone with that zone's nodes as bootstrap list, or
+    /// one untagged endpoint for a single node.
+    pub fn endpoints(&self, kafka: &[SocketAddr]) -> Vec<Endpoint> {
+        if !self.zoned() {
+            return kafka
+                .iter()
+                .map(|a| Endpoint {
+                    zone: None,
+                    bootstrap: a.to_string(),
+                })
+                .collect();
+        }
+        (0..self.zones)
+            .map(|z| {
+                let zone = format!("az{}", z + 1);
+                let bootstrap: Vec<String> = kafka
+                    .iter()
+                    .enumerate()
+                    .filter(|(k, _)| self.zone_of(*k) == zone)
+                    .map(|(_, a)| a.to_string())
+                    .collect();
+                Endpoint {
+                    zone: Some(zone),
+                    bootstrap: bootstrap.join(","),
+                }
+            })
+            .collect()
+    }
+}
+
 /// A broker to run the same workload against, for ratios.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Peer {
@@ -111,6 +186,8 @@ pub struct SweepConfig {
     /// The workload; its endpoints are set per point and per peer.
     pub workload: RunConfig,
     pub grid: Vec<GridPoint>,
+    /// The cluster each point runs on.
+    pub layout: Layout,
     /// `None`: the bucket is a bare local directory.
     pub latency_model: Option<LatencyModel>,
     pub peers: Vec<Peer>,
@@ -140,18 +217,51 @@ fn node_err(what: impl Into<String>, reason: impl Into<String>) -> BenchError {
     }
 }
 
-/// Two ports that were free a moment ago on 127.0.0.1.
-fn free_ports() -> Result<(u16, u16), BenchError> {
-    let bind = || {
-        TcpListener::bind("127.0.0.1:0").map_err(|e| node_err("finding a free port", e.to_string()))
+/// `count` consecutive ports that were free a moment ago on 127.0.0.1, held
+/// (bound) until the listeners are dropped.
+fn free_port_block(count: usize) -> Result<(u16, Vec<TcpListener>), BenchError> {
+    let err = |e: std::io::Error| node_err("finding free ports", e.to_string());
+    for _ in 0..PORT_BLOCK_ATTEMPTS {
+        let first = TcpListener::bind("127.0.0.1:0").map_err(err)?;
+        let base = first.local_addr().map_err(err)?.port();
+        let mut held = vec![first];
+        for k in 1..count {
+            let Some(port) = u16::try_from(k).ok().and_then(|k| base.checked_add(k)) else {
+                break;
+            };
+            match TcpListener::bind(("127.0.0.1", port)) {
+                Ok(l) => held.push(l),
+                Err(_) => break,
+            }
+        }
+        if held.len() == count {
+            return Ok((base, held));
+        }
+    }
+    Err(node_err(
+        "finding free ports",
+        format!("no {count} consecutive free ports in {PORT_BLOCK_ATTEMPTS} tries"),
+    ))
+}
+
+/// Handoff objects (`handoff/<node>/<seq>.wal`) in a local bucket, all
+/// nodes; `None` if the bucket cannot be listed. Each is one PUT.
+pub fn handoff_objects(bucket: &Path) -> Option<f64> {
+    let nodes = match std::fs::read_dir(bucket.join("handoff")) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(0.0),
+        Err(_) => return None,
     };
-    let (a, b) = (bind()?, bind()?);
-    let port = |l: &TcpListener| {
-        l.local_addr()
-            .map(|a| a.port())
-            .map_err(|e| node_err("finding a free port", e.to_string()))
-    };
-    Ok((port(&a)?, port(&b)?))
+    let mut count = 0u64;
+    for node in nodes {
+        let objects = std::fs::read_dir(node.ok()?.path()).ok()?;
+        for o in objects {
+            if o.ok()?.file_name().to_string_lossy().ends_with(".wal") {
+                count += 1;
+            }
+        }
+    }
+    Some(count as f64)
 }
 
 fn accepts(addr: SocketAddr) -> bool {
@@ -169,25 +279,31 @@ fn log_tail(path: &Path) -> String {
 /// directory deleted, when dropped.
 pub struct DevNode {
     child: Child,
-    pub bootstrap: SocketAddr,
-    pub metrics: SocketAddr,
+    /// Each node's Kafka listener, in node order.
+    pub kafka: Vec<SocketAddr>,
+    /// Each node's `/metrics`, in node order.
+    pub metrics: Vec<SocketAddr>,
+    /// The bucket directory.
+    pub bucket: PathBuf,
     log: PathBuf,
     // Dropped after the child is killed (see `Drop`).
     _dir: tempfile::TempDir,
 }
 
 impl DevNode {
-    /// Starts `ferry dev` for `point`, with the latency model if given.
+    /// Starts `ferry dev` for `point` with `layout`, with the latency model
+    /// if given.
     pub fn start(
         ferry: &Path,
         work_dir: &Path,
         point: GridPoint,
+        layout: Layout,
         model: Option<&LatencyModel>,
         timeout: Duration,
     ) -> Result<DevNode, BenchError> {
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
-            match DevNode::start_once(ferry, work_dir, point, model, timeout) {
+            match DevNode::start_once(ferry, work_dir, point, layout, model, timeout) {
                 Ok(node) => return Ok(node),
                 Err(StartError::ExitedEarly(e)) => {
                     tracing::warn!(error = %e, "ferry exited at start; trying other ports");
@@ -203,6 +319,7 @@ impl DevNode {
         ferry: &Path,
         work_dir: &Path,
         point: GridPoint,
+        layout: Layout,
         model: Option<&LatencyModel>,
         timeout: Duration,
     ) -> Result<DevNode, StartError> {
@@ -234,6 +351,9 @@ impl DevNode {
                     ),
                 ))
             })?;
+        // The WAL and the handoff channel: the same bucket, the point's
+        // batch settings, and the latency model (the handoff writer uses
+        // the WAL's bucket and store; the channel names it too).
         let mut wal = format!(
             "0@file://{bucket_text}?batchInterval={}&maxBytesInBatch={}",
             point.batch_interval_ms, point.max_bytes_in_batch
@@ -242,7 +362,10 @@ impl DevNode {
             wal.push('&');
             wal.push_str(&m.query());
         }
-        let (port, metrics_port) = free_ports().map_err(StartError::Fatal)?;
+        let nodes = layout.nodes();
+        let (port, kafka_held) = free_port_block(nodes).map_err(StartError::Fatal)?;
+        let (metrics_port, metrics_held) = free_port_block(nodes).map_err(StartError::Fatal)?;
+        drop((kafka_held, metrics_held));
         let log = dir.path().join("ferry.log");
         let log_file = std::fs::File::create(&log)
             .and_then(|f| Ok((f.try_clone()?, f)))
@@ -253,16 +376,24 @@ impl DevNode {
                     source,
                 })
             })?;
-        let child = Command::new(ferry)
+        let mut command = Command::new(ferry);
+        command
             .arg("dev")
             .arg("--dir")
             .arg(dir.path())
-            .args(["--port", &port.to_string()])
+            .args(["--port", &port.to_string()]);
+        if layout.zoned() {
+            command
+                .args(["--zones", &layout.zones.to_string()])
+                .args(["--nodes-per-zone", &layout.nodes_per_zone.to_string()]);
+        }
+        let child = command
             .args([
                 "--override",
                 &format!("ferry.metrics.listener=127.0.0.1:{metrics_port}"),
             ])
             .args(["--override", &format!("s3.wal.path={wal}")])
+            .args(["--override", &format!("automq.zonerouter.channels={wal}")])
             .stdin(Stdio::null())
             .stdout(log_file.0)
             .stderr(log_file.1)
@@ -275,10 +406,19 @@ impl DevNode {
                     ),
                 ))
             })?;
+        // Node k listens on port + k and serves /metrics on metrics_port + k
+        // (node/src/main.rs, run_zones); the blocks were checked free.
+        let addrs = |base: u16| -> Vec<SocketAddr> {
+            (0..nodes)
+                .filter_map(|k| u16::try_from(k).ok().and_then(|k| base.checked_add(k)))
+                .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+                .collect()
+        };
         let mut node = DevNode {
             child,
-            bootstrap: SocketAddr::from(([127, 0, 0, 1], port)),
-            metrics: SocketAddr::from(([127, 0, 0, 1], metrics_port)),
+            kafka: addrs(port),
+            metrics: addrs(metrics_port),
+            bucket,
             log,
             _dir: dir,
         };
@@ -293,7 +433,7 @@ impl DevNode {
                     ),
                 )));
             }
-            if accepts(node.bootstrap) && accepts(node.metrics) {
+            if node.kafka.iter().chain(&node.metrics).all(|a| accepts(*a)) {
                 return Ok(node);
             }
             if Instant::now() >= deadline {
@@ -337,7 +477,9 @@ struct Sampler {
 }
 
 impl Sampler {
-    fn start(addr: SocketAddr) -> Result<Sampler, BenchError> {
+    /// Scrapes every node in `addrs` in turn and counts the handoff objects
+    /// in `bucket`; a tick where any scrape fails is dropped.
+    fn start(addrs: Vec<SocketAddr>, bucket: PathBuf) -> Result<Sampler, BenchError> {
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
@@ -347,10 +489,16 @@ impl Sampler {
                 let mut last_error = None;
                 while !stop2.load(Ordering::Relaxed) {
                     let before = unix_ms();
-                    match prom::scrape(addr, SCRAPE_TIMEOUT)
-                        .and_then(|text| Sample::parse(&text, before / 2 + unix_ms() / 2))
-                    {
-                        Ok(s) => samples.push(s),
+                    let texts: Result<Vec<String>, String> = addrs
+                        .iter()
+                        .map(|a| prom::scrape(*a, SCRAPE_TIMEOUT).map_err(|e| format!("{a}: {e}")))
+                        .collect();
+                    let handoff = handoff_objects(&bucket);
+                    match texts.and_then(|t| Sample::parse_nodes(&t, before / 2 + unix_ms() / 2)) {
+                        Ok(mut s) => {
+                            s.handoff_objects = handoff;
+                            samples.push(s);
+                        }
                         Err(e) => last_error = Some(e),
                     }
                     std::thread::sleep(SAMPLE_EVERY);
@@ -373,12 +521,13 @@ impl Sampler {
     }
 }
 
-fn with_endpoint(workload: &RunConfig, bootstrap: String, topic: Option<String>) -> RunConfig {
+fn with_endpoints(
+    workload: &RunConfig,
+    endpoints: Vec<Endpoint>,
+    topic: Option<String>,
+) -> RunConfig {
     let mut c = workload.clone();
-    c.endpoints = vec![Endpoint {
-        zone: None,
-        bootstrap,
-    }];
+    c.endpoints = endpoints;
     if let Some(t) = topic {
         c.topic = t;
     }
@@ -395,11 +544,12 @@ fn measure_point(
         &config.ferry,
         &config.work_dir,
         point,
+        config.layout,
         config.latency_model.as_ref(),
         Duration::from_secs(config.start_timeout_secs),
     )?;
-    let sampler = Sampler::start(node.metrics)?;
-    let run_config = with_endpoint(&config.workload, node.bootstrap.to_string(), None);
+    let sampler = Sampler::start(node.metrics.clone(), node.bucket.clone())?;
+    let run_config = with_endpoints(&config.workload, config.layout.endpoints(&node.kafka), None);
     let report = run::run(&run_config, command.to_vec());
     let (samples, scrape_error) = sampler.stop()?;
     let report = report.map_err(|e| {
@@ -432,9 +582,11 @@ fn measure_point(
     ))
 }
 
-/// Prices a measured point: Ferry at the measured request rates and
+/// Prices a measured point: Ferry at the measured request rates (the
+/// nodes' PUTs plus the handoff objects counted in the bucket) and
 /// cross-zone bytes, storing the produced rate for `retention_hours`; Kafka
-/// at the same produced rate.
+/// at the same produced rate. Also the cross-zone bytes as a fraction of
+/// the produced bytes.
 pub fn price(prices: &Prices, run: RunSummary, rates: Rates, retention_hours: f64) -> PointMeasure {
     let t = &run.publish_throughput;
     let produced = if t.seconds > 0.0 {
@@ -443,12 +595,14 @@ pub fn price(prices: &Prices, run: RunSummary, rates: Rates, retention_hours: f6
         0.0
     };
     let usage = FerryUsage {
-        puts_per_sec: rates.puts_per_sec,
+        puts_per_sec: rates.puts_per_sec + rates.handoff_puts_per_sec,
         gets_per_sec: rates.gets_per_sec,
         cross_zone_bytes_per_sec: rates.cross_zone_bytes_per_sec,
         stored_bytes: produced * retention_hours * 3_600.0,
     };
     PointMeasure {
+        cross_zone_fraction: (rates.cross_zone_measured && produced > 0.0)
+            .then(|| rates.cross_zone_bytes_per_sec / produced),
         cost: cost::ferry(prices, &usage),
         kafka_rf3_usd: cost::kafka_rf3(prices, produced, 1.0).total_usd,
         kafka_follower_fetching_usd: cost::kafka_follower_fetching(prices, produced).total_usd,
@@ -466,19 +620,47 @@ fn progress_line(index: usize, total: usize, p: &PointResult) -> String {
         p.point.max_mib()
     );
     match (&p.measured, &p.error) {
-        (Some(m), _) => format!(
-            "{head} publish p50 {:.1} p99 {:.1} ms, e2e p99 {}, {:.2} MB/s, {:.1} PUT/s, {:.1} GET/s, ${:.2}/month ({:.0} s)",
-            m.run.publish.p50_ms,
-            m.run.publish.p99_ms,
-            m.run
-                .end_to_end
-                .map_or("-".to_string(), |e| format!("{:.1} ms", e.p99_ms)),
-            m.run.publish_throughput.mb_per_sec,
-            m.rates.puts_per_sec,
-            m.rates.gets_per_sec,
-            m.cost.total_usd,
-            p.seconds
-        ),
+        (Some(m), _) => {
+            let zones = match &m.run.paths {
+                Some(paths) => format!(
+                    " same-zone p50 {:.1} p99 {:.1} ms, cross-zone p50 {:.1} p99 {:.1} ms, cross/same p99 {},",
+                    paths.same_zone.p50_ms,
+                    paths.same_zone.p99_ms,
+                    paths.cross_zone.p50_ms,
+                    paths.cross_zone.p99_ms,
+                    paths
+                        .cross_same_p99_ratio
+                        .map_or("-".to_string(), |r| format!("{r:.2}")),
+                ),
+                None => String::new(),
+            };
+            let cross = if m.rates.cross_zone_measured {
+                format!(
+                    ", cross-zone {:.0} B/s ({})",
+                    m.rates.cross_zone_bytes_per_sec,
+                    m.cross_zone_fraction.map_or("-".to_string(), |f| format!(
+                        "{:.3}% of produced",
+                        f * 100.0
+                    ))
+                )
+            } else {
+                ", cross-zone not measured".to_string()
+            };
+            format!(
+                "{head} publish p50 {:.1} p99 {:.1} ms,{zones} e2e p99 {}, {:.2} MB/s, {:.1} PUT/s (+{:.1} handoff), {:.1} GET/s{cross}, ${:.2}/month ({:.0} s)",
+                m.run.publish.p50_ms,
+                m.run.publish.p99_ms,
+                m.run
+                    .end_to_end
+                    .map_or("-".to_string(), |e| format!("{:.1} ms", e.p99_ms)),
+                m.run.publish_throughput.mb_per_sec,
+                m.rates.puts_per_sec,
+                m.rates.handoff_puts_per_sec,
+                m.rates.gets_per_sec,
+                m.cost.total_usd,
+                p.seconds
+            )
+        }
         (None, Some(e)) => format!("{head} FAILED ({:.0} s): {e}", p.seconds),
         (None, None) => format!("{head} no result"),
     }
@@ -511,7 +693,11 @@ pub fn sweep(config: &SweepConfig, command: Vec<String>) -> Result<SweepReport, 
         let started = Instant::now();
         // A topic of its own: a long-lived peer may hold older runs' topics.
         let topic = format!("{}-{}", config.workload.topic, started_unix_ms / 1_000);
-        let run_config = with_endpoint(&config.workload, peer.bootstrap.clone(), Some(topic));
+        let endpoint = Endpoint {
+            zone: None,
+            bootstrap: peer.bootstrap.clone(),
+        };
+        let run_config = with_endpoints(&config.workload, vec![endpoint], Some(topic));
         let result = run::run(&run_config, command.clone());
         let (measured, error) = match result {
             Ok(r) => (Some(RunSummary::of(&r)), None),
@@ -584,7 +770,7 @@ pub fn sweep(config: &SweepConfig, command: Vec<String>) -> Result<SweepReport, 
         config: config.clone(),
         peers,
         points,
-        notes: NOTES.iter().map(|s| s.to_string()).collect(),
+        notes: notes(config.layout),
     })
 }
 
@@ -647,12 +833,15 @@ mod tests {
             records_lost: 0,
             records_missing: 0,
             errors: Default::default(),
+            paths: None,
         };
         let rates = Rates {
             puts_per_sec: 20.0,
             gets_per_sec: 2.0,
             cross_zone_bytes_per_sec: 0.0,
             cross_zone_measured: false,
+            cross_zone_by_kind_per_sec: Default::default(),
+            handoff_puts_per_sec: 0.0,
             seconds: 10.0,
         };
         let m = price(&Prices::default(), run, rates, 24.0);
@@ -669,6 +858,119 @@ mod tests {
             m.kafka_follower_fetching_usd
         );
         assert!(close(m.usage.stored_bytes, 4.32e11));
+        assert_eq!(m.cross_zone_fraction, None, "not measured");
+    }
+
+    #[test]
+    fn measured_cross_zone_bytes_and_handoff_puts_are_priced() {
+        // 5e6 B/s produced (as above), three zones. Measured: 20 WAL PUT/s
+        // and 12 handoff objects/s, 0 GET/s, 50,000 B/s across zones.
+        //   PUT: (20 + 12) x 2,628,000 = 84,096,000 x $0.000005 = $420.48
+        //   cross-zone: 50,000 x 2,628,000 = 1.314e11 B = 131.4 GB x $0.02
+        //               = $2.628
+        //   storage: $9.936 (as above)
+        //   Ferry: 420.48 + 2.628 + 9.936 = $433.044.
+        //   Fraction: 50,000 / 5e6 = 1% of the produced bytes.
+        let run = RunSummary {
+            publish: crate::stats::LatencySummary::from_histogram_us(
+                &crate::stats::latency_histogram(),
+            ),
+            publish_throughput: crate::stats::Throughput::new(50_000, 50_000_000, 10.0),
+            end_to_end: None,
+            records_acked: 50_000,
+            records_lost: 0,
+            records_missing: 0,
+            errors: Default::default(),
+            paths: None,
+        };
+        let rates = Rates {
+            puts_per_sec: 20.0,
+            gets_per_sec: 0.0,
+            cross_zone_bytes_per_sec: 50_000.0,
+            cross_zone_measured: true,
+            cross_zone_by_kind_per_sec: [("handoff".to_string(), 50_000.0)].into(),
+            handoff_puts_per_sec: 12.0,
+            seconds: 10.0,
+        };
+        let m = price(&Prices::default(), run, rates, 24.0);
+        let close = |a: f64, b: f64| (a - b).abs() <= b.abs() * 1e-12;
+        assert!(close(m.usage.puts_per_sec, 32.0));
+        assert!(close(m.cost.put_usd, 420.48), "{}", m.cost.put_usd);
+        assert!(
+            close(m.cost.cross_zone_usd, 2.628),
+            "{}",
+            m.cost.cross_zone_usd
+        );
+        assert!(close(m.cost.total_usd, 433.044), "{}", m.cost.total_usd);
+        assert!(close(m.cross_zone_fraction.unwrap(), 0.01));
+    }
+
+    #[test]
+    fn zones_are_laid_out_as_ferry_dev_numbers_its_nodes() {
+        // 3 zones x 2 nodes: nodes 0,1 in az1, 2,3 in az2, 4,5 in az3.
+        let l = Layout {
+            zones: 3,
+            nodes_per_zone: 2,
+        };
+        assert_eq!(l.nodes(), 6);
+        assert!(l.zoned());
+        assert_eq!(
+            (0..6).map(|k| l.zone_of(k)).collect::<Vec<_>>(),
+            ["az1", "az1", "az2", "az2", "az3", "az3"]
+        );
+        let kafka: Vec<SocketAddr> = (0..6)
+            .map(|k| SocketAddr::from(([127, 0, 0, 1], 9092 + k)))
+            .collect();
+        let e = l.endpoints(&kafka);
+        assert_eq!(e.len(), 3);
+        assert_eq!(e[1].zone.as_deref(), Some("az2"));
+        assert_eq!(e[1].bootstrap, "127.0.0.1:9094,127.0.0.1:9095");
+        // Each address maps back to its zone.
+        let zones = crate::run::broker_zones(&e);
+        assert_eq!(zones["127.0.0.1:9097"], "az3");
+        assert_eq!(zones.len(), 6);
+        // One node: one untagged endpoint, as before zones.
+        let one = Layout::ONE_NODE.endpoints(&kafka[..1]);
+        assert!(!Layout::ONE_NODE.zoned());
+        assert_eq!(one.len(), 1);
+        assert_eq!(
+            (one[0].zone.as_deref(), one[0].bootstrap.as_str()),
+            (None, "127.0.0.1:9092")
+        );
+    }
+
+    #[test]
+    fn handoff_objects_are_counted_in_the_bucket() {
+        // Node 0 wrote two handoff objects, node 2 one; a staging file
+        // (object_store writes `<name>#<n>` then renames) and a WAL object
+        // do not count.
+        let dir = tempfile::tempdir().unwrap();
+        let bucket = dir.path();
+        assert_eq!(handoff_objects(bucket), Some(0.0), "no handoff/ yet");
+        for (node, name) in [
+            ("0", "00000000000000000000.wal"),
+            ("0", "00000000000000000001.wal"),
+            ("0", "00000000000000000002.wal#3"),
+            ("2", "00000000000000000000.wal"),
+        ] {
+            let d = bucket.join("handoff").join(node);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join(name), b"x").unwrap();
+        }
+        std::fs::create_dir_all(bucket.join("wal/0")).unwrap();
+        std::fs::write(bucket.join("wal/0/00000000000000000000.wal"), b"x").unwrap();
+        assert_eq!(handoff_objects(bucket), Some(3.0));
+    }
+
+    #[test]
+    fn port_blocks_are_consecutive_and_held() {
+        let (base, held) = free_port_block(3).unwrap();
+        assert_eq!(held.len(), 3);
+        for (k, l) in held.iter().enumerate() {
+            assert_eq!(l.local_addr().unwrap().port(), base + k as u16);
+        }
+        // Held: binding one again fails.
+        assert!(TcpListener::bind(("127.0.0.1", base + 1)).is_err());
     }
 
     #[test]
@@ -678,6 +980,7 @@ mod tests {
             &dir.path().join("no-such-ferry"),
             dir.path(),
             grid(&[10], &[1])[0],
+            Layout::ONE_NODE,
             None,
             Duration::from_secs(1),
         )
