@@ -2,7 +2,8 @@
 //! that `cargo test --workspace` builds beside this package's binary, with a
 //! constant 60 ms PUT latency, checking that the model took effect, that the
 //! PUT rate follows `batchInterval`, that every output file is written, and
-//! that the node's directory is gone afterwards.
+//! that the node's directory is gone afterwards; and the same point across
+//! two zones, checking the same/cross split and the cross-zone bytes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
@@ -22,6 +23,135 @@ fn ferry_binary() -> PathBuf {
         ferry.display()
     );
     ferry
+}
+
+/// Runs `ferry-bench sweep` with `args` (plus the output and work
+/// directories), at most `limit`; returns the point's JSON and stderr.
+fn sweep(args: &[&str], limit: Duration) -> (serde_json::Value, String) {
+    let out = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let start = Instant::now();
+    let mut child = Command::new(BIN)
+        .arg("sweep")
+        .arg("--ferry")
+        .arg(ferry_binary())
+        .args(args)
+        .arg("--out-dir")
+        .arg(out.path())
+        .arg("--work-dir")
+        .arg(work.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ferry-bench sweep");
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "sweep still running after {limit:?}:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(output.status.success(), "{stderr}");
+    let dir = std::fs::read_dir(out.path())
+        .unwrap()
+        .next()
+        .expect("a results directory")
+        .unwrap()
+        .path();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("sweep.json")).unwrap()).unwrap();
+    assert!(dir.join("zones.svg").is_file() || !args.contains(&"--zones"));
+    let left: Vec<_> = std::fs::read_dir(work.path()).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    (json["points"][0].clone(), stderr)
+}
+
+#[test]
+fn a_one_point_sweep_across_two_zones() {
+    // Two zones of one node, 4 partitions (leaders spread over both zones),
+    // 2 producers (one per zone), 1 consumer in az1, 60 ms PUTs.
+    let (point, stderr) = sweep(
+        &[
+            "--zones",
+            "2",
+            "--batch-interval-ms",
+            "50",
+            "--max-bytes-mib",
+            "1",
+            "--rate",
+            "200",
+            "--record-bytes",
+            "1000",
+            "--partitions",
+            "4",
+            "--producers",
+            "2",
+            "--consumers",
+            "1",
+            "--warmup-secs",
+            "1",
+            "--duration-secs",
+            "3",
+            "--drain-secs",
+            "10",
+            "--put-p50-ms",
+            "60",
+            "--put-p99-ms",
+            "60",
+            "--get-p50-ms",
+            "5",
+            "--get-p99-ms",
+            "10",
+            "--ms-per-mib",
+            "0",
+            "--name",
+            "zones",
+        ],
+        Duration::from_secs(120),
+    );
+    let m = &point["measured"];
+    assert!(m.is_object(), "point failed: {}", point["error"]);
+    assert!(stderr.contains("cross/same p99"), "{stderr}");
+    let paths = &m["run"]["paths"];
+    let leaders = paths["leaders"].as_array().unwrap();
+    assert_eq!(leaders.len(), 4);
+    let zones: Vec<&str> = leaders
+        .iter()
+        .map(|l| l["zone"].as_str().expect("every leader's zone is known"))
+        .collect();
+    assert!(
+        zones.contains(&"az1") && zones.contains(&"az2"),
+        "{zones:?}"
+    );
+    assert_eq!(paths["leaders_moved"], false);
+    assert_eq!(paths["unknown_zone_records"], 0);
+    // Each producer has partitions in its zone and in the other.
+    let same = paths["same_zone"]["count"].as_u64().unwrap();
+    let cross = paths["cross_zone"]["count"].as_u64().unwrap();
+    assert!(same > 0 && cross > 0, "same {same}, cross {cross}");
+    assert_eq!(same + cross, m["run"]["publish"]["count"].as_u64().unwrap());
+    // A cross-zone produce waits for the proxy's PUT and the leader's: at
+    // least two 60 ms PUTs.
+    let cross_p50 = paths["cross_zone"]["p50_ms"].as_f64().unwrap();
+    assert!(cross_p50 >= 120.0, "cross-zone p50 {cross_p50} ms");
+    assert!(paths["cross_same_p99_ratio"].as_f64().unwrap() > 0.0);
+    // Handoffs cross zones (their commits, not the data) and write handoff
+    // objects; the bytes are a small share of what was produced.
+    assert_eq!(m["rates"]["cross_zone_measured"], true);
+    let handoff = m["rates"]["cross_zone_by_kind_per_sec"]["handoff"]
+        .as_f64()
+        .unwrap();
+    assert!(handoff > 0.0, "{}", m["rates"]);
+    assert!(m["rates"]["handoff_puts_per_sec"].as_f64().unwrap() > 0.0);
+    let fraction = m["cross_zone_fraction"].as_f64().unwrap();
+    assert!(fraction > 0.0 && fraction < 0.5, "{fraction}");
+    assert_eq!(m["run"]["records_lost"], 0);
 }
 
 #[test]
