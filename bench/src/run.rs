@@ -333,6 +333,20 @@ fn ensure_topic(config: &RunConfig, timeout: Duration) -> Result<i32, BenchError
     }
 }
 
+/// Whether a client call's error is one Kafka says to retry: a leader
+/// moving or loading.
+fn retriable(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::NotCoordinator
+        )
+    )
+}
+
 /// Where a partition's leader is, seen from a producer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaderPath {
@@ -486,13 +500,26 @@ fn create_consumer(
         endpoint,
     ))?;
     let mut assignment = TopicPartitionList::new();
+    let deadline = std::time::Instant::now() + timeout;
     for p in (0..partitions).filter(|p| *p as usize % config.consumers == index) {
-        let (_, high) = consumer
-            .fetch_watermarks(&config.topic, p, timeout)
-            .map_err(kafka_err(
-                format!("reading the end offset of {}-{p}", config.topic),
-                endpoint,
-            ))?;
+        // A leader that has just come to lead a partition may answer
+        // LEADER_NOT_AVAILABLE while it loads it (Ferry does, in a
+        // cluster): retriable, so retried until the connect timeout.
+        let (_, high) = loop {
+            match consumer.fetch_watermarks(&config.topic, p, timeout) {
+                Ok(w) => break w,
+                Err(e) if retriable(&e) && std::time::Instant::now() < deadline => {
+                    tracing::info!(error = %e, partition = p, "retrying the end offset");
+                    std::thread::sleep(METADATA_RETRY);
+                }
+                Err(e) => {
+                    return Err(kafka_err(
+                        format!("reading the end offset of {}-{p}", config.topic),
+                        endpoint,
+                    )(e))
+                }
+            }
+        };
         assignment
             .add_partition_offset(&config.topic, p, Offset::Offset(high))
             .map_err(kafka_err("building an assignment", endpoint))?;
