@@ -39,6 +39,24 @@ pub struct AppendEntry {
     pub external: Option<Location>,
 }
 
+/// The two kinds of objects a node owns and numbers in sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    /// `wal/<node>/<seq>.wal`.
+    Wal,
+    /// `handoff/<node>/<seq>.wal`, written as a proxy.
+    Handoff,
+}
+
+impl ObjectKind {
+    pub fn prefix(self) -> &'static str {
+        match self {
+            ObjectKind::Wal => "wal",
+            ObjectKind::Handoff => "handoff",
+        }
+    }
+}
+
 /// What the bucket holds for one partition, from every node's objects.
 #[derive(Debug, Clone, Default)]
 pub struct Loaded {
@@ -125,13 +143,19 @@ pub trait DurableLog: Send + Sync + 'static {
     /// Prometheus lines for the log's own counters.
     fn render_metrics(&self) -> String;
 
-    /// Deletes this node's WAL objects with a sequence number below `seq`
-    /// that are at least `min_age` old; answers how many went.
-    fn delete_objects_below(
+    /// Deletes node `node`'s objects of `kind` whose sequence number is
+    /// below `below` and that are at least `min_age` old; answers how many
+    /// went. The caller knows nothing refers to them (see `crate::refs`).
+    fn delete_node_objects(
         &self,
-        seq: u64,
+        kind: ObjectKind,
+        node: u32,
+        below: u64,
         min_age: std::time::Duration,
     ) -> oneshot::Receiver<Result<usize, DurableError>>;
+
+    /// The nodes that have objects of `kind` in the bucket.
+    fn object_owners(&self, kind: ObjectKind) -> oneshot::Receiver<Result<Vec<u32>, DurableError>>;
 
     /// Writes a small metadata object (`meta/<name>`): the topic table, group
     /// offsets. `version` orders writes of one name: a write whose version is
@@ -177,13 +201,6 @@ pub trait DurableLog: Send + Sync + 'static {
         &self,
         want: Vec<([u8; 16], i32)>,
     ) -> oneshot::Receiver<Result<LoadedPartitions, DurableError>>;
-
-    /// Deletes this node's handoff objects older than `min_age`; their
-    /// batches have been compacted by their leaders by then.
-    fn delete_handoff_older_than(
-        &self,
-        min_age: std::time::Duration,
-    ) -> oneshot::Receiver<Result<usize, DurableError>>;
 }
 
 /// A durable log held in memory, durable at once. For tests of everything
@@ -231,6 +248,7 @@ impl DurableLog for MemoryLog {
         let loc = Location {
             key: format!("mem/{idx}").into(),
             seq: idx as u64,
+            node: 0,
             position: 0,
             len: entry.len() as u32,
             crc: crc32c::crc32c(&joined),
@@ -254,15 +272,26 @@ impl DurableLog for MemoryLog {
 
     fn resume_partition(&self, _topic: &str, _partition: i32) {}
 
-    fn delete_objects_below(
+    fn delete_node_objects(
         &self,
-        _seq: u64,
+        _kind: ObjectKind,
+        _node: u32,
+        _below: u64,
         _min_age: std::time::Duration,
     ) -> oneshot::Receiver<Result<usize, DurableError>> {
         // Objects in memory are never deleted: the log lives as long as the
         // process.
         let (tx, rx) = oneshot::channel();
         let _ = tx.send(Ok(0));
+        rx
+    }
+
+    fn object_owners(
+        &self,
+        _kind: ObjectKind,
+    ) -> oneshot::Receiver<Result<Vec<u32>, DurableError>> {
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(Ok(Vec::new()));
         rx
     }
 
@@ -306,6 +335,7 @@ impl DurableLog for MemoryLog {
                 let loc = Location {
                     key: format!("mem/{idx}").into(),
                     seq: ferry_wal::compact::COMPACTED_SEQ,
+                    node: 0,
                     position: 0,
                     len: entry.len() as u32,
                     crc: crc32c::crc32c(&joined),
@@ -340,15 +370,6 @@ impl DurableLog for MemoryLog {
     }
 
     fn flush(&self) {}
-
-    fn delete_handoff_older_than(
-        &self,
-        _min_age: std::time::Duration,
-    ) -> oneshot::Receiver<Result<usize, DurableError>> {
-        let (tx, rx) = oneshot::channel();
-        let _ = tx.send(Ok(0));
-        rx
-    }
 
     fn get_meta(&self, name: &str) -> oneshot::Receiver<Result<Option<Bytes>, DurableError>> {
         let (tx, rx) = oneshot::channel();

@@ -62,6 +62,7 @@ pub mod http;
 pub mod metrics;
 pub mod node;
 pub mod partition;
+pub mod refs;
 pub mod rpc;
 pub mod server;
 pub mod shard;

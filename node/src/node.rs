@@ -65,16 +65,15 @@ pub struct NodeCtx {
     topics_seen: Mutex<(u64, u64)>,
     /// The generation last looked at, read without the lock.
     topics_generation_seen: std::sync::atomic::AtomicU64,
-    /// WAL objects kept for other nodes ([`NodeCtx::pin_objects_from`]).
-    pins: Mutex<Vec<(u64, std::time::Instant)>>,
+    /// What start-up recovery found, for a node alone (a node of a
+    /// cluster loads what it leads from every node's objects instead).
     recovered: Mutex<Recovered>,
-    /// Per shard: the oldest WAL object its partitions read from
-    /// (`u64::MAX`: none). WAL objects older than every shard's, and than
-    /// anything recovery found but no shard has loaded yet, can be deleted.
-    pub shard_oldest_seq: Vec<std::sync::atomic::AtomicU64>,
-    /// How often retention runs, and how old an unreferenced WAL object
-    /// must be before it is deleted (so a batch acknowledged a moment ago,
-    /// whose shard has not yet recorded where it lives, is never lost).
+    /// Per shard: the objects its partitions read from, as of its last
+    /// retention pass (see `crate::refs`).
+    pub shard_refs: Vec<Mutex<crate::refs::ShardRefs>>,
+    /// How often retention runs, and how old an object nothing refers to
+    /// must be before it is deleted (see `crate::refs`: references are
+    /// trusted when younger than half of it).
     pub retention_check_ms: u64,
     pub object_delete_age_ms: u64,
     /// How often each shard compacts its partitions' durable batches into
@@ -242,7 +241,6 @@ impl NodeCtx {
             zones,
             topics_seen: Mutex::new((0, 0)),
             topics_generation_seen: std::sync::atomic::AtomicU64::new(0),
-            pins: Mutex::new(Vec::new()),
             traffic,
             cluster,
             node_id: s.node_id,
@@ -263,15 +261,19 @@ impl NodeCtx {
             frame_bytes_max: s.frame_bytes_max,
             config_describe: s.config_describe,
             topic_changes: futures_util::lock::Mutex::new(()),
-            recovered: Mutex::new(recovered),
-            shard_oldest_seq: (0..s.shards)
-                .map(|_| std::sync::atomic::AtomicU64::new(u64::MAX))
-                .collect(),
+            // A node of a cluster never builds partitions from its own
+            // recovery: what it found would only hold its objects in use.
+            recovered: Mutex::new(if alone {
+                recovered
+            } else {
+                Recovered::default()
+            }),
+            shard_refs: (0..s.shards).map(|_| Mutex::default()).collect(),
             retention_check_ms: s.retention_check_ms,
-            // A shard publishes what it reads from once per retention
-            // period; an object must outlive two periods before it can go,
-            // so a batch a shard took on since its last report is safe.
-            object_delete_age_ms: s.object_delete_age_ms.max(2 * s.retention_check_ms),
+            // A shard reports its references once per retention period, and
+            // the node publishes them once per period: references up to
+            // two periods old must count as fresh (half the age).
+            object_delete_age_ms: s.object_delete_age_ms.max(4 * s.retention_check_ms),
             compaction_interval_ms: s.compaction_interval_ms,
             compaction_bytes_min: s.compaction_bytes_min,
             acceptor: s.acceptor,
@@ -331,60 +333,30 @@ impl NodeCtx {
     }
 
     /// What recovery found for a partition; handed out once, to its owner
-    /// `shard`, which from then on counts its objects as in use.
+    /// `shard`, whose references take its objects over at once (before they
+    /// leave the map, so that a reader of both never misses them).
     pub fn take_recovered(
         &self,
         key: &(Arc<str>, i32),
         shard: usize,
     ) -> Vec<(LogBatch, RecoveredProducer)> {
         let mut map = self.recovered.lock();
-        let oldest = map
-            .get(key)
-            .into_iter()
-            .flatten()
-            .filter_map(|(b, _)| b.location.as_ref().map(|l| l.seq))
-            .min();
-        // Publish before the entries leave the map, so a reader of the map
-        // and then of the shards never misses them.
-        if let (Some(seq), Some(slot)) = (oldest, self.shard_oldest_seq.get(shard)) {
-            slot.fetch_min(seq, std::sync::atomic::Ordering::AcqRel);
+        if let (Some(batches), Some(refs)) = (map.get(key), self.shard_refs.get(shard)) {
+            let mut refs = refs.lock();
+            for l in batches.iter().filter_map(|(b, _)| b.location.as_ref()) {
+                refs.refs.note(l);
+            }
         }
         map.remove(key).unwrap_or_default()
     }
 
-    /// The oldest WAL object anything still reads from: loaded partitions on
-    /// every shard, and recovered ones no shard has loaded yet.
-    pub fn oldest_object_in_use(&self) -> u64 {
-        let now = std::time::Instant::now();
-        let pinned = {
-            let mut pins = self.pins.lock();
-            pins.retain(|(_, until)| *until > now);
-            pins.iter().map(|(seq, _)| *seq).min().unwrap_or(u64::MAX)
-        };
-        let recovered = self
-            .recovered
-            .lock()
-            .values()
-            .flatten()
-            .filter_map(|(b, _)| b.location.as_ref().map(|l| l.seq))
-            .min()
-            .unwrap_or(u64::MAX);
-        self.shard_oldest_seq
-            .iter()
-            .map(|s| s.load(std::sync::atomic::Ordering::Acquire))
-            .fold(recovered.min(pinned), u64::min)
-    }
-
-    /// Keeps WAL objects from `seq` on for a while: a partition this node
-    /// no longer leads may be read from them by its new leader until that
-    /// leader has compacted it (as handoff objects are kept for their
-    /// leaders).
-    pub fn pin_objects_from(&self, seq: u64) {
-        let keep = std::time::Duration::from_millis(
-            (self.compaction_interval_ms * 20).max(10 * 60 * 1000),
-        );
-        self.pins
-            .lock()
-            .push((seq, std::time::Instant::now() + keep));
+    /// Notes the objects that recovered partitions no shard has taken yet
+    /// read from.
+    pub fn recovered_refs(&self, refs: &mut crate::refs::Refs) {
+        for (b, _) in self.recovered.lock().values().flatten() {
+            if let Some(l) = &b.location {
+                refs.note(l);
+            }
+        }
     }
 }

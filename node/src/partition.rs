@@ -84,6 +84,9 @@ pub struct LogBatch {
     pub data: Option<[Bytes; 2]>,
     /// Where it lives in the bucket, once durable.
     pub location: Option<Location>,
+    /// For a proxy's batch not durable here yet, the handoff object its
+    /// bytes are in: it is in use from the moment it is appended.
+    pub handoff: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -345,6 +348,7 @@ impl PartitionLog {
             }
             Payload::External(location) => ([Bytes::new(), Bytes::new()], Some(location)),
         };
+        let handoff = external.as_ref().map(|l| l.key.clone());
         let cached = external.is_none().then(|| segments.clone());
         let entry = AppendEntry {
             topic: self.topic.clone(),
@@ -377,6 +381,7 @@ impl PartitionLog {
             len: batch.len,
             data: cached,
             location: None,
+            handoff,
         });
         if pid >= 0 {
             let st = self.producers.entry(pid).or_default();
@@ -405,6 +410,7 @@ impl PartitionLog {
             .filter(|b| b.base_offset == base_offset && b.location.is_none())
         {
             b.location = Some(location);
+            b.handoff = None;
             self.high_watermark = self.high_watermark.max(b.last_offset + 1);
         }
     }
@@ -511,13 +517,18 @@ impl PartitionLog {
         }
     }
 
-    /// The sequence number of the oldest WAL object this partition still
-    /// reads from, if any of its batches is durable.
-    pub fn oldest_object_seq(&self) -> Option<u64> {
-        self.batches
-            .iter()
-            .filter_map(|b| b.location.as_ref().map(|l| l.seq))
-            .min()
+    /// Notes the objects this partition reads from: its durable batches'
+    /// WAL (or compacted) objects and handoff objects, and the handoff
+    /// objects of proxies' batches not durable yet.
+    pub fn note_refs(&self, refs: &mut crate::refs::Refs) {
+        for b in &self.batches {
+            if let Some(l) = &b.location {
+                refs.note(l);
+            }
+            if let Some(k) = &b.handoff {
+                refs.note_handoff(k);
+            }
+        }
     }
 
     /// The first offset whose timestamp is at or after `ts`, for ListOffsets.
@@ -729,6 +740,7 @@ mod tests {
         Location {
             key: "wal/0".into(),
             seq: 0,
+            node: 0,
             position: 0,
             len: 1,
             crc: 0,
@@ -867,7 +879,9 @@ mod tests {
             "all but the last batch"
         );
         assert_eq!((p.log_start(), p.log_end()), (2, 3));
-        assert_eq!(p.oldest_object_seq(), Some(0));
+        let mut refs = crate::refs::Refs::default();
+        p.note_refs(&mut refs);
+        assert_eq!(refs.wal, [(0, 0)].into(), "the kept batch's object");
         // Producer 6 has nothing left in the log and is forgotten; 5 is not.
         let mut left: Vec<_> = p.producers.keys().copied().collect();
         left.sort_unstable();

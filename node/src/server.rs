@@ -19,11 +19,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A handoff object is kept for this many compaction passes of its
-/// leaders, and at least `HANDOFF_KEEP_MS_MIN`.
-const HANDOFF_KEEP_PASSES: u64 = 20;
-const HANDOFF_KEEP_MS_MIN: u64 = 10 * 60 * 1000;
-
 /// Queue depth between each pair of shards.
 pub const SHARD_QUEUE_DEPTH: usize = 1024;
 
@@ -255,31 +250,9 @@ async fn run_shard(
                 if dropped > 0 {
                     tracing::info!(shard = id, batches = dropped, "retention dropped batches");
                 }
-                if id == 0 && shard.ctx.compaction_interval_ms > 0 {
-                    // Handoff objects this node wrote as a proxy: their
-                    // leaders have compacted the batches well before this.
-                    let keep = Duration::from_millis(
-                        (shard.ctx.compaction_interval_ms * HANDOFF_KEEP_PASSES)
-                            .max(HANDOFF_KEEP_MS_MIN),
-                    );
-                    match shard.ctx.durable.delete_handoff_older_than(keep).await {
-                        Ok(Ok(0)) | Err(_) => {}
-                        Ok(Ok(n)) => tracing::info!(objects = n, "deleted old handoff objects"),
-                        Ok(Err(e)) => tracing::warn!(error = %e, "deleting handoff objects failed"),
-                    }
-                }
                 if id == 0 {
-                    // WAL objects no partition reads from any more go.
-                    let below = shard.ctx.oldest_object_in_use();
-                    let age = Duration::from_millis(shard.ctx.object_delete_age_ms);
-                    match shard.ctx.durable.delete_objects_below(below, age).await {
-                        Ok(Ok(0)) => {}
-                        Ok(Ok(n)) => {
-                            tracing::info!(objects = n, below, "deleted unreferenced WAL objects")
-                        }
-                        Ok(Err(e)) => tracing::warn!(error = %e, "deleting WAL objects failed"),
-                        Err(_) => {}
-                    }
+                    // WAL and handoff objects nothing refers to any more go.
+                    crate::refs::collect(&shard.ctx, now_ms()).await;
                 }
             }
         })

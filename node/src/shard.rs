@@ -495,6 +495,67 @@ impl Shard {
         Err(ErrorCode::LEADER_NOT_AVAILABLE)
     }
 
+    /// Reports the objects this shard's partitions read from, and whether
+    /// it holds every partition it leads (starting to load those it does
+    /// not): what the node publishes for object deletion (`crate::refs`).
+    fn report_refs(&self, now_ms: i64) {
+        self.ctx.sync_topics();
+        // The version first: the table read after it is at least as new.
+        let topics = self.ctx.topics_version();
+        let view = self.ctx.cluster.view();
+        let loaded = self.load_what_it_leads(&view);
+        let mut refs = crate::refs::Refs::default();
+        for p in self.partitions.borrow().values() {
+            p.borrow().note_refs(&mut refs);
+        }
+        if let Some(slot) = self.ctx.shard_refs.get(self.id) {
+            *slot.lock() = crate::refs::ShardRefs {
+                revision: view.revision(),
+                topics,
+                loaded,
+                at_ms: now_ms,
+                refs,
+            };
+        }
+    }
+
+    /// Starts loading every partition of this shard that `view` makes this
+    /// node lead and that it does not hold; answers whether it held them
+    /// all. A node alone builds partitions from its own recovery on demand
+    /// (their objects count as in use meanwhile), so it holds them all.
+    fn load_what_it_leads(&self, view: &crate::cluster::View) -> bool {
+        if self.leadership.borrow().solo {
+            return true;
+        }
+        if self.ctx.cluster.fenced() {
+            return false;
+        }
+        let table = self.topics.get();
+        let mut all = true;
+        for info in table.iter() {
+            for p in 0..info.partitions {
+                if self.owner_of(&info.name, p) != self.id
+                    || view
+                        .leader(&info.name, p)
+                        .is_some_and(|m| m.node_id != self.ctx.node_id)
+                {
+                    continue;
+                }
+                let key = (info.name.clone(), p);
+                let held = self
+                    .partitions
+                    .borrow()
+                    .get(&key)
+                    .is_some_and(|l| l.borrow().topic_id == info.id.0);
+                if !held {
+                    all = false;
+                    self.start_load(key, info.id.0);
+                }
+            }
+        }
+        all
+    }
+
     /// Acts on a new cluster view: partitions this node no longer leads are
     /// dropped (their waiters woken, to be routed again).
     fn follow_leadership(&self) {
@@ -525,13 +586,9 @@ impl Shard {
             .collect();
         for key in lost {
             tracing::info!(topic = &*key.0, partition = key.1, "no longer the leader");
-            if let Some(log) = self.partitions.borrow_mut().remove(&key) {
-                // Its new leader reads these batches from this node's WAL
-                // objects until it has compacted them: keep them.
-                if let Some(seq) = log.borrow().oldest_object_seq() {
-                    self.ctx.pin_objects_from(seq);
-                }
-            }
+            // Its new leader reads these batches from this node's WAL
+            // objects until it has compacted them: its references keep them.
+            self.partitions.borrow_mut().remove(&key);
             self.wake(&key);
         }
     }
@@ -896,10 +953,12 @@ impl Shard {
                 location: Some(Location {
                     key: e.key,
                     seq: 0,
+                    node: 0,
                     position: e.position,
                     len: e.len,
                     crc: e.crc,
                 }),
+                handoff: None,
             };
             match self.replica_cached(&topic, partition, &b).await {
                 Ok([h, body]) => {
@@ -1279,6 +1338,7 @@ impl Shard {
                     Payload::External(Location {
                         key: b.key.clone(),
                         seq: 0,
+                        node: 0,
                         position: b.position,
                         len: b.len,
                         crc: b.crc,
@@ -1979,15 +2039,8 @@ impl Shard {
             })
             .sum();
         self.delete_objects(unreferenced);
-        // Publish the oldest WAL object this shard still reads from.
-        let oldest = parts
-            .values()
-            .filter_map(|p| p.borrow().oldest_object_seq())
-            .min()
-            .unwrap_or(u64::MAX);
-        if let Some(slot) = self.ctx.shard_oldest_seq.get(self.id) {
-            slot.store(oldest, std::sync::atomic::Ordering::Release);
-        }
+        drop(parts);
+        self.report_refs(now_ms);
         dropped
     }
 }

@@ -34,15 +34,12 @@ pub struct WalLog {
     meta_written:
         parking_lot::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<u64>>>>,
     objects_deleted: Arc<std::sync::atomic::AtomicU64>,
+    handoff_deleted: Arc<std::sync::atomic::AtomicU64>,
     compacted_deleted: Arc<std::sync::atomic::AtomicU64>,
     stats: Arc<ferry_wal::WalStats>,
 }
 
 /// The wall-clock time `age` ago, in object_store's timestamp type.
-fn chrono_now_minus(age: Duration) -> Option<chrono::DateTime<chrono::Utc>> {
-    chrono::Utc::now().checked_sub_signed(chrono::Duration::from_std(age).ok()?)
-}
-
 /// What opening the log found in the bucket.
 pub struct Opened {
     pub log: Arc<WalLog>,
@@ -196,6 +193,7 @@ impl WalLog {
                         len: i.len,
                         data: None,
                         location: Some(e.location()),
+                        handoff: None,
                     },
                     (p.id >= 0).then_some((p.id, p.epoch, p.first_sequence, p.last_sequence)),
                 ));
@@ -237,6 +235,7 @@ impl WalLog {
             node_id,
             meta_written: Default::default(),
             objects_deleted: Default::default(),
+            handoff_deleted: Default::default(),
             compacted_deleted: Default::default(),
             stats,
         });
@@ -364,39 +363,44 @@ impl DurableLog for WalLog {
             .spawn(async move { get_meta(&*store, &name).await.map_err(wal_error) })
     }
 
-    fn delete_objects_below(
+    fn delete_node_objects(
         &self,
-        seq: u64,
+        kind: crate::durable::ObjectKind,
+        node: u32,
+        below: u64,
         min_age: Duration,
     ) -> oneshot::Receiver<Result<usize, DurableError>> {
         let store = self.store.clone();
-        let node = self.node_id;
-        let deleted = self.objects_deleted.clone();
+        let deleted = match kind {
+            crate::durable::ObjectKind::Wal => self.objects_deleted.clone(),
+            crate::durable::ObjectKind::Handoff => self.handoff_deleted.clone(),
+        };
         self.io.spawn(async move {
-            use futures_util::StreamExt;
-            let prefix = ferry_wal::reader::node_prefix(WAL_PREFIX, node);
-            let cutoff = chrono_now_minus(min_age);
-            let mut listing = store.list(Some(&prefix));
-            let mut doomed = Vec::new();
-            while let Some(meta) = listing.next().await {
-                let meta = meta.map_err(|e| DurableError::Failed(format!("list {prefix}: {e}")))?;
-                let old_enough = cutoff.is_some_and(|c| meta.last_modified <= c);
-                if old_enough
-                    && ferry_wal::reader::parse_seq(&meta.location).is_some_and(|s| s < seq)
-                {
-                    doomed.push(meta.location);
-                }
-            }
-            let mut n = 0;
-            for key in doomed {
-                store
-                    .delete(&key)
+            let n =
+                ferry_wal::cleanup::delete_objects(&*store, kind.prefix(), node, below, min_age)
                     .await
-                    .map_err(|e| DurableError::Failed(format!("delete {key}: {e}")))?;
-                n += 1;
-            }
+                    .map_err(wal_error)?;
             deleted.fetch_add(n as u64, Relaxed);
             Ok(n)
+        })
+    }
+
+    fn object_owners(
+        &self,
+        kind: crate::durable::ObjectKind,
+    ) -> oneshot::Receiver<Result<Vec<u32>, DurableError>> {
+        let store = self.store.clone();
+        self.io.spawn(async move {
+            let prefix = Path::from(kind.prefix());
+            let listed = store
+                .list_with_delimiter(Some(&prefix))
+                .await
+                .map_err(|e| DurableError::Failed(format!("list {prefix}: {e}")))?;
+            Ok(listed
+                .common_prefixes
+                .iter()
+                .filter_map(|p| p.filename()?.parse().ok())
+                .collect())
         })
     }
 
@@ -470,6 +474,7 @@ impl DurableLog for WalLog {
                                 len: e.location().len,
                                 data: None,
                                 location: Some(e.location()),
+                                handoff: None,
                             },
                             (p.id >= 0)
                                 .then_some((p.id, p.epoch, p.first_sequence, p.last_sequence)),
@@ -485,19 +490,6 @@ impl DurableLog for WalLog {
                 );
             }
             Ok(out)
-        })
-    }
-
-    fn delete_handoff_older_than(
-        &self,
-        min_age: Duration,
-    ) -> oneshot::Receiver<Result<usize, DurableError>> {
-        let store = self.store.clone();
-        let node = self.node_id;
-        self.io.spawn(async move {
-            ferry_wal::cleanup::delete_objects(&*store, HANDOFF_PREFIX, node, u64::MAX, min_age)
-                .await
-                .map_err(wal_error)
         })
     }
 
@@ -560,6 +552,11 @@ impl DurableLog for WalLog {
                 "ferry_wal_objects_deleted_total",
                 "counter",
                 self.objects_deleted.load(Relaxed),
+            ),
+            (
+                "ferry_handoff_objects_deleted_total",
+                "counter",
+                self.handoff_deleted.load(Relaxed),
             ),
             (
                 "ferry_compacted_objects_total",

@@ -315,17 +315,31 @@ fn node_in_bucket_checking(
     bucket: &std::path::Path,
     retention_check_ms: u64,
 ) -> (RunningNode, Arc<ferry_node::wal_log::WalLog>) {
+    node_in_bucket_with(id, zone, coordinator, bucket, |s| {
+        s.retention_check_ms = retention_check_ms
+    })
+}
+
+/// [`node_in_bucket`] with its settings changed by `adjust`.
+fn node_in_bucket_with(
+    id: i32,
+    zone: &str,
+    coordinator: &Arc<LocalCoordinator>,
+    bucket: &std::path::Path,
+    adjust: impl FnOnce(&mut NodeSettings),
+) -> (RunningNode, Arc<ferry_node::wal_log::WalLog>) {
     let uri = ferry_wal::BucketUri::parse(&format!("file://{}", bucket.display())).unwrap();
     let mut cfg = ferry_wal::WalConfig::new(id as u32);
     cfg.batch_interval = Duration::from_millis(20);
     let opened = ferry_node::wal_log::WalLog::open(uri.build_store().unwrap(), cfg).unwrap();
-    let settings = NodeSettings {
+    let mut settings = NodeSettings {
         rack: Some(zone.to_owned()),
         shards: 2,
         cluster: ClusterJoin::Local(coordinator.clone()),
-        retention_check_ms,
+        retention_check_ms: 100,
         ..NodeSettings::local(id)
     };
+    adjust(&mut settings);
     let node = server::start(
         settings,
         "127.0.0.1:0".parse().unwrap(),
@@ -461,13 +475,23 @@ fn a_leaders_partitions_are_taken_over_from_the_bucket() {
     assert_eq!(r.node_endpoints.len(), 1);
     assert_eq!(r.node_endpoints[0].node_id, 2);
     assert_eq!(r.node_endpoints[0].port, i32::from(b.addr.port()));
-    // Node 1 drops the partitions it no longer leads, but keeps the WAL
-    // objects they were in: node 2 reads them until it has compacted them.
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        a.ctx.oldest_object_in_use() < u64::MAX,
-        "node 1 would delete WAL objects its successor reads"
-    );
+    // Node 2 loads what it now leads without waiting for a client, and
+    // publishes that it reads node 1's WAL objects: they are kept for it.
+    let refs = dir.path().join("meta/refs-2");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let file = std::fs::read(&refs)
+            .ok()
+            .and_then(|b| ferry_node::refs::RefsFile::decode(&b).ok());
+        if file.is_some_and(|f| f.loaded && f.refs.wal.contains_key(&1)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 2 never published its references to node 1's objects"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // Node 2 leads everything, and continues each log where it ended.
     let (now, _) = metadata(&mut cb, "plain", "f");
     assert!(now.values().all(|&l| l == 2), "{now:?}");
@@ -743,4 +767,253 @@ fn ready(port: u16) -> TcpStream {
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }
     }
+}
+
+/// The object keys under `dir/prefix/node/`.
+fn objects_of(dir: &std::path::Path, prefix: &str, node: i32) -> Vec<String> {
+    let mut keys: Vec<String> = std::fs::read_dir(dir.join(prefix).join(node.to_string()))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".wal"))
+                .collect()
+        })
+        .unwrap_or_default();
+    keys.sort();
+    keys
+}
+
+fn seq_of(key: &str) -> u64 {
+    key.trim_end_matches(".wal").parse().unwrap()
+}
+
+/// The oldest object `pick` finds in node `node`'s published references,
+/// once it has published some with every partition it leads loaded.
+fn in_use_by(
+    dir: &std::path::Path,
+    node: i32,
+    pick: impl Fn(&ferry_node::refs::Refs) -> Option<u64>,
+) -> u64 {
+    let path = dir.join(format!("meta/refs-{node}"));
+    let mut found = None;
+    eventually(Duration::from_secs(10), "published references", || {
+        found = std::fs::read(&path)
+            .ok()
+            .and_then(|b| ferry_node::refs::RefsFile::decode(&b).ok())
+            .filter(|f| f.loaded)
+            .and_then(|f| pick(&f.refs));
+        found.is_some()
+    });
+    found.unwrap()
+}
+
+/// A whole partition, retried while its leader is loading it.
+fn fetch_retrying(c: &mut TcpStream, topic: &str, p: i32) -> Vec<(i64, Vec<u8>)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (err, got) = raw::fetch(c, topic, p, 0);
+        if err == 0 {
+            return got;
+        }
+        assert!(
+            matches!(err, 5..=7) && std::time::Instant::now() < deadline,
+            "fetch {topic}-{p}: error {err}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits up to `limit` for `cond`; panics with `what`.
+fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within {limit:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Settings for the object-deletion tests: passes every 100 ms, objects
+/// deletable at 400 ms old, compaction every `compaction_ms`.
+fn quick_deletes(compaction_ms: u64) -> impl FnOnce(&mut NodeSettings) {
+    move |s| {
+        s.retention_check_ms = 100;
+        s.object_delete_age_ms = 400;
+        s.compaction_interval_ms = compaction_ms;
+    }
+}
+
+/// A proxy's handoff objects are kept while their leader reads from them,
+/// however old, and deleted once the leader has compacted the batches:
+/// the records read the same afterwards.
+#[test]
+fn handoff_objects_go_once_their_leader_no_longer_reads_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = LocalCoordinator::new();
+    // Node 2 compacts late: node 1's handoff objects are in use until then.
+    let (a, la) = node_in_bucket_with(
+        1,
+        "zone-a",
+        &coordinator,
+        dir.path(),
+        quick_deletes(600_000),
+    );
+    let (b, lb) = node_in_bucket_with(2, "zone-b", &coordinator, dir.path(), quick_deletes(4_000));
+    let mut ca = connect(&a);
+    let cb = connect(&b);
+    assert_eq!(raw::create_topic(&mut ca, "g", 4, &[]), 0);
+    let (truth, _) = metadata(&mut ca, "plain", "g");
+    let led_by_2: Vec<i32> = truth
+        .iter()
+        .filter(|(_, &l)| l == 2)
+        .map(|(p, _)| *p)
+        .collect();
+    assert!(!led_by_2.is_empty(), "{truth:?}");
+    let started = std::time::Instant::now();
+    let mut want: BTreeMap<i32, Vec<(i64, Vec<u8>)>> = BTreeMap::new();
+    for round in 0..4 {
+        for &p in &led_by_2 {
+            // Through node 1, in the other zone: a handoff.
+            let key = format!("h-{p}-{round}");
+            let (err, offset) = produce_retrying(&mut ca, "g", p, key.as_bytes());
+            assert_eq!(err, 0, "{key}");
+            want.entry(p).or_default().push((offset, key.into_bytes()));
+        }
+    }
+    // The objects node 2 reads from (a handoff refused while it loaded
+    // the partition is in none of them, and may go).
+    let in_use = in_use_by(dir.path(), 2, |r| r.handoff.get(&1).copied());
+    let written: Vec<String> = objects_of(dir.path(), "handoff", 1)
+        .into_iter()
+        .filter(|k| seq_of(k) >= in_use)
+        .collect();
+    assert!(!written.is_empty(), "the proxy wrote handoff objects");
+    // Well past the deletion age, before node 2 compacts: all kept.
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert!(
+        started.elapsed() < Duration::from_millis(3_500),
+        "too slow to check before compaction"
+    );
+    let now: Vec<String> = objects_of(dir.path(), "handoff", 1);
+    assert!(
+        written.iter().all(|k| now.contains(k)),
+        "kept while in use: {written:?}, {now:?}"
+    );
+    // Node 2 compacts them into its own objects: nothing refers to them.
+    eventually(
+        Duration::from_secs(20),
+        "the handoff objects are deleted",
+        || objects_of(dir.path(), "handoff", 1).is_empty(),
+    );
+    drop((ca, cb));
+    a.stop();
+    la.shutdown(Duration::from_secs(5));
+    // Node 2 again, from the bucket alone: the same records.
+    b.stop();
+    lb.shutdown(Duration::from_secs(5));
+    let (b, lb) = node_in_bucket_with(
+        2,
+        "zone-b",
+        &LocalCoordinator::new(),
+        dir.path(),
+        quick_deletes(600_000),
+    );
+    let mut cb = connect(&b);
+    for (p, recs) in &want {
+        assert_eq!(
+            &fetch_retrying(&mut cb, "g", *p),
+            recs,
+            "partition {p} after its handoff objects went"
+        );
+    }
+    drop(cb);
+    b.stop();
+    lb.shutdown(Duration::from_secs(5));
+}
+
+/// A node that left the cluster: its successor loads its partitions
+/// without waiting for a client, its WAL objects are kept until the
+/// successor has compacted them, then the lowest node id of the view
+/// deletes them. Nothing is lost.
+#[test]
+fn a_departed_nodes_objects_go_once_its_partitions_are_compacted_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = LocalCoordinator::new();
+    let (a, la) = node_in_bucket_with(
+        1,
+        "zone-a",
+        &coordinator,
+        dir.path(),
+        quick_deletes(600_000),
+    );
+    let (b, lb) = node_in_bucket_with(2, "zone-a", &coordinator, dir.path(), quick_deletes(5_000));
+    let mut ca = connect(&a);
+    let mut cb = connect(&b);
+    assert_eq!(raw::create_topic(&mut ca, "d", 4, &[]), 0);
+    let (truth, _) = metadata(&mut ca, "plain", "d");
+    let mut want: BTreeMap<i32, Vec<(i64, Vec<u8>)>> = BTreeMap::new();
+    for round in 0..3 {
+        for p in 0..4 {
+            let c = if truth[&p] == 1 { &mut ca } else { &mut cb };
+            let key = format!("d-{p}-{round}");
+            let (err, offset) = produce_retrying(c, "d", p, key.as_bytes());
+            assert_eq!(err, 0, "{key}");
+            want.entry(p).or_default().push((offset, key.into_bytes()));
+        }
+    }
+    assert!(!objects_of(dir.path(), "wal", 1).is_empty());
+    // Node 1 leaves the view and never comes back.
+    assert!(coordinator.fence(1));
+    drop(ca);
+    a.stop();
+    la.shutdown(Duration::from_secs(5));
+    let left = std::time::Instant::now();
+    // Node 2 loads node 1's partitions by itself, and then reads from
+    // node 1's WAL objects.
+    let in_use = in_use_by(dir.path(), 2, |r| r.wal.get(&1).copied());
+    let kept: Vec<String> = objects_of(dir.path(), "wal", 1)
+        .into_iter()
+        .filter(|k| seq_of(k) >= in_use)
+        .collect();
+    assert!(!kept.is_empty());
+    // Node 2 has not compacted yet: node 1's objects stay, however old.
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert!(
+        left.elapsed() < Duration::from_millis(4_500),
+        "too slow to check before compaction"
+    );
+    let now = objects_of(dir.path(), "wal", 1);
+    assert!(
+        kept.iter().all(|k| now.contains(k)),
+        "kept while node 2 reads them: {kept:?}, {now:?}"
+    );
+    eventually(
+        Duration::from_secs(20),
+        "node 1's WAL objects are deleted",
+        || objects_of(dir.path(), "wal", 1).is_empty(),
+    );
+    // Node 2 again, from the bucket alone: the same records.
+    drop(cb);
+    b.stop();
+    lb.shutdown(Duration::from_secs(5));
+    let (b, lb) = node_in_bucket_with(
+        2,
+        "zone-a",
+        &LocalCoordinator::new(),
+        dir.path(),
+        quick_deletes(600_000),
+    );
+    let mut cb = connect(&b);
+    for (p, recs) in &want {
+        assert_eq!(
+            &fetch_retrying(&mut cb, "d", *p),
+            recs,
+            "partition {p} after node 1's objects went"
+        );
+    }
+    drop(cb);
+    b.stop();
+    lb.shutdown(Duration::from_secs(5));
 }

@@ -197,7 +197,7 @@ pub async fn write_compacted(
         .index
         .entries
         .iter()
-        .map(|i| WalLocation::of_entry(&key, COMPACTED_SEQ, i))
+        .map(|i| WalLocation::of_entry(&key, node_id, COMPACTED_SEQ, i))
         .collect())
 }
 

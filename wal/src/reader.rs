@@ -60,6 +60,15 @@ pub fn parse_seq(key: &Path) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// The node in a WAL or handoff object key (`<prefix>/<node_id>/<seq>.wal`),
+/// if the key has that shape.
+pub fn parse_node(key: &Path) -> Option<u32> {
+    parse_seq(key)?;
+    let mut parts: Vec<_> = key.parts().collect();
+    parts.pop();
+    parts.pop()?.as_ref().parse().ok()
+}
+
 /// One WAL object found by [`list_objects`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalObjectMeta {
@@ -133,6 +142,7 @@ pub async fn read_range(
     let location = WalLocation {
         key: Arc::from(key.as_ref()),
         seq: parse_seq(key).unwrap_or(0),
+        node: parse_node(key).unwrap_or(0),
         position: range.start,
         len,
         crc: expected_crc,

@@ -74,7 +74,7 @@ impl RecoveredEntry {
     /// external entry in the external object (with `seq` still the WAL
     /// object's, see [`WalLocation`]).
     pub fn location(&self) -> WalLocation {
-        WalLocation::of_entry(&self.key, self.seq, &self.entry)
+        WalLocation::of_entry(&self.key, self.node_id, self.seq, &self.entry)
     }
 }
 
@@ -1280,6 +1280,7 @@ mod tests {
                     WalLocation {
                         key: handoff.key.clone(),
                         seq: 4,
+                        node: 2,
                         position: 32,
                         len: 70,
                         crc: 5,

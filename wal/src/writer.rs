@@ -216,6 +216,8 @@ pub struct WalLocation {
     pub key: Arc<str>,
     /// The sequence number of the WAL object holding the index entry.
     pub seq: u64,
+    /// The node whose WAL object `seq` is (the writer of the index entry).
+    pub node: u32,
     /// Position of the entry's data in the object.
     pub position: u64,
     /// Length of the entry's data.
@@ -228,11 +230,12 @@ impl WalLocation {
     /// Where the bytes of `entry`, an index entry of WAL object `key`
     /// (sequence `seq`), are: in that object, or for an external entry, in
     /// the external object.
-    pub fn of_entry(key: &Arc<str>, seq: u64, entry: &IndexEntry) -> WalLocation {
+    pub fn of_entry(key: &Arc<str>, node: u32, seq: u64, entry: &IndexEntry) -> WalLocation {
         match &entry.external {
             Some(ext) => WalLocation {
                 key: ext.key.clone(),
                 seq,
+                node,
                 position: ext.position,
                 len: ext.len,
                 crc: ext.crc,
@@ -240,6 +243,7 @@ impl WalLocation {
             None => WalLocation {
                 key: key.clone(),
                 seq,
+                node,
                 position: entry.position,
                 len: entry.len,
                 crc: entry.crc,
@@ -757,7 +761,7 @@ impl Batcher {
         for p in groups.into_iter().flatten() {
             match builder.push(&p.entry) {
                 Ok(ie) => waiters.push(Waiter {
-                    location: WalLocation::of_entry(&key, seq, ie),
+                    location: WalLocation::of_entry(&key, self.cfg.node_id, seq, ie),
                     topic: p.entry.topic,
                     partition: p.entry.partition,
                     tx: p.tx,
@@ -771,6 +775,7 @@ impl Batcher {
                         location: WalLocation {
                             key: key.clone(),
                             seq,
+                            node: self.cfg.node_id,
                             position: 0,
                             len: 0,
                             crc: 0,

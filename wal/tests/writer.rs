@@ -512,6 +512,7 @@ fn external_entries_and_markers_are_acknowledged_with_their_locations() {
         ferry_wal::WalLocation {
             key: handed.key.clone(),
             seq: 7,
+            node: 1,
             position: handed.position,
             len: handed.len,
             crc: handed.crc,
