@@ -351,6 +351,63 @@ pub trait Coordinator: Send + Sync {
     /// (compare and set). Answers `Ok(Ok(new version))`, or `Ok(Err(current
     /// version))` when another node changed it first: read it and try again.
     fn put_topics(&self, expected: u64, data: bytes::Bytes) -> CoordinatorFuture<Result<u64, u64>>;
+
+    /// Whether `node_id` led the partition in every view published after
+    /// generation `since` (up to the current one). False when the views in
+    /// between are not all known: a leader that held the partition at
+    /// `since` keeps its log only if no other node can have led it since,
+    /// however briefly.
+    fn led_throughout(&self, topic: &str, partition: i32, node_id: i32, since: u64) -> bool;
+}
+
+/// The views a coordinator published, by generation, the most recent
+/// [`VIEW_HISTORY_MAX`]; with the generation from which the record is
+/// complete (a resynchronisation that may have missed views starts it
+/// again).
+#[derive(Debug)]
+pub struct ViewHistory {
+    views: std::collections::VecDeque<(u64, Arc<View>)>,
+    complete_from: u64,
+}
+
+/// Views a coordinator remembers for [`Coordinator::led_throughout`].
+pub const VIEW_HISTORY_MAX: usize = 256;
+
+impl ViewHistory {
+    /// A history that starts at generation `generation`, with `view`.
+    pub fn new(generation: u64, view: Arc<View>) -> ViewHistory {
+        let mut views = std::collections::VecDeque::new();
+        views.push_back((generation, view));
+        ViewHistory {
+            views,
+            complete_from: generation,
+        }
+    }
+
+    /// Records `view`, published at `generation`; `gap`: views before it
+    /// may have been missed.
+    pub fn push(&mut self, generation: u64, view: Arc<View>, gap: bool) {
+        if gap {
+            self.views.clear();
+            self.complete_from = generation;
+        }
+        self.views.push_back((generation, view));
+        while self.views.len() > VIEW_HISTORY_MAX {
+            self.views.pop_front();
+            self.complete_from = self.views.front().map_or(generation, |v| v.0);
+        }
+    }
+
+    /// See [`Coordinator::led_throughout`].
+    pub fn led_throughout(&self, topic: &str, partition: i32, node_id: i32, since: u64) -> bool {
+        if since < self.complete_from {
+            return false;
+        }
+        self.views.iter().filter(|(g, _)| *g > since).all(|(_, v)| {
+            v.leader(topic, partition)
+                .is_none_or(|m| m.node_id == node_id)
+        })
+    }
 }
 
 /// A shard's copy of the coordinator's view: re-read only when the
@@ -444,6 +501,7 @@ pub(crate) fn check_member(member: &Member) -> Result<(), CoordinatorError> {
 #[derive(Debug)]
 pub struct LocalCoordinator {
     state: Mutex<LocalState>,
+    history: Mutex<ViewHistory>,
     generation: AtomicU64,
     cidr_generation: AtomicU64,
     topics_generation: AtomicU64,
@@ -483,6 +541,7 @@ impl LocalCoordinator {
                 cidrs: String::new(),
                 topics: (0, None),
             }),
+            history: Mutex::new(ViewHistory::new(1, Arc::new(View::empty()))),
             generation: AtomicU64::new(1),
             cidr_generation: AtomicU64::new(1),
             topics_generation: AtomicU64::new(1),
@@ -580,7 +639,13 @@ impl LocalCoordinator {
             .filter(|m| !m.fenced)
             .map(|m| m.member.clone());
         state.view = Arc::new(View::new(state.revision, members));
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        // Recorded before the generation moves: a reader that sees the new
+        // generation finds its view in the history.
+        let generation = self.generation.load(Ordering::Acquire) + 1;
+        self.history
+            .lock()
+            .push(generation, state.view.clone(), false);
+        self.generation.store(generation, Ordering::Release);
     }
 
     fn remove(&self, node_id: i32) {
@@ -693,6 +758,13 @@ impl Coordinator for LocalHandle {
         };
         Box::pin(std::future::ready(Ok(result)))
     }
+
+    fn led_throughout(&self, topic: &str, partition: i32, node_id: i32, since: u64) -> bool {
+        self.coordinator
+            .history
+            .lock()
+            .led_throughout(topic, partition, node_id, since)
+    }
 }
 
 #[cfg(test)]
@@ -702,6 +774,33 @@ mod tests {
 
     fn m(node_id: i32, zone: &str) -> Member {
         Member::new(node_id, zone, format!("n{node_id}"), 9092)
+    }
+
+    #[test]
+    fn a_history_knows_who_led_in_between_and_admits_a_gap() {
+        let one = Arc::new(View::new(1, [m(1, "a")]));
+        let two = Arc::new(View::new(2, [m(1, "a"), m(2, "a")]));
+        // Some partition node 2 leads when it is there.
+        let p = (0..64)
+            .find(|&p| two.leader("t", p).is_some_and(|l| l.node_id == 2))
+            .unwrap();
+        let mut h = ViewHistory::new(5, one.clone());
+        assert!(h.led_throughout("t", p, 1, 5), "no view since");
+        h.push(6, two, false);
+        h.push(7, one.clone(), false);
+        assert!(!h.led_throughout("t", p, 1, 5), "node 2 led it at 6");
+        assert!(h.led_throughout("t", p, 1, 6), "only node 1 since 6");
+        assert!(!h.led_throughout("t", p, 1, 4), "before the record");
+        // Views may have been missed: nothing before is vouched for.
+        h.push(8, one.clone(), true);
+        assert!(!h.led_throughout("t", p, 1, 7));
+        assert!(h.led_throughout("t", p, 1, 8));
+        // The oldest views go: what they covered is no longer known.
+        for g in 9..9 + VIEW_HISTORY_MAX as u64 {
+            h.push(g, one.clone(), false);
+        }
+        assert!(!h.led_throughout("t", p, 1, 8));
+        assert!(h.led_throughout("t", p, 1, 9 + VIEW_HISTORY_MAX as u64 - 1));
     }
 
     /// 3 zones x 2 nodes: a1=1, a2=2, b1=3, b2=4, c1=5, c2=6.

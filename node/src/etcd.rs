@@ -279,6 +279,8 @@ struct Shared {
     base: Instant,
     view: Mutex<Arc<View>>,
     generation: AtomicU64,
+    /// The views published, for [`Coordinator::led_throughout`].
+    history: Mutex<crate::cluster::ViewHistory>,
     /// (value, etcd mod revision of the value; 0 when unset).
     cidrs: Mutex<(String, i64)>,
     cidr_generation: AtomicU64,
@@ -339,6 +341,16 @@ impl Shared {
     /// node has not seen yet (a deletion leaves no key behind to date it);
     /// the watch then replays that deletion and publishes at its revision.
     /// So new members are never shown at an old revision.
+    /// Marks that views may have been missed (the watch broke and the
+    /// members were read again): the history starts again, and the
+    /// generation moves, so that every shard checks what it holds.
+    fn mark_gap(&self) {
+        let view = self.view.lock();
+        let generation = self.generation.load(Ordering::Acquire) + 1;
+        self.history.lock().push(generation, view.clone(), true);
+        self.generation.store(generation, Ordering::Release);
+    }
+
     fn publish(&self, revision: u64, members: &BTreeMap<i32, Member>) -> bool {
         let mut view = self.view.lock();
         if revision <= view.revision() {
@@ -350,7 +362,11 @@ impl Shared {
                     .all(|(a, b)| a == b);
         }
         *view = Arc::new(View::new(revision, members.values().cloned()));
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        // Recorded before the generation moves: a reader that sees the new
+        // generation finds its view in the history.
+        let generation = self.generation.load(Ordering::Acquire) + 1;
+        self.history.lock().push(generation, view.clone(), false);
+        self.generation.store(generation, Ordering::Release);
         tracing::debug!(
             node_id = self.member.node_id,
             revision,
@@ -511,6 +527,7 @@ async fn register_on_runtime(
         base: Instant::now(),
         view: Mutex::new(Arc::new(View::empty())),
         generation: AtomicU64::new(1),
+        history: Mutex::new(crate::cluster::ViewHistory::new(1, Arc::new(View::empty()))),
         cidrs: Mutex::new((String::new(), 0)),
         cidr_generation: AtomicU64::new(1),
         topics: Mutex::new((0, None)),
@@ -855,6 +872,7 @@ impl Watcher {
             self.revision = self.revision.max(u64::try_from(synced).unwrap_or(0));
             shared.publish(self.revision, &self.members);
         }
+        shared.mark_gap();
         match cidrs {
             Some((value, revision)) => shared.set_cidrs(&value, revision),
             // Unset (deleted, or never set): empty, as of this read.
@@ -930,6 +948,9 @@ impl Watcher {
                         }
                     }
                     self.revision = self.revision.max(u64::try_from(revision).unwrap_or(0));
+                    // One view per change: a node that joined and left
+                    // within one response still shows in the history.
+                    shared.publish(self.revision, &self.members);
                 } else if kv.key() == shared.keys.cidrs.as_bytes() && revision > self.synced {
                     let value = if deleted { &[][..] } else { kv.value() };
                     shared.set_cidrs(value, revision);
@@ -1053,6 +1074,13 @@ impl Coordinator for EtcdCoordinator {
 
     fn topics_generation(&self) -> u64 {
         self.shared.topics_generation.load(Ordering::Acquire)
+    }
+
+    fn led_throughout(&self, topic: &str, partition: i32, node_id: i32, since: u64) -> bool {
+        self.shared
+            .history
+            .lock()
+            .led_throughout(topic, partition, node_id, since)
     }
 
     fn put_topics(&self, expected: u64, data: bytes::Bytes) -> CoordinatorFuture<Result<u64, u64>> {

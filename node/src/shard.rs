@@ -563,6 +563,8 @@ impl Shard {
         let session = self.ctx.cluster.session();
         let fenced = self.ctx.cluster.fenced();
         let mut drop_all = false;
+        let since;
+        let solo;
         {
             let mut ld = self.leadership.borrow_mut();
             // A node that lost its lease (or registered again since) may
@@ -575,13 +577,23 @@ impl Shard {
             if ld.generation == generation && !drop_all {
                 return;
             }
+            since = ld.generation;
             ld.generation = generation;
+            solo = ld.solo;
         }
+        // A partition is kept only if this node led it in every view since
+        // the last look: another node that led it in between, however
+        // briefly, may have written to it.
+        let me = self.ctx.node_id;
         let lost: Vec<Key> = self
             .partitions
             .borrow()
             .keys()
-            .filter(|(t, p)| drop_all || !matches!(self.route(t, *p), Route::Local))
+            .filter(|(t, p)| {
+                drop_all
+                    || !matches!(self.route(t, *p), Route::Local)
+                    || !(solo || self.ctx.cluster.led_throughout(t, *p, me, since))
+            })
             .cloned()
             .collect();
         for key in lost {

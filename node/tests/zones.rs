@@ -1017,3 +1017,54 @@ fn a_departed_nodes_objects_go_once_its_partitions_are_compacted_elsewhere() {
     b.stop();
     lb.shutdown(Duration::from_secs(5));
 }
+
+/// A leadership blip: node 2 joins, leads a partition and takes a write,
+/// then leaves, all while node 1 is not looking. Node 1 leads the
+/// partition again, but does not go on from its old log: another node led
+/// it in between, so it loads it again and continues after node 2's write.
+#[test]
+fn a_leader_that_missed_a_brief_other_leader_reloads_the_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = LocalCoordinator::new();
+    // Node 1 runs no background pass during the test: only requests make it
+    // look at the view.
+    let idle = |s: &mut NodeSettings| {
+        s.retention_check_ms = 600_000;
+        s.compaction_interval_ms = 600_000;
+    };
+    let (a, la) = node_in_bucket_with(1, "zone-a", &coordinator, dir.path(), idle);
+    let mut ca = connect(&a);
+    assert_eq!(raw::create_topic(&mut ca, "blip", 4, &[]), 0);
+    for p in 0..4 {
+        let (err, offset) = produce_retrying(&mut ca, "blip", p, b"a-0");
+        assert_eq!((err, offset), (0, 0), "partition {p}");
+    }
+    let (b, lb) = node_in_bucket_with(2, "zone-a", &coordinator, dir.path(), idle);
+    let mut cb = connect(&b);
+    let (truth, _) = metadata(&mut cb, "plain", "blip");
+    let p = *truth
+        .iter()
+        .find(|(_, &l)| l == 2)
+        .expect("node 2 leads a partition")
+        .0;
+    let (err, offset) = produce_retrying(&mut cb, "blip", p, b"b-1");
+    assert_eq!((err, offset), (0, 1), "node 2 continues node 1's log");
+    // Node 2 is gone again before node 1 looks.
+    assert!(coordinator.fence(2));
+    let (err, offset) = produce_retrying(&mut ca, "blip", p, b"a-2");
+    assert_eq!(err, 0);
+    assert_eq!(offset, 2, "node 1 continues after node 2's write");
+    assert_eq!(
+        fetch_retrying(&mut ca, "blip", p),
+        vec![
+            (0, b"a-0".to_vec()),
+            (1, b"b-1".to_vec()),
+            (2, b"a-2".to_vec())
+        ]
+    );
+    drop((ca, cb));
+    a.stop();
+    b.stop();
+    la.shutdown(Duration::from_secs(5));
+    lb.shutdown(Duration::from_secs(5));
+}
