@@ -358,6 +358,10 @@ pub trait Coordinator: Send + Sync {
     /// `since` keeps its log only if no other node can have led it since,
     /// however briefly.
     fn led_throughout(&self, topic: &str, partition: i32, node_id: i32, since: u64) -> bool;
+
+    /// The views published from generation `since` on (the one current at
+    /// `since` included), oldest first; `None` when they are not all known.
+    fn views_since(&self, since: u64) -> Option<Vec<Arc<View>>>;
 }
 
 /// The views a coordinator published, by generation, the most recent
@@ -396,6 +400,22 @@ impl ViewHistory {
             self.views.pop_front();
             self.complete_from = self.views.front().map_or(generation, |v| v.0);
         }
+    }
+
+    /// See [`Coordinator::views_since`].
+    pub fn views_since(&self, since: u64) -> Option<Vec<Arc<View>>> {
+        if since < self.complete_from {
+            return None;
+        }
+        // The view current at `since`: the last one published at or before.
+        let first = self.views.iter().rposition(|(g, _)| *g <= since)?;
+        Some(
+            self.views
+                .iter()
+                .skip(first)
+                .map(|(_, v)| v.clone())
+                .collect(),
+        )
     }
 
     /// See [`Coordinator::led_throughout`].
@@ -765,6 +785,10 @@ impl Coordinator for LocalHandle {
             .lock()
             .led_throughout(topic, partition, node_id, since)
     }
+
+    fn views_since(&self, since: u64) -> Option<Vec<Arc<View>>> {
+        self.coordinator.history.lock().views_since(since)
+    }
 }
 
 #[cfg(test)]
@@ -786,10 +810,22 @@ mod tests {
             .unwrap();
         let mut h = ViewHistory::new(5, one.clone());
         assert!(h.led_throughout("t", p, 1, 5), "no view since");
+        assert_eq!(
+            h.views_since(5).map(|v| v.len()),
+            Some(1),
+            "the one current"
+        );
         h.push(6, two, false);
         h.push(7, one.clone(), false);
         assert!(!h.led_throughout("t", p, 1, 5), "node 2 led it at 6");
         assert!(h.led_throughout("t", p, 1, 6), "only node 1 since 6");
+        let revisions = |since| {
+            h.views_since(since)
+                .map(|v| v.iter().map(|v| v.revision()).collect::<Vec<_>>())
+        };
+        assert_eq!(revisions(6), Some(vec![2, 1]));
+        assert_eq!(revisions(5), Some(vec![1, 2, 1]));
+        assert_eq!(revisions(4), None);
         assert!(!h.led_throughout("t", p, 1, 4), "before the record");
         // Views may have been missed: nothing before is vouched for.
         h.push(8, one.clone(), true);

@@ -1083,6 +1083,10 @@ impl Coordinator for EtcdCoordinator {
             .led_throughout(topic, partition, node_id, since)
     }
 
+    fn views_since(&self, since: u64) -> Option<Vec<Arc<View>>> {
+        self.shared.history.lock().views_since(since)
+    }
+
     fn put_topics(&self, expected: u64, data: bytes::Bytes) -> CoordinatorFuture<Result<u64, u64>> {
         let shared = self.shared.clone();
         on_runtime(&self.handle, async move {

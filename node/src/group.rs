@@ -1756,8 +1756,8 @@ impl GroupCoordinator {
 impl GroupCoordinator {
     /// Takes over the committed offsets of the groups `take` picks from
     /// another node's snapshot (this node became their coordinator). An
-    /// offset this node already holds for a partition is kept. Answers how
-    /// many offsets were taken.
+    /// offset this node already holds for a partition is kept unless the
+    /// snapshot's was committed later. Answers how many offsets were taken.
     pub fn adopt(
         &mut self,
         snapshot: &[u8],
@@ -1779,9 +1779,20 @@ impl GroupCoordinator {
             for (topic, parts) in offsets {
                 let mine = group.offsets.entry(topic).or_default();
                 for (p, o) in parts {
-                    if let std::collections::btree_map::Entry::Vacant(v) = mine.entry(p) {
-                        v.insert(o);
-                        taken += 1;
+                    // The newer commit wins: the other node may have been
+                    // the coordinator after this one last was.
+                    match mine.entry(p) {
+                        std::collections::btree_map::Entry::Vacant(v) => {
+                            v.insert(o);
+                            taken += 1;
+                        }
+                        std::collections::btree_map::Entry::Occupied(mut e)
+                            if e.get().commit_timestamp_ms < o.commit_timestamp_ms =>
+                        {
+                            e.insert(o);
+                            taken += 1;
+                        }
+                        std::collections::btree_map::Entry::Occupied(_) => {}
                     }
                 }
             }

@@ -251,6 +251,9 @@ async fn run_shard(
                     tracing::info!(shard = id, batches = dropped, "retention dropped batches");
                 }
                 if id == 0 {
+                    // Groups whose slot this node now leads come with their
+                    // offsets before a client asks.
+                    shard.adopt_groups_now().await;
                     // WAL and handoff objects nothing refers to any more go.
                     crate::refs::collect(&shard.ctx, now_ms()).await;
                 }

@@ -190,8 +190,8 @@ pub struct Shard {
     outbox: RefCell<HashMap<i32, Vec<QueuedCommit>>>,
     /// A WAL seal is scheduled ([`Shard::flush_soon`]).
     flush_scheduled: std::cell::Cell<bool>,
-    /// The view the group coordinator last took groups over for.
-    groups_view: RefCell<Option<Arc<crate::cluster::View>>>,
+    /// The view generation the group coordinator last took groups over at.
+    groups_seen: std::cell::Cell<u64>,
 }
 
 type QueuedCommit = (
@@ -246,7 +246,7 @@ impl Shard {
             me: RefCell::new(std::rc::Weak::new()),
             outbox: RefCell::new(HashMap::new()),
             flush_scheduled: std::cell::Cell::new(false),
-            groups_view: RefCell::new(Some(ctx.cluster.view())),
+            groups_seen: std::cell::Cell::new(ctx.cluster.generation()),
             zone_cache: RefCell::new(crate::zone::ZoneCache::new(ctx.zones.clone())),
             cidrs_seen: std::cell::Cell::new(0),
             coordinator,
@@ -1872,31 +1872,39 @@ impl Shard {
     /// another node led before come with their committed offsets: read from
     /// that node's snapshot in the bucket.
     async fn adopt_groups(&self, c: &Rc<Coordinator>) {
+        let generation = self.ctx.cluster.generation();
+        let since = self.groups_seen.replace(generation);
+        if since == generation {
+            return;
+        }
         let view = self.view();
-        let before = {
-            let mut seen = self.groups_view.borrow_mut();
-            if seen
-                .as_ref()
-                .is_some_and(|v| v.revision() == view.revision())
-            {
-                return;
-            }
-            seen.replace(view.clone())
-        };
-        // The first view: this node's own snapshot was restored at start.
-        let Some(before) = before else { return };
         let me = self.ctx.node_id;
+        // Every view since the last look: a slot that another node led in
+        // any of them, however briefly, may have offsets committed there.
+        let between = self.ctx.cluster.views_since(since);
         let mut from: HashMap<i32, std::collections::HashSet<i32>> = HashMap::new();
         for slot in 0..crate::api::GROUP_SLOTS as i32 {
-            let now = view
+            if view
                 .leader(crate::api::GROUP_TOPIC, slot)
-                .map(|m| m.node_id);
-            let was = before
-                .leader(crate::api::GROUP_TOPIC, slot)
-                .map(|m| m.node_id);
-            if let (Some(n), Some(w)) = (now, was) {
-                if n == me && w != me {
-                    from.entry(w).or_default().insert(slot);
+                .is_none_or(|m| m.node_id != me)
+            {
+                continue;
+            }
+            match &between {
+                Some(views) => {
+                    for v in views {
+                        if let Some(m) = v.leader(crate::api::GROUP_TOPIC, slot) {
+                            if m.node_id != me {
+                                from.entry(m.node_id).or_default().insert(slot);
+                            }
+                        }
+                    }
+                }
+                // Views were missed: any other member may have led it.
+                None => {
+                    for m in view.members().iter().filter(|m| m.node_id != me) {
+                        from.entry(m.node_id).or_default().insert(slot);
+                    }
                 }
             }
         }
@@ -1912,6 +1920,15 @@ impl Shard {
                     tracing::warn!(node, error = %e, "could not read another node's offsets")
                 }
             }
+        }
+    }
+
+    /// Takes over the committed offsets of groups whose slot this node has
+    /// come to lead, without waiting for a group request (shard 0, each
+    /// retention pass).
+    pub async fn adopt_groups_now(&self) {
+        if let Some(c) = self.coordinator.as_ref() {
+            self.adopt_groups(c).await;
         }
     }
 

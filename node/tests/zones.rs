@@ -645,6 +645,29 @@ fn committed_offsets_move_with_the_group_coordinator() {
         42,
         "the committed offset moved with the group"
     );
+    // Node 2 commits while it coordinates; then node 1 is back and
+    // coordinates the group again. It takes node 2's newer offset over
+    // before any group request: even with node 2's snapshot gone by then.
+    std::thread::sleep(Duration::from_millis(5));
+    assert_eq!(commit(&mut cb, 50), 0);
+    let snapshot_1 = dir.path().join("meta/groups-1");
+    let snapshot_2 = dir.path().join("meta/groups-2");
+    let before = std::fs::read(&snapshot_1).unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "node 2 persisted its commit (OffsetCommit answers after it)",
+        || std::fs::read(&snapshot_2).is_ok(),
+    );
+    assert!(coordinator.unfence(1));
+    // Nothing but the take-over changes node 1's offsets meanwhile.
+    eventually(
+        Duration::from_secs(10),
+        "node 1 rewrites its snapshot with what it took over",
+        || std::fs::read(&snapshot_1).is_ok_and(|b| b != before),
+    );
+    std::fs::remove_file(&snapshot_2).unwrap();
+    assert_eq!(coordinator_of(&mut ca, "plain", &group), 1);
+    assert_eq!(fetch(&mut ca), 50, "the newer commit, made at node 2");
     drop((ca, cb));
     a.stop();
     b.stop();
