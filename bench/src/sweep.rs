@@ -244,8 +244,11 @@ fn free_port_block(count: usize) -> Result<(u16, Vec<TcpListener>), BenchError> 
     ))
 }
 
-/// Handoff objects (`handoff/<node>/<seq>.wal`) in a local bucket, all
-/// nodes; `None` if the bucket cannot be listed. Each is one PUT.
+/// Handoff objects (`handoff/<node>/<seq>.wal`) written so far into a local
+/// bucket, all nodes: per node, its highest sequence number plus one, as a
+/// writer numbers its objects from 0 in a fresh bucket. Objects the node has
+/// deleted since still count. `None` if the bucket cannot be listed. Each
+/// object is one PUT.
 pub fn handoff_objects(bucket: &Path) -> Option<f64> {
     let nodes = match std::fs::read_dir(bucket.join("handoff")) {
         Ok(d) => d,
@@ -254,12 +257,19 @@ pub fn handoff_objects(bucket: &Path) -> Option<f64> {
     };
     let mut count = 0u64;
     for node in nodes {
-        let objects = std::fs::read_dir(node.ok()?.path()).ok()?;
-        for o in objects {
-            if o.ok()?.file_name().to_string_lossy().ends_with(".wal") {
-                count += 1;
+        let mut next = 0u64;
+        for o in std::fs::read_dir(node.ok()?.path()).ok()? {
+            let name = o.ok()?.file_name();
+            let seq = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".wal"))
+                .filter(|d| d.len() == 20)
+                .and_then(|d| d.parse::<u64>().ok());
+            if let Some(seq) = seq {
+                next = next.max(seq.saturating_add(1));
             }
         }
+        count = count.saturating_add(next);
     }
     Some(count as f64)
 }
@@ -941,9 +951,10 @@ mod tests {
 
     #[test]
     fn handoff_objects_are_counted_in_the_bucket() {
-        // Node 0 wrote two handoff objects, node 2 one; a staging file
-        // (object_store writes `<name>#<n>` then renames) and a WAL object
-        // do not count.
+        // Node 0 wrote objects 0 and 1, node 2 object 0, node 3 objects 0
+        // to 4 of which only 4 is left (deleted ones still count): 2 + 1 +
+        // 5 = 8. A staging file (object_store writes `<name>#<n>` then
+        // renames) and a WAL object do not count.
         let dir = tempfile::tempdir().unwrap();
         let bucket = dir.path();
         assert_eq!(handoff_objects(bucket), Some(0.0), "no handoff/ yet");
@@ -952,6 +963,7 @@ mod tests {
             ("0", "00000000000000000001.wal"),
             ("0", "00000000000000000002.wal#3"),
             ("2", "00000000000000000000.wal"),
+            ("3", "00000000000000000004.wal"),
         ] {
             let d = bucket.join("handoff").join(node);
             std::fs::create_dir_all(&d).unwrap();
@@ -959,7 +971,7 @@ mod tests {
         }
         std::fs::create_dir_all(bucket.join("wal/0")).unwrap();
         std::fs::write(bucket.join("wal/0/00000000000000000000.wal"), b"x").unwrap();
-        assert_eq!(handoff_objects(bucket), Some(3.0));
+        assert_eq!(handoff_objects(bucket), Some(8.0));
     }
 
     #[test]
