@@ -105,7 +105,9 @@ pub async fn handle(
         RequestBody::CreatePartitions(c) => {
             ResponseBody::CreatePartitions(create_partitions(shard, c).await)
         }
-        RequestBody::InitProducerId(i) => ResponseBody::InitProducerId(init_producer_id(i)),
+        RequestBody::InitProducerId(i) => {
+            ResponseBody::InitProducerId(init_producer_id(&shard.ctx.producer_ids, i))
+        }
         RequestBody::DescribeCluster(_) => ResponseBody::DescribeCluster(describe_cluster(shard)),
         RequestBody::DescribeConfigs(d) => ResponseBody::DescribeConfigs(crate::configs::describe(
             &shard.ctx,
@@ -1085,13 +1087,35 @@ async fn alter_resource(
 /// time (`meta/zone-cidrs`); it wins over the configured value at start.
 pub const ZONE_CIDRS_META: &str = "zone-cidrs";
 
-/// Producer ids: the start time in milliseconds shifted left by 10 bits,
-/// plus a counter. They stay unique across restarts as long as the clock
-/// does not run backwards and fewer than 1024 ids are handed out per
-/// millisecond of uptime.
-static NEXT_PRODUCER_ID: AtomicI64 = AtomicI64::new(0);
+/// A node's producer ids: its node id in the top 15 bits (below the sign),
+/// then, in 48 bits, its start time in seconds shifted left by 17 bits plus
+/// a counter. Two nodes never hand out the same id; one node's ids stay
+/// unique across restarts as long as the clock does not run backwards and
+/// fewer than 131,072 ids are handed out per second of uptime.
+pub struct ProducerIds {
+    prefix: i64,
+    next: AtomicI64,
+}
+
+const PRODUCER_ID_LOW_BITS: u32 = 48;
+
+impl ProducerIds {
+    pub fn new(node_id: i32, start_secs: u64) -> ProducerIds {
+        let low = (1i64 << PRODUCER_ID_LOW_BITS) - 1;
+        ProducerIds {
+            prefix: (i64::from(node_id) & 0x7fff) << PRODUCER_ID_LOW_BITS,
+            next: AtomicI64::new(((start_secs as i64) << 17) & low),
+        }
+    }
+
+    pub fn next(&self) -> i64 {
+        let low = (1i64 << PRODUCER_ID_LOW_BITS) - 1;
+        self.prefix | (self.next.fetch_add(1, Ordering::AcqRel) & low)
+    }
+}
 
 fn init_producer_id(
+    ids: &ProducerIds,
     i: init_producer_id_request::InitProducerIdRequest,
 ) -> init_producer_id_response::InitProducerIdResponse {
     use init_producer_id_response::*;
@@ -1103,14 +1127,12 @@ fn init_producer_id(
             ..Default::default()
         };
     }
-    let _ =
-        NEXT_PRODUCER_ID.compare_exchange(0, now_ms() << 10, Ordering::AcqRel, Ordering::Acquire);
     // A client bumping its own epoch (KIP-360) keeps its id.
     let (id, epoch) = if i.producer_id >= 0 && i.producer_epoch >= 0 && i.producer_epoch < i16::MAX
     {
         (i.producer_id, i.producer_epoch + 1)
     } else {
-        (NEXT_PRODUCER_ID.fetch_add(1, Ordering::AcqRel), 0)
+        (ids.next(), 0)
     };
     InitProducerIdResponse {
         producer_id: id,
@@ -1258,5 +1280,29 @@ fn describe_cluster(shard: &Shard) -> describe_cluster_response::DescribeCluster
         endpoint_type: 1,
         brokers,
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ProducerIds;
+
+    #[test]
+    fn producer_ids_carry_the_node_id_and_the_start_second() {
+        let start = 1_764_000_000; // 2025-11-24
+        let a = ProducerIds::new(1, start);
+        let b = ProducerIds::new(2, start);
+        let (a0, a1, b0) = (a.next(), a.next(), b.next());
+        assert_eq!(a1, a0 + 1);
+        assert_ne!(a0, b0, "two nodes started at the same second");
+        assert_eq!(a0 >> 48, 1);
+        assert_eq!(b0 >> 48, 2);
+        assert_eq!(a0 & ((1 << 48) - 1), (start as i64) << 17);
+        // A restart a second later starts past 131,072 ids of the first run.
+        let again = ProducerIds::new(1, start + 1);
+        assert_eq!(again.next(), a0 + (1 << 17));
+        // Never negative, whatever the node id.
+        assert!(ProducerIds::new(i32::MAX, start).next() >= 0);
+        assert!(ProducerIds::new(-1, u64::MAX).next() >= 0);
     }
 }

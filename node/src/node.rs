@@ -61,6 +61,8 @@ pub struct NodeCtx {
     pub zones: Arc<crate::zone::ZoneResolver>,
     /// Bytes of node-to-node RPCs, by peer zone and kind.
     pub traffic: Arc<crate::rpc::RpcTraffic>,
+    /// InitProducerId's ids, unique to this node.
+    pub producer_ids: crate::api::ProducerIds,
     /// The coordinator's topic-table generation and version last applied.
     topics_seen: Mutex<(u64, u64)>,
     /// The generation last looked at, read without the lock.
@@ -242,6 +244,12 @@ impl NodeCtx {
             topics_seen: Mutex::new((0, 0)),
             topics_generation_seen: std::sync::atomic::AtomicU64::new(0),
             traffic,
+            producer_ids: crate::api::ProducerIds::new(
+                s.node_id,
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            ),
             cluster,
             node_id: s.node_id,
             rack: s.rack,

@@ -510,6 +510,9 @@ impl DurableLog for WalLog {
 
     fn render_metrics(&self) -> String {
         let s = self.handle.stats();
+        // The handoff writer's own counters (its PUTs are not in
+        // `ferry_s3_puts_total`, which stays the WAL writer's).
+        let h = self.handoff.stats();
         let mut o = String::new();
         let node = self.node_id;
         for (name, kind, v) in [
@@ -552,6 +555,26 @@ impl DurableLog for WalLog {
                 "ferry_wal_objects_deleted_total",
                 "counter",
                 self.objects_deleted.load(Relaxed),
+            ),
+            (
+                "ferry_handoff_objects_total",
+                "counter",
+                h.objects_uploaded.load(Relaxed),
+            ),
+            (
+                "ferry_handoff_bytes_total",
+                "counter",
+                h.bytes_uploaded.load(Relaxed),
+            ),
+            (
+                "ferry_handoff_puts_total",
+                "counter",
+                h.put_requests.load(Relaxed),
+            ),
+            (
+                "ferry_handoff_put_errors_total",
+                "counter",
+                h.put_errors.load(Relaxed),
             ),
             (
                 "ferry_handoff_objects_deleted_total",

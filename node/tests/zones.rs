@@ -913,6 +913,19 @@ fn handoff_objects_go_once_their_leader_no_longer_reads_them() {
         .filter(|k| seq_of(k) >= in_use)
         .collect();
     assert!(!written.is_empty(), "the proxy wrote handoff objects");
+    // Its own counters say so too.
+    let text = ferry_node::durable::DurableLog::render_metrics(&*la);
+    let counter = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.split(' ').nth(1)?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {text}"))
+    };
+    let uploaded = counter("ferry_handoff_objects_total{");
+    assert!(
+        uploaded >= written.len() as u64,
+        "{uploaded} objects counted"
+    );
+    assert!(counter("ferry_handoff_puts_total{") >= uploaded);
     // Well past the deletion age, before node 2 compacts: all kept.
     std::thread::sleep(Duration::from_millis(1_500));
     assert!(
