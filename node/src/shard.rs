@@ -1119,31 +1119,37 @@ impl Shard {
         if let Err(e) = self.ctx.durable.reserve(records.len()) {
             return ProduceResult::err(ErrorCode::REQUEST_TIMED_OUT, e.to_string());
         }
-        let metas: Vec<BatchMeta> = batches.iter().map(BatchMeta::of).collect();
-        let entry = AppendEntry {
-            topic: topic.clone(),
-            topic_id: info.id.0,
-            partition,
-            base_offset: 0,
-            last_offset: metas
-                .iter()
-                .map(|m| i64::from(m.last_offset_delta) + 1)
-                .sum::<i64>()
-                - 1,
-            max_timestamp: metas.iter().map(|m| m.max_timestamp).max().unwrap_or(-1),
-            record_count: metas.iter().map(|m| m.records_count).sum(),
-            producer: ProducerFields::default(),
-            segments: [records.clone(), Bytes::new()],
-            leader_epoch: 0,
-            external: None,
-        };
-        let location = match glommio::timer::timeout(timeout, async {
-            Ok(self.ctx.durable.handoff_append(entry).await)
+        // One handoff entry per batch: the writer's CRC32C of each entry is
+        // the batch's, which the leader checks when it reads it back.
+        let acks: Vec<_> = batches
+            .iter()
+            .map(|b| {
+                let m = BatchMeta::of(b);
+                let raw = b.as_bytes().clone();
+                self.ctx.durable.handoff_append(AppendEntry {
+                    topic: topic.clone(),
+                    topic_id: info.id.0,
+                    partition,
+                    base_offset: 0,
+                    last_offset: i64::from(m.last_offset_delta),
+                    max_timestamp: m.max_timestamp,
+                    record_count: m.records_count,
+                    producer: ProducerFields::default(),
+                    segments: [raw, Bytes::new()],
+                    leader_epoch: 0,
+                    external: None,
+                })
+            })
+            .collect();
+        let locations = match glommio::timer::timeout(timeout, async {
+            Ok(futures_util::future::join_all(acks).await)
         })
         .await
         {
-            Ok(Ok(l)) => l,
-            Ok(Err(e)) => return ProduceResult::err(ErrorCode::REQUEST_TIMED_OUT, e.to_string()),
+            Ok(all) => match all.into_iter().collect::<Result<Vec<_>, _>>() {
+                Ok(l) => l,
+                Err(e) => return ProduceResult::err(ErrorCode::REQUEST_TIMED_OUT, e.to_string()),
+            },
             Err(_) => {
                 return ProduceResult::err(
                     ErrorCode::REQUEST_TIMED_OUT,
@@ -1151,26 +1157,23 @@ impl Shard {
                 )
             }
         };
-        let mut position = location.position;
         let handoff_batches = batches
             .iter()
-            .zip(&metas)
-            .map(|(b, m)| {
-                let raw = b.as_bytes();
-                let hb = crate::rpc::HandoffBatch {
-                    key: location.key.clone(),
-                    position,
-                    len: raw.len() as u32,
-                    crc: crc32c::crc32c(raw),
+            .zip(locations)
+            .map(|(b, location)| {
+                let m = BatchMeta::of(b);
+                crate::rpc::HandoffBatch {
+                    key: location.key,
+                    position: location.position,
+                    len: location.len,
+                    crc: location.crc,
                     record_count: m.records_count,
                     last_offset_delta: m.last_offset_delta,
                     max_timestamp: m.max_timestamp,
                     producer_id: m.producer_id,
                     producer_epoch: m.producer_epoch,
                     base_sequence: m.base_sequence,
-                };
-                position += raw.len() as u64;
-                hb
+                }
             })
             .collect();
         let part = crate::rpc::HandoffPartition {
