@@ -121,6 +121,8 @@ pub enum DurableError {
 pub type AppendAck = Pin<Box<dyn Future<Output = Result<Location, DurableError>> + Send>>;
 /// Resolves to the bytes of a durable batch.
 pub type ReadAck = Pin<Box<dyn Future<Output = Result<Bytes, DurableError>> + Send>>;
+/// Resolves to the bytes of several durable batches.
+pub type ReadManyAck = Pin<Box<dyn Future<Output = Result<Vec<Bytes>, DurableError>> + Send>>;
 
 /// The node's durable log. `Send + Sync`: one for the node, shared by every
 /// shard; implementations hand work to their own threads.
@@ -135,6 +137,20 @@ pub trait DurableLog: Send + Sync + 'static {
 
     /// Reads a durable batch back from the bucket.
     fn read(&self, location: &Location) -> ReadAck;
+
+    /// Reads adjacent batches of one object (each location starting where
+    /// the one before ends) back from the bucket, with one request where
+    /// the store allows it.
+    fn read_adjacent(&self, locations: Vec<Location>) -> ReadManyAck {
+        let reads: Vec<ReadAck> = locations.iter().map(|l| self.read(l)).collect();
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(reads.len());
+            for r in reads {
+                out.push(r.await?);
+            }
+            Ok(out)
+        })
+    }
 
     /// After an append to this partition failed, lets appends to it through
     /// again (the caller has moved the partition's log end back).

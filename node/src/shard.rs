@@ -772,10 +772,15 @@ impl Shard {
             )
         };
         let mut entries = Vec::with_capacity(plan.batches.len());
+        // Batches no longer cached are read back together.
+        let missing: Vec<&LogBatch> = plan.batches.iter().filter(|b| b.data.is_none()).collect();
+        let mut read = self.read_back_many(&missing).await.into_iter();
         for b in &plan.batches {
             let data = match &b.data {
                 Some(d) => d.clone(),
-                None => self.read_back(b).await?,
+                None => read
+                    .next()
+                    .unwrap_or_else(|| Err(DurableError::Failed("no read for the batch".into())))?,
             };
             entries.push(AppendEntry {
                 topic: topic.clone(),
@@ -954,9 +959,9 @@ impl Shard {
             log_start,
             records: RecordSet::default(),
         };
-        let mut segments = Vec::with_capacity(entries.len() * 2);
-        for e in entries {
-            let b = LogBatch {
+        let batches: Vec<LogBatch> = entries
+            .into_iter()
+            .map(|e| LogBatch {
                 base_offset: e.base_offset,
                 last_offset: e.last_offset,
                 max_timestamp: e.max_timestamp,
@@ -971,8 +976,51 @@ impl Shard {
                     crc: e.crc,
                 }),
                 handoff: None,
+            })
+            .collect();
+        // From this shard's replica cache, or from the bucket (adjacent
+        // batches with one ranged GET, all at once), then cached.
+        let cached: Vec<Option<[Bytes; 2]>> = {
+            let cache = self.replica_cache.borrow();
+            batches
+                .iter()
+                .map(|b| {
+                    cache
+                        .get(&(topic.clone(), partition, b.base_offset))
+                        .cloned()
+                })
+                .collect()
+        };
+        let missing: Vec<&LogBatch> = batches
+            .iter()
+            .zip(&cached)
+            .filter(|(_, c)| c.is_none())
+            .map(|(b, _)| b)
+            .collect();
+        let mut read = self.read_back_many(&missing).await.into_iter();
+        let mut segments = Vec::with_capacity(batches.len() * 2);
+        for (b, hit) in batches.iter().zip(cached) {
+            let got = match hit {
+                Some(d) => {
+                    self.ctx.metrics.cache_hit();
+                    Ok(d)
+                }
+                None => {
+                    self.ctx.metrics.cache_miss();
+                    let r = read.next().unwrap_or_else(|| {
+                        Err(DurableError::Failed("no read for the batch".into()))
+                    });
+                    if let Ok(d) = &r {
+                        self.replica_cache.borrow_mut().insert(
+                            (topic.clone(), partition, b.base_offset),
+                            d.clone(),
+                            d[0].len() + d[1].len(),
+                        );
+                    }
+                    r
+                }
             };
-            match self.replica_cached(&topic, partition, &b).await {
+            match got {
                 Ok([h, body]) => {
                     segments.push(h);
                     segments.push(body);
@@ -994,26 +1042,6 @@ impl Shard {
         }
         result.records = RecordSet::from_segments(segments);
         result
-    }
-
-    /// A replica's batch bytes: from this shard's replica cache, or read
-    /// from the bucket and cached.
-    async fn replica_cached(
-        &self,
-        topic: &Arc<str>,
-        partition: i32,
-        b: &LogBatch,
-    ) -> Result<[Bytes; 2], DurableError> {
-        let key = (topic.clone(), partition, b.base_offset);
-        if let Some(d) = self.replica_cache.borrow().get(&key) {
-            self.ctx.metrics.cache_hit();
-            return Ok(d.clone());
-        }
-        self.ctx.metrics.cache_miss();
-        let data = self.read_back(b).await?;
-        let mut cache = self.replica_cache.borrow_mut();
-        cache.insert(key, data.clone(), data[0].len() + data[1].len());
-        Ok(data)
     }
 
     /// The leader's side of a replica read: waits (at most `max_wait_ms`)
@@ -1791,10 +1819,24 @@ impl Shard {
             (l.read(offset, max_bytes), l.high_watermark(), l.log_start())
         };
         let mut batches = batches;
-        // Older batches come back from the bucket with a ranged GET each.
+        // Batches not in the cache come back from the bucket, adjacent ones
+        // with one ranged GET, all at once.
+        let missing: Vec<LogBatch> = batches
+            .iter()
+            .filter(|b| b.data.is_none())
+            .cloned()
+            .collect();
+        let mut read = if missing.is_empty() {
+            Vec::new()
+        } else {
+            self.read_back_many(&missing.iter().collect::<Vec<_>>())
+                .await
+        }
+        .into_iter();
         let mut read_failed = false;
         for b in batches.iter_mut().filter(|b| b.data.is_none()) {
-            match self.read_back(b).await {
+            let Some(result) = read.next() else { break };
+            match result {
                 Ok(data) => {
                     log.borrow_mut().fill(b.base_offset, data.clone());
                     let chunk = crate::arena::chunk_of(&data[1]);
@@ -1833,23 +1875,72 @@ impl Shard {
         }
     }
 
-    async fn read_back(&self, b: &LogBatch) -> Result<[Bytes; 2], DurableError> {
-        let Some(loc) = &b.location else {
-            return Err(DurableError::Failed("batch is not durable".into()));
-        };
-        let bytes = self.ctx.durable.read(loc).await?;
-        if bytes.len() < 61 {
-            return Err(DurableError::Read {
-                key: loc.key.to_string(),
-                error: "batch shorter than its header".into(),
-            });
+    /// Reads batches back from the bucket: a run of batches adjacent in
+    /// one object (a partition's batches in a compacted object, a proxy's
+    /// batches of one partition in a handoff object) with one ranged GET,
+    /// and every run at once. Answers each batch's bytes, in order.
+    async fn read_back_many(&self, batches: &[&LogBatch]) -> Vec<Result<[Bytes; 2], DurableError>> {
+        // (first, end) index ranges of `batches`.
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        let mut run_bytes = 0u64;
+        for (i, b) in batches.iter().enumerate() {
+            let len = u64::from(b.len);
+            let joins = i > 0
+                && match (&batches[i - 1].location, &b.location) {
+                    (Some(p), Some(l)) => {
+                        p.key == l.key
+                            && p.position + u64::from(p.len) == l.position
+                            && run_bytes + len <= READ_RUN_BYTES_MAX
+                    }
+                    _ => false,
+                };
+            match runs.last_mut() {
+                Some(run) if joins => {
+                    run.1 = i + 1;
+                    run_bytes += len;
+                }
+                _ => {
+                    runs.push((i, i + 1));
+                    run_bytes = len;
+                }
+            }
         }
-        // The head is made again from the log: a batch a proxy put in its
-        // handoff object still has the producer's base offset there.
-        let mut head = bytes::BytesMut::with_capacity(16);
-        head.extend_from_slice(&b.base_offset.to_be_bytes());
-        head.extend_from_slice(&bytes[8..16]);
-        Ok([head.freeze(), bytes.slice(16..)])
+        let reads = runs.iter().map(|&(first, end)| {
+            let locations: Option<Vec<Location>> = batches[first..end]
+                .iter()
+                .map(|b| b.location.clone())
+                .collect();
+            let durable = self.ctx.durable.clone();
+            async move {
+                match locations {
+                    Some(l) => durable.read_adjacent(l).await,
+                    None => Err(DurableError::Failed("batch is not durable".into())),
+                }
+            }
+        });
+        let results = futures_util::future::join_all(reads).await;
+        let mut out = Vec::with_capacity(batches.len());
+        for (&(first, end), result) in runs.iter().zip(results) {
+            match result {
+                Ok(all) if all.len() == end - first => {
+                    for (b, bytes) in batches[first..end].iter().zip(all) {
+                        out.push(match &b.location {
+                            Some(loc) => with_head(b, loc, bytes),
+                            None => Err(DurableError::Failed("batch is not durable".into())),
+                        });
+                    }
+                }
+                Ok(all) => out.extend((first..end).map(|_| {
+                    Err(DurableError::Failed(format!(
+                        "{} batches read back for {}",
+                        all.len(),
+                        end - first
+                    )))
+                })),
+                Err(e) => out.extend((first..end).map(|_| Err(e.clone()))),
+            }
+        }
+        out
     }
 
     /// Hands a group request to the coordinator on shard 0.
@@ -2075,6 +2166,26 @@ impl Shard {
         self.report_refs(now_ms);
         dropped
     }
+}
+
+/// Most bytes one ranged GET of adjacent batches reads.
+const READ_RUN_BYTES_MAX: u64 = 8 << 20;
+
+/// A batch read back from `loc`, with its 16-byte head made again from the
+/// log.
+fn with_head(b: &LogBatch, loc: &Location, bytes: Bytes) -> Result<[Bytes; 2], DurableError> {
+    if bytes.len() < 61 {
+        return Err(DurableError::Read {
+            key: loc.key.to_string(),
+            error: "batch shorter than its header".into(),
+        });
+    }
+    // The head is made again from the log: a batch a proxy put in its
+    // handoff object still has the producer's base offset there.
+    let mut head = bytes::BytesMut::with_capacity(16);
+    head.extend_from_slice(&b.base_offset.to_be_bytes());
+    head.extend_from_slice(&bytes[8..16]);
+    Ok([head.freeze(), bytes.slice(16..)])
 }
 
 /// How many bytes of batches a replica's long poll asks the leader to

@@ -1,7 +1,7 @@
 //! The durable log over the `ferry-wal` writer: WAL objects in the bucket,
 //! metadata objects (`meta/<name>`) beside them, and recovery at start-up.
 
-use crate::durable::{AppendAck, AppendEntry, DurableError, DurableLog, ReadAck};
+use crate::durable::{AppendAck, AppendEntry, DurableError, DurableLog, ReadAck, ReadManyAck};
 use crate::node::Recovered;
 use crate::partition::LogBatch;
 use crate::topics::TopicTable;
@@ -310,6 +310,24 @@ impl DurableLog for WalLog {
     fn read(&self, location: &crate::durable::Location) -> ReadAck {
         let rx = self.reader.read_entry(location.clone());
         let key = location.key.to_string();
+        Box::pin(async move {
+            match rx.await {
+                Ok(Ok(b)) => Ok(b),
+                Ok(Err(e)) => Err(DurableError::Read {
+                    key,
+                    error: e.to_string(),
+                }),
+                Err(_) => Err(DurableError::Closed),
+            }
+        })
+    }
+
+    fn read_adjacent(&self, locations: Vec<crate::durable::Location>) -> ReadManyAck {
+        let key = locations
+            .first()
+            .map(|l| l.key.to_string())
+            .unwrap_or_default();
+        let rx = self.reader.read_adjacent(locations);
         Box::pin(async move {
             match rx.await {
                 Ok(Ok(b)) => Ok(b),

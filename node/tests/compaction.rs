@@ -180,6 +180,14 @@ fn durable_batches_move_out_of_the_wal_and_read_back_the_same() {
     // compacted objects, at its offset; new records continue the log.
     let (node, log) = start(&bucket, 0, 0);
     let mut c = connect(&node);
+    let gets = || {
+        ferry_node::durable::DurableLog::render_metrics(&*log)
+            .lines()
+            .find(|l| l.starts_with("ferry_s3_gets_total"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap()
+    };
+    let gets_before = gets();
     for p in 0..2 {
         assert_eq!(raw::list_offset(&mut c, "a", p, -2), 0);
         assert_eq!(raw::list_offset(&mut c, "a", p, -1), 40);
@@ -191,6 +199,15 @@ fn durable_batches_move_out_of_the_wal_and_read_back_the_same() {
             .all(|(i, (o, k))| *o == i as i64 && *k == format!("a{p}-{i}").into_bytes()));
         assert_eq!(raw::produce(&mut c, "a", p, 5_000, b"after"), (0, 40));
     }
+    // A compacted object's batches are adjacent: a cold read of 80 batches
+    // takes one ranged GET per object and fetch, not one per batch.
+    let objects = files(&data_dir, "obj").len() as u64;
+    let read_gets = gets() - gets_before;
+    eprintln!("cold read: {read_gets} GETs, {objects} compacted objects");
+    assert!(
+        read_gets <= 2 * objects + 2,
+        "{read_gets} GETs for {objects} compacted objects"
+    );
     drop(c);
     node.stop();
     log.shutdown(Duration::from_secs(5));

@@ -327,6 +327,57 @@ pub(crate) async fn read_entries_counted(
         .collect()
 }
 
+/// Reads the bytes of `locations`, adjacent ranges of one object in order,
+/// with one ranged GET, and checks each one's CRC32C.
+pub(crate) async fn read_adjacent_counted(
+    store: &dyn ObjectStore,
+    locations: &[WalLocation],
+    stats: &WalStats,
+) -> Result<Vec<Bytes>, WalError> {
+    let (Some(first), Some(last)) = (locations.first(), locations.last()) else {
+        return Ok(Vec::new());
+    };
+    for pair in locations.windows(2) {
+        if pair[1].key != pair[0].key || pair[1].position != pair[0].range().end {
+            return Err(WalError::Config {
+                param: "read_adjacent locations".into(),
+                expected: "adjacent ranges of one object".into(),
+                found: format!(
+                    "{}+{} after {} ending at {}",
+                    pair[1].key,
+                    pair[1].position,
+                    pair[0].key,
+                    pair[0].range().end
+                ),
+            });
+        }
+    }
+    let path = first.path();
+    let start = first.position;
+    let data =
+        get_range_counted(store, &path, start..last.range().end, stats, "GET entries").await?;
+    locations
+        .iter()
+        .map(|l| {
+            let r = l.range();
+            let slice = data.slice((r.start - start) as usize..(r.end - start) as usize);
+            let crc = crc32c::crc32c(&slice);
+            if crc != l.crc {
+                WalStats::add(&stats.get_errors, 1);
+                return Err(WalError::corrupt(
+                    &*l.key,
+                    FormatError::ChecksumMismatch {
+                        what: format!("entry at {}+{}", l.position, l.len),
+                        stored: l.crc,
+                        computed: crc,
+                    },
+                ));
+            }
+            Ok(slice)
+        })
+        .collect()
+}
+
 /// Reads for callers that are not on tokio: each method runs on the WAL's
 /// I/O runtime and returns a oneshot that any executor can await. If the
 /// runtime stops first, the oneshot yields `Canceled`.
@@ -376,6 +427,16 @@ impl WalReader {
         let (store, stats) = (self.store.clone(), self.stats.clone());
         self.io
             .spawn(async move { read_entry_counted(store.as_ref(), &location, &stats).await })
+    }
+
+    /// See [`read_adjacent_counted`].
+    pub fn read_adjacent(
+        &self,
+        locations: Vec<WalLocation>,
+    ) -> oneshot::Receiver<Result<Vec<Bytes>, WalError>> {
+        let (store, stats) = (self.store.clone(), self.stats.clone());
+        self.io
+            .spawn(async move { read_adjacent_counted(store.as_ref(), &locations, &stats).await })
     }
 
     pub fn read_entries(
@@ -438,5 +499,66 @@ mod tests {
             None
         );
         assert_eq!(node_prefix("wal", 3).as_ref(), "wal/3");
+        assert_eq!(parse_node(&k), Some(3));
+        assert_eq!(
+            parse_node(&Path::from("handoff/17/00000000000000000001.wal")),
+            Some(17)
+        );
+        assert_eq!(
+            parse_node(&Path::from("wal/x/00000000000000000001.wal")),
+            None
+        );
+        assert_eq!(parse_node(&Path::from("wal/3/notes.txt")), None);
+    }
+
+    #[test]
+    fn adjacent_ranges_are_read_with_one_get_and_checked_each() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let store = object_store::memory::InMemory::new();
+            let key = object_key("handoff", 2, 5);
+            let data = Bytes::from_static(b"aaaabbbbbbcc");
+            store.put(&key, data.clone().into()).await.unwrap();
+            let loc = |position: u64, len: u32, part: &[u8]| WalLocation {
+                key: Arc::from(key.as_ref()),
+                seq: 9,
+                node: 1,
+                position,
+                len,
+                crc: crc32c::crc32c(part),
+            };
+            let run = [loc(0, 4, b"aaaa"), loc(4, 6, b"bbbbbb"), loc(10, 2, b"cc")];
+            let stats = WalStats::default();
+            let got = read_adjacent_counted(&store, &run, &stats).await.unwrap();
+            assert_eq!(got, [&b"aaaa"[..], b"bbbbbb", b"cc"]);
+            assert_eq!(
+                stats
+                    .get_requests
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                1
+            );
+            // A gap between ranges is refused before any GET.
+            let gap = [loc(0, 4, b"aaaa"), loc(5, 5, b"bbbbb")];
+            assert!(read_adjacent_counted(&store, &gap, &stats).await.is_err());
+            assert_eq!(
+                stats
+                    .get_requests
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                1
+            );
+            // One range whose bytes do not match its CRC fails the read.
+            let mut bad = run.clone();
+            bad[1].crc ^= 1;
+            let err = read_adjacent_counted(&store, &bad, &stats)
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("4+6"), "{err}");
+            assert!(read_adjacent_counted(&store, &[], &stats)
+                .await
+                .unwrap()
+                .is_empty());
+        });
     }
 }
