@@ -112,6 +112,23 @@ pub struct ChunkSpan {
 /// pooled), read by [`chunk_of`].
 static MAPPINGS: parking_lot::RwLock<BTreeMap<usize, usize>> =
     parking_lot::const_rwlock(BTreeMap::new());
+/// Moves after every change of [`MAPPINGS`].
+static MAPPINGS_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+thread_local! {
+    /// This thread's copy of [`MAPPINGS`] and the generation it is of: the
+    /// lookup on the hot path reads one atomic that is written only when a
+    /// mapping is made or unmapped, and takes no lock shared between shards.
+    static LOCAL_MAPPINGS: std::cell::RefCell<(u64, BTreeMap<usize, usize>)> =
+        const { std::cell::RefCell::new((0, BTreeMap::new())) };
+}
+
+/// Changes [`MAPPINGS`] and moves its generation.
+fn change_mappings(change: impl FnOnce(&mut BTreeMap<usize, usize>)) {
+    let mut map = MAPPINGS.write();
+    change(&mut map);
+    MAPPINGS_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Release);
+}
 
 /// The arena chunk that `bytes` lie in, `None` for memory that is not an
 /// arena's (the heap) or for an empty slice. A live view keeps its chunk
@@ -121,9 +138,19 @@ pub fn chunk_of(bytes: &[u8]) -> Option<ChunkSpan> {
         return None;
     }
     let p = bytes.as_ptr() as usize;
-    let map = MAPPINGS.read();
-    let (&base, &len) = map.range(..=p).next_back()?;
-    (p - base < len).then_some(ChunkSpan { base, len })
+    // A view's chunk was mapped before the view was made, and the view
+    // reached this thread after that: the generation read here is at least
+    // the one that mapping made.
+    let generation = MAPPINGS_GENERATION.load(std::sync::atomic::Ordering::Acquire);
+    LOCAL_MAPPINGS.with(|local| {
+        let mut local = local.borrow_mut();
+        if local.0 != generation {
+            local.1 = MAPPINGS.read().clone();
+            local.0 = generation;
+        }
+        let (&base, &len) = local.1.range(..=p).next_back()?;
+        (p - base < len).then_some(ChunkSpan { base, len })
+    })
 }
 
 /// The size class for a chunk of at least `len` bytes, `None` above the
@@ -152,7 +179,9 @@ impl Mapping {
         let mut map = MmapMut::map_anon(len)?;
         let ptr = NonNull::new(map.as_mut_ptr())
             .ok_or_else(|| std::io::Error::other("mmap returned a null address"))?;
-        MAPPINGS.write().insert(ptr.as_ptr() as usize, len);
+        change_mappings(|m| {
+            m.insert(ptr.as_ptr() as usize, len);
+        });
         Ok(Mapping {
             _map: map,
             ptr,
@@ -165,7 +194,9 @@ impl Drop for Mapping {
     fn drop(&mut self) {
         // Out of the table before the mapping goes (`_map` drops after
         // this), so no lookup names an address that is unmapped.
-        MAPPINGS.write().remove(&(self.ptr.as_ptr() as usize));
+        change_mappings(|m| {
+            m.remove(&(self.ptr.as_ptr() as usize));
+        });
     }
 }
 
@@ -637,6 +668,15 @@ mod tests {
         let s = v1.as_ref().map(|b| b.slice(10..20));
         drop(v1);
         assert_eq!(stats.chunks_in_use.load(Relaxed), 1);
+        // Another thread, whose copy of the mappings was made before this
+        // chunk existed, finds it too.
+        let (v2, seen) = std::thread::spawn(move || {
+            let seen = v2.as_deref().and_then(chunk_of);
+            (v2, seen)
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(seen, Some(span));
         std::thread::spawn(move || drop(v2)).join().expect("thread");
         assert_eq!(stats.chunks_in_use.load(Relaxed), 1);
         let t = std::thread::spawn(move || {
