@@ -215,8 +215,10 @@ struct Leadership {
     /// The coordinator session (registration) last acted on.
     session: u64,
     /// Partitions queued or being loaded, with their topic ids.
-    loading: HashMap<Key, [u8; 16]>,
-    loader_running: bool,
+    /// Partitions to load: topic id, and whether a loader has taken it.
+    loading: HashMap<Key, ([u8; 16], bool)>,
+    /// Loader tasks running (at most [`LOADERS_MAX`]).
+    loaders: usize,
 }
 
 impl Shard {
@@ -241,7 +243,7 @@ impl Shard {
                 generation: 0,
                 session: ctx.cluster.session(),
                 loading: HashMap::new(),
-                loader_running: false,
+                loaders: 0,
             }),
             me: RefCell::new(std::rc::Weak::new()),
             outbox: RefCell::new(HashMap::new()),
@@ -491,7 +493,7 @@ impl Shard {
             return Ok(log);
         }
         drop(parts);
-        self.start_load(key, info.id.0);
+        self.start_load(key, info.id.0, true);
         Err(ErrorCode::LEADER_NOT_AVAILABLE)
     }
 
@@ -549,7 +551,7 @@ impl Shard {
                     .is_some_and(|l| l.borrow().topic_id == info.id.0);
                 if !held {
                     all = false;
-                    self.start_load(key, info.id.0);
+                    self.start_load(key, info.id.0, false);
                 }
             }
         }
@@ -607,18 +609,23 @@ impl Shard {
 
     /// Queues a partition to be loaded; one task loads what is queued, with
     /// one scan of the bucket per round.
-    fn start_load(&self, key: Key, topic_id: [u8; 16]) {
+    fn start_load(&self, key: Key, topic_id: [u8; 16], urgent: bool) {
         let mut ld = self.leadership.borrow_mut();
         if ld.loading.contains_key(&key) {
             return;
         }
-        ld.loading.insert(key, topic_id);
-        if ld.loader_running {
+        ld.loading.insert(key, (topic_id, false));
+        // A running loader takes the partition at its next round; one a
+        // client waits for does not wait for a round in progress (the
+        // retention pass's loads of everything led may be long): a second
+        // loader takes it at once.
+        if ld.loaders >= 1 && !(urgent && ld.loaders < LOADERS_MAX) {
             return;
         }
-        ld.loader_running = true;
+        ld.loaders += 1;
         drop(ld);
         let Some(me) = self.me.borrow().upgrade() else {
+            self.leadership.borrow_mut().loaders -= 1;
             return;
         };
         glommio::spawn_local(async move {
@@ -626,13 +633,24 @@ impl Shard {
             glommio::timer::sleep(Duration::from_millis(5)).await;
             loop {
                 let batch: Vec<(Key, [u8; 16])> = {
-                    let ld = me.leadership.borrow();
-                    ld.loading.iter().map(|(k, id)| (k.clone(), *id)).collect()
+                    let mut ld = me.leadership.borrow_mut();
+                    let batch: Vec<(Key, [u8; 16])> = ld
+                        .loading
+                        .iter()
+                        .filter(|(_, (_, taken))| !taken)
+                        .map(|(k, (id, _))| (k.clone(), *id))
+                        .collect();
+                    if batch.is_empty() {
+                        ld.loaders -= 1;
+                        return;
+                    }
+                    for (k, _) in &batch {
+                        if let Some(e) = ld.loading.get_mut(k) {
+                            e.1 = true;
+                        }
+                    }
+                    batch
                 };
-                if batch.is_empty() {
-                    me.leadership.borrow_mut().loader_running = false;
-                    return;
-                }
                 me.load(&batch).await;
                 let mut ld = me.leadership.borrow_mut();
                 for (k, _) in &batch {
@@ -646,6 +664,7 @@ impl Shard {
     /// Loads partitions this node has come to lead: their history from
     /// every node's objects, then a durable epoch marker, then the log.
     async fn load(self: &Rc<Self>, batch: &[(Key, [u8; 16])]) {
+        let started = Instant::now();
         let generation = self.ctx.cluster.generation();
         let view = self.view();
         let want = batch.iter().map(|((_, p), id)| (*id, *p)).collect();
@@ -659,6 +678,10 @@ impl Shard {
             Err(_) => return,
         };
         let mut loaded = loaded;
+        // Every partition's log and epoch marker; the markers go to the
+        // WAL together (one object), not one round trip each.
+        let mut logs = Vec::with_capacity(batch.len());
+        let mut markers = Vec::with_capacity(batch.len());
         for ((topic, partition), id) in batch {
             let epoch = view.leader_epoch(topic, *partition);
             let found = loaded.remove(&(*id, *partition)).unwrap_or_default();
@@ -671,25 +694,36 @@ impl Shard {
             log.start_at(found.log_end);
             let marker =
                 AppendEntry::epoch_marker(topic.clone(), *id, *partition, epoch, log.log_end());
-            if let Err(e) = self.ctx.durable.append(marker).await {
-                tracing::warn!(topic = &**topic, partition, error = %e, "epoch marker not written; clients retry");
+            markers.push(self.ctx.durable.append(marker));
+            logs.push((topic.clone(), *partition, epoch, batches, log));
+        }
+        self.ctx.durable.flush();
+        let written = futures_util::future::join_all(markers).await;
+        let me = self.ctx.node_id;
+        for ((topic, partition, epoch, batches, log), marker) in logs.into_iter().zip(written) {
+            if let Err(e) = marker {
+                tracing::warn!(topic = &*topic, partition, error = %e, "epoch marker not written; clients retry");
                 continue;
             }
-            // Still the leader, in the view the load was for?
-            if self.ctx.cluster.generation() != generation
-                || !matches!(self.route(topic, *partition), Route::Local)
+            // Still the leader, and in every view since the load began?
+            if !matches!(self.route(&topic, partition), Route::Local)
+                || !self
+                    .ctx
+                    .cluster
+                    .led_throughout(&topic, partition, me, generation)
             {
                 continue;
             }
             tracing::info!(
-                topic = &**topic,
+                topic = &*topic,
                 partition,
                 epoch,
                 batches,
                 log_end = log.log_end(),
+                load_ms = started.elapsed().as_millis() as u64,
                 "leading"
             );
-            let key = (topic.clone(), *partition);
+            let key = (topic, partition);
             self.partitions
                 .borrow_mut()
                 .insert(key.clone(), Rc::new(RefCell::new(log)));
@@ -2167,6 +2201,10 @@ impl Shard {
         dropped
     }
 }
+
+/// Loader tasks of one shard at once: one for the retention pass's loads,
+/// one more for partitions a client waits for.
+const LOADERS_MAX: usize = 2;
 
 /// Most bytes one ranged GET of adjacent batches reads.
 const READ_RUN_BYTES_MAX: u64 = 8 << 20;

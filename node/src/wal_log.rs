@@ -35,6 +35,8 @@ pub struct WalLog {
         parking_lot::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<u64>>>>,
     objects_deleted: Arc<std::sync::atomic::AtomicU64>,
     handoff_deleted: Arc<std::sync::atomic::AtomicU64>,
+    /// The WAL objects' indexes read by earlier takeovers.
+    indexes: Arc<recovery::IndexCache>,
     compacted_deleted: Arc<std::sync::atomic::AtomicU64>,
     stats: Arc<ferry_wal::WalStats>,
 }
@@ -236,6 +238,7 @@ impl WalLog {
             meta_written: Default::default(),
             objects_deleted: Default::default(),
             handoff_deleted: Default::default(),
+            indexes: Default::default(),
             compacted_deleted: Default::default(),
             stats,
         });
@@ -457,11 +460,15 @@ impl DurableLog for WalLog {
         want: Vec<([u8; 16], i32)>,
     ) -> oneshot::Receiver<Result<crate::durable::LoadedPartitions, DurableError>> {
         let store = self.store.clone();
+        let indexes = self.indexes.clone();
         self.io.spawn(async move {
             let wanted: std::collections::HashSet<([u8; 16], i32)> = want.into_iter().collect();
-            let scan = recovery::scan_partitions(&*store, WAL_PREFIX, |id, p| {
-                wanted.contains(&(*id, p))
-            })
+            let scan = recovery::scan_partitions_cached(
+                &*store,
+                WAL_PREFIX,
+                |id, p| wanted.contains(&(*id, p)),
+                &indexes,
+            )
             .await
             .map_err(wal_error)?;
             for s in &scan.skipped {

@@ -460,7 +460,7 @@ impl WalReader {
         let (store, stats) = (self.store.clone(), self.stats.clone());
         let prefix = wal_prefix.to_string();
         self.io.spawn(async move {
-            recovery::scan_partitions_counted(store.as_ref(), &prefix, &want, &stats).await
+            recovery::scan_partitions_counted(store.as_ref(), &prefix, &want, &stats, None).await
         })
     }
 

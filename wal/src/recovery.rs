@@ -181,7 +181,58 @@ pub async fn scan_partitions(
     wal_prefix: &str,
     want: impl Fn(&[u8; 16], i32) -> bool + Sync,
 ) -> Result<PartitionsScan, WalError> {
-    scan_partitions_counted(store, wal_prefix, &want, &UNCOUNTED).await
+    scan_partitions_counted(store, wal_prefix, &want, &UNCOUNTED, None).await
+}
+
+/// The parsed indexes of WAL objects, by key. WAL objects never change
+/// once written, so a node that scans the bucket again (each time it takes
+/// partitions over) reads only the indexes of objects new since.
+#[derive(Debug, Default)]
+pub struct IndexCache {
+    indexes: std::sync::Mutex<std::collections::HashMap<String, Arc<crate::object::ObjectIndex>>>,
+}
+
+impl IndexCache {
+    pub fn new() -> IndexCache {
+        IndexCache::default()
+    }
+
+    /// How many indexes it holds.
+    pub fn len(&self) -> usize {
+        self.indexes.lock().map_or(0, |m| m.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn get(&self, key: &str) -> Option<Arc<crate::object::ObjectIndex>> {
+        self.indexes.lock().ok()?.get(key).cloned()
+    }
+
+    fn put(&self, key: &str, index: Arc<crate::object::ObjectIndex>) {
+        if let Ok(mut m) = self.indexes.lock() {
+            m.insert(key.to_owned(), index);
+        }
+    }
+
+    /// Forgets every object not in `listed` (deleted since).
+    fn keep_only(&self, listed: &std::collections::HashSet<String>) {
+        if let Ok(mut m) = self.indexes.lock() {
+            m.retain(|k, _| listed.contains(k));
+        }
+    }
+}
+
+/// [`scan_partitions`] that reads the index of an object only if `cache`
+/// does not hold it yet, and keeps what it read there.
+pub async fn scan_partitions_cached(
+    store: &dyn ObjectStore,
+    wal_prefix: &str,
+    want: impl Fn(&[u8; 16], i32) -> bool + Sync,
+    cache: &IndexCache,
+) -> Result<PartitionsScan, WalError> {
+    scan_partitions_counted(store, wal_prefix, &want, &UNCOUNTED, Some(cache)).await
 }
 
 pub(crate) async fn scan_partitions_counted(
@@ -189,6 +240,7 @@ pub(crate) async fn scan_partitions_counted(
     wal_prefix: &str,
     want: &(dyn Fn(&[u8; 16], i32) -> bool + Sync),
     stats: &WalStats,
+    cache: Option<&IndexCache>,
 ) -> Result<PartitionsScan, WalError> {
     let folder = object_store::path::Path::from(wal_prefix);
     let listed = with_retries(|| async {
@@ -220,10 +272,33 @@ pub(crate) async fn scan_partitions_counted(
         }
         objects.extend(listed.into_iter().map(|meta| (node_id, meta)));
     }
+    if let Some(cache) = cache {
+        cache.keep_only(&objects.iter().map(|(_, m)| m.key.to_string()).collect());
+    }
     let mut reads = futures_util::stream::iter(objects)
         .map(|(node_id, meta)| async move {
+            let key = meta.key.to_string();
+            if let Some(index) = cache.and_then(|c| c.get(&key)) {
+                // Only the wanted entries are copied out of the cached index.
+                let index = crate::object::ObjectIndex {
+                    entries: index
+                        .entries
+                        .iter()
+                        .filter(|e| want(&e.topic_id, e.partition))
+                        .cloned()
+                        .collect(),
+                    header: index.header,
+                    version: index.version,
+                    footer: index.footer,
+                    object_len: index.object_len,
+                };
+                return (node_id, meta, Ok(index));
+            }
             let result =
                 with_retries(|| read_index_counted(store, &meta.key, Some(meta.size), stats)).await;
+            if let (Some(cache), Ok(index)) = (cache, &result) {
+                cache.put(&key, Arc::new(index.clone()));
+            }
             (node_id, meta, result)
         })
         .buffered(RECOVERY_READS_INFLIGHT_MAX);
@@ -1133,6 +1208,65 @@ mod tests {
                 .put(&object_key("wal", node_id, seq), obj.payload())
                 .await
                 .expect("put");
+        }
+
+        #[test]
+        fn a_cached_scan_reads_each_index_once_and_forgets_deleted_objects() {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let store = InMemory::new();
+                put_wal(&store, 1, 0, &[entry(A, 0, 1, 0, 9), entry(B, 0, 1, 0, 4)]).await;
+                put_wal(&store, 2, 0, &[entry(A, 1, 1, 0, 4)]).await;
+                let cache = IndexCache::new();
+                let stats = WalStats::default();
+                let gets = || {
+                    stats
+                        .get_requests
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                };
+                let want_a0 = |id: &[u8; 16], p: i32| *id == A && p == 0;
+                let first = scan_partitions_counted(&store, "wal", &want_a0, &stats, Some(&cache))
+                    .await
+                    .expect("scan");
+                assert_eq!(first.entries.len(), 1);
+                let read = gets();
+                assert!(read >= 2, "both indexes read: {read} GETs");
+                assert_eq!(cache.len(), 2);
+                // Again, and for another partition: no index is read again,
+                // and only the wanted entries come out.
+                let want_b0 = |id: &[u8; 16], p: i32| *id == B && p == 0;
+                let again = scan_partitions_counted(&store, "wal", &want_b0, &stats, Some(&cache))
+                    .await
+                    .expect("scan");
+                assert_eq!(gets(), read);
+                let got: Vec<_> = again
+                    .entries
+                    .iter()
+                    .map(|e| (e.node_id, e.entry.base_offset))
+                    .collect();
+                assert_eq!(got, [(1, 0)]);
+                assert!(again.entries.iter().all(|e| e.entry.topic_id == B));
+                // A new object is read; a deleted one is forgotten.
+                put_wal(&store, 2, 1, &[entry(A, 0, 2, 10, 19)]).await;
+                store
+                    .delete(&object_key("wal", 1, 0))
+                    .await
+                    .expect("delete");
+                let third = scan_partitions_counted(&store, "wal", &want_a0, &stats, Some(&cache))
+                    .await
+                    .expect("scan");
+                assert!(gets() > read);
+                assert_eq!(cache.len(), 2);
+                let got: Vec<_> = third
+                    .entries
+                    .iter()
+                    .map(|e| (e.node_id, e.seq, e.entry.base_offset))
+                    .collect();
+                assert_eq!(got, [(2, 1, 10)]);
+            });
         }
 
         #[test]
