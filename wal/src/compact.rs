@@ -356,8 +356,9 @@ pub async fn scan_compacted_partitions(
     store: &dyn ObjectStore,
     want: &(dyn Fn(&[u8; 16], i32) -> bool + Sync),
     stats: &WalStats,
+    cache: Option<&crate::recovery::IndexCache>,
 ) -> Result<CompactedPartitions, WalError> {
-    let mut candidates = Vec::new();
+    let mut topic_folders = Vec::new();
     for node in subfolders(store, &Path::from(DATA_PREFIX)).await? {
         let Ok(node_id) = node.parse::<u32>() else {
             warn!(folder = %node, "not a node folder under {DATA_PREFIX}/; ignored");
@@ -369,7 +370,16 @@ pub async fn scan_compacted_partitions(
                 warn!(folder = %topic, node_id, "not a topic id folder; ignored");
                 continue;
             };
-            let topic_folder = Path::from(format!("{DATA_PREFIX}/{node_id}/{topic}"));
+            topic_folders.push((
+                node_id,
+                topic_id,
+                Path::from(format!("{DATA_PREFIX}/{node_id}/{topic}")),
+            ));
+        }
+    }
+    // The topic folders are listed at once, not one after another.
+    let listings: Vec<Result<_, WalError>> = futures_util::stream::iter(topic_folders)
+        .map(|(node_id, topic_id, topic_folder)| async move {
             let listed: Vec<_> = crate::recovery::with_retries(|| async {
                 store
                     .list(Some(&topic_folder))
@@ -378,26 +388,51 @@ pub async fn scan_compacted_partitions(
                     .map_err(|e| WalError::store("LIST", topic_folder.to_string(), e))
             })
             .await?;
-            for m in listed {
-                let parts: Vec<_> = m.location.parts().collect();
-                let [_, _, _, partition, file] = parts.as_slice() else {
-                    continue;
-                };
-                let Ok(partition) = partition.as_ref().parse::<i32>() else {
-                    continue;
-                };
-                if file.as_ref().ends_with(".obj") && want(&topic_id, partition) {
-                    candidates.push((node_id, m));
-                }
+            Ok((node_id, topic_id, listed))
+        })
+        .buffer_unordered(crate::recovery::RECOVERY_READS_INFLIGHT_MAX)
+        .collect()
+        .await;
+    let listings = listings.into_iter().collect::<Result<Vec<_>, _>>()?;
+    if let Some(cache) = cache {
+        cache.keep_only(
+            &format!("{DATA_PREFIX}/"),
+            &listings
+                .iter()
+                .flat_map(|(_, _, l)| l.iter().map(|m| m.location.to_string()))
+                .collect(),
+        );
+    }
+    let mut candidates = Vec::new();
+    for (node_id, topic_id, listed) in listings {
+        for m in listed {
+            let parts: Vec<_> = m.location.parts().collect();
+            let [_, _, _, partition, file] = parts.as_slice() else {
+                continue;
+            };
+            let Ok(partition) = partition.as_ref().parse::<i32>() else {
+                continue;
+            };
+            if file.as_ref().ends_with(".obj") && want(&topic_id, partition) {
+                candidates.push((node_id, m));
             }
         }
     }
     let reads: Vec<_> = futures_util::stream::iter(candidates)
         .map(|(node_id, m)| async move {
+            // Compacted objects never change either: their indexes are
+            // cached like the WAL objects'.
+            let key = m.location.to_string();
+            if let Some(index) = cache.and_then(|c| c.get(&key)) {
+                return (node_id, m, Ok((*index).clone()));
+            }
             let r = crate::recovery::with_retries(|| {
                 read_index_counted(store, &m.location, Some(m.size), stats)
             })
             .await;
+            if let (Some(cache), Ok(index)) = (cache, &r) {
+                cache.put(&key, std::sync::Arc::new(index.clone()));
+            }
             (node_id, m, r)
         })
         .buffer_unordered(crate::recovery::RECOVERY_READS_INFLIGHT_MAX)

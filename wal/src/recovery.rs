@@ -206,20 +206,20 @@ impl IndexCache {
         self.len() == 0
     }
 
-    fn get(&self, key: &str) -> Option<Arc<crate::object::ObjectIndex>> {
+    pub(crate) fn get(&self, key: &str) -> Option<Arc<crate::object::ObjectIndex>> {
         self.indexes.lock().ok()?.get(key).cloned()
     }
 
-    fn put(&self, key: &str, index: Arc<crate::object::ObjectIndex>) {
+    pub(crate) fn put(&self, key: &str, index: Arc<crate::object::ObjectIndex>) {
         if let Ok(mut m) = self.indexes.lock() {
             m.insert(key.to_owned(), index);
         }
     }
 
-    /// Forgets every object not in `listed` (deleted since).
-    fn keep_only(&self, listed: &std::collections::HashSet<String>) {
+    /// Forgets every object under `prefix` not in `listed` (deleted since).
+    pub(crate) fn keep_only(&self, prefix: &str, listed: &std::collections::HashSet<String>) {
         if let Ok(mut m) = self.indexes.lock() {
-            m.retain(|k, _| listed.contains(k));
+            m.retain(|k, _| !k.starts_with(prefix) || listed.contains(k));
         }
     }
 }
@@ -273,7 +273,10 @@ pub(crate) async fn scan_partitions_counted(
         objects.extend(listed.into_iter().map(|meta| (node_id, meta)));
     }
     if let Some(cache) = cache {
-        cache.keep_only(&objects.iter().map(|(_, m)| m.key.to_string()).collect());
+        cache.keep_only(
+            &format!("{wal_prefix}/"),
+            &objects.iter().map(|(_, m)| m.key.to_string()).collect(),
+        );
     }
     let mut reads = futures_util::stream::iter(objects)
         .map(|(node_id, meta)| async move {
@@ -315,7 +318,7 @@ pub(crate) async fn scan_partitions_counted(
         }
     }
     drop(reads);
-    let compacted = crate::compact::scan_compacted_partitions(store, want, stats).await?;
+    let compacted = crate::compact::scan_compacted_partitions(store, want, stats, cache).await?;
     out.objects_read += compacted.objects_read;
     out.entries.extend(compacted.entries);
     out.redundant = compacted.redundant;
