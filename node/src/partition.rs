@@ -320,19 +320,23 @@ impl PartitionLog {
                     None,
                 ));
             }
-            if let Some(&(_, prev_last, _)) = st.and_then(|st| st.recent.back()) {
-                let expected = if prev_last == i32::MAX {
-                    0
-                } else {
-                    prev_last + 1
-                };
-                if first != expected {
-                    return Err(AppendError::OutOfOrder {
-                        producer_id: pid,
-                        expected,
-                        got: first,
-                    });
-                }
+            let expected = match st.and_then(|st| st.recent.back()) {
+                Some(&(_, prev_last, _)) if prev_last == i32::MAX => 0,
+                Some(&(_, prev_last, _)) => prev_last + 1,
+                // A producer (or an epoch) new to this partition starts at
+                // sequence 0, as Kafka requires. A later batch of it that
+                // overtook its first one (refused while the partition was
+                // loading, say) is refused too, and the client sends them
+                // again in order; taken, it would make the first batch look
+                // out of order, which librdkafka counts as already written.
+                None => 0,
+            };
+            if first != expected {
+                return Err(AppendError::OutOfOrder {
+                    producer_id: pid,
+                    expected,
+                    got: first,
+                });
             }
         }
         let base = self.next_offset;
@@ -843,6 +847,47 @@ mod tests {
                 .unwrap()
                 .0,
             Appended::New { base_offset: 1, .. }
+        ));
+    }
+
+    #[test]
+    fn a_new_producer_or_epoch_starts_at_sequence_zero() {
+        let mut p = PartitionLog::new("t".into(), [0; 16], 0);
+        let append = |p: &mut PartitionLog, seq: i32, epoch: i16| {
+            let raw = batch(4, Some((9, epoch, seq)));
+            p.append(&PartitionLog::check(&raw).unwrap()[0])
+        };
+        // The second batch overtook the first: refused, nothing taken.
+        assert!(matches!(
+            append(&mut p, 4, 0),
+            Err(AppendError::OutOfOrder {
+                expected: 0,
+                got: 4,
+                ..
+            })
+        ));
+        assert_eq!(p.log_end(), 0);
+        // In order, both go in.
+        assert!(matches!(
+            append(&mut p, 0, 0),
+            Ok((Appended::New { base_offset: 0, .. }, _))
+        ));
+        assert!(matches!(
+            append(&mut p, 4, 0),
+            Ok((Appended::New { base_offset: 4, .. }, _))
+        ));
+        // A new epoch starts at 0 again.
+        assert!(matches!(
+            append(&mut p, 8, 1),
+            Err(AppendError::OutOfOrder {
+                expected: 0,
+                got: 8,
+                ..
+            })
+        ));
+        assert!(matches!(
+            append(&mut p, 0, 1),
+            Ok((Appended::New { base_offset: 8, .. }, _))
         ));
     }
 

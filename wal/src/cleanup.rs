@@ -19,6 +19,11 @@ const DELETES_INFLIGHT_MAX: usize = 8;
 /// answers how many it deleted. Keys under the node's folder that are not
 /// object names are left alone; an object already gone counts as deleted.
 ///
+/// The object with the highest sequence number is never deleted: a node
+/// starting again numbers its objects after the highest it finds, so a
+/// sequence number, and a key, is never used twice (other nodes cache what
+/// an object's key held).
+///
 /// The age is a guard against a clock or a caller that is wrong about
 /// `below_seq`: an object younger than `min_age` is never deleted.
 /// On a failed LIST or DELETE it answers the first error (objects deleted
@@ -43,11 +48,12 @@ pub async fn delete_objects(
         .try_collect()
         .await
         .map_err(|e| WalError::store("LIST", folder.to_string(), e))?;
+    let newest = listed.iter().filter_map(|m| parse_seq(&m.location)).max();
     let doomed: Vec<_> = listed
         .into_iter()
         .filter(|m| {
             let old_enough = cutoff_ms.is_some_and(|c| m.last_modified.timestamp_millis() <= c);
-            old_enough && parse_seq(&m.location).is_some_and(|s| s < below_seq)
+            old_enough && parse_seq(&m.location).is_some_and(|s| s < below_seq && Some(s) != newest)
         })
         .map(|m| m.location)
         .collect();
@@ -160,6 +166,19 @@ mod tests {
                 .await
                 .expect("delete");
             assert_eq!(n, 0);
+            // Nothing refers to any of them: all go but the newest, which
+            // keeps the node's numbering going after a restart.
+            let n = delete_objects(&store, "handoff", 1, u64::MAX, Duration::from_millis(10))
+                .await
+                .expect("delete");
+            assert_eq!(n, 0, "only the newest was left");
+            let n = delete_objects(&store, "wal", 1, u64::MAX, Duration::from_millis(10))
+                .await
+                .expect("delete");
+            assert_eq!(n, 0, "a node's only object stays");
+            assert!(keys(&store)
+                .await
+                .contains(&"handoff/1/00000000000000000003.wal".to_string()));
         });
     }
 }

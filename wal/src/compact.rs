@@ -423,7 +423,7 @@ pub async fn scan_compacted_partitions(
             // Compacted objects never change either: their indexes are
             // cached like the WAL objects'.
             let key = m.location.to_string();
-            if let Some(index) = cache.and_then(|c| c.get(&key)) {
+            if let Some(index) = cache.and_then(|c| c.get(&key, m.size)) {
                 return (node_id, m, Ok((*index).clone()));
             }
             let r = crate::recovery::with_retries(|| {
@@ -431,7 +431,7 @@ pub async fn scan_compacted_partitions(
             })
             .await;
             if let (Some(cache), Ok(index)) = (cache, &r) {
-                cache.put(&key, std::sync::Arc::new(index.clone()));
+                cache.put(&key, m.size, std::sync::Arc::new(index.clone()));
             }
             (node_id, m, r)
         })

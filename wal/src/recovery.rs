@@ -189,7 +189,11 @@ pub async fn scan_partitions(
 /// partitions over) reads only the indexes of objects new since.
 #[derive(Debug, Default)]
 pub struct IndexCache {
-    indexes: std::sync::Mutex<std::collections::HashMap<String, Arc<crate::object::ObjectIndex>>>,
+    /// Key to (size as listed, index): a key whose listed size is not the
+    /// cached one is read again.
+    #[allow(clippy::type_complexity)]
+    indexes:
+        std::sync::Mutex<std::collections::HashMap<String, (u64, Arc<crate::object::ObjectIndex>)>>,
 }
 
 impl IndexCache {
@@ -206,13 +210,15 @@ impl IndexCache {
         self.len() == 0
     }
 
-    pub(crate) fn get(&self, key: &str) -> Option<Arc<crate::object::ObjectIndex>> {
-        self.indexes.lock().ok()?.get(key).cloned()
+    pub(crate) fn get(&self, key: &str, size: u64) -> Option<Arc<crate::object::ObjectIndex>> {
+        let m = self.indexes.lock().ok()?;
+        let (cached_size, index) = m.get(key)?;
+        (*cached_size == size).then(|| index.clone())
     }
 
-    pub(crate) fn put(&self, key: &str, index: Arc<crate::object::ObjectIndex>) {
+    pub(crate) fn put(&self, key: &str, size: u64, index: Arc<crate::object::ObjectIndex>) {
         if let Ok(mut m) = self.indexes.lock() {
-            m.insert(key.to_owned(), index);
+            m.insert(key.to_owned(), (size, index));
         }
     }
 
@@ -281,7 +287,7 @@ pub(crate) async fn scan_partitions_counted(
     let mut reads = futures_util::stream::iter(objects)
         .map(|(node_id, meta)| async move {
             let key = meta.key.to_string();
-            if let Some(index) = cache.and_then(|c| c.get(&key)) {
+            if let Some(index) = cache.and_then(|c| c.get(&key, meta.size)) {
                 // Only the wanted entries are copied out of the cached index.
                 let index = crate::object::ObjectIndex {
                     entries: index
@@ -300,7 +306,7 @@ pub(crate) async fn scan_partitions_counted(
             let result =
                 with_retries(|| read_index_counted(store, &meta.key, Some(meta.size), stats)).await;
             if let (Some(cache), Ok(index)) = (cache, &result) {
-                cache.put(&key, Arc::new(index.clone()));
+                cache.put(&key, meta.size, Arc::new(index.clone()));
             }
             (node_id, meta, result)
         })
@@ -1269,6 +1275,19 @@ mod tests {
                     .map(|e| (e.node_id, e.seq, e.entry.base_offset))
                     .collect();
                 assert_eq!(got, [(2, 1, 10)]);
+                // A key written again with other content (and size) is read
+                // again, not taken from the cache.
+                put_wal(
+                    &store,
+                    2,
+                    1,
+                    &[entry(A, 0, 2, 10, 19), entry(A, 0, 2, 20, 29)],
+                )
+                .await;
+                let fourth = scan_partitions_counted(&store, "wal", &want_a0, &stats, Some(&cache))
+                    .await
+                    .expect("scan");
+                assert_eq!(fourth.entries.len(), 2);
             });
         }
 
