@@ -314,6 +314,10 @@ fn start_node(config: &Config, cluster: ferry_node::node::ClusterJoin) -> anyhow
             Arc::new(move || {
                 let mut extra = log2.render_metrics();
                 ctx.traffic.render(&ctx.zone, &mut extra);
+                extra.push_str(&format!(
+                    "# TYPE ferry_object_deletion_blocked_passes gauge\nferry_object_deletion_blocked_passes {}\n",
+                    ctx.refs_blocked.load(std::sync::atomic::Ordering::Relaxed)
+                ));
                 ctx.metrics.render(&extra)
             }),
         )?;

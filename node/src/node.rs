@@ -73,6 +73,9 @@ pub struct NodeCtx {
     /// Per shard: the objects its partitions read from, as of its last
     /// retention pass (see `crate::refs`).
     pub shard_refs: Vec<Mutex<crate::refs::ShardRefs>>,
+    /// Object-deletion passes in a row that could not delete (see
+    /// `crate::refs`).
+    pub refs_blocked: std::sync::atomic::AtomicU64,
     /// How often retention runs, and how old an object nothing refers to
     /// must be before it is deleted (see `crate::refs`: references are
     /// trusted when younger than half of it).
@@ -277,6 +280,7 @@ impl NodeCtx {
                 Recovered::default()
             }),
             shard_refs: (0..s.shards).map(|_| Mutex::default()).collect(),
+            refs_blocked: std::sync::atomic::AtomicU64::new(0),
             retention_check_ms: s.retention_check_ms,
             // A shard reports its references once per retention period, and
             // the node publishes them once per period: references up to

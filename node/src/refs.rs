@@ -202,6 +202,28 @@ pub fn combine(
     Ok(all)
 }
 
+/// Passes in a row that could not delete, after which a warning says why.
+const BLOCKED_WARN_PASSES: u64 = 30;
+
+/// Notes a pass that kept every object because of `why`: at debug level,
+/// and as a warning every [`BLOCKED_WARN_PASSES`] passes in a row (objects
+/// pile up meanwhile; `ferry_object_deletion_blocked_passes` counts them).
+fn blocked(ctx: &crate::node::NodeCtx, why: &str) {
+    let n = ctx
+        .refs_blocked
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        + 1;
+    if n % BLOCKED_WARN_PASSES == 0 {
+        tracing::warn!(
+            passes = n,
+            why,
+            "no WAL or handoff object could be deleted for a while"
+        );
+    } else {
+        tracing::debug!(why, "objects are kept for now");
+    }
+}
+
 /// One pass of object deletion, run by shard 0 after every retention
 /// pass: publishes this node's references, reads every member's, and
 /// deletes what none of them refers to (see the module doc). Anything not
@@ -247,11 +269,7 @@ pub async fn collect(ctx: &crate::node::NodeCtx, now_ms: i64) {
         Err(_) => return,
     }
     if !loaded {
-        tracing::debug!(
-            revision,
-            topics,
-            "objects are kept: this node is still loading"
-        );
+        blocked(ctx, "this node is still loading partitions it leads");
         return;
     }
     let members: Vec<i32> = view.members().iter().map(|m| m.node_id).collect();
@@ -277,10 +295,12 @@ pub async fn collect(ctx: &crate::node::NodeCtx, now_ms: i64) {
     let all = match combine(&members, &files, (revision, topics), now_ms, fresh_ms) {
         Ok(all) => all,
         Err(why) => {
-            tracing::debug!(%why, "objects are kept for now");
+            blocked(ctx, &why.to_string());
             return;
         }
     };
+    ctx.refs_blocked
+        .store(0, std::sync::atomic::Ordering::Relaxed);
     let Ok(me) = u32::try_from(ctx.node_id) else {
         return;
     };

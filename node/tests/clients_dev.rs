@@ -117,6 +117,9 @@ fn metrics_count_requests_wal_objects_and_latency() {
     assert!(value(&text, "ferry_produce_latency_seconds_count") >= 1.0);
     assert!(value(&text, "ferry_cache_hit_ratio") > 0.0);
     assert!(text.contains("ferry_shard_queue_depth{shard=\"0\"}"));
+    // Passes that could delete nothing (a shard may not have reported
+    // before the first one).
+    assert!(value(&text, "ferry_object_deletion_blocked_passes") <= 1.0);
 }
 
 #[test]

@@ -946,6 +946,15 @@ fn handoff_objects_go_once_their_leader_no_longer_reads_them() {
         || objects_of(dir.path(), "handoff", 1).len() <= 1,
     );
     assert_eq!(objects_of(dir.path(), "handoff", 1).last(), newest.as_ref());
+    // Every pass of both nodes now deletes what it can.
+    for n in [&a, &b] {
+        eventually(Duration::from_secs(5), "no blocked deletion pass", || {
+            n.ctx
+                .refs_blocked
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 0
+        });
+    }
     drop((ca, cb));
     a.stop();
     la.shutdown(Duration::from_secs(5));
