@@ -820,6 +820,22 @@ mod tests {
         );
     }
 
+    /// 50,000 records of 1,000 B acknowledged in 10 s: 5e6 B/s produced.
+    fn five_mb_per_sec_for_ten_seconds() -> RunSummary {
+        RunSummary {
+            publish: crate::stats::LatencySummary::from_histogram_us(
+                &crate::stats::latency_histogram(),
+            ),
+            publish_throughput: crate::stats::Throughput::new(50_000, 50_000_000, 10.0),
+            end_to_end: None,
+            records_acked: 50_000,
+            records_lost: 0,
+            records_missing: 0,
+            errors: Default::default(),
+            paths: None,
+        }
+    }
+
     #[test]
     fn a_point_is_priced_from_its_measured_rates() {
         // 50,000 records of 1,000 B acknowledged in 10 s: 5e6 B/s produced.
@@ -833,18 +849,7 @@ mod tests {
         //   Kafka RF=3: 5e6 x 8/3 B/s x 2,628,000 s = 35,040 GB x $0.02
         //               = $700.80; follower fetching: 5e6 x 2 x 2,628,000
         //               = 26,280 GB x $0.02 = $525.60.
-        let run = RunSummary {
-            publish: crate::stats::LatencySummary::from_histogram_us(
-                &crate::stats::latency_histogram(),
-            ),
-            publish_throughput: crate::stats::Throughput::new(50_000, 50_000_000, 10.0),
-            end_to_end: None,
-            records_acked: 50_000,
-            records_lost: 0,
-            records_missing: 0,
-            errors: Default::default(),
-            paths: None,
-        };
+        let run = five_mb_per_sec_for_ten_seconds();
         let rates = Rates {
             puts_per_sec: 20.0,
             gets_per_sec: 2.0,
@@ -881,18 +886,7 @@ mod tests {
         //   storage: $9.936 (as above)
         //   Ferry: 420.48 + 2.628 + 9.936 = $433.044.
         //   Fraction: 50,000 / 5e6 = 1% of the produced bytes.
-        let run = RunSummary {
-            publish: crate::stats::LatencySummary::from_histogram_us(
-                &crate::stats::latency_histogram(),
-            ),
-            publish_throughput: crate::stats::Throughput::new(50_000, 50_000_000, 10.0),
-            end_to_end: None,
-            records_acked: 50_000,
-            records_lost: 0,
-            records_missing: 0,
-            errors: Default::default(),
-            paths: None,
-        };
+        let run = five_mb_per_sec_for_ten_seconds();
         let rates = Rates {
             puts_per_sec: 20.0,
             gets_per_sec: 0.0,

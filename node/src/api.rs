@@ -363,6 +363,18 @@ async fn metadata(
     }
 }
 
+/// The KIP-951 endpoints gathered by [`leader_hint`], as `make` builds the
+/// response's own type (produce and fetch each have one).
+fn node_endpoints<T>(
+    endpoints: Vec<(i32, String, u16, String)>,
+    make: impl Fn(i32, KStr, i32, Option<KStr>) -> T,
+) -> Vec<T> {
+    endpoints
+        .into_iter()
+        .map(|(id, host, port, rack)| make(id, s(&host), i32::from(port), Some(s(&rack))))
+        .collect()
+}
+
 /// KIP-951: with NOT_LEADER_OR_FOLLOWER, the leader a client of `zone`
 /// should turn to (the same mapping Metadata shows), and its endpoint, so
 /// the client need not ask for metadata first.
@@ -487,16 +499,13 @@ async fn produce(
         .collect();
     Some(ProduceResponse {
         responses,
-        node_endpoints: endpoints
-            .into_iter()
-            .map(|(id, host, port, rack)| NodeEndpoint {
-                node_id: id,
-                host: s(&host),
-                port: i32::from(port),
-                rack: Some(s(&rack)),
-                ..Default::default()
-            })
-            .collect(),
+        node_endpoints: node_endpoints(endpoints, |id, host, port, rack| NodeEndpoint {
+            node_id: id,
+            host,
+            port,
+            rack,
+            ..Default::default()
+        }),
         ..Default::default()
     })
 }
@@ -685,17 +694,15 @@ async fn fetch(
                 .collect();
             return FetchResponse {
                 responses,
-                node_endpoints: endpoints
-                    .into_inner()
-                    .into_iter()
-                    .map(|(id, host, port, rack)| NodeEndpoint {
+                node_endpoints: node_endpoints(endpoints.into_inner(), |id, host, port, rack| {
+                    NodeEndpoint {
                         node_id: id,
-                        host: s(&host),
-                        port: i32::from(port),
-                        rack: Some(s(&rack)),
+                        host,
+                        port,
+                        rack,
                         ..Default::default()
-                    })
-                    .collect(),
+                    }
+                }),
                 ..Default::default()
             };
         }

@@ -119,8 +119,6 @@ pub enum DurableError {
 
 /// Resolves when the batch is durable (or cannot be made so).
 pub type AppendAck = Pin<Box<dyn Future<Output = Result<Location, DurableError>> + Send>>;
-/// Resolves to the bytes of a durable batch.
-pub type ReadAck = Pin<Box<dyn Future<Output = Result<Bytes, DurableError>> + Send>>;
 /// Resolves to the bytes of several durable batches.
 pub type ReadManyAck = Pin<Box<dyn Future<Output = Result<Vec<Bytes>, DurableError>> + Send>>;
 
@@ -135,22 +133,10 @@ pub trait DurableLog: Send + Sync + 'static {
     /// object is in the bucket. The room was taken by [`DurableLog::reserve`].
     fn append(&self, entry: AppendEntry) -> AppendAck;
 
-    /// Reads a durable batch back from the bucket.
-    fn read(&self, location: &Location) -> ReadAck;
-
-    /// Reads adjacent batches of one object (each location starting where
-    /// the one before ends) back from the bucket, with one request where
-    /// the store allows it.
-    fn read_adjacent(&self, locations: Vec<Location>) -> ReadManyAck {
-        let reads: Vec<ReadAck> = locations.iter().map(|l| self.read(l)).collect();
-        Box::pin(async move {
-            let mut out = Vec::with_capacity(reads.len());
-            for r in reads {
-                out.push(r.await?);
-            }
-            Ok(out)
-        })
-    }
+    /// Reads durable batches back from the bucket: adjacent ranges of one
+    /// object (each location starting where the one before ends), with one
+    /// request where the store allows it; a single batch is a run of one.
+    fn read_adjacent(&self, locations: Vec<Location>) -> ReadManyAck;
 
     /// After an append to this partition failed, lets appends to it through
     /// again (the caller has moved the partition's log end back).
@@ -273,16 +259,23 @@ impl DurableLog for MemoryLog {
         Box::pin(std::future::ready(Ok(loc)))
     }
 
-    fn read(&self, location: &Location) -> ReadAck {
-        let found = location
-            .key
-            .strip_prefix("mem/")
-            .and_then(|i| i.parse::<usize>().ok())
-            .and_then(|i| self.inner.lock().objects.get(i).cloned());
-        let r = found.ok_or_else(|| DurableError::Read {
-            key: location.key.to_string(),
-            error: "no such object".into(),
-        });
+    fn read_adjacent(&self, locations: Vec<Location>) -> ReadManyAck {
+        // Every batch is an object of its own here.
+        let g = self.inner.lock();
+        let r = locations
+            .iter()
+            .map(|location| {
+                location
+                    .key
+                    .strip_prefix("mem/")
+                    .and_then(|i| i.parse::<usize>().ok())
+                    .and_then(|i| g.objects.get(i).cloned())
+                    .ok_or_else(|| DurableError::Read {
+                        key: location.key.to_string(),
+                        error: "no such object".into(),
+                    })
+            })
+            .collect();
         Box::pin(std::future::ready(r))
     }
 

@@ -1855,18 +1855,8 @@ impl Shard {
         let mut batches = batches;
         // Batches not in the cache come back from the bucket, adjacent ones
         // with one ranged GET, all at once.
-        let missing: Vec<LogBatch> = batches
-            .iter()
-            .filter(|b| b.data.is_none())
-            .cloned()
-            .collect();
-        let mut read = if missing.is_empty() {
-            Vec::new()
-        } else {
-            self.read_back_many(&missing.iter().collect::<Vec<_>>())
-                .await
-        }
-        .into_iter();
+        let missing: Vec<&LogBatch> = batches.iter().filter(|b| b.data.is_none()).collect();
+        let mut read = self.read_back_many(&missing).await.into_iter();
         let mut read_failed = false;
         for b in batches.iter_mut().filter(|b| b.data.is_none()) {
             let Some(result) = read.next() else { break };

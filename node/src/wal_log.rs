@@ -1,7 +1,7 @@
 //! The durable log over the `ferry-wal` writer: WAL objects in the bucket,
 //! metadata objects (`meta/<name>`) beside them, and recovery at start-up.
 
-use crate::durable::{AppendAck, AppendEntry, DurableError, DurableLog, ReadAck, ReadManyAck};
+use crate::durable::{AppendAck, AppendEntry, DurableError, DurableLog, ReadManyAck};
 use crate::node::Recovered;
 use crate::partition::LogBatch;
 use crate::topics::TopicTable;
@@ -305,21 +305,6 @@ impl DurableLog for WalLog {
         Box::pin(async move {
             match rx.await {
                 Ok(r) => r.map_err(wal_error),
-                Err(_) => Err(DurableError::Closed),
-            }
-        })
-    }
-
-    fn read(&self, location: &crate::durable::Location) -> ReadAck {
-        let rx = self.reader.read_entry(location.clone());
-        let key = location.key.to_string();
-        Box::pin(async move {
-            match rx.await {
-                Ok(Ok(b)) => Ok(b),
-                Ok(Err(e)) => Err(DurableError::Read {
-                    key,
-                    error: e.to_string(),
-                }),
                 Err(_) => Err(DurableError::Closed),
             }
         })

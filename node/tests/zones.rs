@@ -846,6 +846,35 @@ fn fetch_retrying(c: &mut TcpStream, topic: &str, p: i32) -> Vec<(i64, Vec<u8>)>
     }
 }
 
+/// Starts node `id` again on `bucket` with a coordinator of its own, and
+/// checks that every partition of `topic` reads back as `want`.
+fn reads_the_same_from_the_bucket_alone(
+    bucket: &std::path::Path,
+    id: i32,
+    zone: &str,
+    topic: &str,
+    want: &BTreeMap<i32, Vec<(i64, Vec<u8>)>>,
+) {
+    let (n, log) = node_in_bucket_with(
+        id,
+        zone,
+        &LocalCoordinator::new(),
+        bucket,
+        quick_deletes(600_000),
+    );
+    let mut c = connect(&n);
+    for (p, recs) in want {
+        assert_eq!(
+            &fetch_retrying(&mut c, topic, *p),
+            recs,
+            "partition {p}, node {id} from the bucket alone"
+        );
+    }
+    drop(c);
+    n.stop();
+    log.shutdown(Duration::from_secs(5));
+}
+
 /// Waits up to `limit` for `cond`; panics with `what`.
 fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + limit;
@@ -961,24 +990,7 @@ fn handoff_objects_go_once_their_leader_no_longer_reads_them() {
     // Node 2 again, from the bucket alone: the same records.
     b.stop();
     lb.shutdown(Duration::from_secs(5));
-    let (b, lb) = node_in_bucket_with(
-        2,
-        "zone-b",
-        &LocalCoordinator::new(),
-        dir.path(),
-        quick_deletes(600_000),
-    );
-    let mut cb = connect(&b);
-    for (p, recs) in &want {
-        assert_eq!(
-            &fetch_retrying(&mut cb, "g", *p),
-            recs,
-            "partition {p} after its handoff objects went"
-        );
-    }
-    drop(cb);
-    b.stop();
-    lb.shutdown(Duration::from_secs(5));
+    reads_the_same_from_the_bucket_alone(dir.path(), 2, "zone-b", "g", &want);
 }
 
 /// A node that left the cluster: its successor loads its partitions
@@ -1048,24 +1060,7 @@ fn a_departed_nodes_objects_go_once_its_partitions_are_compacted_elsewhere() {
     drop(cb);
     b.stop();
     lb.shutdown(Duration::from_secs(5));
-    let (b, lb) = node_in_bucket_with(
-        2,
-        "zone-a",
-        &LocalCoordinator::new(),
-        dir.path(),
-        quick_deletes(600_000),
-    );
-    let mut cb = connect(&b);
-    for (p, recs) in &want {
-        assert_eq!(
-            &fetch_retrying(&mut cb, "d", *p),
-            recs,
-            "partition {p} after node 1's objects went"
-        );
-    }
-    drop(cb);
-    b.stop();
-    lb.shutdown(Duration::from_secs(5));
+    reads_the_same_from_the_bucket_alone(dir.path(), 2, "zone-a", "d", &want);
 }
 
 /// A leadership blip: node 2 joins, leads a partition and takes a write,
