@@ -497,7 +497,7 @@ impl BucketUri {
                 let fs = LocalFileSystem::new_with_prefix(dir).map_err(|e| {
                     WalError::store("open bucket directory", dir.display().to_string(), e)
                 })?;
-                Ok(Arc::new(fs))
+                Ok(Arc::new(crate::direct::DirectDirStore::new(fs)))
             }
             BucketLocation::S3(s3) => Ok(Arc::new(build_s3(s3, env)?)),
         }
