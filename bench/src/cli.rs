@@ -38,6 +38,120 @@ pub enum Command {
     /// maxBytesInBatch point, with the S3 latency model, and once against
     /// each peer broker; write JSON, CSV, Markdown and SVG plots.
     Sweep(SweepArgs),
+    /// Produce to one broker as fast as it takes, with the same pre-encoded
+    /// request sent again and again: a load that costs the client almost no
+    /// CPU, to measure the broker rather than the client.
+    Blast(BlastArgs),
+}
+
+/// `ferry-bench blast`.
+#[derive(Debug, Clone, Args)]
+pub struct BlastArgs {
+    /// The broker (which must lead every partition of the topic).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub bootstrap: String,
+    /// The topic; created if missing.
+    #[arg(long, default_value = "ferry-blast")]
+    pub topic: String,
+    /// Partitions of the topic; every request carries one batch for each.
+    #[arg(long, default_value_t = 6)]
+    pub partitions: i32,
+    /// Bytes in each record value.
+    #[arg(long, default_value_t = 1024)]
+    pub record_bytes: usize,
+    /// Records in each partition's batch of a request.
+    #[arg(long, default_value_t = 128)]
+    pub batch_records: usize,
+    /// Connections, each with its own writer and reader thread.
+    #[arg(long, default_value_t = 2)]
+    pub connections: usize,
+    /// Requests outstanding per connection.
+    #[arg(long, default_value_t = 8)]
+    pub in_flight: usize,
+    /// Seconds before the measured window.
+    #[arg(long, default_value_t = 5)]
+    pub warmup_secs: u64,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 15)]
+    pub duration_secs: u64,
+    /// Seconds a request may wait for its response (also the produce timeout).
+    #[arg(long, default_value_t = 30)]
+    pub timeout_secs: u64,
+    /// Write the report as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+}
+
+impl BlastArgs {
+    /// Checks every value; the error names the flag.
+    pub fn into_config(self) -> Result<crate::blast::BlastConfig, BenchError> {
+        let bad = |flag: &'static str, expected: &str, got: String| BenchError::Flag {
+            flag,
+            reason: format!("expected {expected}, got {got}"),
+        };
+        if !(1..=10_000).contains(&self.partitions) {
+            return Err(bad(
+                "--partitions",
+                "1 to 10000",
+                self.partitions.to_string(),
+            ));
+        }
+        if !(1..=RECORD_BYTES_MAX).contains(&self.record_bytes) {
+            return Err(bad(
+                "--record-bytes",
+                "1 to 16777216",
+                self.record_bytes.to_string(),
+            ));
+        }
+        if !(1..=100_000).contains(&self.batch_records) {
+            return Err(bad(
+                "--batch-records",
+                "1 to 100000",
+                self.batch_records.to_string(),
+            ));
+        }
+        let request_bytes =
+            self.partitions as u64 * self.batch_records as u64 * self.record_bytes as u64;
+        if request_bytes > 64 << 20 {
+            return Err(bad(
+                "--batch-records",
+                "partitions x batch records x record bytes at most 64 MiB",
+                format!("{request_bytes} B"),
+            ));
+        }
+        if !(1..=CLIENTS_MAX).contains(&self.connections) {
+            return Err(bad(
+                "--connections",
+                "1 to 1024",
+                self.connections.to_string(),
+            ));
+        }
+        if !(1..=1_024).contains(&self.in_flight) {
+            return Err(bad("--in-flight", "1 to 1024", self.in_flight.to_string()));
+        }
+        if self.duration_secs == 0 {
+            return Err(bad("--duration-secs", "at least 1", "0".into()));
+        }
+        if !(1..=3_600).contains(&self.timeout_secs) {
+            return Err(bad(
+                "--timeout-secs",
+                "1 to 3600",
+                self.timeout_secs.to_string(),
+            ));
+        }
+        Ok(crate::blast::BlastConfig {
+            bootstrap: self.bootstrap,
+            topic: self.topic,
+            partitions: self.partitions,
+            record_bytes: self.record_bytes,
+            batch_records: self.batch_records,
+            connections: self.connections,
+            in_flight: self.in_flight,
+            warmup: std::time::Duration::from_secs(self.warmup_secs),
+            duration: std::time::Duration::from_secs(self.duration_secs),
+            timeout: std::time::Duration::from_secs(self.timeout_secs),
+        })
+    }
 }
 
 /// `acks` as librdkafka spells it.

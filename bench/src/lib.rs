@@ -6,7 +6,10 @@
 //!
 //! # Layout
 //!
-//! - [`cli`]: the command line (`run`, `cost`, `sweep`) and the checked
+//! - [`blast`]: `ferry-bench blast`: one pre-encoded Produce request sent
+//!   again and again over raw connections, to load a broker without
+//!   librdkafka's per-record CPU.
+//! - [`cli`]: the command line (`run`, `cost`, `sweep`, `blast`) and the checked
 //!   [`cli::RunConfig`] and [`sweep::SweepConfig`].
 //! - [`run`]: one run against a broker: topic, consumers, producers, the load,
 //!   the progress line, the drain, the [`report::Report`].
@@ -37,6 +40,7 @@
 //! and the delivery callback and the consumer read it back and hand
 //! `(intended, now)` to a [`recorder::Recorder`].
 
+pub mod blast;
 pub mod cli;
 pub mod clock;
 pub mod cost;

@@ -2,7 +2,7 @@
 //! library. `ferry-bench run --help` lists the settings.
 
 use clap::Parser;
-use ferry_bench::cli::{Cli, Command, CostArgs, RunArgs, SweepArgs};
+use ferry_bench::cli::{BlastArgs, Cli, Command, CostArgs, RunArgs, SweepArgs};
 use ferry_bench::cost::{FerryUsage, Prices};
 use ferry_bench::error::BenchError;
 use ferry_bench::report::CostReport;
@@ -75,6 +75,23 @@ fn sweep(args: SweepArgs) -> Result<(), BenchError> {
     Ok(())
 }
 
+fn blast(args: BlastArgs) -> Result<(), BenchError> {
+    let json = args.json.clone();
+    let config = args.into_config()?;
+    let report = ferry_bench::blast::blast(&config)?;
+    print!("{}", report.render_text());
+    if let Some(path) = &json {
+        write_json(path, &report)?;
+    }
+    if !report.errors.is_empty() {
+        return Err(BenchError::Node {
+            what: "blast".into(),
+            reason: format!("the broker answered partition errors: {:?}", report.errors),
+        });
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -89,6 +106,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Cost(args) => cost(args),
         Command::Sweep(args) => sweep(args),
+        Command::Blast(args) => blast(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -518,6 +518,7 @@ mod tests {
 
     fn entry(base: i64, last: i64, fill: u8) -> WalEntry {
         WalEntry {
+            data_crc: None,
             topic: Arc::from("t"),
             topic_id: [7; 16],
             partition: 3,

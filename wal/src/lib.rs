@@ -37,6 +37,7 @@
 
 pub mod cleanup;
 pub mod compact;
+pub mod crc;
 pub mod direct;
 pub mod error;
 pub mod object;

@@ -327,6 +327,11 @@ pub struct WalEntry {
     /// For an external entry: where its batches' bytes are (another
     /// object); `data` is then empty.
     pub external: Option<ExternalRef>,
+    /// The CRC32C of `data`, when the caller knows it without reading the
+    /// bytes (a Kafka batch whose own CRC was checked; an entry read back
+    /// from an object whose index gave it): [`ObjectBuilder::push`] then
+    /// takes it instead of computing it. Debug builds check it.
+    pub data_crc: Option<u32>,
 }
 
 impl WalEntry {
@@ -346,6 +351,7 @@ impl WalEntry {
         max_timestamp: i64,
     ) -> WalEntry {
         WalEntry {
+            data_crc: None,
             topic,
             topic_id,
             partition,
@@ -645,8 +651,13 @@ impl EncodedObject {
                     ),
                 });
             }
-            let crc = data.iter().fold(0, |c, s| crc32c::crc32c_append(c, s));
-            check_crc(entry, crc)?;
+            // The data's CRC is the builder's (or its caller's, see
+            // `WalEntry::data_crc`); reading every byte again is left to
+            // debug builds.
+            if cfg!(debug_assertions) {
+                let crc = data.iter().fold(0, |c, s| crc32c::crc32c_append(c, s));
+                check_crc(entry, crc)?;
+            }
             pos += len;
         }
         Ok(())
@@ -700,9 +711,26 @@ impl ObjectBuilder {
             });
         }
         let first = self.segments.len();
-        let mut crc = 0;
+        let computed = || {
+            entry
+                .data
+                .iter()
+                .fold(0, |crc, s| crc32c::crc32c_append(crc, s))
+        };
+        let crc = match entry.data_crc {
+            Some(known) => {
+                debug_assert_eq!(
+                    known,
+                    computed(),
+                    "a wrong data_crc for {}-{}",
+                    entry.topic,
+                    entry.partition
+                );
+                known
+            }
+            None => computed(),
+        };
         for s in &entry.data {
-            crc = crc32c::crc32c_append(crc, s);
             if !s.is_empty() {
                 self.segments.push(s.clone());
             }
@@ -1056,6 +1084,7 @@ mod tests {
 
     fn entry(topic: &str, partition: i32, base: i64, segs: &[&[u8]]) -> WalEntry {
         WalEntry {
+            data_crc: None,
             topic: Arc::from(topic),
             topic_id: [7; 16],
             partition,
@@ -1273,6 +1302,7 @@ mod tests {
 
     fn external_entry(topic: &str, partition: i32, base: i64, epoch: i32) -> WalEntry {
         WalEntry {
+            data_crc: None,
             data: Vec::new(),
             leader_epoch: epoch,
             external: Some(ext(
@@ -1613,6 +1643,7 @@ mod tests {
             let entries: Vec<WalEntry> = entries
                 .into_iter()
                 .map(|(t, p, base, segs)| WalEntry {
+                    data_crc: None,
                     topic: Arc::from(t.as_str()),
                     topic_id: [p as u8; 16],
                     partition: p,
@@ -1671,6 +1702,7 @@ mod tests {
                 .map(|(p, base, epoch, kind, data, key, pos, len)| match kind {
                     0 => WalEntry { leader_epoch: epoch, ..entry("t", p, base, &[&data]) },
                     1 => WalEntry {
+                        data_crc: None,
                         data: Vec::new(),
                         leader_epoch: epoch,
                         external: Some(ExternalRef { key: Arc::from(key.as_str()), position: pos / 2, len, crc: len ^ 7 }),

@@ -1189,6 +1189,7 @@ mod tests {
 
         fn entry(topic_id: [u8; 16], partition: i32, epoch: i32, base: i64, last: i64) -> WalEntry {
             WalEntry {
+                data_crc: None,
                 topic: Arc::from(if topic_id == A { "a" } else { "b" }),
                 topic_id,
                 partition,
@@ -1331,6 +1332,7 @@ mod tests {
                     &[
                         WalEntry::epoch_marker(Arc::from("a"), A, 0, 2, 20, 0),
                         WalEntry {
+                            data_crc: None,
                             data: Vec::new(),
                             external: Some(handoff.clone()),
                             ..entry(A, 0, 2, 20, 24)

@@ -484,6 +484,7 @@ fn external_entries_and_markers_are_acknowledged_with_their_locations() {
         0,
     ));
     let external = ferry_wal::WalEntry {
+        data_crc: None,
         data: Vec::new(),
         leader_epoch: 4,
         external: Some(ExternalRef {
@@ -496,6 +497,7 @@ fn external_entries_and_markers_are_acknowledged_with_their_locations() {
     };
     let external = h.append(external);
     let own = h.append(ferry_wal::WalEntry {
+        data_crc: None,
         leader_epoch: 4,
         ..entry("t", 0, 110, 300)
     });
@@ -539,6 +541,7 @@ fn external_entries_and_markers_are_acknowledged_with_their_locations() {
 
     // An external entry with data of its own is refused at once.
     let bad = ferry_wal::WalEntry {
+        data_crc: None,
         external: Some(ExternalRef {
             key: handed.key.clone(),
             position: 0,
@@ -574,6 +577,7 @@ fn external_entries_and_markers_follow_the_failure_rules() {
         0,
     ));
     let external = h.append(ferry_wal::WalEntry {
+        data_crc: None,
         data: Vec::new(),
         external: Some(ExternalRef {
             key: Arc::from("handoff/9/00000000000000000001.wal"),

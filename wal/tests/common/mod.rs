@@ -46,6 +46,7 @@ pub fn entry(topic: &str, partition: i32, base: i64, len: usize) -> WalEntry {
     let data = payload(topic, partition, base, len);
     let cut = len / 3;
     WalEntry {
+        data_crc: None,
         topic: Arc::from(topic),
         topic_id: [1; 16],
         partition,

@@ -1,0 +1,156 @@
+//! `ferry-bench blast` end to end against the debug `ferry dev` that
+//! `cargo test --workspace` builds beside this package's binary: every
+//! record it counts as acknowledged is in the topic, once.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferry-bench");
+
+fn ferry_binary() -> PathBuf {
+    let ferry = PathBuf::from(BIN).with_file_name("ferry");
+    assert!(
+        ferry.is_file(),
+        "{} is missing: run `cargo build -p ferry-node --bin ferry` first (cargo test --workspace builds it)",
+        ferry.display()
+    );
+    ferry
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills the node when the test ends, however it ends.
+struct Node(Child);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run_bounded(cmd: &mut Command, limit: Duration) -> std::process::Output {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "still running after {limit:?}:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn every_acknowledged_record_is_in_the_topic_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _node = Node(
+        Command::new(ferry_binary())
+            .args(["dev", "--port", &port.to_string(), "--dir"])
+            .arg(dir.path().join("node"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(&addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "ferry dev did not listen on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let json = dir.path().join("blast.json");
+    let out = run_bounded(
+        Command::new(BIN)
+            .args(["blast", "--bootstrap", &addr, "--topic", "blasted"])
+            .args([
+                "--partitions",
+                "3",
+                "--batch-records",
+                "20",
+                "--record-bytes",
+                "200",
+            ])
+            .args(["--connections", "2", "--in-flight", "4"])
+            .args(["--warmup-secs", "1", "--duration-secs", "2", "--json"])
+            .arg(&json),
+        Duration::from_secs(90),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("] acked"), "no progress line:\n{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["errors"], serde_json::json!({}), "{report}");
+    assert!(
+        report["records_per_sec"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert!(report["latency"]["count"].as_u64().unwrap() > 0, "{report}");
+    let acked = report["acked_total"].as_u64().unwrap();
+    // Whole requests of 3 x 20 records.
+    assert!(acked > 0 && acked % 60 == 0, "{acked}");
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &addr)
+        .set("group.id", "blast-check")
+        .create()
+        .unwrap();
+    let stored: i64 = (0..3)
+        .map(|p| {
+            let (low, high) = consumer
+                .fetch_watermarks("blasted", p, Duration::from_secs(10))
+                .unwrap();
+            assert_eq!(low, 0);
+            high
+        })
+        .sum();
+    assert_eq!(
+        stored, acked as i64,
+        "the topic holds what was acknowledged, once"
+    );
+}
+
+#[test]
+fn a_request_larger_than_64_mib_is_refused_before_connecting() {
+    let out = run_bounded(
+        Command::new(BIN).args([
+            "blast",
+            "--bootstrap",
+            "127.0.0.1:1",
+            "--batch-records",
+            "100000",
+            "--record-bytes",
+            "1024",
+        ]),
+        Duration::from_secs(10),
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--batch-records"), "{stderr}");
+}
