@@ -6,7 +6,15 @@ ratios measured in one run on one machine:
      peak MB/s with acks=all, 1 KiB records, 6 partitions; then publish p50
      and p99 at half that rate, beside the WAL's PUT p99 from /metrics;
   3. the same client against the `tansu` broker with its memory engine, if
-     it is installed (`cargo install tansu --features dynostore`).
+     it is installed (`cargo install tansu --features dynostore`);
+  4. Ferry and tansu again under `ferry-bench blast`, a raw-protocol load
+     that sends one pre-encoded request again and again: librdkafka spends
+     more CPU per record than Ferry does, and on a machine where the load
+     shares the broker's cores it, not the broker, sets the peak. Each
+     broker's CPU seconds per GB are printed too.
+
+Every measurement gets a fresh broker; Ferry's bucket directory is deleted
+after each (a peak run writes tens of GB).
 
 The load comes from `ferry-bench` (librdkafka). It is built against Debian's
 librdkafka 2.0.2, which tansu 0.6 does not answer; so every run here, Ferry's
@@ -119,45 +127,77 @@ def metric(port, name, labels=""):
     return None
 
 
-def run_ferry(args, work):
-    port, mport = free_port(), free_port()
-    log = open(os.path.join(work, "ferry.log"), "ab")
-    proc = subprocess.Popen([os.path.join(RELEASE, "ferry"), "dev", "--dir", os.path.join(work, "ferry"),
-                             "--port", str(port), "--override", f"ferry.metrics.listener=127.0.0.1:{mport}"],
-                            stdout=log, stderr=log)
-    try:
-        if not wait_port(port):
-            sys.exit("ferry did not start")
-        broker_before, load_before, wall_before = cpu_seconds(proc.pid), children_cpu_seconds(), time.time()
-        peak = bench(f"127.0.0.1:{port}", "peak", 0, args.seconds, os.path.join(work, "ferry-peak.json"))
-        peak["cpu"] = {"broker_s": cpu_seconds(proc.pid) - broker_before,
-                       "load_s": children_cpu_seconds() - load_before, "wall_s": time.time() - wall_before}
-        peak_rps = peak["publish"]["throughput"]["records_per_sec"]
-        half = bench(f"127.0.0.1:{port}", "half", peak_rps / 2, args.seconds, os.path.join(work, "ferry-half.json"))
-        put_p99 = metric(mport, "ferry_wal_upload_latency_seconds", 'quantile="0.99"')
-        puts = metric(mport, "ferry_s3_puts_total")
-        return peak, half, put_p99, puts
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
-        proc.kill()
-        proc.wait()
+class Broker:
+    """One fresh broker process for one measurement: Ferry (`ferry dev` on
+    its own directory, deleted afterwards, so that no run's bucket fills the
+    disk) or tansu's memory engine."""
+
+    def __init__(self, kind, args, work, name):
+        self.kind, self.port, self.mport = kind, free_port(), free_port()
+        self.dir = os.path.join(work, name)
+        log = open(os.path.join(work, f"{name}.log"), "ab")
+        if kind == "ferry":
+            cmd = [os.path.join(RELEASE, "ferry"), "dev", "--dir", self.dir, "--port", str(self.port),
+                   "--override", f"ferry.metrics.listener=127.0.0.1:{self.mport}"]
+        else:
+            cmd = [args.tansu, "--listener-url", f"tcp://127.0.0.1:{self.port}",
+                   "--advertised-listener-url", f"tcp://127.0.0.1:{self.port}",
+                   "--storage-engine", "memory://tansu/"]
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log)
+        if not wait_port(self.port):
+            self.stop()
+            sys.exit(f"{kind} did not start: {' '.join(cmd)}; see {work}/{name}.log")
+        self.bootstrap = f"127.0.0.1:{self.port}"
+
+    def cpu(self):
+        return cpu_seconds(self.proc.pid)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def run_tansu(args, work):
-    port = free_port()
-    log = open(os.path.join(work, "tansu.log"), "ab")
-    cmd = [args.tansu, "--listener-url", f"tcp://127.0.0.1:{port}",
-           "--advertised-listener-url", f"tcp://127.0.0.1:{port}", "--storage-engine", "memory://tansu/"]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=log)
+def measured(broker, load):
+    """Runs `load()` and adds the CPU seconds the broker and the load used."""
+    broker_before, load_before, wall_before = broker.cpu(), children_cpu_seconds(), time.time()
+    out = load()
+    out["cpu"] = {"broker_s": broker.cpu() - broker_before, "load_s": children_cpu_seconds() - load_before,
+                  "wall_s": time.time() - wall_before}
+    return out
+
+
+def blast(bootstrap, json_path):
+    """ferry-bench blast: the same pre-encoded request again and again, so
+    that the client leaves the cores to the broker (2 s warm-up, 8 s
+    measured, which also bounds what the memory engine holds)."""
+    cmd = [os.path.join(RELEASE, "ferry-bench"), "blast", "--bootstrap", bootstrap, "--topic", "blast",
+           "--partitions", "6", "--record-bytes", "1024", "--batch-records", "128", "--connections", "2",
+           "--in-flight", "32", "--warmup-secs", "2", "--duration-secs", "8", "--json", json_path]
+    print("+", " ".join(cmd[1:]), flush=True)
+    subprocess.run(cmd, check=True, timeout=120, stdout=subprocess.DEVNULL)
+    with open(json_path) as f:
+        return json.load(f)
+
+
+def with_broker(kind, args, work, name, load):
+    broker = Broker(kind, args, work, name)
     try:
-        if not wait_port(port):
-            sys.exit(f"tansu did not start: {' '.join(cmd)}; see {work}/tansu.log")
-        peak = bench(f"127.0.0.1:{port}", "peak", 0, args.seconds, os.path.join(work, "tansu-peak.json"))
-        return peak
+        return broker, measured(broker, lambda: load(broker))
     finally:
-        proc.kill()
-        proc.wait()
+        broker.stop()
+
+
+def cpu_per_gb(run):
+    """Broker CPU seconds per GB of record values acknowledged, over a whole
+    blast run (warm-up, window and drain)."""
+    gb = run["acked_total"] * run["config"]["record_bytes"] / 1e9
+    return run["cpu"]["broker_s"] / gb if gb > 0 else float("nan")
 
 
 def main():
@@ -170,40 +210,89 @@ def main():
     lib = bundled_librdkafka_dir(work)
     if lib:
         BENCH_ENV["LD_LIBRARY_PATH"] = lib
+    have_tansu = os.path.exists(args.tansu)
     lines = [f"- Machine: {machine()}", f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
              f"- Command: `python3 perf/single_node.py --seconds {args.seconds}`",
-             "- Load: ferry-bench (librdkafka), 2 producers, acks=all, 1 KiB records, 6 partitions, "
-             "linger 5 ms, on the same 2 cores as the broker"]
+             "- Every measurement on a fresh broker (Ferry: `ferry dev`, local-directory bucket, "
+             "batchInterval 250 ms; tansu: memory engine), on the same 2 cores as the load"]
     loop = iperf3_loopback(10)
     lines.append(f"- Loopback TCP (iperf3, 1 stream, 10 s): {loop:.0f} MB/s")
-    peak, half, put_p99, puts = run_ferry(args, work)
+
+    # 1. The issue's load: librdkafka.
+    lines.append("")
+    lines.append("## librdkafka load (the issue's benchmark)")
+    lines.append("")
+    lines.append("- Load: ferry-bench run (librdkafka), 2 producers, acks=all, 1 KiB records, 6 partitions, "
+                 f"linger 5 ms, 5 s warm-up, {args.seconds} s measured")
+    _, peak = with_broker("ferry", args, work, "ferry-peak", lambda b: bench(
+        b.bootstrap, "peak", 0, args.seconds, os.path.join(work, "ferry-peak.json")))
     lines.append(f"- librdkafka used by the load generator: {peak['machine'].get('librdkafka', '?')}")
-    cpu = peak["cpu"]
-    lines.append(f"- CPU during Ferry's peak run ({cpu['wall_s']:.0f} s wall, {os.cpu_count()} cores): "
-                 f"broker {cpu['broker_s']:.1f} s, load generator {cpu['load_s']:.1f} s")
     fp = peak["publish"]["throughput"]["mb_per_sec"]
+    cpu = peak["cpu"]
     lines.append(f"- Ferry peak (rate 0): {fp:.1f} MB/s, "
                  f"{peak['publish']['throughput']['records_per_sec']:.0f} records/s, "
-                 f"failed {peak['publish']['records_failed']}")
+                 f"failed {peak['publish']['records_failed']}; CPU over {cpu['wall_s']:.0f} s: "
+                 f"broker {cpu['broker_s']:.1f} s, load generator {cpu['load_s']:.1f} s")
+
+    def half_run(b):
+        out = bench(b.bootstrap, "half", peak["publish"]["throughput"]["records_per_sec"] / 2, args.seconds,
+                    os.path.join(work, "ferry-half.json"))
+        out["put_p99"] = metric(b.mport, "ferry_wal_upload_latency_seconds", 'quantile="0.99"')
+        out["puts"] = metric(b.mport, "ferry_s3_puts_total")
+        return out
+    _, half = with_broker("ferry", args, work, "ferry-half", half_run)
     hl = half["publish"]["latency"]
     lines.append(f"- Ferry at half the peak ({half['publish']['throughput']['mb_per_sec']:.1f} MB/s): "
                  f"publish p50 {hl['p50_ms']:.1f} ms, p99 {hl['p99_ms']:.1f} ms, max {hl['max_ms']:.1f} ms")
-    if put_p99 is not None:
-        goal = 250 + put_p99 * 1000 + 5
-        lines.append(f"- WAL PUT p99 (from /metrics): {put_p99 * 1000:.1f} ms; goal p99 <= 250 + PUT p99 + 5 = "
-                     f"{goal:.1f} ms: {'met' if hl['p99_ms'] <= goal else 'NOT met'}; S3 PUTs {puts:.0f}")
+    if half["put_p99"] is not None:
+        goal = 250 + half["put_p99"] * 1000 + 5
+        lines.append(f"- WAL PUT p99 (from /metrics): {half['put_p99'] * 1000:.1f} ms; goal p99 <= 250 + PUT p99 "
+                     f"+ 5 = {goal:.1f} ms: {'met' if hl['p99_ms'] <= goal else 'NOT met'}; "
+                     f"S3 PUTs {half['puts']:.0f}")
     lines.append(f"- Ferry / loopback: {fp / loop:.3f} (goal >= 0.5: {'met' if fp / loop >= 0.5 else 'NOT met'})")
-    if os.path.exists(args.tansu):
+    if have_tansu:
         try:
-            tp = run_tansu(args, work)["publish"]["throughput"]["mb_per_sec"]
-            lines.append(f"- tansu 0.6.0 (memory engine, not durable) peak, same client: {tp:.1f} MB/s")
+            _, tpeak = with_broker("tansu", args, work, "tansu-peak", lambda b: bench(
+                b.bootstrap, "peak", 0, args.seconds, os.path.join(work, "tansu-peak.json")))
+            tp = tpeak["publish"]["throughput"]["mb_per_sec"]
+            cpu = tpeak["cpu"]
+            lines.append(f"- tansu 0.6.0 (memory engine, not durable) peak, same client: {tp:.1f} MB/s; CPU over "
+                         f"{cpu['wall_s']:.0f} s: broker {cpu['broker_s']:.1f} s, load generator "
+                         f"{cpu['load_s']:.1f} s")
             lines.append(f"- Ferry / tansu: {fp / tp:.2f} (goal >= 3: {'met' if fp / tp >= 3 else 'NOT met'})")
         except subprocess.CalledProcessError:
             lines.append("- tansu (memory engine): the load generator could not talk to it (see the run's "
-                         "stderr; with Debian's librdkafka 2.0.2 its ApiVersions answer fails with "
-                         "'Read underflow'); no ratio")
+                         "stderr); no ratio")
     else:
         lines.append(f"- tansu: not installed at {args.tansu}; no ratio")
+
+    # 2. A load that leaves the cores to the broker.
+    lines.append("")
+    lines.append("## Raw-protocol load (`ferry-bench blast`): the broker, not the client, sets the peak")
+    lines.append("")
+    lines.append("- Load: one Produce request (6 partitions x 128 records of 1 KiB, acks=all) encoded once and "
+                 "sent again and again, 2 connections x 32 in flight, 2 s warm-up, 8 s measured")
+    _, fb = with_broker("ferry", args, work, "ferry-blast", lambda b: blast(
+        b.bootstrap, os.path.join(work, "ferry-blast.json")))
+    fbm = fb["mb_per_sec"]
+    lines.append(f"- Ferry: {fbm:.1f} MB/s, request p50 {fb['latency']['p50_ms']:.1f} ms, p99 "
+                 f"{fb['latency']['p99_ms']:.1f} ms; CPU over {fb['cpu']['wall_s']:.0f} s: broker "
+                 f"{fb['cpu']['broker_s']:.1f} s ({cpu_per_gb(fb):.2f} s per GB), load "
+                 f"{fb['cpu']['load_s']:.1f} s")
+    lines.append(f"- Ferry / loopback: {fbm / loop:.3f} (goal >= 0.5: "
+                 f"{'met' if fbm / loop >= 0.5 else 'NOT met'})")
+    if have_tansu:
+        try:
+            _, tb = with_broker("tansu", args, work, "tansu-blast", lambda b: blast(
+                b.bootstrap, os.path.join(work, "tansu-blast.json")))
+            tbm = tb["mb_per_sec"]
+            lines.append(f"- tansu (memory engine): {tbm:.1f} MB/s, request p50 {tb['latency']['p50_ms']:.1f} ms, "
+                         f"p99 {tb['latency']['p99_ms']:.1f} ms; CPU over {tb['cpu']['wall_s']:.0f} s: broker "
+                         f"{tb['cpu']['broker_s']:.1f} s ({cpu_per_gb(tb):.2f} s per GB), load "
+                         f"{tb['cpu']['load_s']:.1f} s")
+            lines.append(f"- Ferry / tansu: {fbm / tbm:.2f} (goal >= 3: {'met' if fbm / tbm >= 3 else 'NOT met'})")
+        except subprocess.CalledProcessError:
+            lines.append("- tansu (memory engine): blast could not talk to it (see the run's stderr); no ratio")
     text = "# Single-node produce benchmark\n\n" + "\n".join(lines) + "\n"
     print(text)
     with open(args.out, "w") as f:
