@@ -7,7 +7,9 @@ ratios measured in one run on one machine:
      and p99 at half that rate, beside the WAL's PUT p99 from /metrics;
   3. the same client against the `tansu` broker with its memory engine, if
      it is installed (`cargo install tansu --features dynostore`);
-  4. Ferry and tansu again under `ferry-bench blast`, a raw-protocol load
+  4. what the bucket directory's filesystem takes (new 8 MiB files
+     written with O_DIRECT, as Ferry's file bucket writes WAL objects);
+  5. Ferry and tansu again under `ferry-bench blast`, a raw-protocol load
      that sends one pre-encoded request again and again: librdkafka spends
      more CPU per record than Ferry does, and on a machine where the load
      shares the broker's cores it, not the broker, sets the peak. Each
@@ -29,6 +31,7 @@ It prints every figure and the machine, and writes them as Markdown.
 """
 import argparse
 import json
+import mmap
 import os
 import platform
 import re
@@ -38,6 +41,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
@@ -73,6 +77,40 @@ def iperf3_loopback(seconds):
     finally:
         server.kill()
         server.wait()
+
+
+def disk_write_limit(directory, seconds=5, writers=2, size=8 << 20):
+    """MB/s of new 8 MiB files written with O_DIRECT into `directory` (the
+    filesystem the bucket directory is on) by `writers` threads, each file
+    staged and renamed as Ferry's file bucket does, and kept until the end
+    (as a run's WAL objects are): what the bucket directory itself can
+    take."""
+    os.makedirs(directory, exist_ok=True)
+    written = [0] * writers
+    stop = time.time() + seconds
+
+    def writer(i):
+        buf = mmap.mmap(-1, size)  # page-aligned, as O_DIRECT needs
+        buf.write(os.urandom(4096) * (size // 4096))
+        n = 0
+        while time.time() < stop:
+            path = os.path.join(directory, f"{i}-{n}")
+            fd = os.open(path + "#1", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DIRECT)
+            try:
+                os.write(fd, buf)
+            finally:
+                os.close(fd)
+            os.rename(path + "#1", path)
+            written[i] += size
+            n += 1
+    started = time.time()
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    shutil.rmtree(directory, ignore_errors=True)
+    return sum(written) / (time.time() - started) / 1e6
 
 
 def bundled_librdkafka_dir(work):
@@ -217,6 +255,9 @@ def main():
              "batchInterval 250 ms; tansu: memory engine), on the same 2 cores as the load"]
     loop = iperf3_loopback(10)
     lines.append(f"- Loopback TCP (iperf3, 1 stream, 10 s): {loop:.0f} MB/s")
+    disk = disk_write_limit(os.path.join(work, "disk"))
+    lines.append(f"- Bucket directory's filesystem: new 8 MiB files written with O_DIRECT, 2 writers, 5 s: "
+                 f"{disk:.0f} MB/s")
 
     # 1. The issue's load: librdkafka.
     lines.append("")
@@ -280,7 +321,8 @@ def main():
                  f"{fb['cpu']['broker_s']:.1f} s ({cpu_per_gb(fb):.2f} s per GB), load "
                  f"{fb['cpu']['load_s']:.1f} s")
     lines.append(f"- Ferry / loopback: {fbm / loop:.3f} (goal >= 0.5: "
-                 f"{'met' if fbm / loop >= 0.5 else 'NOT met'})")
+                 f"{'met' if fbm / loop >= 0.5 else 'NOT met'}); Ferry / the bucket directory's write limit: "
+                 f"{fbm / disk:.2f}")
     if have_tansu:
         try:
             _, tb = with_broker("tansu", args, work, "tansu-blast", lambda b: blast(
