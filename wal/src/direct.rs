@@ -13,9 +13,9 @@
 //!
 //! [`DirectDirStore`] wraps a `LocalFileSystem` and changes one thing: a
 //! whole-object PUT (`PutMode::Overwrite`, no attributes) of at least
-//! [`DIRECT_PUT_BYTES_MIN`] bytes is copied into a page-aligned buffer that
-//! the writing thread reuses, padded to a multiple of [`ALIGN`], written with
-//! `O_DIRECT` to a staging file named as `LocalFileSystem` names its own
+//! [`DIRECT_PUT_BYTES_MIN`] bytes is copied, [`BUFFER_BYTES`] at a time,
+//! into a page-aligned buffer that the writing thread reuses, the end
+//! padded to a multiple of [`ALIGN`], and written with `O_DIRECT` to a staging file named as `LocalFileSystem` names its own
 //! (`<object>#<digits>`, which its listings skip), truncated to the object's
 //! length and renamed into place. A reader therefore sees either no object
 //! or the whole object, as with `LocalFileSystem`. Everything else (small and
@@ -53,8 +53,9 @@ pub const ALIGN: usize = 4096;
 /// PUTs smaller than this are left to the page cache: their copy is cheap
 /// and metadata objects are small.
 pub const DIRECT_PUT_BYTES_MIN: usize = 256 * 1024;
-/// Larger PUTs are buffered too, so that no thread keeps a huge buffer.
-pub const DIRECT_PUT_BYTES_MAX: usize = 256 << 20;
+/// The aligned buffer each writing thread keeps: a default WAL object
+/// (8 MiB) goes in one write; larger objects in several.
+pub const BUFFER_BYTES: usize = 8 << 20;
 
 thread_local! {
     /// The page-aligned buffer this thread writes objects from, reused so
@@ -148,32 +149,48 @@ fn open_staging(dest: &FsPath) -> Result<(File, PathBuf), DirectError> {
     }
 }
 
-/// Copies `payload` into this thread's page-aligned buffer, zero-padded to
-/// a multiple of `align`, and writes it to `file`.
+/// Copies `payload` through this thread's page-aligned buffer of
+/// [`BUFFER_BYTES`] into `file`, a buffer-full at a time, the last write
+/// zero-padded to a multiple of `align`. Every write but the last is a
+/// whole number of `align` units, so each starts aligned.
 fn write_aligned(
     file: &mut File,
     payload: &PutPayload,
     len: usize,
     align: usize,
 ) -> std::io::Result<()> {
-    let padded = len.div_ceil(align) * align;
     ALIGNED.with(|cell| {
         let mut slot = cell.borrow_mut();
-        if slot.as_ref().is_none_or(|m| m.len() < padded) {
-            // Grow in MiB steps so sizes near each other share one buffer.
-            let size = padded.div_ceil(1 << 20) << 20;
-            *slot = Some(MmapMut::map_anon(size)?);
+        if slot.is_none() {
+            *slot = Some(MmapMut::map_anon(BUFFER_BYTES)?);
         }
         let buf = slot
             .as_mut()
             .ok_or_else(|| std::io::Error::other("no aligned buffer"))?;
-        let mut at = 0;
+        let step = BUFFER_BYTES - BUFFER_BYTES % align;
+        let mut filled = 0;
+        let mut left = len;
         for part in payload.iter() {
-            buf[at..at + part.len()].copy_from_slice(part);
-            at += part.len();
+            let mut part: &[u8] = part;
+            while !part.is_empty() {
+                let take = part.len().min(step - filled);
+                buf[filled..filled + take].copy_from_slice(&part[..take]);
+                filled += take;
+                part = &part[take..];
+                if filled == step {
+                    file.write_all(&buf[..step])?;
+                    left -= step;
+                    filled = 0;
+                }
+            }
         }
-        buf[len..padded].fill(0);
-        file.write_all(&buf[..padded])
+        debug_assert_eq!(left, filled);
+        if filled > 0 {
+            let padded = filled.div_ceil(align) * align;
+            buf[filled..padded].fill(0);
+            file.write_all(&buf[..padded])?;
+        }
+        Ok(())
     })
 }
 
@@ -238,7 +255,7 @@ impl ObjectStore for DirectDirStore {
         let eligible = self.is_direct()
             && matches!(opts.mode, PutMode::Overwrite)
             && opts.attributes.is_empty()
-            && (DIRECT_PUT_BYTES_MIN..=DIRECT_PUT_BYTES_MAX).contains(&len);
+            && len >= DIRECT_PUT_BYTES_MIN;
         if !eligible {
             return self.inner.put_opts(location, payload, opts).await;
         }
