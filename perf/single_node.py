@@ -238,6 +238,14 @@ def cpu_per_gb(run):
     return run["cpu"]["broker_s"] / gb if gb > 0 else float("nan")
 
 
+def blast_line(name, run):
+    """One broker's blast figures, as a report line."""
+    lat, cpu = run["latency"], run["cpu"]
+    return (f"- {name}: {run['mb_per_sec']:.1f} MB/s, request p50 {lat['p50_ms']:.1f} ms, p99 "
+            f"{lat['p99_ms']:.1f} ms; CPU over {cpu['wall_s']:.0f} s: broker {cpu['broker_s']:.1f} s "
+            f"({cpu_per_gb(run):.2f} s per GB), load {cpu['load_s']:.1f} s")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tansu", default=shutil.which("tansu") or "/opt/tansu/bin/tansu")
@@ -316,10 +324,7 @@ def main():
     _, fb = with_broker("ferry", args, work, "ferry-blast", lambda b: blast(
         b.bootstrap, os.path.join(work, "ferry-blast.json")))
     fbm = fb["mb_per_sec"]
-    lines.append(f"- Ferry: {fbm:.1f} MB/s, request p50 {fb['latency']['p50_ms']:.1f} ms, p99 "
-                 f"{fb['latency']['p99_ms']:.1f} ms; CPU over {fb['cpu']['wall_s']:.0f} s: broker "
-                 f"{fb['cpu']['broker_s']:.1f} s ({cpu_per_gb(fb):.2f} s per GB), load "
-                 f"{fb['cpu']['load_s']:.1f} s")
+    lines.append(blast_line("Ferry", fb))
     lines.append(f"- Ferry / loopback: {fbm / loop:.3f} (goal >= 0.5: "
                  f"{'met' if fbm / loop >= 0.5 else 'NOT met'}); Ferry / the bucket directory's write limit: "
                  f"{fbm / disk:.2f}")
@@ -328,10 +333,7 @@ def main():
             _, tb = with_broker("tansu", args, work, "tansu-blast", lambda b: blast(
                 b.bootstrap, os.path.join(work, "tansu-blast.json")))
             tbm = tb["mb_per_sec"]
-            lines.append(f"- tansu (memory engine): {tbm:.1f} MB/s, request p50 {tb['latency']['p50_ms']:.1f} ms, "
-                         f"p99 {tb['latency']['p99_ms']:.1f} ms; CPU over {tb['cpu']['wall_s']:.0f} s: broker "
-                         f"{tb['cpu']['broker_s']:.1f} s ({cpu_per_gb(tb):.2f} s per GB), load "
-                         f"{tb['cpu']['load_s']:.1f} s")
+            lines.append(blast_line("tansu (memory engine)", tb))
             lines.append(f"- Ferry / tansu: {fbm / tbm:.2f} (goal >= 3: {'met' if fbm / tbm >= 3 else 'NOT met'})")
         except subprocess.CalledProcessError:
             lines.append("- tansu (memory engine): blast could not talk to it (see the run's stderr); no ratio")

@@ -3,24 +3,14 @@
 //! record it counts as acknowledged is in the topic, once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{ferry_binary, BIN};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_ferry-bench");
-
-fn ferry_binary() -> PathBuf {
-    let ferry = PathBuf::from(BIN).with_file_name("ferry");
-    assert!(
-        ferry.is_file(),
-        "{} is missing: run `cargo build -p ferry-node --bin ferry` first (cargo test --workspace builds it)",
-        ferry.display()
-    );
-    ferry
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

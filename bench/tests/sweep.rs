@@ -6,24 +6,12 @@
 //! two zones, checking the same/cross split and the cross-zone bytes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{ferry_binary, BIN};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_ferry-bench");
-
-/// `target/debug/ferry`, beside `target/debug/ferry-bench`. Not built here:
-/// `cargo test --workspace` builds it (or `cargo build -p ferry-node --bin ferry`).
-fn ferry_binary() -> PathBuf {
-    let ferry = PathBuf::from(BIN).with_file_name("ferry");
-    assert!(
-        ferry.is_file(),
-        "{} is missing: the sweep test needs the ferry binary. Run `cargo build -p ferry-node \
-         --bin ferry` first (cargo test --workspace builds it).",
-        ferry.display()
-    );
-    ferry
-}
 
 /// Runs `ferry-bench sweep` with `args` (plus the output and work
 /// directories), at most `limit`; returns the point's JSON and stderr.
