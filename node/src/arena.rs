@@ -51,9 +51,13 @@
 //!   chunk counts against the cache, even if other holders would keep it
 //!   anyway; once the cache drops its last batch of a chunk, the chunk is
 //!   no longer charged, even if an in-flight request still holds it;
-//! - a produce request's batches can be cached by two shards (the owners
-//!   of their partitions): each of them charges the chunk in full, so the
-//!   sum over shards can count a chunk twice (never less than once);
+//! - a produce request's batches can be cached by several shards (the
+//!   owners of their partitions). The chunk is charged once, to the
+//!   lowest-numbered shard holding one of its batches ([`ChunkHolders`]);
+//!   when that shard drops its last, the charge moves to the next holder.
+//!   Shards numbered [`HOLDER_SHARDS_MAX`] and up charge every chunk they
+//!   hold in full, as if alone (so a chunk can then count twice, never less
+//!   than once);
 //! - bytes that are not in the arena (batches read back from the bucket,
 //!   the 16-byte heads the partition writes) are charged their length.
 //!
@@ -110,8 +114,10 @@ pub struct ChunkSpan {
 /// Every live mapping of every arena in the process: base address to
 /// length. Written when a mapping is made or unmapped (rare: chunks are
 /// pooled), read by [`chunk_of`].
-static MAPPINGS: parking_lot::RwLock<BTreeMap<usize, usize>> =
-    parking_lot::const_rwlock(BTreeMap::new());
+/// Live mappings: base address to length and holders.
+type MappingTable = BTreeMap<usize, (usize, Arc<ChunkHolders>)>;
+
+static MAPPINGS: parking_lot::RwLock<MappingTable> = parking_lot::const_rwlock(BTreeMap::new());
 /// Moves after every change of [`MAPPINGS`].
 static MAPPINGS_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -119,12 +125,12 @@ thread_local! {
     /// This thread's copy of [`MAPPINGS`] and the generation it is of: the
     /// lookup on the hot path reads one atomic that is written only when a
     /// mapping is made or unmapped, and takes no lock shared between shards.
-    static LOCAL_MAPPINGS: std::cell::RefCell<(u64, BTreeMap<usize, usize>)> =
+    static LOCAL_MAPPINGS: std::cell::RefCell<(u64, MappingTable)> =
         const { std::cell::RefCell::new((0, BTreeMap::new())) };
 }
 
 /// Changes [`MAPPINGS`] and moves its generation.
-fn change_mappings(change: impl FnOnce(&mut BTreeMap<usize, usize>)) {
+fn change_mappings(change: impl FnOnce(&mut MappingTable)) {
     let mut map = MAPPINGS.write();
     change(&mut map);
     MAPPINGS_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Release);
@@ -138,6 +144,24 @@ pub fn chunk_of(bytes: &[u8]) -> Option<ChunkSpan> {
         return None;
     }
     let p = bytes.as_ptr() as usize;
+    with_mappings(|m| {
+        let (&base, &(len, _)) = m.range(..=p).next_back()?;
+        (p - base < len).then_some(ChunkSpan { base, len })
+    })
+}
+
+/// The holders of the live chunk `span` names (see [`ChunkHolders`]).
+pub fn chunk_holders(span: ChunkSpan) -> Option<Arc<ChunkHolders>> {
+    with_mappings(|m| {
+        m.get(&span.base)
+            .filter(|(len, _)| *len == span.len)
+            .map(|(_, h)| h.clone())
+    })
+}
+
+/// Runs `f` on this thread's copy of [`MAPPINGS`], brought up to date
+/// first if a mapping was made or unmapped since.
+fn with_mappings<T>(f: impl FnOnce(&MappingTable) -> T) -> T {
     // A view's chunk was mapped before the view was made, and the view
     // reached this thread after that: the generation read here is at least
     // the one that mapping made.
@@ -148,9 +172,56 @@ pub fn chunk_of(bytes: &[u8]) -> Option<ChunkSpan> {
             local.1 = MAPPINGS.read().clone();
             local.0 = generation;
         }
-        let (&base, &len) = local.1.range(..=p).next_back()?;
-        (p - base < len).then_some(ChunkSpan { base, len })
+        f(&local.1)
     })
+}
+
+/// Shards whose holders a chunk tracks; a shard numbered this or higher
+/// charges every chunk it holds in full (see [`ChunkHolders`]).
+pub const HOLDER_SHARDS_MAX: usize = 64;
+
+/// Which shards' log caches hold at least one batch of a chunk, one bit a
+/// shard, so that the chunk is charged to exactly one of them: the lowest
+/// numbered. A shard joins when it caches its first batch of the chunk and
+/// leaves when it drops its last; each change is one atomic `or` / `and`,
+/// and says whose charge moves where ([`ChargeMove`]). The changes are
+/// totally ordered, so applying every move (from any thread, in any order)
+/// leaves each held chunk charged once, to its lowest holder.
+#[derive(Debug, Default)]
+pub struct ChunkHolders(std::sync::atomic::AtomicU64);
+
+/// The charge for a chunk moving from one shard to another (`None`: no
+/// shard, the chunk was or becomes unheld). `from == to` moves nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChargeMove {
+    pub from: Option<usize>,
+    pub to: Option<usize>,
+}
+
+fn lowest(mask: u64) -> Option<usize> {
+    (mask != 0).then(|| mask.trailing_zeros() as usize)
+}
+
+impl ChunkHolders {
+    /// Shard `shard` (< [`HOLDER_SHARDS_MAX`]) holds a batch of the chunk now.
+    pub fn join(&self, shard: usize) -> ChargeMove {
+        let bit = 1u64 << shard;
+        let old = self.0.fetch_or(bit, std::sync::atomic::Ordering::AcqRel);
+        ChargeMove {
+            from: lowest(old),
+            to: lowest(old | bit),
+        }
+    }
+
+    /// Shard `shard` holds no batch of the chunk any more.
+    pub fn leave(&self, shard: usize) -> ChargeMove {
+        let bit = 1u64 << shard;
+        let old = self.0.fetch_and(!bit, std::sync::atomic::Ordering::AcqRel);
+        ChargeMove {
+            from: lowest(old),
+            to: lowest(old & !bit),
+        }
+    }
 }
 
 /// The size class for a chunk of at least `len` bytes, `None` above the
@@ -180,7 +251,10 @@ impl Mapping {
         let ptr = NonNull::new(map.as_mut_ptr())
             .ok_or_else(|| std::io::Error::other("mmap returned a null address"))?;
         change_mappings(|m| {
-            m.insert(ptr.as_ptr() as usize, len);
+            m.insert(
+                ptr.as_ptr() as usize,
+                (len, Arc::new(ChunkHolders::default())),
+            );
         });
         Ok(Mapping {
             _map: map,
@@ -526,8 +600,96 @@ impl ReadBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicI64;
 
     const MAX: usize = 100 << 20;
+
+    fn apply(charges: &[AtomicI64], m: ChargeMove, len: i64) {
+        if m.from != m.to {
+            if let Some(f) = m.from {
+                charges[f].fetch_add(-len, Relaxed);
+            }
+            if let Some(t) = m.to {
+                charges[t].fetch_add(len, Relaxed);
+            }
+        }
+    }
+
+    #[test]
+    fn a_chunk_is_charged_once_to_its_lowest_holder() {
+        let h = ChunkHolders::default();
+        let charges: Vec<AtomicI64> = (0..4).map(|_| AtomicI64::new(0)).collect();
+        let now = || charges.iter().map(|c| c.load(Relaxed)).collect::<Vec<_>>();
+        apply(&charges, h.join(2), 10);
+        assert_eq!(now(), [0, 0, 10, 0]);
+        apply(&charges, h.join(3), 10);
+        assert_eq!(now(), [0, 0, 10, 0], "a higher holder pays nothing");
+        apply(&charges, h.join(1), 10);
+        assert_eq!(now(), [0, 10, 0, 0], "a lower holder takes the charge over");
+        apply(&charges, h.leave(1), 10);
+        assert_eq!(now(), [0, 0, 10, 0], "and hands it on when it leaves");
+        apply(&charges, h.leave(3), 10);
+        assert_eq!(now(), [0, 0, 10, 0]);
+        apply(&charges, h.leave(2), 10);
+        assert_eq!(now(), [0, 0, 0, 0], "unheld: charged to nobody");
+        // The highest shard a mask holds.
+        assert_eq!(
+            h.join(63),
+            ChargeMove {
+                from: None,
+                to: Some(63)
+            }
+        );
+        assert_eq!(
+            h.leave(63),
+            ChargeMove {
+                from: Some(63),
+                to: None
+            }
+        );
+    }
+
+    #[test]
+    fn concurrent_joins_and_leaves_leave_every_chunk_charged_once() {
+        // 4 shards keep joining and leaving 3 chunks; every move is applied
+        // by the thread that made it, in whatever order. At every point all
+        // shards are in, each chunk is charged exactly once, to shard 0.
+        const SHARDS: usize = 4;
+        let chunks: Vec<ChunkHolders> = (0..3).map(|_| ChunkHolders::default()).collect();
+        let charges: Vec<AtomicI64> = (0..SHARDS).map(|_| AtomicI64::new(0)).collect();
+        let all_in = std::sync::Barrier::new(SHARDS + 1);
+        let checked = std::sync::Barrier::new(SHARDS + 1);
+        std::thread::scope(|scope| {
+            for shard in 0..SHARDS {
+                let (chunks, charges, all_in, checked) = (&chunks, &charges, &all_in, &checked);
+                scope.spawn(move || {
+                    for _ in 0..200 {
+                        for _ in 0..50 {
+                            for (i, c) in chunks.iter().enumerate() {
+                                apply(charges, c.join(shard), 1 << i);
+                                apply(charges, c.leave(shard), 1 << i);
+                            }
+                        }
+                        for (i, c) in chunks.iter().enumerate() {
+                            apply(charges, c.join(shard), 1 << i);
+                        }
+                        all_in.wait();
+                        checked.wait();
+                        for (i, c) in chunks.iter().enumerate().rev() {
+                            apply(charges, c.leave(shard), 1 << i);
+                        }
+                    }
+                });
+            }
+            for _ in 0..200 {
+                all_in.wait();
+                let now: Vec<i64> = charges.iter().map(|c| c.load(Relaxed)).collect();
+                assert_eq!(now, [0b111, 0, 0, 0]);
+                checked.wait();
+            }
+        });
+        assert!(charges.iter().all(|c| c.load(Relaxed) == 0));
+    }
 
     fn arena() -> (Arena, Arc<ArenaStats>) {
         let stats = Arc::new(ArenaStats::default());

@@ -101,6 +101,11 @@ impl Metrics {
         }
     }
 
+    /// The bytes of the batches the log cache of `shard` holds.
+    pub fn cache_bytes(&self, shard: usize) -> i64 {
+        self.cache_bytes.get(shard).map_or(0, |c| c.load(Relaxed))
+    }
+
     /// The arena bytes the log cache of `shard` is charged.
     pub fn cache_pinned_bytes(&self, shard: usize) -> i64 {
         self.cache_pinned_bytes

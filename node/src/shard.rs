@@ -134,19 +134,23 @@ pub const COORDINATOR_SHARD: usize = 0;
 
 /// The shard's log cache accounting, and the shard's read arena.
 ///
-/// `ferry.cache.bytes.max` bounds `pinned`: every arena chunk that at least
-/// one cached batch lies in, counted once at its full length, plus the
-/// length of cached bytes that are not in the arena (batches read back from
-/// the bucket). Chunks are shared with other batches and with requests in
+/// `ferry.cache.bytes.max` bounds what the shard is charged: every arena
+/// chunk that at least one of its cached batches lies in and that no
+/// lower-numbered shard's cache also holds, at its full length (so a chunk
+/// held by several shards is charged once, node-wide), plus the length of
+/// cached bytes that are not in the arena (batches read back from the
+/// bucket). Chunks are shared with other batches and with requests in
 /// flight, so this is an attribution of the memory held, not an exact share:
 /// see `crate::arena`. `bytes` counts the batches' own bytes. `order` is the
 /// order batches came in, so the oldest durable ones are dropped first.
 #[derive(Debug, Default)]
 struct Cache {
     bytes: usize,
-    pinned: usize,
-    /// Chunk base address to (cached batches in it, chunk length).
-    chunks: HashMap<usize, (usize, usize)>,
+    /// Chunk base address to (cached batches in it, chunk length, its
+    /// holders: `None` where this shard charges itself in full). What the
+    /// shard is charged is `NodeMetrics::cache_pinned_bytes` (other shards
+    /// move charges in and out of it, see [`crate::arena::ChunkHolders`]).
+    chunks: HashMap<usize, (usize, usize, Option<Arc<crate::arena::ChunkHolders>>)>,
     order: VecDeque<CacheEntry>,
     arena: Option<crate::arena::Arena>,
 }
@@ -1646,19 +1650,25 @@ impl Shard {
     ) {
         let mut c = self.cache.borrow_mut();
         c.bytes += len;
-        let pinned = match chunk {
+        match chunk {
             Some(span) => {
-                let e = c.chunks.entry(span.base).or_insert((0, span.len));
+                let id = self.id;
+                let e = c.chunks.entry(span.base).or_insert_with(|| {
+                    let holders = (id < crate::arena::HOLDER_SHARDS_MAX)
+                        .then(|| crate::arena::chunk_holders(span))
+                        .flatten();
+                    (0, span.len, holders)
+                });
                 e.0 += 1;
                 if e.0 == 1 {
-                    e.1
-                } else {
-                    0
+                    match &e.2 {
+                        Some(holders) => self.move_charge(holders.join(id), span.len),
+                        None => self.ctx.metrics.cache_pinned_bytes_add(id, span.len as i64),
+                    }
                 }
             }
-            None => len,
-        };
-        c.pinned += pinned;
+            None => self.ctx.metrics.cache_pinned_bytes_add(self.id, len as i64),
+        }
         c.order.push_back(CacheEntry {
             key: (topic.clone(), partition),
             base_offset,
@@ -1666,18 +1676,29 @@ impl Shard {
             chunk,
         });
         self.ctx.metrics.cache_bytes_add(self.id, len as i64);
-        self.ctx
-            .metrics
-            .cache_pinned_bytes_add(self.id, pinned as i64);
+    }
+
+    /// Moves a chunk's charge of `len` bytes between shards' caches.
+    fn move_charge(&self, m: crate::arena::ChargeMove, len: usize) {
+        if m.from == m.to {
+            return;
+        }
+        let metrics = &self.ctx.metrics;
+        if let Some(from) = m.from {
+            metrics.cache_pinned_bytes_add(from, -(len as i64));
+        }
+        if let Some(to) = m.to {
+            metrics.cache_pinned_bytes_add(to, len as i64);
+        }
     }
 
     /// Drops the oldest durable batches while the cache's pinned bytes are
     /// over the bound.
     fn evict_if_needed(&self) {
-        let max = self.ctx.cache_bytes_max;
+        let max = self.ctx.cache_bytes_max as i64;
         let mut c = self.cache.borrow_mut();
         let mut skipped = 0;
-        while c.pinned > max && skipped < c.order.len() {
+        while self.ctx.metrics.cache_pinned_bytes(self.id) > max && skipped < c.order.len() {
             let Some(e) = c.order.pop_front() else {
                 break;
             };
@@ -1692,23 +1713,28 @@ impl Shard {
                 skipped += 1;
                 continue;
             }
-            let unpinned = match e.chunk {
+            match e.chunk {
                 Some(span) => match c.chunks.get_mut(&span.base) {
-                    Some(n) if n.0 > 1 => {
-                        n.0 -= 1;
-                        0
-                    }
-                    Some(_) => c.chunks.remove(&span.base).map_or(0, |n| n.1),
-                    None => 0,
+                    Some(n) if n.0 > 1 => n.0 -= 1,
+                    Some(_) => match c.chunks.remove(&span.base) {
+                        Some((_, len, Some(holders))) => {
+                            self.move_charge(holders.leave(self.id), len)
+                        }
+                        Some((_, len, None)) => self
+                            .ctx
+                            .metrics
+                            .cache_pinned_bytes_add(self.id, -(len as i64)),
+                        None => {}
+                    },
+                    None => {}
                 },
-                None => e.len,
-            };
+                None => self
+                    .ctx
+                    .metrics
+                    .cache_pinned_bytes_add(self.id, -(e.len as i64)),
+            }
             c.bytes = c.bytes.saturating_sub(e.len);
-            c.pinned = c.pinned.saturating_sub(unpinned);
             self.ctx.metrics.cache_bytes_add(self.id, -(e.len as i64));
-            self.ctx
-                .metrics
-                .cache_pinned_bytes_add(self.id, -(unpinned as i64));
         }
     }
 
@@ -2155,6 +2181,9 @@ impl Shard {
     /// `log.retention.ms` / `log.retention.bytes`. Returns the batches
     /// dropped.
     pub fn apply_retention(&self, now_ms: i64) -> usize {
+        // Another shard's cache may have handed this one a chunk's charge
+        // (its lowest holder left): an idle shard evicts here.
+        self.evict_if_needed();
         // Partitions led elsewhere now are not this node's to trim (nor
         // their objects to delete).
         self.follow_leadership();
