@@ -278,8 +278,10 @@ def main():
     lines.append(f"- librdkafka used by the load generator: {peak['machine'].get('librdkafka', '?')}")
     fp = peak["publish"]["throughput"]["mb_per_sec"]
     cpu = peak["cpu"]
+    pl = peak["publish"]["latency"]
     lines.append(f"- Ferry peak (rate 0): {fp:.1f} MB/s, "
                  f"{peak['publish']['throughput']['records_per_sec']:.0f} records/s, "
+                 f"publish p50 {pl['p50_ms']:.1f} ms, p99 {pl['p99_ms']:.1f} ms, "
                  f"failed {peak['publish']['records_failed']}; CPU over {cpu['wall_s']:.0f} s: "
                  f"broker {cpu['broker_s']:.1f} s, load generator {cpu['load_s']:.1f} s")
 
