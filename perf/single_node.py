@@ -269,7 +269,7 @@ def main():
 
     # 1. The load: librdkafka.
     lines.append("")
-    lines.append("## librdkafka load (the issue's benchmark)")
+    lines.append("### librdkafka load (the issue's benchmark)")
     lines.append("")
     lines.append("- Load: ferry-bench run (librdkafka), 2 producers, acks=all, 1 KiB records, 6 partitions, "
                  f"linger 5 ms, 5 s warm-up, {args.seconds} s measured")
@@ -319,7 +319,7 @@ def main():
 
     # 2. A load that leaves the cores to the broker.
     lines.append("")
-    lines.append("## Raw-protocol load (`ferry-bench blast`): the broker, not the client, sets the peak")
+    lines.append("### Raw-protocol load (`ferry-bench blast`): the broker, not the client, sets the peak")
     lines.append("")
     lines.append("- Load: one Produce request (6 partitions x 128 records of 1 KiB, acks=all) encoded once and "
                  "sent again and again, 2 connections x 32 in flight, 2 s warm-up, 8 s measured")
