@@ -262,11 +262,16 @@ impl ObjectStore for DirectDirStore {
         let dest = self.inner.path_to_filesystem(location)?;
         let task_payload = payload.clone();
         let align = self.align;
-        let outcome = tokio::task::spawn_blocking(move || {
-            put_direct(&dest, &task_payload, align).map_err(|e| (e, dest))
-        })
-        .await
-        .map_err(|e| object_store::Error::JoinError { source: e })?;
+        let write = move || put_direct(&dest, &task_payload, align).map_err(|e| (e, dest));
+        // Off the runtime's threads when there is one (as LocalFileSystem
+        // does); inline otherwise.
+        let outcome = match tokio::runtime::Handle::try_current() {
+            Ok(rt) => rt
+                .spawn_blocking(write)
+                .await
+                .map_err(|e| object_store::Error::JoinError { source: e })?,
+            Err(_) => write(),
+        };
         match outcome {
             Ok(put) => {
                 self.direct_puts.fetch_add(1, Ordering::Relaxed);
@@ -436,6 +441,19 @@ mod tests {
             Err(object_store::Error::AlreadyExists { .. })
         ));
         assert_eq!(s.direct_puts(), before);
+    }
+
+    #[test]
+    fn a_put_outside_a_tokio_runtime_is_written_inline() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let key = Path::from("wal/1/00002");
+        let (p, want) = payload(1 << 20);
+        futures_util::FutureExt::now_or_never(s.put(&key, p))
+            .expect("an inline write does not wait")
+            .unwrap();
+        assert_eq!(s.direct_puts(), 1);
+        assert_eq!(std::fs::read(dir.path().join("wal/1/00002")).unwrap(), want);
     }
 
     #[tokio::test]

@@ -7,8 +7,12 @@
 //! [ID@]s3://BUCKET?region=R[&endpoint=URL][&pathStyle=true|false]
 //!     [&authType=static|instance][&accessKey=..][&secretKey=..]
 //!     [&batchInterval=MS][&maxBytesInBatch=BYTES]
-//! [ID@]file:///some/dir[?batchInterval=MS][&maxBytesInBatch=BYTES]
+//! [ID@]file:///some/dir[?batchInterval=MS][&maxBytesInBatch=BYTES][&directIo=true|false]
 //! ```
+//!
+//! A `file://` bucket writes objects of 256 KiB and more with `O_DIRECT`
+//! (see [`crate::direct`]); `directIo=false` writes them through the page
+//! cache instead.
 //!
 //! `file://` makes a local directory the bucket (created if missing).
 //! Credentials, when the URI has none, come from `KAFKA_S3_ACCESS_KEY` /
@@ -143,6 +147,8 @@ pub enum BucketLocation {
     /// A local directory used as the bucket.
     File {
         dir: PathBuf,
+        /// `directIo` (default true): large objects are written with `O_DIRECT`.
+        direct_io: bool,
     },
 }
 
@@ -296,6 +302,7 @@ impl BucketUri {
         let mut get_p50 = None;
         let mut get_p99 = None;
         let mut us_per_mib = 0;
+        let mut direct_io = None;
         for (key, value) in url.query_pairs() {
             let key = key.into_owned();
             let shown = if key == "secretKey" {
@@ -350,11 +357,16 @@ impl BucketUri {
                 "latencyMsPerMiB" => {
                     us_per_mib = parse_ms(&key, &value, 0.0, false, LATENCY_MS_PER_MIB_MAX)?;
                 }
+                "directIo" if !is_s3 => {
+                    direct_io = Some(parse_bool(&value).ok_or_else(|| {
+                        WalError::config("directIo", "true or false", shown.clone())
+                    })?);
+                }
                 _ if !is_s3 => {
                     return Err(WalError::config(
                         key,
                         format!(
-                            "only batchInterval, maxBytesInBatch or the latency model \
+                            "only batchInterval, maxBytesInBatch, directIo or the latency model \
                              ({LATENCY_PARAMS}) in a file:// URI"
                         ),
                         shown,
@@ -445,7 +457,10 @@ impl BucketUri {
             let dir = url
                 .to_file_path()
                 .map_err(|()| WalError::config("file URI", "file:///ABSOLUTE/DIR", rest))?;
-            BucketLocation::File { dir }
+            BucketLocation::File {
+                dir,
+                direct_io: direct_io.unwrap_or(true),
+            }
         };
         let latency = LatencyModel {
             put: latency_pair("put", put_p50, put_p99)?,
@@ -488,7 +503,7 @@ impl BucketUri {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Arc<dyn ObjectStore>, WalError> {
         match &self.location {
-            BucketLocation::File { dir } => {
+            BucketLocation::File { dir, direct_io } => {
                 std::fs::create_dir_all(dir).map_err(|e| WalError::Io {
                     op: "create bucket directory",
                     path: dir.clone(),
@@ -497,7 +512,11 @@ impl BucketUri {
                 let fs = LocalFileSystem::new_with_prefix(dir).map_err(|e| {
                     WalError::store("open bucket directory", dir.display().to_string(), e)
                 })?;
-                Ok(Arc::new(crate::direct::DirectDirStore::new(fs)))
+                if *direct_io {
+                    Ok(Arc::new(crate::direct::DirectDirStore::new(fs)))
+                } else {
+                    Ok(Arc::new(fs))
+                }
             }
             BucketLocation::S3(s3) => Ok(Arc::new(build_s3(s3, env)?)),
         }
@@ -671,7 +690,12 @@ impl fmt::Display for BucketUri {
                     params.push(("secretKey", "[redacted]".to_string()));
                 }
             }
-            BucketLocation::File { dir } => write!(f, "file://{}", dir.display())?,
+            BucketLocation::File { dir, direct_io } => {
+                write!(f, "file://{}", dir.display())?;
+                if !direct_io {
+                    params.push(("directIo", "false".to_string()));
+                }
+            }
         }
         if self.batch_interval != BATCH_INTERVAL_DEFAULT {
             params.push(("batchInterval", self.batch_interval.as_millis().to_string()));
@@ -1195,10 +1219,30 @@ mod tests {
         assert_eq!(
             u.location,
             BucketLocation::File {
-                dir: PathBuf::from("/tmp/ferry-bucket")
+                dir: PathBuf::from("/tmp/ferry-bucket"),
+                direct_io: true,
             }
         );
         assert_eq!(u.batch_interval, Duration::from_millis(5));
+        let buffered: BucketUri = "file:///tmp/b?directIo=false".parse().unwrap();
+        assert!(matches!(
+            buffered.location,
+            BucketLocation::File {
+                direct_io: false,
+                ..
+            }
+        ));
+        assert_eq!(buffered.to_string(), "file:///tmp/b?directIo=false");
+        let e = "file:///tmp/b?directIo=maybe"
+            .parse::<BucketUri>()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("directIo") && e.contains("true or false"), "{e}");
+        let e = "s3://b?region=r&directIo=false"
+            .parse::<BucketUri>()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("directIo"), "{e}");
     }
 
     #[test]
@@ -1320,8 +1364,18 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("a/b/bucket");
         let u = BucketUri::parse(&format!("file://{}", dir.display())).unwrap();
-        u.build_store().unwrap();
+        let direct = u.build_store().unwrap();
         assert!(dir.is_dir());
+        assert!(
+            direct.to_string().starts_with("DirectDirStore("),
+            "{direct}"
+        );
+        let u = BucketUri::parse(&format!("file://{}?directIo=false", dir.display())).unwrap();
+        let buffered = u.build_store().unwrap();
+        assert!(
+            buffered.to_string().starts_with("LocalFileSystem("),
+            "{buffered}"
+        );
     }
 
     #[test]
