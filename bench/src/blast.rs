@@ -366,23 +366,34 @@ fn connection(
     let addr = config.bootstrap.as_str();
     let mut reader = connect(addr, config.timeout)?;
     let mut writer = reader.try_clone().map_err(io_err("setting up", addr))?;
-    let (sent_tx, sent_rx) = channel::bounded::<Instant>(config.in_flight);
+    // A credit per request that may be outstanding; the reader gives one
+    // back per response. Each request's correlation id and send time go to
+    // the reader once the writer holds a credit, just before the write.
+    let (credit_tx, credit_rx) = channel::bounded::<()>(config.in_flight);
+    for _ in 0..config.in_flight {
+        let _ = credit_tx.send(());
+    }
+    let (sent_tx, sent_rx) = channel::unbounded::<(i32, Instant)>();
     let end = totals.start + totals.window_end;
     let mut frame = request.to_vec();
     let writing = std::thread::scope(|scope| {
         let w = scope.spawn(move || -> Result<(), BenchError> {
             let mut correlation: i32 = 0;
             while Instant::now() < end {
-                // Blocks while `in_flight` requests are outstanding.
-                if sent_tx.send(Instant::now()).is_err() {
+                if credit_rx.recv().is_err() {
                     return Ok(()); // the reader stopped; it says why
                 }
                 correlation = correlation.wrapping_add(1);
                 // Size (4), API key (2), version (2), then the correlation id.
                 frame[8..12].copy_from_slice(&correlation.to_be_bytes());
-                writer
-                    .write_all(&frame)
-                    .map_err(io_err("writing to", addr))?;
+                if sent_tx.send((correlation, Instant::now())).is_err() {
+                    return Ok(());
+                }
+                if let Err(e) = writer.write_all(&frame) {
+                    // The reader waits for this request's answer: end its read.
+                    let _ = writer.shutdown(std::net::Shutdown::Both);
+                    return Err(io_err("writing to", addr)(e));
+                }
             }
             Ok(())
         });
@@ -394,9 +405,18 @@ fn connection(
         };
         let read = (|| -> Result<(), BenchError> {
             // Ends when the writer has stopped and every request is answered.
-            for sent in sent_rx.iter() {
+            for (correlation, sent) in sent_rx.iter() {
                 let resp = read_frame(&mut reader, addr, &mut buf)?;
                 let done = Instant::now();
+                let answered = resp
+                    .get(..4)
+                    .map(|id| i32::from_be_bytes([id[0], id[1], id[2], id[3]]));
+                if answered != Some(correlation) {
+                    return Err(fail(
+                        "reading a response",
+                        format!("correlation id {answered:?}, expected {correlation}: answers out of order"),
+                    ));
+                }
                 let body = resp
                     .get(header..)
                     .ok_or_else(|| fail("reading a response", "shorter than its header"))?;
@@ -422,6 +442,7 @@ fn connection(
                         *errors.entry(code).or_default() += 1;
                     }
                 }
+                let _ = credit_tx.send(());
                 let acked = ok * config.batch_records as u64;
                 totals.acked_total.fetch_add(acked, Ordering::Relaxed);
                 let at = done - totals.start;
@@ -436,11 +457,13 @@ fn connection(
             }
             Ok(())
         })();
-        // A failed read leaves the writer blocked on a full channel: end it.
+        // A failed read leaves the writer waiting for a credit: end it.
+        drop(credit_tx);
         drop(sent_rx);
         let _ = reader.shutdown(std::net::Shutdown::Both);
         let wrote = w.join().unwrap_or_else(|_| Err(fail("writer", "panicked")));
-        read.and(wrote)
+        // A failed write is the cause of the failed read that follows it.
+        wrote.and(read)
     });
     writing
 }

@@ -485,6 +485,14 @@ impl PartitionLog {
         }
     }
 
+    /// Whether the batch at `base_offset` is here with its bytes cached
+    /// (the shard's cache entry for it is still live).
+    pub fn holds_cached(&self, base_offset: i64) -> bool {
+        self.batches
+            .get(self.find(base_offset))
+            .is_some_and(|b| b.base_offset == base_offset && b.data.is_some())
+    }
+
     /// Drops the cached bytes of the batch at `base_offset` if it is durable.
     /// `Some(false)`: not durable yet, kept; `None`: no such cached batch.
     pub fn evict(&mut self, base_offset: i64) -> Option<bool> {

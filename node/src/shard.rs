@@ -146,10 +146,11 @@ pub const COORDINATOR_SHARD: usize = 0;
 #[derive(Debug, Default)]
 struct Cache {
     bytes: usize,
-    /// Chunk base address to (cached batches in it, chunk length, its
-    /// holders: `None` where this shard charges itself in full). What the
-    /// shard is charged is `NodeMetrics::cache_pinned_bytes` (other shards
-    /// move charges in and out of it, see [`crate::arena::ChunkHolders`]).
+    /// A chunk (its [`CacheEntry::chunk`] key) to (cached batches in it,
+    /// chunk length, its holders: `None` where this shard charges itself in
+    /// full). What the shard is charged is `NodeMetrics::cache_pinned_bytes`
+    /// (other shards move charges in and out of it, see
+    /// [`crate::arena::ChunkHolders`]).
     chunks: HashMap<usize, (usize, usize, Option<Arc<crate::arena::ChunkHolders>>)>,
     order: VecDeque<CacheEntry>,
     arena: Option<crate::arena::Arena>,
@@ -161,8 +162,12 @@ struct CacheEntry {
     key: Key,
     base_offset: i64,
     len: usize,
-    /// The arena chunk its bytes lie in, if they are the arena's.
-    chunk: Option<crate::arena::ChunkSpan>,
+    /// The arena chunk its bytes lie in, if they are the arena's, as the
+    /// key of [`Cache::chunks`]: the address of the chunk's holders (one per
+    /// mapping, kept alive by the entry, so a mapping made later at the same
+    /// address is another key), or the chunk's base address where the shard
+    /// charges itself in full.
+    chunk: Option<usize>,
 }
 
 pub struct Shard {
@@ -1650,15 +1655,19 @@ impl Shard {
     ) {
         let mut c = self.cache.borrow_mut();
         c.bytes += len;
-        match chunk {
+        let id = self.id;
+        let chunk_key = match chunk {
             Some(span) => {
-                let id = self.id;
-                let e = c.chunks.entry(span.base).or_insert_with(|| {
-                    let holders = (id < crate::arena::HOLDER_SHARDS_MAX)
-                        .then(|| crate::arena::chunk_holders(span))
-                        .flatten();
-                    (0, span.len, holders)
-                });
+                let holders = (id < crate::arena::HOLDER_SHARDS_MAX)
+                    .then(|| crate::arena::chunk_holders(span))
+                    .flatten();
+                let key = holders
+                    .as_ref()
+                    .map_or(span.base, |h| Arc::as_ptr(h) as usize);
+                let e = c
+                    .chunks
+                    .entry(key)
+                    .or_insert_with(|| (0, span.len, holders));
                 e.0 += 1;
                 if e.0 == 1 {
                     match &e.2 {
@@ -1666,16 +1675,65 @@ impl Shard {
                         None => self.ctx.metrics.cache_pinned_bytes_add(id, span.len as i64),
                     }
                 }
+                Some(key)
             }
-            None => self.ctx.metrics.cache_pinned_bytes_add(self.id, len as i64),
-        }
+            None => {
+                self.ctx.metrics.cache_pinned_bytes_add(id, len as i64);
+                None
+            }
+        };
         c.order.push_back(CacheEntry {
             key: (topic.clone(), partition),
             base_offset,
             len,
-            chunk,
+            chunk: chunk_key,
         });
         self.ctx.metrics.cache_bytes_add(self.id, len as i64);
+    }
+
+    /// Takes an entry that no longer holds its batch out of the accounting.
+    fn release(&self, c: &mut Cache, e: &CacheEntry) {
+        match e.chunk {
+            Some(key) => match c.chunks.get_mut(&key) {
+                Some(n) if n.0 > 1 => n.0 -= 1,
+                Some(_) => match c.chunks.remove(&key) {
+                    Some((_, len, Some(holders))) => self.move_charge(holders.leave(self.id), len),
+                    Some((_, len, None)) => self
+                        .ctx
+                        .metrics
+                        .cache_pinned_bytes_add(self.id, -(len as i64)),
+                    None => {}
+                },
+                None => {}
+            },
+            None => self
+                .ctx
+                .metrics
+                .cache_pinned_bytes_add(self.id, -(e.len as i64)),
+        }
+        c.bytes = c.bytes.saturating_sub(e.len);
+        self.ctx.metrics.cache_bytes_add(self.id, -(e.len as i64));
+    }
+
+    /// Releases the entries whose batch is gone without being evicted
+    /// (retention, a failed write's rollback, a partition that left the
+    /// shard), so their chunks stop being held and charged here.
+    fn sweep_cache(&self) {
+        let mut c = self.cache.borrow_mut();
+        let partitions = self.partitions.borrow();
+        let entries = std::mem::take(&mut c.order);
+        let mut kept = VecDeque::with_capacity(entries.len());
+        for e in entries {
+            let live = partitions
+                .get(&e.key)
+                .is_some_and(|log| log.borrow().holds_cached(e.base_offset));
+            if live {
+                kept.push_back(e);
+            } else {
+                self.release(&mut c, &e);
+            }
+        }
+        c.order = kept;
     }
 
     /// Moves a chunk's charge of `len` bytes between shards' caches.
@@ -1713,28 +1771,7 @@ impl Shard {
                 skipped += 1;
                 continue;
             }
-            match e.chunk {
-                Some(span) => match c.chunks.get_mut(&span.base) {
-                    Some(n) if n.0 > 1 => n.0 -= 1,
-                    Some(_) => match c.chunks.remove(&span.base) {
-                        Some((_, len, Some(holders))) => {
-                            self.move_charge(holders.leave(self.id), len)
-                        }
-                        Some((_, len, None)) => self
-                            .ctx
-                            .metrics
-                            .cache_pinned_bytes_add(self.id, -(len as i64)),
-                        None => {}
-                    },
-                    None => {}
-                },
-                None => self
-                    .ctx
-                    .metrics
-                    .cache_pinned_bytes_add(self.id, -(e.len as i64)),
-            }
-            c.bytes = c.bytes.saturating_sub(e.len);
-            self.ctx.metrics.cache_bytes_add(self.id, -(e.len as i64));
+            self.release(&mut c, &e);
         }
     }
 
@@ -2181,9 +2218,6 @@ impl Shard {
     /// `log.retention.ms` / `log.retention.bytes`. Returns the batches
     /// dropped.
     pub fn apply_retention(&self, now_ms: i64) -> usize {
-        // Another shard's cache may have handed this one a chunk's charge
-        // (its lowest holder left): an idle shard evicts here.
-        self.evict_if_needed();
         // Partitions led elsewhere now are not this node's to trim (nor
         // their objects to delete).
         self.follow_leadership();
@@ -2216,6 +2250,12 @@ impl Shard {
             .sum();
         self.delete_objects(unreferenced);
         drop(parts);
+        // Batches dropped without being evicted (by this pass, a failed
+        // write's rollback, a partition that left) leave the cache's
+        // accounting; and another shard's cache may have handed this one a
+        // chunk's charge (its lowest holder left): an idle shard evicts here.
+        self.sweep_cache();
+        self.evict_if_needed();
         self.report_refs(now_ms);
         dropped
     }

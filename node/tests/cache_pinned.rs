@@ -215,3 +215,48 @@ fn a_chunk_whose_batches_two_shards_cache_is_charged_once() {
     drop(c);
     node.stop();
 }
+
+#[test]
+fn batches_retention_drops_leave_the_cache_without_waiting_for_eviction() {
+    let node = server::start(
+        NodeSettings {
+            cache_bytes_max: 64 << 20,
+            retention_check_ms: 100,
+            ..NodeSettings::local(1)
+        },
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(MemoryLog::new()),
+        Default::default(),
+        HashMap::new(),
+    )
+    .unwrap();
+    let shards = 2;
+    let metrics = &node.ctx.metrics;
+    let mut c = connect(node.addr);
+    assert_eq!(
+        common::raw::create_topic(&mut c, "old", PARTITIONS, &[("retention.ms", "1000")]),
+        0
+    );
+    // Timestamp 1: every batch is past retention at once; retention keeps
+    // each partition's last batch.
+    for i in 0..30 {
+        let codes = produce_to_all(&mut c, "old", PARTITIONS, format!("k{i}").as_bytes());
+        assert_eq!(codes, vec![0; PARTITIONS as usize]);
+    }
+    let cached = || -> i64 { (0..shards).map(|s| metrics.cache_bytes(s)).sum() };
+    let one_batch = cached() / (30 * i64::from(PARTITIONS));
+    assert!(one_batch > 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // What is left is about one batch per partition (keys differ by a byte).
+    while cached() > 2 * one_batch * i64::from(PARTITIONS) {
+        assert!(
+            Instant::now() < deadline,
+            "the cache still counts {} B of dropped batches (a batch is {one_batch} B)",
+            cached()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(cached() > 0, "the last batches stay cached");
+    drop(c);
+    node.stop();
+}

@@ -142,7 +142,10 @@ fn open_staging(dest: &FsPath) -> Result<(File, PathBuf), DirectError> {
                 }
             }
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                return Err(DirectError::Unsupported(e))
+                // Linux creates the file before it refuses the flag: with
+                // `create_new`, the file is this call's to remove.
+                let _ = std::fs::remove_file(&staging);
+                return Err(DirectError::Unsupported(e));
             }
             Err(e) => return Err(DirectError::Failed("open", staging, e)),
         }
@@ -178,7 +181,7 @@ fn write_aligned(
                 filled += take;
                 part = &part[take..];
                 if filled == step {
-                    file.write_all(&buf[..step])?;
+                    write_all_aligned(file, &buf[..step], align)?;
                     left -= step;
                     filled = 0;
                 }
@@ -188,10 +191,35 @@ fn write_aligned(
         if filled > 0 {
             let padded = filled.div_ceil(align) * align;
             buf[filled..padded].fill(0);
-            file.write_all(&buf[..padded])?;
+            write_all_aligned(file, &buf[..padded], align)?;
         }
         Ok(())
     })
+}
+
+/// Writes all of `buf` (a whole number of `align` units, page-aligned) to
+/// an `O_DIRECT` file. A short write is continued only where it ended on
+/// an `align` boundary; otherwise the next write could not be aligned, and
+/// that is an error of its own, not EINVAL (which would read as "no
+/// `O_DIRECT` here").
+fn write_all_aligned(file: &mut File, buf: &[u8], align: usize) -> std::io::Result<()> {
+    let mut at = 0;
+    while at < buf.len() {
+        match file.write(&buf[at..]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                at += n;
+                if at < buf.len() && at % align != 0 {
+                    return Err(std::io::Error::other(format!(
+                        "a direct write stopped at byte {at}, off the {align}-byte alignment"
+                    )));
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Writes `payload` to `dest` with `O_DIRECT`, through a staging file.
