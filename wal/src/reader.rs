@@ -22,9 +22,7 @@ use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 use tracing::warn;
 
 use crate::error::{FormatError, WalError};
-use crate::object::{
-    decode_index, verify_entry, Footer, IndexEntry, ObjectIndex, FOOTER_LEN, HEADER_LEN,
-};
+use crate::object::{decode_index, Footer, IndexEntry, ObjectIndex, FOOTER_LEN, HEADER_LEN};
 use crate::recovery::{self, Recovery};
 use crate::runtime::IoRuntime;
 use crate::stats::WalStats;
@@ -272,21 +270,16 @@ pub(crate) async fn read_entry_counted(
     location: &WalLocation,
     stats: &WalStats,
 ) -> Result<Bytes, WalError> {
-    let path = location.path();
-    let data = get_range_counted(store, &path, location.range(), stats, "GET entry").await?;
-    let crc = crc32c::crc32c(&data);
-    if crc != location.crc {
-        WalStats::add(&stats.get_errors, 1);
-        return Err(WalError::corrupt(
+    // A run of one.
+    let mut one = read_adjacent_counted(store, std::slice::from_ref(location), stats).await?;
+    one.pop().ok_or_else(|| {
+        WalError::corrupt(
             &*location.key,
-            FormatError::ChecksumMismatch {
-                what: format!("entry at {}+{}", location.position, location.len),
-                stored: location.crc,
-                computed: crc,
+            FormatError::BadIndex {
+                reason: "a read of one entry returned none".into(),
             },
-        ));
-    }
-    Ok(data)
+        )
+    })
 }
 
 pub(crate) async fn read_entries_counted(
@@ -295,9 +288,6 @@ pub(crate) async fn read_entries_counted(
     entries: &[IndexEntry],
     stats: &WalStats,
 ) -> Result<Vec<Bytes>, WalError> {
-    let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
-        return Ok(Vec::new());
-    };
     for pair in entries.windows(2) {
         if pair[1].position != pair[0].range().end {
             return Err(WalError::InvalidEntry {
@@ -311,20 +301,18 @@ pub(crate) async fn read_entries_counted(
             });
         }
     }
-    let start = first.position;
-    let data = get_range_counted(store, key, start..last.range().end, stats, "GET entries").await?;
-    entries
+    let spans: Vec<(u64, u64, u32)> = entries
         .iter()
-        .map(|e| {
-            let r = e.range();
-            let slice = data.slice((r.start - start) as usize..(r.end - start) as usize);
-            verify_entry(e, &slice).map_err(|fe| {
-                WalStats::add(&stats.get_errors, 1);
-                WalError::corrupt(key.to_string(), fe)
-            })?;
-            Ok(slice)
-        })
-        .collect()
+        .map(|e| (e.position, u64::from(e.len), e.crc))
+        .collect();
+    let what = |i: usize| {
+        let e = &entries[i];
+        format!(
+            "data of {}-{} offsets {}..={}",
+            e.topic, e.partition, e.base_offset, e.last_offset
+        )
+    };
+    get_run_checked(store, key, &spans, what, stats).await
 }
 
 /// Reads the bytes of `locations`, adjacent ranges of one object in order,
@@ -334,7 +322,7 @@ pub(crate) async fn read_adjacent_counted(
     locations: &[WalLocation],
     stats: &WalStats,
 ) -> Result<Vec<Bytes>, WalError> {
-    let (Some(first), Some(last)) = (locations.first(), locations.last()) else {
+    let Some(first) = locations.first() else {
         return Ok(Vec::new());
     };
     for pair in locations.windows(2) {
@@ -352,24 +340,43 @@ pub(crate) async fn read_adjacent_counted(
             });
         }
     }
-    let path = first.path();
-    let start = first.position;
-    let data =
-        get_range_counted(store, &path, start..last.range().end, stats, "GET entries").await?;
-    locations
+    let spans: Vec<(u64, u64, u32)> = locations
         .iter()
-        .map(|l| {
-            let r = l.range();
-            let slice = data.slice((r.start - start) as usize..(r.end - start) as usize);
-            let crc = crc32c::crc32c(&slice);
-            if crc != l.crc {
+        .map(|l| (l.position, u64::from(l.len), l.crc))
+        .collect();
+    let what = |i: usize| format!("entry at {}+{}", locations[i].position, locations[i].len);
+    get_run_checked(store, &first.path(), &spans, what, stats).await
+}
+
+/// Reads adjacent ranges of `key`, in order, with one ranged GET and checks
+/// each one's CRC32C: `spans` are (position, length, CRC32C); `what(i)`
+/// names span `i` in an error.
+async fn get_run_checked(
+    store: &dyn ObjectStore,
+    key: &Path,
+    spans: &[(u64, u64, u32)],
+    what: impl Fn(usize) -> String,
+    stats: &WalStats,
+) -> Result<Vec<Bytes>, WalError> {
+    let (Some(&(start, _, _)), Some(&(last, last_len, _))) = (spans.first(), spans.last()) else {
+        return Ok(Vec::new());
+    };
+    let data = get_range_counted(store, key, start..last + last_len, stats, "GET entries").await?;
+    spans
+        .iter()
+        .enumerate()
+        .map(|(i, &(position, len, stored))| {
+            let at = (position - start) as usize;
+            let slice = data.slice(at..at + len as usize);
+            let computed = crc32c::crc32c(&slice);
+            if computed != stored {
                 WalStats::add(&stats.get_errors, 1);
                 return Err(WalError::corrupt(
-                    &*l.key,
+                    key.to_string(),
                     FormatError::ChecksumMismatch {
-                        what: format!("entry at {}+{}", l.position, l.len),
-                        stored: l.crc,
-                        computed: crc,
+                        what: what(i),
+                        stored,
+                        computed,
                     },
                 ));
             }
