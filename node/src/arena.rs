@@ -150,12 +150,17 @@ pub fn chunk_of(bytes: &[u8]) -> Option<ChunkSpan> {
     })
 }
 
-/// The holders of the live chunk `span` names (see [`ChunkHolders`]).
-pub fn chunk_holders(span: ChunkSpan) -> Option<Arc<ChunkHolders>> {
+/// The holders of the live chunk `span` names (see [`ChunkHolders`]),
+/// handed to `f` without touching their reference count: a cache that
+/// already tracks the chunk needs only their address.
+pub fn with_chunk_holders<T>(
+    span: ChunkSpan,
+    f: impl FnOnce(Option<&Arc<ChunkHolders>>) -> T,
+) -> T {
     with_mappings(|m| {
-        m.get(&span.base)
+        f(m.get(&span.base)
             .filter(|(len, _)| *len == span.len)
-            .map(|(_, h)| h.clone())
+            .map(|(_, h)| h))
     })
 }
 

@@ -1658,23 +1658,24 @@ impl Shard {
         let id = self.id;
         let chunk_key = match chunk {
             Some(span) => {
-                let holders = (id < crate::arena::HOLDER_SHARDS_MAX)
-                    .then(|| crate::arena::chunk_holders(span))
-                    .flatten();
-                let key = holders
-                    .as_ref()
-                    .map_or(span.base, |h| Arc::as_ptr(h) as usize);
-                let e = c
-                    .chunks
-                    .entry(key)
-                    .or_insert_with(|| (0, span.len, holders));
-                e.0 += 1;
-                if e.0 == 1 {
-                    match &e.2 {
-                        Some(holders) => self.move_charge(holders.join(id), span.len),
-                        None => self.ctx.metrics.cache_pinned_bytes_add(id, span.len as i64),
+                let chunks = &mut c.chunks;
+                // The holders' address is the key; their count is touched
+                // (a clone kept in the map) only for a chunk new here.
+                let key = crate::arena::with_chunk_holders(span, |holders| {
+                    let holders = holders.filter(|_| id < crate::arena::HOLDER_SHARDS_MAX);
+                    let key = holders.map_or(span.base, |h| Arc::as_ptr(h) as usize);
+                    let e = chunks
+                        .entry(key)
+                        .or_insert_with(|| (0, span.len, holders.cloned()));
+                    e.0 += 1;
+                    if e.0 == 1 {
+                        match &e.2 {
+                            Some(holders) => self.move_charge(holders.join(id), span.len),
+                            None => self.ctx.metrics.cache_pinned_bytes_add(id, span.len as i64),
+                        }
                     }
-                }
+                    key
+                });
                 Some(key)
             }
             None => {
