@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{ferry_binary, BIN};
+use common::{ferry_binary, run_bounded, BIN};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 use std::net::{TcpListener, TcpStream};
@@ -28,27 +28,6 @@ impl Drop for Node {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn run_bounded(cmd: &mut Command, limit: Duration) -> std::process::Output {
-    let start = Instant::now();
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "still running after {limit:?}:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
 }
 
 #[test]
@@ -75,7 +54,7 @@ fn every_acknowledged_record_is_in_the_topic_once() {
     }
 
     let json = dir.path().join("blast.json");
-    let out = run_bounded(
+    let (out, _) = run_bounded(
         Command::new(BIN)
             .args(["blast", "--bootstrap", &addr, "--topic", "blasted"])
             .args([
@@ -128,7 +107,7 @@ fn every_acknowledged_record_is_in_the_topic_once() {
 
 #[test]
 fn a_request_larger_than_64_mib_is_refused_before_connecting() {
-    let out = run_bounded(
+    let (out, _) = run_bounded(
         Command::new(BIN).args([
             "blast",
             "--bootstrap",

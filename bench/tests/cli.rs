@@ -2,37 +2,16 @@
 //! flags, a broker that is not there (the run must end, in bounded time, with
 //! an error that names the broker), and, given a broker, a short real run.
 
-use std::net::TcpListener;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ferry-bench");
+use common::BIN;
+use std::net::TcpListener;
+use std::process::{Command, Output};
+use std::time::Duration;
 
 /// Runs the binary with `args`, killing it if it outlives `limit`.
 fn run_bounded(args: &[&str], limit: Duration) -> (Output, Duration) {
-    let start = Instant::now();
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ferry-bench");
-    loop {
-        if child.try_wait().expect("poll ferry-bench").is_some() {
-            break;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("collect output");
-            panic!(
-                "ferry-bench {args:?} still running after {limit:?}; stderr:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let elapsed = start.elapsed();
-    (child.wait_with_output().expect("collect output"), elapsed)
+    common::run_bounded(Command::new(BIN).args(args), limit)
 }
 
 #[test]

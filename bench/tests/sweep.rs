@@ -8,42 +8,28 @@
 
 mod common;
 
-use common::{ferry_binary, BIN};
+use common::{ferry_binary, run_bounded, BIN};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 /// Runs `ferry-bench sweep` with `args` (plus the output and work
 /// directories), at most `limit`; returns the point's JSON and stderr.
 fn sweep(args: &[&str], limit: Duration) -> (serde_json::Value, String) {
     let out = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
-    let start = Instant::now();
-    let mut child = Command::new(BIN)
-        .arg("sweep")
-        .arg("--ferry")
-        .arg(ferry_binary())
-        .args(args)
-        .arg("--out-dir")
-        .arg(out.path())
-        .arg("--work-dir")
-        .arg(work.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ferry-bench sweep");
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "sweep still running after {limit:?}:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let output = child.wait_with_output().unwrap();
+    let (output, _) = run_bounded(
+        Command::new(BIN)
+            .arg("sweep")
+            .arg("--ferry")
+            .arg(ferry_binary())
+            .args(args)
+            .arg("--out-dir")
+            .arg(out.path())
+            .arg("--work-dir")
+            .arg(work.path()),
+        limit,
+    );
     let stderr = String::from_utf8_lossy(&output.stderr).to_string();
     assert!(output.status.success(), "{stderr}");
     let dir = std::fs::read_dir(out.path())
@@ -147,58 +133,44 @@ fn a_one_point_sweep_against_ferry_dev() {
     let ferry = ferry_binary();
     let out = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
-    let start = Instant::now();
-    let mut child = Command::new(BIN)
-        .arg("sweep")
-        .arg("--ferry")
-        .arg(&ferry)
-        .args(["--batch-interval-ms", "50", "--max-bytes-mib", "1"])
-        .args([
-            "--rate",
-            "200",
-            "--record-bytes",
-            "1000",
-            "--partitions",
-            "2",
-        ])
-        .args([
-            "--warmup-secs",
-            "1",
-            "--duration-secs",
-            "3",
-            "--drain-secs",
-            "10",
-        ])
-        // A constant 60 ms PUT: p50 = p99.
-        .args(["--put-p50-ms", "60", "--put-p99-ms", "60"])
-        .args([
-            "--get-p50-ms",
-            "5",
-            "--get-p99-ms",
-            "10",
-            "--ms-per-mib",
-            "0",
-        ])
-        .args(["--name", "it", "--out-dir"])
-        .arg(out.path())
-        .arg("--work-dir")
-        .arg(work.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ferry-bench sweep");
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > Duration::from_secs(120) {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "sweep still running after 120 s:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let output = child.wait_with_output().unwrap();
+    let (output, _) = run_bounded(
+        Command::new(BIN)
+            .arg("sweep")
+            .arg("--ferry")
+            .arg(&ferry)
+            .args(["--batch-interval-ms", "50", "--max-bytes-mib", "1"])
+            .args([
+                "--rate",
+                "200",
+                "--record-bytes",
+                "1000",
+                "--partitions",
+                "2",
+            ])
+            .args([
+                "--warmup-secs",
+                "1",
+                "--duration-secs",
+                "3",
+                "--drain-secs",
+                "10",
+            ])
+            // A constant 60 ms PUT: p50 = p99.
+            .args(["--put-p50-ms", "60", "--put-p99-ms", "60"])
+            .args([
+                "--get-p50-ms",
+                "5",
+                "--get-p99-ms",
+                "10",
+                "--ms-per-mib",
+                "0",
+            ])
+            .args(["--name", "it", "--out-dir"])
+            .arg(out.path())
+            .arg("--work-dir")
+            .arg(work.path()),
+        Duration::from_secs(120),
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stderr}");

@@ -23,6 +23,18 @@ const CONNECTIONS: usize = 48;
 const PRODUCES: usize = 20;
 const PARTITIONS: i32 = 8;
 
+/// A two-shard node on an in-memory log with these settings.
+fn start(settings: NodeSettings) -> server::RunningNode {
+    server::start(
+        settings,
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(MemoryLog::new()),
+        Default::default(),
+        HashMap::new(),
+    )
+    .unwrap()
+}
+
 fn connect(addr: std::net::SocketAddr) -> TcpStream {
     let c = TcpStream::connect(addr).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -31,17 +43,10 @@ fn connect(addr: std::net::SocketAddr) -> TcpStream {
 
 #[test]
 fn the_cache_bound_holds_in_pinned_arena_bytes_under_small_batches() {
-    let node = server::start(
-        NodeSettings {
-            cache_bytes_max: CACHE_MAX,
-            ..NodeSettings::local(1)
-        },
-        "127.0.0.1:0".parse().unwrap(),
-        Arc::new(MemoryLog::new()),
-        Default::default(),
-        HashMap::new(),
-    )
-    .unwrap();
+    let node = start(NodeSettings {
+        cache_bytes_max: CACHE_MAX,
+        ..NodeSettings::local(1)
+    });
     let shards = 2;
     let ctx = node.ctx.clone();
     let metrics = &ctx.metrics;
@@ -169,17 +174,10 @@ fn produce_to_all(c: &mut TcpStream, topic: &str, partitions: i32, key: &[u8]) -
 
 #[test]
 fn a_chunk_whose_batches_two_shards_cache_is_charged_once() {
-    let node = server::start(
-        NodeSettings {
-            cache_bytes_max: 64 << 20,
-            ..NodeSettings::local(1)
-        },
-        "127.0.0.1:0".parse().unwrap(),
-        Arc::new(MemoryLog::new()),
-        Default::default(),
-        HashMap::new(),
-    )
-    .unwrap();
+    let node = start(NodeSettings {
+        cache_bytes_max: 64 << 20,
+        ..NodeSettings::local(1)
+    });
     let shards = 2;
     let metrics = &node.ctx.metrics;
     let mut c = connect(node.addr);
@@ -218,18 +216,11 @@ fn a_chunk_whose_batches_two_shards_cache_is_charged_once() {
 
 #[test]
 fn batches_retention_drops_leave_the_cache_without_waiting_for_eviction() {
-    let node = server::start(
-        NodeSettings {
-            cache_bytes_max: 64 << 20,
-            retention_check_ms: 100,
-            ..NodeSettings::local(1)
-        },
-        "127.0.0.1:0".parse().unwrap(),
-        Arc::new(MemoryLog::new()),
-        Default::default(),
-        HashMap::new(),
-    )
-    .unwrap();
+    let node = start(NodeSettings {
+        cache_bytes_max: 64 << 20,
+        retention_check_ms: 100,
+        ..NodeSettings::local(1)
+    });
     let shards = 2;
     let metrics = &node.ctx.metrics;
     let mut c = connect(node.addr);
