@@ -55,6 +55,7 @@
 //! | `ferry.cluster.id` | ferry | the cluster's name (its keys in etcd) |
 //! | `ferry.accept` | reuseport | how connections reach shards: `reuseport` (a listener per shard, the kernel spreads connections) or `acceptor` (shard 0 accepts and deals connections round-robin) |
 //! | `ferry.metrics.listener` | empty: disabled | `IP:port` serving `/metrics`; port 0 picks a free one |
+//! | `ferry.recovery.accept.lost.objects` | empty | object keys (`wal/3/00000000000000000042.wal`, comma-separated) whose loss the operator accepts: partitions they block are rebuilt without them, and their records are gone (see ARCHITECTURE.md, "What recovery trusts") |
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -125,6 +126,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "ferry.coordinator",
     "ferry.cluster.id",
     "ferry.metrics.listener",
+    "ferry.recovery.accept.lost.objects",
 ];
 
 /// A configuration error. Value errors name the key and say what was
@@ -903,6 +905,9 @@ pub struct Config {
     pub compaction_bytes_min: u64,
     /// `ferry.accept`: true for `acceptor`, false for `reuseport`.
     pub acceptor: bool,
+    /// `ferry.recovery.accept.lost.objects`: keys of objects whose loss
+    /// the operator accepts.
+    pub accept_lost_objects: Vec<String>,
     /// `ferry.coordinator`: etcd endpoints (`http://HOST:PORT`); empty for
     /// the in-process coordinator.
     pub etcd_endpoints: Vec<String>,
@@ -1137,6 +1142,7 @@ impl Config {
             "ferry.cache.bytes.max" => self.cache_bytes_max.to_string(),
             "ferry.compaction.interval.ms" => self.compaction_interval_ms.to_string(),
             "ferry.compaction.bytes.min" => self.compaction_bytes_min.to_string(),
+            "ferry.recovery.accept.lost.objects" => self.accept_lost_objects.join(","),
             "ferry.accept" => if self.acceptor {
                 "acceptor"
             } else {
@@ -1337,6 +1343,28 @@ impl Config {
                 _ => Err(ConfigError::invalid(key, "reuseport or acceptor", v)),
             })
             .unwrap_or(false);
+        let accept_lost_objects = r
+            .parse("ferry.recovery.accept.lost.objects", |key, v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(|k| {
+                        let path = object_store::path::Path::from(k);
+                        let wal = ferry_wal::reader::parse_seq(&path).is_some();
+                        let compacted = ferry_wal::compact::parse_compacted_key(k).is_some();
+                        if wal || compacted {
+                            Ok(k.to_owned())
+                        } else {
+                            Err(ConfigError::invalid(
+                                key,
+                                "comma-separated object keys as the node logs them, like wal/3/00000000000000000042.wal or data/3/<topic id>/<partition>/<name>.obj",
+                                v,
+                            ))
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let etcd_endpoints = r
             .parse("ferry.coordinator", |key, v| {
                 if v.is_empty() {
@@ -1415,6 +1443,7 @@ impl Config {
             compaction_interval_ms,
             compaction_bytes_min,
             acceptor,
+            accept_lost_objects,
             etcd_endpoints,
             cluster_id,
             metrics_listener,

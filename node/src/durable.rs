@@ -64,6 +64,10 @@ pub struct Loaded {
     pub batches: Vec<(crate::partition::LogBatch, crate::node::RecoveredProducer)>,
     /// The next offset to assign (the log end, or a newer epoch's start).
     pub log_end: i64,
+    /// Not empty if the partition cannot be rebuilt: the keys of the
+    /// unread (corrupt) objects its history may be in. It is then not
+    /// served, and `batches` is empty.
+    pub blocked: Vec<String>,
 }
 
 /// What [`DurableLog::load_partitions`] answers, by (topic id, partition).

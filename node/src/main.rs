@@ -256,8 +256,11 @@ fn start_node(config: &Config, cluster: ferry_node::node::ClusterJoin) -> anyhow
     if let Some(h) = &handoff {
         h.validate()?;
     }
-    let opened =
-        WalLog::open_with_handoff(store, wal, handoff).context("recovering from the bucket")?;
+    let options = ferry_node::wal_log::RecoveryOptions {
+        accept_lost: config.accept_lost_objects.clone(),
+    };
+    let opened = WalLog::open_with_options(store, wal, handoff, options)
+        .context("recovering from the bucket")?;
     tracing::info!(
         objects = opened.objects_read,
         batches = opened.batches,
@@ -288,6 +291,7 @@ fn start_node(config: &Config, cluster: ferry_node::node::ClusterJoin) -> anyhow
     };
     let mut settings = NodeSettings {
         groups_snapshot: opened.groups.clone(),
+        blocked: opened.blocked,
         cluster,
         ..NodeSettings::from_config(config).context("node.id and listeners are required")?
     };
@@ -317,6 +321,10 @@ fn start_node(config: &Config, cluster: ferry_node::node::ClusterJoin) -> anyhow
                 extra.push_str(&format!(
                     "# TYPE ferry_object_deletion_blocked_passes gauge\nferry_object_deletion_blocked_passes {}\n",
                     ctx.refs_blocked.load(std::sync::atomic::Ordering::Relaxed)
+                ));
+                extra.push_str(&format!(
+                    "# TYPE ferry_partitions_blocked gauge\nferry_partitions_blocked {}\n",
+                    ctx.blocked_count()
                 ));
                 ctx.metrics.render(&extra)
             }),

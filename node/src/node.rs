@@ -19,6 +19,15 @@ pub type RecoveredProducer = Option<(i64, i16, i32, i32)>;
 /// What recovery found in the bucket, by partition.
 pub type Recovered = HashMap<(Arc<str>, i32), Vec<(LogBatch, RecoveredProducer)>>;
 
+/// Partitions that recovery could not rebuild, by partition: the keys of the
+/// unread (corrupt) objects their history may be in. They are not served
+/// (KAFKA_STORAGE_ERROR) until the objects are read or their loss accepted
+/// (`ferry.recovery.accept.lost.objects`).
+pub type Blocked = HashMap<(Arc<str>, i32), Vec<String>>;
+
+/// A blocked partition's unread objects, and when it was found blocked.
+type BlockedSince = (Vec<String>, std::time::Instant);
+
 pub struct NodeCtx {
     pub node_id: i32,
     pub rack: Option<String>,
@@ -93,6 +102,10 @@ pub struct NodeCtx {
     /// found; shard 0 takes the snapshot when it starts the coordinator.
     pub group_config: crate::group::GroupConfig,
     groups_snapshot: Mutex<Option<bytes::Bytes>>,
+    /// Partitions recovery or a takeover could not rebuild (see
+    /// [`Blocked`]), with when each was last found blocked. Looked at only
+    /// when a partition is not held, never on the produce or fetch path.
+    blocked: Mutex<HashMap<(Arc<str>, i32), BlockedSince>>,
 }
 
 /// The parts of [`NodeCtx`] a caller chooses.
@@ -129,6 +142,8 @@ pub struct NodeSettings {
     pub compaction_bytes_min: usize,
     /// `ferry.accept=acceptor` (default: SO_REUSEPORT listeners).
     pub acceptor: bool,
+    /// What start-up recovery could not rebuild ([`crate::wal_log::Opened`]).
+    pub blocked: Blocked,
 }
 
 impl NodeSettings {
@@ -159,6 +174,7 @@ impl NodeSettings {
             compaction_interval_ms: crate::config::COMPACTION_INTERVAL_MS_DEFAULT,
             compaction_bytes_min: crate::config::COMPACTION_BYTES_MIN_DEFAULT as usize,
             acceptor: false,
+            blocked: Blocked::new(),
         }
     }
 }
@@ -197,6 +213,7 @@ impl NodeSettings {
             compaction_interval_ms: config.compaction_interval_ms,
             compaction_bytes_min: config.compaction_bytes_min as usize,
             acceptor: config.acceptor,
+            blocked: Blocked::new(),
         })
     }
 }
@@ -291,7 +308,41 @@ impl NodeCtx {
             acceptor: s.acceptor,
             group_config: s.group_config,
             groups_snapshot: Mutex::new(s.groups_snapshot),
+            blocked: Mutex::new(
+                s.blocked
+                    .into_iter()
+                    .map(|(k, v)| (k, (v, std::time::Instant::now())))
+                    .collect(),
+            ),
         }
+    }
+
+    /// Marks a partition as not rebuildable: `objects` are the unread
+    /// objects its history may be in.
+    pub fn block_partition(&self, key: (Arc<str>, i32), objects: Vec<String>) {
+        self.blocked
+            .lock()
+            .insert(key, (objects, std::time::Instant::now()));
+    }
+
+    /// Forgets a partition's block (it was rebuilt).
+    pub fn unblock_partition(&self, key: &(Arc<str>, i32)) {
+        self.blocked.lock().remove(key);
+    }
+
+    /// If the partition is blocked: the objects that block it, and how long
+    /// ago it was found blocked.
+    pub fn blocked_partition(
+        &self,
+        key: &(Arc<str>, i32),
+    ) -> Option<(Vec<String>, std::time::Duration)> {
+        let map = self.blocked.lock();
+        map.get(key).map(|(o, at)| (o.clone(), at.elapsed()))
+    }
+
+    /// How many partitions are blocked (`ferry_partitions_blocked`).
+    pub fn blocked_count(&self) -> usize {
+        self.blocked.lock().len()
     }
 
     /// Adopts the cluster's topic table if the coordinator has a newer one
@@ -368,6 +419,13 @@ impl NodeCtx {
         for (b, _) in self.recovered.lock().values().flatten() {
             if let Some(l) = &b.location {
                 refs.note(l);
+            }
+        }
+        // A blocked partition's unread objects stay, and so does every
+        // object after them: deleting them would hide the loss.
+        for (objects, _) in self.blocked.lock().values() {
+            for key in objects {
+                refs.note_key(key);
             }
         }
     }

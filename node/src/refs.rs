@@ -56,6 +56,24 @@ impl Refs {
         self.note_handoff(&location.key);
     }
 
+    /// Notes a WAL or handoff object by key (`wal/<node>/<seq>.wal`,
+    /// `handoff/<node>/<seq>.wal`); other keys are ignored.
+    pub fn note_key(&mut self, key: &str) {
+        if key.starts_with(HANDOFF_PREFIX) {
+            return self.note_handoff(key);
+        }
+        if !key.starts_with("wal/") {
+            return;
+        }
+        let path = object_store::path::Path::from(key);
+        if let (Some(node), Some(seq)) = (
+            ferry_wal::reader::parse_node(&path),
+            ferry_wal::reader::parse_seq(&path),
+        ) {
+            min_into(&mut self.wal, node, seq);
+        }
+    }
+
     /// Notes a handoff object by key (`handoff/<node>/<seq>.wal`); other
     /// keys are not handoff objects and are ignored.
     pub fn note_handoff(&mut self, key: &str) {

@@ -492,7 +492,17 @@ impl Shard {
         if let Some(log) = parts.get(&key) {
             return Ok(log.clone());
         }
-        if self.leadership.borrow().solo {
+        let solo = self.leadership.borrow().solo;
+        // A partition whose history may be in an unreadable object is not
+        // served. A node alone found it so at start-up (the objects are
+        // read again at the next start); a node of a cluster tries its
+        // takeover again now and then.
+        if let Some((_, since)) = self.ctx.blocked_partition(&key) {
+            if solo || since < BLOCKED_LOAD_RETRY {
+                return Err(ErrorCode::KAFKA_STORAGE_ERROR);
+            }
+        }
+        if solo {
             let mut log = PartitionLog::new(info.name.clone(), info.id.0, partition);
             for (b, producer) in self.ctx.take_recovered(&key, self.id) {
                 log.recover(b, producer);
@@ -694,6 +704,13 @@ impl Shard {
         for ((topic, partition), id) in batch {
             let epoch = view.leader_epoch(topic, *partition);
             let found = loaded.remove(&(*id, *partition)).unwrap_or_default();
+            if !found.blocked.is_empty() {
+                tracing::error!(topic = &**topic, partition, objects = ?found.blocked,
+                    "not taking the partition over: its history may be in an unreadable object; clients get KAFKA_STORAGE_ERROR");
+                self.ctx
+                    .block_partition((topic.clone(), *partition), found.blocked);
+                continue;
+            }
             let mut log = PartitionLog::new(topic.clone(), *id, *partition);
             log.leader_epoch = epoch;
             let batches = found.batches.len();
@@ -733,6 +750,7 @@ impl Shard {
                 "leading"
             );
             let key = (topic, partition);
+            self.ctx.unblock_partition(&key);
             self.partitions
                 .borrow_mut()
                 .insert(key.clone(), Rc::new(RefCell::new(log)));
@@ -2265,6 +2283,9 @@ impl Shard {
 /// Loader tasks of one shard at once: one for the retention pass's loads,
 /// one more for partitions a client waits for.
 const LOADERS_MAX: usize = 2;
+/// How long a node of a cluster answers KAFKA_STORAGE_ERROR for a partition
+/// it could not take over (an unreadable object) before trying again.
+const BLOCKED_LOAD_RETRY: Duration = Duration::from_secs(10);
 
 /// Most bytes one ranged GET of adjacent batches reads.
 const READ_RUN_BYTES_MAX: u64 = 8 << 20;

@@ -39,6 +39,8 @@ pub struct WalLog {
     indexes: Arc<recovery::IndexCache>,
     compacted_deleted: Arc<std::sync::atomic::AtomicU64>,
     stats: Arc<ferry_wal::WalStats>,
+    /// `ferry.recovery.accept.lost.objects`.
+    accept_lost: Arc<Vec<String>>,
 }
 
 /// The wall-clock time `age` ago, in object_store's timestamp type.
@@ -52,8 +54,40 @@ pub struct Opened {
     /// cluster (`meta/zone-cidrs`), if it was.
     pub zone_cidrs: Option<String>,
     pub recovered: Recovered,
+    /// Partitions that could not be rebuilt: their history may be in an
+    /// object that is corrupt (see `ferry_wal::recovery::unread_blocks`).
+    /// Their recovered entries are left out; they are not served.
+    pub blocked: crate::node::Blocked,
     pub objects_read: u64,
     pub batches: usize,
+}
+
+/// How start-up recovery treats the bucket's errors.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryOptions {
+    /// `ferry.recovery.accept.lost.objects`: keys of objects the operator
+    /// has declared lost. They block no partition; the partitions are
+    /// rebuilt without them (and each use is logged as an error).
+    pub accept_lost: Vec<String>,
+}
+
+/// The longest wait between two attempts of start-up recovery.
+const RECOVERY_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Whether a store error at start-up is worth waiting out: anything but a
+/// refusal that no retry can change (credentials, permissions, an API the
+/// store does not have), which stops the start with a clear error.
+fn worth_retrying(e: &WalError) -> bool {
+    match e {
+        WalError::Store { source, .. } => !matches!(
+            **source,
+            object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. }
+                | object_store::Error::NotImplemented { .. }
+                | object_store::Error::NotSupported { .. }
+        ),
+        other => other.is_retriable(),
+    }
 }
 
 /// The CRC32C of a whole record batch given as segments, from the batch's
@@ -143,121 +177,78 @@ impl WalLog {
     /// (`automq.zonerouter.channels`'s `batchInterval` / `maxBytesInBatch`).
     pub fn open_with_handoff(
         store: Arc<dyn ObjectStore>,
+        config: WalConfig,
+        handoff: Option<WalConfig>,
+    ) -> Result<Opened, WalError> {
+        WalLog::open_with_options(store, config, handoff, RecoveryOptions::default())
+    }
+
+    /// [`WalLog::open_with_handoff`], with the operator's recovery options.
+    ///
+    /// Reading the bucket is retried, with backoff up to
+    /// [`RECOVERY_BACKOFF_MAX`], for as long as the store answers with
+    /// errors other than a proven NotFound (500, 503, timeouts, an
+    /// unreachable endpoint): nothing is served meanwhile, and nothing is
+    /// rebuilt without an object that could not be read. Errors no retry
+    /// can change (credentials, permissions) and corrupt metadata stop the
+    /// start.
+    pub fn open_with_options(
+        store: Arc<dyn ObjectStore>,
         mut config: WalConfig,
         handoff: Option<WalConfig>,
+        options: RecoveryOptions,
     ) -> Result<Opened, WalError> {
         let io = IoRuntime::new(config.io_threads.max(1))?;
         let node_id = config.node_id;
-        let topics = match io.block_on(get_meta(&*store, "topics"))? {
-            Some(b) => TopicTable::decode(&b).map_err(|e| WalError::Config {
-                param: "meta/topics".into(),
-                expected: "a topic table written by Ferry".into(),
-                found: e.to_string(),
-            })?,
-            None => TopicTable::default(),
-        };
-        // This node's committed offsets; before nodes kept one object each,
-        // the one node's were in `meta/groups`.
-        let name = crate::coordinator::groups_meta_name(node_id as i32);
-        let groups = match io.block_on(get_meta(&*store, &name))? {
-            Some(g) => Some(g),
-            None => io.block_on(get_meta(&*store, "groups"))?,
-        };
-        let zone_cidrs = io
-            .block_on(get_meta(&*store, crate::api::ZONE_CIDRS_META))?
-            .and_then(|b| String::from_utf8(b.to_vec()).ok());
-        let rec = io.block_on(recovery::scan(&*store, WAL_PREFIX, node_id))?;
-        for s in &rec.skipped {
-            tracing::warn!(object_key = %s.key, error = %s.error, "skipped a WAL object at recovery");
-        }
-        let compacted = io.block_on(compact::scan_compacted(&*store, node_id))?;
-        let is_live = |topic: &str, id: &[u8; 16]| topics.get(topic).is_some_and(|t| t.id.0 == *id);
-        // Compacted objects of deleted topics, and copies a merge left
-        // behind, are not read by anything: they go.
-        let mut orphans = compacted.redundant.clone();
-        // Only entries of the topics that exist now, by id: a topic deleted
-        // and created again under its name starts empty. A partition's
-        // compacted entries come first; WAL entries they already hold are
-        // left out (they are the same batches, and their WAL objects go
-        // once nothing else reads from them).
-        let mut live: Vec<ferry_wal::RecoveredEntry> = Vec::new();
-        let mut compacted_end: std::collections::HashMap<(Arc<str>, i32), i64> = Default::default();
-        for (key, entries) in &compacted.partitions {
-            let Some(first) = entries.first() else {
-                continue;
-            };
-            if !is_live(&first.entry.topic, &first.entry.topic_id) {
-                orphans.extend(entries.iter().map(|e| Path::from(&*e.key)));
-                continue;
-            }
-            if let Some(last) = entries.last() {
-                compacted_end.insert(key.clone(), last.entry.last_offset + 1);
-            }
-            live.extend(entries.iter().cloned());
-        }
-        live.extend(
-            rec.entries
-                .iter()
-                .filter(|e| is_live(&e.entry.topic, &e.entry.topic_id))
-                .filter(|e| {
-                    compacted_end
-                        .get(&(e.entry.topic.clone(), e.entry.partition))
-                        .is_none_or(|end| e.entry.last_offset >= *end)
-                })
-                .cloned(),
-        );
-        orphans.sort();
-        orphans.dedup();
-        for key in orphans {
-            match io.block_on(store.delete(&key)) {
-                Ok(()) => {
-                    tracing::info!(object_key = %key, "deleted an unreferenced compacted object")
+        let started = std::time::Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        let mut attempt = 1u32;
+        let found = loop {
+            match io.block_on(recover(&*store, node_id, &options)) {
+                Ok(found) => break found,
+                Err(e) if worth_retrying(&e) => {
+                    tracing::warn!(
+                        error = %e,
+                        attempt,
+                        waited_ms = started.elapsed().as_millis() as u64,
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "the bucket could not be read at start-up; nothing is served until it is"
+                    );
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(RECOVERY_BACKOFF_MAX);
+                    attempt += 1;
                 }
-                Err(e) => {
-                    tracing::warn!(object_key = %key, error = %e, "could not delete an unreferenced compacted object")
-                }
+                Err(e) => return Err(e),
             }
+        };
+        if attempt > 1 {
+            tracing::info!(
+                attempts = attempt,
+                waited_ms = started.elapsed().as_millis() as u64,
+                "the bucket is readable again; recovery went on"
+            );
         }
-        let logs = recovery::rebuild(&live);
-        let mut recovered = Recovered::new();
-        let mut batches = 0;
-        for (key, log) in logs {
-            let list = recovered.entry(key).or_default();
-            for e in &log.entries {
-                let i = &e.entry;
-                let p = i.producer;
-                list.push((
-                    LogBatch {
-                        base_offset: i.base_offset,
-                        last_offset: i.last_offset,
-                        max_timestamp: i.max_timestamp,
-                        len: i.len,
-                        data: None,
-                        location: Some(e.location()),
-                        handoff: None,
-                    },
-                    (p.id >= 0).then_some((p.id, p.epoch, p.first_sequence, p.last_sequence)),
-                ));
-                batches += 1;
-            }
-        }
+        let Found {
+            topics,
+            groups,
+            zone_cidrs,
+            recovered,
+            blocked,
+            next_seq,
+            handoff_next_seq,
+            objects_read,
+            batches,
+        } = found;
         // The handoff writer: same settings (the zonerouter channel's, when
         // the node has one: see `open_with_handoff`), its own prefix, and
         // sequence numbers after any object it left.
         let mut handoff_config = handoff.unwrap_or_else(|| config.clone());
         handoff_config.node_id = node_id;
         handoff_config.prefix = HANDOFF_PREFIX.to_string();
-        handoff_config.first_seq = io
-            .block_on(ferry_wal::reader::list_objects(
-                &*store,
-                HANDOFF_PREFIX,
-                node_id,
-            ))?
-            .last()
-            .map_or(0, |o| o.seq + 1);
+        handoff_config.first_seq = handoff_next_seq;
         let handoff_writer = WalWriter::start_on(&io, store.clone(), handoff_config)?;
         let handoff_handle = handoff_writer.handle();
-        config.first_seq = rec.next_seq;
+        config.first_seq = next_seq;
         config.prefix = WAL_PREFIX.to_string();
         let inflight_bytes_max = config.inflight_bytes_max;
         let writer = WalWriter::start_on(&io, store.clone(), config)?;
@@ -280,6 +271,7 @@ impl WalLog {
             indexes: Default::default(),
             compacted_deleted: Default::default(),
             stats,
+            accept_lost: Arc::new(options.accept_lost.clone()),
         });
         Ok(Opened {
             log,
@@ -287,7 +279,8 @@ impl WalLog {
             groups,
             zone_cidrs,
             recovered,
-            objects_read: rec.objects_read + compacted.objects_read,
+            blocked,
+            objects_read,
             batches,
         })
     }
@@ -311,6 +304,204 @@ impl WalLog {
             }
         }
     }
+}
+
+/// What one attempt of start-up recovery read from the bucket.
+struct Found {
+    topics: TopicTable,
+    groups: Option<Bytes>,
+    zone_cidrs: Option<String>,
+    recovered: Recovered,
+    blocked: crate::node::Blocked,
+    next_seq: u64,
+    handoff_next_seq: u64,
+    objects_read: u64,
+    batches: usize,
+}
+
+/// One attempt at reading what the bucket holds for `node_id`: metadata,
+/// the WAL, compacted objects and the handoff sequence. Any store error but
+/// a proven NotFound fails the attempt (the caller retries); corrupt WAL
+/// objects block the partitions whose history they may hold.
+async fn recover(
+    store: &dyn ObjectStore,
+    node_id: u32,
+    options: &RecoveryOptions,
+) -> Result<Found, WalError> {
+    let topics = match get_meta(store, "topics").await? {
+        Some(b) => TopicTable::decode(&b).map_err(|e| WalError::Config {
+            param: "meta/topics".into(),
+            expected: "a topic table written by Ferry".into(),
+            found: e.to_string(),
+        })?,
+        None => TopicTable::default(),
+    };
+    // This node's committed offsets; before nodes kept one object each,
+    // the one node's were in `meta/groups`.
+    let name = crate::coordinator::groups_meta_name(node_id as i32);
+    let groups = match get_meta(store, &name).await? {
+        Some(g) => Some(g),
+        None => get_meta(store, "groups").await?,
+    };
+    let zone_cidrs = get_meta(store, crate::api::ZONE_CIDRS_META)
+        .await?
+        .and_then(|b| String::from_utf8(b.to_vec()).ok());
+    let rec = recovery::scan(store, WAL_PREFIX, node_id).await?;
+    let compacted = compact::scan_compacted(store, node_id).await?;
+    let handoff_next_seq = ferry_wal::reader::list_objects(store, HANDOFF_PREFIX, node_id)
+        .await?
+        .last()
+        .map_or(0, |o| o.seq + 1);
+    let is_live = |topic: &str, id: &[u8; 16]| topics.get(topic).is_some_and(|t| t.id.0 == *id);
+    // Compacted objects of deleted topics, and copies a merge left
+    // behind, are not read by anything: they go.
+    let mut orphans = compacted.redundant.clone();
+    // Only entries of the topics that exist now, by id: a topic deleted
+    // and created again under its name starts empty. A partition's
+    // compacted entries come first; WAL entries they already hold are
+    // left out (they are the same batches, and their WAL objects go
+    // once nothing else reads from them).
+    let mut live: Vec<ferry_wal::RecoveredEntry> = Vec::new();
+    let mut compacted_end: std::collections::HashMap<(Arc<str>, i32), i64> = Default::default();
+    let mut compacted_end_by_id: std::collections::HashMap<([u8; 16], i32), i64> =
+        Default::default();
+    for (key, entries) in &compacted.partitions {
+        let Some(first) = entries.first() else {
+            continue;
+        };
+        if !is_live(&first.entry.topic, &first.entry.topic_id) {
+            orphans.extend(entries.iter().map(|e| Path::from(&*e.key)));
+            continue;
+        }
+        if let Some(last) = entries.last() {
+            compacted_end.insert(key.clone(), last.entry.last_offset + 1);
+            compacted_end_by_id.insert(
+                (first.entry.topic_id, first.entry.partition),
+                last.entry.last_offset + 1,
+            );
+        }
+        live.extend(entries.iter().cloned());
+    }
+    live.extend(
+        rec.entries
+            .iter()
+            .filter(|e| is_live(&e.entry.topic, &e.entry.topic_id))
+            .filter(|e| {
+                compacted_end
+                    .get(&(e.entry.topic.clone(), e.entry.partition))
+                    .is_none_or(|end| e.entry.last_offset >= *end)
+            })
+            .cloned(),
+    );
+    // Objects that could not be read: the partitions whose history they
+    // may hold are blocked, never rebuilt around them.
+    let mut skipped = rec.skipped.clone();
+    skipped.extend(compacted.skipped.iter().map(|(key, error)| {
+        ferry_wal::recovery::SkippedObject {
+            key: key.to_string(),
+            seq: compact::COMPACTED_SEQ,
+            error: error.clone(),
+        }
+    }));
+    let blocked = blocked_partitions(
+        &rec.entries,
+        &skipped,
+        topics
+            .iter()
+            .flat_map(|t| (0..t.partitions).map(move |p| (t.id.0, p))),
+        |id, p| compacted_end_by_id.get(&(*id, p)).copied(),
+        options,
+        |id| {
+            topics
+                .iter()
+                .find(|t| t.id.0 == *id)
+                .map(|t| t.name.clone())
+        },
+    );
+    orphans.sort();
+    orphans.dedup();
+    for key in orphans {
+        match store.delete(&key).await {
+            Ok(()) => {
+                tracing::info!(object_key = %key, "deleted an unreferenced compacted object")
+            }
+            Err(e) => {
+                tracing::warn!(object_key = %key, error = %e, "could not delete an unreferenced compacted object")
+            }
+        }
+    }
+    let logs = recovery::rebuild(&live);
+    let mut recovered = Recovered::new();
+    let mut batches = 0;
+    for (key, log) in logs {
+        if blocked.contains_key(&key) {
+            continue;
+        }
+        let list = recovered.entry(key).or_default();
+        for e in &log.entries {
+            let i = &e.entry;
+            let p = i.producer;
+            list.push((
+                LogBatch {
+                    base_offset: i.base_offset,
+                    last_offset: i.last_offset,
+                    max_timestamp: i.max_timestamp,
+                    len: i.len,
+                    data: None,
+                    location: Some(e.location()),
+                    handoff: None,
+                },
+                (p.id >= 0).then_some((p.id, p.epoch, p.first_sequence, p.last_sequence)),
+            ));
+            batches += 1;
+        }
+    }
+    Ok(Found {
+        topics,
+        groups,
+        zone_cidrs,
+        recovered,
+        blocked,
+        next_seq: rec.next_seq,
+        handoff_next_seq,
+        objects_read: rec.objects_read + compacted.objects_read,
+        batches,
+    })
+}
+
+/// The partitions among `candidates` that objects a scan could not read
+/// block (see `ferry_wal::recovery::unread_blocks`), by topic name, with
+/// every unread object logged as an error and every accepted loss logged
+/// as one too.
+fn blocked_partitions(
+    entries: &[ferry_wal::RecoveredEntry],
+    skipped: &[ferry_wal::recovery::SkippedObject],
+    candidates: impl IntoIterator<Item = ([u8; 16], i32)>,
+    known_end: impl Fn(&[u8; 16], i32) -> Option<i64>,
+    options: &RecoveryOptions,
+    name_of: impl Fn(&[u8; 16]) -> Option<Arc<str>>,
+) -> crate::node::Blocked {
+    let accepted = |key: &str| options.accept_lost.iter().any(|k| k == key);
+    for s in skipped {
+        if s.error.is_not_found() {
+            tracing::info!(object_key = %s.key, "an object listed was deleted before it was read; it held nothing in use");
+        } else if accepted(&s.key) {
+            tracing::error!(object_key = %s.key, error = %s.error,
+                "ACCEPTED LOSS: an unreadable object is left out because ferry.recovery.accept.lost.objects names it; records it held are gone and their offsets may be given out again");
+        } else {
+            tracing::error!(object_key = %s.key, error = %s.error,
+                "an object of acknowledged data cannot be read; the partitions it may hold are stopped (KAFKA_STORAGE_ERROR) until it is readable or ferry.recovery.accept.lost.objects names it");
+        }
+    }
+    let by_id = recovery::unread_blocks(entries, skipped, candidates, known_end, &accepted);
+    let mut out = crate::node::Blocked::new();
+    for ((id, partition), objects) in by_id {
+        let Some(topic) = name_of(&id) else { continue };
+        tracing::error!(topic = &*topic, partition, objects = ?objects,
+            "partition stopped: its history may be in an unreadable object");
+        out.insert((topic, partition), objects);
+    }
+    out
 }
 
 async fn get_meta(store: &dyn ObjectStore, name: &str) -> Result<Option<Bytes>, WalError> {
@@ -485,6 +676,7 @@ impl DurableLog for WalLog {
     ) -> oneshot::Receiver<Result<crate::durable::LoadedPartitions, DurableError>> {
         let store = self.store.clone();
         let indexes = self.indexes.clone();
+        let accept_lost = self.accept_lost.clone();
         self.io.spawn(async move {
             let wanted: std::collections::HashSet<([u8; 16], i32)> = want.into_iter().collect();
             let scan = recovery::scan_partitions_cached(
@@ -503,8 +695,51 @@ impl DurableLog for WalLog {
                 ids.insert((e.entry.topic.clone(), e.entry.partition), e.entry.topic_id);
             }
             let mut out = crate::durable::LoadedPartitions::new();
+            // Partitions whose history may be in an object that could not
+            // be read are answered blocked, never rebuilt without it.
+            let mut compacted_end: std::collections::HashMap<([u8; 16], i32), i64> =
+                Default::default();
+            for e in scan
+                .entries
+                .iter()
+                .filter(|e| e.seq == compact::COMPACTED_SEQ)
+            {
+                let end = compacted_end
+                    .entry((e.entry.topic_id, e.entry.partition))
+                    .or_insert(i64::MIN);
+                *end = (*end).max(e.entry.last_offset + 1);
+            }
+            let accepted = |key: &str| accept_lost.iter().any(|k| k == key);
+            for s in scan.skipped.iter().filter(|s| !s.error.is_not_found()) {
+                if accepted(&s.key) {
+                    tracing::error!(object_key = %s.key, error = %s.error,
+                        "ACCEPTED LOSS: an unreadable object is left out of a takeover because ferry.recovery.accept.lost.objects names it");
+                } else {
+                    tracing::error!(object_key = %s.key, error = %s.error,
+                        "an object of acknowledged data cannot be read; the partitions it may hold are not taken over");
+                }
+            }
+            let blocked = recovery::unread_blocks(
+                &scan.entries,
+                &scan.skipped,
+                wanted.iter().copied(),
+                |id, p| compacted_end.get(&(*id, p)).copied(),
+                &accepted,
+            );
+            for (key, objects) in blocked {
+                out.insert(
+                    key,
+                    crate::durable::Loaded {
+                        blocked: objects,
+                        ..Default::default()
+                    },
+                );
+            }
             for (key, log) in recovery::rebuild_fenced(&scan.entries) {
                 let Some(id) = ids.get(&key) else { continue };
+                if out.contains_key(&(*id, key.1)) {
+                    continue;
+                }
                 if !log.fenced.is_empty() {
                     tracing::info!(topic = &*key.0, partition = key.1, entries = log.fenced.len(),
                         "a fenced leader's late writes are left out");
@@ -535,6 +770,7 @@ impl DurableLog for WalLog {
                     crate::durable::Loaded {
                         batches,
                         log_end: log.log_end,
+                        blocked: Vec::new(),
                     },
                 );
             }

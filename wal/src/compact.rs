@@ -86,6 +86,22 @@ pub fn compacted_key(
     ))
 }
 
+/// The topic id and partition a compacted object's key names
+/// (`data/<node>/<topic id>/<partition>/<name>.obj`), if it has that shape.
+pub fn parse_compacted_key(key: &str) -> Option<([u8; 16], i32)> {
+    let mut parts = key.strip_prefix(DATA_PREFIX)?.strip_prefix('/')?.split('/');
+    let (_node, topic, partition, name) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || !name.ends_with(".obj") || topic.len() != 32 {
+        return None;
+    }
+    let mut id = [0u8; 16];
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = u8::from_str_radix(topic.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some((id, partition.parse().ok()?))
+}
+
 /// Whether a location is in a compacted object rather than a WAL object.
 pub fn is_compacted(location: &WalLocation) -> bool {
     location.seq == COMPACTED_SEQ
@@ -538,6 +554,19 @@ mod tests {
             .enable_all()
             .build()
             .expect("runtime")
+    }
+
+    #[test]
+    fn compacted_keys_name_their_partition() {
+        let id = [0xab; 16];
+        let key = compacted_key(1, &id, 7, 99, 5);
+        assert_eq!(parse_compacted_key(key.as_ref()), Some((id, 7)));
+        assert_eq!(parse_compacted_key("wal/1/00000000000000000001.wal"), None);
+        assert_eq!(parse_compacted_key("data/1/zz/7/x.obj"), None);
+        assert_eq!(
+            parse_compacted_key("data/1/abababababababababababababababab/7/x.obj/y"),
+            None
+        );
     }
 
     #[test]

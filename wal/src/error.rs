@@ -156,6 +156,14 @@ impl WalError {
         )
     }
 
+    /// True only for a store's proven NotFound: the one error that makes an
+    /// object absent. Every other store error (500, 503, a timeout, a
+    /// refused connection) says nothing about the object.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, WalError::Store { source, .. }
+            if matches!(**source, object_store::Error::NotFound { .. }))
+    }
+
     pub(crate) fn store(op: &'static str, key: impl Into<String>, e: object_store::Error) -> Self {
         WalError::Store {
             op,

@@ -54,7 +54,7 @@ pub use reader::{WalObjectMeta, WalReader};
 pub use recovery::{EpochStart, PartitionLog, PartitionsScan, RecoveredEntry, Recovery};
 pub use runtime::IoRuntime;
 pub use stats::{WalStats, WalStatsSnapshot};
-pub use store::{BucketUri, FaultyStore, LatencyModel, LatencyStore};
+pub use store::{BucketUri, FaultWindow, FaultyStore, LatencyModel, LatencyStore, ReadFault};
 pub use writer::{WalConfig, WalHandle, WalLocation, WalWriter};
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //! read on the WAL's I/O runtime and returns a oneshot.
 //!
 //! Reading an index takes one GET of the object's last `TAIL_READ_BYTES`
-//! (which, for objects up to that size, is the whole object), plus, for
+//! (which, for objects up to that size, is the whole object), asked for as
+//! an explicit range from the listed size, never as a suffix range, plus, for
 //! larger objects, a GET of the header and, if the index did not fit in the
 //! tail, one of the index. Reading a partition's entries is one ranged GET.
 //! Every read is checked: the header and index against the footer's CRC, each
@@ -209,18 +210,50 @@ pub(crate) async fn read_index_counted(
             available: len,
         }));
     }
+    // An explicit range from the object's size: a suffix range longer than
+    // the object is answered with the whole object by S3, and with an
+    // error by some other servers (s3s-fs: 500). Without a listed size,
+    // a HEAD gives it.
+    let object_len = match listed_len {
+        Some(len) => len,
+        None => {
+            WalStats::add(&stats.get_requests, 1);
+            let meta = store.head(key).await.map_err(|e| {
+                WalStats::add(&stats.get_errors, 1);
+                WalError::store("HEAD", key.to_string(), e)
+            })?;
+            if meta.size < OBJECT_LEN_MIN {
+                return Err(corrupt(FormatError::Truncated {
+                    what: "object",
+                    needed: OBJECT_LEN_MIN,
+                    available: meta.size,
+                }));
+            }
+            meta.size
+        }
+    };
     WalStats::add(&stats.get_requests, 1);
     let tail = store
         .get_opts(
             key,
-            GetOptions::new().with_range(Some(GetRange::Suffix(TAIL_READ_BYTES))),
+            GetOptions::new().with_range(Some(GetRange::Bounded(
+                object_len.saturating_sub(TAIL_READ_BYTES)..object_len,
+            ))),
         )
         .await
         .map_err(|e| {
             WalStats::add(&stats.get_errors, 1);
             WalError::store("GET footer", key.to_string(), e)
         })?;
-    let object_len = tail.meta.size;
+    if tail.meta.size != object_len {
+        // The object is not the one listed (WAL objects are never
+        // rewritten): report it rather than read a mix of two.
+        return Err(corrupt(FormatError::Truncated {
+            what: "object (size differs from its listing)",
+            needed: object_len,
+            available: tail.meta.size,
+        }));
+    }
     let tail_range = tail.range.clone();
     let tail_bytes = tail.bytes().await.map_err(|e| {
         WalStats::add(&stats.get_errors, 1);

@@ -3,9 +3,13 @@
 //! After a clean stop or `kill -9`, [`scan`] lists the node's objects and
 //! reads every index, in sequence order, and returns every entry with its
 //! location. An object that is corrupt or partial is skipped and reported,
-//! never a panic, and the objects after it are still read. A GET that fails
-//! for another reason (the bucket is unreachable) is retried, and then fails
-//! the whole scan: skipping a readable object would lose acknowledged data.
+//! never a panic, and the objects after it are still read; the caller then
+//! stops every partition whose history it may hold ([`unread_blocks`]). An
+//! object the store proves absent (NotFound) after the listing is skipped:
+//! it was deleted because nothing referred to it. A GET or LIST that fails
+//! for any other reason (500, 503 SlowDown, a timeout, the bucket
+//! unreachable) is retried, and then fails the whole scan: skipping a
+//! readable object would lose acknowledged data.
 //!
 //! [`rebuild`] then turns the entries into each partition's log, with the
 //! rules that make it agree with what the writer acknowledged:
@@ -375,8 +379,8 @@ where
 
 /// One object's index read during a scan: its entries that `want` takes go
 /// to `entries` (answers `true`); an object whose header does not match its
-/// key, or that is corrupt or gone, is skipped and reported; any other
-/// error fails the scan.
+/// key, or that is corrupt, or proven gone (NotFound), is skipped and
+/// reported; any other error fails the scan.
 fn take_index(
     node_id: u32,
     meta: WalObjectMeta,
@@ -412,9 +416,17 @@ fn take_index(
                 ),
             },
         ),
-        // Store errors left here are NotFound: the object went away between
-        // the listing and the read.
-        Err(error @ (WalError::Corrupt { .. } | WalError::Store { .. })) => error,
+        // The object went away between the listing and the read: only a
+        // proven NotFound makes it absent. WAL objects are deleted only
+        // once nothing refers to them (their entries compacted, dropped by
+        // retention, or fenced), so its absence loses nothing.
+        Err(error @ WalError::Store { .. }) if error.is_not_found() => error,
+        // Corrupt or partial: reported, never read around. The caller
+        // stops the partitions whose history it may hold
+        // ([`unread_blocks`]).
+        Err(error @ WalError::Corrupt { .. }) => error,
+        // Any other error (the store failing, throttling, timing out) fails
+        // the scan: skipping a readable object would lose acknowledged data.
         Err(other) => return Err(other),
     };
     error!(object_key = %key, error = %error, "WAL object skipped");
@@ -424,6 +436,97 @@ fn take_index(
         error,
     });
     Ok(false)
+}
+
+/// Partitions whose history may be in an object a scan could not read
+/// (corrupt or partial, see [`SkippedObject`]): for each, the keys of the
+/// objects that block it. A blocked partition must not be served, nor
+/// rebuilt without those objects: its offsets after the unread ones would
+/// be given out again.
+///
+/// An unread WAL object of node `n` with sequence `s` blocks a partition
+/// unless `n`'s own history of the partition proves it needs nothing from
+/// it: `n` wrote an entry or epoch marker of the partition in an object
+/// after `s`, and the first such starts at or below where the partition
+/// stood before `s` (the end of `n`'s entries of it in earlier objects, or
+/// `known_end`, what compacted objects hold, whichever is higher; 0 if
+/// neither). A writer acknowledges a partition's batches in order and
+/// rewinds it only over writes that failed, so any acknowledged batch in
+/// `s` would make that first entry start above it. A partition `n` did not
+/// write after `s` cannot be cleared this way, and is blocked.
+///
+/// An unread compacted object blocks the partition its key names
+/// (`data/<node>/<topic id>/<partition>/…`). Objects proven absent
+/// (NotFound) block nothing, and neither do the keys in `accepted`: the
+/// objects whose loss the operator has accepted.
+pub fn unread_blocks<'a>(
+    entries: &[RecoveredEntry],
+    skipped: &[SkippedObject],
+    candidates: impl IntoIterator<Item = ([u8; 16], i32)>,
+    known_end: impl Fn(&[u8; 16], i32) -> Option<i64>,
+    accepted: &'a (dyn Fn(&str) -> bool + 'a),
+) -> BTreeMap<([u8; 16], i32), Vec<String>> {
+    let unread: Vec<&SkippedObject> = skipped
+        .iter()
+        .filter(|s| !s.error.is_not_found() && !accepted(&s.key))
+        .collect();
+    let mut out: BTreeMap<([u8; 16], i32), Vec<String>> = BTreeMap::new();
+    if unread.is_empty() {
+        return out;
+    }
+    // Each node's WAL entries per partition, in (sequence, index) order.
+    type ByNode<'e> = BTreeMap<u32, Vec<&'e RecoveredEntry>>;
+    let mut history: BTreeMap<([u8; 16], i32), ByNode> = BTreeMap::new();
+    for e in entries
+        .iter()
+        .filter(|e| e.seq != crate::compact::COMPACTED_SEQ)
+    {
+        history
+            .entry((e.entry.topic_id, e.entry.partition))
+            .or_default()
+            .entry(e.node_id)
+            .or_default()
+            .push(e);
+    }
+    for list in history.values_mut().flat_map(|m| m.values_mut()) {
+        list.sort_by_key(|e| e.seq); // stable: index order within an object
+    }
+    let empty = Vec::new();
+    for (topic_id, partition) in candidates {
+        for s in &unread {
+            let blocked = if s.seq == crate::compact::COMPACTED_SEQ {
+                crate::compact::parse_compacted_key(&s.key)
+                    .is_some_and(|(id, p)| id == topic_id && p == partition)
+            } else {
+                let Some(node) =
+                    crate::reader::parse_node(&object_store::path::Path::from(s.key.as_str()))
+                else {
+                    // Not a key a scan lists; nothing to reason about.
+                    continue;
+                };
+                let own = history
+                    .get(&(topic_id, partition))
+                    .and_then(|m| m.get(&node))
+                    .unwrap_or(&empty);
+                let before = own
+                    .iter()
+                    .filter(|e| e.seq < s.seq)
+                    .map(|e| e.entry.last_offset.saturating_add(1))
+                    .chain(known_end(&topic_id, partition))
+                    .max()
+                    .unwrap_or(0);
+                own.iter()
+                    .find(|e| e.seq > s.seq)
+                    .is_none_or(|first| first.entry.base_offset > before)
+            };
+            if blocked {
+                out.entry((topic_id, partition))
+                    .or_default()
+                    .push(s.key.clone());
+            }
+        }
+    }
+    out
 }
 
 /// One partition's log as rebuilt by [`rebuild`].

@@ -25,8 +25,9 @@
 //! whose host is an IP address or `localhost` (a local S3 server), where
 //! virtual hosts cannot resolve, path-style requests are used instead.
 //!
-//! [`FaultyStore`] wraps any store with PUT/GET latency and injected PUT
-//! failures, for tests.
+//! [`FaultyStore`] wraps any store with PUT/GET latency, injected PUT
+//! failures and injected read failures (GET, HEAD, LIST: an HTTP 500 or 503,
+//! or a timeout, for a number of attempts or a period), for tests.
 //!
 //! # The S3 latency model
 //!
@@ -63,13 +64,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
-    BackoffConfig, ClientOptions, CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload,
-    ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
-    RetryConfig,
+    BackoffConfig, ClientOptions, CopyOptions, GetOptions, GetRange, GetResult, ListResult,
+    MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions, PutPayload,
+    PutResult, RenameOptions, RetryConfig,
 };
 use url::Url;
 
@@ -966,6 +968,28 @@ pub struct FaultyStore {
     puts: AtomicU64,
     puts_failed: AtomicU64,
     gets: AtomicU64,
+    read_faults: std::sync::Mutex<Option<(ReadFault, FaultWindow)>>,
+    reads_failed: AtomicU64,
+    refuse_suffix_ranges: AtomicBool,
+}
+
+/// How an injected read failure (GET, HEAD or LIST) shows itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFault {
+    /// The server answers with this HTTP status (500 InternalError, 503
+    /// SlowDown): an error at once.
+    Status(u16),
+    /// The request hangs this long, then fails as a client timeout does.
+    Timeout(Duration),
+}
+
+/// For how long injected read failures last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultWindow {
+    /// The next `n` reads fail.
+    Attempts(u64),
+    /// Every read fails until then.
+    Until(std::time::Instant),
 }
 
 impl FaultyStore {
@@ -980,7 +1004,62 @@ impl FaultyStore {
             puts: AtomicU64::new(0),
             puts_failed: AtomicU64::new(0),
             gets: AtomicU64::new(0),
+            read_faults: std::sync::Mutex::new(None),
+            reads_failed: AtomicU64::new(0),
+            refuse_suffix_ranges: AtomicBool::new(false),
         }
+    }
+
+    /// While true, a GET with a suffix range (`bytes=-N`) fails with a 500,
+    /// as s3s-fs answers one longer than the object.
+    pub fn set_refuse_suffix_ranges(&self, refuse: bool) {
+        self.refuse_suffix_ranges.store(refuse, Ordering::SeqCst);
+    }
+
+    /// Reads (GET, ranged GET, HEAD and LIST) fail as `fault` says, for
+    /// `window`; `None` ends it.
+    pub fn fail_reads(&self, fault: Option<(ReadFault, FaultWindow)>) {
+        *self
+            .read_faults
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = fault;
+    }
+
+    /// Reads failed on purpose.
+    pub fn read_failures(&self) -> u64 {
+        self.reads_failed.load(Ordering::SeqCst)
+    }
+
+    /// The fault this read meets, if any (a counted window is used up by
+    /// one).
+    fn read_fault(&self) -> Option<ReadFault> {
+        let mut f = self
+            .read_faults
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (fault, window) = (*f)?;
+        match window {
+            FaultWindow::Attempts(0) => {
+                *f = None;
+                return None;
+            }
+            FaultWindow::Attempts(n) => *f = Some((fault, FaultWindow::Attempts(n - 1))),
+            FaultWindow::Until(t) if std::time::Instant::now() >= t => {
+                *f = None;
+                return None;
+            }
+            FaultWindow::Until(_) => {}
+        }
+        self.reads_failed.fetch_add(1, Ordering::SeqCst);
+        Some(fault)
+    }
+
+    /// Fails a read if a fault is on, after its delay.
+    async fn read_gate(&self, what: &str, location: Option<&Path>) -> object_store::Result<()> {
+        let Some(fault) = self.read_fault() else {
+            return Ok(());
+        };
+        Err(fault_error(fault, what, location).await)
     }
 
     /// Every PUT waits this long before it runs (or fails).
@@ -1062,6 +1141,24 @@ impl FaultyStore {
     }
 }
 
+/// The error an injected read fault gives, after its delay.
+async fn fault_error(fault: ReadFault, what: &str, location: Option<&Path>) -> object_store::Error {
+    let at = location.map_or_else(String::new, |l| format!(" {l}"));
+    let message = match fault {
+        ReadFault::Status(status) => {
+            format!("injected {what}{at}: server returned non-2xx status code: {status}")
+        }
+        ReadFault::Timeout(d) => {
+            tokio::time::sleep(d).await;
+            format!("injected {what}{at}: operation timed out after {d:?}")
+        }
+    };
+    object_store::Error::Generic {
+        store: "FaultyStore",
+        source: message.into(),
+    }
+}
+
 impl fmt::Display for FaultyStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "FaultyStore({})", self.inner)
@@ -1099,6 +1196,18 @@ impl ObjectStore for FaultyStore {
         if latency > 0 {
             tokio::time::sleep(Duration::from_micros(latency)).await;
         }
+        let what = if options.head { "HEAD" } else { "GET" };
+        self.read_gate(what, Some(location)).await?;
+        if matches!(options.range, Some(GetRange::Suffix(_)))
+            && self.refuse_suffix_ranges.load(Ordering::SeqCst)
+        {
+            return Err(fault_error(
+                ReadFault::Status(500),
+                "GET with a suffix range",
+                Some(location),
+            )
+            .await);
+        }
         self.inner.get_opts(location, options).await
     }
 
@@ -1112,6 +1221,7 @@ impl ObjectStore for FaultyStore {
         if latency > 0 {
             tokio::time::sleep(Duration::from_micros(latency)).await;
         }
+        self.read_gate("GET", Some(location)).await?;
         self.inner.get_ranges(location, ranges).await
     }
 
@@ -1123,7 +1233,16 @@ impl ObjectStore for FaultyStore {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list(prefix)
+        match self.read_fault() {
+            None => self.inner.list(prefix),
+            Some(fault) => {
+                let prefix = prefix.cloned();
+                futures_util::stream::once(async move {
+                    Err(fault_error(fault, "LIST", prefix.as_ref()).await)
+                })
+                .boxed()
+            }
+        }
     }
 
     fn list_with_offset(
@@ -1131,10 +1250,20 @@ impl ObjectStore for FaultyStore {
         prefix: Option<&Path>,
         offset: &Path,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list_with_offset(prefix, offset)
+        match self.read_fault() {
+            None => self.inner.list_with_offset(prefix, offset),
+            Some(fault) => {
+                let prefix = prefix.cloned();
+                futures_util::stream::once(async move {
+                    Err(fault_error(fault, "LIST", prefix.as_ref()).await)
+                })
+                .boxed()
+            }
+        }
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.read_gate("LIST", prefix).await?;
         self.inner.list_with_delimiter(prefix).await
     }
 

@@ -12,7 +12,7 @@ use common::*;
 use ferry_wal::object::{ObjectBuilder, ObjectHeader};
 use ferry_wal::reader::{self, object_key};
 use ferry_wal::recovery::{self, rebuild};
-use ferry_wal::{WalError, WalWriter};
+use ferry_wal::{FaultWindow, ReadFault, WalError, WalWriter};
 use futures_channel::oneshot;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
@@ -210,7 +210,8 @@ fn large_indexes_and_large_objects_read_with_few_gets() {
     let (_dir, store) = local_bucket();
     let s = as_store(&store);
     let io = test_io();
-    // Small object: one GET reads footer, index and header.
+    // Small object: one GET reads footer, index and header (after a HEAD
+    // for its size, which a scan takes from the listing instead).
     wait(
         &io,
         s.put(
@@ -222,7 +223,7 @@ fn large_indexes_and_large_objects_read_with_few_gets() {
     let before = store.get_count();
     let index = wait(&io, reader::read_index(&*s, &object_key("wal", 4, 0))).unwrap();
     assert_eq!(index.entries.len(), 1);
-    assert_eq!(store.get_count() - before, 1);
+    assert_eq!(store.get_count() - before, 2);
 
     // An index over 64 KiB behind 200 KiB of data: tail, then header and index.
     let mut b = ObjectBuilder::new(ObjectHeader {
@@ -241,7 +242,7 @@ fn large_indexes_and_large_objects_read_with_few_gets() {
     let before = store.get_count();
     let index = wait(&io, reader::read_index(&*s, &object_key("wal", 4, 1))).unwrap();
     assert_eq!(index, obj.index);
-    assert_eq!(store.get_count() - before, 3);
+    assert_eq!(store.get_count() - before, 4);
     let run = index.partition_entries(topic, 1500);
     let datas = wait(
         &io,
@@ -273,7 +274,7 @@ fn reads_refuse_bytes_that_do_not_match() {
     // A missing object is a store error naming the operation and key.
     let err = wait(&io, reader::read_index(&*s, &object_key("wal", 5, 99))).unwrap_err();
     assert!(
-        matches!(&err, WalError::Store { op, key, .. } if *op == "GET footer" && key.ends_with("99.wal")),
+        matches!(&err, WalError::Store { op, key, .. } if *op == "HEAD" && key.ends_with("99.wal")),
         "{err}"
     );
     // A bit flip on disk in the index is caught by the index read.
@@ -288,4 +289,169 @@ fn reads_refuse_bytes_that_do_not_match() {
             .contains("CRC32C mismatch over header and index"),
         "{err}"
     );
+}
+
+/// Writes `small_object`-like objects of node `node`: one per list item,
+/// each holding the given (topic, partition, base offset) entries of 10
+/// records.
+fn put_objects(
+    io: &ferry_wal::IoRuntime,
+    s: &Arc<dyn ObjectStore>,
+    node: u32,
+    objects: &[&[(&str, i32, i64)]],
+) {
+    for (seq, entries) in objects.iter().enumerate() {
+        let mut b = ObjectBuilder::new(ObjectHeader {
+            node_id: node,
+            seq: seq as u64,
+            created_ms: 1,
+        });
+        for (topic, p, base) in entries.iter() {
+            b.push(&entry(topic, *p, *base, 50)).expect("push");
+        }
+        let bytes = b.finish().expect("finish").to_bytes();
+        wait(
+            io,
+            s.put(
+                &object_key("wal", node, seq as u64),
+                PutPayload::from(bytes),
+            ),
+        )
+        .expect("put");
+    }
+}
+
+#[test]
+fn a_read_error_other_than_not_found_fails_the_scan_instead_of_skipping() {
+    let (_dir, store) = local_bucket();
+    let s = as_store(&store);
+    let io = test_io();
+    put_objects(
+        &io,
+        &s,
+        6,
+        &[&[("t", 0, 0)], &[("t", 0, 10)], &[("t", 0, 20)]],
+    );
+    // The store answers 500 for longer than the scan retries: the scan
+    // fails, it does not come back with objects left out.
+    for fault in [ReadFault::Status(500), ReadFault::Status(503)] {
+        store.fail_reads(Some((fault, FaultWindow::Attempts(1_000))));
+        let err = wait(&io, recovery::scan(&*s, "wal", 6)).unwrap_err();
+        assert!(matches!(err, WalError::Store { .. }), "{err}");
+        assert!(!err.is_not_found());
+        store.fail_reads(None);
+    }
+    // Faults for fewer attempts than the scan's retries (a 503 burst, a
+    // stalled request): everything is read.
+    for fault in [
+        ReadFault::Status(503),
+        ReadFault::Timeout(Duration::from_millis(50)),
+    ] {
+        store.fail_reads(Some((fault, FaultWindow::Attempts(3))));
+        let rec = wait(&io, recovery::scan(&*s, "wal", 6)).unwrap();
+        assert!(rec.skipped.is_empty(), "{:?}", rec.skipped);
+        assert_eq!(rec.entries.len(), 3);
+        assert_eq!(rec.next_seq, 3);
+    }
+    assert!(store.read_failures() >= 6);
+}
+
+#[test]
+fn only_a_missing_object_reads_as_not_found() {
+    let (dir, store) = local_bucket();
+    let s = as_store(&store);
+    let io = test_io();
+    put_objects(&io, &s, 7, &[&[("t", 0, 0)], &[("t", 0, 10)]]);
+    // A listed object that is gone at the read: NotFound, proven absent.
+    let listed = wait(&io, reader::list_objects(&*s, "wal", 7)).unwrap();
+    std::fs::remove_file(dir.path().join(listed[0].key.as_ref())).unwrap();
+    let err = wait(&io, reader::read_index(&*s, &listed[0].key)).unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    // A scan lists again, so it does not see it; the rule is in `take_index`:
+    // NotFound skips, while any other error fails (above).
+    let rec = wait(&io, recovery::scan(&*s, "wal", 7)).unwrap();
+    assert_eq!(rec.entries.len(), 1);
+    assert!(rec.skipped.is_empty());
+}
+
+#[test]
+fn index_reads_use_explicit_ranges_from_the_listed_size() {
+    let (_dir, store) = local_bucket();
+    let s = as_store(&store);
+    let io = test_io();
+    // Like s3s-fs, the store answers a suffix range with a 500.
+    store.set_refuse_suffix_ranges(true);
+    put_objects(&io, &s, 8, &[&[("t", 0, 0)], &[("t", 0, 10), ("u", 1, 0)]]);
+    let rec = wait(&io, recovery::scan(&*s, "wal", 8)).unwrap();
+    assert!(rec.skipped.is_empty(), "{:?}", rec.skipped);
+    assert_eq!(rec.entries.len(), 3);
+    let index = wait(&io, reader::read_index(&*s, &object_key("wal", 8, 1))).unwrap();
+    assert_eq!(index.entries.len(), 2);
+}
+
+#[test]
+fn a_corrupt_object_blocks_the_partitions_it_may_hold_and_no_others() {
+    let (dir, store) = local_bucket();
+    let s = as_store(&store);
+    let io = test_io();
+    // Object 1 (to be corrupted) holds a's 10..19. Afterwards b and c go
+    // on from where they stood, d starts at 0 and e jumps over a gap.
+    put_objects(
+        &io,
+        &s,
+        9,
+        &[
+            &[("a", 0, 0), ("b", 0, 0), ("c", 0, 0), ("e", 0, 0)],
+            &[("a", 0, 10), ("e", 0, 10)],
+            &[("b", 0, 10), ("c", 0, 10), ("d", 0, 0), ("e", 0, 20)],
+        ],
+    );
+    let key = object_key("wal", 9, 1);
+    let path = dir.path().join(key.as_ref());
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 30;
+    bytes[last] ^= 0x10; // in the index or footer
+    std::fs::write(&path, bytes).unwrap();
+
+    let rec = wait(&io, recovery::scan(&*s, "wal", 9)).unwrap();
+    assert_eq!(rec.skipped.len(), 1);
+    assert!(matches!(rec.skipped[0].error, WalError::Corrupt { .. }));
+    // Every entry has topic id [1; 16]; partitions stand for topics here.
+    let ids: BTreeMap<&str, i32> = [("a", 0), ("b", 1), ("c", 2), ("d", 3), ("e", 4), ("f", 5)]
+        .into_iter()
+        .collect();
+    let entries: Vec<_> = rec
+        .entries
+        .iter()
+        .cloned()
+        .map(|mut e| {
+            e.entry.partition = ids[&*e.entry.topic];
+            e
+        })
+        .collect();
+    let candidates = || ids.values().map(|p| ([1u8; 16], *p)).collect::<Vec<_>>();
+    let none = |_: &str| false;
+    let blocked = recovery::unread_blocks(&entries, &rec.skipped, candidates(), |_, _| None, &none);
+    let blocked: Vec<i32> = blocked.keys().map(|(_, p)| *p).collect();
+    // a: its last write is in the object. e: a gap after it. f: nothing
+    // after it proves the object held none of it. b, c, d: proven.
+    assert_eq!(blocked, vec![0, 4, 5]);
+    // What compacted objects hold counts as where a partition stood: f,
+    // with no WAL entries, stays blocked; a's compacted end past 20 would
+    // not clear it either, as nothing of a follows the object.
+    let blocked = recovery::unread_blocks(
+        &entries,
+        &rec.skipped,
+        candidates(),
+        |_, p| (p == 4).then_some(20),
+        &none,
+    );
+    let blocked: Vec<i32> = blocked.keys().map(|(_, p)| *p).collect();
+    assert_eq!(blocked, vec![0, 5]);
+    // The operator accepted the object's loss: nothing is blocked.
+    let corrupt_key = rec.skipped[0].key.clone();
+    let accepted = move |k: &str| k == corrupt_key;
+    let blocked =
+        recovery::unread_blocks(&entries, &rec.skipped, candidates(), |_, _| None, &accepted);
+    assert!(blocked.is_empty(), "{blocked:?}");
 }
