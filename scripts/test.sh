@@ -4,7 +4,8 @@
 #
 #     scripts/test.sh
 #
-# Steps: install kcat and the Python Kafka clients (only if missing), then
+# Steps: install kcat, etcd, the Python Kafka clients, moto and s3s-fs (only
+# if missing), then
 # cargo fmt --check, cargo clippy -D warnings, and cargo test for the whole
 # workspace. Any failure stops the script with a non-zero exit and names the
 # step. Set FERRY_TEST_SKIP_INSTALL=1 to skip the install step.
@@ -90,6 +91,20 @@ PY
     python3 -m pip install --disable-pip-version-check --no-input --quiet --root-user-action=ignore "${wanted[@]}"
 }
 
+# The second S3-protocol server the tests run on (beside moto): s3s-fs,
+# which answers some requests differently (a suffix range longer than the
+# object gets a 500). Built from crates.io, about 3 minutes.
+S3S_FS_VERSION=0.14.1
+
+install_s3s_fs() {
+    local bin="${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs"
+    if [ -x "$bin" ] && grep -q "s3s-fs $S3S_FS_VERSION" "${CARGO_HOME:-$HOME/.cargo}/.crates.toml" 2>/dev/null; then
+        echo "s3s-fs $S3S_FS_VERSION: already installed"
+        return 0
+    fi
+    cargo install "s3s-fs@$S3S_FS_VERSION" --locked --features binary
+}
+
 require_tool() {
     if ! "$@" >/dev/null 2>&1; then
         echo "missing tool: '$*' does not run (rustup component add rustfmt clippy)" >&2
@@ -101,6 +116,7 @@ if [ "${FERRY_TEST_SKIP_INSTALL:-0}" != 1 ]; then
     step "install test dependencies"
     install_debian_packages
     install_python_packages
+    install_s3s_fs
 fi
 
 step "check tools and clients"

@@ -1,10 +1,10 @@
-"""A Ferry node on a real S3-protocol server (moto), with real clients:
-produce, kill -9, restart, read everything back from the bucket.
+"""A Ferry node on a real S3-protocol server (moto or s3s-fs), with real
+clients: produce, kill -9, restart, read everything back from the bucket.
 
-Usage: s3_node.py --ferry PATH --dir DIR
-Starts moto's S3 server in this process on a free port, creates the bucket,
-writes a server.properties that points s3.data.buckets and s3.wal.path at it,
-and runs `PATH node --config FILE`. Exits non-zero on any failure.
+Usage: s3_node.py --ferry PATH --dir DIR [--server moto|s3s]
+Starts the S3 server on a free port, creates the bucket, writes a
+server.properties that points s3.data.buckets and s3.wal.path at it, and
+runs `PATH node --config FILE`. Exits non-zero on any failure.
 """
 import argparse
 import os
@@ -12,12 +12,10 @@ import signal
 import subprocess
 import sys
 import time
-from harness import free_port, wait_port
+from harness import S3_SECRET_KEY, S3Server, free_port, wait_port
 
-import boto3
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
-from moto.server import ThreadedMotoServer
 
 BUCKET = "ferry-test"
 
@@ -31,18 +29,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ferry", required=True)
     ap.add_argument("--dir", required=True)
+    ap.add_argument("--server", choices=["moto", "s3s"], default="moto")
     args = ap.parse_args()
-    s3_port = free_port()
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port)
-    moto.start()
+    s3 = S3Server(args.server, args.dir, BUCKET)
     proc = None
     try:
-        endpoint = f"http://127.0.0.1:{s3_port}"
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                     aws_access_key_id="test", aws_secret_access_key="test").create_bucket(Bucket=BUCKET)
         kport = free_port()
-        uri = (f"s3://{BUCKET}?region=us-east-1&endpoint={endpoint}&pathStyle=true"
-               f"&accessKey=test&secretKey=s3cr3t-value")
+        uri = s3.uri()
         conf = os.path.join(args.dir, "server.properties")
         with open(conf, "w") as f:
             f.write(f"node.id=3\nlisteners=PLAINTEXT://127.0.0.1:{kport}\n"
@@ -92,17 +85,16 @@ def main():
             missing = [v for v in acked if found.get(v) != acked[v]]
             fail(f"{len(missing)} acknowledged records not at their offsets after kill -9, e.g. {missing[:3]}")
         with open(log_path, "rb") as f:
-            if b"s3cr3t-value" in f.read():
+            if S3_SECRET_KEY.encode() in f.read():
                 fail("the secret key appears in the node's log")
-        objects = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                               aws_access_key_id="test", aws_secret_access_key="test").list_objects_v2(
-            Bucket=BUCKET).get("KeyCount", 0)
-        print(f"OK: 300 records survived kill -9 on S3 ({objects} objects in the bucket)", flush=True)
+        objects = s3.client().list_objects_v2(Bucket=BUCKET).get("KeyCount", 0)
+        print(f"OK: 300 records survived kill -9 on {args.server} ({objects} objects in the bucket)",
+              flush=True)
     finally:
         if proc and proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
-        moto.stop()
+        s3.stop()
 
 
 if __name__ == "__main__":

@@ -56,7 +56,8 @@ pub struct Opened {
     pub recovered: Recovered,
     /// Partitions that could not be rebuilt: their history may be in an
     /// object that is corrupt (see `ferry_wal::recovery::unread_blocks`).
-    /// Their recovered entries are left out; they are not served.
+    /// They are not served; their entries in `recovered` only keep their
+    /// objects referenced.
     pub blocked: crate::node::Blocked,
     pub objects_read: u64,
     pub batches: usize,
@@ -433,10 +434,10 @@ async fn recover(
     let logs = recovery::rebuild(&live);
     let mut recovered = Recovered::new();
     let mut batches = 0;
+    // A blocked partition's entries stay in `recovered`: its shard never
+    // builds it from them (it answers KAFKA_STORAGE_ERROR), but they keep
+    // its objects referenced, so nothing of its history is deleted.
     for (key, log) in logs {
-        if blocked.contains_key(&key) {
-            continue;
-        }
         let list = recovered.entry(key).or_default();
         for e in &log.entries {
             let i = &e.entry;

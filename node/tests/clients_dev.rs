@@ -31,21 +31,65 @@ fn records_survive_kill_9_and_are_served_from_the_bucket() {
     );
 }
 
-#[test]
-fn crash_checker_loses_nothing_acknowledged() {
+/// Runs `tests/crash_checker.py` on one store with one kind of producer:
+/// three `kill -9` in 12 s while an acks=all producer writes, then every
+/// acknowledged record must be at its offset (see the script).
+fn crash_check(store: &str, producer: &str) {
     let dir = tempfile::tempdir().unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/crash_checker.py");
-    let status = std::process::Command::new("python3")
+    let mut child = std::process::Command::new("python3")
         .args([script, "--ferry", env!("CARGO_BIN_EXE_ferry"), "--dir"])
         .arg(dir.path())
         .args(["--kills", "3", "--seconds", "12"])
-        .status()
+        .args(["--store", store, "--producer", producer])
+        .spawn()
         .expect("python3");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(400);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("crash checker ({store}, {producer}) ran past 400 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
     assert!(
         status.success(),
-        "crash checker failed; node log in {}",
-        dir.path().display()
+        "crash checker ({store}, {producer}) failed; node log in {}",
+        dir.keep().display()
     );
+}
+
+#[test]
+fn crash_checker_loses_nothing_acknowledged() {
+    crash_check("dir", "idempotent");
+}
+
+#[test]
+fn crash_checker_plain_producer_on_the_local_directory() {
+    crash_check("dir", "plain");
+}
+
+#[test]
+fn crash_checker_idempotent_producer_on_moto() {
+    crash_check("moto", "idempotent");
+}
+
+#[test]
+fn crash_checker_plain_producer_on_moto() {
+    crash_check("moto", "plain");
+}
+
+#[test]
+fn crash_checker_idempotent_producer_on_s3s_fs() {
+    crash_check("s3s", "idempotent");
+}
+
+#[test]
+fn crash_checker_plain_producer_on_s3s_fs() {
+    crash_check("s3s", "plain");
 }
 
 #[test]
@@ -61,20 +105,30 @@ fn kafka_python_produces_and_consumes_with_every_codec() {
     }
 }
 
-#[test]
-fn a_node_on_a_real_s3_server_survives_kill_9() {
+fn s3_node(server: &str) {
     let dir = tempfile::tempdir().unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/s3_node.py");
     let status = std::process::Command::new("python3")
         .args([script, "--ferry", env!("CARGO_BIN_EXE_ferry"), "--dir"])
         .arg(dir.path())
+        .args(["--server", server])
         .status()
         .expect("python3");
     assert!(
         status.success(),
-        "S3 node test failed; node log in {}",
-        dir.path().display()
+        "S3 node test on {server} failed; node log in {}",
+        dir.keep().display()
     );
+}
+
+#[test]
+fn a_node_on_a_real_s3_server_survives_kill_9() {
+    s3_node("moto");
+}
+
+#[test]
+fn a_node_on_s3s_fs_survives_kill_9() {
+    s3_node("s3s");
 }
 
 /// Reads `/metrics` from a running node.

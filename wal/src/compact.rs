@@ -476,12 +476,15 @@ pub async fn scan_compacted_partitions(
                 objects.push((meta.location, index));
             }
             Ok(_) => out.redundant.push(meta.location),
-            Err(e @ (WalError::Corrupt { .. } | WalError::Store { .. })) => {
-                // Store errors left here are NotFound: the object went away
-                // between the listing and the read.
+            Err(e @ WalError::Corrupt { .. }) => {
+                // Reported; the partition its key names is blocked
+                // (`recovery::unread_blocks`).
                 warn!(object_key = %meta.location, error = %e, "skipped a compacted object");
                 out.skipped.push((meta.location, e));
             }
+            // Any store error fails the scan, NotFound included: a
+            // compacted object gone since the listing was merged into one
+            // this listing may not have seen, so only a new scan is whole.
             Err(e) => return Err(e),
         }
     }

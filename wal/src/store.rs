@@ -971,6 +971,8 @@ pub struct FaultyStore {
     read_faults: std::sync::Mutex<Option<(ReadFault, FaultWindow)>>,
     reads_failed: AtomicU64,
     refuse_suffix_ranges: AtomicBool,
+    spare_lists: AtomicBool,
+    fault_prefix: std::sync::Mutex<Option<String>>,
 }
 
 /// How an injected read failure (GET, HEAD or LIST) shows itself.
@@ -1007,7 +1009,48 @@ impl FaultyStore {
             read_faults: std::sync::Mutex::new(None),
             reads_failed: AtomicU64::new(0),
             refuse_suffix_ranges: AtomicBool::new(false),
+            spare_lists: AtomicBool::new(false),
+            fault_prefix: std::sync::Mutex::new(None),
         }
+    }
+
+    /// While set, injected read faults hit only keys (and LIST prefixes)
+    /// that start with it, such as `wal/`: the rest of the bucket reads fine.
+    pub fn set_fault_prefix(&self, prefix: Option<&str>) {
+        *self
+            .fault_prefix
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = prefix.map(str::to_owned);
+    }
+
+    /// Whether faults may hit `location`.
+    fn in_fault_scope(&self, location: Option<&Path>) -> bool {
+        let prefix = self
+            .fault_prefix
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match (prefix.as_deref(), location) {
+            (None, _) => true,
+            (Some(p), Some(l)) => {
+                let l = l.as_ref();
+                l.starts_with(p) || p.starts_with(l)
+            }
+            (Some(_), None) => false,
+        }
+    }
+
+    /// While true, injected read faults spare LISTs: only GETs and HEADs
+    /// fail (a listing that works, then reads of what it listed that do not).
+    pub fn set_spare_lists(&self, spare: bool) {
+        self.spare_lists.store(spare, Ordering::SeqCst);
+    }
+
+    /// The fault a LIST of `prefix` meets, if any.
+    fn list_fault(&self, prefix: Option<&Path>) -> Option<ReadFault> {
+        if self.spare_lists.load(Ordering::SeqCst) || !self.in_fault_scope(prefix) {
+            return None;
+        }
+        self.read_fault()
     }
 
     /// While true, a GET with a suffix range (`bytes=-N`) fails with a 500,
@@ -1056,6 +1099,9 @@ impl FaultyStore {
 
     /// Fails a read if a fault is on, after its delay.
     async fn read_gate(&self, what: &str, location: Option<&Path>) -> object_store::Result<()> {
+        if !self.in_fault_scope(location) {
+            return Ok(());
+        }
         let Some(fault) = self.read_fault() else {
             return Ok(());
         };
@@ -1233,7 +1279,7 @@ impl ObjectStore for FaultyStore {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        match self.read_fault() {
+        match self.list_fault(prefix) {
             None => self.inner.list(prefix),
             Some(fault) => {
                 let prefix = prefix.cloned();
@@ -1250,7 +1296,7 @@ impl ObjectStore for FaultyStore {
         prefix: Option<&Path>,
         offset: &Path,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        match self.read_fault() {
+        match self.list_fault(prefix) {
             None => self.inner.list_with_offset(prefix, offset),
             Some(fault) => {
                 let prefix = prefix.cloned();
@@ -1263,7 +1309,9 @@ impl ObjectStore for FaultyStore {
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        self.read_gate("LIST", prefix).await?;
+        if let Some(fault) = self.list_fault(prefix) {
+            return Err(fault_error(fault, "LIST", prefix).await);
+        }
         self.inner.list_with_delimiter(prefix).await
     }
 

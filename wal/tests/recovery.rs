@@ -332,15 +332,22 @@ fn a_read_error_other_than_not_found_fails_the_scan_instead_of_skipping() {
         6,
         &[&[("t", 0, 0)], &[("t", 0, 10)], &[("t", 0, 20)]],
     );
-    // The store answers 500 for longer than the scan retries: the scan
+    // The store answers 500 for longer than the scan retries, to the
+    // listing and the index reads, or to the index reads alone: the scan
     // fails, it does not come back with objects left out.
-    for fault in [ReadFault::Status(500), ReadFault::Status(503)] {
-        store.fail_reads(Some((fault, FaultWindow::Attempts(1_000))));
-        let err = wait(&io, recovery::scan(&*s, "wal", 6)).unwrap_err();
-        assert!(matches!(err, WalError::Store { .. }), "{err}");
-        assert!(!err.is_not_found());
-        store.fail_reads(None);
+    for spare_lists in [false, true] {
+        store.set_spare_lists(spare_lists);
+        for fault in [ReadFault::Status(500), ReadFault::Status(503)] {
+            store.fail_reads(Some((fault, FaultWindow::Attempts(1_000))));
+            let err = wait(&io, recovery::scan(&*s, "wal", 6)).unwrap_err();
+            assert!(matches!(err, WalError::Store { .. }), "{err}");
+            assert!(!err.is_not_found());
+            let want = if spare_lists { "GET" } else { "LIST" };
+            assert!(err.to_string().contains(want), "{err}");
+            store.fail_reads(None);
+        }
     }
+    store.set_spare_lists(false);
     // Faults for fewer attempts than the scan's retries (a 503 burst, a
     // stalled request): everything is read.
     for fault in [

@@ -1,7 +1,11 @@
-//! The WAL against a real S3-protocol server: moto's, started on a free port.
+//! The WAL against real S3-protocol servers, started on free ports: moto's
+//! and s3s-fs, which behave differently (s3s-fs answers a suffix range
+//! longer than the object with a 500, for one).
 //!
-//! Needs `python3 -m pip install 'moto[server]'`. Without it this test FAILS
-//! (it does not skip): the WAL's S3 path must be tested wherever tests run.
+//! Needs `python3 -m pip install 'moto[server]'` and
+//! `cargo install s3s-fs@0.14.1 --locked --features binary` (the test
+//! command installs both). Without them these tests FAIL (they do not
+//! skip): the WAL's S3 path must be tested wherever tests run.
 
 mod common;
 
@@ -17,16 +21,21 @@ use ferry_wal::reader::{self, object_key};
 use ferry_wal::recovery;
 use ferry_wal::{BucketUri, FaultyStore, WalWriter};
 
-const INSTALL: &str = "python3 -m pip install 'moto[server]'";
+const MOTO_INSTALL: &str = "python3 -m pip install 'moto[server]'";
+const S3S_INSTALL: &str = "cargo install s3s-fs@0.14.1 --locked --features binary";
 const START_WAIT_MAX: Duration = Duration::from_secs(30);
+const BUCKET: &str = "ferry-wal-test";
+const ACCESS_KEY: &str = "ferrytest";
+const SECRET_KEY: &str = "test-secret";
 
-/// The moto server process; killed when dropped.
-struct Moto {
+/// An S3 server process with the bucket made; killed when dropped.
+struct Server {
     child: Child,
     port: u16,
+    _root: Option<tempfile::TempDir>,
 }
 
-impl Drop for Moto {
+impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -55,7 +64,25 @@ fn http(port: u16, method: &str, path: &str) -> std::io::Result<u16> {
     Ok(status)
 }
 
-fn start_moto() -> Moto {
+fn wait_ready(mut server: Server, name: &str, ready: impl Fn(u16) -> bool) -> Server {
+    let port = server.port;
+    let deadline = Instant::now() + START_WAIT_MAX;
+    loop {
+        if ready(port) {
+            return server;
+        }
+        if let Ok(Some(status)) = server.child.try_wait() {
+            panic!("{name} exited with {status} before answering on port {port}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} did not answer on port {port} within {START_WAIT_MAX:?}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn start_moto() -> Server {
     let probe = Command::new("python3")
         .args(["-c", "import moto.server"])
         .stdout(Stdio::null())
@@ -65,7 +92,7 @@ fn start_moto() -> Moto {
         Ok(st) if st.success() => {}
         other => panic!(
             "moto's S3 server is not installed (python3 -c 'import moto.server': {other:?}); \
-             install it with: {INSTALL}"
+             install it with: {MOTO_INSTALL}"
         ),
     }
     let port = free_port();
@@ -81,36 +108,85 @@ fn start_moto() -> Moto {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap_or_else(|e| panic!("start moto server ({INSTALL}): {e}"));
-    let mut moto = Moto { child, port };
-    let deadline = Instant::now() + START_WAIT_MAX;
-    loop {
-        if let Ok(200) = http(port, "GET", "/") {
-            return moto;
-        }
-        if let Ok(Some(status)) = moto.child.try_wait() {
-            panic!("moto server exited with {status} before answering on port {port}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "moto server did not answer on port {port} within {START_WAIT_MAX:?}"
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
+        .unwrap_or_else(|e| panic!("start moto server ({MOTO_INSTALL}): {e}"));
+    let server = wait_ready(
+        Server {
+            child,
+            port,
+            _root: None,
+        },
+        "moto",
+        |port| matches!(http(port, "GET", "/"), Ok(200)),
+    );
+    assert_eq!(
+        http(server.port, "PUT", &format!("/{BUCKET}")).expect("create bucket"),
+        200
+    );
+    server
+}
+
+/// The `s3s-fs` binary: on PATH, or where `cargo install` puts it.
+fn s3s_fs_binary() -> std::path::PathBuf {
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("s3s-fs"))
+            .find(|p| p.is_file())
+    });
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cargo")));
+    on_path
+        .or_else(|| {
+            cargo_home
+                .map(|h| h.join("bin/s3s-fs"))
+                .filter(|p| p.is_file())
+        })
+        .unwrap_or_else(|| panic!("s3s-fs is not installed; install it with: {S3S_INSTALL}"))
+}
+
+fn start_s3s_fs() -> Server {
+    let root = tempfile::tempdir().expect("s3s-fs root");
+    // s3s-fs keeps a bucket as a folder of its root.
+    std::fs::create_dir(root.path().join(BUCKET)).expect("bucket folder");
+    let port = free_port();
+    let child = Command::new(s3s_fs_binary())
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+        .arg(root.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start s3s-fs ({S3S_INSTALL}): {e}"));
+    // Any HTTP answer (an unsigned request is refused) means it is up.
+    wait_ready(
+        Server {
+            child,
+            port,
+            _root: Some(root),
+        },
+        "s3s-fs",
+        |port| http(port, "GET", "/").is_ok(),
+    )
 }
 
 #[test]
-fn wal_round_trip_through_a_real_s3_server() {
-    let moto = start_moto();
-    assert_eq!(
-        http(moto.port, "PUT", "/ferry-wal-test").expect("create bucket"),
-        200
-    );
+fn wal_round_trip_through_moto() {
+    wal_round_trip(&start_moto());
+}
 
+#[test]
+fn wal_round_trip_through_s3s_fs() {
+    wal_round_trip(&start_s3s_fs());
+}
+
+/// Appends through a WAL writer on `server`'s bucket, reads entries and
+/// indexes back, and recovers every acknowledged entry.
+#[allow(clippy::unwrap_used)] // a test body, shared by the two servers
+fn wal_round_trip(server: &Server) {
     let uri = BucketUri::parse(&format!(
-        "0@s3://ferry-wal-test?region=us-east-1&endpoint=http://127.0.0.1:{}&pathStyle=true\
-         &accessKey=test&secretKey=test-secret&batchInterval=50",
-        moto.port
+        "0@s3://{BUCKET}?region=us-east-1&endpoint=http://127.0.0.1:{}&pathStyle=true\
+         &accessKey={ACCESS_KEY}&secretKey={SECRET_KEY}&batchInterval=50",
+        server.port
     ))
     .unwrap();
     assert!(!format!("{uri:?} {uri}").contains("test-secret"));
@@ -195,5 +271,4 @@ fn wal_round_trip_through_a_real_s3_server() {
     want.sort_by_key(|l| (l.seq, l.position));
     assert_eq!(found, want);
     writer.shutdown(Duration::from_secs(10)).unwrap();
-    drop(moto);
 }
