@@ -25,6 +25,9 @@
 //! `FERRY_ZONES_STEPS=topology,cluster,kill cargo test -p ferry-node --test
 //! zones_netns` (the time limit then grows to 10 min).
 //!
+//! A second test runs the produce, cross-zone and kill steps with s3s-fs in
+//! place of moto.
+//!
 //! Needs root (network namespaces); without it the test fails, it does not
 //! skip.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -54,12 +57,6 @@ fn tail(path: &Path, lines: usize) -> String {
 
 #[test]
 fn zones_in_network_namespaces_metadata_local_path_and_cidr_at_run_time() {
-    assert!(
-        is_root(),
-        "the zone tests need root: they create network namespaces, veth pairs and bridges \
-         (ip netns, iproute2). Run the tests as root (CI does), or run \
-         `sudo python3 tests/zones/check.py --ferry target/debug/ferry` by hand"
-    );
     let chosen = std::env::var("FERRY_ZONES_STEPS").ok();
     let steps = chosen.clone().unwrap_or_else(|| STEPS.to_owned());
     let limit = if chosen.is_some() {
@@ -67,16 +64,73 @@ fn zones_in_network_namespaces_metadata_local_path_and_cidr_at_run_time() {
     } else {
         LIMIT
     };
+    let (dir, result) = run_check(&steps, "moto", limit);
+    if chosen.is_some() {
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
+    // The numbers behind the verdicts.
+    let local = &result["local"]["numbers"];
+    let produced = local["produced_bytes"].as_f64().unwrap();
+    assert!(produced >= 3.0 * 1000.0 * 1024.0, "{local}");
+    assert!(local["cross_zone_pct"].as_f64().unwrap() <= 1.0, "{local}");
+    let meta = &result["metadata"]["numbers"];
+    let meta_client = meta["client_metadata_bytes"].as_f64().unwrap();
+    let meta_cross = meta["cross_zone_bytes"].as_f64().unwrap();
+    assert!(
+        meta_client > 0.0 && meta_cross <= meta_client / 100.0,
+        "{meta}"
+    );
+    // The control: bytes sent across on purpose are all seen on the bridge.
+    let meter = &result["meter"]["numbers"];
+    assert!(
+        meter["zone1_sent_pct"].as_f64().unwrap() >= 100.0,
+        "{meter}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The same cluster on s3s-fs instead of moto (they answer some requests
+/// differently): the steps that read and write the bucket the most:
+/// produce and consume in every zone, the cross-zone handoff, and kill -9
+/// of a proxy and of a leader under load, with every acknowledged record
+/// read back.
+#[test]
+fn zones_in_network_namespaces_on_s3s_fs_survive_kills() {
+    let (dir, _) = run_check(
+        "topology,cluster,produce_consume,cross_zone,kill",
+        "s3s",
+        LIMIT,
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs tests/zones/check.py's `steps` on `s3` (moto or s3s), within
+/// `limit`; asserts every step passed and answers the work directory and
+/// the JSON result.
+fn run_check(steps: &str, s3: &str, limit: Duration) -> (PathBuf, serde_json::Value) {
+    // One cluster at a time: two would share the machine's two cores.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    assert!(
+        is_root(),
+        "the zone tests need root: they create network namespaces, veth pairs and bridges \
+         (ip netns, iproute2). Run the tests as root (CI does), or run \
+         `sudo python3 tests/zones/check.py --ferry target/debug/ferry` by hand"
+    );
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/zones/check.py");
     let dir: PathBuf =
-        std::env::temp_dir().join(format!("ferry-zones-test-{}", std::process::id()));
+        std::env::temp_dir().join(format!("ferry-zones-test-{}-{s3}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let result_path = dir.join("result.json");
     let out_path = dir.join("check.out");
     let out = std::fs::File::create(&out_path).unwrap();
     let mut child = Command::new("python3")
         .arg(script)
-        .args(["--ferry", env!("CARGO_BIN_EXE_ferry"), "--only", &steps])
+        .args(["--ferry", env!("CARGO_BIN_EXE_ferry"), "--only", steps])
+        .args(["--s3", s3])
         .args([
             "--nodes-per-zone",
             "2",
@@ -144,27 +198,5 @@ fn zones_in_network_namespaces_metadata_local_path_and_cidr_at_run_time() {
     }
     assert!(status.success(), "check.py exited {status}:\n{summary}");
     println!("{summary}");
-    if chosen.is_some() {
-        let _ = std::fs::remove_dir_all(&dir);
-        return;
-    }
-    // The numbers behind the verdicts.
-    let local = &result["local"]["numbers"];
-    let produced = local["produced_bytes"].as_f64().unwrap();
-    assert!(produced >= 3.0 * 1000.0 * 1024.0, "{local}");
-    assert!(local["cross_zone_pct"].as_f64().unwrap() <= 1.0, "{local}");
-    let meta = &result["metadata"]["numbers"];
-    let meta_client = meta["client_metadata_bytes"].as_f64().unwrap();
-    let meta_cross = meta["cross_zone_bytes"].as_f64().unwrap();
-    assert!(
-        meta_client > 0.0 && meta_cross <= meta_client / 100.0,
-        "{meta}"
-    );
-    // The control: bytes sent across on purpose are all seen on the bridge.
-    let meter = &result["meter"]["numbers"];
-    assert!(
-        meter["zone1_sent_pct"].as_f64().unwrap() >= 100.0,
-        "{meter}"
-    );
-    let _ = std::fs::remove_dir_all(&dir);
+    (dir, result)
 }

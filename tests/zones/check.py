@@ -814,6 +814,8 @@ def main():
     ap.add_argument("--workdir", default="", help="default: a fresh temporary directory")
     ap.add_argument("--keep", action="store_true", help="keep the work directory even if all pass")
     ap.add_argument("--json-out", default="")
+    ap.add_argument("--s3", choices=["moto", "s3s"], default="moto",
+                    help="the S3-protocol server in the services namespace")
     args = ap.parse_args()
     chosen = [s.strip() for s in args.only.split(",") if s.strip()] or list(STEPS)
     unknown = [s for s in chosen if s not in STEPS]
@@ -844,7 +846,7 @@ def main():
             return status
         with topo:
             cluster = Cluster(topo, args.ferry, args.nodes_per_zone, workdir,
-                              batch_interval_ms=args.batch_interval_ms)
+                              batch_interval_ms=args.batch_interval_ms, s3=args.s3)
             with cluster:
                 try:
                     cluster.start()

@@ -13,6 +13,7 @@ node-<id>.properties.
 """
 import json
 import os
+import shutil
 import re
 import signal
 import subprocess
@@ -99,7 +100,10 @@ def zone_name(z):
 
 class Cluster:
     def __init__(self, topo, ferry, nodes_per_zone, workdir, batch_interval_ms=100, log=print,
-                 extra_props=None):
+                 extra_props=None, s3="moto"):
+        if s3 not in ("moto", "s3s"):
+            raise ClusterError(f"unknown S3 server {s3!r}: moto or s3s")
+        self.s3 = s3
         self.topo = topo
         self.ferry = os.path.abspath(ferry)
         self.npz = nodes_per_zone
@@ -175,8 +179,21 @@ class Cluster:
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
             "--initial-cluster", f"ferryz={peer}", "--initial-cluster-state", "new",
             "--initial-cluster-token", self.cluster_id], "etcd.log")
-        self.moto = self._spawn(svc, [sys.executable, "-m", "moto.server", "-H", SVC_IP, "-p", str(S3_PORT)],
-                                "moto.log")
+        if self.s3 == "moto":
+            self.moto = self._spawn(svc, [sys.executable, "-m", "moto.server", "-H", SVC_IP,
+                                          "-p", str(S3_PORT)], "moto.log")
+        else:
+            # s3s-fs over a folder of the work directory, with the
+            # credentials the nodes and the bucket's creation use.
+            exe = shutil.which("s3s-fs") or os.path.expanduser("~/.cargo/bin/s3s-fs")
+            if not os.path.exists(exe):
+                raise ClusterError("s3s-fs is not installed "
+                                   "(cargo install s3s-fs@0.14.1 --locked --features binary)")
+            root = os.path.join(self.dir, "s3s-root")
+            os.makedirs(root, exist_ok=True)
+            self.moto = self._spawn(svc, [exe, "--host", SVC_IP, "--port", str(S3_PORT),
+                                          "--access-key", "test", "--secret-key", "test", root],
+                                    "s3s-fs.log")
         a = self.agent("svc")
         r = a.call({"cmd": "wait_tcp", "addrs": [f"{SVC_IP}:{ETCD_PORT}", f"{SVC_IP}:{S3_PORT}"], "timeout": 30},
                    timeout=40)
