@@ -48,12 +48,11 @@ install_debian_packages() {
     # The load generator links Debian's librdkafka (rdkafka's dynamic-linking).
     dpkg -s librdkafka-dev >/dev/null 2>&1 || missing+=(librdkafka-dev)
     command -v pkg-config >/dev/null || missing+=(pkg-config)
-    # The etcd coordinator's tests run a real etcd; etcd-client's build script needs protoc.
+    # The etcd coordinator's tests run a real etcd. protoc is for the test
+    # that regenerates the etcd client's checked-in messages (building
+    # ferry itself needs no protoc).
     command -v etcd >/dev/null || missing+=(etcd-server)
     command -v protoc >/dev/null || missing+=(protobuf-compiler)
-    # protoc's well-known types (google/protobuf/descriptor.proto), which
-    # etcd-client's protos import.
-    dpkg -s libprotobuf-dev >/dev/null 2>&1 || missing+=(libprotobuf-dev)
     # The three-zone test builds network namespaces (ip) and reads each
     # node's /metrics from inside them (curl).
     command -v ip >/dev/null || missing+=(iproute2)

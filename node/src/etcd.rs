@@ -46,9 +46,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
-    PutOptions, Txn, TxnOp, WatchOptions,
+use crate::etcd_api::{
+    create_revision_is, lease_is, mod_revision_is, op_delete, op_get, op_put, Client,
+    ConnectOptions, EtcdApiError, LeaseKeeper, Txn,
 };
 use futures_channel::oneshot;
 use parking_lot::Mutex;
@@ -85,7 +85,7 @@ pub enum EtcdError {
     Request {
         op: &'static str,
         #[source]
-        source: etcd_client::Error,
+        source: EtcdApiError,
     },
     #[error("etcd {op}: no answer within {timeout:?}")]
     Timeout { op: &'static str, timeout: Duration },
@@ -245,7 +245,7 @@ fn log_failure(n: u64) -> bool {
 async fn bounded<T>(
     op: &'static str,
     timeout: Duration,
-    fut: impl Future<Output = Result<T, etcd_client::Error>>,
+    fut: impl Future<Output = Result<T, EtcdApiError>>,
 ) -> Result<T, EtcdError> {
     match tokio::time::timeout(timeout, fut).await {
         Ok(Ok(v)) => Ok(v),
@@ -509,13 +509,15 @@ async fn register_on_runtime(
     // pings more frequent than its --grpc-keepalive-min-time (5 s by default)
     // with GOAWAY, so stay above that.
     let keep_alive = HTTP2_PING_INTERVAL;
-    let connect = ConnectOptions::new()
-        .with_connect_timeout(options.connect_timeout)
-        .with_keep_alive(keep_alive, options.request_timeout);
+    let connect = ConnectOptions {
+        connect_timeout: options.connect_timeout,
+        keep_alive_interval: keep_alive,
+        keep_alive_timeout: options.request_timeout,
+    };
     let client = bounded(
         "connect",
         options.connect_timeout,
-        Client::connect(options.endpoints.clone(), Some(connect)),
+        Client::connect(&options.endpoints, connect),
     )
     .await?;
     let (stop, _) = watch::channel(false);
@@ -600,32 +602,35 @@ async fn register_lease(
     let mut client = shared.client.clone();
     let ttl_s = i64::try_from(options.lease_ttl.as_secs()).unwrap_or(i64::MAX);
     let sent_ms = shared.now_ms();
-    let grant = bounded("lease grant", timeout, client.lease_grant(ttl_s, None)).await?;
-    let lease = grant.id();
+    let grant = bounded("lease grant", timeout, client.lease_grant(ttl_s)).await?;
+    if !grant.error.is_empty() {
+        return Err(EtcdError::Unexpected {
+            op: "lease grant",
+            what: grant.error,
+        }
+        .into());
+    }
+    let lease = grant.id;
     let registration = Registration {
         lease,
-        granted_ttl: grant.ttl(),
+        granted_ttl: grant.ttl,
         sent_ms,
     };
     let deadline = Instant::now() + options.takeover_wait;
     let result = loop {
         let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                key.clone(),
-                value.clone(),
-                Some(PutOptions::new().with_lease(lease)),
-            )]);
+            .when([create_revision_is(key.clone(), 0)])
+            .and_then([op_put(key.clone(), value.clone(), lease)]);
         let done = match bounded("register", timeout, client.txn(txn)).await {
-            Ok(r) => r.succeeded(),
+            Ok(r) => r.succeeded,
             Err(e) => break Err(e.into()),
         };
         if done {
             break Ok(registration);
         }
         // Someone holds the key: who?
-        let holder = match bounded("register", timeout, client.get(key.clone(), None)).await {
-            Ok(r) => r.kvs().first().map(|kv| kv.lease()),
+        let holder = match bounded("register", timeout, client.get(key.clone(), false)).await {
+            Ok(r) => r.kvs.first().map(|kv| kv.lease),
             Err(e) => break Err(e.into()),
         };
         match holder {
@@ -633,8 +638,8 @@ async fn register_lease(
             Some(old) if Some(old) == previous && old != 0 => {
                 // Our own older lease: drop the key, if it still holds it.
                 let txn = Txn::new()
-                    .when([Compare::lease(key.clone(), CompareOp::Equal, old)])
-                    .and_then([TxnOp::delete(key.clone(), None)]);
+                    .when([lease_is(key.clone(), old)])
+                    .and_then([op_delete(key.clone())]);
                 if let Err(e) = bounded("register", timeout, client.txn(txn)).await {
                     break Err(e.into());
                 }
@@ -670,7 +675,7 @@ async fn keep_lease(shared: Arc<Shared>) {
     let mut stop = shared.stop.subscribe();
     let interval = shared.options.lease_ttl / 3;
     let timeout = shared.options.request_timeout.min(interval);
-    let mut stream: Option<(i64, LeaseKeeper, LeaseKeepAliveStream)> = None;
+    let mut stream: Option<LeaseKeeper> = None;
     let mut failures = 0u64;
     loop {
         tokio::select! {
@@ -729,38 +734,28 @@ async fn keep_lease(shared: Arc<Shared>) {
 async fn renew(
     shared: &Shared,
     lease: i64,
-    stream: &mut Option<(i64, LeaseKeeper, LeaseKeepAliveStream)>,
+    stream: &mut Option<LeaseKeeper>,
     timeout: Duration,
 ) -> Result<i64, EtcdError> {
-    if stream.as_ref().is_some_and(|(id, _, _)| *id != lease) {
+    if stream.as_ref().is_some_and(|k| k.id() != lease) {
         *stream = None;
     }
-    let Some((_, keeper, responses)) = stream else {
+    let Some(keeper) = stream else {
         // Opening the stream renews once (it fails if the lease is gone).
         let mut client = shared.client.clone();
         return match bounded("lease keep-alive", timeout, client.lease_keep_alive(lease)).await {
-            Ok((keeper, responses)) => {
-                *stream = Some((lease, keeper, responses));
+            Ok(keeper) => {
+                *stream = Some(keeper);
                 Ok(1)
             }
             Err(EtcdError::Request {
-                source: etcd_client::Error::LeaseKeepAliveError(_),
+                source: EtcdApiError::LeaseNotFound(_),
                 ..
             }) => Ok(0),
             Err(e) => Err(e),
         };
     };
-    let exchange = async {
-        keeper.keep_alive().await?;
-        responses.message().await
-    };
-    match bounded("lease keep-alive", timeout, exchange).await? {
-        Some(r) => Ok(r.ttl()),
-        None => Err(EtcdError::Unexpected {
-            op: "lease keep-alive",
-            what: "the stream ended".to_owned(),
-        }),
-    }
+    bounded("lease keep-alive", timeout, keeper.keep_alive()).await
 }
 
 /// Registers again after the lease was lost; whether it did. `attempt`
@@ -834,26 +829,23 @@ impl Watcher {
         let r = bounded(
             "read",
             shared.options.request_timeout,
-            client.get(
-                shared.keys.prefix.clone(),
-                Some(GetOptions::new().with_prefix()),
-            ),
+            client.get(shared.keys.prefix.clone(), true),
         )
         .await?;
-        let synced = r.header().map_or(0, |h| h.revision());
+        let synced = r.header.as_ref().map_or(0, |h| h.revision);
         let mut members = BTreeMap::new();
         let mut newest = 0;
         let mut cidrs: Option<(Vec<u8>, i64)> = None;
-        for kv in r.kvs() {
-            if kv.key().starts_with(shared.keys.members.as_bytes()) {
-                newest = newest.max(kv.mod_revision());
-                if let Some(m) = shared.keys.parse_member(kv.key(), kv.value()) {
+        for kv in &r.kvs {
+            if kv.key.starts_with(shared.keys.members.as_bytes()) {
+                newest = newest.max(kv.mod_revision);
+                if let Some(m) = shared.keys.parse_member(&kv.key, &kv.value) {
                     members.insert(m.node_id, m);
                 }
-            } else if kv.key() == shared.keys.cidrs.as_bytes() {
-                cidrs = Some((kv.value().to_vec(), kv.mod_revision()));
-            } else if kv.key() == shared.keys.topics.as_bytes() {
-                shared.set_topics(Some(kv.value()), kv.mod_revision());
+            } else if kv.key == shared.keys.cidrs.as_bytes() {
+                cidrs = Some((kv.value.clone(), kv.mod_revision));
+            } else if kv.key == shared.keys.topics.as_bytes() {
+                shared.set_topics(Some(&kv.value), kv.mod_revision);
             }
         }
         self.members = members;
@@ -889,14 +881,10 @@ impl Watcher {
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(), EtcdError> {
         let mut client = shared.client.clone();
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(self.start)
-            .with_progress_notify();
         let mut stream = bounded(
             "watch",
             shared.options.request_timeout,
-            client.watch(shared.keys.prefix.clone(), Some(options)),
+            client.watch_prefix(shared.keys.prefix.clone(), self.start, true),
         )
         .await?;
         loop {
@@ -919,29 +907,28 @@ impl Watcher {
                     })
                 }
             };
-            if response.canceled() {
-                if response.compact_revision() > 0 {
+            if response.canceled {
+                if response.compact_revision > 0 {
                     self.compacted = true;
                 }
                 return Err(EtcdError::Unexpected {
                     op: "watch",
                     what: format!(
                         "canceled by etcd (compacted at {}): {}",
-                        response.compact_revision(),
-                        response.cancel_reason()
+                        response.compact_revision, response.cancel_reason
                     ),
                 });
             }
-            for event in response.events() {
-                let Some(kv) = event.kv() else { continue };
-                let revision = kv.mod_revision();
+            for event in &response.events {
+                let Some(kv) = &event.kv else { continue };
+                let revision = kv.mod_revision;
                 // etcd's API: a deletion resets a key's version to 0.
-                let deleted = kv.version() == 0;
-                if let Some(node_id) = shared.keys.node_id(kv.key()) {
+                let deleted = kv.version == 0;
+                if let Some(node_id) = shared.keys.node_id(&kv.key) {
                     if revision > self.synced {
                         if deleted {
                             self.members.remove(&node_id);
-                        } else if let Some(m) = shared.keys.parse_member(kv.key(), kv.value()) {
+                        } else if let Some(m) = shared.keys.parse_member(&kv.key, &kv.value) {
                             self.members.insert(node_id, m);
                         } else {
                             self.members.remove(&node_id);
@@ -951,11 +938,11 @@ impl Watcher {
                     // One view per change: a node that joined and left
                     // within one response still shows in the history.
                     shared.publish(self.revision, &self.members);
-                } else if kv.key() == shared.keys.cidrs.as_bytes() && revision > self.synced {
-                    let value = if deleted { &[][..] } else { kv.value() };
+                } else if kv.key == shared.keys.cidrs.as_bytes() && revision > self.synced {
+                    let value = if deleted { &[][..] } else { &kv.value[..] };
                     shared.set_cidrs(value, revision);
-                } else if kv.key() == shared.keys.topics.as_bytes() {
-                    shared.set_topics((!deleted).then(|| kv.value()), revision);
+                } else if kv.key == shared.keys.topics.as_bytes() {
+                    shared.set_topics((!deleted).then_some(&kv.value[..]), revision);
                 }
             }
             shared.publish(self.revision, &self.members);
@@ -1054,11 +1041,11 @@ impl Coordinator for EtcdCoordinator {
             let r = bounded(
                 "put zone cidr blocks",
                 shared.options.request_timeout,
-                client.put(shared.keys.cidrs.clone(), value.clone(), None),
+                client.put(shared.keys.cidrs.clone(), value.clone(), 0),
             )
             .await?;
-            if let Some(h) = r.header() {
-                shared.set_cidrs(value.as_bytes(), h.revision());
+            if let Some(h) = &r.header {
+                shared.set_cidrs(value.as_bytes(), h.revision);
             }
             Ok(())
         })
@@ -1090,17 +1077,12 @@ impl Coordinator for EtcdCoordinator {
     fn put_topics(&self, expected: u64, data: bytes::Bytes) -> CoordinatorFuture<Result<u64, u64>> {
         let shared = self.shared.clone();
         on_runtime(&self.handle, async move {
-            use etcd_client::{Compare, CompareOp, Txn, TxnOp};
             let key = shared.keys.topics.clone();
             let expected_rev = i64::try_from(expected).unwrap_or(i64::MAX);
             let txn = Txn::new()
-                .when([Compare::mod_revision(
-                    key.clone(),
-                    CompareOp::Equal,
-                    expected_rev,
-                )])
-                .and_then([TxnOp::put(key.clone(), data.to_vec(), None)])
-                .or_else([TxnOp::get(key.clone(), None)]);
+                .when([mod_revision_is(key.clone(), expected_rev)])
+                .and_then([op_put(key.clone(), data.to_vec(), 0)])
+                .or_else([op_get(key.clone())]);
             let mut client = shared.client.clone();
             let r = bounded(
                 "put topics",
@@ -1108,18 +1090,20 @@ impl Coordinator for EtcdCoordinator {
                 client.txn(txn),
             )
             .await?;
-            let revision = r.header().map_or(0, |h| h.revision());
-            if r.succeeded() {
+            let revision = r.header.as_ref().map_or(0, |h| h.revision);
+            if r.succeeded {
                 shared.set_topics(Some(&data), revision);
                 return Ok(Ok(u64::try_from(revision).unwrap_or(0)));
             }
             // Someone else's table is newer: take it, and say at what.
             let mut current = 0;
-            for op in r.op_responses() {
-                if let etcd_client::TxnOpResponse::Get(g) = op {
-                    for kv in g.kvs() {
-                        shared.set_topics(Some(kv.value()), kv.mod_revision());
-                        current = u64::try_from(kv.mod_revision()).unwrap_or(0);
+            for op in &r.responses {
+                if let Some(crate::etcd_api::generated::response_op::Response::ResponseRange(g)) =
+                    &op.response
+                {
+                    for kv in &g.kvs {
+                        shared.set_topics(Some(&kv.value), kv.mod_revision);
+                        current = u64::try_from(kv.mod_revision).unwrap_or(0);
                     }
                 }
             }

@@ -57,6 +57,7 @@ pub mod conn;
 pub mod coordinator;
 pub mod durable;
 pub mod etcd;
+pub mod etcd_api;
 pub mod group;
 pub mod http;
 pub mod metrics;

@@ -4,6 +4,7 @@
 //! panic. Without etcd the tests fail: they do not skip.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use ferry_node::etcd_api::{Client, ConnectOptions};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -100,14 +101,19 @@ impl Etcd {
             .unwrap();
         loop {
             let ready = rt.block_on(async {
-                let opts = etcd_client::ConnectOptions::new()
-                    .with_connect_timeout(Duration::from_millis(500))
-                    .with_timeout(Duration::from_millis(500));
-                let Ok(mut c) = etcd_client::Client::connect([client.as_str()], Some(opts)).await
-                else {
+                let opts = ConnectOptions {
+                    connect_timeout: Duration::from_millis(500),
+                    keep_alive_interval: Duration::from_secs(10),
+                    keep_alive_timeout: Duration::from_millis(500),
+                };
+                let Ok(mut c) = Client::connect(std::slice::from_ref(&client), opts).await else {
                     return false;
                 };
-                c.get("ready-check", None).await.is_ok()
+                let get = c.get("ready-check", false);
+                matches!(
+                    tokio::time::timeout(Duration::from_millis(500), get).await,
+                    Ok(Ok(_))
+                )
             });
             if ready {
                 return;
@@ -284,15 +290,15 @@ fn a_duplicate_node_id_is_refused_and_a_stale_one_taken_over() {
     // renewed): a restart waits for it to expire, then registers.
     let stale_ttl = 2;
     io.block_on(async {
-        let mut c = etcd_client::Client::connect([etcd.endpoint()], None)
-            .await
-            .unwrap();
-        let lease = c.lease_grant(stale_ttl, None).await.unwrap().id();
+        let opts = ConnectOptions {
+            connect_timeout: Duration::from_secs(2),
+            keep_alive_interval: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(2),
+        };
+        let mut c = Client::connect(&[etcd.endpoint()], opts).await.unwrap();
+        let lease = c.lease_grant(stale_ttl).await.unwrap().id;
         let value = r#"{"zone":"zz","host":"old","port":1}"#;
-        let put = etcd_client::PutOptions::new().with_lease(lease);
-        c.put("/ferry/c1/members/7", value, Some(put))
-            .await
-            .unwrap();
+        c.put("/ferry/c1/members/7", value, lease).await.unwrap();
     });
     let mut o = options(&etcd, "c1");
     o.takeover_wait = Duration::from_secs(8);
