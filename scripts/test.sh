@@ -45,9 +45,6 @@ as_root() {
 install_debian_packages() {
     local missing=()
     command -v kcat >/dev/null || missing+=(kcat)
-    # The load generator links Debian's librdkafka (rdkafka's dynamic-linking).
-    dpkg -s librdkafka-dev >/dev/null 2>&1 || missing+=(librdkafka-dev)
-    command -v pkg-config >/dev/null || missing+=(pkg-config)
     # The etcd coordinator's tests run a real etcd. protoc is for the test
     # that regenerates the etcd client's checked-in messages (building
     # ferry itself needs no protoc).
@@ -57,6 +54,8 @@ install_debian_packages() {
     # node's /metrics from inside them (curl).
     command -v ip >/dev/null || missing+=(iproute2)
     command -v curl >/dev/null || missing+=(curl)
+    # Debian's python3 makes virtual environments only with python3-venv.
+    python3 -c "import ensurepip, venv" >/dev/null 2>&1 || missing+=(python3-venv)
     if [ ${#missing[@]} -eq 0 ]; then
         echo "Debian packages: already installed"
         return 0
@@ -69,9 +68,23 @@ install_debian_packages() {
     fi
 }
 
+# The Python clients and servers go into a virtual environment of the
+# project's own (FERRY_VENV, default .venv), never into the system Python,
+# which may refuse `pip install` (PEP 668). Every step after the install
+# runs with it first on PATH, so tests that start `python3` get it.
+VENV="${FERRY_VENV:-$PWD/.venv}"
+
+make_venv() {
+    if [ -x "$VENV/bin/python3" ]; then
+        return 0
+    fi
+    python3 -m venv "$VENV"
+}
+
 install_python_packages() {
     local wanted=("confluent-kafka==$CONFLUENT_KAFKA_VERSION" "kafka-python==$KAFKA_PYTHON_VERSION" "${PYTHON_EXTRAS[@]}")
-    if python3 - "${wanted[@]}" <<'PY'
+    make_venv
+    if "$VENV/bin/python3" - "${wanted[@]}" <<'PY'
 import sys
 from importlib.metadata import PackageNotFoundError, version
 for spec in sys.argv[1:]:
@@ -87,7 +100,7 @@ PY
         echo "Python packages: already installed"
         return 0
     fi
-    python3 -m pip install --disable-pip-version-check --no-input --quiet --root-user-action=ignore "${wanted[@]}"
+    "$VENV/bin/python3" -m pip install --disable-pip-version-check --no-input --quiet "${wanted[@]}"
 }
 
 # The second S3-protocol server the tests run on (beside moto): s3s-fs,
@@ -117,6 +130,13 @@ if [ "${FERRY_TEST_SKIP_INSTALL:-0}" != 1 ]; then
     install_python_packages
     install_s3s_fs
 fi
+
+if [ ! -x "$VENV/bin/python3" ]; then
+    echo "no Python environment at $VENV: run without FERRY_TEST_SKIP_INSTALL=1 once" >&2
+    false
+fi
+export VIRTUAL_ENV="$VENV"
+export PATH="$VENV/bin:$PATH"
 
 step "check tools and clients"
 require_tool cargo fmt --version
