@@ -64,8 +64,6 @@ use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 
-use crate::group::GroupConfig;
-
 /// What a secret is replaced with wherever a value is shown.
 pub const REDACTED: &str = "[redacted]";
 
@@ -718,12 +716,19 @@ pub struct ZoneCidr {
     pub net: IpNet,
 }
 
-/// Whether `zone` is a plausible zone name: letters, digits, `-`, `_`, `.`.
-fn is_zone_name(zone: &str) -> bool {
+/// Longest zone name taken from a client (`client.id` tag or `rack_id`).
+pub const ZONE_NAME_MAX: usize = 128;
+
+/// Whether `zone` is a plausible zone name: 1 to [`ZONE_NAME_MAX`] letters,
+/// digits, `-`, `_` and `.`, as `automq.zone.cidr.blocks` accepts. Anything
+/// else from a client is ignored, so that no odd byte reaches logs or
+/// metric labels.
+pub fn is_zone_name(zone: &str) -> bool {
     !zone.is_empty()
+        && zone.len() <= ZONE_NAME_MAX
         && zone
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
 /// Parses one CIDR block, IPv4 or IPv6, with an explicit prefix length.
@@ -1392,7 +1397,7 @@ impl Config {
             .unwrap_or_default();
         let cluster_id = r
             .parse("ferry.cluster.id", |key, v| {
-                if crate::zone::is_zone_name(v) {
+                if is_zone_name(v) {
                     Ok(v.to_owned())
                 } else {
                     Err(ConfigError::invalid(
@@ -1786,6 +1791,42 @@ fn parse_listeners(key: &str, text: &str) -> Result<Vec<Listener>, ConfigError> 
         return Err(ConfigError::invalid(key, expected, text));
     }
     Ok(out)
+}
+
+/// The coordinator's settings; [`crate::config`] fills them from Kafka's
+/// keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupConfig {
+    /// `group.initial.rebalance.delay.ms`: how long a new group's first join
+    /// phase waits for more members (each new member extends it, up to the
+    /// rebalance timeout).
+    pub initial_rebalance_delay_ms: u64,
+    /// `group.min.session.timeout.ms`.
+    pub session_timeout_ms_min: u64,
+    /// `group.max.session.timeout.ms`.
+    pub session_timeout_ms_max: u64,
+    /// `group.max.size`: members (and members-to-be) per group.
+    pub group_size_max: usize,
+    /// `offsets.retention.minutes`, in ms: how long an empty group keeps its
+    /// committed offsets.
+    pub offsets_retention_ms: u64,
+    /// `offset.metadata.max.bytes`.
+    pub offset_metadata_bytes_max: usize,
+}
+
+impl Default for GroupConfig {
+    /// Kafka's defaults, except `group.max.size`, which Kafka leaves
+    /// unbounded.
+    fn default() -> Self {
+        GroupConfig {
+            initial_rebalance_delay_ms: 3_000,
+            session_timeout_ms_min: 6_000,
+            session_timeout_ms_max: 1_800_000,
+            group_size_max: 1_000,
+            offsets_retention_ms: 7 * 24 * 60 * 60 * 1000,
+            offset_metadata_bytes_max: 4096,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,11 +4,11 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use ferry_node::broker::server;
 use ferry_node::config::Config;
-use ferry_node::durable::DurableLog;
 use ferry_node::node::NodeSettings;
-use ferry_node::server;
-use ferry_node::wal_log::WalLog;
+use ferry_node::storage::durable::DurableLog;
+use ferry_node::storage::wal_log::WalLog;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -114,7 +114,7 @@ fn main() -> anyhow::Result<()> {
 /// coordinator.
 fn run_zones(base: &Config, zones: u16, per_zone: u16) -> anyhow::Result<()> {
     let coordinator = ferry_node::cluster::LocalCoordinator::with_zone_cidrs(
-        ferry_node::zone::ZoneTable::from_config(base).text(),
+        ferry_node::cluster::zone::ZoneTable::from_config(base).text(),
     )?;
     let first = base.listeners.first().context("listeners is empty")?.port;
     let mut nodes = Vec::new();
@@ -256,7 +256,7 @@ fn start_node(config: &Config, cluster: ferry_node::node::ClusterJoin) -> anyhow
     if let Some(h) = &handoff {
         h.validate()?;
     }
-    let options = ferry_node::wal_log::RecoveryOptions {
+    let options = ferry_node::storage::wal_log::RecoveryOptions {
         accept_lost: config.accept_lost_objects.clone(),
     };
     let opened = WalLog::open_with_options(store, wal, handoff, options)
@@ -281,7 +281,7 @@ fn start_node(config: &Config, cluster: ferry_node::node::ClusterJoin) -> anyhow
         .with_context(|| format!("listeners: cannot resolve {}", listener.bind_address()))?;
     let cluster = match cluster {
         ferry_node::node::ClusterJoin::Pending => ferry_node::node::ClusterJoin::Etcd {
-            options: ferry_node::etcd::EtcdOptions::new(
+            options: ferry_node::cluster::etcd::EtcdOptions::new(
                 config.etcd_endpoints.clone(),
                 config.cluster_id.clone(),
             ),
@@ -313,7 +313,7 @@ fn start_node(config: &Config, cluster: ferry_node::node::ClusterJoin) -> anyhow
     if let Some(addr) = config.metrics_listener {
         let ctx = node.ctx.clone();
         let log2 = log.clone();
-        let bound = ferry_node::http::serve_metrics(
+        let bound = ferry_node::broker::http::serve_metrics(
             addr,
             Arc::new(move || {
                 let mut extra = log2.render_metrics();

@@ -3,27 +3,16 @@
 //! `Send + Sync` and read-mostly; nothing in it is locked on the produce or
 //! fetch path.
 
-use crate::durable::DurableLog;
+use crate::cluster::topics::Topics;
 use crate::metrics::Metrics;
-use crate::partition::LogBatch;
-use crate::topics::Topics;
+use crate::storage::durable::DurableLog;
+use crate::storage::durable::LogBatch;
 use ferry_protocol::frame::SupportedApis;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Producer state found with a recovered batch: id, epoch, first and last
-/// sequence.
-pub type RecoveredProducer = Option<(i64, i16, i32, i32)>;
-
-/// What recovery found in the bucket, by partition.
-pub type Recovered = HashMap<(Arc<str>, i32), Vec<(LogBatch, RecoveredProducer)>>;
-
-/// Partitions that recovery could not rebuild, by partition: the keys of the
-/// unread (corrupt) objects their history may be in. They are not served
-/// (KAFKA_STORAGE_ERROR) until the objects are read or their loss accepted
-/// (`ferry.recovery.accept.lost.objects`).
-pub type Blocked = HashMap<(Arc<str>, i32), Vec<String>>;
+pub use crate::storage::durable::{Blocked, Recovered, RecoveredProducer};
 
 /// A blocked partition's unread objects, and when it was found blocked.
 type BlockedSince = (Vec<String>, std::time::Instant);
@@ -67,11 +56,11 @@ pub struct NodeCtx {
     pub in_process: bool,
     /// Client zones by `automq.zone.cidr.blocks`; shards keep it current
     /// from the coordinator.
-    pub zones: Arc<crate::zone::ZoneResolver>,
+    pub zones: Arc<crate::cluster::zone::ZoneResolver>,
     /// Bytes of node-to-node RPCs, by peer zone and kind.
-    pub traffic: Arc<crate::rpc::RpcTraffic>,
+    pub traffic: Arc<crate::cluster::rpc::RpcTraffic>,
     /// InitProducerId's ids, unique to this node.
-    pub producer_ids: crate::api::ProducerIds,
+    pub producer_ids: ProducerIds,
     /// The coordinator's topic-table generation and version last applied.
     topics_seen: Mutex<(u64, u64)>,
     /// The generation last looked at, read without the lock.
@@ -80,13 +69,13 @@ pub struct NodeCtx {
     /// cluster loads what it leads from every node's objects instead).
     recovered: Mutex<Recovered>,
     /// Per shard: the objects its partitions read from, as of its last
-    /// retention pass (see `crate::refs`).
-    pub shard_refs: Vec<Mutex<crate::refs::ShardRefs>>,
+    /// retention pass (see `crate::storage::refs`).
+    pub shard_refs: Vec<Mutex<crate::storage::refs::ShardRefs>>,
     /// Object-deletion passes in a row that could not delete (see
-    /// `crate::refs`).
+    /// `crate::storage::refs`).
     pub refs_blocked: std::sync::atomic::AtomicU64,
     /// How often retention runs, and how old an object nothing refers to
-    /// must be before it is deleted (see `crate::refs`: references are
+    /// must be before it is deleted (see `crate::storage::refs`: references are
     /// trusted when younger than half of it).
     pub retention_check_ms: u64,
     pub object_delete_age_ms: u64,
@@ -142,7 +131,7 @@ pub struct NodeSettings {
     pub compaction_bytes_min: usize,
     /// `ferry.accept=acceptor` (default: SO_REUSEPORT listeners).
     pub acceptor: bool,
-    /// What start-up recovery could not rebuild ([`crate::wal_log::Opened`]).
+    /// What start-up recovery could not rebuild ([`crate::storage::wal_log::Opened`]).
     pub blocked: Blocked,
 }
 
@@ -205,7 +194,7 @@ impl NodeSettings {
             group_config: config.group.clone(),
             groups_snapshot: None,
             cluster: ClusterJoin::Alone,
-            zone_cidrs: crate::zone::ZoneTable::from_config(config)
+            zone_cidrs: crate::cluster::zone::ZoneTable::from_config(config)
                 .text()
                 .to_owned(),
             retention_check_ms: 10_000,
@@ -232,7 +221,7 @@ pub enum ClusterJoin {
     Pending,
     /// etcd, with the runtime its client runs on.
     Etcd {
-        options: crate::etcd::EtcdOptions,
+        options: crate::cluster::etcd::EtcdOptions,
         runtime: tokio::runtime::Handle,
     },
 }
@@ -240,20 +229,34 @@ pub enum ClusterJoin {
 /// The zone of a node without `broker.rack`.
 pub const DEFAULT_ZONE: &str = "default";
 
+/// The pieces of a node its start builds, for [`NodeCtx::new`].
+pub struct NodeParts {
+    pub topics: Arc<Topics>,
+    pub durable: Arc<dyn DurableLog>,
+    pub recovered: Recovered,
+    pub cluster: Arc<dyn crate::cluster::Coordinator>,
+    /// See [`NodeCtx::alone`].
+    pub alone: bool,
+    pub traffic: Arc<crate::cluster::rpc::RpcTraffic>,
+    /// The APIs the broker layer serves (`broker::api::supported_apis`).
+    pub supported: SupportedApis,
+}
+
 impl NodeCtx {
-    pub fn new(
-        s: NodeSettings,
-        topics: Arc<Topics>,
-        durable: Arc<dyn DurableLog>,
-        recovered: Recovered,
-        cluster: Arc<dyn crate::cluster::Coordinator>,
-        alone: bool,
-        traffic: Arc<crate::rpc::RpcTraffic>,
-    ) -> NodeCtx {
-        let zones = Arc::new(crate::zone::ZoneResolver::new(
-            crate::zone::ZoneTable::parse(&cluster.zone_cidrs()).unwrap_or_else(|e| {
+    pub fn new(s: NodeSettings, parts: NodeParts) -> NodeCtx {
+        let NodeParts {
+            topics,
+            durable,
+            recovered,
+            cluster,
+            alone,
+            traffic,
+            supported,
+        } = parts;
+        let zones = Arc::new(crate::cluster::zone::ZoneResolver::new(
+            crate::cluster::zone::ZoneTable::parse(&cluster.zone_cidrs()).unwrap_or_else(|e| {
                 tracing::error!(error = %e, "the cluster's zone CIDR blocks do not parse; none used");
-                crate::zone::ZoneTable::empty()
+                crate::cluster::zone::ZoneTable::empty()
             }),
         ));
         NodeCtx {
@@ -264,7 +267,7 @@ impl NodeCtx {
             topics_seen: Mutex::new((0, 0)),
             topics_generation_seen: std::sync::atomic::AtomicU64::new(0),
             traffic,
-            producer_ids: crate::api::ProducerIds::new(
+            producer_ids: ProducerIds::new(
                 s.node_id,
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -280,7 +283,7 @@ impl NodeCtx {
             topics,
             durable,
             metrics: Metrics::new(s.shards),
-            supported: crate::api::supported_apis(),
+            supported,
             num_partitions: s.num_partitions,
             auto_create_topics: s.auto_create_topics,
             cache_bytes_max: s.cache_bytes_max,
@@ -368,7 +371,7 @@ impl NodeCtx {
             return;
         }
         let Some(data) = data else { return };
-        match crate::topics::TopicTable::decode(&data) {
+        match crate::cluster::topics::TopicTable::decode(&data) {
             Ok(table) => {
                 self.topics.replace(table);
                 seen.1 = version;
@@ -415,7 +418,7 @@ impl NodeCtx {
 
     /// Notes the objects that recovered partitions no shard has taken yet
     /// read from.
-    pub fn recovered_refs(&self, refs: &mut crate::refs::Refs) {
+    pub fn recovered_refs(&self, refs: &mut crate::storage::refs::Refs) {
         for (b, _) in self.recovered.lock().values().flatten() {
             if let Some(l) = &b.location {
                 refs.note(l);
@@ -428,5 +431,32 @@ impl NodeCtx {
                 refs.note_key(key);
             }
         }
+    }
+}
+
+/// A node's producer ids: its node id in the top 15 bits (below the sign),
+/// then, in 48 bits, its start time in seconds shifted left by 17 bits plus
+/// a counter. Two nodes never hand out the same id; one node's ids stay
+/// unique across restarts as long as the clock does not run backwards and
+/// fewer than 131,072 ids are handed out per second of uptime.
+pub struct ProducerIds {
+    prefix: i64,
+    next: std::sync::atomic::AtomicI64,
+}
+
+const PRODUCER_ID_LOW_BITS: u32 = 48;
+
+impl ProducerIds {
+    pub fn new(node_id: i32, start_secs: u64) -> ProducerIds {
+        let low = (1i64 << PRODUCER_ID_LOW_BITS) - 1;
+        ProducerIds {
+            prefix: (i64::from(node_id) & 0x7fff) << PRODUCER_ID_LOW_BITS,
+            next: std::sync::atomic::AtomicI64::new(((start_secs as i64) << 17) & low),
+        }
+    }
+
+    pub fn next(&self) -> i64 {
+        let low = (1i64 << PRODUCER_ID_LOW_BITS) - 1;
+        self.prefix | (self.next.fetch_add(1, std::sync::atomic::Ordering::AcqRel) & low)
     }
 }

@@ -6,9 +6,9 @@
 
 mod common;
 use common::raw;
-use ferry_node::durable::MemoryLog;
+use ferry_node::broker::server;
 use ferry_node::node::NodeSettings;
-use ferry_node::server;
+use ferry_node::storage::durable::MemoryLog;
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;

@@ -6,9 +6,9 @@
 
 mod common;
 use common::raw;
+use ferry_node::broker::server;
 use ferry_node::node::NodeSettings;
-use ferry_node::server;
-use ferry_node::wal_log::WalLog;
+use ferry_node::storage::wal_log::WalLog;
 use ferry_protocol::error_code::ErrorCode;
 use ferry_wal::FaultyStore;
 use object_store::ObjectStore;

@@ -9,9 +9,9 @@
 mod common;
 
 use ferry_node::arena::CHUNK_BYTES_MIN;
-use ferry_node::durable::MemoryLog;
+use ferry_node::broker::server;
 use ferry_node::node::NodeSettings;
-use ferry_node::server;
+use ferry_node::storage::durable::MemoryLog;
 use std::collections::HashMap;
 use std::net::TcpStream;
 use std::sync::atomic::Ordering::Relaxed;

@@ -6,11 +6,11 @@
 
 mod common;
 
+use ferry_node::broker::server;
+use ferry_node::cluster::topics::TopicTable;
 use ferry_node::config::{Config, HostEnv};
-use ferry_node::durable::{DurableLog, MemoryLog};
 use ferry_node::node::NodeSettings;
-use ferry_node::server;
-use ferry_node::topics::TopicTable;
+use ferry_node::storage::durable::{DurableLog, MemoryLog};
 use std::collections::HashMap;
 use std::sync::Arc;
 

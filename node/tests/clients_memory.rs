@@ -2,9 +2,9 @@
 //! durable log is in memory: produce with every codec, consume, compare.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use ferry_node::durable::MemoryLog;
+use ferry_node::broker::server;
 use ferry_node::node::NodeSettings;
-use ferry_node::server;
+use ferry_node::storage::durable::MemoryLog;
 use std::collections::HashMap;
 use std::process::Command;
 use std::sync::Arc;

@@ -4,16 +4,16 @@
 //! panic. Without etcd the tests fail: they do not skip.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use ferry_node::etcd_api::{Client, ConnectOptions};
+use ferry_node::cluster::etcd_api::{Client, ConnectOptions};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ferry_node::cluster::etcd::{EtcdCoordinator, EtcdOptions};
+use ferry_node::cluster::zone::ZoneResolver;
 use ferry_node::cluster::{follow_zone_cidrs, Coordinator, CoordinatorError, Member};
-use ferry_node::etcd::{EtcdCoordinator, EtcdOptions};
-use ferry_node::zone::ZoneResolver;
 use ferry_wal::IoRuntime;
 
 fn free_port() -> u16 {
@@ -400,9 +400,9 @@ fn an_unreachable_etcd_is_an_error_within_the_timeouts() {
 
 #[test]
 fn etcd_bytes_count_as_coordinator_traffic_of_the_endpoints_zone() {
-    use ferry_node::etcd::CoordinatorTraffic;
-    use ferry_node::rpc::RpcTraffic;
-    use ferry_node::zone::ZoneTable;
+    use ferry_node::cluster::etcd::CoordinatorTraffic;
+    use ferry_node::cluster::rpc::RpcTraffic;
+    use ferry_node::cluster::zone::ZoneTable;
     let etcd = Etcd::start();
     let io = IoRuntime::new(2).unwrap();
     let count = |zones: &str| {

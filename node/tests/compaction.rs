@@ -6,9 +6,9 @@
 
 mod common;
 use common::raw;
+use ferry_node::broker::server::{self, RunningNode};
 use ferry_node::node::NodeSettings;
-use ferry_node::server::{self, RunningNode};
-use ferry_node::wal_log::WalLog;
+use ferry_node::storage::wal_log::WalLog;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -160,7 +160,7 @@ fn durable_batches_move_out_of_the_wal_and_read_back_the_same() {
     let idle = all();
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(all(), idle, "an idle node's object count changed");
-    let metrics = ferry_node::durable::DurableLog::render_metrics(&*log);
+    let metrics = ferry_node::storage::durable::DurableLog::render_metrics(&*log);
     let value = |name: &str| -> f64 {
         metrics
             .lines()
@@ -182,7 +182,7 @@ fn durable_batches_move_out_of_the_wal_and_read_back_the_same() {
     let (node, log) = start(&bucket, 0, 0);
     let mut c = connect(&node);
     let gets = || {
-        ferry_node::durable::DurableLog::render_metrics(&*log)
+        ferry_node::storage::durable::DurableLog::render_metrics(&*log)
             .lines()
             .find(|l| l.starts_with("ferry_s3_gets_total"))
             .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())

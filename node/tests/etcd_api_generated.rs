@@ -1,4 +1,4 @@
-//! The etcd client's messages and stubs (`node/src/etcd_api/generated.rs`)
+//! The etcd client's messages and stubs (`node/src/cluster/etcd_api/generated.rs`)
 //! are checked in, so that building `ferry` needs no `protoc`. This test
 //! generates them again from `node/proto/etcd.proto` and fails if the file
 //! is stale. Set `FERRY_REGENERATE_ETCD_API=1` to rewrite it instead.
@@ -29,7 +29,7 @@ fn the_checked_in_etcd_api_is_what_the_proto_generates() {
         .expect("generate the etcd API (needs protoc: apt-get install protobuf-compiler)");
     let generated = std::fs::read_to_string(out.path().join("etcdserverpb.rs")).unwrap();
     let want = format!("{HEADER}{generated}");
-    let path = root.join("src/etcd_api/generated.rs");
+    let path = root.join("src/cluster/etcd_api/generated.rs");
     if std::env::var_os("FERRY_REGENERATE_ETCD_API").is_some() {
         std::fs::write(&path, &want).unwrap();
         return;

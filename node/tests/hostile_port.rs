@@ -5,9 +5,9 @@
 mod common;
 
 use bytes::Bytes;
-use ferry_node::durable::MemoryLog;
+use ferry_node::broker::server;
 use ferry_node::node::NodeSettings;
-use ferry_node::server;
+use ferry_node::storage::durable::MemoryLog;
 use ferry_protocol::frame::{concat, encode_request};
 use ferry_protocol::messages::*;
 use ferry_protocol::records::{NewRecord, RecordBatchBuilder};

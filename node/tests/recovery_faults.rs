@@ -7,9 +7,9 @@
 
 mod common;
 use common::raw;
+use ferry_node::broker::server::{self, RunningNode};
 use ferry_node::node::NodeSettings;
-use ferry_node::server::{self, RunningNode};
-use ferry_node::wal_log::{Opened, RecoveryOptions, WalLog};
+use ferry_node::storage::wal_log::{Opened, RecoveryOptions, WalLog};
 use ferry_protocol::error_code::ErrorCode;
 use ferry_wal::{FaultWindow, FaultyStore, ReadFault};
 use object_store::ObjectStore;

@@ -6,9 +6,9 @@
 
 mod common;
 use common::raw;
+use ferry_node::broker::server;
 use ferry_node::node::NodeSettings;
-use ferry_node::server;
-use ferry_node::wal_log::WalLog;
+use ferry_node::storage::wal_log::WalLog;
 use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -89,7 +89,7 @@ fn expired_data_is_dropped_and_its_objects_deleted() {
     // all but the one holding its last batch.
     assert!(wal_objects(&bucket) >= 1);
     assert_eq!(raw::list_offset(&mut c, "old", 0, -1), 5);
-    let metrics = ferry_node::durable::DurableLog::render_metrics(&*opened.log);
+    let metrics = ferry_node::storage::durable::DurableLog::render_metrics(&*opened.log);
     let deleted: f64 = metrics
         .lines()
         .find(|l| l.starts_with("ferry_wal_objects_deleted_total"))

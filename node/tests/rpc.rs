@@ -6,8 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bytes::{Bytes, BytesMut};
+use ferry_node::cluster::rpc::*;
 use ferry_node::cluster::Member;
-use ferry_node::rpc::*;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -552,9 +552,9 @@ fn garbage_frames_close_the_connection_and_the_server_keeps_serving() {
 /// close the connection, and Kafka requests still work.
 #[test]
 fn a_real_node_serves_rpcs_on_its_kafka_listener() {
-    use ferry_node::durable::MemoryLog;
+    use ferry_node::broker::server;
     use ferry_node::node::NodeSettings;
-    use ferry_node::server;
+    use ferry_node::storage::durable::MemoryLog;
     let node = server::start(
         NodeSettings {
             frame_bytes_max: 1 << 20,

@@ -8,10 +8,10 @@
 
 mod common;
 use common::raw;
+use ferry_node::broker::server::{self, RunningNode};
 use ferry_node::cluster::LocalCoordinator;
-use ferry_node::durable::MemoryLog;
 use ferry_node::node::{ClusterJoin, NodeSettings};
-use ferry_node::server::{self, RunningNode};
+use ferry_node::storage::durable::MemoryLog;
 use ferry_protocol::messages::*;
 use ferry_protocol::wire::Message;
 use std::collections::BTreeMap;
@@ -302,7 +302,7 @@ fn node_in_bucket(
     zone: &str,
     coordinator: &Arc<LocalCoordinator>,
     bucket: &std::path::Path,
-) -> (RunningNode, Arc<ferry_node::wal_log::WalLog>) {
+) -> (RunningNode, Arc<ferry_node::storage::wal_log::WalLog>) {
     node_in_bucket_checking(id, zone, coordinator, bucket, 100)
 }
 
@@ -314,7 +314,7 @@ fn node_in_bucket_checking(
     coordinator: &Arc<LocalCoordinator>,
     bucket: &std::path::Path,
     retention_check_ms: u64,
-) -> (RunningNode, Arc<ferry_node::wal_log::WalLog>) {
+) -> (RunningNode, Arc<ferry_node::storage::wal_log::WalLog>) {
     node_in_bucket_with(id, zone, coordinator, bucket, |s| {
         s.retention_check_ms = retention_check_ms
     })
@@ -327,11 +327,12 @@ fn node_in_bucket_with(
     coordinator: &Arc<LocalCoordinator>,
     bucket: &std::path::Path,
     adjust: impl FnOnce(&mut NodeSettings),
-) -> (RunningNode, Arc<ferry_node::wal_log::WalLog>) {
+) -> (RunningNode, Arc<ferry_node::storage::wal_log::WalLog>) {
     let uri = ferry_wal::BucketUri::parse(&format!("file://{}", bucket.display())).unwrap();
     let mut cfg = ferry_wal::WalConfig::new(id as u32);
     cfg.batch_interval = Duration::from_millis(20);
-    let opened = ferry_node::wal_log::WalLog::open(uri.build_store().unwrap(), cfg).unwrap();
+    let opened =
+        ferry_node::storage::wal_log::WalLog::open(uri.build_store().unwrap(), cfg).unwrap();
     let mut settings = NodeSettings {
         rack: Some(zone.to_owned()),
         shards: 2,
@@ -482,7 +483,7 @@ fn a_leaders_partitions_are_taken_over_from_the_bucket() {
     loop {
         let file = std::fs::read(&refs)
             .ok()
-            .and_then(|b| ferry_node::refs::RefsFile::decode(&b).ok());
+            .and_then(|b| ferry_node::storage::refs::RefsFile::decode(&b).ok());
         if file.is_some_and(|f| f.loaded && f.refs.wal.contains_key(&1)) {
             break;
         }
@@ -815,14 +816,14 @@ fn seq_of(key: &str) -> u64 {
 fn in_use_by(
     dir: &std::path::Path,
     node: i32,
-    pick: impl Fn(&ferry_node::refs::Refs) -> Option<u64>,
+    pick: impl Fn(&ferry_node::storage::refs::Refs) -> Option<u64>,
 ) -> u64 {
     let path = dir.join(format!("meta/refs-{node}"));
     let mut found = None;
     eventually(Duration::from_secs(10), "published references", || {
         found = std::fs::read(&path)
             .ok()
-            .and_then(|b| ferry_node::refs::RefsFile::decode(&b).ok())
+            .and_then(|b| ferry_node::storage::refs::RefsFile::decode(&b).ok())
             .filter(|f| f.loaded)
             .and_then(|f| pick(&f.refs));
         found.is_some()
@@ -943,7 +944,7 @@ fn handoff_objects_go_once_their_leader_no_longer_reads_them() {
         .collect();
     assert!(!written.is_empty(), "the proxy wrote handoff objects");
     // Its own counters say so too.
-    let text = ferry_node::durable::DurableLog::render_metrics(&*la);
+    let text = ferry_node::storage::durable::DurableLog::render_metrics(&*la);
     let counter = |name: &str| -> u64 {
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.split(' ').nth(1)?.parse().ok())

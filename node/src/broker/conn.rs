@@ -58,7 +58,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let metrics_shard = shard.clone();
     // A Kafka client's bytes, by its zone, once its first request says who
     // it is (node-to-node RPC connections are counted by their callers).
-    let traffic: Rc<std::cell::RefCell<Option<std::sync::Arc<crate::rpc::ZoneTraffic>>>> =
+    let traffic: Rc<std::cell::RefCell<Option<std::sync::Arc<crate::cluster::rpc::ZoneTraffic>>>> =
         Rc::default();
     let writer_traffic = traffic.clone();
     let writer = glommio::spawn_local(async move {
@@ -96,7 +96,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 .bytes_out
                 .fetch_add(n as u64, Relaxed);
             if let Some(t) = writer_traffic.borrow().as_ref() {
-                t.add(crate::rpc::RpcKind::Client, n as u64, 0);
+                t.add(crate::cluster::rpc::RpcKind::Client, n as u64, 0);
             }
         }
         let _ = wr.close().await;
@@ -147,7 +147,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             buf.filled(n);
             shard.ctx.metrics.bytes_in.fetch_add(n as u64, Relaxed);
             if let Some(t) = traffic.borrow().as_ref() {
-                t.add(crate::rpc::RpcKind::Client, 0, n as u64);
+                t.add(crate::cluster::rpc::RpcKind::Client, 0, n as u64);
             }
         }
         loop {
@@ -160,10 +160,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 }
             };
             frame_bytes_avg = (frame_bytes_avg * 7 + f.len()) / 8;
-            // Ferry's node-to-node RPCs (API keys >= 32000), see crate::rpc:
+            // Ferry's node-to-node RPCs (API keys >= 32000), see crate::cluster::rpc:
             // served by the shard; an undecodable one closes the connection.
-            if crate::rpc::is_rpc_frame(&f) {
-                let Ok(h) = crate::rpc::spawn_call(&shard, &f, peer) else {
+            if crate::cluster::rpc::is_rpc_frame(&f) {
+                let Ok(h) = crate::cluster::rpc::spawn_call(&shard, &f, peer) else {
                     break 'conn;
                 };
                 let rpc_tx = rpc_tx.clone();
@@ -194,16 +194,16 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 let client_id = req.header.client_id.as_deref().unwrap_or("");
                 let t = shard.note_client(client_id, peer.map(|p| p.ip()));
                 // The first request's bytes, read before the zone was known.
-                t.add(crate::rpc::RpcKind::Client, 0, f.len() as u64 + 4);
+                t.add(crate::cluster::rpc::RpcKind::Client, 0, f.len() as u64 + 4);
                 *traffic.borrow_mut() = Some(t);
             }
             shard.ctx.metrics.request(req.api_key());
             // A group request whose coordinator is another node (this one
             // being its proxy in the client's zone) is served there.
-            if crate::coordinator::is_group_api(req.api_key()) {
-                if let Some(target) = crate::api::forward_target(&shard, &req.body) {
+            if crate::group::coordinator::is_group_api(req.api_key()) {
+                if let Some(target) = crate::broker::api::forward_target(&shard, &req.body) {
                     let sh = shard.clone();
-                    let fwd = crate::rpc::Forward {
+                    let fwd = crate::cluster::rpc::Forward {
                         client_host: peer
                             .map_or_else(String::new, |p| format!("/{}", p.ip()))
                             .into(),
@@ -236,7 +236,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             let h = glommio::spawn_local(async move {
                 let correlation_id = req.correlation_id();
                 let version = req.api_version();
-                let body = crate::api::handle(&sh, req, peer).await?;
+                let body = crate::broker::api::handle(&sh, req, peer).await?;
                 match frame::encode_response(correlation_id, version, &body) {
                     Ok(segs) => Some(segs),
                     Err(e) => {

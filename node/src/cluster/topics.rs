@@ -11,7 +11,7 @@
 //!   overrides. Still written for such topics, so an older binary reads a
 //!   table that uses no per-topic configs.
 //! - `v2 <topic id hex> <partitions> <name> <key>=<value> ...`: a topic with
-//!   config overrides (see [`crate::configs`]), one `key=value` token each.
+//!   config overrides (see [`crate::broker::configs`]), one `key=value` token each.
 //!   Keys and values are percent-encoded: every byte that is not printable
 //!   ASCII, and `%`, `=` and space, is written as `%XX`.
 
@@ -29,7 +29,7 @@ pub struct TopicInfo {
     pub id: Uuid,
     pub partitions: i32,
     /// Per-topic config overrides (`retention.ms`, ...), already validated by
-    /// [`crate::configs`]; keys without an override take the node's value.
+    /// [`crate::broker::configs`]; keys without an override take the node's value.
     pub configs: Arc<TopicConfigs>,
 }
 
@@ -372,6 +372,22 @@ impl LocalTopics {
         }
         c.1.clone()
     }
+}
+
+/// The retention of a topic, `(ms, bytes)` with -1 for no limit: its
+/// overrides, else the node's values.
+pub fn retention_of(overrides: Option<&TopicConfigs>, node_ms: i64, node_bytes: i64) -> (i64, i64) {
+    let get = |key: &str, node: i64| {
+        overrides
+            .and_then(|o| o.get(key))
+            .and_then(|v| v.parse::<i64>().ok())
+            .filter(|v| *v >= -1)
+            .unwrap_or(node)
+    };
+    (
+        get("retention.ms", node_ms),
+        get("retention.bytes", node_bytes),
+    )
 }
 
 #[cfg(test)]

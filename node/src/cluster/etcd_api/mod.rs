@@ -1,4 +1,4 @@
-//! A small etcd v3 client: what the coordinator ([`crate::etcd`]) asks of
+//! A small etcd v3 client: what the coordinator ([`crate::cluster::etcd`]) asks of
 //! etcd, over gRPC (tonic).
 //!
 //! The messages and service stubs are generated from `node/proto/etcd.proto`

@@ -7,8 +7,8 @@
 //! OffsetCommit is answered, one snapshot at a time, so a later snapshot
 //! never lands before an earlier one.
 
+use crate::clock::now_ms;
 use crate::group::{Completed, GroupConfig, GroupCoordinator, Reply, RequestContext, Token};
-use crate::shard::now_ms;
 use bytes::Bytes;
 use ferry_protocol::error_code::ErrorCode;
 use ferry_protocol::messages::{RequestBody, ResponseBody};
@@ -37,22 +37,18 @@ pub struct Coordinator {
     waiting: RefCell<HashMap<Token, oneshot::Sender<Completed>>>,
     persist: glommio::sync::Semaphore,
     persisted_changes: RefCell<u64>,
-    durable: Arc<dyn crate::durable::DurableLog>,
+    durable: Arc<dyn crate::storage::durable::DurableLog>,
     /// The metadata object the offsets go to ([`groups_meta_name`]).
     meta_name: String,
 }
 
-/// Where a node's committed offsets are kept: `meta/groups-<node id>`, one
-/// object per node, since every node coordinates its own groups.
-pub fn groups_meta_name(node_id: i32) -> String {
-    format!("groups-{node_id}")
-}
+pub use crate::storage::durable::groups_meta_name;
 
 impl Coordinator {
     pub fn new(
         config: GroupConfig,
         snapshot: Option<Bytes>,
-        durable: Arc<dyn crate::durable::DurableLog>,
+        durable: Arc<dyn crate::storage::durable::DurableLog>,
         meta_name: String,
     ) -> Coordinator {
         let mut state = GroupCoordinator::new(config, now_ms() as u64);
@@ -259,3 +255,15 @@ impl Coordinator {
 pub fn is_group_api(api_key: i16) -> bool {
     matches!(api_key, 8 | 9 | 11 | 12 | 13 | 14 | 15 | 16 | 42)
 }
+
+/// Groups are spread over nodes like the partitions of a 50-partition
+/// topic, as Kafka spreads them over `__consumer_offsets`.
+pub const GROUP_SLOTS: u32 = 50;
+
+/// The slot of a group: where its coordinator is.
+pub fn group_slot(group: &str) -> i32 {
+    (crc32c::crc32c(group.as_bytes()) % GROUP_SLOTS) as i32
+}
+
+/// The name groups are placed by (see [`group_slot`]).
+pub const GROUP_TOPIC: &str = "__consumer_offsets";

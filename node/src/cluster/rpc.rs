@@ -5,7 +5,7 @@
 //! i32` (no client id, no tagged fields), then the payload; a response is
 //! the size, `correlation_id: i32`, and the payload. The API keys from
 //! [`RPC_API_KEY_MIN`] up are Ferry's own; clients never send them, and
-//! [`crate::conn`] hands any frame that carries one to [`spawn_call`]
+//! [`crate::broker::conn`] hands any frame that carries one to [`spawn_call`]
 //! instead of the Kafka decoder.
 //!
 //! | key | request | response | what for |
@@ -1054,7 +1054,7 @@ pub async fn serve_frame<H: RpcHandler>(handler: &H, frame: &Bytes) -> Option<Ve
     }
 }
 
-/// For [`crate::conn`]: decodes an RPC frame at once and spawns its
+/// For [`crate::broker::conn`]: decodes an RPC frame at once and spawns its
 /// handler on this shard. An error (logged here) means the frame does not
 /// decode and the connection is to be closed.
 pub fn spawn_call<H: RpcHandler + Clone + 'static>(

@@ -61,6 +61,8 @@
 //! - Topic existence checks (UNKNOWN_TOPIC_OR_PARTITION on OffsetCommit) and
 //!   authorization: the caller does those.
 
+pub mod coordinator;
+
 use std::collections::BTreeMap;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -94,41 +96,7 @@ use ferry_protocol::messages::sync_group_request::SyncGroupRequest;
 use ferry_protocol::messages::sync_group_response::SyncGroupResponse;
 use ferry_protocol::wire::KStr;
 
-/// The coordinator's settings; [`crate::config`] fills them from Kafka's
-/// keys.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupConfig {
-    /// `group.initial.rebalance.delay.ms`: how long a new group's first join
-    /// phase waits for more members (each new member extends it, up to the
-    /// rebalance timeout).
-    pub initial_rebalance_delay_ms: u64,
-    /// `group.min.session.timeout.ms`.
-    pub session_timeout_ms_min: u64,
-    /// `group.max.session.timeout.ms`.
-    pub session_timeout_ms_max: u64,
-    /// `group.max.size`: members (and members-to-be) per group.
-    pub group_size_max: usize,
-    /// `offsets.retention.minutes`, in ms: how long an empty group keeps its
-    /// committed offsets.
-    pub offsets_retention_ms: u64,
-    /// `offset.metadata.max.bytes`.
-    pub offset_metadata_bytes_max: usize,
-}
-
-impl Default for GroupConfig {
-    /// Kafka's defaults, except `group.max.size`, which Kafka leaves
-    /// unbounded.
-    fn default() -> Self {
-        GroupConfig {
-            initial_rebalance_delay_ms: 3_000,
-            session_timeout_ms_min: 6_000,
-            session_timeout_ms_max: 1_800_000,
-            group_size_max: 1_000,
-            offsets_retention_ms: 7 * 24 * 60 * 60 * 1000,
-            offset_metadata_bytes_max: 4096,
-        }
-    }
-}
+pub use crate::config::GroupConfig;
 
 /// A group's state, with Kafka's names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,7 +14,7 @@
 //! A [`Coordinator`] publishes views, keeps this node's lease, says when the
 //! node is fenced, and holds the cluster-wide `automq.zone.cidr.blocks`.
 //! [`LocalCoordinator`] is the in-process one (`ferry dev`, a single node);
-//! [`crate::etcd::EtcdCoordinator`] is the one for a cluster of processes.
+//! [`crate::cluster::etcd::EtcdCoordinator`] is the one for a cluster of processes.
 //! Shards poll [`Coordinator::generation`] (one atomic load) and re-read the
 //! view only when it moved; [`ViewCache`] does that.
 //!
@@ -68,6 +68,12 @@
 //! stop increasing: [`View::try_leader_epoch`] reports that as an error and
 //! [`View::leader_epoch`] saturates.
 
+pub mod etcd;
+pub mod etcd_api;
+pub mod rpc;
+pub mod topics;
+pub mod zone;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -76,8 +82,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use crate::cluster::zone::{is_zone_name, ZoneResolver, ZoneTable};
 use crate::config::ConfigError;
-use crate::zone::{is_zone_name, ZoneResolver, ZoneTable};
 
 /// One live node, as the coordinator knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -287,7 +293,7 @@ pub enum CoordinatorError {
     #[error("node {node_id} has left the cluster")]
     Left { node_id: i32 },
     #[error(transparent)]
-    Etcd(#[from] crate::etcd::EtcdError),
+    Etcd(#[from] crate::cluster::etcd::EtcdError),
 }
 
 /// A future that any executor can await (glommio or tokio): coordinator

@@ -3,7 +3,7 @@
 //! tokio, so both answers come back through `futures_channel::oneshot`, which
 //! any executor can await.
 //!
-//! The implementation over the `ferry-wal` writer lives in [`crate::wal_log`];
+//! The implementation over the `ferry-wal` writer lives in [`crate::storage::wal_log`];
 //! tests can put their own in its place.
 
 use bytes::Bytes;
@@ -61,7 +61,7 @@ impl ObjectKind {
 #[derive(Debug, Clone, Default)]
 pub struct Loaded {
     /// Its batches in offset order, with their producer state.
-    pub batches: Vec<(crate::partition::LogBatch, crate::node::RecoveredProducer)>,
+    pub batches: Vec<(LogBatch, RecoveredProducer)>,
     /// The next offset to assign (the log end, or a newer epoch's start).
     pub log_end: i64,
     /// Not empty if the partition cannot be rebuilt: the keys of the
@@ -151,7 +151,7 @@ pub trait DurableLog: Send + Sync + 'static {
 
     /// Deletes node `node`'s objects of `kind` whose sequence number is
     /// below `below` and that are at least `min_age` old; answers how many
-    /// went. The caller knows nothing refers to them (see `crate::refs`).
+    /// went. The caller knows nothing refers to them (see `crate::storage::refs`).
     fn delete_node_objects(
         &self,
         kind: ObjectKind,
@@ -389,4 +389,43 @@ impl DurableLog for MemoryLog {
         let _ = tx.send(Ok(self.inner.lock().meta.get(name).cloned()));
         rx
     }
+}
+
+/// A batch in the log.
+#[derive(Debug, Clone)]
+pub struct LogBatch {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub max_timestamp: i64,
+    pub len: u32,
+    /// The head and body, while cached.
+    pub data: Option<[Bytes; 2]>,
+    /// Where it lives in the bucket, once durable.
+    pub location: Option<Location>,
+    /// For a proxy's batch not durable here yet, the handoff object its
+    /// bytes are in: it is in use from the moment it is appended.
+    pub handoff: Option<Arc<str>>,
+}
+
+/// Producer state found with a recovered batch: id, epoch, first and last
+/// sequence.
+pub type RecoveredProducer = Option<(i64, i16, i32, i32)>;
+
+/// What recovery found in the bucket, by partition.
+pub type Recovered = std::collections::HashMap<(Arc<str>, i32), Vec<(LogBatch, RecoveredProducer)>>;
+
+/// Partitions that recovery could not rebuild, by partition: the keys of the
+/// unread (corrupt) objects their history may be in. They are not served
+/// (KAFKA_STORAGE_ERROR) until the objects are read or their loss accepted
+/// (`ferry.recovery.accept.lost.objects`).
+pub type Blocked = std::collections::HashMap<(Arc<str>, i32), Vec<String>>;
+
+/// Where an in-process cluster keeps `automq.zone.cidr.blocks` set at run
+/// time (`meta/zone-cidrs`); it wins over the configured value at start.
+pub const ZONE_CIDRS_META: &str = "zone-cidrs";
+
+/// Where a node's committed offsets are kept: `meta/groups-<node id>`, one
+/// object per node, since every node coordinates its own groups.
+pub fn groups_meta_name(node_id: i32) -> String {
+    format!("groups-{node_id}")
 }

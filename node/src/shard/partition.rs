@@ -11,7 +11,8 @@
 //! bucket. WAL objects are written strictly in order and retried until they
 //! land, so every batch below a durable one is durable too.
 
-use crate::durable::{AppendEntry, Location, ProducerFields};
+pub use crate::storage::durable::LogBatch;
+use crate::storage::durable::{AppendEntry, Location, ProducerFields};
 use bytes::{BufMut, Bytes, BytesMut};
 use ferry_protocol::error_code::ErrorCode;
 use ferry_protocol::records::{RecordBatch, RecordBatches, RecordsError};
@@ -71,22 +72,6 @@ pub enum Payload {
     Local(Bytes),
     /// In another object already (a proxy's handoff object).
     External(Location),
-}
-
-/// A batch in the log.
-#[derive(Debug, Clone)]
-pub struct LogBatch {
-    pub base_offset: i64,
-    pub last_offset: i64,
-    pub max_timestamp: i64,
-    pub len: u32,
-    /// The head and body, while cached.
-    pub data: Option<[Bytes; 2]>,
-    /// Where it lives in the bucket, once durable.
-    pub location: Option<Location>,
-    /// For a proxy's batch not durable here yet, the handoff object its
-    /// bytes are in: it is in use from the moment it is appended.
-    pub handoff: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -532,7 +517,7 @@ impl PartitionLog {
     /// Notes the objects this partition reads from: its durable batches'
     /// WAL (or compacted) objects and handoff objects, and the handoff
     /// objects of proxies' batches not durable yet.
-    pub fn note_refs(&self, refs: &mut crate::refs::Refs) {
+    pub fn note_refs(&self, refs: &mut crate::storage::refs::Refs) {
         for b in &self.batches {
             if let Some(l) = &b.location {
                 refs.note(l);
@@ -932,7 +917,7 @@ mod tests {
             "all but the last batch"
         );
         assert_eq!((p.log_start(), p.log_end()), (2, 3));
-        let mut refs = crate::refs::Refs::default();
+        let mut refs = crate::storage::refs::Refs::default();
         p.note_refs(&mut refs);
         assert_eq!(refs.wal, [(0, 0)].into(), "the kept batch's object");
         // Producer 6 has nothing left in the log and is forgotten; 5 is not.

@@ -2,7 +2,7 @@
 //! AlterConfigs, IncrementalAlterConfigs, and the `configs` of CreateTopics.
 //!
 //! **Topics.** A topic may override the keys in [`TOPIC_KEYS`]. Overrides
-//! are checked here, kept in the topic table ([`crate::topics`]) and
+//! are checked here, kept in the topic table ([`crate::cluster::topics`]) and
 //! persisted with it; a key without an override takes the node's value.
 //! What each key does in Ferry:
 //!
@@ -35,9 +35,10 @@
 //! Numbering follows Kafka: resource types, [`source`], [`config_type`] and
 //! the IncrementalAlterConfigs operations in [`op`].
 
+pub use crate::cluster::topics::retention_of;
+use crate::cluster::topics::{TopicConfigs, TopicTable};
 use crate::config::{is_sensitive_key, redact_value, Config, HostEnv};
 use crate::node::NodeCtx;
-use crate::topics::{TopicConfigs, TopicTable};
 use ferry_protocol::error_code::ErrorCode;
 use ferry_protocol::messages::create_topics_response::CreatableTopicConfigs;
 use ferry_protocol::messages::describe_configs_request::DescribeConfigsRequest;
@@ -83,7 +84,7 @@ pub mod op {
 /// Broker keys that may change at run time: `automq.zone.cidr.blocks`,
 /// which is cluster-wide (kept by the coordinator), whether altered at the
 /// cluster default (resource name `""`) or at one broker.
-const DYNAMIC_BROKER_KEYS: &[&str] = &[crate::zone::ZONE_CIDR_KEY];
+const DYNAMIC_BROKER_KEYS: &[&str] = &[crate::cluster::zone::ZONE_CIDR_KEY];
 
 /// Why a config request failed: the error code and a message that names
 /// the key and says what was expected.
@@ -362,22 +363,6 @@ pub fn topic_configs_for_create<'a>(
     Ok(out)
 }
 
-/// The retention of a topic, `(ms, bytes)` with -1 for no limit: its
-/// overrides, else the node's values.
-pub fn retention_of(overrides: Option<&TopicConfigs>, node_ms: i64, node_bytes: i64) -> (i64, i64) {
-    let get = |key: &str, node: i64| {
-        overrides
-            .and_then(|o| o.get(key))
-            .and_then(|v| v.parse::<i64>().ok())
-            .filter(|v| *v >= -1)
-            .unwrap_or(node)
-    };
-    (
-        get("retention.ms", node_ms),
-        get("retention.bytes", node_bytes),
-    )
-}
-
 // ---------------------------------------------------------------------------
 // Alterations
 // ---------------------------------------------------------------------------
@@ -548,8 +533,8 @@ pub fn alter_broker(
         match operation {
             op::SET => {
                 let v = need_value(key, op::SET, value)?;
-                if key == crate::zone::ZONE_CIDR_KEY {
-                    crate::zone::ZoneTable::parse(v)
+                if key == crate::cluster::zone::ZONE_CIDR_KEY {
+                    crate::cluster::zone::ZoneTable::parse(v)
                         .map_err(|e| ConfigProblem::invalid_config(e.to_string()))?;
                 }
                 changes.push((key.to_owned(), Some(v.to_owned())))
@@ -972,7 +957,7 @@ pub fn describe(
     // The cluster-wide values, as the coordinator holds them now.
     let mut broker = ctx.config_describe.clone();
     for (key, value, _) in broker.iter_mut() {
-        if key == crate::zone::ZONE_CIDR_KEY {
+        if key == crate::cluster::zone::ZONE_CIDR_KEY {
             let cidrs = ctx.cluster.zone_cidrs();
             *value = (!cidrs.is_empty()).then_some(cidrs);
         }
@@ -983,7 +968,7 @@ pub fn describe(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topics::Topics;
+    use crate::cluster::topics::Topics;
     use ferry_protocol::messages::describe_configs_request::DescribeConfigsResource;
 
     fn node() -> NodeValues {

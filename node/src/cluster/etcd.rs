@@ -46,7 +46,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::etcd_api::{
+use crate::cluster::etcd_api::{
     create_revision_is, lease_is, mod_revision_is, op_delete, op_get, op_put, Client,
     ConnectOptions, EtcdApiError, LeaseKeeper, Txn,
 };
@@ -55,10 +55,10 @@ use parking_lot::Mutex;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
+use crate::cluster::zone::{ZoneTable, ZONE_CIDR_KEY};
 use crate::cluster::{
     check_member, Coordinator, CoordinatorError, CoordinatorFuture, Member, View,
 };
-use crate::zone::{ZoneTable, ZONE_CIDR_KEY};
 
 /// Default lease TTL.
 pub const LEASE_TTL_DEFAULT: Duration = Duration::from_secs(6);
@@ -1098,8 +1098,9 @@ impl Coordinator for EtcdCoordinator {
             // Someone else's table is newer: take it, and say at what.
             let mut current = 0;
             for op in &r.responses {
-                if let Some(crate::etcd_api::generated::response_op::Response::ResponseRange(g)) =
-                    &op.response
+                if let Some(
+                    crate::cluster::etcd_api::generated::response_op::Response::ResponseRange(g),
+                ) = &op.response
                 {
                     for kv in &g.kvs {
                         shared.set_topics(Some(&kv.value), kv.mod_revision);
@@ -1155,7 +1156,7 @@ impl Drop for EtcdCoordinator {
 /// table that names each etcd endpoint's zone by its address (`unknown`
 /// when no block holds it).
 pub struct CoordinatorTraffic {
-    pub traffic: Arc<crate::rpc::RpcTraffic>,
+    pub traffic: Arc<crate::cluster::rpc::RpcTraffic>,
     pub zones: ZoneTable,
 }
 
@@ -1244,7 +1245,7 @@ async fn relay_one(
     let _ = outbound.set_nodelay(true);
     let (ri, wi) = inbound.into_split();
     let (ro, wo) = outbound.into_split();
-    let kind = crate::rpc::RpcKind::Coordinator;
+    let kind = crate::cluster::rpc::RpcKind::Coordinator;
     let up = pump(ri, wo, |n| traffic.add(kind, n, 0));
     let down = pump(ro, wi, |n| traffic.add(kind, 0, n));
     tokio::select! {

@@ -1,10 +1,9 @@
 //! The durable log over the `ferry-wal` writer: WAL objects in the bucket,
 //! metadata objects (`meta/<name>`) beside them, and recovery at start-up.
 
-use crate::durable::{AppendAck, AppendEntry, DurableError, DurableLog, ReadManyAck};
-use crate::node::Recovered;
-use crate::partition::LogBatch;
-use crate::topics::TopicTable;
+use crate::cluster::topics::TopicTable;
+use crate::storage::durable::{AppendAck, AppendEntry, DurableError, DurableLog, ReadManyAck};
+use crate::storage::durable::{LogBatch, Recovered};
 use bytes::Bytes;
 use ferry_wal::{
     compact, recovery, IoRuntime, WalConfig, WalEntry, WalError, WalHandle, WalReader, WalWriter,
@@ -58,7 +57,7 @@ pub struct Opened {
     /// object that is corrupt (see `ferry_wal::recovery::unread_blocks`).
     /// They are not served; their entries in `recovered` only keep their
     /// objects referenced.
-    pub blocked: crate::node::Blocked,
+    pub blocked: crate::storage::durable::Blocked,
     pub objects_read: u64,
     pub batches: usize,
 }
@@ -313,7 +312,7 @@ struct Found {
     groups: Option<Bytes>,
     zone_cidrs: Option<String>,
     recovered: Recovered,
-    blocked: crate::node::Blocked,
+    blocked: crate::storage::durable::Blocked,
     next_seq: u64,
     handoff_next_seq: u64,
     objects_read: u64,
@@ -339,12 +338,12 @@ async fn recover(
     };
     // This node's committed offsets; before nodes kept one object each,
     // the one node's were in `meta/groups`.
-    let name = crate::coordinator::groups_meta_name(node_id as i32);
+    let name = crate::storage::durable::groups_meta_name(node_id as i32);
     let groups = match get_meta(store, &name).await? {
         Some(g) => Some(g),
         None => get_meta(store, "groups").await?,
     };
-    let zone_cidrs = get_meta(store, crate::api::ZONE_CIDRS_META)
+    let zone_cidrs = get_meta(store, crate::storage::durable::ZONE_CIDRS_META)
         .await?
         .and_then(|b| String::from_utf8(b.to_vec()).ok());
     let rec = recovery::scan(store, WAL_PREFIX, node_id).await?;
@@ -481,7 +480,7 @@ fn blocked_partitions(
     known_end: impl Fn(&[u8; 16], i32) -> Option<i64>,
     options: &RecoveryOptions,
     name_of: impl Fn(&[u8; 16]) -> Option<Arc<str>>,
-) -> crate::node::Blocked {
+) -> crate::storage::durable::Blocked {
     let accepted = |key: &str| options.accept_lost.iter().any(|k| k == key);
     for s in skipped {
         if s.error.is_not_found() {
@@ -495,7 +494,7 @@ fn blocked_partitions(
         }
     }
     let by_id = recovery::unread_blocks(entries, skipped, candidates, known_end, &accepted);
-    let mut out = crate::node::Blocked::new();
+    let mut out = crate::storage::durable::Blocked::new();
     for ((id, partition), objects) in by_id {
         let Some(topic) = name_of(&id) else { continue };
         tracing::error!(topic = &*topic, partition, objects = ?objects,
@@ -541,7 +540,7 @@ impl DurableLog for WalLog {
         })
     }
 
-    fn read_adjacent(&self, locations: Vec<crate::durable::Location>) -> ReadManyAck {
+    fn read_adjacent(&self, locations: Vec<crate::storage::durable::Location>) -> ReadManyAck {
         let key = locations
             .first()
             .map(|l| l.key.to_string())
@@ -602,15 +601,15 @@ impl DurableLog for WalLog {
 
     fn delete_node_objects(
         &self,
-        kind: crate::durable::ObjectKind,
+        kind: crate::storage::durable::ObjectKind,
         node: u32,
         below: u64,
         min_age: Duration,
     ) -> oneshot::Receiver<Result<usize, DurableError>> {
         let store = self.store.clone();
         let deleted = match kind {
-            crate::durable::ObjectKind::Wal => self.objects_deleted.clone(),
-            crate::durable::ObjectKind::Handoff => self.handoff_deleted.clone(),
+            crate::storage::durable::ObjectKind::Wal => self.objects_deleted.clone(),
+            crate::storage::durable::ObjectKind::Handoff => self.handoff_deleted.clone(),
         };
         self.io.spawn(async move {
             let n =
@@ -624,7 +623,7 @@ impl DurableLog for WalLog {
 
     fn object_owners(
         &self,
-        kind: crate::durable::ObjectKind,
+        kind: crate::storage::durable::ObjectKind,
     ) -> oneshot::Receiver<Result<Vec<u32>, DurableError>> {
         let store = self.store.clone();
         self.io.spawn(async move {
@@ -644,7 +643,7 @@ impl DurableLog for WalLog {
     fn compact(
         &self,
         entries: Vec<AppendEntry>,
-    ) -> oneshot::Receiver<Result<Vec<crate::durable::Location>, DurableError>> {
+    ) -> oneshot::Receiver<Result<Vec<crate::storage::durable::Location>, DurableError>> {
         let store = self.store.clone();
         let node = self.node_id;
         let stats = self.stats.clone();
@@ -674,7 +673,7 @@ impl DurableLog for WalLog {
     fn load_partitions(
         &self,
         want: Vec<([u8; 16], i32)>,
-    ) -> oneshot::Receiver<Result<crate::durable::LoadedPartitions, DurableError>> {
+    ) -> oneshot::Receiver<Result<crate::storage::durable::LoadedPartitions, DurableError>> {
         let store = self.store.clone();
         let indexes = self.indexes.clone();
         let accept_lost = self.accept_lost.clone();
@@ -695,7 +694,7 @@ impl DurableLog for WalLog {
             for e in &scan.entries {
                 ids.insert((e.entry.topic.clone(), e.entry.partition), e.entry.topic_id);
             }
-            let mut out = crate::durable::LoadedPartitions::new();
+            let mut out = crate::storage::durable::LoadedPartitions::new();
             // Partitions whose history may be in an object that could not
             // be read are answered blocked, never rebuilt without it.
             let mut compacted_end: std::collections::HashMap<([u8; 16], i32), i64> =
@@ -730,7 +729,7 @@ impl DurableLog for WalLog {
             for (key, objects) in blocked {
                 out.insert(
                     key,
-                    crate::durable::Loaded {
+                    crate::storage::durable::Loaded {
                         blocked: objects,
                         ..Default::default()
                     },
@@ -768,7 +767,7 @@ impl DurableLog for WalLog {
                     .collect();
                 out.insert(
                     (*id, key.1),
-                    crate::durable::Loaded {
+                    crate::storage::durable::Loaded {
                         batches,
                         log_end: log.log_end,
                         blocked: Vec::new(),

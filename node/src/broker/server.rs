@@ -7,10 +7,11 @@
 //! the same port. With `ferry.accept=acceptor`, shard 0 alone listens and
 //! deals connections round-robin (perf/accept-modes.md compares the two).
 
-use crate::durable::DurableLog;
+use crate::clock::now_ms;
+use crate::cluster::topics::{TopicTable, Topics};
 use crate::node::{ClusterJoin, NodeCtx, NodeSettings, Recovered};
-use crate::shard::{now_ms, Shard, ShardMsg};
-use crate::topics::{TopicTable, Topics};
+use crate::shard::{Shard, ShardMsg};
+use crate::storage::durable::DurableLog;
 use futures_channel::oneshot;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -110,7 +111,7 @@ pub fn start(
         settings.advertised_port,
     );
     let alone = matches!(settings.cluster, ClusterJoin::Alone);
-    let traffic = Arc::new(crate::rpc::RpcTraffic::new());
+    let traffic = Arc::new(crate::cluster::rpc::RpcTraffic::new());
     let cluster: Arc<dyn crate::cluster::Coordinator> = match std::mem::take(&mut settings.cluster)
     {
         ClusterJoin::Alone => {
@@ -130,12 +131,12 @@ pub fn start(
             let rt = runtime.clone();
             // etcd's bytes count as coordinator traffic, by the zone the
             // configured CIDR blocks give its address.
-            let counted = crate::etcd::CoordinatorTraffic {
+            let counted = crate::cluster::etcd::CoordinatorTraffic {
                 traffic: traffic.clone(),
-                zones: crate::zone::ZoneTable::parse(&settings.zone_cidrs)
-                    .unwrap_or_else(|_| crate::zone::ZoneTable::empty()),
+                zones: crate::cluster::zone::ZoneTable::parse(&settings.zone_cidrs)
+                    .unwrap_or_else(|_| crate::cluster::zone::ZoneTable::empty()),
             };
-            let c = runtime.block_on(crate::etcd::EtcdCoordinator::register_counted(
+            let c = runtime.block_on(crate::cluster::etcd::EtcdCoordinator::register_counted(
                 rt,
                 options,
                 me,
@@ -151,7 +152,16 @@ pub fn start(
     };
     let topics = Arc::new(Topics::new(topics, now_ms() as u64));
     let ctx = Arc::new(NodeCtx::new(
-        settings, topics, durable, recovered, cluster, alone, traffic,
+        settings,
+        crate::node::NodeParts {
+            topics,
+            durable,
+            recovered,
+            cluster,
+            alone,
+            traffic,
+            supported: crate::broker::api::supported_apis(),
+        },
     ));
     seed_topics(&ctx);
     let mesh = MeshBuilder::<ShardMsg, _>::full(shards, SHARD_QUEUE_DEPTH);
@@ -222,7 +232,13 @@ async fn run_shard(
             return;
         }
     };
-    let shard = Rc::new(Shard::new(id, ctx, senders));
+    let hooks = crate::shard::BrokerHooks {
+        serve: |shard, stream| Box::pin(crate::broker::conn::serve(shard, stream)),
+        forwarded: |shard, req| {
+            Box::pin(async move { crate::broker::api::forwarded(&shard, req).await })
+        },
+    };
+    let shard = Rc::new(Shard::new(id, ctx, senders, hooks));
     shard.set_self(&shard);
     shard.serve_peers(receivers);
     // With an acceptor, only shard 0 listens: a listener that never
@@ -255,7 +271,7 @@ async fn run_shard(
                     // offsets before a client asks.
                     shard.adopt_groups_now().await;
                     // WAL and handoff objects nothing refers to any more go.
-                    crate::refs::collect(&shard.ctx, now_ms()).await;
+                    crate::shard::deletion::collect(&shard.ctx, now_ms()).await;
                 }
             }
         })
@@ -298,7 +314,7 @@ async fn run_shard(
             match listener.accept().await {
                 Ok(stream) => {
                     let shard = shard.clone();
-                    glommio::spawn_local(crate::conn::serve(shard, stream)).detach();
+                    glommio::spawn_local(crate::broker::conn::serve(shard, stream)).detach();
                 }
                 Err(e) => {
                     tracing::warn!(shard = id, error = %e, "accept failed");

@@ -8,16 +8,20 @@
 //! buffers, no locks) to the owner, which answers through a oneshot. Batch
 //! bytes travel as `Bytes` views of the request frame, never copied.
 
-use crate::coordinator::{Coordinator, GroupRequest};
-use crate::durable::{AppendEntry, DurableError, Location, ProducerFields};
+pub mod deletion;
+pub mod partition;
+
+use crate::cluster::topics::LocalTopics;
+use crate::group::coordinator::{Coordinator, GroupRequest};
 use crate::node::NodeCtx;
-use crate::partition::{record_set, Appended, BatchMeta, LogBatch, PartitionLog, Payload};
-use crate::topics::LocalTopics;
+use crate::shard::partition::{record_set, Appended, BatchMeta, LogBatch, PartitionLog, Payload};
+use crate::storage::durable::{AppendEntry, DurableError, Location, ProducerFields};
 use bytes::Bytes;
 use ferry_protocol::error_code::ErrorCode;
 use ferry_protocol::messages::ResponseBody;
 use ferry_protocol::wire::RecordSet;
 use futures_channel::oneshot;
+use futures_util::future::LocalBoxFuture;
 use glommio::channels::channel_mesh::Senders;
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -72,12 +76,12 @@ pub enum ShardMsg {
     Accepted(glommio::net::AcceptedTcpStream),
     /// A read replica asks where a partition's durable batches are.
     ReplicaRead {
-        req: crate::rpc::ReplicaRead,
-        reply: oneshot::Sender<crate::rpc::ReplicaReadResponse>,
+        req: crate::cluster::rpc::ReplicaRead,
+        reply: oneshot::Sender<crate::cluster::rpc::ReplicaReadResponse>,
     },
     /// A proxy's batches for a partition this shard owns (handoff commit).
     Handoff {
-        part: crate::rpc::HandoffPartition,
+        part: crate::cluster::rpc::HandoffPartition,
         reply: oneshot::Sender<ProduceResult>,
     },
 }
@@ -170,8 +174,22 @@ struct CacheEntry {
     chunk: Option<usize>,
 }
 
+/// What the broker layer above gives every shard: how to serve a client
+/// connection the shard accepted, and a client request another node
+/// forwarded to it. The shard sits below the broker and reaches it only
+/// through these.
+#[derive(Clone, Copy)]
+pub struct BrokerHooks {
+    pub serve: fn(Rc<Shard>, glommio::net::TcpStream) -> LocalBoxFuture<'static, ()>,
+    pub forwarded: fn(
+        Rc<Shard>,
+        crate::cluster::rpc::Forward,
+    ) -> LocalBoxFuture<'static, crate::cluster::rpc::ForwardResponse>,
+}
+
 pub struct Shard {
     pub id: usize,
+    hooks: BrokerHooks,
     pub ctx: Arc<NodeCtx>,
     pub topics: LocalTopics,
     partitions: RefCell<HashMap<Key, Rc<RefCell<PartitionLog>>>>,
@@ -182,10 +200,10 @@ pub struct Shard {
     coordinator: Option<Rc<Coordinator>>,
     /// This shard's copies of the cluster view and the zone table.
     view: RefCell<crate::cluster::ViewCache>,
-    zone_cache: RefCell<crate::zone::ZoneCache>,
+    zone_cache: RefCell<crate::cluster::zone::ZoneCache>,
     cidrs_seen: std::cell::Cell<u64>,
     /// Calls to other nodes (handoff commits, replica reads, forwards).
-    pub rpc: crate::rpc::RpcClient,
+    pub rpc: crate::cluster::rpc::RpcClient,
     /// Batches this shard serves as a read replica, read from the bucket.
     replica_cache: RefCell<ReplicaCache>,
     /// Where the durable batches of partitions read here as a replica are,
@@ -204,9 +222,9 @@ pub struct Shard {
 }
 
 type QueuedCommit = (
-    crate::rpc::HandoffPartition,
+    crate::cluster::rpc::HandoffPartition,
     Duration,
-    oneshot::Sender<Result<crate::rpc::BatchResult, crate::rpc::RpcError>>,
+    oneshot::Sender<Result<crate::cluster::rpc::BatchResult, crate::cluster::rpc::RpcError>>,
 );
 
 /// How long a handoff commit waits for the other batches of its handoff
@@ -231,20 +249,26 @@ struct Leadership {
 }
 
 impl Shard {
-    pub fn new(id: usize, ctx: Arc<NodeCtx>, senders: Senders<ShardMsg>) -> Shard {
+    pub fn new(
+        id: usize,
+        ctx: Arc<NodeCtx>,
+        senders: Senders<ShardMsg>,
+        hooks: BrokerHooks,
+    ) -> Shard {
         let coordinator = (id == COORDINATOR_SHARD).then(|| {
             let c = Rc::new(Coordinator::new(
                 ctx.group_config.clone(),
                 ctx.take_groups_snapshot(),
                 ctx.durable.clone(),
-                crate::coordinator::groups_meta_name(ctx.node_id),
+                crate::group::coordinator::groups_meta_name(ctx.node_id),
             ));
             c.start_timer();
             c
         });
         Shard {
+            hooks,
             view: RefCell::new(crate::cluster::ViewCache::new(ctx.cluster.clone())),
-            rpc: crate::rpc::RpcClient::new(ctx.traffic.clone(), ctx.frame_bytes_max),
+            rpc: crate::cluster::rpc::RpcClient::new(ctx.traffic.clone(), ctx.frame_bytes_max),
             replica_cache: RefCell::new(ReplicaCache::new(ctx.cache_bytes_max / 4)),
             replica_index: RefCell::new(HashMap::new()),
             leadership: RefCell::new(Leadership {
@@ -258,7 +282,7 @@ impl Shard {
             outbox: RefCell::new(HashMap::new()),
             flush_scheduled: std::cell::Cell::new(false),
             groups_seen: std::cell::Cell::new(ctx.cluster.generation()),
-            zone_cache: RefCell::new(crate::zone::ZoneCache::new(ctx.zones.clone())),
+            zone_cache: RefCell::new(crate::cluster::zone::ZoneCache::new(ctx.zones.clone())),
             cidrs_seen: std::cell::Cell::new(0),
             coordinator,
             id,
@@ -282,7 +306,7 @@ impl Shard {
     }
 
     /// The zone table, following the cluster's `automq.zone.cidr.blocks`.
-    pub fn zone_table(&self) -> Arc<crate::zone::ZoneTable> {
+    pub fn zone_table(&self) -> Arc<crate::cluster::zone::ZoneTable> {
         let mut seen = self.cidrs_seen.get();
         crate::cluster::follow_zone_cidrs(&*self.ctx.cluster, &self.ctx.zones, &mut seen);
         self.cidrs_seen.set(seen);
@@ -311,7 +335,7 @@ impl Shard {
         &self,
         client_id: &str,
         addr: Option<std::net::IpAddr>,
-    ) -> Arc<crate::rpc::ZoneTraffic> {
+    ) -> Arc<crate::cluster::rpc::ZoneTraffic> {
         let several_zones = self.view().zones().nth(1).is_some();
         let zone = self.client_zone(client_id, addr, None);
         match &zone {
@@ -402,7 +426,7 @@ impl Shard {
                 let _ = reply.send(self.group_local(*req).await);
             }
             ShardMsg::Accepted(stream) => {
-                crate::conn::serve(self, stream.bind_to_executor()).await;
+                (self.hooks.serve)(self.clone(), stream.bind_to_executor()).await;
             }
             ShardMsg::ReplicaRead { req, reply } => {
                 let _ = reply.send(self.replica_entries(&req));
@@ -416,7 +440,7 @@ impl Shard {
     /// Hands an accepted connection to shard `to` (or serves it here).
     pub async fn deal(self: &Rc<Self>, to: usize, stream: glommio::net::AcceptedTcpStream) {
         if to == self.id {
-            glommio::spawn_local(crate::conn::serve(self.clone(), stream.bind_to_executor()))
+            glommio::spawn_local((self.hooks.serve)(self.clone(), stream.bind_to_executor()))
                 .detach();
         } else if !self.send(to, ShardMsg::Accepted(stream)).await {
             // Only when the node is stopping: the connection is dropped.
@@ -518,19 +542,19 @@ impl Shard {
 
     /// Reports the objects this shard's partitions read from, and whether
     /// it holds every partition it leads (starting to load those it does
-    /// not): what the node publishes for object deletion (`crate::refs`).
+    /// not): what the node publishes for object deletion (`crate::storage::refs`).
     fn report_refs(&self, now_ms: i64) {
         self.ctx.sync_topics();
         // The version first: the table read after it is at least as new.
         let topics = self.ctx.topics_version();
         let view = self.ctx.cluster.view();
         let loaded = self.load_what_it_leads(&view);
-        let mut refs = crate::refs::Refs::default();
+        let mut refs = crate::storage::refs::Refs::default();
         for p in self.partitions.borrow().values() {
             p.borrow().note_refs(&mut refs);
         }
         if let Some(slot) = self.ctx.shard_refs.get(self.id) {
-            *slot.lock() = crate::refs::ShardRefs {
+            *slot.lock() = crate::storage::refs::ShardRefs {
                 revision: view.revision(),
                 topics,
                 loaded,
@@ -985,7 +1009,7 @@ impl Shard {
         let (hw, log_start, entries) = match known {
             Some(k) => k,
             None => {
-                let req = crate::rpc::ReplicaRead {
+                let req = crate::cluster::rpc::ReplicaRead {
                     topic: topic.clone(),
                     partition,
                     from_offset: offset,
@@ -1110,9 +1134,9 @@ impl Shard {
     /// durable batches from there are.
     pub async fn replica_read_served(
         self: &Rc<Self>,
-        req: crate::rpc::ReplicaRead,
-    ) -> crate::rpc::ReplicaReadResponse {
-        use crate::rpc::ReplicaReadResponse;
+        req: crate::cluster::rpc::ReplicaRead,
+    ) -> crate::cluster::rpc::ReplicaReadResponse {
+        use crate::cluster::rpc::ReplicaReadResponse;
         if !matches!(self.route(&req.topic, req.partition), Route::Local) {
             return ReplicaReadResponse::error(ErrorCode::NOT_LEADER_OR_FOLLOWER);
         }
@@ -1137,8 +1161,11 @@ impl Shard {
         .await
     }
 
-    fn replica_entries(&self, req: &crate::rpc::ReplicaRead) -> crate::rpc::ReplicaReadResponse {
-        use crate::rpc::{ReplicaEntry, ReplicaReadResponse};
+    fn replica_entries(
+        &self,
+        req: &crate::cluster::rpc::ReplicaRead,
+    ) -> crate::cluster::rpc::ReplicaReadResponse {
+        use crate::cluster::rpc::{ReplicaEntry, ReplicaReadResponse};
         let log = match self.log_checked(&req.topic, req.partition) {
             Ok(l) => l,
             Err(code) => return ReplicaReadResponse::error(code),
@@ -1251,7 +1278,7 @@ impl Shard {
             .zip(locations)
             .map(|(b, location)| {
                 let m = BatchMeta::of(b);
-                crate::rpc::HandoffBatch {
+                crate::cluster::rpc::HandoffBatch {
                     key: location.key,
                     position: location.position,
                     len: location.len,
@@ -1265,7 +1292,7 @@ impl Shard {
                 }
             })
             .collect();
-        let part = crate::rpc::HandoffPartition {
+        let part = crate::cluster::rpc::HandoffPartition {
             topic,
             topic_id: info.id.0,
             partition,
@@ -1322,9 +1349,11 @@ impl Shard {
     fn queue_commit(
         &self,
         leader: crate::cluster::Member,
-        part: crate::rpc::HandoffPartition,
+        part: crate::cluster::rpc::HandoffPartition,
         timeout: Duration,
-        reply: oneshot::Sender<Result<crate::rpc::BatchResult, crate::rpc::RpcError>>,
+        reply: oneshot::Sender<
+            Result<crate::cluster::rpc::BatchResult, crate::cluster::rpc::RpcError>,
+        >,
     ) {
         let id = leader.node_id;
         let first = {
@@ -1357,7 +1386,7 @@ impl Shard {
                 replies.push(r);
             }
             tracing::debug!(leader = id, partitions = partitions.len(), "handoff commit");
-            let req = crate::rpc::HandoffCommit {
+            let req = crate::cluster::rpc::HandoffCommit {
                 from_node: me.ctx.node_id,
                 view_revision: me.view().revision(),
                 partitions,
@@ -1367,7 +1396,7 @@ impl Shard {
                     let mut results = resp.partitions.into_iter();
                     for r in replies {
                         let first = results.next().and_then(|p| p.into_iter().next());
-                        let _ = r.send(Ok(first.unwrap_or(crate::rpc::BatchResult {
+                        let _ = r.send(Ok(first.unwrap_or(crate::cluster::rpc::BatchResult {
                             error_code: ErrorCode::UNKNOWN_SERVER_ERROR.code(),
                             base_offset: -1,
                             log_start: -1,
@@ -1389,7 +1418,7 @@ impl Shard {
     /// the references is sealed at once.
     pub async fn handoff_partition(
         self: &Rc<Self>,
-        part: crate::rpc::HandoffPartition,
+        part: crate::cluster::rpc::HandoffPartition,
     ) -> ProduceResult {
         if !matches!(self.route(&part.topic, part.partition), Route::Local) {
             return ProduceResult::err(
@@ -1414,7 +1443,10 @@ impl Shard {
         .await
     }
 
-    async fn handoff_local(self: &Rc<Self>, part: crate::rpc::HandoffPartition) -> ProduceResult {
+    async fn handoff_local(
+        self: &Rc<Self>,
+        part: crate::cluster::rpc::HandoffPartition,
+    ) -> ProduceResult {
         let log = match self.log_checked(&part.topic, part.partition) {
             Ok(l) => l,
             Err(code) => return ProduceResult::err(code, "partition not available here"),
@@ -1834,7 +1866,7 @@ impl Shard {
             loop {
                 // The answer also says where the new batches are, so the
                 // fetch that follows is served without asking again.
-                let req = crate::rpc::ReplicaRead {
+                let req = crate::cluster::rpc::ReplicaRead {
                     topic: topic.clone(),
                     partition,
                     from_offset: offset,
@@ -2083,9 +2115,9 @@ impl Shard {
         // any of them, however briefly, may have offsets committed there.
         let between = self.ctx.cluster.views_since(since);
         let mut from: HashMap<i32, std::collections::HashSet<i32>> = HashMap::new();
-        for slot in 0..crate::api::GROUP_SLOTS as i32 {
+        for slot in 0..crate::group::coordinator::GROUP_SLOTS as i32 {
             if view
-                .leader(crate::api::GROUP_TOPIC, slot)
+                .leader(crate::group::coordinator::GROUP_TOPIC, slot)
                 .is_none_or(|m| m.node_id != me)
             {
                 continue;
@@ -2093,7 +2125,7 @@ impl Shard {
             match &between {
                 Some(views) => {
                     for v in views {
-                        if let Some(m) = v.leader(crate::api::GROUP_TOPIC, slot) {
+                        if let Some(m) = v.leader(crate::group::coordinator::GROUP_TOPIC, slot) {
                             if m.node_id != me {
                                 from.entry(m.node_id).or_default().insert(slot);
                             }
@@ -2109,11 +2141,13 @@ impl Shard {
             }
         }
         for (node, slots) in from {
-            let name = crate::coordinator::groups_meta_name(node);
+            let name = crate::group::coordinator::groups_meta_name(node);
             match self.ctx.durable.get_meta(&name).await {
                 Ok(Ok(Some(snapshot))) => {
-                    c.adopt(&snapshot, |g| slots.contains(&crate::api::group_slot(g)))
-                        .await
+                    c.adopt(&snapshot, |g| {
+                        slots.contains(&crate::group::coordinator::group_slot(g))
+                    })
+                    .await
                 }
                 Ok(Ok(None)) | Err(_) => {}
                 Ok(Err(e)) => {
@@ -2148,7 +2182,7 @@ impl Shard {
             // A read replica answers earliest and latest from the leader's
             // commit stream; by timestamp, only the leader can.
             Route::Proxy(leader) if timestamp == -1 || timestamp == -2 => {
-                let req = crate::rpc::ReplicaRead {
+                let req = crate::cluster::rpc::ReplicaRead {
                     topic: topic.clone(),
                     partition,
                     from_offset: -1,
@@ -2256,7 +2290,7 @@ impl Shard {
         let dropped = parts
             .iter()
             .map(|((topic, _), p)| {
-                let (ms, bytes) = crate::configs::retention_of(
+                let (ms, bytes) = crate::cluster::topics::retention_of(
                     table.get(topic).map(|t| t.configs.as_ref()),
                     self.ctx.retention_ms,
                     self.ctx.retention_bytes,
@@ -2364,11 +2398,11 @@ struct ReplicaIndex {
     high_watermark: i64,
     log_start: i64,
     /// By base offset; contiguous runs as the leader answered them.
-    entries: std::collections::BTreeMap<i64, crate::rpc::ReplicaEntry>,
+    entries: std::collections::BTreeMap<i64, crate::cluster::rpc::ReplicaEntry>,
 }
 
 impl ReplicaIndex {
-    fn learn(&mut self, resp: &crate::rpc::ReplicaReadResponse) {
+    fn learn(&mut self, resp: &crate::cluster::rpc::ReplicaReadResponse) {
         self.high_watermark = self.high_watermark.max(resp.high_watermark);
         self.log_start = resp.log_start;
         for e in &resp.entries {
@@ -2388,7 +2422,7 @@ impl ReplicaIndex {
         &self,
         offset: i64,
         max_bytes: usize,
-    ) -> Option<(i64, i64, Vec<crate::rpc::ReplicaEntry>)> {
+    ) -> Option<(i64, i64, Vec<crate::cluster::rpc::ReplicaEntry>)> {
         if offset < self.log_start || offset >= self.high_watermark {
             return None;
         }
@@ -2424,11 +2458,11 @@ pub enum Route {
     Fenced,
 }
 
-impl crate::rpc::RpcHandler for Rc<Shard> {
+impl crate::cluster::rpc::RpcHandler for Rc<Shard> {
     async fn handoff_commit(
         &self,
-        req: crate::rpc::HandoffCommit,
-    ) -> crate::rpc::HandoffCommitResponse {
+        req: crate::cluster::rpc::HandoffCommit,
+    ) -> crate::cluster::rpc::HandoffCommitResponse {
         let tasks: Vec<_> = req
             .partitions
             .into_iter()
@@ -2446,7 +2480,7 @@ impl crate::rpc::RpcHandler for Rc<Shard> {
             let r = t.await;
             partitions.push(
                 (0..n)
-                    .map(|_| crate::rpc::BatchResult {
+                    .map(|_| crate::cluster::rpc::BatchResult {
                         error_code: r.error.code(),
                         base_offset: r.base_offset,
                         log_start: r.log_start,
@@ -2454,15 +2488,21 @@ impl crate::rpc::RpcHandler for Rc<Shard> {
                     .collect(),
             );
         }
-        crate::rpc::HandoffCommitResponse { partitions }
+        crate::cluster::rpc::HandoffCommitResponse { partitions }
     }
 
-    async fn replica_read(&self, req: crate::rpc::ReplicaRead) -> crate::rpc::ReplicaReadResponse {
+    async fn replica_read(
+        &self,
+        req: crate::cluster::rpc::ReplicaRead,
+    ) -> crate::cluster::rpc::ReplicaReadResponse {
         self.replica_read_served(req).await
     }
 
-    async fn forward(&self, req: crate::rpc::Forward) -> crate::rpc::ForwardResponse {
-        crate::api::forwarded(self, req).await
+    async fn forward(
+        &self,
+        req: crate::cluster::rpc::Forward,
+    ) -> crate::cluster::rpc::ForwardResponse {
+        (self.hooks.forwarded)(self.clone(), req).await
     }
 }
 
@@ -2499,13 +2539,6 @@ fn producer_fields(data: &[Bytes; 2]) -> ProducerFields {
             first.wrapping_add(delta)
         },
     }
-}
-
-/// Wall-clock milliseconds, for retention and timestamps.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A deadline `ms` from now.

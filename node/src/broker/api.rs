@@ -3,15 +3,16 @@
 //! the owning shard; this file only splits requests by partition and puts the
 //! answers back together.
 
-use crate::shard::{now_ms, Shard};
-use crate::topics::TopicError;
+use crate::clock::now_ms;
+use crate::cluster::topics::TopicError;
+use crate::group::coordinator::{group_slot, GROUP_TOPIC};
+use crate::shard::Shard;
 use bytes::Bytes;
 use ferry_protocol::error_code::ErrorCode;
 use ferry_protocol::frame::{self, Request, SupportedApis};
 use ferry_protocol::messages::*;
 use ferry_protocol::wire::{KStr, VersionRange};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,8 +65,8 @@ pub async fn handle(
     shard.ctx.sync_topics();
     let client_id = req.header.client_id.as_deref().unwrap_or("").to_owned();
     let addr = peer.map(|p| p.ip());
-    if crate::coordinator::is_group_api(req.api_key()) {
-        let g = crate::coordinator::GroupRequest {
+    if crate::group::coordinator::is_group_api(req.api_key()) {
+        let g = crate::group::coordinator::GroupRequest {
             version: v,
             client_id: req.header.client_id.as_deref().unwrap_or("").to_string(),
             client_host: peer.map_or_else(String::new, |p| format!("/{}", p.ip())),
@@ -109,11 +110,9 @@ pub async fn handle(
             ResponseBody::InitProducerId(init_producer_id(&shard.ctx.producer_ids, i))
         }
         RequestBody::DescribeCluster(_) => ResponseBody::DescribeCluster(describe_cluster(shard)),
-        RequestBody::DescribeConfigs(d) => ResponseBody::DescribeConfigs(crate::configs::describe(
-            &shard.ctx,
-            &shard.topics.get(),
-            &d,
-        )),
+        RequestBody::DescribeConfigs(d) => ResponseBody::DescribeConfigs(
+            crate::broker::configs::describe(&shard.ctx, &shard.topics.get(), &d),
+        ),
         RequestBody::AlterConfigs(a) => ResponseBody::AlterConfigs(alter_configs(shard, a).await),
         RequestBody::IncrementalAlterConfigs(a) => {
             ResponseBody::IncrementalAlterConfigs(incremental_alter_configs(shard, a).await)
@@ -136,7 +135,7 @@ pub async fn handle(
 /// This node's changes run one at a time.
 async fn change_topics<T>(
     shard: &Shard,
-    mut change: impl FnMut(&crate::topics::Topics) -> Result<T, (ErrorCode, String)>,
+    mut change: impl FnMut(&crate::cluster::topics::Topics) -> Result<T, (ErrorCode, String)>,
 ) -> Result<T, (ErrorCode, String)> {
     const ATTEMPTS: usize = 8;
     let ctx = &shard.ctx;
@@ -193,7 +192,7 @@ async fn create_topic(
     shard: &Shard,
     name: &str,
     partitions: i32,
-    configs: crate::topics::TopicConfigs,
+    configs: crate::cluster::topics::TopicConfigs,
 ) -> Result<(), (ErrorCode, String)> {
     change_topics(shard, |topics| {
         topics
@@ -251,15 +250,6 @@ pub fn routed_leader(shard: &Shard, topic: &str, partition: i32, zone: Option<&s
         Some(m) => (m.node_id, view.leader_epoch(topic, partition)),
         None => (shard.ctx.node_id, 0),
     }
-}
-
-/// Groups are spread over nodes like the partitions of a 50-partition
-/// topic, as Kafka spreads them over `__consumer_offsets`.
-pub const GROUP_SLOTS: u32 = 50;
-
-/// The slot of a group: where its coordinator is.
-pub fn group_slot(group: &str) -> i32 {
-    (crc32c::crc32c(group.as_bytes()) % GROUP_SLOTS) as i32
 }
 
 async fn metadata(
@@ -789,7 +779,7 @@ async fn create_topics(
             t.num_partitions
         };
         // The topic's config overrides, checked before anything is created.
-        let overrides = crate::configs::topic_configs_for_create(
+        let overrides = crate::broker::configs::topic_configs_for_create(
             t.configs
                 .iter()
                 .map(|c| (c.name.as_str(), c.value.as_ref().map(KStr::as_str))),
@@ -808,7 +798,7 @@ async fn create_topics(
         } else {
             match &overrides {
                 Err(p) => Err(p.clone().into_pair()),
-                Ok(_) if c.validate_only => crate::topics::validate_name(&t.name)
+                Ok(_) if c.validate_only => crate::cluster::topics::validate_name(&t.name)
                     .map_err(|e| (topic_error_code(&e), e.to_string())),
                 Ok(o) => create_topic(shard, &t.name, partitions, o.clone()).await,
             }
@@ -828,9 +818,9 @@ async fn create_topics(
             num_partitions: if code.is_ok() { partitions } else { -1 },
             replication_factor: if code.is_ok() { 1 } else { -1 },
             configs: Some(match &overrides {
-                Ok(o) if code.is_ok() => crate::configs::created_topic_configs(
+                Ok(o) if code.is_ok() => crate::broker::configs::created_topic_configs(
                     o,
-                    &crate::configs::NodeValues::of(&shard.ctx),
+                    &crate::broker::configs::NodeValues::of(&shard.ctx),
                 ),
                 _ => vec![],
             }),
@@ -929,7 +919,7 @@ async fn alter_configs(
     use alter_configs_response::*;
     let mut responses = Vec::new();
     for r in a.resources {
-        let alt = crate::configs::Alteration::Replace(
+        let alt = crate::broker::configs::Alteration::Replace(
             r.configs
                 .iter()
                 .map(|c| {
@@ -968,7 +958,7 @@ async fn incremental_alter_configs(
     use incremental_alter_configs_response::*;
     let mut responses = Vec::new();
     for r in a.resources {
-        let alt = crate::configs::Alteration::Incremental(
+        let alt = crate::broker::configs::Alteration::Incremental(
             r.configs
                 .iter()
                 .map(|c| {
@@ -1002,18 +992,18 @@ async fn incremental_alter_configs(
 
 /// Applies one resource's config change: a topic's overrides are checked,
 /// stored in the topic table and persisted before the answer; broker
-/// configs are checked by [`crate::configs::alter_broker`].
+/// configs are checked by [`crate::broker::configs::alter_broker`].
 async fn alter_resource(
     shard: &Shard,
     resource_type: i8,
     name: &str,
-    alt: &crate::configs::Alteration,
+    alt: &crate::broker::configs::Alteration,
     validate_only: bool,
 ) -> Result<(), (ErrorCode, String)> {
-    use crate::configs::{self, RESOURCE_BROKER, RESOURCE_TOPIC};
+    use crate::broker::configs::{self, RESOURCE_BROKER, RESOURCE_TOPIC};
     match resource_type {
         RESOURCE_TOPIC => {
-            let check = |topics: &crate::topics::Topics| {
+            let check = |topics: &crate::cluster::topics::Topics| {
                 let now = topics.snapshot();
                 let Some(info) = now.get(name) else {
                     return Err((
@@ -1048,7 +1038,7 @@ async fn alter_resource(
             }
             for (key, value) in changes {
                 // The only dynamic key is the cluster-wide zone table.
-                if key == crate::zone::ZONE_CIDR_KEY {
+                if key == crate::cluster::zone::ZONE_CIDR_KEY {
                     shard
                         .ctx
                         .cluster
@@ -1090,36 +1080,9 @@ async fn alter_resource(
     }
 }
 
-/// Where an in-process cluster keeps `automq.zone.cidr.blocks` set at run
-/// time (`meta/zone-cidrs`); it wins over the configured value at start.
-pub const ZONE_CIDRS_META: &str = "zone-cidrs";
+pub use crate::storage::durable::ZONE_CIDRS_META;
 
-/// A node's producer ids: its node id in the top 15 bits (below the sign),
-/// then, in 48 bits, its start time in seconds shifted left by 17 bits plus
-/// a counter. Two nodes never hand out the same id; one node's ids stay
-/// unique across restarts as long as the clock does not run backwards and
-/// fewer than 131,072 ids are handed out per second of uptime.
-pub struct ProducerIds {
-    prefix: i64,
-    next: AtomicI64,
-}
-
-const PRODUCER_ID_LOW_BITS: u32 = 48;
-
-impl ProducerIds {
-    pub fn new(node_id: i32, start_secs: u64) -> ProducerIds {
-        let low = (1i64 << PRODUCER_ID_LOW_BITS) - 1;
-        ProducerIds {
-            prefix: (i64::from(node_id) & 0x7fff) << PRODUCER_ID_LOW_BITS,
-            next: AtomicI64::new(((start_secs as i64) << 17) & low),
-        }
-    }
-
-    pub fn next(&self) -> i64 {
-        let low = (1i64 << PRODUCER_ID_LOW_BITS) - 1;
-        self.prefix | (self.next.fetch_add(1, Ordering::AcqRel) & low)
-    }
-}
+pub use crate::node::ProducerIds;
 
 fn init_producer_id(
     ids: &ProducerIds,
@@ -1234,8 +1197,11 @@ pub fn forward_target(shard: &Shard, body: &RequestBody) -> Option<crate::cluste
 
 /// Serves a client request another node forwarded (a group request whose
 /// coordinator is this node), answering the whole response frame.
-pub async fn forwarded(shard: &Rc<Shard>, f: crate::rpc::Forward) -> crate::rpc::ForwardResponse {
-    let refuse = |code: ErrorCode| crate::rpc::ForwardResponse {
+pub async fn forwarded(
+    shard: &Rc<Shard>,
+    f: crate::cluster::rpc::Forward,
+) -> crate::cluster::rpc::ForwardResponse {
+    let refuse = |code: ErrorCode| crate::cluster::rpc::ForwardResponse {
         error_code: code.code(),
         frame: None,
     };
@@ -1251,22 +1217,19 @@ pub async fn forwarded(shard: &Rc<Shard>, f: crate::rpc::Forward) -> crate::rpc:
         .ok()
         .map(|ip| std::net::SocketAddr::new(ip, 0));
     let Some(body) = handle(shard, req, peer).await else {
-        return crate::rpc::ForwardResponse {
+        return crate::cluster::rpc::ForwardResponse {
             error_code: 0,
             frame: None,
         };
     };
     match frame::encode_response(correlation_id, version, &body) {
-        Ok(segs) => crate::rpc::ForwardResponse {
+        Ok(segs) => crate::cluster::rpc::ForwardResponse {
             error_code: 0,
             frame: Some(frame::concat(&segs)),
         },
         Err(_) => refuse(ErrorCode::UNKNOWN_SERVER_ERROR),
     }
 }
-
-/// The name groups are placed by (see [`group_slot`]).
-pub const GROUP_TOPIC: &str = "__consumer_offsets";
 
 fn describe_cluster(shard: &Shard) -> describe_cluster_response::DescribeClusterResponse {
     use describe_cluster_response::*;

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+pub use crate::config::{is_zone_name, ZONE_NAME_MAX};
 use crate::config::{Config, ConfigError, HostEnv, ZoneCidr};
 
 /// The config key of the CIDR table.
@@ -36,9 +37,6 @@ pub const ZONE_CIDR_KEY: &str = "automq.zone.cidr.blocks";
 /// The `client.id` keys that carry a zone, in priority order.
 pub const CLIENT_ID_ZONE_KEYS: [&str; 4] = ["automq_az", "ws_az", "warpstream_az", "diskless_az"];
 
-/// Longest zone name taken from a client (`client.id` tag or `rack_id`).
-pub const ZONE_NAME_MAX: usize = 128;
-
 /// How often, at most, a client of unknown zone is logged per address.
 pub const UNKNOWN_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -46,18 +44,6 @@ pub const UNKNOWN_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// are dropped (and, if all are recent, the log line is skipped: the count
 /// still moves).
 const UNKNOWN_LOG_ADDRESSES_MAX: usize = 4096;
-
-/// Whether `zone` is a plausible zone name: 1 to [`ZONE_NAME_MAX`] letters,
-/// digits, `-`, `_` and `.`, as `automq.zone.cidr.blocks` accepts. Anything
-/// else from a client is ignored, so that no odd byte reaches logs or
-/// metric labels.
-pub fn is_zone_name(zone: &str) -> bool {
-    !zone.is_empty()
-        && zone.len() <= ZONE_NAME_MAX
-        && zone
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-}
 
 /// The zone tagged in a `client.id`, read as a URL query string: parts split
 /// on `&`, each `key=value`. The keys of [`CLIENT_ID_ZONE_KEYS`] are tried in
@@ -68,7 +54,7 @@ pub fn is_zone_name(zone: &str) -> bool {
 /// ([`is_zone_name`]) counts as no tag.
 ///
 /// ```
-/// use ferry_node::zone::zone_from_client_id;
+/// use ferry_node::cluster::zone::zone_from_client_id;
 /// assert_eq!(zone_from_client_id("automq_az=us-east-1a&my-app"), Some("us-east-1a"));
 /// assert_eq!(zone_from_client_id("my-app&ws_az=z2"), Some("z2"));
 /// assert_eq!(zone_from_client_id("my-app"), None);
