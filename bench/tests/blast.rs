@@ -1,6 +1,10 @@
 //! `ferry-bench blast` end to end against the debug `ferry dev` that
-//! `cargo test --workspace` builds beside this package's binary: every
-//! record it counts as acknowledged is in the topic, once.
+//! `cargo test --workspace` builds beside this package's binary: each
+//! partition holds exactly as many records as blast counts as acknowledged
+//! for it. (Blast sends one pre-encoded request again and again, so records
+//! cannot be told apart by content: a lost and a duplicated request of the
+//! same partition would cancel out. Ferry's own crash checker, with
+//! distinct records, checks each acknowledged record once at its offset.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -31,7 +35,7 @@ impl Drop for Node {
 }
 
 #[test]
-fn every_acknowledged_record_is_in_the_topic_once() {
+fn each_partition_holds_as_many_records_as_were_acknowledged_for_it() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let _node = Node(
@@ -90,19 +94,18 @@ fn every_acknowledged_record_is_in_the_topic_once() {
         .set("group.id", "blast-check")
         .create()
         .unwrap();
-    let stored: i64 = (0..3)
-        .map(|p| {
-            let (low, high) = consumer
-                .fetch_watermarks("blasted", p, Duration::from_secs(10))
-                .unwrap();
-            assert_eq!(low, 0);
-            high
-        })
-        .sum();
-    assert_eq!(
-        stored, acked as i64,
-        "the topic holds what was acknowledged, once"
-    );
+    // Every request carries 20 records for each of the 3 partitions.
+    for p in 0..3 {
+        let (low, high) = consumer
+            .fetch_watermarks("blasted", p, Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(low, 0);
+        assert_eq!(
+            high,
+            acked as i64 / 3,
+            "partition {p} holds what was acknowledged for it"
+        );
+    }
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The `ferry-bench` binary as a user runs it: the cost model's output, bad
-//! flags, a broker that is not there (the run must end, in bounded time, with
-//! an error that names the broker), and, given a broker, a short real run.
+//! flags, and a broker that is not there (the run must end, in bounded time,
+//! with an error that names the broker). Short real runs against a broker
+//! are in `blast.rs`, `sweep.rs` and `node/tests/bench_against_dev.rs`.
 
 mod common;
 

@@ -98,6 +98,44 @@ fn expired_data_is_dropped_and_its_objects_deleted() {
     assert!(deleted >= 2.0, "{metrics}");
     assert_eq!(raw::list_offset(&mut c, "kept", 0, -2), 0);
     assert_eq!(raw::list_offset(&mut c, "kept", 0, -1), 1);
+    // Readable, both the kept record and the old topic's last one.
+    assert_eq!(
+        raw::fetch(&mut c, "kept", 0, 0),
+        (0, vec![(0, b"k".to_vec())])
+    );
+    assert_eq!(
+        raw::fetch(&mut c, "old", 0, 4),
+        (0, vec![(4, b"o4".to_vec())])
+    );
+    node.stop();
+    opened.log.shutdown(Duration::from_secs(5));
+
+    // After a restart, from the bucket alone (no cache): the same.
+    let opened = WalLog::open(uri.build_store().unwrap(), {
+        let mut cfg = ferry_wal::WalConfig::new(5);
+        cfg.batch_interval = Duration::from_millis(20);
+        cfg
+    })
+    .unwrap();
+    let node = server::start(
+        NodeSettings::local(5),
+        "127.0.0.1:0".parse().unwrap(),
+        opened.log.clone(),
+        opened.topics,
+        opened.recovered,
+    )
+    .unwrap();
+    let mut c = TcpStream::connect(node.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(
+        raw::fetch(&mut c, "kept", 0, 0),
+        (0, vec![(0, b"k".to_vec())])
+    );
+    assert_eq!(raw::list_offset(&mut c, "old", 0, -2), 4);
+    assert_eq!(
+        raw::fetch(&mut c, "old", 0, 4),
+        (0, vec![(4, b"o4".to_vec())])
+    );
     node.stop();
     opened.log.shutdown(Duration::from_secs(5));
 }

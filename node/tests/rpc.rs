@@ -577,12 +577,15 @@ fn a_real_node_serves_rpcs_on_its_kafka_listener() {
         let (c, traffic) = client();
         let r = c.replica_read(&to, &read(1, 0), 5 * SECOND).await.unwrap();
         assert_ne!(r.error_code, 0);
-        // Pipelined, past the node's 64 requests in flight per connection.
-        let reads: Vec<ReplicaRead> = (0..300).map(|i| read(i, 0)).collect();
+        // Pipelined, past the node's limit of requests in flight per
+        // connection (past it, the node stops reading until answers go).
+        let past_the_limit = ferry_node::broker::conn::INFLIGHT_REQUESTS_MAX as i64 + 300;
+        let reads: Vec<ReplicaRead> = (0..past_the_limit).map(|i| read(i, 0)).collect();
         let rs = futures_util::future::join_all(
             reads.iter().map(|r| c.replica_read(&to, r, 10 * SECOND)),
         )
         .await;
+        assert_eq!(rs.len() as i64, past_the_limit);
         assert!(rs.into_iter().all(|r| r.unwrap().error_code != 0));
         assert!(c.is_connected(1));
         let req = HandoffCommit {

@@ -375,8 +375,34 @@ fn handoff_and_replica_reads_through_a_directory_bucket() {
     let (b, lb) = node_in_bucket(2, "zone-b", &coordinator, dir.path());
     handoff_round_trip(&a, &b);
     // The proxy's batches are in its handoff objects; the leader's WAL
-    // objects hold references to them.
-    assert!(std::fs::read_dir(dir.path().join("handoff")).is_ok());
+    // objects hold references to them: entries of topic `h` whose bytes are
+    // in a handoff object that is in the bucket.
+    let store = ferry_wal::BucketUri::parse(&format!("file://{}", dir.path().display()))
+        .unwrap()
+        .build_store()
+        .unwrap();
+    let io = ferry_wal::IoRuntime::new(1).unwrap();
+    let scan = io
+        .block_on(ferry_wal::recovery::scan_partitions(
+            &*store,
+            "wal",
+            |_, _| true,
+        ))
+        .unwrap();
+    let referenced: Vec<String> = scan
+        .entries
+        .iter()
+        .filter(|e| &*e.entry.topic == "h")
+        .filter_map(|e| e.entry.external.as_ref().map(|x| x.key.to_string()))
+        .collect();
+    assert!(
+        !referenced.is_empty(),
+        "no WAL entry of the leader refers into a handoff object"
+    );
+    for key in &referenced {
+        assert!(key.starts_with("handoff/"), "{key}");
+        assert!(dir.path().join(key).is_file(), "{key} is not in the bucket");
+    }
     a.stop();
     b.stop();
     la.shutdown(Duration::from_secs(5));
