@@ -1,0 +1,300 @@
+//! The proxy side of the handoff: batches for a partition led in another zone
+//! go into this node's handoff object, and their commit (a small RPC) to the
+//! leader; and the leader side, which appends a proxy's committed batches by
+//! reference.
+
+use super::*;
+
+pub(super) type QueuedCommit = (
+    crate::cluster::rpc::HandoffPartition,
+    Duration,
+    oneshot::Sender<Result<crate::cluster::rpc::BatchResult, crate::cluster::rpc::RpcError>>,
+);
+
+/// How long a handoff commit waits for the other batches of its handoff
+/// object before it goes.
+pub(super) const COMMIT_GATHER: Duration = Duration::from_millis(1);
+
+impl Shard {
+    /// The proxy's side of a produce for a partition led in another zone:
+    /// the batches go into this node's next handoff object, and once it is
+    /// in the bucket the leader gets their places and header fields in one
+    /// small RPC, assigns offsets and answers; its answer is the producer's.
+    pub(super) async fn handoff_produce(
+        self: &Rc<Self>,
+        leader: crate::cluster::Member,
+        topic: Arc<str>,
+        partition: i32,
+        records: Bytes,
+        timeout_ms: i32,
+    ) -> ProduceResult {
+        let started = Instant::now();
+        let timeout = Duration::from_millis(timeout_ms.clamp(1, 300_000) as u64);
+        let table = self.topics.get();
+        let Some(info) = table
+            .get(&topic)
+            .filter(|i| partition >= 0 && partition < i.partitions)
+        else {
+            return ProduceResult::err(
+                ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
+                "unknown topic or partition",
+            );
+        };
+        let batches = match PartitionLog::check(&records) {
+            Ok(b) => b,
+            Err(e) => return ProduceResult::err(e.error_code(), e.to_string()),
+        };
+        if let Err(e) = self.ctx.durable.reserve(records.len()) {
+            return ProduceResult::err(ErrorCode::REQUEST_TIMED_OUT, e.to_string());
+        }
+        // One handoff entry per batch: the writer's CRC32C of each entry is
+        // the batch's, which the leader checks when it reads it back.
+        let acks: Vec<_> = batches
+            .iter()
+            .map(|b| {
+                let m = BatchMeta::of(b);
+                let raw = b.as_bytes().clone();
+                self.ctx.durable.handoff_append(AppendEntry {
+                    topic: topic.clone(),
+                    topic_id: info.id.0,
+                    partition,
+                    base_offset: 0,
+                    last_offset: i64::from(m.last_offset_delta),
+                    max_timestamp: m.max_timestamp,
+                    record_count: m.records_count,
+                    producer: ProducerFields::default(),
+                    segments: [raw, Bytes::new()],
+                    leader_epoch: 0,
+                    external: None,
+                })
+            })
+            .collect();
+        let locations = match glommio::timer::timeout(timeout, async {
+            Ok(futures_util::future::join_all(acks).await)
+        })
+        .await
+        {
+            Ok(all) => match all.into_iter().collect::<Result<Vec<_>, _>>() {
+                Ok(l) => l,
+                Err(e) => return ProduceResult::err(ErrorCode::REQUEST_TIMED_OUT, e.to_string()),
+            },
+            Err(_) => {
+                return ProduceResult::err(
+                    ErrorCode::REQUEST_TIMED_OUT,
+                    "the handoff object was not durable in time",
+                )
+            }
+        };
+        let handoff_batches = batches
+            .iter()
+            .zip(locations)
+            .map(|(b, location)| {
+                let m = BatchMeta::of(b);
+                crate::cluster::rpc::HandoffBatch {
+                    key: location.key,
+                    position: location.position,
+                    len: location.len,
+                    crc: location.crc,
+                    record_count: m.records_count,
+                    last_offset_delta: m.last_offset_delta,
+                    max_timestamp: m.max_timestamp,
+                    producer_id: m.producer_id,
+                    producer_epoch: m.producer_epoch,
+                    base_sequence: m.base_sequence,
+                }
+            })
+            .collect();
+        let part = crate::cluster::rpc::HandoffPartition {
+            topic,
+            topic_id: info.id.0,
+            partition,
+            batches: handoff_batches,
+        };
+        let left = timeout
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_millis(1));
+        let (tx, rx) = oneshot::channel();
+        self.queue_commit(leader.clone(), part, left, tx);
+        match rx.await {
+            Ok(Ok(r)) if r.error_code == 0 => ProduceResult {
+                error: ErrorCode::NONE,
+                base_offset: r.base_offset,
+                log_start: r.log_start,
+                message: None,
+            },
+            Ok(Ok(r)) => ProduceResult::err(
+                ErrorCode(r.error_code),
+                format!("leader {} refused the batches", leader.node_id),
+            ),
+            Ok(Err(e)) => ProduceResult::err(e.error_code(), e.to_string()),
+            Err(_) => ProduceResult::err(
+                ErrorCode::REQUEST_TIMED_OUT,
+                "the handoff commit was dropped",
+            ),
+        }
+    }
+
+    /// Seals the pending WAL object a moment from now: every batch of a
+    /// handoff commit is appended by then, so one commit makes one object,
+    /// not one per produce request it carries.
+    pub(super) fn flush_soon(&self) {
+        if self.flush_scheduled.replace(true) {
+            return;
+        }
+        let Some(me) = self.me.borrow().upgrade() else {
+            self.flush_scheduled.set(false);
+            self.ctx.durable.flush();
+            return;
+        };
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(COMMIT_GATHER).await;
+            me.flush_scheduled.set(false);
+            me.ctx.durable.flush();
+        })
+        .detach();
+    }
+
+    /// Queues a partition's batches for their leader's next handoff commit.
+    /// The batches of one handoff object become durable together, so a
+    /// commit sent a moment after the first of them carries them all: one
+    /// RPC per leader per handoff object, not one per produce request.
+    pub(super) fn queue_commit(
+        &self,
+        leader: crate::cluster::Member,
+        part: crate::cluster::rpc::HandoffPartition,
+        timeout: Duration,
+        reply: oneshot::Sender<
+            Result<crate::cluster::rpc::BatchResult, crate::cluster::rpc::RpcError>,
+        >,
+    ) {
+        let id = leader.node_id;
+        let first = {
+            let mut out = self.outbox.borrow_mut();
+            let q = out.entry(id).or_default();
+            q.push((part, timeout, reply));
+            q.len() == 1
+        };
+        if !first {
+            return;
+        }
+        let Some(me) = self.me.borrow().upgrade() else {
+            return;
+        };
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(COMMIT_GATHER).await;
+            let queued = me.outbox.borrow_mut().remove(&id).unwrap_or_default();
+            if queued.is_empty() {
+                return;
+            }
+            let timeout = queued
+                .iter()
+                .map(|(_, t, _)| *t)
+                .min()
+                .unwrap_or(Duration::from_secs(30));
+            let mut partitions = Vec::with_capacity(queued.len());
+            let mut replies = Vec::with_capacity(queued.len());
+            for (p, _, r) in queued {
+                partitions.push(p);
+                replies.push(r);
+            }
+            tracing::debug!(leader = id, partitions = partitions.len(), "handoff commit");
+            let req = crate::cluster::rpc::HandoffCommit {
+                from_node: me.ctx.node_id,
+                view_revision: me.view().revision(),
+                partitions,
+            };
+            match me.rpc.handoff_commit(&leader, &req, timeout).await {
+                Ok(resp) => {
+                    let mut results = resp.partitions.into_iter();
+                    for r in replies {
+                        let first = results.next().and_then(|p| p.into_iter().next());
+                        let _ = r.send(Ok(first.unwrap_or(crate::cluster::rpc::BatchResult {
+                            error_code: ErrorCode::UNKNOWN_SERVER_ERROR.code(),
+                            base_offset: -1,
+                            log_start: -1,
+                        })));
+                    }
+                }
+                Err(e) => {
+                    for r in replies {
+                        let _ = r.send(Err(e.clone()));
+                    }
+                }
+            }
+        })
+        .detach();
+    }
+
+    /// The leader's side of a handoff commit for one partition: routed to
+    /// the owning shard, placed like a produce, and the WAL object holding
+    /// the references is sealed at once.
+    pub async fn handoff_partition(
+        self: &Rc<Self>,
+        part: crate::cluster::rpc::HandoffPartition,
+    ) -> ProduceResult {
+        if !matches!(self.route(&part.topic, part.partition), Route::Local) {
+            return ProduceResult::err(
+                ErrorCode::NOT_LEADER_OR_FOLLOWER,
+                "this node does not lead the partition",
+            );
+        }
+        let to = self.owner_of(&part.topic, part.partition);
+        if to == self.id {
+            return self.handoff_local(part).await;
+        }
+        self.ask(
+            to,
+            |reply| ShardMsg::Handoff { part, reply },
+            || {
+                ProduceResult::err(
+                    ErrorCode::NOT_LEADER_OR_FOLLOWER,
+                    "owning shard unavailable",
+                )
+            },
+        )
+        .await
+    }
+
+    pub(super) async fn handoff_local(
+        self: &Rc<Self>,
+        part: crate::cluster::rpc::HandoffPartition,
+    ) -> ProduceResult {
+        let log = match self.log_checked(&part.topic, part.partition) {
+            Ok(l) => l,
+            Err(code) => return ProduceResult::err(code, "partition not available here"),
+        };
+        if log.borrow().topic_id != part.topic_id {
+            return ProduceResult::err(
+                ErrorCode::UNKNOWN_TOPIC_ID,
+                "the topic was deleted and created again",
+            );
+        }
+        let items = part
+            .batches
+            .iter()
+            .map(|b| {
+                (
+                    BatchMeta {
+                        producer_id: b.producer_id,
+                        producer_epoch: b.producer_epoch,
+                        base_sequence: b.base_sequence,
+                        last_offset_delta: b.last_offset_delta,
+                        max_timestamp: b.max_timestamp,
+                        records_count: b.record_count,
+                        len: b.len,
+                    },
+                    Payload::External(Location {
+                        key: b.key.clone(),
+                        seq: 0,
+                        node: 0,
+                        position: b.position,
+                        len: b.len,
+                        crc: b.crc,
+                    }),
+                )
+            })
+            .collect();
+        self.append_batches(log, part.topic, part.partition, items, -1, 30_000, true)
+            .await
+    }
+}
