@@ -14,9 +14,9 @@ pub(super) fn with_head(
     bytes: Bytes,
 ) -> Result<[Bytes; 2], DurableError> {
     if bytes.len() < 61 {
-        return Err(DurableError::Read {
+        return Err(DurableError::Unreadable {
             key: loc.key.to_string(),
-            error: "batch shorter than its header".into(),
+            reason: "batch shorter than its header",
         });
     }
     // The head is made again from the log: a batch a proxy put in its
@@ -246,7 +246,10 @@ impl Shard {
             async move {
                 match locations {
                     Some(l) => durable.read_adjacent(l).await,
-                    None => Err(DurableError::Failed("batch is not durable".into())),
+                    None => Err(DurableError::Unreadable {
+                        key: String::new(),
+                        reason: "the batch is not durable yet",
+                    }),
                 }
             }
         });
@@ -258,16 +261,18 @@ impl Shard {
                     for (b, bytes) in batches[first..end].iter().zip(all) {
                         out.push(match &b.location {
                             Some(loc) => with_head(b, loc, bytes),
-                            None => Err(DurableError::Failed("batch is not durable".into())),
+                            None => Err(DurableError::Unreadable {
+                                key: String::new(),
+                                reason: "the batch is not durable yet",
+                            }),
                         });
                     }
                 }
                 Ok(all) => out.extend((first..end).map(|_| {
-                    Err(DurableError::Failed(format!(
-                        "{} batches read back for {}",
-                        all.len(),
-                        end - first
-                    )))
+                    Err(DurableError::ShortRead {
+                        got: all.len(),
+                        wanted: end - first,
+                    })
                 })),
                 Err(e) => out.extend((first..end).map(|_| Err(e.clone()))),
             }

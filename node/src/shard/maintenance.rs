@@ -122,7 +122,7 @@ impl Shard {
                 Some(d) => d.clone(),
                 None => read
                     .next()
-                    .unwrap_or_else(|| Err(DurableError::Failed("no read for the batch".into())))?,
+                    .unwrap_or_else(|| Err(DurableError::ShortRead { got: 0, wanted: 1 }))?,
             };
             entries.push(AppendEntry {
                 topic: topic.clone(),

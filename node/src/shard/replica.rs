@@ -214,9 +214,9 @@ impl Shard {
                 }
                 None => {
                     self.ctx.metrics.cache_miss();
-                    let r = read.next().unwrap_or_else(|| {
-                        Err(DurableError::Failed("no read for the batch".into()))
-                    });
+                    let r = read
+                        .next()
+                        .unwrap_or_else(|| Err(DurableError::ShortRead { got: 0, wanted: 1 }));
                     if let Ok(d) = &r {
                         self.replica_cache.borrow_mut().insert(
                             (topic.clone(), partition, b.base_offset),

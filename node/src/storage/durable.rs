@@ -108,17 +108,48 @@ impl AppendEntry {
     }
 }
 
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+/// What can go wrong with the durable log, typed down to the WAL's own
+/// error, so that the place that picks a Kafka error code can tell a
+/// retriable store error from a corrupt object.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum DurableError {
     /// Too much data is waiting for the bucket: retry later.
-    #[error("WAL backpressure: {0} bytes are waiting for the bucket")]
-    Backpressure(u64),
-    #[error("WAL write failed: {0}")]
-    Failed(String),
-    #[error("read of {key} failed: {error}")]
-    Read { key: String, error: String },
+    #[error("WAL backpressure: {inflight_bytes} bytes are waiting for the bucket")]
+    Backpressure { inflight_bytes: u64 },
+    /// The WAL (its writer, reader or recovery) failed.
+    #[error(transparent)]
+    Wal(#[from] ferry_wal::WalError),
+    /// An object-store call of the log's own (metadata, listings,
+    /// deletions) failed.
+    #[error("{op} {key}: {source}")]
+    Store {
+        op: &'static str,
+        key: String,
+        #[source]
+        source: std::sync::Arc<object_store::Error>,
+    },
+    /// A batch's bytes cannot be read back: it is not durable yet, or its
+    /// object does not hold what the log says.
+    #[error("batch in {key}: {reason}")]
+    Unreadable { key: String, reason: &'static str },
+    /// A read of several batches came back with another count.
+    #[error("{got} batches read back for {wanted}")]
+    ShortRead { got: usize, wanted: usize },
     #[error("the WAL is shut down")]
     Closed,
+}
+
+impl DurableError {
+    /// True if the same request can succeed later without a change by the
+    /// caller.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            DurableError::Backpressure { .. } | DurableError::Store { .. } => true,
+            DurableError::Wal(e) => e.is_retriable(),
+            DurableError::Unreadable { .. } | DurableError::ShortRead { .. } => false,
+            DurableError::Closed => false,
+        }
+    }
 }
 
 /// Resolves when the batch is durable (or cannot be made so).
@@ -274,9 +305,9 @@ impl DurableLog for MemoryLog {
                     .strip_prefix("mem/")
                     .and_then(|i| i.parse::<usize>().ok())
                     .and_then(|i| g.objects.get(i).cloned())
-                    .ok_or_else(|| DurableError::Read {
+                    .ok_or_else(|| DurableError::Unreadable {
                         key: location.key.to_string(),
-                        error: "no such object".into(),
+                        reason: "no such object",
                     })
             })
             .collect();

@@ -160,9 +160,11 @@ pub const HANDOFF_PREFIX: &str = "handoff";
 
 fn wal_error(e: WalError) -> DurableError {
     match e {
-        WalError::Backpressure { .. } => DurableError::Backpressure(0),
+        WalError::Backpressure { inflight_bytes, .. } => DurableError::Backpressure {
+            inflight_bytes: inflight_bytes as u64,
+        },
         WalError::Closed => DurableError::Closed,
-        other => DurableError::Failed(other.to_string()),
+        other => DurableError::Wal(other),
     }
 }
 
@@ -525,7 +527,9 @@ impl DurableLog for WalLog {
     fn reserve(&self, bytes: usize) -> Result<(), DurableError> {
         let inflight = self.handle.inflight_bytes();
         if inflight + bytes as u64 > self.inflight_bytes_max as u64 {
-            return Err(DurableError::Backpressure(inflight));
+            return Err(DurableError::Backpressure {
+                inflight_bytes: inflight,
+            });
         }
         Ok(())
     }
@@ -541,18 +545,12 @@ impl DurableLog for WalLog {
     }
 
     fn read_adjacent(&self, locations: Vec<crate::storage::durable::Location>) -> ReadManyAck {
-        let key = locations
-            .first()
-            .map(|l| l.key.to_string())
-            .unwrap_or_default();
+        // The WAL's error names the object.
         let rx = self.reader.read_adjacent(locations);
         Box::pin(async move {
             match rx.await {
                 Ok(Ok(b)) => Ok(b),
-                Ok(Err(e)) => Err(DurableError::Read {
-                    key,
-                    error: e.to_string(),
-                }),
+                Ok(Err(e)) => Err(DurableError::Wal(e)),
                 Err(_) => Err(DurableError::Closed),
             }
         })
@@ -586,7 +584,11 @@ impl DurableLog for WalLog {
             store
                 .put(&key, PutPayload::from(data))
                 .await
-                .map_err(|e| DurableError::Failed(format!("put {key}: {e}")))?;
+                .map_err(|e| DurableError::Store {
+                    op: "put",
+                    key: key.to_string(),
+                    source: Arc::new(e),
+                })?;
             *last = version;
             Ok(())
         })
@@ -631,7 +633,11 @@ impl DurableLog for WalLog {
             let listed = store
                 .list_with_delimiter(Some(&prefix))
                 .await
-                .map_err(|e| DurableError::Failed(format!("list {prefix}: {e}")))?;
+                .map_err(|e| DurableError::Store {
+                    op: "list",
+                    key: prefix.to_string(),
+                    source: Arc::new(e),
+                })?;
             Ok(listed
                 .common_prefixes
                 .iter()
@@ -788,7 +794,11 @@ impl DurableLog for WalLog {
                     deleted.fetch_add(1, Relaxed);
                     Ok(())
                 }
-                Err(e) => Err(DurableError::Failed(format!("delete {key}: {e}"))),
+                Err(e) => Err(DurableError::Store {
+                    op: "delete",
+                    key: key.to_string(),
+                    source: Arc::new(e),
+                }),
             }
         })
     }
