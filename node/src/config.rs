@@ -534,19 +534,23 @@ pub enum BucketScheme {
 /// One `ID@URI` entry of `s3.data.buckets`, `s3.wal.path` or
 /// `automq.zonerouter.channels`.
 ///
-/// The URI is kept as written, because the wal crate reads its details
-/// (region, endpoint, credentials). It may hold credentials, so `Debug` and
-/// `Display` show it redacted; only [`BucketUri::uri`] gives it whole.
+/// The URI is parsed by `ferry-wal` ([`ferry_wal::BucketUri`], the one
+/// parser of bucket URIs: region, endpoint, credentials, batch settings,
+/// the latency model) and checked here against the limits of the keys.
+/// It may hold credentials, so `Debug` and `Display` show it redacted; only
+/// [`BucketUri::uri`] gives it whole.
 #[derive(Clone, PartialEq, Eq)]
 pub struct BucketUri {
-    /// The bucket id before the `@`.
-    pub id: i16,
+    /// The bucket id before the `@` (AutoMQ's, 0 and up).
+    pub id: u16,
     pub scheme: BucketScheme,
     /// `batchInterval` from the query string, in ms (default 250). Used by
     /// the WAL and the handoff channel; read but unused for data buckets.
     pub batch_interval_ms: u64,
     /// `maxBytesInBatch` from the query string (default 8 MiB).
     pub batch_bytes_max: u64,
+    /// What `ferry-wal` parsed.
+    pub parsed: ferry_wal::BucketUri,
     uri: String,
 }
 
@@ -570,88 +574,52 @@ impl BucketUri {
         let (id, uri) = text
             .split_once('@')
             .ok_or_else(|| ConfigError::invalid(key, expected_form, text))?;
-        let id: i16 = id.trim().parse().map_err(|_| {
-            ConfigError::invalid(key, "ID@URI with ID an integer from -32768 to 32767", text)
+        let id: u16 = id.trim().parse().map_err(|_| {
+            ConfigError::invalid(key, "ID@URI with ID an integer from 0 to 65535", text)
         })?;
         let uri = uri.trim();
-        let url = url::Url::parse(uri).map_err(|e| {
-            ConfigError::invalid(
-                key,
-                format!("{expected_form} (the URI does not parse: {e})"),
-                text,
-            )
+        let parsed = ferry_wal::BucketUri::parse(uri).map_err(|e| match e {
+            ferry_wal::WalError::Config {
+                param,
+                expected,
+                found,
+            } => ConfigError::Invalid {
+                key: key.to_owned(),
+                expected: format!("{param}: {expected}"),
+                // ferry-wal never puts a secret in `found`.
+                got: found,
+            },
+            other => ConfigError::invalid(key, format!("{expected_form} ({other})"), text),
         })?;
-        let scheme = match url.scheme() {
-            "s3" => {
-                if url.host_str().is_none_or(str::is_empty) {
-                    return Err(ConfigError::invalid(
-                        key,
-                        "an s3 URI naming its bucket, s3://BUCKET?region=...",
-                        text,
-                    ));
-                }
-                BucketScheme::S3
-            }
-            "file" => {
-                if url
-                    .host_str()
-                    .is_some_and(|h| !h.is_empty() && h != "localhost")
-                {
-                    return Err(ConfigError::invalid(
-                        key,
-                        "an absolute file URI, file:///path/to/dir (three slashes)",
-                        text,
-                    ));
-                }
-                BucketScheme::File
-            }
-            _ => {
-                return Err(ConfigError::invalid(
-                    key,
-                    "a URI with scheme s3 or file",
-                    text,
-                ))
-            }
+        let scheme = match parsed.location {
+            ferry_wal::store::BucketLocation::S3(_) => BucketScheme::S3,
+            ferry_wal::store::BucketLocation::File { .. } => BucketScheme::File,
         };
-        let mut batch_interval_ms = None;
-        let mut batch_bytes_max = None;
-        for (name, value) in url.query_pairs() {
-            let slot = match name.as_ref() {
-                "batchInterval" => &mut batch_interval_ms,
-                "maxBytesInBatch" => &mut batch_bytes_max,
-                _ => continue,
-            };
-            if slot.is_some() {
-                return Err(ConfigError::invalid(
-                    key,
-                    format!("{name} at most once in the query string"),
-                    text,
-                ));
-            }
-            let (min, max, unit) = if name == "batchInterval" {
-                (1, BATCH_INTERVAL_MS_MAX, "milliseconds")
-            } else {
-                (1, BATCH_BYTES_MAX_LIMIT, "bytes")
-            };
-            let parsed = value
-                .trim()
-                .parse::<u64>()
-                .ok()
-                .filter(|v| (min..=max).contains(v))
-                .ok_or_else(|| {
-                    ConfigError::invalid(
-                        key,
-                        format!("{name} to be an integer from {min} to {max} ({unit})"),
-                        &value,
-                    )
-                })?;
-            *slot = Some(parsed);
+        let batch_interval_ms =
+            u64::try_from(parsed.batch_interval.as_millis()).unwrap_or(u64::MAX);
+        if !(1..=BATCH_INTERVAL_MS_MAX).contains(&batch_interval_ms) {
+            return Err(ConfigError::invalid(
+                key,
+                format!("batchInterval to be an integer from 1 to {BATCH_INTERVAL_MS_MAX} (milliseconds)"),
+                &batch_interval_ms.to_string(),
+            ));
+        }
+        let batch_bytes_max = parsed.max_bytes_in_batch as u64;
+        if !(1..=BATCH_BYTES_MAX_LIMIT).contains(&batch_bytes_max) {
+            return Err(ConfigError::invalid(
+                key,
+                format!(
+                    "maxBytesInBatch to be an integer from 1 to {BATCH_BYTES_MAX_LIMIT} (bytes)"
+                ),
+                &batch_bytes_max.to_string(),
+            ));
         }
         Ok(BucketUri {
             id,
             scheme,
-            batch_interval_ms: batch_interval_ms.unwrap_or(BATCH_INTERVAL_MS_DEFAULT),
-            batch_bytes_max: batch_bytes_max.unwrap_or(BATCH_BYTES_MAX_DEFAULT),
+            batch_interval_ms,
+            batch_bytes_max,
+            parsed,
             uri: uri.to_owned(),
         })
     }
@@ -2163,42 +2131,50 @@ group.initial.rebalance.delay.ms=0
             ),
             ("s3.data.buckets", "s3://bucket", "ID@URI"),
             ("s3.data.buckets", "x@s3://bucket", "ID an integer"),
-            ("s3.data.buckets", "0@http://bucket", "scheme s3 or file"),
-            ("s3.data.buckets", "0@s3://", "naming its bucket"),
+            ("s3.data.buckets", "0@http://bucket", "scheme: s3 or file"),
+            ("s3.data.buckets", "0@s3://", "with a bucket name"),
             (
                 "s3.data.buckets",
                 "0@file://relative/dir",
-                "absolute file URI",
+                "file:///ABSOLUTE/DIR",
             ),
-            ("s3.data.buckets", "0@not a uri", "does not parse"),
-            ("s3.data.buckets", "0@s3://a,0@s3://b", "a different ID"),
-            ("s3.wal.path", "0@s3://a,1@s3://b", "a single ID@URI"),
+            ("s3.data.buckets", "0@not a uri", "s3://BUCKET?region=R"),
             (
-                "s3.wal.path",
-                "0@s3://w?batchInterval=abc",
-                "batchInterval to be an integer from 1 to 60000",
-            ),
-            ("s3.wal.path", "0@s3://w?batchInterval=0", "batchInterval"),
-            (
-                "s3.wal.path",
-                "0@s3://w?maxBytesInBatch=-1",
-                "maxBytesInBatch to be an integer",
+                "s3.data.buckets",
+                "0@s3://a?region=r,0@s3://b?region=r",
+                "a different ID",
             ),
             (
                 "s3.wal.path",
-                "0@s3://w?maxBytesInBatch=9999999999",
+                "0@s3://a?region=r,1@s3://b?region=r",
+                "a single ID@URI",
+            ),
+            (
+                "s3.wal.path",
+                "0@s3://w?region=r&batchInterval=abc",
+                "batchInterval: milliseconds in 1..=60000",
+            ),
+            (
+                "s3.wal.path",
+                "0@s3://w?region=r&batchInterval=0",
+                "batchInterval",
+            ),
+            (
+                "s3.wal.path",
+                "0@s3://w?region=r&maxBytesInBatch=-1",
+                "maxBytesInBatch: bytes in 1..=1073741824",
+            ),
+            (
+                "s3.wal.path",
+                "0@s3://w?region=r&maxBytesInBatch=9999999999",
                 "maxBytesInBatch",
             ),
             (
                 "s3.wal.path",
-                "0@s3://w?batchInterval=1&batchInterval=2",
-                "at most once",
+                "0@s3://w?region=r&batchInterval=1&batchInterval=2",
+                "to be given once",
             ),
-            (
-                "automq.zonerouter.channels",
-                "0@ftp://x",
-                "scheme s3 or file",
-            ),
+            ("automq.zonerouter.channels", "0@ftp://x", "s3 or file"),
             ("automq.zone.cidr.blocks", "10.0.0.0/8", "zone@cidr"),
             ("ferry.shards", "0", "an integer from 1 to 1024"),
             ("ferry.shards", "many", "an integer from 1 to 1024"),
@@ -2333,11 +2309,17 @@ group.initial.rebalance.delay.ms=0
         );
 
         // A comma inside a URI does not split the list; `,ID@` does.
-        let list =
-            BucketUri::parse_list("k", "0@s3://a?x=1,2&region=r, 1@s3://b,-2@s3://c").unwrap();
-        let ids: Vec<i16> = list.iter().map(|b| b.id).collect();
-        assert_eq!(ids, vec![0, 1, -2]);
-        assert_eq!(list[0].uri(), "s3://a?x=1,2&region=r");
+        let list = BucketUri::parse_list(
+            "k",
+            "0@s3://a?accessKey=x,2y&region=r, 1@s3://b?region=r,2@s3://c?region=r",
+        )
+        .unwrap();
+        let ids: Vec<u16> = list.iter().map(|b| b.id).collect();
+        assert_eq!(ids, vec![0, 1, 2]);
+        assert_eq!(list[0].uri(), "s3://a?accessKey=x,2y&region=r");
+        // An id that is not one, named.
+        let err = BucketUri::parse_list("k", "-2@s3://c?region=r").unwrap_err();
+        assert!(err.to_string().contains("from 0 to 65535"), "{err}");
     }
 
     #[test]
@@ -2520,7 +2502,7 @@ group.initial.rebalance.delay.ms=0
         ));
         assert!(!e.contains(secret), "{e}");
         let e = error(&format!("s3.data.buckets=0@http://h?secretKey={secret}"));
-        assert!(!e.contains(secret) && e.contains(REDACTED), "{e}");
+        assert!(!e.contains(secret) && e.contains("s3 or file"), "{e}");
         let e = parse_override(&format!("s3.wal.path 0@s3://w?secretKey={secret}")).unwrap_err();
         assert!(!e.to_string().contains(secret), "{e}");
     }

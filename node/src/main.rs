@@ -227,8 +227,7 @@ fn start_node(config: &Config, cluster: ferry_node::node::ClusterJoin) -> anyhow
         .clone()
         .or_else(|| config.data_buckets.first().cloned())
         .context("s3.wal.path or s3.data.buckets is required: where does the data go?")?;
-    let uri = ferry_wal::BucketUri::parse(wal_bucket.uri())
-        .with_context(|| format!("s3.wal.path {}", wal_bucket.redacted()))?;
+    let uri = wal_bucket.parsed.clone();
     let store = uri.build_store().context("opening the bucket")?;
     let mut wal =
         ferry_wal::WalConfig::new(u32::try_from(node_id).context("node.id must not be negative")?);
@@ -243,8 +242,7 @@ fn start_node(config: &Config, cluster: ferry_node::node::ClusterJoin) -> anyhow
         let mut h = wal.clone();
         h.batch_interval = Duration::from_millis(channel.batch_interval_ms);
         h.max_bytes_in_batch = channel.batch_bytes_max as usize;
-        let same_bucket = ferry_wal::BucketUri::parse(channel.uri())
-            .is_ok_and(|c| c.location == uri.location);
+        let same_bucket = channel.parsed.location == uri.location;
         if !same_bucket {
             tracing::warn!(
                 channel = %channel.redacted(),
