@@ -223,23 +223,40 @@ fn topic_error_code(e: &TopicError) -> ErrorCode {
     }
 }
 
+/// A node as clients see it: id, advertised address and zone (its rack).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Broker {
+    node_id: i32,
+    host: String,
+    port: u16,
+    zone: String,
+}
+
+impl Broker {
+    fn of(m: &crate::cluster::Member) -> Broker {
+        Broker {
+            node_id: m.node_id,
+            host: m.host.clone(),
+            port: m.port,
+            zone: m.zone.clone(),
+        }
+    }
+}
+
 /// The brokers a client sees: every live node, with its zone as its rack
 /// (this node alone if the view is empty).
-fn brokers(shard: &Shard) -> Vec<(i32, String, u16, String)> {
+fn brokers(shard: &Shard) -> Vec<Broker> {
     let view = shard.view();
     if view.is_empty() {
         let c = &shard.ctx;
-        return vec![(
-            c.node_id,
-            c.advertised_host.clone(),
-            c.advertised_port,
-            c.zone.clone(),
-        )];
+        return vec![Broker {
+            node_id: c.node_id,
+            host: c.advertised_host.clone(),
+            port: c.advertised_port,
+            zone: c.zone.clone(),
+        }];
     }
-    view.members()
-        .iter()
-        .map(|m| (m.node_id, m.host.clone(), m.port, m.zone.clone()))
-        .collect()
+    view.members().iter().map(Broker::of).collect()
 }
 
 /// The node a client of `zone` should see as a partition's leader, and the
@@ -335,11 +352,11 @@ async fn metadata(
     }
     let brokers: Vec<MetadataResponseBroker> = brokers(shard)
         .into_iter()
-        .map(|(id, host, port, zone)| MetadataResponseBroker {
-            node_id: id,
-            host: s(&host),
-            port: i32::from(port),
-            rack: Some(s(&zone)),
+        .map(|b| MetadataResponseBroker {
+            node_id: b.node_id,
+            host: s(&b.host),
+            port: i32::from(b.port),
+            rack: Some(s(&b.zone)),
             ..Default::default()
         })
         .collect();
@@ -356,12 +373,12 @@ async fn metadata(
 /// The KIP-951 endpoints gathered by [`leader_hint`], as `make` builds the
 /// response's own type (produce and fetch each have one).
 fn node_endpoints<T>(
-    endpoints: Vec<(i32, String, u16, String)>,
+    endpoints: Vec<Broker>,
     make: impl Fn(i32, KStr, i32, Option<KStr>) -> T,
 ) -> Vec<T> {
     endpoints
         .into_iter()
-        .map(|(id, host, port, rack)| make(id, s(&host), i32::from(port), Some(s(&rack))))
+        .map(|b| make(b.node_id, s(&b.host), i32::from(b.port), Some(s(&b.zone))))
         .collect()
 }
 
@@ -373,12 +390,12 @@ fn leader_hint(
     topic: &str,
     partition: i32,
     zone: Option<&str>,
-    endpoints: &mut Vec<(i32, String, u16, String)>,
+    endpoints: &mut Vec<Broker>,
 ) -> Option<(i32, i32)> {
     let view = shard.view();
     let m = view.route(topic, partition, zone)?;
-    if !endpoints.iter().any(|e| e.0 == m.node_id) {
-        endpoints.push((m.node_id, m.host.clone(), m.port, m.zone.clone()));
+    if !endpoints.iter().any(|e| e.node_id == m.node_id) {
+        endpoints.push(Broker::of(m));
     }
     Some((m.node_id, view.leader_epoch(topic, partition)))
 }
@@ -1133,8 +1150,8 @@ fn find_coordinator(
             return (ErrorCode::COORDINATOR_NOT_AVAILABLE, -1, s(""), -1);
         }
         let (node, _) = routed_leader(shard, GROUP_TOPIC, group_slot(key.as_str()), zone);
-        match brokers.iter().find(|b| b.0 == node) {
-            Some((id, host, port, _)) => (ErrorCode::NONE, *id, s(host), i32::from(*port)),
+        match brokers.iter().find(|b| b.node_id == node) {
+            Some(b) => (ErrorCode::NONE, b.node_id, s(&b.host), i32::from(b.port)),
             None => (ErrorCode::COORDINATOR_NOT_AVAILABLE, -1, s(""), -1),
         }
     };
@@ -1236,11 +1253,11 @@ fn describe_cluster(shard: &Shard) -> describe_cluster_response::DescribeCluster
     let ctx = &shard.ctx;
     let brokers: Vec<DescribeClusterBroker> = brokers(shard)
         .into_iter()
-        .map(|(id, host, port, zone)| DescribeClusterBroker {
-            broker_id: id,
-            host: s(&host),
-            port: i32::from(port),
-            rack: Some(s(&zone)),
+        .map(|b| DescribeClusterBroker {
+            broker_id: b.node_id,
+            host: s(&b.host),
+            port: i32::from(b.port),
+            rack: Some(s(&b.zone)),
             ..Default::default()
         })
         .collect();

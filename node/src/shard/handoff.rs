@@ -5,11 +5,14 @@
 
 use super::*;
 
-pub(super) type QueuedCommit = (
-    crate::cluster::rpc::HandoffPartition,
-    Duration,
-    oneshot::Sender<Result<crate::cluster::rpc::BatchResult, crate::cluster::rpc::RpcError>>,
-);
+pub(super) struct QueuedCommit {
+    /// The partition's batches, as the leader will append them.
+    part: crate::cluster::rpc::HandoffPartition,
+    /// How long the producer waits.
+    timeout: Duration,
+    /// Where the leader's answer for this partition goes.
+    reply: oneshot::Sender<Result<crate::cluster::rpc::BatchResult, crate::cluster::rpc::RpcError>>,
+}
 
 /// How long a handoff commit waits for the other batches of its handoff
 /// object before it goes.
@@ -171,7 +174,11 @@ impl Shard {
         let first = {
             let mut out = self.outbox.borrow_mut();
             let q = out.entry(id).or_default();
-            q.push((part, timeout, reply));
+            q.push(QueuedCommit {
+                part,
+                timeout,
+                reply,
+            });
             q.len() == 1
         };
         if !first {
@@ -188,14 +195,14 @@ impl Shard {
             }
             let timeout = queued
                 .iter()
-                .map(|(_, t, _)| *t)
+                .map(|q| q.timeout)
                 .min()
                 .unwrap_or(Duration::from_secs(30));
             let mut partitions = Vec::with_capacity(queued.len());
             let mut replies = Vec::with_capacity(queued.len());
-            for (p, _, r) in queued {
-                partitions.push(p);
-                replies.push(r);
+            for q in queued {
+                partitions.push(q.part);
+                replies.push(q.reply);
             }
             tracing::debug!(leader = id, partitions = partitions.len(), "handoff commit");
             let req = crate::cluster::rpc::HandoffCommit {
@@ -294,7 +301,13 @@ impl Shard {
                 )
             })
             .collect();
-        self.append_batches(log, part.topic, part.partition, items, -1, 30_000, true)
-            .await
+        self.append_batches(
+            log,
+            part.topic,
+            part.partition,
+            items,
+            super::produce::AppendAs::HANDOFF,
+        )
+        .await
     }
 }

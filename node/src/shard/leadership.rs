@@ -130,7 +130,13 @@ impl Shard {
         if ld.loading.contains_key(&key) {
             return;
         }
-        ld.loading.insert(key, (topic_id, false));
+        ld.loading.insert(
+            key,
+            Loading {
+                topic_id,
+                taken: false,
+            },
+        );
         // A running loader takes the partition at its next round; one a
         // client waits for does not wait for a round in progress (the
         // retention pass's loads of everything led may be long): a second
@@ -153,16 +159,16 @@ impl Shard {
                     let batch: Vec<(Key, [u8; 16])> = ld
                         .loading
                         .iter()
-                        .filter(|(_, (_, taken))| !taken)
-                        .map(|(k, (id, _))| (k.clone(), *id))
+                        .filter(|(_, l)| !l.taken)
+                        .map(|(k, l)| (k.clone(), l.topic_id))
                         .collect();
                     if batch.is_empty() {
                         ld.loaders -= 1;
                         return;
                     }
                     for (k, _) in &batch {
-                        if let Some(e) = ld.loading.get_mut(k) {
-                            e.1 = true;
+                        if let Some(l) = ld.loading.get_mut(k) {
+                            l.taken = true;
                         }
                     }
                     batch

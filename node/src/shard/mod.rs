@@ -172,6 +172,14 @@ pub struct BrokerHooks {
     ) -> LocalBoxFuture<'static, crate::cluster::rpc::ForwardResponse>,
 }
 
+/// A partition queued to be loaded (see `leadership`).
+#[derive(Debug, Clone, Copy)]
+struct Loading {
+    topic_id: [u8; 16],
+    /// A loader has taken it into its current round.
+    taken: bool,
+}
+
 pub struct Shard {
     pub id: usize,
     hooks: BrokerHooks,
@@ -218,7 +226,7 @@ struct Leadership {
     session: u64,
     /// Partitions queued or being loaded, with their topic ids.
     /// Partitions to load: topic id, and whether a loader has taken it.
-    loading: HashMap<Key, ([u8; 16], bool)>,
+    loading: HashMap<Key, Loading>,
     /// Loader tasks running (at most [`LOADERS_MAX`]).
     loaders: usize,
 }

@@ -3,6 +3,28 @@
 
 use super::*;
 
+/// How an append is answered.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct AppendAs {
+    /// The producer's acks: 0 answers at once, anything else once durable.
+    pub(super) acks: i16,
+    /// How long the producer waits for durability.
+    pub(super) timeout_ms: i32,
+    /// Seal the WAL object at once rather than at the interval (a proxy's
+    /// handoff commit, whose producer already waited for one PUT).
+    pub(super) seal: bool,
+}
+
+impl AppendAs {
+    /// A handoff commit: answered once durable, within 30 s, with the WAL
+    /// object sealed at once.
+    pub(super) const HANDOFF: AppendAs = AppendAs {
+        acks: -1,
+        timeout_ms: 30_000,
+        seal: true,
+    };
+}
+
 impl Shard {
     pub async fn produce(
         self: &Rc<Self>,
@@ -78,25 +100,31 @@ impl Shard {
             .iter()
             .map(|b| (BatchMeta::of(b), Payload::Local(b.as_bytes().clone())))
             .collect();
-        self.append_batches(log, topic, partition, items, acks, timeout_ms, false)
-            .await
+        let how = AppendAs {
+            acks,
+            timeout_ms,
+            seal: false,
+        };
+        self.append_batches(log, topic, partition, items, how).await
     }
 
     /// Appends checked batches to a partition this shard owns, writes them
     /// to the WAL (their bytes, or for a proxy's batches a reference to its
-    /// handoff object, sealing the WAL object at once with `flush`), and
+    /// handoff object, sealing the WAL object at once when `how.seal`), and
     /// answers once they are durable (or at once for acks=0).
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn append_batches(
         self: &Rc<Self>,
         log: Rc<RefCell<PartitionLog>>,
         topic: Arc<str>,
         partition: i32,
         items: Vec<(BatchMeta, Payload)>,
-        acks: i16,
-        timeout_ms: i32,
-        flush: bool,
+        how: AppendAs,
     ) -> ProduceResult {
+        let AppendAs {
+            acks,
+            timeout_ms,
+            seal,
+        } = how;
         if items.len() > 1 {
             let metas: Vec<BatchMeta> = items.iter().map(|(m, _)| *m).collect();
             if let Err(e) = log.borrow().check_sequences_meta(&metas) {
@@ -150,7 +178,7 @@ impl Shard {
                 }
             }
         }
-        if flush && !pending.is_empty() {
+        if seal && !pending.is_empty() {
             self.flush_soon();
         }
         self.evict_if_needed();
