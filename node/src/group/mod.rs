@@ -2372,19 +2372,20 @@ mod tests {
         assert_eq!(d.committed(GROUP, "keep", 0).unwrap().offset, 1);
     }
 
-    /// A small deterministic generator, so the sequence test needs no crate.
-    struct XorShift(u64);
+    /// Random choices read from a sequence proptest generates, so that a
+    /// failing sequence of requests shrinks (toward fewer and smaller
+    /// draws) and is kept in `proptest-regressions/`. Past its end every
+    /// draw is 0.
+    struct Draws {
+        draws: Vec<u64>,
+        at: usize,
+    }
 
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
+    impl Draws {
         fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
+            let v = self.draws.get(self.at).copied().unwrap_or(0);
+            self.at += 1;
+            v % n
         }
     }
 
@@ -2395,9 +2396,15 @@ mod tests {
     fn every_pending_response_is_completed_exactly_once() {
         // Pending joins, pending syncs, and syncs completed with an
         // assignment: the sequences must reach all three.
-        let mut seen = [0usize; 3];
-        for seed in 1..=100u64 {
-            let mut rng = XorShift(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let seen_total = std::cell::RefCell::new([0usize; 3]);
+        let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+            cases: 100,
+            ..Default::default()
+        });
+        let choices = proptest::collection::vec(proptest::num::u64::ANY, 0..3000);
+        let result = runner.run(&choices, |draws| {
+            let mut rng = Draws { draws, at: 0 };
+            let mut seen = [0usize; 3];
             let mut c = coordinator();
             let mut outstanding: std::collections::BTreeSet<Token> = Default::default();
             let mut ids: Vec<String> = Vec::new();
@@ -2411,7 +2418,7 @@ mod tests {
                     }
                     assert!(
                         outstanding.remove(&token),
-                        "seed {seed}: {token:?} completed twice or never pending"
+                        "{token:?} completed twice or never pending"
                     );
                 }
             };
@@ -2494,16 +2501,20 @@ mod tests {
                 let t = c.tick(now);
                 settle(&mut outstanding, &mut seen, t.completed);
             }
-            assert!(
-                outstanding.is_empty(),
-                "seed {seed}: never completed: {outstanding:?}"
-            );
-            assert!(c.member_ids(GROUP).is_empty(), "seed {seed}");
-            assert!(
-                matches!(c.state(GROUP), GroupState::Empty | GroupState::Dead),
-                "seed {seed}"
-            );
-        }
+            assert!(outstanding.is_empty(), "never completed: {outstanding:?}");
+            assert!(c.member_ids(GROUP).is_empty());
+            assert!(matches!(
+                c.state(GROUP),
+                GroupState::Empty | GroupState::Dead
+            ));
+            let mut total = seen_total.borrow_mut();
+            for (t, n) in total.iter_mut().zip(seen) {
+                *t += n;
+            }
+            Ok(())
+        });
+        result.unwrap();
+        let seen = seen_total.into_inner();
         assert!(
             seen.iter().all(|&n| n >= 20),
             "too little exercised: {seen:?}"

@@ -585,17 +585,31 @@ impl RpcMessage for ForwardResponse {
 mod tests {
     use super::*;
 
-    /// A small deterministic generator, for property tests without a
-    /// dependency.
-    struct Rng(u64);
+    use proptest::prelude::*;
+
+    /// Random choices read from a sequence proptest generates: a failing
+    /// case shrinks (toward fewer and smaller draws: shorter, simpler
+    /// messages) and is kept in `proptest-regressions/`. Past the end of
+    /// the sequence every draw is 0.
+    struct Rng {
+        draws: Vec<u64>,
+        at: usize,
+    }
+
+    /// The choices of one case.
+    fn draws() -> impl Strategy<Value = Vec<u64>> {
+        proptest::collection::vec(any::<u64>(), 0..400)
+    }
 
     impl Rng {
+        fn new(draws: Vec<u64>) -> Rng {
+            Rng { draws, at: 0 }
+        }
+
         fn next(&mut self) -> u64 {
-            // xorshift64*
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+            let v = self.draws.get(self.at).copied().unwrap_or(0);
+            self.at += 1;
+            v
         }
 
         fn below(&mut self, n: u64) -> u64 {
@@ -742,10 +756,12 @@ mod tests {
         );
     }
 
-    #[test]
-    fn every_message_round_trips_and_refuses_every_truncation() {
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-        for _ in 0..200 {
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn every_message_round_trips_and_refuses_every_truncation(d in draws()) {
+            let mut rng = Rng::new(d);
             check(&handoff(&mut rng));
             check(&handoff_response(&mut rng));
             check(&replica_read(&mut rng));
@@ -753,12 +769,65 @@ mod tests {
             check(&forward(&mut rng));
             check(&forward_response(&mut rng));
         }
+
+        #[test]
+        fn request_frames_decode_as_calls_with_every_truncation_refused(
+            d in draws(),
+            i in 0i32..3,
+        ) {
+            request_frame_case(Rng::new(d), i);
+        }
+
+        /// Mutating single bytes of valid messages (mostly lengths and
+        /// counts) is refused or decodes, never panics.
+        #[test]
+        fn mutated_messages_never_panic(d in draws(), edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..20)) {
+            let mut rng = Rng::new(d);
+            let m = handoff(&mut rng);
+            let enc = encode_to_bytes(&m).expect("encode");
+            if !enc.is_empty() {
+                for (at, byte) in edits {
+                    let mut v = enc.to_vec();
+                    let at = at % v.len();
+                    v[at] = byte;
+                    let _ = decode_exact::<HandoffCommit>(Bytes::from(v));
+                }
+            }
+        }
     }
 
     #[test]
-    fn request_frames_decode_as_calls_with_every_truncation_refused() {
-        let mut rng = Rng(42);
-        for i in 0..100 {
+    fn random_bytes_never_panic() {
+        // Bytes and a choice of header, from proptest.
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+            cases: 5000,
+            ..ProptestConfig::default()
+        });
+        runner
+            .run(
+                &(proptest::collection::vec(any::<u8>(), 0..200), 0u32..8),
+                |(mut v, i)| {
+                    // Half the time a valid header, so the payload decoders run.
+                    if i < 4 && v.len() >= 8 {
+                        let key = RPC_API_KEY_MIN + i as i16;
+                        v[..2].copy_from_slice(&key.to_be_bytes());
+                        v[2..4].copy_from_slice(&0i16.to_be_bytes());
+                    }
+                    let b = Bytes::from(v);
+                    let _ = decode_call(&b);
+                    let _ = decode_exact::<HandoffCommit>(b.clone());
+                    let _ = decode_exact::<HandoffCommitResponse>(b.clone());
+                    let _ = decode_exact::<ReplicaReadResponse>(b.clone());
+                    let _ = decode_exact::<ForwardResponse>(b.clone());
+                    let _ = decode_exact::<ReplicaRead>(b);
+                    Ok(())
+                },
+            )
+            .unwrap();
+    }
+
+    fn request_frame_case(mut rng: Rng, i: i32) {
+        {
             let body = match i % 3 {
                 0 => RpcBody::HandoffCommit(handoff(&mut rng)),
                 1 => RpcBody::ReplicaRead(replica_read(&mut rng)),
@@ -780,48 +849,6 @@ mod tests {
             assert_eq!(call.body, body);
             for cut in 0..frame.len() {
                 assert!(decode_call(&frame.slice(..cut)).is_err(), "cut at {cut}");
-            }
-        }
-    }
-
-    #[test]
-    fn random_bytes_never_panic() {
-        let mut rng = Rng(7);
-        for i in 0..20_000u32 {
-            let len = rng.below(200) as usize;
-            let mut v: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
-            // Half the time a valid header, so the payload decoders run.
-            if i % 2 == 0 && v.len() >= 8 {
-                let key = RPC_API_KEY_MIN + (i % 4) as i16;
-                v[..2].copy_from_slice(&key.to_be_bytes());
-                v[2..4].copy_from_slice(&0i16.to_be_bytes());
-            }
-            let b = Bytes::from(v);
-            let _ = decode_call(&b);
-            let _ = decode_exact::<HandoffCommit>(b.clone());
-            let _ = decode_exact::<HandoffCommitResponse>(b.clone());
-            let _ = decode_exact::<ReplicaReadResponse>(b.clone());
-            let _ = decode_exact::<ForwardResponse>(b.clone());
-            let _ = decode_exact::<ReplicaRead>(b);
-        }
-    }
-
-    /// Mutating single bytes of valid messages (mostly lengths and counts)
-    /// is refused or decodes, never panics.
-    #[test]
-    fn mutated_messages_never_panic() {
-        let mut rng = Rng(99);
-        for _ in 0..300 {
-            let m = handoff(&mut rng);
-            let enc = encode_to_bytes(&m).expect("encode");
-            for _ in 0..20 {
-                let mut v = enc.to_vec();
-                if v.is_empty() {
-                    break;
-                }
-                let at = rng.below(v.len() as u64) as usize;
-                v[at] = rng.next() as u8;
-                let _ = decode_exact::<HandoffCommit>(Bytes::from(v));
             }
         }
     }
