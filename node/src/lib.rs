@@ -39,8 +39,8 @@
 //!   table; [`cluster::rpc`], the node-to-node RPCs (handoff commit, replica
 //!   read, forward).
 //! - [`config`]: `server.properties` and AutoMQ's keys.
-//! - [`arena`] (each shard's off-heap read arena) and [`clock`], below
-//!   everything.
+//! - [`arena`] (each shard's off-heap read arena), [`clock`] and [`prom`]
+//!   (the one Prometheus text writer), below everything.
 //!
 //! A produce request goes: [`broker::conn::serve`] cuts and decodes the
 //! frame, [`broker::api::handle`] splits it by partition,
@@ -59,5 +59,6 @@ pub mod config;
 pub mod group;
 pub mod metrics;
 pub mod node;
+pub mod prom;
 pub mod shard;
 pub mod storage;

@@ -314,16 +314,17 @@ fn start_node(config: &Config, cluster: ferry_node::node::ClusterJoin) -> anyhow
         let bound = ferry_node::broker::http::serve_metrics(
             addr,
             Arc::new(move || {
+                use ferry_node::prom::{Exposition, Kind};
                 let mut extra = log2.render_metrics();
                 ctx.traffic.render(&ctx.zone, &mut extra);
-                extra.push_str(&format!(
-                    "# TYPE ferry_object_deletion_blocked_passes gauge\nferry_object_deletion_blocked_passes {}\n",
-                    ctx.refs_blocked.load(std::sync::atomic::Ordering::Relaxed)
-                ));
-                extra.push_str(&format!(
-                    "# TYPE ferry_partitions_blocked gauge\nferry_partitions_blocked {}\n",
-                    ctx.blocked_count()
-                ));
+                let mut e = Exposition::new();
+                e.single(
+                    "ferry_object_deletion_blocked_passes",
+                    Kind::Gauge,
+                    ctx.refs_blocked.load(std::sync::atomic::Ordering::Relaxed),
+                );
+                e.single("ferry_partitions_blocked", Kind::Gauge, ctx.blocked_count());
+                extra.push_str(&e.finish());
                 ctx.metrics.render(&extra)
             }),
         )?;

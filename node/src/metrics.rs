@@ -8,11 +8,11 @@
 use ferry_protocol::messages::APIS;
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use crate::arena::ArenaStats;
+use crate::prom::{Exposition, Kind};
 
 /// The highest API key counted one by one.
 const API_KEYS: usize = 96;
@@ -141,100 +141,82 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition. `extra` is appended as is (the WAL's
-    /// counters).
+    /// The Prometheus text exposition. `extra` (the WAL's counters, the
+    /// zone traffic, written with [`Exposition`] too) is appended as is.
     pub fn render(&self, extra: &str) -> String {
-        let mut o = String::new();
-        let _ = writeln!(
-            o,
-            "# TYPE ferry_bytes_in_total counter\nferry_bytes_in_total {}",
-            self.bytes_in.load(Relaxed)
+        let mut e = Exposition::new();
+        e.single(
+            "ferry_bytes_in_total",
+            Kind::Counter,
+            self.bytes_in.load(Relaxed),
         );
-        let _ = writeln!(
-            o,
-            "# TYPE ferry_bytes_out_total counter\nferry_bytes_out_total {}",
-            self.bytes_out.load(Relaxed)
+        e.single(
+            "ferry_bytes_out_total",
+            Kind::Counter,
+            self.bytes_out.load(Relaxed),
         );
-        let _ = writeln!(o, "# TYPE ferry_connections gauge");
-        for (shard, c) in self.connections.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "ferry_connections{{shard=\"{shard}\"}} {}",
-                c.load(Relaxed)
-            );
-        }
-        let _ = writeln!(o, "# TYPE ferry_requests_total counter");
+        per_shard(&mut e, "ferry_connections", Kind::Gauge, &self.connections);
+        e.family("ferry_requests_total", Kind::Counter);
         for a in APIS {
             let n = usize::try_from(a.key)
                 .ok()
                 .and_then(|k| self.requests.get(k))
                 .map_or(0, |c| c.load(Relaxed));
             if n > 0 {
-                let _ = writeln!(o, "ferry_requests_total{{api=\"{}\"}} {n}", a.name);
+                e.sample("ferry_requests_total", &[("api", a.name)], n);
             }
         }
-        let _ = writeln!(o, "# TYPE ferry_errors_total counter");
+        e.family("ferry_errors_total", Kind::Counter);
         for (code, c) in self.errors.iter().enumerate() {
             let n = c.load(Relaxed);
             if n > 0 {
                 let name = ferry_protocol::error_code::ErrorCode(code as i16).name();
-                let _ = writeln!(
-                    o,
-                    "ferry_errors_total{{code=\"{code}\",name=\"{name}\"}} {n}"
+                e.sample(
+                    "ferry_errors_total",
+                    &[("code", &code.to_string()), ("name", name)],
+                    n,
                 );
             }
         }
-        let _ = writeln!(o, "# TYPE ferry_cache_bytes gauge");
-        for (s, c) in self.cache_bytes.iter().enumerate() {
-            let _ = writeln!(o, "ferry_cache_bytes{{shard=\"{s}\"}} {}", c.load(Relaxed));
-        }
-        let _ = writeln!(o, "# TYPE ferry_cache_pinned_bytes gauge");
-        for (s, c) in self.cache_pinned_bytes.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "ferry_cache_pinned_bytes{{shard=\"{s}\"}} {}",
-                c.load(Relaxed)
-            );
-        }
-        self.render_arena(&mut o);
+        per_shard(&mut e, "ferry_cache_bytes", Kind::Gauge, &self.cache_bytes);
+        per_shard(
+            &mut e,
+            "ferry_cache_pinned_bytes",
+            Kind::Gauge,
+            &self.cache_pinned_bytes,
+        );
+        self.render_arena(&mut e);
         let (h, m) = (
             self.cache_hits.load(Relaxed),
             self.cache_misses.load(Relaxed),
         );
-        let _ = writeln!(
-            o,
-            "# TYPE ferry_cache_hits_total counter\nferry_cache_hits_total {h}"
-        );
-        let _ = writeln!(
-            o,
-            "# TYPE ferry_cache_misses_total counter\nferry_cache_misses_total {m}"
-        );
+        e.single("ferry_cache_hits_total", Kind::Counter, h);
+        e.single("ferry_cache_misses_total", Kind::Counter, m);
         let ratio = if h + m == 0 {
             1.0
         } else {
             h as f64 / (h + m) as f64
         };
-        let _ = writeln!(
-            o,
-            "# TYPE ferry_cache_hit_ratio gauge\nferry_cache_hit_ratio {ratio:.4}"
+        e.single(
+            "ferry_cache_hit_ratio",
+            Kind::Gauge,
+            format_args!("{ratio:.4}"),
         );
-        let _ = writeln!(o, "# TYPE ferry_shard_queue_depth gauge");
-        for (s, c) in self.queue_depth.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "ferry_shard_queue_depth{{shard=\"{s}\"}} {}",
-                c.load(Relaxed)
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# TYPE ferry_unknown_zone_clients_total counter\nferry_unknown_zone_clients_total {}",
-            self.unknown_zone_clients.load(Relaxed)
+        per_shard(
+            &mut e,
+            "ferry_shard_queue_depth",
+            Kind::Gauge,
+            &self.queue_depth,
         );
-        let _ = writeln!(
-            o,
-            "# TYPE ferry_misrouted_clients_total counter\nferry_misrouted_clients_total {}",
-            self.misrouted_clients.load(Relaxed)
+        e.single(
+            "ferry_unknown_zone_clients_total",
+            Kind::Counter,
+            self.unknown_zone_clients.load(Relaxed),
+        );
+        e.single(
+            "ferry_misrouted_clients_total",
+            Kind::Counter,
+            self.misrouted_clients.load(Relaxed),
         );
         for (name, per_shard) in [("produce", &self.produce_us), ("fetch", &self.fetch_us)] {
             let mut h = match per_shard.first() {
@@ -244,13 +226,19 @@ impl Metrics {
             for other in per_shard.iter().skip(1) {
                 let _ = h.add(&*other.lock());
             }
-            let _ = writeln!(o, "# TYPE ferry_{name}_latency_seconds summary");
+            let family = format!("ferry_{name}_latency_seconds");
+            e.family(&family, Kind::Summary);
             for q in [0.5, 0.9, 0.99, 0.999] {
                 let v = h.value_at_quantile(q) as f64 / 1e6;
-                let _ = writeln!(o, "ferry_{name}_latency_seconds{{quantile=\"{q}\"}} {v:.6}");
+                e.sample(
+                    &family,
+                    &[("quantile", &q.to_string())],
+                    format_args!("{v:.6}"),
+                );
             }
-            let _ = writeln!(o, "ferry_{name}_latency_seconds_count {}", h.len());
+            e.sample(&format!("{family}_count"), &[], h.len());
         }
+        let mut o = e.finish();
         o.push_str(extra);
         o
     }
@@ -258,34 +246,42 @@ impl Metrics {
     /// Each shard's read arena: bytes mapped (in use and free), bytes
     /// pinned (held by a read buffer or a view), chunks, and mappings made
     /// and unmapped.
-    fn render_arena(&self, o: &mut String) {
+    fn render_arena(&self, e: &mut Exposition) {
         type Get = fn(&ArenaStats) -> u64;
-        let gauges: [(&str, &str, Get); 6] = [
-            ("ferry_arena_bytes", "gauge", |a| {
+        let gauges: [(&str, Kind, Get); 6] = [
+            ("ferry_arena_bytes", Kind::Gauge, |a| {
                 a.mapped_bytes.load(Relaxed)
             }),
-            ("ferry_arena_pinned_bytes", "gauge", |a| {
+            ("ferry_arena_pinned_bytes", Kind::Gauge, |a| {
                 a.in_use_bytes.load(Relaxed)
             }),
-            ("ferry_arena_chunks", "gauge", |a| {
+            ("ferry_arena_chunks", Kind::Gauge, |a| {
                 a.chunks_mapped.load(Relaxed)
             }),
-            ("ferry_arena_chunks_in_use", "gauge", |a| {
+            ("ferry_arena_chunks_in_use", Kind::Gauge, |a| {
                 a.chunks_in_use.load(Relaxed)
             }),
-            ("ferry_arena_maps_total", "counter", |a| {
+            ("ferry_arena_maps_total", Kind::Counter, |a| {
                 a.maps_total.load(Relaxed)
             }),
-            ("ferry_arena_unmaps_total", "counter", |a| {
+            ("ferry_arena_unmaps_total", Kind::Counter, |a| {
                 a.unmaps_total.load(Relaxed)
             }),
         ];
         for (name, kind, get) in gauges {
-            let _ = writeln!(o, "# TYPE {name} {kind}");
+            e.family(name, kind);
             for (s, a) in self.arena.iter().enumerate() {
-                let _ = writeln!(o, "{name}{{shard=\"{s}\"}} {}", get(a));
+                e.sample(name, &[("shard", &s.to_string())], get(a));
             }
         }
+    }
+}
+
+/// One sample per shard, labelled with the shard's index.
+fn per_shard(e: &mut Exposition, name: &str, kind: Kind, values: &[AtomicI64]) {
+    e.family(name, kind);
+    for (s, v) in values.iter().enumerate() {
+        e.sample(name, &[("shard", &s.to_string())], v.load(Relaxed));
     }
 }
 

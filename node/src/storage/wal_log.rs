@@ -2,6 +2,7 @@
 //! metadata objects (`meta/<name>`) beside them, and recovery at start-up.
 
 use crate::cluster::topics::TopicTable;
+use crate::prom::{Exposition, Kind};
 use crate::storage::durable::{AppendAck, AppendEntry, DurableError, DurableLog, ReadManyAck};
 use crate::storage::durable::{LogBatch, Recovered};
 use bytes::Bytes;
@@ -10,7 +11,6 @@ use ferry_wal::{
 };
 use futures_channel::oneshot;
 use object_store::{path::Path, ObjectStore, ObjectStoreExt, PutPayload};
-use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -808,106 +808,107 @@ impl DurableLog for WalLog {
         // The handoff writer's own counters (its PUTs are not in
         // `ferry_s3_puts_total`, which stays the WAL writer's).
         let h = self.handoff.stats();
-        let mut o = String::new();
-        let node = self.node_id;
+        let mut e = Exposition::new();
+        let node = self.node_id.to_string();
         for (name, kind, v) in [
             (
                 "ferry_wal_objects_total",
-                "counter",
+                Kind::Counter,
                 s.objects_uploaded.load(Relaxed),
             ),
             (
                 "ferry_wal_bytes_total",
-                "counter",
+                Kind::Counter,
                 s.bytes_uploaded.load(Relaxed),
             ),
             (
                 "ferry_s3_puts_total",
-                "counter",
+                Kind::Counter,
                 s.put_requests.load(Relaxed),
             ),
             (
                 "ferry_s3_put_errors_total",
-                "counter",
+                Kind::Counter,
                 s.put_errors.load(Relaxed),
             ),
             (
                 "ferry_s3_gets_total",
-                "counter",
+                Kind::Counter,
                 s.get_requests.load(Relaxed),
             ),
             (
                 "ferry_s3_get_errors_total",
-                "counter",
+                Kind::Counter,
                 s.get_errors.load(Relaxed),
             ),
             (
                 "ferry_wal_inflight_bytes",
-                "gauge",
+                Kind::Gauge,
                 s.inflight_bytes.load(Relaxed),
             ),
             (
                 "ferry_wal_objects_deleted_total",
-                "counter",
+                Kind::Counter,
                 self.objects_deleted.load(Relaxed),
             ),
             (
                 "ferry_handoff_objects_total",
-                "counter",
+                Kind::Counter,
                 h.objects_uploaded.load(Relaxed),
             ),
             (
                 "ferry_handoff_bytes_total",
-                "counter",
+                Kind::Counter,
                 h.bytes_uploaded.load(Relaxed),
             ),
             (
                 "ferry_handoff_puts_total",
-                "counter",
+                Kind::Counter,
                 h.put_requests.load(Relaxed),
             ),
             (
                 "ferry_handoff_put_errors_total",
-                "counter",
+                Kind::Counter,
                 h.put_errors.load(Relaxed),
             ),
             (
                 "ferry_handoff_objects_deleted_total",
-                "counter",
+                Kind::Counter,
                 self.handoff_deleted.load(Relaxed),
             ),
             (
                 "ferry_compacted_objects_total",
-                "counter",
+                Kind::Counter,
                 s.compacted_objects.load(Relaxed),
             ),
             (
                 "ferry_compacted_bytes_total",
-                "counter",
+                Kind::Counter,
                 s.compacted_bytes.load(Relaxed),
             ),
             (
                 "ferry_compacted_objects_deleted_total",
-                "counter",
+                Kind::Counter,
                 self.compacted_deleted.load(Relaxed),
             ),
         ] {
-            let _ = writeln!(o, "# TYPE {name} {kind}\n{name}{{node=\"{node}\"}} {v}");
+            e.family(name, kind).sample(name, &[("node", &node)], v);
         }
         let mut lat = s.recent_upload_latencies_us();
         if !lat.is_empty() {
             lat.sort_unstable();
-            let _ = writeln!(o, "# TYPE ferry_wal_upload_latency_seconds summary");
+            let name = "ferry_wal_upload_latency_seconds";
+            e.family(name, Kind::Summary);
             for q in [0.5, 0.99] {
                 let i = ((lat.len() as f64 * q) as usize).min(lat.len() - 1);
-                let _ = writeln!(
-                    o,
-                    "ferry_wal_upload_latency_seconds{{quantile=\"{q}\"}} {:.6}",
-                    lat[i] as f64 / 1e6
+                e.sample(
+                    name,
+                    &[("quantile", &q.to_string())],
+                    format_args!("{:.6}", lat[i] as f64 / 1e6),
                 );
             }
         }
-        o
+        e.finish()
     }
 }
 

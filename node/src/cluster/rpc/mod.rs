@@ -51,7 +51,6 @@ use glommio::net::TcpStream;
 use parking_lot::Mutex;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -1076,7 +1075,7 @@ mod tests {
         assert!(o.starts_with("# TYPE ferry_zone_bytes_total counter\n"));
         assert!(o.contains("ferry_zone_bytes_total{local_zone=\"us-east-1a\",peer_zone=\"us-east-1b\",kind=\"handoff\",direction=\"out\"} 101\n"), "{o}");
         assert!(o.contains("ferry_zone_bytes_total{local_zone=\"us-east-1a\",peer_zone=\"us-east-1c\",kind=\"replica\",direction=\"in\"} 500\n"));
-        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        // Label values go through crate::prom, which escapes them.
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 #[allow(unused_imports)]
 use super::*;
+use crate::prom::{Exposition, Kind};
 
 /// What an RPC is for, as counted in `ferry_zone_bytes_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -116,42 +117,34 @@ impl RpcTraffic {
     /// Appends `ferry_zone_bytes_total{local_zone,peer_zone,kind,direction}`
     /// in Prometheus text format to `o`.
     pub fn render(&self, local_zone: &str, o: &mut String) {
-        let _ = writeln!(o, "# TYPE ferry_zone_bytes_total counter");
-        let local = label(local_zone);
+        let mut e = Exposition::new();
+        let name = "ferry_zone_bytes_total";
+        e.family(name, Kind::Counter);
         let mut cross = 0u64;
         for (zone, kind, bytes_out, bytes_in) in self.snapshot() {
-            let peer = label(&zone);
             // Clients of unknown zone are not counted as crossing: nothing
             // says where they are.
             if zone != local_zone && zone != "unknown" {
                 cross += bytes_out + bytes_in;
             }
             for (direction, n) in [("out", bytes_out), ("in", bytes_in)] {
-                let _ = writeln!(
-                    o,
-                    "ferry_zone_bytes_total{{local_zone=\"{local}\",peer_zone=\"{peer}\",kind=\"{kind}\",direction=\"{direction}\"}} {n}"
+                e.sample(
+                    name,
+                    &[
+                        ("local_zone", local_zone),
+                        ("peer_zone", &zone),
+                        ("kind", kind),
+                        ("direction", direction),
+                    ],
+                    n,
                 );
             }
         }
         // Every node-to-node byte this node sent to or received from
         // another zone, as its calls counted them.
-        let _ = writeln!(
-            o,
-            "# TYPE ferry_cross_zone_bytes_total counter\nferry_cross_zone_bytes_total{{local_zone=\"{local}\"}} {cross}"
-        );
+        let name = "ferry_cross_zone_bytes_total";
+        e.family(name, Kind::Counter)
+            .sample(name, &[("local_zone", local_zone)], cross);
+        o.push_str(&e.finish());
     }
-}
-
-/// A Prometheus label value, escaped.
-pub(super) fn label(v: &str) -> String {
-    let mut s = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => s.push_str("\\\\"),
-            '"' => s.push_str("\\\""),
-            '\n' => s.push_str("\\n"),
-            c => s.push(c),
-        }
-    }
-    s
 }
