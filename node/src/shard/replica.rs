@@ -326,3 +326,90 @@ impl Shard {
         resp
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::rpc::{ReplicaEntry, ReplicaReadResponse};
+
+    fn key(offset: i64) -> ReplicaKey {
+        (Arc::from("t"), 0, offset)
+    }
+
+    fn data(n: u8) -> [Bytes; 2] {
+        [Bytes::from(vec![n; 4]), Bytes::new()]
+    }
+
+    #[test]
+    fn the_replica_cache_is_bounded_and_drops_the_oldest_first() {
+        let mut c = ReplicaCache::new(100);
+        c.insert(key(0), data(0), 40);
+        c.insert(key(10), data(1), 40);
+        assert_eq!(c.bytes, 80);
+        // The same key again is not counted twice.
+        c.insert(key(10), data(1), 40);
+        assert_eq!(c.bytes, 80);
+        // Past the bound: the oldest goes, the newest two stay.
+        c.insert(key(20), data(2), 40);
+        assert!(c.get(&key(0)).is_none());
+        assert_eq!(c.get(&key(10)), Some(&data(1)));
+        assert_eq!(c.get(&key(20)), Some(&data(2)));
+        assert_eq!(c.bytes, 80);
+        // One entry larger than the bound does not stay either.
+        c.insert(key(30), data(3), 500);
+        assert!(c.get(&key(30)).is_none());
+        assert_eq!(c.bytes, 0);
+    }
+
+    fn entry(base: i64, last: i64, len: u32) -> ReplicaEntry {
+        ReplicaEntry {
+            base_offset: base,
+            last_offset: last,
+            max_timestamp: 0,
+            key: Arc::from("wal/1/00000000000000000001.wal"),
+            position: base as u64 * 100,
+            len,
+            crc: 0,
+        }
+    }
+
+    fn response(hw: i64, start: i64, entries: Vec<ReplicaEntry>) -> ReplicaReadResponse {
+        ReplicaReadResponse {
+            error_code: 0,
+            high_watermark: hw,
+            log_start: start,
+            leader_epoch: 0,
+            entries,
+        }
+    }
+
+    #[test]
+    fn the_replica_index_serves_contiguous_runs_it_knows_and_nothing_else() {
+        let mut idx = ReplicaIndex::default();
+        idx.learn(&response(
+            30,
+            0,
+            vec![entry(0, 9, 100), entry(10, 19, 100), entry(20, 29, 100)],
+        ));
+        // From inside a batch: that batch and the next ones, within the bytes.
+        let (hw, start, run) = idx.serve(5, 250).unwrap();
+        assert_eq!((hw, start), (30, 0));
+        assert_eq!(
+            run.iter().map(|e| e.base_offset).collect::<Vec<_>>(),
+            vec![0, 10]
+        );
+        // At least one batch, whatever the bytes.
+        assert_eq!(idx.serve(20, 1).unwrap().2.len(), 1);
+        // At the high watermark, or below the log start: ask the leader.
+        assert!(idx.serve(30, 1000).is_none());
+        // A gap ends the run.
+        idx.learn(&response(60, 0, vec![entry(40, 49, 100)]));
+        let run = idx.serve(20, 1000).unwrap().2;
+        assert_eq!(run.last().map(|e| e.last_offset), Some(29));
+        assert!(idx.serve(35, 1000).is_none());
+        // Retention moved the log start: older entries go.
+        idx.learn(&response(60, 20, vec![]));
+        assert!(idx.serve(5, 1000).is_none());
+        assert!(!idx.entries.contains_key(&0) && idx.entries.contains_key(&20));
+    }
+}
