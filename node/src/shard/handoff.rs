@@ -266,7 +266,11 @@ impl Shard {
         self: &Rc<Self>,
         part: crate::cluster::rpc::HandoffPartition,
     ) -> ProduceResult {
-        let log = match self.log_checked(&part.topic, part.partition) {
+        let deadline = Instant::now() + LOAD_WAIT_MAX;
+        let log = match self
+            .log_when_loaded(&part.topic, part.partition, deadline)
+            .await
+        {
             Ok(l) => l,
             Err(code) => return ProduceResult::err(code, "partition not available here"),
         };
