@@ -266,11 +266,7 @@ impl Shard {
         self: &Rc<Self>,
         part: crate::cluster::rpc::HandoffPartition,
     ) -> ProduceResult {
-        let deadline = Instant::now() + LOAD_WAIT_MAX;
-        let log = match self
-            .log_when_loaded(&part.topic, part.partition, deadline)
-            .await
-        {
+        let log = match self.log_checked(&part.topic, part.partition) {
             Ok(l) => l,
             Err(code) => return ProduceResult::err(code, "partition not available here"),
         };

@@ -180,11 +180,6 @@ struct Loading {
     taken: bool,
 }
 
-/// How often a write waiting for its partition's load looks again.
-const LOAD_WAIT_RECHECK: Duration = Duration::from_millis(500);
-/// The longest a write waits for its partition's load.
-const LOAD_WAIT_MAX: Duration = Duration::from_secs(10);
-
 pub struct Shard {
     pub id: usize,
     hooks: BrokerHooks,
@@ -470,50 +465,6 @@ impl Shard {
     /// The partition's log, or `None` (see [`Shard::log_checked`]).
     fn log(&self, topic: &Arc<str>, partition: i32) -> Option<Rc<RefCell<PartitionLog>>> {
         self.log_checked(topic, partition).ok()
-    }
-
-    /// [`Shard::log_checked`] for a write, waiting (until `deadline`) while
-    /// the partition is being loaded instead of answering
-    /// LEADER_NOT_AVAILABLE at once. The writes that wait resume in the
-    /// order they came when the load puts the log in place, so that an
-    /// idempotent producer's pipelined batches reach the log in their
-    /// sequence order: refusing the first and taking the next would leave
-    /// the producer's sequences out of order.
-    pub(super) async fn log_when_loaded(
-        &self,
-        topic: &Arc<str>,
-        partition: i32,
-        deadline: Instant,
-    ) -> Result<Rc<RefCell<PartitionLog>>, ErrorCode> {
-        loop {
-            match self.log_checked(topic, partition) {
-                Err(ErrorCode::LEADER_NOT_AVAILABLE) => {}
-                other => return other,
-            }
-            // Led elsewhere now: the client goes there.
-            if !matches!(self.route(topic, partition), Route::Local) {
-                return Err(ErrorCode::NOT_LEADER_OR_FOLLOWER);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(ErrorCode::LEADER_NOT_AVAILABLE);
-            }
-            let (tx, rx) = oneshot::channel();
-            {
-                let mut w = self.waiters.borrow_mut();
-                let list = w.entry((topic.clone(), partition)).or_default();
-                list.retain(|s| !s.is_canceled());
-                list.push(tx);
-            }
-            // Woken when the load puts the log in place; a load that failed
-            // wakes nobody, so look again now and then (which starts it
-            // again).
-            let _ = glommio::timer::timeout(left.min(LOAD_WAIT_RECHECK), async {
-                let _ = rx.await;
-                Ok(())
-            })
-            .await;
-        }
     }
 
     /// The log of a partition this shard owns. While every view since the

@@ -85,11 +85,7 @@ impl Shard {
         acks: i16,
         timeout_ms: i32,
     ) -> ProduceResult {
-        let wait = Duration::from_millis(timeout_ms.max(0) as u64).min(LOAD_WAIT_MAX);
-        let log = match self
-            .log_when_loaded(&topic, partition, Instant::now() + wait)
-            .await
-        {
+        let log = match self.log_checked(&topic, partition) {
             Ok(l) => l,
             Err(code) => return ProduceResult::err(code, "partition not available here"),
         };
