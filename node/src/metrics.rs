@@ -5,6 +5,7 @@
 //! and API kind, each behind its own lock that only its shard and a scrape
 //! ever take, merged only when `/metrics` is read.
 
+use crossbeam::utils::CachePadded;
 use ferry_protocol::messages::APIS;
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
@@ -23,23 +24,25 @@ const ERROR_CODES: usize = 160;
 pub struct Metrics {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
-    /// Open connections, per shard.
-    pub connections: Vec<AtomicI64>,
+    /// Open connections, per shard. Per-shard counters sit on cache lines
+    /// of their own: each shard writes only its own.
+    pub connections: Vec<CachePadded<AtomicI64>>,
     requests: Vec<AtomicU64>,
     errors: Vec<AtomicU64>,
-    cache_bytes: Vec<AtomicI64>,
+    cache_bytes: Vec<CachePadded<AtomicI64>>,
     /// Arena bytes the log cache is charged, per shard (see crate::arena).
-    cache_pinned_bytes: Vec<AtomicI64>,
+    cache_pinned_bytes: Vec<CachePadded<AtomicI64>>,
     /// Each shard's read arena.
     arena: Vec<Arc<ArenaStats>>,
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
-    pub queue_depth: Vec<AtomicI64>,
+    pub queue_depth: Vec<CachePadded<AtomicI64>>,
     pub unknown_zone_clients: AtomicU64,
     /// Connections from clients of another zone.
     pub misrouted_clients: AtomicU64,
-    produce_us: Vec<Mutex<Histogram<u64>>>,
-    fetch_us: Vec<Mutex<Histogram<u64>>>,
+    /// Latency per shard: each lock is taken by its shard, and by a scrape.
+    produce_us: Vec<CachePadded<Mutex<Histogram<u64>>>>,
+    fetch_us: Vec<CachePadded<Mutex<Histogram<u64>>>>,
 }
 
 impl Metrics {
@@ -51,19 +54,23 @@ impl Metrics {
         Metrics {
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
-            connections: (0..shards.max(1)).map(|_| AtomicI64::new(0)).collect(),
+            connections: (0..shards.max(1)).map(|_| padded()).collect(),
             requests: (0..API_KEYS).map(|_| AtomicU64::new(0)).collect(),
             errors: (0..ERROR_CODES).map(|_| AtomicU64::new(0)).collect(),
-            cache_bytes: (0..shards).map(|_| AtomicI64::new(0)).collect(),
-            cache_pinned_bytes: (0..shards).map(|_| AtomicI64::new(0)).collect(),
+            cache_bytes: (0..shards).map(|_| padded()).collect(),
+            cache_pinned_bytes: (0..shards).map(|_| padded()).collect(),
             arena: (0..shards.max(1)).map(|_| Arc::default()).collect(),
             cache_hits: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
-            queue_depth: (0..shards).map(|_| AtomicI64::new(0)).collect(),
+            queue_depth: (0..shards).map(|_| padded()).collect(),
             unknown_zone_clients: AtomicU64::new(0),
             misrouted_clients: AtomicU64::new(0),
-            produce_us: (0..shards.max(1)).map(|_| Mutex::new(hist())).collect(),
-            fetch_us: (0..shards.max(1)).map(|_| Mutex::new(hist())).collect(),
+            produce_us: (0..shards.max(1))
+                .map(|_| CachePadded::new(Mutex::new(hist())))
+                .collect(),
+            fetch_us: (0..shards.max(1))
+                .map(|_| CachePadded::new(Mutex::new(hist())))
+                .collect(),
         }
     }
 
@@ -277,8 +284,13 @@ impl Metrics {
     }
 }
 
+/// A per-shard counter on a cache line of its own.
+fn padded() -> CachePadded<AtomicI64> {
+    CachePadded::new(AtomicI64::new(0))
+}
+
 /// One sample per shard, labelled with the shard's index.
-fn per_shard(e: &mut Exposition, name: &str, kind: Kind, values: &[AtomicI64]) {
+fn per_shard(e: &mut Exposition, name: &str, kind: Kind, values: &[CachePadded<AtomicI64>]) {
     e.family(name, kind);
     for (s, v) in values.iter().enumerate() {
         e.sample(name, &[("shard", &s.to_string())], v.load(Relaxed));
