@@ -224,10 +224,15 @@ impl Shard {
         let deadline = Instant::now() + timeout;
         let result = match glommio::timer::timeout(timeout, async { Ok(done_rx.await) }).await {
             // A node that lost its lease acknowledges nothing: a newer
-            // leader may have taken these offsets, and fences what it wrote.
+            // leader may have taken these offsets, and fences what it wrote,
+            // or may have read the write first. The outcome is unknown, so
+            // the answer says "possibly persisted" (librdkafka retries with
+            // the same sequence, which the new leader deduplicates), not
+            // "not persisted" (which lets it write the records again under
+            // a new producer epoch).
             Ok(Ok(Ok(()))) if self.ctx.cluster.fenced() => ProduceResult::err(
-                ErrorCode::NOT_LEADER_OR_FOLLOWER,
-                "this node lost its lease in the cluster",
+                ErrorCode::REQUEST_TIMED_OUT,
+                "this node lost its lease after the write; its outcome is unknown",
             ),
             Ok(Ok(Ok(()))) => ProduceResult {
                 error: ErrorCode::NONE,

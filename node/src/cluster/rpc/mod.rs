@@ -158,16 +158,21 @@ impl RpcError {
         )
     }
 
-    /// The Kafka error a proxy gives its client for this failure: a
-    /// timeout is REQUEST_TIMED_OUT, an unreachable or lost leader
-    /// NOT_LEADER_OR_FOLLOWER (the client refreshes its metadata), and
-    /// anything else UNKNOWN_SERVER_ERROR.
+    /// The Kafka error a proxy gives its client for this failure. It must
+    /// not claim "not written" when the leader may have written: librdkafka
+    /// takes NOT_LEADER_OR_FOLLOWER as "not persisted" and may then give
+    /// the same records a new producer epoch and sequence, which writes
+    /// them twice. So a call that was sent and got no answer (a timeout, a
+    /// connection lost under it) is REQUEST_TIMED_OUT, "possibly
+    /// persisted", retried with the same sequence; a leader that could not
+    /// be reached at all is NOT_LEADER_OR_FOLLOWER (the client refreshes
+    /// its metadata); anything else UNKNOWN_SERVER_ERROR.
     pub fn error_code(&self) -> ErrorCode {
         match self {
-            RpcError::Timeout { .. } => ErrorCode::REQUEST_TIMED_OUT,
-            RpcError::Connect { .. } | RpcError::ConnectionLost { .. } => {
-                ErrorCode::NOT_LEADER_OR_FOLLOWER
+            RpcError::Timeout { .. } | RpcError::ConnectionLost { .. } => {
+                ErrorCode::REQUEST_TIMED_OUT
             }
+            RpcError::Connect { .. } => ErrorCode::NOT_LEADER_OR_FOLLOWER,
             _ => ErrorCode::UNKNOWN_SERVER_ERROR,
         }
     }
@@ -1091,7 +1096,8 @@ mod tests {
             reason: "x".into(),
         };
         assert!(l.is_retriable());
-        assert!(l.error_code().is_retriable());
+        // Sent and unanswered: possibly written, never "not written".
+        assert_eq!(l.error_code(), ErrorCode::REQUEST_TIMED_OUT);
         assert!(!RpcError::Trailing { bytes: 1 }.is_retriable());
     }
 }
