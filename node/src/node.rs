@@ -333,14 +333,9 @@ impl NodeCtx {
         self.blocked.lock().remove(key);
     }
 
-    /// If the partition is blocked: the objects that block it, and how long
-    /// ago it was found blocked.
-    pub fn blocked_partition(
-        &self,
-        key: &(Arc<str>, i32),
-    ) -> Option<(Vec<String>, std::time::Duration)> {
-        let map = self.blocked.lock();
-        map.get(key).map(|(o, at)| (o.clone(), at.elapsed()))
+    /// If the partition is blocked: how long ago it was found so.
+    pub fn blocked_for(&self, key: &(Arc<str>, i32)) -> Option<std::time::Duration> {
+        self.blocked.lock().get(key).map(|(_, at)| at.elapsed())
     }
 
     /// How many partitions are blocked (`ferry_partitions_blocked`).

@@ -32,36 +32,9 @@ fn produce_one(conn: &mut TcpStream, i: usize) -> (i16, i64) {
     common::raw::produce(conn, "steady", 0, 1, format!("k{i}").as_bytes())
 }
 
-/// True if the server closes the connection (end of stream, or a reset)
-/// within 5 s. A read that times out means the connection is still open:
-/// false.
+/// True if the server closes the connection within 5 s.
 fn closed(conn: TcpStream) -> bool {
-    closed_within(conn, Duration::from_secs(5))
-}
-
-fn closed_within(mut conn: TcpStream, wait: Duration) -> bool {
-    let deadline = std::time::Instant::now() + wait;
-    let mut buf = [0u8; 1024];
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        conn.set_read_timeout(Some(left)).unwrap();
-        match conn.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return false
-            }
-            Err(_) => return true,
-        }
-    }
+    common::closed_within(conn, Duration::from_secs(5))
 }
 
 fn connect(addr: SocketAddr) -> TcpStream {
@@ -103,7 +76,7 @@ fn bad_frames_are_closed_while_a_producer_keeps_going() {
     };
     // The control: an idle connection is not taken for a closed one.
     assert!(
-        !closed_within(connect(addr), Duration::from_secs(1)),
+        !common::closed_within(connect(addr), Duration::from_secs(1)),
         "an idle connection must stay open"
     );
     // Garbage: a size prefix then random bytes that are no request.

@@ -5,6 +5,7 @@
 //! bounded.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
 use bytes::{Bytes, BytesMut};
 use ferry_node::cluster::rpc::*;
 use ferry_node::cluster::Member;
@@ -464,21 +465,8 @@ fn a_peer_that_moved_is_called_at_its_new_address() {
 }
 
 /// True if the server closes the connection within 5 s.
-fn closed(mut conn: std::net::TcpStream) -> bool {
-    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut buf = [0u8; 1024];
-    loop {
-        match conn.read(&mut buf) {
-            Ok(0) => return true,
-            Err(e) => {
-                return !matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                )
-            }
-            Ok(_) => continue,
-        }
-    }
+fn closed(conn: std::net::TcpStream) -> bool {
+    common::closed_within(conn, Duration::from_secs(5))
 }
 
 fn frame(key: i16, version: i16, payload: &[u8]) -> Vec<u8> {

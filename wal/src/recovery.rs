@@ -449,8 +449,8 @@ fn take_index(
 /// it: `n` wrote an entry or epoch marker of the partition in an object
 /// after `s`, and the first such starts at or below where the partition
 /// stood before `s` (the end of `n`'s entries of it in earlier objects, or
-/// `known_end`, what compacted objects hold, whichever is higher; 0 if
-/// neither). A writer acknowledges a partition's batches in order and
+/// the end of its compacted entries in `entries`, whichever is higher; 0
+/// if neither). A writer acknowledges a partition's batches in order and
 /// rewinds it only over writes that failed, so any acknowledged batch in
 /// `s` would make that first entry start above it. A partition `n` did not
 /// write after `s` cannot be cleared this way, and is blocked.
@@ -463,7 +463,6 @@ pub fn unread_blocks<'a>(
     entries: &[RecoveredEntry],
     skipped: &[SkippedObject],
     candidates: impl IntoIterator<Item = ([u8; 16], i32)>,
-    known_end: impl Fn(&[u8; 16], i32) -> Option<i64>,
     accepted: &'a (dyn Fn(&str) -> bool + 'a),
 ) -> BTreeMap<([u8; 16], i32), Vec<String>> {
     let unread: Vec<&SkippedObject> = skipped
@@ -474,15 +473,20 @@ pub fn unread_blocks<'a>(
     if unread.is_empty() {
         return out;
     }
-    // Each node's WAL entries per partition, in (sequence, index) order.
+    // Each node's WAL entries per partition, in (sequence, index) order,
+    // and where each partition's compacted entries end.
     type ByNode<'e> = BTreeMap<u32, Vec<&'e RecoveredEntry>>;
     let mut history: BTreeMap<([u8; 16], i32), ByNode> = BTreeMap::new();
-    for e in entries
-        .iter()
-        .filter(|e| e.seq != crate::compact::COMPACTED_SEQ)
-    {
+    let mut compacted_end: BTreeMap<([u8; 16], i32), i64> = BTreeMap::new();
+    for e in entries {
+        let key = (e.entry.topic_id, e.entry.partition);
+        if e.seq == crate::compact::COMPACTED_SEQ {
+            let end = compacted_end.entry(key).or_insert(i64::MIN);
+            *end = (*end).max(e.entry.last_offset.saturating_add(1));
+            continue;
+        }
         history
-            .entry((e.entry.topic_id, e.entry.partition))
+            .entry(key)
             .or_default()
             .entry(e.node_id)
             .or_default()
@@ -512,7 +516,7 @@ pub fn unread_blocks<'a>(
                     .iter()
                     .filter(|e| e.seq < s.seq)
                     .map(|e| e.entry.last_offset.saturating_add(1))
-                    .chain(known_end(&topic_id, partition))
+                    .chain(compacted_end.get(&(topic_id, partition)).copied())
                     .max()
                     .unwrap_or(0);
                 own.iter()

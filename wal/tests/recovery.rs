@@ -438,27 +438,31 @@ fn a_corrupt_object_blocks_the_partitions_it_may_hold_and_no_others() {
         .collect();
     let candidates = || ids.values().map(|p| ([1u8; 16], *p)).collect::<Vec<_>>();
     let none = |_: &str| false;
-    let blocked = recovery::unread_blocks(&entries, &rec.skipped, candidates(), |_, _| None, &none);
+    let blocked = recovery::unread_blocks(&entries, &rec.skipped, candidates(), &none);
     let blocked: Vec<i32> = blocked.keys().map(|(_, p)| *p).collect();
     // a: its last write is in the object. e: a gap after it. f: nothing
     // after it proves the object held none of it. b, c, d: proven.
     assert_eq!(blocked, vec![0, 4, 5]);
-    // What compacted objects hold counts as where a partition stood: f,
-    // with no WAL entries, stays blocked; a's compacted end past 20 would
-    // not clear it either, as nothing of a follows the object.
-    let blocked = recovery::unread_blocks(
-        &entries,
-        &rec.skipped,
-        candidates(),
-        |_, p| (p == 4).then_some(20),
-        &none,
-    );
+    // What compacted objects hold counts as where a partition stood: a
+    // compacted copy of e up to offset 19 clears it (its first entry after
+    // the object starts at 20); f, with no WAL entries, stays blocked, and
+    // so does a, as nothing of a follows the object.
+    let mut with_compacted = entries.clone();
+    let mut compacted_e = entries
+        .iter()
+        .find(|e| e.entry.partition == 4)
+        .unwrap()
+        .clone();
+    compacted_e.seq = ferry_wal::compact::COMPACTED_SEQ;
+    compacted_e.entry.base_offset = 10;
+    compacted_e.entry.last_offset = 19;
+    with_compacted.push(compacted_e);
+    let blocked = recovery::unread_blocks(&with_compacted, &rec.skipped, candidates(), &none);
     let blocked: Vec<i32> = blocked.keys().map(|(_, p)| *p).collect();
     assert_eq!(blocked, vec![0, 5]);
     // The operator accepted the object's loss: nothing is blocked.
     let corrupt_key = rec.skipped[0].key.clone();
     let accepted = move |k: &str| k == corrupt_key;
-    let blocked =
-        recovery::unread_blocks(&entries, &rec.skipped, candidates(), |_, _| None, &accepted);
+    let blocked = recovery::unread_blocks(&entries, &rec.skipped, candidates(), &accepted);
     assert!(blocked.is_empty(), "{blocked:?}");
 }

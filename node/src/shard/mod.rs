@@ -504,7 +504,7 @@ impl Shard {
         // served. A node alone found it so at start-up (the objects are
         // read again at the next start); a node of a cluster tries its
         // takeover again now and then.
-        if let Some((_, since)) = self.ctx.blocked_partition(&key) {
+        if let Some(since) = self.ctx.blocked_for(&key) {
             if solo || since < BLOCKED_LOAD_RETRY {
                 return Err(ErrorCode::KAFKA_STORAGE_ERROR);
             }

@@ -365,8 +365,6 @@ async fn recover(
     // once nothing else reads from them).
     let mut live: Vec<ferry_wal::RecoveredEntry> = Vec::new();
     let mut compacted_end: std::collections::HashMap<(Arc<str>, i32), i64> = Default::default();
-    let mut compacted_end_by_id: std::collections::HashMap<([u8; 16], i32), i64> =
-        Default::default();
     for (key, entries) in &compacted.partitions {
         let Some(first) = entries.first() else {
             continue;
@@ -377,10 +375,6 @@ async fn recover(
         }
         if let Some(last) = entries.last() {
             compacted_end.insert(key.clone(), last.entry.last_offset + 1);
-            compacted_end_by_id.insert(
-                (first.entry.topic_id, first.entry.partition),
-                last.entry.last_offset + 1,
-            );
         }
         live.extend(entries.iter().cloned());
     }
@@ -406,12 +400,11 @@ async fn recover(
         }
     }));
     let blocked = blocked_partitions(
-        &rec.entries,
+        &live,
         &skipped,
         topics
             .iter()
             .flat_map(|t| (0..t.partitions).map(move |p| (t.id.0, p))),
-        |id, p| compacted_end_by_id.get(&(*id, p)).copied(),
         options,
         |id| {
             topics
@@ -479,7 +472,6 @@ fn blocked_partitions(
     entries: &[ferry_wal::RecoveredEntry],
     skipped: &[ferry_wal::recovery::SkippedObject],
     candidates: impl IntoIterator<Item = ([u8; 16], i32)>,
-    known_end: impl Fn(&[u8; 16], i32) -> Option<i64>,
     options: &RecoveryOptions,
     name_of: impl Fn(&[u8; 16]) -> Option<Arc<str>>,
 ) -> crate::storage::durable::Blocked {
@@ -495,7 +487,7 @@ fn blocked_partitions(
                 "an object of acknowledged data cannot be read; the partitions it may hold are stopped (KAFKA_STORAGE_ERROR) until it is readable or ferry.recovery.accept.lost.objects names it");
         }
     }
-    let by_id = recovery::unread_blocks(entries, skipped, candidates, known_end, &accepted);
+    let by_id = recovery::unread_blocks(entries, skipped, candidates, &accepted);
     let mut out = crate::storage::durable::Blocked::new();
     for ((id, partition), objects) in by_id {
         let Some(topic) = name_of(&id) else { continue };
@@ -703,18 +695,6 @@ impl DurableLog for WalLog {
             let mut out = crate::storage::durable::LoadedPartitions::new();
             // Partitions whose history may be in an object that could not
             // be read are answered blocked, never rebuilt without it.
-            let mut compacted_end: std::collections::HashMap<([u8; 16], i32), i64> =
-                Default::default();
-            for e in scan
-                .entries
-                .iter()
-                .filter(|e| e.seq == compact::COMPACTED_SEQ)
-            {
-                let end = compacted_end
-                    .entry((e.entry.topic_id, e.entry.partition))
-                    .or_insert(i64::MIN);
-                *end = (*end).max(e.entry.last_offset + 1);
-            }
             let accepted = |key: &str| accept_lost.iter().any(|k| k == key);
             for s in scan.skipped.iter().filter(|s| !s.error.is_not_found()) {
                 if accepted(&s.key) {
@@ -729,7 +709,6 @@ impl DurableLog for WalLog {
                 &scan.entries,
                 &scan.skipped,
                 wanted.iter().copied(),
-                |id, p| compacted_end.get(&(*id, p)).copied(),
                 &accepted,
             );
             for (key, objects) in blocked {

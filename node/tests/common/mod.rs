@@ -80,6 +80,34 @@ impl Drop for DevNode {
     }
 }
 
+/// True if the server closes `conn` (end of stream, or a reset) within
+/// `wait`. A read that times out means the connection is still open: false.
+pub fn closed_within(mut conn: std::net::TcpStream, wait: Duration) -> bool {
+    use std::io::Read;
+    let deadline = Instant::now() + wait;
+    let mut buf = [0u8; 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        conn.set_read_timeout(Some(left)).unwrap();
+        match conn.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
 /// Runs a Python client script to completion (at most `secs`), asserting it
 /// succeeds.
 pub fn python(script: &str, args: &[&str], secs: u64) {

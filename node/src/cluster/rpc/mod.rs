@@ -1080,7 +1080,11 @@ mod tests {
         assert!(o.starts_with("# TYPE ferry_zone_bytes_total counter\n"));
         assert!(o.contains("ferry_zone_bytes_total{local_zone=\"us-east-1a\",peer_zone=\"us-east-1b\",kind=\"handoff\",direction=\"out\"} 101\n"), "{o}");
         assert!(o.contains("ferry_zone_bytes_total{local_zone=\"us-east-1a\",peer_zone=\"us-east-1c\",kind=\"replica\",direction=\"in\"} 500\n"));
-        // Label values go through crate::prom, which escapes them.
+        // Label values are escaped (through crate::prom).
+        t.zone("q\"z").add(RpcKind::Replica, 1, 1);
+        let mut o = String::new();
+        t.render("us-east-1a", &mut o);
+        assert!(o.contains("peer_zone=\"q\\\"z\""), "{o}");
     }
 
     #[test]
