@@ -233,19 +233,18 @@ impl PartitionLog {
             if st.1.contains(&(first, last)) {
                 continue;
             }
-            if let Some(&(_, prev_last)) = st.1.last() {
-                let expected = if prev_last == i32::MAX {
-                    0
-                } else {
-                    prev_last + 1
-                };
-                if first != expected {
-                    return Err(AppendError::OutOfOrder {
-                        producer_id: pid,
-                        expected,
-                        got: first,
-                    });
-                }
+            // As `append_meta` checks it: a producer or epoch new here
+            // starts at sequence 0.
+            let expected = match st.1.last() {
+                Some(&(_, i32::MAX)) | None => 0,
+                Some(&(_, prev_last)) => prev_last + 1,
+            };
+            if first != expected {
+                return Err(AppendError::OutOfOrder {
+                    producer_id: pid,
+                    expected,
+                    got: first,
+                });
             }
             st.1.push((first, last));
         }
@@ -277,24 +276,23 @@ impl PartitionLog {
             let epoch = batch.producer_epoch;
             let first = batch.base_sequence;
             let last = batch.last_sequence();
-            // A producer's state is created only by a batch that is
-            // appended, so refused batches with made-up ids leave nothing.
-            if let Some(st) = self.producers.get_mut(&pid) {
-                if epoch < st.epoch {
+            // Nothing changes until the batch is appended: a refused batch
+            // (even one of a new epoch) leaves the producer's state as it was,
+            // and made-up ids leave none.
+            let recent = match self.producers.get(&pid) {
+                Some(st) if epoch < st.epoch => {
                     return Err(AppendError::Fenced {
                         producer_id: pid,
                         current: st.epoch,
                         got: epoch,
                     });
                 }
-                if epoch > st.epoch {
-                    st.epoch = epoch;
-                    st.recent.clear();
-                }
-            }
-            let st = self.producers.get(&pid);
+                Some(st) if epoch == st.epoch => Some(&st.recent),
+                // A new producer, or a new epoch: its sequence starts over.
+                _ => None,
+            };
             if let Some(&(_, _, base)) =
-                st.and_then(|st| st.recent.iter().find(|(f, l, _)| *f == first && *l == last))
+                recent.and_then(|r| r.iter().find(|(f, l, _)| *f == first && *l == last))
             {
                 let last_offset = base + i64::from(batch.last_offset_delta);
                 return Ok((
@@ -305,7 +303,7 @@ impl PartitionLog {
                     None,
                 ));
             }
-            let expected = match st.and_then(|st| st.recent.back()) {
+            let expected = match recent.and_then(|r| r.back()) {
                 Some(&(_, prev_last, _)) if prev_last == i32::MAX => 0,
                 Some(&(_, prev_last, _)) => prev_last + 1,
                 // A producer (or an epoch) new to this partition starts at
@@ -374,6 +372,12 @@ impl PartitionLog {
         });
         if pid >= 0 {
             let st = self.producers.entry(pid).or_default();
+            if st.epoch != batch.producer_epoch {
+                // The first batch of a producer, or of its new epoch: its
+                // epoch is the one later batches are checked against.
+                st.epoch = batch.producer_epoch;
+                st.recent.clear();
+            }
             st.recent
                 .push_back((batch.base_sequence, batch.last_sequence(), base));
             while st.recent.len() > PRODUCER_BATCHES_REMEMBERED {
@@ -818,6 +822,77 @@ mod tests {
             .append(&PartitionLog::check(&old).unwrap()[0])
             .unwrap_err();
         assert_eq!(err.error_code(), ErrorCode::INVALID_PRODUCER_EPOCH);
+    }
+
+    /// The start-up race of the three-zone kill step: librdkafka bumps its
+    /// epoch (KIP-360) before any batch of the producer was appended here, so
+    /// the first batch this partition takes is epoch 1's sequence 0. Its
+    /// sequence 1 must follow, not be refused as if epoch 1 were new again.
+    #[test]
+    fn a_producer_first_seen_at_a_later_epoch_keeps_its_sequence() {
+        let mut p = PartitionLog::new("t".into(), [0; 16], 0);
+        let append = |p: &mut PartitionLog, pid_epoch_seq: (i64, i16, i32)| {
+            let raw = batch(1, Some(pid_epoch_seq));
+            p.append(&PartitionLog::check(&raw).unwrap()[0])
+                .map(|(a, _)| a)
+        };
+        // Epoch 0's sequence 1 (overtaking its sequence 0) is refused and
+        // leaves nothing behind.
+        assert_eq!(
+            append(&mut p, (7, 0, 1)).unwrap_err().error_code(),
+            ErrorCode::OUT_OF_ORDER_SEQUENCE_NUMBER
+        );
+        assert!(matches!(
+            append(&mut p, (7, 1, 0)).unwrap(),
+            Appended::New { base_offset: 0, .. }
+        ));
+        for seq in [1, 2] {
+            assert!(
+                matches!(append(&mut p, (7, 1, seq)).unwrap(), Appended::New { .. }),
+                "epoch 1 sequence {seq} refused"
+            );
+        }
+        // Epoch 0 is fenced now.
+        assert_eq!(
+            append(&mut p, (7, 0, 0)).unwrap_err().error_code(),
+            ErrorCode::INVALID_PRODUCER_EPOCH
+        );
+    }
+
+    /// A batch of a new epoch that is refused (its sequence is not 0) leaves
+    /// the producer where it was: a retry of its last batch is still
+    /// answered as a duplicate, and its next sequence is still taken.
+    #[test]
+    fn a_refused_batch_of_a_new_epoch_changes_nothing() {
+        let mut p = PartitionLog::new("t".into(), [0; 16], 0);
+        let append = |p: &mut PartitionLog, pid_epoch_seq: (i64, i16, i32)| {
+            let raw = batch(1, Some(pid_epoch_seq));
+            p.append(&PartitionLog::check(&raw).unwrap()[0])
+                .map(|(a, _)| a)
+        };
+        for seq in [0, 1] {
+            append(&mut p, (3, 0, seq)).unwrap();
+        }
+        assert_eq!(
+            append(&mut p, (3, 1, 5)).unwrap_err().error_code(),
+            ErrorCode::OUT_OF_ORDER_SEQUENCE_NUMBER
+        );
+        assert_eq!(
+            append(&mut p, (3, 0, 1)).unwrap(),
+            Appended::Duplicate {
+                base_offset: 1,
+                last_offset: 1
+            }
+        );
+        assert!(matches!(
+            append(&mut p, (3, 0, 2)).unwrap(),
+            Appended::New { base_offset: 2, .. }
+        ));
+        // The same holds for the check of a whole request.
+        let raw = batch(1, Some((3, 1, 4)));
+        assert!(p
+            .check_sequences(&PartitionLog::check(&raw).unwrap())
+            .is_err());
     }
 
     #[test]
