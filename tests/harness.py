@@ -28,42 +28,49 @@ S3_ACCESS_KEY = "ferrytest"
 S3_SECRET_KEY = "s3cr3t-value"
 
 
+def s3_server_argv(kind, host, port, workdir, access_key=S3_ACCESS_KEY, secret_key=S3_SECRET_KEY):
+    """The command that runs S3-protocol server `kind` on host:port, and the
+    name of its log file in `workdir`: moto's (`python -m moto.server`, which
+    takes any credentials) or s3s-fs (the `s3s-fs` binary, over the folder
+    `workdir/s3s-root`, with these credentials). A missing s3s-fs is an
+    error (FileNotFoundError), never a skip."""
+    import os
+    import shutil
+    import sys
+    if kind not in S3_KINDS:
+        raise ValueError(f"unknown S3 server {kind!r}; one of {S3_KINDS}")
+    if kind == "moto":
+        return [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)], "moto.log"
+    exe = shutil.which("s3s-fs") or os.path.expanduser("~/.cargo/bin/s3s-fs")
+    if not os.path.exists(exe):
+        raise FileNotFoundError("s3s-fs is not installed "
+                                "(cargo install s3s-fs@0.14.1 --locked --features binary)")
+    root = os.path.join(workdir, "s3s-root")
+    os.makedirs(root, exist_ok=True)
+    return [exe, "--host", host, "--port", str(port),
+            "--access-key", access_key, "--secret-key", secret_key, root], "s3s-fs.log"
+
+
 class S3Server:
-    """An S3-protocol server on a free port of 127.0.0.1, with one bucket:
-    moto's (`moto[server]`, in this process) or s3s-fs (the `s3s-fs`
-    binary, `cargo install s3s-fs@0.14.1 --locked --features binary`, over
-    a directory). The two behave differently (s3s-fs answers a suffix
-    range longer than the object with a 500, for one), which is why tests
-    run on both. A missing server is an error, never a skip."""
+    """An S3-protocol server on a free port of 127.0.0.1, with one bucket,
+    started by [`s3_server_argv`]: moto's or s3s-fs. The two behave
+    differently (s3s-fs answers a suffix range longer than the object with
+    a 500, for one), which is why tests run on both. A missing server is an
+    error, never a skip."""
 
     def __init__(self, kind, workdir, bucket):
-        if kind not in S3_KINDS:
-            raise SystemExit(f"FAIL: unknown S3 server {kind!r}; one of {S3_KINDS}")
         import os
-        import shutil
         import subprocess
         self.kind = kind
         self.bucket = bucket
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        self._moto = None
-        self._proc = None
-        if kind == "moto":
-            from moto.server import ThreadedMotoServer
-            self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port)
-            self._moto.start()
-        else:
-            exe = shutil.which("s3s-fs") or os.path.expanduser("~/.cargo/bin/s3s-fs")
-            if not os.path.exists(exe):
-                raise SystemExit("FAIL: s3s-fs is not installed "
-                                 "(cargo install s3s-fs@0.14.1 --locked --features binary)")
-            root = os.path.join(workdir, "s3s-root")
-            os.makedirs(root, exist_ok=True)
-            self._log = open(os.path.join(workdir, "s3s-fs.log"), "ab")
-            self._proc = subprocess.Popen(
-                [exe, "--host", "127.0.0.1", "--port", str(self.port),
-                 "--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY, root],
-                stdout=self._log, stderr=self._log)
+        try:
+            argv, log_name = s3_server_argv(kind, "127.0.0.1", self.port, workdir)
+        except (ValueError, FileNotFoundError) as e:
+            raise SystemExit(f"FAIL: {e}")
+        self._log = open(os.path.join(workdir, log_name), "ab")
+        self._proc = subprocess.Popen(argv, stdout=self._log, stderr=self._log)
         if not wait_port(self.port):
             self.stop()
             raise SystemExit(f"FAIL: {kind} did not listen on {self.port} within 30 s")
@@ -80,9 +87,6 @@ class S3Server:
                 f"&accessKey={S3_ACCESS_KEY}&secretKey={S3_SECRET_KEY}{extra}")
 
     def stop(self):
-        if self._moto is not None:
-            self._moto.stop()
-            self._moto = None
         if self._proc is not None:
             self._proc.kill()
             self._proc.wait(timeout=10)

@@ -543,18 +543,31 @@ pub enum BucketScheme {
 pub struct BucketUri {
     /// The bucket id before the `@` (AutoMQ's, 0 and up).
     pub id: u16,
-    pub scheme: BucketScheme,
-    /// `batchInterval` from the query string, in ms (default 250). Used by
-    /// the WAL and the handoff channel; read but unused for data buckets.
-    pub batch_interval_ms: u64,
-    /// `maxBytesInBatch` from the query string (default 8 MiB).
-    pub batch_bytes_max: u64,
-    /// What `ferry-wal` parsed.
+    /// What `ferry-wal` parsed, checked against this key's limits.
     pub parsed: ferry_wal::BucketUri,
     uri: String,
 }
 
 impl BucketUri {
+    /// What kind of store the URI names.
+    pub fn scheme(&self) -> BucketScheme {
+        match self.parsed.location {
+            ferry_wal::store::BucketLocation::S3(_) => BucketScheme::S3,
+            ferry_wal::store::BucketLocation::File { .. } => BucketScheme::File,
+        }
+    }
+
+    /// `batchInterval` from the query string, in ms (default 250). Used by
+    /// the WAL and the handoff channel; read but unused for data buckets.
+    pub fn batch_interval_ms(&self) -> u64 {
+        u64::try_from(self.parsed.batch_interval.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// `maxBytesInBatch` from the query string (default 8 MiB).
+    pub fn batch_bytes_max(&self) -> u64 {
+        self.parsed.max_bytes_in_batch as u64
+    }
+
     /// The URI after `ID@`, as written, **credentials included**: give it to
     /// the object store and never to a log.
     pub fn uri(&self) -> &str {
@@ -591,12 +604,12 @@ impl BucketUri {
             },
             other => ConfigError::invalid(key, format!("{expected_form} ({other})"), text),
         })?;
-        let scheme = match parsed.location {
-            ferry_wal::store::BucketLocation::S3(_) => BucketScheme::S3,
-            ferry_wal::store::BucketLocation::File { .. } => BucketScheme::File,
+        let bucket = BucketUri {
+            id,
+            parsed,
+            uri: uri.to_owned(),
         };
-        let batch_interval_ms =
-            u64::try_from(parsed.batch_interval.as_millis()).unwrap_or(u64::MAX);
+        let batch_interval_ms = bucket.batch_interval_ms();
         if !(1..=BATCH_INTERVAL_MS_MAX).contains(&batch_interval_ms) {
             return Err(ConfigError::invalid(
                 key,
@@ -604,7 +617,7 @@ impl BucketUri {
                 &batch_interval_ms.to_string(),
             ));
         }
-        let batch_bytes_max = parsed.max_bytes_in_batch as u64;
+        let batch_bytes_max = bucket.batch_bytes_max();
         if !(1..=BATCH_BYTES_MAX_LIMIT).contains(&batch_bytes_max) {
             return Err(ConfigError::invalid(
                 key,
@@ -614,14 +627,7 @@ impl BucketUri {
                 &batch_bytes_max.to_string(),
             ));
         }
-        Ok(BucketUri {
-            id,
-            scheme,
-            batch_interval_ms,
-            batch_bytes_max,
-            parsed,
-            uri: uri.to_owned(),
-        })
+        Ok(bucket)
     }
 
     /// Parses a comma-separated `ID@URI` list. As in AutoMQ, an entry ends at
@@ -663,10 +669,10 @@ impl fmt::Debug for BucketUri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BucketUri")
             .field("id", &self.id)
-            .field("scheme", &self.scheme)
+            .field("scheme", &self.scheme())
             .field("uri", &redact_text(&self.uri))
-            .field("batch_interval_ms", &self.batch_interval_ms)
-            .field("batch_bytes_max", &self.batch_bytes_max)
+            .field("batch_interval_ms", &self.batch_interval_ms())
+            .field("batch_bytes_max", &self.batch_bytes_max())
             .finish()
     }
 }
@@ -1260,10 +1266,13 @@ impl Config {
             })
             .flatten()
             .or_else(|| {
-                data_buckets.first().map(|b| BucketUri {
-                    batch_interval_ms: BATCH_INTERVAL_MS_DEFAULT,
-                    batch_bytes_max: BATCH_BYTES_MAX_DEFAULT,
-                    ..b.clone()
+                // The data bucket's batch settings are not the WAL's.
+                data_buckets.first().map(|b| {
+                    let mut wal = b.clone();
+                    wal.parsed.batch_interval =
+                        std::time::Duration::from_millis(BATCH_INTERVAL_MS_DEFAULT);
+                    wal.parsed.max_bytes_in_batch = BATCH_BYTES_MAX_DEFAULT as usize;
+                    wal
                 })
             });
         let zonerouter_channels = r
@@ -1911,13 +1920,13 @@ mod tests {
         );
         let wal = c.wal.as_ref().unwrap();
         assert_eq!(
-            (wal.batch_interval_ms, wal.batch_bytes_max),
+            (wal.batch_interval_ms(), wal.batch_bytes_max()),
             (100, 4_194_304)
         );
-        assert_eq!(wal.scheme, BucketScheme::S3);
-        assert_eq!(c.zonerouter_channels[0].batch_interval_ms, 50);
+        assert_eq!(wal.scheme(), BucketScheme::S3);
+        assert_eq!(c.zonerouter_channels[0].batch_interval_ms(), 50);
         assert_eq!(
-            c.zonerouter_channels[0].batch_bytes_max,
+            c.zonerouter_channels[0].batch_bytes_max(),
             BATCH_BYTES_MAX_DEFAULT
         );
         assert_eq!(c.shards, 2);
@@ -2284,19 +2293,19 @@ group.initial.rebalance.delay.ms=0
         )
         .unwrap();
         assert_eq!(
-            c.data_buckets[0].batch_interval_ms,
+            c.data_buckets[0].batch_interval_ms(),
             BATCH_INTERVAL_MS_DEFAULT
         );
-        assert_eq!(c.data_buckets[0].batch_bytes_max, BATCH_BYTES_MAX_DEFAULT);
+        assert_eq!(c.data_buckets[0].batch_bytes_max(), BATCH_BYTES_MAX_DEFAULT);
         let wal = c.wal.unwrap();
         assert_eq!(wal.id, 5);
-        assert_eq!(wal.scheme, BucketScheme::File);
+        assert_eq!(wal.scheme(), BucketScheme::File);
         assert_eq!(
             wal.uri(),
             "file:///var/lib/ferry/wal?batchInterval=1000&maxBytesInBatch=1048576"
         );
         assert_eq!(
-            (wal.batch_interval_ms, wal.batch_bytes_max),
+            (wal.batch_interval_ms(), wal.batch_bytes_max()),
             (1000, 1 << 20)
         );
 
@@ -2304,7 +2313,7 @@ group.initial.rebalance.delay.ms=0
         let c = parse("s3.data.buckets=3@s3://d?region=r&batchInterval=9").unwrap();
         let wal = c.wal.unwrap();
         assert_eq!(
-            (wal.id, wal.batch_interval_ms),
+            (wal.id, wal.batch_interval_ms()),
             (3, BATCH_INTERVAL_MS_DEFAULT)
         );
 
@@ -2462,7 +2471,7 @@ group.initial.rebalance.delay.ms=0
         let c = parse(&text).unwrap();
         // The object store still gets the real URI.
         assert!(c.data_buckets[0].uri().contains(secret));
-        assert_eq!(c.wal.as_ref().unwrap().batch_interval_ms, 100);
+        assert_eq!(c.wal.as_ref().unwrap().batch_interval_ms(), 100);
 
         let debug = format!("{c:?}");
         let pretty = format!("{c:#?}");
@@ -2540,10 +2549,10 @@ group.initial.rebalance.delay.ms=0
         assert_eq!(c.advertised_listeners, c.listeners);
         let bucket = url::Url::from_file_path(dir.path().join("bucket")).unwrap();
         assert_eq!(c.data_buckets[0].uri(), bucket.as_str());
-        assert_eq!(c.data_buckets[0].scheme, BucketScheme::File);
+        assert_eq!(c.data_buckets[0].scheme(), BucketScheme::File);
         let wal = c.wal.as_ref().unwrap();
         assert_eq!(wal.uri(), format!("{bucket}?batchInterval=250"));
-        assert_eq!(wal.batch_interval_ms, 250);
+        assert_eq!(wal.batch_interval_ms(), 250);
         assert_eq!(c.group.initial_rebalance_delay_ms, 0);
         assert!(c.unknown_keys.is_empty());
 

@@ -231,8 +231,8 @@ fn start_node(config: &Config, cluster: ferry_node::node::ClusterJoin) -> anyhow
     let store = uri.build_store().context("opening the bucket")?;
     let mut wal =
         ferry_wal::WalConfig::new(u32::try_from(node_id).context("node.id must not be negative")?);
-    wal.batch_interval = Duration::from_millis(wal_bucket.batch_interval_ms);
-    wal.max_bytes_in_batch = wal_bucket.batch_bytes_max as usize;
+    wal.batch_interval = wal_bucket.parsed.batch_interval;
+    wal.max_bytes_in_batch = wal_bucket.parsed.max_bytes_in_batch;
     wal.inflight_bytes_max = WAL_INFLIGHT_BYTES_MAX.max(2 * wal.max_bytes_in_batch);
     wal.validate()?;
     let started = std::time::Instant::now();
@@ -240,8 +240,8 @@ fn start_node(config: &Config, cluster: ferry_node::node::ClusterJoin) -> anyhow
     // settings; its objects go to the WAL's bucket.
     let handoff = config.zonerouter_channels.first().map(|channel| {
         let mut h = wal.clone();
-        h.batch_interval = Duration::from_millis(channel.batch_interval_ms);
-        h.max_bytes_in_batch = channel.batch_bytes_max as usize;
+        h.batch_interval = channel.parsed.batch_interval;
+        h.max_bytes_in_batch = channel.parsed.max_bytes_in_batch;
         let same_bucket = channel.parsed.location == uri.location;
         if !same_bucket {
             tracing::warn!(

@@ -4,10 +4,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::{free_port, DevNode};
+use common::{free_port, wait_bounded, DevNode};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn bench_binary() -> PathBuf {
     // `cargo test --workspace` builds every binary of the workspace into the
@@ -60,14 +60,7 @@ fn a_short_fixed_rate_run_reports_latency_and_loses_nothing() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn ferry-bench");
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > Duration::from_secs(120) {
-            let _ = child.kill();
-            panic!("ferry-bench still running after 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_bounded(&mut child, "ferry-bench", Duration::from_secs(120));
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::{free_port, python, DevNode};
+use common::{free_port, python, wait_bounded, DevNode};
 
 #[test]
 fn a_group_rebalances_and_its_offsets_survive_a_restart() {
@@ -44,17 +44,11 @@ fn crash_check(store: &str, producer: &str) {
         .args(["--store", store, "--producer", producer])
         .spawn()
         .expect("python3");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(400);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("crash checker ({store}, {producer}) ran past 400 s");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    };
+    let status = wait_bounded(
+        &mut child,
+        &format!("crash checker ({store}, {producer})"),
+        std::time::Duration::from_secs(400),
+    );
     assert!(
         status.success(),
         "crash checker ({store}, {producer}) failed; node log in {}",

@@ -13,7 +13,6 @@ node-<id>.properties.
 """
 import json
 import os
-import shutil
 import re
 import signal
 import subprocess
@@ -22,6 +21,9 @@ import threading
 import time
 
 from netns import SVC_IP
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from harness import s3_server_argv  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ZCLIENT = os.path.join(HERE, "zclient.py")
@@ -179,21 +181,13 @@ class Cluster:
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
             "--initial-cluster", f"ferryz={peer}", "--initial-cluster-state", "new",
             "--initial-cluster-token", self.cluster_id], "etcd.log")
-        if self.s3 == "moto":
-            self.moto = self._spawn(svc, [sys.executable, "-m", "moto.server", "-H", SVC_IP,
-                                          "-p", str(S3_PORT)], "moto.log")
-        else:
-            # s3s-fs over a folder of the work directory, with the
-            # credentials the nodes and the bucket's creation use.
-            exe = shutil.which("s3s-fs") or os.path.expanduser("~/.cargo/bin/s3s-fs")
-            if not os.path.exists(exe):
-                raise ClusterError("s3s-fs is not installed "
-                                   "(cargo install s3s-fs@0.14.1 --locked --features binary)")
-            root = os.path.join(self.dir, "s3s-root")
-            os.makedirs(root, exist_ok=True)
-            self.moto = self._spawn(svc, [exe, "--host", SVC_IP, "--port", str(S3_PORT),
-                                          "--access-key", "test", "--secret-key", "test", root],
-                                    "s3s-fs.log")
+        try:
+            # zclient.py creates the bucket with these credentials too.
+            argv, log_name = s3_server_argv(self.s3, SVC_IP, S3_PORT, self.dir,
+                                            access_key="test", secret_key="test")
+        except (ValueError, FileNotFoundError) as e:
+            raise ClusterError(str(e))
+        self.moto = self._spawn(svc, argv, log_name)
         a = self.agent("svc")
         r = a.call({"cmd": "wait_tcp", "addrs": [f"{SVC_IP}:{ETCD_PORT}", f"{SVC_IP}:{S3_PORT}"], "timeout": 30},
                    timeout=40)

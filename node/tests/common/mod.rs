@@ -108,6 +108,23 @@ pub fn closed_within(mut conn: std::net::TcpStream, wait: Duration) -> bool {
     }
 }
 
+/// Waits for `child` at most `limit`; past it, kills it and panics naming
+/// `what`. Every test that runs a client or script bounds it this way.
+pub fn wait_bounded(child: &mut Child, what: &str, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("poll the child") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} ran past {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Runs a Python client script to completion (at most `secs`), asserting it
 /// succeeds.
 pub fn python(script: &str, args: &[&str], secs: u64) {
@@ -119,18 +136,9 @@ pub fn python(script: &str, args: &[&str], secs: u64) {
         .args(args)
         .spawn()
         .expect("python3 must be installed (scripts/test.sh installs the clients)");
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "{script} {args:?} failed: {status}");
-            return;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{script} {args:?} timed out after {secs} s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let what = format!("{script} {args:?}");
+    let status = wait_bounded(&mut child, &what, Duration::from_secs(secs));
+    assert!(status.success(), "{what} failed: {status}");
 }
 
 /// Raw Kafka requests over a blocking socket, for tests that need exact
