@@ -64,6 +64,7 @@
 //! Each arena's own counters ([`ArenaStats`]) are exact: bytes and chunks
 //! mapped, and bytes and chunks in use (held by a read buffer or a view).
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use crossbeam::queue::ArrayQueue;
 use ferry_protocol::frame::{FrameError, FrameReader};
@@ -117,23 +118,25 @@ pub struct ChunkSpan {
 /// Live mappings: base address to length and holders.
 type MappingTable = BTreeMap<usize, (usize, Arc<ChunkHolders>)>;
 
-static MAPPINGS: parking_lot::RwLock<MappingTable> = parking_lot::const_rwlock(BTreeMap::new());
-/// Moves after every change of [`MAPPINGS`].
-static MAPPINGS_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+static MAPPINGS: std::sync::LazyLock<ArcSwap<MappingTable>> =
+    std::sync::LazyLock::new(|| ArcSwap::from_pointee(BTreeMap::new()));
+/// Taken by whoever changes [`MAPPINGS`], so changes do not race.
+static MAPPINGS_WRITER: parking_lot::Mutex<()> = parking_lot::const_mutex(());
 
 thread_local! {
-    /// This thread's copy of [`MAPPINGS`] and the generation it is of: the
-    /// lookup on the hot path reads one atomic that is written only when a
+    /// This thread's handle on [`MAPPINGS`]: the lookup on the hot path
+    /// compares one pointer with the published one, which moves only when a
     /// mapping is made or unmapped, and takes no lock shared between shards.
-    static LOCAL_MAPPINGS: std::cell::RefCell<(u64, MappingTable)> =
-        const { std::cell::RefCell::new((0, BTreeMap::new())) };
+    static LOCAL_MAPPINGS: std::cell::RefCell<arc_swap::Cache<&'static ArcSwap<MappingTable>, Arc<MappingTable>>> =
+        std::cell::RefCell::new(arc_swap::Cache::new(&*MAPPINGS));
 }
 
-/// Changes [`MAPPINGS`] and moves its generation.
+/// Publishes a changed copy of [`MAPPINGS`].
 fn change_mappings(change: impl FnOnce(&mut MappingTable)) {
-    let mut map = MAPPINGS.write();
+    let _writer = MAPPINGS_WRITER.lock();
+    let mut map = MappingTable::clone(&MAPPINGS.load());
     change(&mut map);
-    MAPPINGS_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Release);
+    MAPPINGS.store(Arc::new(map));
 }
 
 /// The arena chunk that `bytes` lie in, `None` for memory that is not an
@@ -164,21 +167,11 @@ pub fn with_chunk_holders<T>(
     })
 }
 
-/// Runs `f` on this thread's copy of [`MAPPINGS`], brought up to date
-/// first if a mapping was made or unmapped since.
+/// Runs `f` on the current [`MAPPINGS`]. A view's chunk was mapped (and
+/// published) before the view was made, and the view reached this thread
+/// after that, so the table `f` sees has that chunk.
 fn with_mappings<T>(f: impl FnOnce(&MappingTable) -> T) -> T {
-    // A view's chunk was mapped before the view was made, and the view
-    // reached this thread after that: the generation read here is at least
-    // the one that mapping made.
-    let generation = MAPPINGS_GENERATION.load(std::sync::atomic::Ordering::Acquire);
-    LOCAL_MAPPINGS.with(|local| {
-        let mut local = local.borrow_mut();
-        if local.0 != generation {
-            local.1 = MAPPINGS.read().clone();
-            local.0 = generation;
-        }
-        f(&local.1)
-    })
+    LOCAL_MAPPINGS.with(|local| f(local.borrow_mut().load()))
 }
 
 /// Shards whose holders a chunk tracks; a shard numbered this or higher
@@ -835,8 +828,7 @@ mod tests {
         let s = v1.as_ref().map(|b| b.slice(10..20));
         drop(v1);
         assert_eq!(stats.chunks_in_use.load(Relaxed), 1);
-        // Another thread, whose copy of the mappings was made before this
-        // chunk existed, finds it too.
+        // Another thread finds it too.
         let (v2, seen) = std::thread::spawn(move || {
             let seen = v2.as_deref().and_then(chunk_of);
             (v2, seen)

@@ -50,6 +50,7 @@ use crate::cluster::etcd_api::{
     create_revision_is, lease_is, mod_revision_is, op_delete, op_get, op_put, Client,
     ConnectOptions, EtcdApiError, LeaseKeeper, Txn,
 };
+use arc_swap::ArcSwap;
 use futures_channel::oneshot;
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
@@ -277,7 +278,9 @@ struct Shared {
     client: Client,
     /// Time zero for the millisecond clocks below.
     base: Instant,
-    view: Mutex<Arc<View>>,
+    view: Arc<ArcSwap<View>>,
+    /// Taken by whoever changes `view`, so that changes do not race.
+    view_writer: Mutex<()>,
     generation: AtomicU64,
     /// The views published, for [`Coordinator::led_throughout`].
     history: Mutex<crate::cluster::ViewHistory>,
@@ -345,14 +348,16 @@ impl Shared {
     /// members were read again): the history starts again, and the
     /// generation moves, so that every shard checks what it holds.
     fn mark_gap(&self) {
-        let view = self.view.lock();
+        let _writer = self.view_writer.lock();
+        let view = self.view.load_full();
         let generation = self.generation.load(Ordering::Acquire) + 1;
-        self.history.lock().push(generation, view.clone(), true);
+        self.history.lock().push(generation, view, true);
         self.generation.store(generation, Ordering::Release);
     }
 
     fn publish(&self, revision: u64, members: &BTreeMap<i32, Member>) -> bool {
-        let mut view = self.view.lock();
+        let _writer = self.view_writer.lock();
+        let view = self.view.load_full();
         if revision <= view.revision() {
             return view.members().len() == members.len()
                 && view
@@ -361,7 +366,8 @@ impl Shared {
                     .zip(members.values())
                     .all(|(a, b)| a == b);
         }
-        *view = Arc::new(View::new(revision, members.values().cloned()));
+        let view = Arc::new(View::new(revision, members.values().cloned()));
+        self.view.store(view.clone());
         // Recorded before the generation moves: a reader that sees the new
         // generation finds its view in the history.
         let generation = self.generation.load(Ordering::Acquire) + 1;
@@ -527,7 +533,8 @@ async fn register_on_runtime(
         options,
         client,
         base: Instant::now(),
-        view: Mutex::new(Arc::new(View::empty())),
+        view: Arc::new(ArcSwap::from_pointee(View::empty())),
+        view_writer: Mutex::new(()),
         generation: AtomicU64::new(1),
         history: Mutex::new(crate::cluster::ViewHistory::new(1, Arc::new(View::empty()))),
         cidrs: Mutex::new((String::new(), 0)),
@@ -560,7 +567,7 @@ async fn register_on_runtime(
         node_id = shared.member.node_id,
         zone = %shared.member.zone,
         lease = registration.lease,
-        revision = shared.view.lock().revision(),
+        revision = shared.view.load().revision(),
         "registered in etcd"
     );
     handle.spawn(keep_lease(shared.clone()));
@@ -1005,8 +1012,8 @@ impl Coordinator for EtcdCoordinator {
         self.shared.member.node_id
     }
 
-    fn view(&self) -> Arc<View> {
-        self.shared.view.lock().clone()
+    fn published(&self) -> &Arc<ArcSwap<View>> {
+        &self.shared.view
     }
 
     fn generation(&self) -> u64 {

@@ -15,8 +15,11 @@
 //! node is fenced, and holds the cluster-wide `automq.zone.cidr.blocks`.
 //! [`LocalCoordinator`] is the in-process one (`ferry dev`, a single node);
 //! [`crate::cluster::etcd::EtcdCoordinator`] is the one for a cluster of processes.
-//! Shards poll [`Coordinator::generation`] (one atomic load) and re-read the
-//! view only when it moved; [`ViewCache`] does that.
+//! A coordinator publishes its view in an `ArcSwap`
+//! ([`Coordinator::published`]); a shard reads it through a [`ViewCache`]
+//! (an `arc_swap::Cache`: one pointer compare while the view stays, no lock
+//! shared across cores). [`Coordinator::generation`] moves on every change,
+//! for what must notice that a change happened (leadership, groups).
 //!
 //! # The leadership rule
 //!
@@ -80,6 +83,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
 use crate::cluster::zone::{is_zone_name, ZoneResolver, ZoneTable};
@@ -306,11 +310,15 @@ pub trait Coordinator: Send + Sync {
     /// This node's id.
     fn node_id(&self) -> i32;
 
-    /// The current view.
-    fn view(&self) -> Arc<View>;
+    /// Where the current view is published.
+    fn published(&self) -> &Arc<ArcSwap<View>>;
 
-    /// Moves on every view change: poll it, and call [`view`](Self::view)
-    /// only when it moved.
+    /// The current view.
+    fn view(&self) -> Arc<View> {
+        self.published().load_full()
+    }
+
+    /// Moves on every view change (after the view is published).
     fn generation(&self) -> u64;
 
     /// True once this node's lease is lost (or not renewed in time, or the
@@ -436,33 +444,22 @@ impl ViewHistory {
     }
 }
 
-/// A shard's copy of the coordinator's view: re-read only when the
-/// generation moved (one atomic load otherwise).
+/// A shard's copy of the coordinator's view: re-read only when another was
+/// published (one pointer compare otherwise).
 pub struct ViewCache {
     coordinator: Arc<dyn Coordinator>,
-    seen: u64,
-    view: Arc<View>,
+    view: arc_swap::Cache<Arc<ArcSwap<View>>, Arc<View>>,
 }
 
 impl ViewCache {
     pub fn new(coordinator: Arc<dyn Coordinator>) -> ViewCache {
-        let seen = coordinator.generation();
-        let view = coordinator.view();
-        ViewCache {
-            coordinator,
-            seen,
-            view,
-        }
+        let view = arc_swap::Cache::new(coordinator.published().clone());
+        ViewCache { coordinator, view }
     }
 
     /// The current view.
     pub fn get(&mut self) -> &Arc<View> {
-        let generation = self.coordinator.generation();
-        if generation != self.seen {
-            self.view = self.coordinator.view();
-            self.seen = generation;
-        }
-        &self.view
+        self.view.load()
     }
 
     pub fn coordinator(&self) -> &Arc<dyn Coordinator> {
@@ -528,6 +525,8 @@ pub(crate) fn check_member(member: &Member) -> Result<(), CoordinatorError> {
 pub struct LocalCoordinator {
     state: Mutex<LocalState>,
     history: Mutex<ViewHistory>,
+    /// The current view, changed under `state`'s lock.
+    view: Arc<ArcSwap<View>>,
     generation: AtomicU64,
     cidr_generation: AtomicU64,
     topics_generation: AtomicU64,
@@ -537,7 +536,6 @@ pub struct LocalCoordinator {
 struct LocalState {
     revision: u64,
     members: BTreeMap<i32, LocalMember>,
-    view: Arc<View>,
     cidrs: String,
     topics: (u64, Option<bytes::Bytes>),
 }
@@ -563,11 +561,11 @@ impl LocalCoordinator {
             state: Mutex::new(LocalState {
                 revision: 0,
                 members: BTreeMap::new(),
-                view: Arc::new(View::empty()),
                 cidrs: String::new(),
                 topics: (0, None),
             }),
             history: Mutex::new(ViewHistory::new(1, Arc::new(View::empty()))),
+            view: Arc::new(ArcSwap::from_pointee(View::empty())),
             generation: AtomicU64::new(1),
             cidr_generation: AtomicU64::new(1),
             topics_generation: AtomicU64::new(1),
@@ -618,7 +616,7 @@ impl LocalCoordinator {
 
     /// The current view.
     pub fn view(&self) -> Arc<View> {
-        self.state.lock().view.clone()
+        self.view.load_full()
     }
 
     /// For tests: fences `node_id` as if its lease had expired. It leaves
@@ -664,13 +662,12 @@ impl LocalCoordinator {
             .values()
             .filter(|m| !m.fenced)
             .map(|m| m.member.clone());
-        state.view = Arc::new(View::new(state.revision, members));
+        let view = Arc::new(View::new(state.revision, members));
+        self.view.store(view.clone());
         // Recorded before the generation moves: a reader that sees the new
         // generation finds its view in the history.
         let generation = self.generation.load(Ordering::Acquire) + 1;
-        self.history
-            .lock()
-            .push(generation, state.view.clone(), false);
+        self.history.lock().push(generation, view, false);
         self.generation.store(generation, Ordering::Release);
     }
 
@@ -719,8 +716,8 @@ impl Coordinator for LocalHandle {
         self.node_id
     }
 
-    fn view(&self) -> Arc<View> {
-        self.coordinator.view()
+    fn published(&self) -> &Arc<ArcSwap<View>> {
+        &self.coordinator.view
     }
 
     fn generation(&self) -> u64 {

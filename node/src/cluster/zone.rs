@@ -11,10 +11,11 @@
 //! 3. for fetches, the request's `rack_id` (KIP-392 `client.rack`).
 //!
 //! The CIDR table changes at run time (AlterConfigs, or another node through
-//! the coordinator). [`ZoneResolver`] holds the current table; a shard keeps a
-//! [`ZoneCache`], which holds an `Arc` of the table and re-reads it only when
-//! the resolver's generation (one atomic load) has moved, so resolving a
-//! zone takes no lock shared across cores.
+//! the coordinator). [`ZoneResolver`] publishes the current table in an
+//! `ArcSwap`; a shard keeps a [`ZoneCache`] (an `arc_swap::Cache`), which
+//! holds an `Arc` of the table and re-reads it only when the published one
+//! moved (one pointer compare), so resolving a zone takes no lock shared
+//! across cores.
 //!
 //! Clients whose zone is unknown are counted
 //! ([`ZoneResolver::unknown_total`]) and logged at most once per
@@ -26,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
 pub use crate::config::{is_zone_name, ZONE_NAME_MAX};
@@ -195,9 +197,9 @@ impl ZoneTable {
 /// through a [`ZoneCache`].
 #[derive(Debug)]
 pub struct ZoneResolver {
-    /// Moves (after the table is replaced) on every change.
-    generation: AtomicU64,
-    table: Mutex<Arc<ZoneTable>>,
+    table: Arc<ArcSwap<ZoneTable>>,
+    /// Taken by [`ZoneResolver::set_table`], so that changes do not race.
+    writer: Mutex<()>,
     unknown: AtomicU64,
     log_interval: Duration,
     /// Last time each address was logged as of unknown zone.
@@ -213,8 +215,8 @@ impl ZoneResolver {
     /// address.
     pub fn with_log_interval(table: ZoneTable, log_interval: Duration) -> ZoneResolver {
         ZoneResolver {
-            generation: AtomicU64::new(1),
-            table: Mutex::new(Arc::new(table)),
+            table: Arc::new(ArcSwap::from_pointee(table)),
+            writer: Mutex::new(()),
             unknown: AtomicU64::new(0),
             log_interval,
             logged: Mutex::new(HashMap::new()),
@@ -226,21 +228,16 @@ impl ZoneResolver {
         ZoneResolver::new(ZoneTable::from_config(config))
     }
 
-    /// Starts at 1 and moves on every [`set_table`](Self::set_table).
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
-    /// The current table (takes the lock: shards use a [`ZoneCache`]).
+    /// The current table (shards use a [`ZoneCache`]).
     pub fn table(&self) -> Arc<ZoneTable> {
-        self.table.lock().clone()
+        self.table.load_full()
     }
 
     /// Replaces the table; returns whether it changed. Readers see the new
     /// table on their next call.
     pub fn set_table(&self, table: ZoneTable) -> bool {
-        let mut current = self.table.lock();
-        if **current == table {
+        let _writer = self.writer.lock();
+        if **self.table.load() == table {
             return false;
         }
         tracing::info!(
@@ -248,10 +245,7 @@ impl ZoneResolver {
             value = table.text(),
             "zone CIDR blocks changed"
         );
-        *current = Arc::new(table);
-        // Under the lock, after the swap: a reader that sees the new
-        // generation and then takes the lock gets the new table.
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.table.store(Arc::new(table));
         true
     }
 
@@ -311,44 +305,27 @@ impl Default for ZoneResolver {
 }
 
 /// A shard's view of a [`ZoneResolver`]: an `Arc` of the table, re-read only
-/// when the resolver's generation moved. Not shared: one per shard (or per
+/// when the resolver published another. Not shared: one per shard (or per
 /// connection).
 #[derive(Debug, Clone)]
 pub struct ZoneCache {
     resolver: Arc<ZoneResolver>,
-    seen: u64,
-    table: Arc<ZoneTable>,
+    table: arc_swap::Cache<Arc<ArcSwap<ZoneTable>>, Arc<ZoneTable>>,
 }
 
 impl ZoneCache {
     pub fn new(resolver: Arc<ZoneResolver>) -> ZoneCache {
-        let seen = resolver.generation();
-        let table = resolver.table();
-        ZoneCache {
-            resolver,
-            seen,
-            table,
-        }
+        let table = arc_swap::Cache::new(resolver.table.clone());
+        ZoneCache { resolver, table }
     }
 
     pub fn resolver(&self) -> &Arc<ZoneResolver> {
         &self.resolver
     }
 
-    /// Re-reads the table if the generation moved. One atomic load when it
-    /// did not.
-    pub fn refresh(&mut self) {
-        let generation = self.resolver.generation();
-        if generation != self.seen {
-            self.table = self.resolver.table();
-            self.seen = generation;
-        }
-    }
-
     /// The current table.
     pub fn table(&mut self) -> &Arc<ZoneTable> {
-        self.refresh();
-        &self.table
+        self.table.load()
     }
 
     /// [`ZoneTable::resolve`] on the current table; a client whose zone is
@@ -362,11 +339,11 @@ impl ZoneCache {
         addr: Option<IpAddr>,
         rack: Option<&'a str>,
     ) -> Option<ClientZone<'a>> {
-        self.refresh();
-        let this: &'a ZoneCache = self;
-        let found = this.table.resolve(client_id, addr, rack);
+        let resolver = &self.resolver;
+        let table: &'a Arc<ZoneTable> = self.table.load();
+        let found = table.resolve(client_id, addr, rack);
         if found.is_none() {
-            this.resolver.note_unknown(addr, client_id);
+            resolver.note_unknown(addr, client_id);
         }
         found
     }
@@ -511,13 +488,16 @@ mod tests {
         let mut other = ZoneCache::new(resolver.clone());
         let addr = Some(ip("10.1.2.3"));
         assert_eq!(cache.resolve("app", addr, None).map(|z| z.zone), Some("a"));
-        let g = resolver.generation();
+        let before = resolver.table();
         assert!(!resolver.set_text("a@10.0.0.0/8").expect("same value"));
-        assert_eq!(resolver.generation(), g, "no change, no move");
+        assert!(
+            Arc::ptr_eq(&before, &resolver.table()),
+            "no change, no swap"
+        );
         assert!(resolver
             .set_text("b@10.1.0.0/16<>a@10.0.0.0/8")
             .expect("valid"));
-        assert!(resolver.generation() > g);
+        assert!(!Arc::ptr_eq(&before, &resolver.table()));
         assert_eq!(cache.resolve("app", addr, None).map(|z| z.zone), Some("b"));
         assert_eq!(other.resolve("app", addr, None).map(|z| z.zone), Some("b"));
         // A bad value changes nothing.
