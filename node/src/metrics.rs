@@ -1,14 +1,16 @@
 //! Node metrics, kept in atomics and rendered in Prometheus text format.
 //!
 //! Counters are per node and updated with relaxed atomics: shards never
-//! wait on each other to count. Latency goes into one HdrHistogram per shard
-//! and API kind, each behind its own lock that only its shard and a scrape
-//! ever take, merged only when `/metrics` is read.
+//! wait on each other to count. Latency goes into HdrHistograms that each
+//! shard owns alone ([`ShardLatency`]: no lock, no atomic on the request
+//! path); the shard publishes a copy about once a second
+//! ([`ShardLatency::publish`], an `ArcSwap` per shard), and a scrape merges
+//! the copies. So `/metrics` shows latency up to a second old.
 
+use arc_swap::ArcSwap;
 use crossbeam::utils::CachePadded;
 use ferry_protocol::messages::APIS;
 use hdrhistogram::Histogram;
-use parking_lot::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
@@ -40,17 +42,69 @@ pub struct Metrics {
     pub unknown_zone_clients: AtomicU64,
     /// Connections from clients of another zone.
     pub misrouted_clients: AtomicU64,
-    /// Latency per shard: each lock is taken by its shard, and by a scrape.
-    produce_us: Vec<CachePadded<Mutex<Histogram<u64>>>>,
-    fetch_us: Vec<CachePadded<Mutex<Histogram<u64>>>>,
+    /// Latency per shard, as each shard last published it.
+    produce_us: Vec<ArcSwap<Histogram<u64>>>,
+    fetch_us: Vec<ArcSwap<Histogram<u64>>>,
+}
+
+/// One latency histogram: microseconds from 1 to 10 minutes, 3 significant
+/// digits.
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+}
+
+/// A shard's own latency histograms: recorded by the shard alone, and
+/// published to [`Metrics`] for scrapes.
+#[derive(Debug)]
+pub struct ShardLatency {
+    produce: Histogram<u64>,
+    fetch: Histogram<u64>,
+    /// Samples (produce, fetch) at the last publish.
+    published: (u64, u64),
+}
+
+impl Default for ShardLatency {
+    fn default() -> Self {
+        ShardLatency {
+            produce: latency_histogram(),
+            fetch: latency_histogram(),
+            published: (0, 0),
+        }
+    }
+}
+
+impl ShardLatency {
+    /// A produce request took `us` microseconds.
+    pub fn produce_us(&mut self, us: u64) {
+        self.produce.saturating_record(us.max(1));
+    }
+
+    /// A fetch request took `us` microseconds.
+    pub fn fetch_us(&mut self, us: u64) {
+        self.fetch.saturating_record(us.max(1));
+    }
+
+    /// Publishes copies of what changed since the last publish as shard
+    /// `shard`'s latency in `metrics`.
+    pub fn publish(&mut self, metrics: &Metrics, shard: usize) {
+        if self.produce.len() != self.published.0 {
+            if let Some(slot) = metrics.produce_us.get(shard) {
+                slot.store(Arc::new(self.produce.clone()));
+            }
+        }
+        if self.fetch.len() != self.published.1 {
+            if let Some(slot) = metrics.fetch_us.get(shard) {
+                slot.store(Arc::new(self.fetch.clone()));
+            }
+        }
+        self.published = (self.produce.len(), self.fetch.len());
+    }
 }
 
 impl Metrics {
     pub fn new(shards: usize) -> Metrics {
-        let hist = || {
-            Histogram::new_with_bounds(1, 600_000_000, 3)
-                .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
-        };
+        let hist = || ArcSwap::from_pointee(latency_histogram());
         Metrics {
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
@@ -65,12 +119,8 @@ impl Metrics {
             queue_depth: (0..shards).map(|_| padded()).collect(),
             unknown_zone_clients: AtomicU64::new(0),
             misrouted_clients: AtomicU64::new(0),
-            produce_us: (0..shards.max(1))
-                .map(|_| CachePadded::new(Mutex::new(hist())))
-                .collect(),
-            fetch_us: (0..shards.max(1))
-                .map(|_| CachePadded::new(Mutex::new(hist())))
-                .collect(),
+            produce_us: (0..shards.max(1)).map(|_| hist()).collect(),
+            fetch_us: (0..shards.max(1)).map(|_| hist()).collect(),
         }
     }
 
@@ -134,18 +184,6 @@ impl Metrics {
 
     pub fn cache_miss(&self) {
         self.cache_misses.fetch_add(1, Relaxed);
-    }
-
-    pub fn produce_latency_us(&self, shard: usize, us: u64) {
-        if let Some(h) = self.produce_us.get(shard) {
-            let _ = h.lock().record(us.max(1));
-        }
-    }
-
-    pub fn fetch_latency_us(&self, shard: usize, us: u64) {
-        if let Some(h) = self.fetch_us.get(shard) {
-            let _ = h.lock().record(us.max(1));
-        }
     }
 
     /// The Prometheus text exposition. `extra` (the WAL's counters, the
@@ -226,12 +264,9 @@ impl Metrics {
             self.misrouted_clients.load(Relaxed),
         );
         for (name, per_shard) in [("produce", &self.produce_us), ("fetch", &self.fetch_us)] {
-            let mut h = match per_shard.first() {
-                Some(first) => first.lock().clone(),
-                None => continue,
-            };
-            for other in per_shard.iter().skip(1) {
-                let _ = h.add(&*other.lock());
+            let mut h = latency_histogram();
+            for published in per_shard {
+                let _ = h.add(&**published.load());
             }
             let family = format!("ferry_{name}_latency_seconds");
             e.family(&family, Kind::Summary);
@@ -308,8 +343,13 @@ mod tests {
         m.request(0);
         m.request(3);
         m.error(6);
-        m.produce_latency_us(0, 250_000);
-        m.produce_latency_us(1, 250_000);
+        let mut shards = [ShardLatency::default(), ShardLatency::default()];
+        for (i, s) in shards.iter_mut().enumerate() {
+            s.produce_us(250_000);
+            s.publish(&m, i);
+        }
+        // Recorded, not published yet: not seen.
+        shards[0].produce_us(1);
         m.cache_bytes_add(1, 100);
         m.cache_pinned_bytes_add(1, 65536);
         m.arena(1).mapped_bytes.fetch_add(1 << 20, Relaxed);
@@ -327,6 +367,18 @@ mod tests {
         assert!(text.contains("ferry_arena_pinned_bytes{shard=\"1\"} 65536"));
         assert!(text.contains("ferry_arena_bytes{shard=\"0\"} 0"));
         assert!(text.contains("ferry_produce_latency_seconds{quantile=\"0.99\"} 0.25"));
+        assert!(
+            text.contains("ferry_produce_latency_seconds_count 2\n"),
+            "{text}"
+        );
         assert!(text.ends_with("ferry_wal_objects_total 3\n"));
+        // The sample recorded after the publish shows at the next one.
+        shards[0].publish(&m, 0);
+        let text = m.render("");
+        assert!(
+            text.contains("ferry_produce_latency_seconds_count 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("ferry_produce_latency_seconds{quantile=\"0.5\"} 0.25"));
     }
 }

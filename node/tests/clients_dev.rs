@@ -155,7 +155,16 @@ fn metrics_count_requests_wal_objects_and_latency() {
         &[&node.bootstrap(), "metered", "300", "none"],
         120,
     );
-    let text = scrape(mport);
+    // Shards publish their latency about once a second.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let text = loop {
+        let text = scrape(mport);
+        let published = value(&text, "ferry_produce_latency_seconds_count") >= 1.0;
+        if published || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(value(&text, "ferry_requests_total{api=\"Produce\"}") >= 1.0);
     assert!(value(&text, "ferry_requests_total{api=\"Fetch\"}") >= 1.0);

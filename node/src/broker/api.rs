@@ -458,9 +458,9 @@ async fn produce(
         results.push(t.await);
     }
     shard
-        .ctx
-        .metrics
-        .produce_latency_us(shard.id, started.elapsed().as_micros() as u64);
+        .latency
+        .borrow_mut()
+        .produce_us(started.elapsed().as_micros() as u64);
     if acks == 0 {
         return None;
     }
@@ -625,9 +625,9 @@ async fn fetch(
             || topics.is_empty()
         {
             shard
-                .ctx
-                .metrics
-                .fetch_latency_us(shard.id, started.elapsed().as_micros() as u64);
+                .latency
+                .borrow_mut()
+                .fetch_us(started.elapsed().as_micros() as u64);
             let mut results = results.into_iter();
             let endpoints = std::cell::RefCell::new(Vec::new());
             let responses = topics

@@ -276,6 +276,19 @@ async fn run_shard(
             }
         })
     };
+    // The shard's latency histograms reach scrapes about once a second.
+    let latency = {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(Duration::from_secs(1)).await;
+                shard
+                    .latency
+                    .borrow_mut()
+                    .publish(&shard.ctx.metrics, shard.id);
+            }
+        })
+    };
     let compaction = (shard.ctx.compaction_interval_ms > 0).then(|| {
         let shard = shard.clone();
         glommio::spawn_local(async move {
@@ -328,5 +341,6 @@ async fn run_shard(
     })
     .await;
     drop(retention);
+    drop(latency);
     drop(compaction);
 }

@@ -188,6 +188,8 @@ pub struct Shard {
     partitions: RefCell<HashMap<Key, Rc<RefCell<PartitionLog>>>>,
     waiters: RefCell<HashMap<Key, Vec<oneshot::Sender<()>>>>,
     cache: RefCell<Cache>,
+    /// Request latency, recorded here alone and published for scrapes.
+    pub latency: RefCell<crate::metrics::ShardLatency>,
     senders: Senders<ShardMsg>,
     /// The group coordinator, on shard 0 only.
     coordinator: Option<Rc<Coordinator>>,
@@ -274,6 +276,7 @@ impl Shard {
             partitions: RefCell::new(HashMap::new()),
             waiters: RefCell::new(HashMap::new()),
             cache: RefCell::new(Cache::default()),
+            latency: RefCell::default(),
             senders,
         }
     }
