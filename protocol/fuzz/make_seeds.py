@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
-"""Writes the hand-made seed corpus of the two fuzz targets.
+"""Writes the hand-made seed corpus of the three fuzz targets.
 
     python3 protocol/fuzz/make_seeds.py
 
 corpus/decode_request/ holds request frames without their 4-byte size prefix
 (what `ferry_protocol::frame::fuzz_request` takes); corpus/record_batch/ holds
 the contents of a `records` field: zero or more record batches back to back
-(what `ferry_protocol::records::fuzz_batches` takes). Each seed is small, is
+(what `ferry_protocol::records::fuzz_batches` takes); corpus/ferry_message/
+holds one byte that picks one of Ferry's own node-to-node messages (bit 0:
+response; the rest: 0 handoff commit, 1 replica read, 2 forward) and then
+that message's version 0 body (what `ferry_protocol::frame::fuzz_ferry_message`
+takes, as schemas/ferry/*.json describe it). Each seed is small, is
 named for what it is, and is either valid or broken in one named way, so the
 fuzzer starts next to the interesting branches. The output is the same on
 every run: the seeds are committed, and so is this script.
@@ -219,6 +223,70 @@ def metadata_v12(topics: list[str]) -> bytes:
     return header_v2(API_METADATA, 12, 2) + body
 
 
+# ---- Ferry's own messages (schemas/ferry/) ------------------------------
+
+HANDOFF, REPLICA, FORWARD = 0, 1, 2
+KEY = "handoff/zone-a/node-7/000000000000000001"
+
+
+def ferry(api: int, response: bool, body: bytes) -> bytes:
+    return bytes([(api << 1) | int(response)]) + body
+
+
+def array(items: list[bytes]) -> bytes:
+    return i32(len(items)) + b"".join(items)
+
+
+def handoff_batch(key_index: int) -> bytes:
+    return (
+        i32(key_index)
+        + i64(1 << 20)  # position
+        + struct.pack(">I", 16 << 10)  # length
+        + struct.pack(">I", 0xDEADBEEF)  # crc
+        + i32(100)  # record count
+        + i32(99)  # last offset delta
+        + i64(TIMESTAMP_MS)
+        + i64(1234)  # producer id
+        + i16(0)  # producer epoch
+        + i32(5000)  # base sequence
+    )
+
+
+def handoff_commit(key_index: int) -> bytes:
+    partition = string("golden-topic") + bytes(range(16)) + i32(0) + array([handoff_batch(key_index)] * 2)
+    return i32(3) + i64(17) + array([string(KEY)]) + array([partition])
+
+
+def replica_entry(key_index: int) -> bytes:
+    return (
+        i64(0) + i64(99) + i64(TIMESTAMP_MS) + i32(key_index)
+        + i64(1 << 20) + struct.pack(">I", 16 << 10) + struct.pack(">I", 0xDEADBEEF)
+    )
+
+
+FERRY_SEEDS = {
+    "handoff_commit": ferry(HANDOFF, False, handoff_commit(0)),
+    "handoff_commit_response": ferry(
+        HANDOFF, True, array([array([i16(0) + i64(0) + i64(0), i16(6) + i64(-1) + i64(-1)])])
+    ),
+    "replica_read": ferry(REPLICA, False, string("golden-topic") + i32(0) + i64(0) + i32(1 << 20) + i32(500)),
+    "replica_read_response": ferry(
+        REPLICA, True, i16(0) + i64(100) + i64(0) + i32(1) + array([string(KEY)]) + array([replica_entry(0)])
+    ),
+    "forward": ferry(FORWARD, False, string("10.0.0.1") + i32(len(metadata_v12(["t"]))) + metadata_v12(["t"])),
+    "forward_response_null": ferry(FORWARD, True, i16(0) + i32(-1)),
+    # Decodes: the index is checked where the key table is resolved, in ferry-node.
+    "handoff_commit_key_index_outside": ferry(HANDOFF, False, handoff_commit(7)),
+    # Claims 2^31-1 object keys in a few bytes: must fail before allocating.
+    "handoff_commit_huge_key_count": ferry(HANDOFF, False, i32(3) + i64(17) + i32(0x7FFF_FFFF) + string(KEY)),
+    "forward_negative_length": ferry(FORWARD, False, string("h") + i32(-2)),
+    "replica_read_response_truncated": ferry(
+        REPLICA, True, (i16(0) + i64(100) + i64(0) + i32(1) + array([string(KEY)]) + array([replica_entry(0)]))[:-3]
+    ),
+    "empty": b"",
+}
+
+
 SEEDS = {
     "decode_request": {
         "api_versions_v3": header_v2(API_API_VERSIONS, 3, 1)
@@ -252,6 +320,7 @@ SEEDS = {
         "empty": b"",
         "garbage": bytes((i * 89 + 7) % 256 for i in range(64)),
     },
+    "ferry_message": FERRY_SEEDS,
 }
 
 

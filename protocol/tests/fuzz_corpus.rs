@@ -70,3 +70,8 @@ fn decode_request_corpus() {
 fn record_batch_corpus() {
     run_corpus("record_batch", ferry_protocol::records::fuzz_batches);
 }
+
+#[test]
+fn ferry_message_corpus() {
+    run_corpus("ferry_message", ferry_protocol::frame::fuzz_ferry_message);
+}

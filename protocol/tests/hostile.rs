@@ -238,3 +238,179 @@ fn every_sample_frame_survives_the_fuzz_oracle() {
         frame::fuzz_request(&frame);
     }
 }
+
+// ---- Ferry's own node-to-node messages --------------------------------
+
+mod ferry {
+    use super::*;
+    use ferry_protocol::ferry_messages::{
+        self, RequestBody as FerryRequest, ResponseBody as FerryResponse,
+    };
+    use ferry_protocol::wire;
+
+    /// Decodes `body` as the request or response of Ferry API `key`, v0,
+    /// as a whole (nothing may follow), measuring allocations as
+    /// [`decode_measured`] does.
+    fn decode_ferry_measured(key: i16, request: bool, body: &Bytes) -> (bool, usize, usize) {
+        LARGEST.with(|l| l.set(0));
+        TOTAL.with(|l| l.set(0));
+        TRACK.with(|t| t.set(true));
+        let ok = if request {
+            wire::finish(body.len(), FerryRequest::decode_from(key, 0, body, body))
+                .is_ok_and(|(_, used)| used == body.len())
+        } else {
+            wire::finish(body.len(), FerryResponse::decode_from(key, 0, body, body))
+                .is_ok_and(|(_, used)| used == body.len())
+        };
+        TRACK.with(|t| t.set(false));
+        (ok, LARGEST.with(Cell::get), TOTAL.with(Cell::get))
+    }
+
+    /// One sampled body per Ferry message: (name, key, request?, bytes).
+    fn samples(seed: u64) -> Vec<(String, i16, bool, Bytes)> {
+        let mut r = SampleRng::new(seed);
+        let mut out = Vec::new();
+        for api in ferry_messages::APIS {
+            let req = FerryRequest::sample_for(api.key, &mut r, 0).expect("a request");
+            let mut w = wire::Writer::new();
+            req.encode(&mut w, 0).expect("encode");
+            out.push((
+                format!("{} request", api.name),
+                api.key,
+                true,
+                w.into_bytes(),
+            ));
+            let resp = FerryResponse::sample_for(api.key, &mut r, 0).expect("a response");
+            let mut w = wire::Writer::new();
+            resp.encode(&mut w, 0).expect("encode");
+            out.push((
+                format!("{} response", api.name),
+                api.key,
+                false,
+                w.into_bytes(),
+            ));
+        }
+        out
+    }
+
+    #[test]
+    fn ferry_apis_are_not_kafka_apis() {
+        assert_eq!(ferry_messages::APIS.len(), 3);
+        for api in ferry_messages::APIS {
+            assert!(api.key >= 32000, "{}", api.name);
+            assert!(
+                APIS.iter().all(|k| k.key != api.key),
+                "{} in APIS",
+                api.name
+            );
+            assert!(RequestBody::default_for(api.key).is_none());
+            // The Kafka request decoder refuses the key, even with a
+            // valid Kafka header and a valid Ferry body.
+            let mut w = wire::Writer::new();
+            FerryRequest::default_for(api.key)
+                .expect("a request")
+                .encode(&mut w, 0)
+                .expect("encode");
+            let body = w.into_bytes();
+            let mut f = Vec::new();
+            f.extend_from_slice(&api.key.to_be_bytes());
+            f.extend_from_slice(&0i16.to_be_bytes());
+            f.extend_from_slice(&[0, 0, 0, 1, 0, 0]);
+            f.extend_from_slice(&body);
+            let frame = Bytes::from(f);
+            assert!(decode_request(&frame, &SupportedApis::all()).is_err());
+            frame::fuzz_request(&frame);
+        }
+    }
+
+    #[test]
+    fn ferry_truncation_at_every_byte_is_an_error() {
+        let mut cases = 0;
+        for seed in 0..8 {
+            for (name, key, request, body) in samples(seed) {
+                assert!(decode_ferry_measured(key, request, &body).0, "{name}");
+                for cut in 0..body.len() {
+                    let short = body.slice(..cut);
+                    let (ok, largest, _) = decode_ferry_measured(key, request, &short);
+                    assert!(!ok, "{name} cut at {cut} of {} decoded", body.len());
+                    assert!(
+                        largest <= short.len().max(1024),
+                        "{name} cut at {cut}: allocated {largest} bytes"
+                    );
+                    cases += 1;
+                }
+            }
+        }
+        println!("Ferry truncation: {cases} truncated bodies, all refused");
+    }
+
+    #[test]
+    fn ferry_bit_flips_never_panic_or_amplify_memory() {
+        let mut cases = 0;
+        for (name, key, request, body) in samples(9) {
+            for bit in 0..body.len() * 8 {
+                let mut b = body.to_vec();
+                b[bit / 8] ^= 1 << (bit % 8);
+                let b = Bytes::from(b);
+                let (_ok, _largest, total) = decode_ferry_measured(key, request, &b);
+                assert!(
+                    total <= 512 * b.len() + 4096,
+                    "{name} flip {bit}: {total} bytes allocated"
+                );
+                cases += 1;
+            }
+        }
+        println!("Ferry bit flips: {cases} flipped bodies decoded or refused without panic");
+    }
+
+    /// The fuzz seeds (`fuzz/make_seeds.py`) are what their names say: the
+    /// valid ones decode, the broken ones are refused.
+    #[test]
+    fn ferry_fuzz_seeds_are_what_they_say() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/ferry_message");
+        let decodes = |name: &str| {
+            let data = std::fs::read(dir.join(name)).expect("seed");
+            let (pick, body) = data.split_first().expect("a pick byte");
+            let key = ferry_messages::APIS[usize::from(pick >> 1)].key;
+            decode_ferry_measured(key, pick & 1 == 0, &Bytes::copy_from_slice(body)).0
+        };
+        for valid in [
+            "handoff_commit",
+            "handoff_commit_response",
+            "replica_read",
+            "replica_read_response",
+            "forward",
+            "forward_response_null",
+            "handoff_commit_key_index_outside",
+        ] {
+            assert!(decodes(valid), "{valid}");
+        }
+        for broken in [
+            "handoff_commit_huge_key_count",
+            "forward_negative_length",
+            "replica_read_response_truncated",
+        ] {
+            assert!(!decodes(broken), "{broken}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 1000,
+            failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::Direct(
+                "tests/proptest-regressions/hostile.txt",
+            ))),
+            ..ProptestConfig::default()
+        })]
+
+        /// Random bodies for every Ferry message.
+        #[test]
+        fn ferry_random_bodies_never_panic(api in 0usize..3, request: bool, body in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let key = ferry_messages::APIS[api].key;
+            let body = Bytes::from(body);
+            let (_ok, _largest, total) = decode_ferry_measured(key, request, &body);
+            prop_assert!(total <= 512 * body.len() + 4096);
+        }
+    }
+}

@@ -446,7 +446,7 @@ pub(super) async fn write_loop(
         }
         let r = async {
             for seg in batch.iter().flatten() {
-                if seg.len() >= ZERO_COPY_BYTES_MIN {
+                if seg.len() >= ferry_protocol::wire::SEGMENT_BYTES_MIN {
                     if !buf.is_empty() {
                         wr.write_all(&buf).await?;
                         buf.clear();

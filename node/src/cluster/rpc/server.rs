@@ -54,22 +54,21 @@ pub fn decode_call(frame: &Bytes) -> Result<RpcCall, RpcError> {
     if frame.len() < REQUEST_HEADER_BYTES {
         return Err(RpcError::ShortFrame { len: frame.len() });
     }
-    let mut r = Reader::new(frame.clone());
-    let api_key = r.i16("api_key")?;
-    let version = r.i16("api_version")?;
-    let correlation_id = r.i32("correlation_id")?;
+    let api_key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
     if !matches!(api_key, HANDOFF_COMMIT | REPLICA_READ | FORWARD) {
         return Err(RpcError::UnknownApi { api_key });
     }
     if version != RPC_VERSION {
         return Err(RpcError::UnsupportedVersion { api_key, version });
     }
+    let payload = &frame[REQUEST_HEADER_BYTES..];
     let body = match api_key {
-        HANDOFF_COMMIT => RpcBody::HandoffCommit(HandoffCommit::decode(&mut r)?),
-        REPLICA_READ => RpcBody::ReplicaRead(ReplicaRead::decode(&mut r)?),
-        _ => RpcBody::Forward(Forward::decode(&mut r)?),
+        HANDOFF_COMMIT => RpcBody::HandoffCommit(decode_payload(frame, payload)?),
+        REPLICA_READ => RpcBody::ReplicaRead(decode_payload(frame, payload)?),
+        _ => RpcBody::Forward(decode_payload(frame, payload)?),
     };
-    r.finish()?;
     Ok(RpcCall {
         correlation_id,
         body,
