@@ -47,8 +47,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cluster::etcd_api::{
-    create_revision_is, lease_is, mod_revision_is, op_delete, op_get, op_put, Client,
-    ConnectOptions, EtcdApiError, LeaseKeeper, Txn,
+    create_revision_is, lease_is, mod_revision_is, op_delete, op_get, op_put, ByteCount, ByteMeter,
+    Client, ConnectOptions, EtcdApiError, LeaseKeeper, Txn,
 };
 use arc_swap::ArcSwap;
 use futures_channel::oneshot;
@@ -302,9 +302,6 @@ struct Shared {
     left: AtomicBool,
     session: AtomicU64,
     stop: watch::Sender<bool>,
-    /// Dropped with the last task that talks to etcd (the lease revoke
-    /// after a stop included), which stops the counting relays.
-    _relays: Option<watch::Sender<bool>>,
 }
 
 impl Shared {
@@ -457,8 +454,8 @@ impl EtcdCoordinator {
     }
 
     /// [`EtcdCoordinator::register`], with every byte to and from etcd
-    /// counted as `coordinator` traffic when `counted` is given: the client
-    /// then reaches each endpoint through a relay on 127.0.0.1.
+    /// counted as `coordinator` traffic of etcd's zone when `counted` is
+    /// given (by the connections' own reads and writes).
     pub fn register_counted(
         handle: Handle,
         options: EtcdOptions,
@@ -468,20 +465,8 @@ impl EtcdCoordinator {
         let (tx, rx) = oneshot::channel();
         let h = handle.clone();
         handle.spawn(async move {
-            let r = match counted {
-                None => register_on_runtime(h, options, member, None).await,
-                Some(counted) => match relay_endpoints(&options.endpoints, counted).await {
-                    Ok((endpoints, relays)) => {
-                        let relayed = EtcdOptions {
-                            endpoints,
-                            ..options
-                        };
-                        register_on_runtime(h, relayed, member, Some(relays)).await
-                    }
-                    Err(e) => Err(CoordinatorError::Etcd(e)),
-                },
-            };
-            let _ = tx.send(r);
+            let meter = counted.map(CoordinatorTraffic::meter);
+            let _ = tx.send(register_on_runtime(h, options, member, meter).await);
         });
         async move {
             rx.await
@@ -507,7 +492,7 @@ async fn register_on_runtime(
     handle: Handle,
     options: EtcdOptions,
     member: Member,
-    relays: Option<watch::Sender<bool>>,
+    meter: Option<ByteMeter>,
 ) -> Result<EtcdCoordinator, CoordinatorError> {
     options.check()?;
     check_member(&member)?;
@@ -519,6 +504,7 @@ async fn register_on_runtime(
         connect_timeout: options.connect_timeout,
         keep_alive_interval: keep_alive,
         keep_alive_timeout: options.request_timeout,
+        meter,
     };
     let client = bounded(
         "connect",
@@ -548,7 +534,6 @@ async fn register_on_runtime(
         left: AtomicBool::new(false),
         session: AtomicU64::new(0),
         stop,
-        _relays: relays,
     });
     let registration = register_lease(&shared, None).await?;
     adopt(&shared, &registration);
@@ -1167,120 +1152,18 @@ pub struct CoordinatorTraffic {
     pub zones: ZoneTable,
 }
 
-/// Bytes one relay read asks for.
-const RELAY_CHUNK_BYTES: usize = 16 * 1024;
-
-/// Starts one relay per endpoint on 127.0.0.1 and answers the endpoints to
-/// connect to instead, and a sender whose drop stops the relays. Each
-/// connection through a relay is counted in and out as `coordinator`
-/// traffic of the zone its etcd address is in.
-async fn relay_endpoints(
-    endpoints: &[String],
-    counted: CoordinatorTraffic,
-) -> Result<(Vec<String>, watch::Sender<bool>), EtcdError> {
-    let (stop, _) = watch::channel(false);
-    let counted = Arc::new(counted);
-    let mut local = Vec::with_capacity(endpoints.len());
-    for endpoint in endpoints {
-        let target = endpoint
-            .trim()
-            .strip_prefix("http://")
-            .unwrap_or(endpoint.trim())
-            .trim_end_matches('/')
-            .to_owned();
-        if target.contains("://") {
-            return Err(EtcdError::Options(format!(
-                "endpoint {endpoint:?}: only http:// endpoints are supported"
-            )));
-        }
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .map_err(|e| EtcdError::Options(format!("a relay for {endpoint}: {e}")))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| EtcdError::Options(format!("a relay for {endpoint}: {e}")))?;
-        local.push(format!("http://{addr}"));
-        let counted = counted.clone();
-        let mut stopped = stop.subscribe();
-        tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    a = listener.accept() => a,
-                    _ = stopped.wait_for(|s| *s) => return,
-                };
-                let inbound = match accepted {
-                    Ok((s, _)) => s,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "etcd relay accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let target = target.clone();
-                let counted = counted.clone();
-                let stopped = stopped.clone();
-                tokio::spawn(relay_one(inbound, target, counted, stopped));
-            }
-        });
+impl CoordinatorTraffic {
+    /// Counts each connection's bytes as `coordinator` traffic of the zone
+    /// its etcd address is in (`unknown` where no CIDR block has it).
+    fn meter(self) -> ByteMeter {
+        let counted = Arc::new(self);
+        Arc::new(move |peer: std::net::SocketAddr| -> ByteCount {
+            let zone = counted.zones.zone_of(peer.ip()).unwrap_or("unknown");
+            let traffic = counted.traffic.zone(zone);
+            let kind = crate::cluster::rpc::RpcKind::Coordinator;
+            Arc::new(move |sent, received| traffic.add(kind, sent, received))
+        })
     }
-    Ok((local, stop))
-}
-
-/// Copies one connection both ways between the etcd client and `target`,
-/// counting as it goes. A failed connect closes the client's side: the
-/// client sees a refused connection, as it would without the relay.
-async fn relay_one(
-    inbound: tokio::net::TcpStream,
-    target: String,
-    counted: Arc<CoordinatorTraffic>,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let outbound = match tokio::net::TcpStream::connect(&target).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::debug!(target = %target, error = %e, "etcd relay cannot connect");
-            return;
-        }
-    };
-    let zone = outbound
-        .peer_addr()
-        .ok()
-        .and_then(|a| counted.zones.zone_of(a.ip()).map(str::to_owned))
-        .unwrap_or_else(|| "unknown".to_owned());
-    let traffic = counted.traffic.zone(&zone);
-    let _ = inbound.set_nodelay(true);
-    let _ = outbound.set_nodelay(true);
-    let (ri, wi) = inbound.into_split();
-    let (ro, wo) = outbound.into_split();
-    let kind = crate::cluster::rpc::RpcKind::Coordinator;
-    let up = pump(ri, wo, |n| traffic.add(kind, n, 0));
-    let down = pump(ro, wi, |n| traffic.add(kind, 0, n));
-    tokio::select! {
-        _ = async { tokio::join!(up, down) } => {}
-        _ = stopped.wait_for(|s| *s) => {}
-    }
-}
-
-/// Copies `from` to `to` until either ends, calling `count` with each
-/// chunk's length, then shuts `to` down.
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    count: impl Fn(u64),
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut buf = vec![0u8; RELAY_CHUNK_BYTES];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if to.write_all(&buf[..n]).await.is_err() {
-            break;
-        }
-        count(n as u64);
-    }
-    let _ = to.shutdown().await;
 }
 
 #[cfg(test)]

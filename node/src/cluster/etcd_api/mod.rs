@@ -10,6 +10,11 @@
 //!
 //! [`Client`] is cheap to clone (one HTTP/2 channel, shared). Calls are not
 //! bounded here: the coordinator bounds each one with its request timeout.
+//!
+//! The channel connects through [`Connector`]: a TCP connection to one of
+//! the endpoints (the next one in turn after a failure), whose bytes a
+//! [`ByteMeter`] may count as they pass (the node counts them as
+//! `coordinator` traffic of the zone etcd is in).
 
 #[allow(
     clippy::all,
@@ -21,6 +26,13 @@
 #[rustfmt::skip]
 pub mod generated;
 
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_channel::mpsc;
@@ -34,6 +46,9 @@ pub use generated::{
     Compare, Event, KeyValue, LeaseGrantResponse, LeaseKeepAliveResponse, RangeResponse, RequestOp,
     ResponseHeader, ResponseOp, TxnRequest, TxnResponse, WatchResponse,
 };
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tonic::codegen::http::Uri;
 use tonic::transport::{Channel, Endpoint};
 
 /// Errors of an etcd call.
@@ -49,6 +64,9 @@ pub enum EtcdApiError {
     /// No endpoint given.
     #[error("no etcd endpoint")]
     NoEndpoint,
+    /// An endpoint this client cannot reach (only `http://` is supported).
+    #[error("etcd endpoint {endpoint:?}: only http://host:port is supported")]
+    Unsupported { endpoint: String },
     /// The connection could not be made.
     #[error("connect to etcd: {0}")]
     Connect(#[source] tonic::transport::Error),
@@ -65,13 +83,139 @@ pub enum EtcdApiError {
 
 type Result<T> = std::result::Result<T, EtcdApiError>;
 
+/// Counts the bytes of connections to etcd: told a new connection's peer,
+/// it answers what to call with each (sent, received) byte count of it.
+pub type ByteMeter = Arc<dyn Fn(SocketAddr) -> ByteCount + Send + Sync>;
+
+/// Called with (bytes sent, bytes received) as they pass.
+pub type ByteCount = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
 /// How to connect.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct ConnectOptions {
     pub connect_timeout: Duration,
     /// HTTP/2 pings on the connection, and how long one may go unanswered.
     pub keep_alive_interval: Duration,
     pub keep_alive_timeout: Duration,
+    /// Counts every byte to and from etcd, if given.
+    pub meter: Option<ByteMeter>,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("keep_alive_interval", &self.keep_alive_interval)
+            .field("keep_alive_timeout", &self.keep_alive_timeout)
+            .field("metered", &self.meter.is_some())
+            .finish()
+    }
+}
+
+/// Connects the channel: TCP to the endpoints in turn, starting after the
+/// one used last, so a reconnection after a failure tries the next one.
+#[derive(Clone)]
+struct Connector {
+    /// `host:port` of each endpoint.
+    targets: Arc<[String]>,
+    next: Arc<AtomicUsize>,
+    meter: Option<ByteMeter>,
+}
+
+impl tonic::codegen::Service<Uri> for Connector {
+    type Response = TokioIo<Metered>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<TokioIo<Metered>>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let n = this.targets.len();
+            let first = this.next.fetch_add(1, Relaxed);
+            let mut last_error = io::Error::new(io::ErrorKind::NotFound, "no etcd endpoint");
+            for i in 0..n {
+                let target = &this.targets[(first + i) % n];
+                match tokio::net::TcpStream::connect(target.as_str()).await {
+                    Ok(stream) => {
+                        stream.set_nodelay(true)?;
+                        let count = match (&this.meter, stream.peer_addr()) {
+                            (Some(meter), Ok(peer)) => Some(meter(peer)),
+                            _ => None,
+                        };
+                        return Ok(TokioIo::new(Metered { stream, count }));
+                    }
+                    Err(e) => last_error = e,
+                }
+            }
+            Err(last_error)
+        })
+    }
+}
+
+/// A TCP connection to etcd whose bytes are counted as they pass.
+struct Metered {
+    stream: tokio::net::TcpStream,
+    count: Option<ByteCount>,
+}
+
+impl AsyncRead for Metered {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if let (Poll::Ready(Ok(())), Some(count)) = (&polled, &self.count) {
+            let n = buf.filled().len() - before;
+            if n > 0 {
+                count(0, n as u64);
+            }
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Metered {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if let (Poll::Ready(Ok(n)), Some(count)) = (&polled, &self.count) {
+            count(*n as u64, 0);
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        if let (Poll::Ready(Ok(n)), Some(count)) = (&polled, &self.count) {
+            count(*n as u64, 0);
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 /// A connection to an etcd cluster (see the module doc).
@@ -103,11 +247,13 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 }
 
 impl Client {
-    /// Connects to `endpoints` (`http://host:port` or `host:port`): at once
-    /// to a single one, so that an unreachable etcd is an error here; with
-    /// several, requests are spread over them and each connects on use.
+    /// Connects to `endpoints` (`http://host:port` or `host:port`) at once,
+    /// so that an etcd none of them reaches is an error here. One HTTP/2
+    /// connection carries every call; when it breaks, the next connection
+    /// goes to the next endpoint that answers.
     pub async fn connect(endpoints: &[String], options: ConnectOptions) -> Result<Client> {
-        let mut list = Vec::with_capacity(endpoints.len());
+        let mut uris = Vec::with_capacity(endpoints.len());
+        let mut targets = Vec::with_capacity(endpoints.len());
         for e in endpoints {
             let e = e.trim();
             let uri = if e.contains("://") {
@@ -115,22 +261,37 @@ impl Client {
             } else {
                 format!("http://{e}")
             };
-            let endpoint = Endpoint::from_shared(uri)
-                .map_err(|source| EtcdApiError::Endpoint {
+            let endpoint =
+                Endpoint::from_shared(uri.clone()).map_err(|source| EtcdApiError::Endpoint {
                     endpoint: e.to_owned(),
                     source,
-                })?
-                .connect_timeout(options.connect_timeout)
-                .http2_keep_alive_interval(options.keep_alive_interval)
-                .keep_alive_timeout(options.keep_alive_timeout)
-                .keep_alive_while_idle(true);
-            list.push(endpoint);
+                })?;
+            let authority = endpoint
+                .uri()
+                .authority()
+                .filter(|_| endpoint.uri().scheme_str() == Some("http"))
+                .ok_or_else(|| EtcdApiError::Unsupported {
+                    endpoint: e.to_owned(),
+                })?;
+            targets.push(authority.as_str().to_owned());
+            uris.push(endpoint);
         }
-        let channel = match list.len() {
-            0 => return Err(EtcdApiError::NoEndpoint),
-            1 => list[0].connect().await.map_err(EtcdApiError::Connect)?,
-            _ => Channel::balance_list(list.into_iter()),
+        let Some(endpoint) = uris.into_iter().next() else {
+            return Err(EtcdApiError::NoEndpoint);
         };
+        let connector = Connector {
+            targets: targets.into(),
+            next: Arc::new(AtomicUsize::new(0)),
+            meter: options.meter,
+        };
+        let channel = endpoint
+            .connect_timeout(options.connect_timeout)
+            .http2_keep_alive_interval(options.keep_alive_interval)
+            .keep_alive_timeout(options.keep_alive_timeout)
+            .keep_alive_while_idle(true)
+            .connect_with_connector(connector)
+            .await
+            .map_err(EtcdApiError::Connect)?;
         Ok(Client {
             kv: KvClient::new(channel.clone()),
             watch: WatchClient::new(channel.clone()),
