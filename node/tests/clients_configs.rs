@@ -10,7 +10,7 @@ use ferry_node::broker::server;
 use ferry_node::cluster::topics::TopicTable;
 use ferry_node::config::{Config, HostEnv};
 use ferry_node::node::NodeSettings;
-use ferry_node::storage::durable::{DurableLog, MemoryLog};
+use ferry_node::storage::durable::{MemoryLog, MetaStore};
 use std::collections::HashMap;
 use std::sync::Arc;
 

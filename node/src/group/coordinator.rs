@@ -37,7 +37,8 @@ pub struct Coordinator {
     waiting: RefCell<HashMap<Token, oneshot::Sender<Completed>>>,
     persist: glommio::sync::Semaphore,
     persisted_changes: RefCell<u64>,
-    durable: Arc<dyn crate::storage::durable::DurableLog>,
+    /// Where the offsets are kept.
+    meta: Arc<dyn crate::storage::durable::MetaStore>,
     /// The metadata object the offsets go to ([`groups_meta_name`]).
     meta_name: String,
 }
@@ -48,7 +49,7 @@ impl Coordinator {
     pub fn new(
         config: GroupConfig,
         snapshot: Option<Bytes>,
-        durable: Arc<dyn crate::storage::durable::DurableLog>,
+        meta: Arc<dyn crate::storage::durable::MetaStore>,
         meta_name: String,
     ) -> Coordinator {
         let mut state = GroupCoordinator::new(config, now_ms() as u64);
@@ -66,7 +67,7 @@ impl Coordinator {
             waiting: RefCell::new(HashMap::new()),
             persist: glommio::sync::Semaphore::new(1),
             persisted_changes: RefCell::new(persisted),
-            durable,
+            meta,
             meta_name,
         }
     }
@@ -132,11 +133,7 @@ impl Coordinator {
         if changes == *self.persisted_changes.borrow() {
             return Ok(());
         }
-        match self
-            .durable
-            .put_meta(&self.meta_name, changes, snapshot)
-            .await
-        {
+        match self.meta.put_meta(&self.meta_name, changes, snapshot).await {
             Ok(Ok(())) => {
                 *self.persisted_changes.borrow_mut() = changes;
                 Ok(())

@@ -157,43 +157,51 @@ pub type AppendAck = Pin<Box<dyn Future<Output = Result<Location, DurableError>>
 /// Resolves to the bytes of several durable batches.
 pub type ReadManyAck = Pin<Box<dyn Future<Output = Result<Vec<Bytes>, DurableError>> + Send>>;
 
-/// The node's durable log. `Send + Sync`: one for the node, shared by every
-/// shard; implementations hand work to their own threads.
-pub trait DurableLog: Send + Sync + 'static {
+/// The produce path's side of the WAL: room for a batch, the append, and
+/// what a failed append or a handoff commit needs.
+pub trait WalAppender: Send + Sync + 'static {
     /// Checks there is room for `bytes` more before offsets are assigned, so
     /// that a refused batch never consumes offsets.
     fn reserve(&self, bytes: usize) -> Result<(), DurableError>;
 
     /// Queues `entry` for the next WAL object; the answer comes once that
-    /// object is in the bucket. The room was taken by [`DurableLog::reserve`].
+    /// object is in the bucket. The room was taken by [`WalAppender::reserve`].
     fn append(&self, entry: AppendEntry) -> AppendAck;
-
-    /// Reads durable batches back from the bucket: adjacent ranges of one
-    /// object (each location starting where the one before ends), with one
-    /// request where the store allows it; a single batch is a run of one.
-    fn read_adjacent(&self, locations: Vec<Location>) -> ReadManyAck;
 
     /// After an append to this partition failed, lets appends to it through
     /// again (the caller has moved the partition's log end back).
     fn resume_partition(&self, topic: &str, partition: i32);
 
-    /// Prometheus lines for the log's own counters.
-    fn render_metrics(&self) -> String;
+    /// Queues `entry` (batches a proxy forwards) for this node's next
+    /// handoff object; the answer is where the bytes are, once that object
+    /// is in the bucket.
+    fn handoff_append(&self, entry: AppendEntry) -> AppendAck;
 
-    /// Deletes node `node`'s objects of `kind` whose sequence number is
-    /// below `below` and that are at least `min_age` old; answers how many
-    /// went. The caller knows nothing refers to them (see `crate::storage::refs`).
-    fn delete_node_objects(
+    /// Seals the pending WAL object now rather than at the end of the
+    /// interval: a leader does so for handoff commits, so a cross-zone
+    /// produce waits for one interval, the proxy's, not two.
+    fn flush(&self);
+}
+
+/// Reading batches back from the bucket: a fetch of evicted batches, and a
+/// new leader's load.
+pub trait BatchReader: Send + Sync + 'static {
+    /// Reads durable batches back from the bucket: adjacent ranges of one
+    /// object (each location starting where the one before ends), with one
+    /// request where the store allows it; a single batch is a run of one.
+    fn read_adjacent(&self, locations: Vec<Location>) -> ReadManyAck;
+
+    /// Reads the history of some partitions (topic id, partition) from
+    /// every node's WAL and compacted objects, fenced by leader epochs: what
+    /// a leader taking them over starts from.
+    fn load_partitions(
         &self,
-        kind: ObjectKind,
-        node: u32,
-        below: u64,
-        min_age: std::time::Duration,
-    ) -> oneshot::Receiver<Result<usize, DurableError>>;
+        want: Vec<([u8; 16], i32)>,
+    ) -> oneshot::Receiver<Result<LoadedPartitions, DurableError>>;
+}
 
-    /// The nodes that have objects of `kind` in the bucket.
-    fn object_owners(&self, kind: ObjectKind) -> oneshot::Receiver<Result<Vec<u32>, DurableError>>;
-
+/// Small metadata objects: the topic table, group offsets, zone CIDRs.
+pub trait MetaStore: Send + Sync + 'static {
     /// Writes a small metadata object (`meta/<name>`): the topic table, group
     /// offsets. `version` orders writes of one name: a write whose version is
     /// not above one already written is dropped (answered `Ok`), because the
@@ -208,7 +216,11 @@ pub trait DurableLog: Send + Sync + 'static {
 
     /// Reads a metadata object; `None` if it was never written.
     fn get_meta(&self, name: &str) -> oneshot::Receiver<Result<Option<Bytes>, DurableError>>;
+}
 
+/// What happens to objects after they are written: compaction, and
+/// deletion by reference.
+pub trait ObjectLifecycle: Send + Sync + 'static {
     /// Writes one partition's durable batches (in offset order) into a
     /// compacted object of their own; answers each one's new location once
     /// that object is in the bucket. The old locations stay readable until
@@ -221,23 +233,28 @@ pub trait DurableLog: Send + Sync + 'static {
     /// Deletes one compacted object that nothing reads from any more.
     fn delete_object(&self, key: Arc<str>) -> oneshot::Receiver<Result<(), DurableError>>;
 
-    /// Queues `entry` (batches a proxy forwards) for this node's next
-    /// handoff object; the answer is where the bytes are, once that object
-    /// is in the bucket.
-    fn handoff_append(&self, entry: AppendEntry) -> AppendAck;
-
-    /// Seals the pending WAL object now rather than at the end of the
-    /// interval: a leader does so for handoff commits, so a cross-zone
-    /// produce waits for one interval, the proxy's, not two.
-    fn flush(&self);
-
-    /// Reads the history of some partitions (topic id, partition) from
-    /// every node's WAL and compacted objects, fenced by leader epochs: what
-    /// a leader taking them over starts from.
-    fn load_partitions(
+    /// Deletes node `node`'s objects of `kind` whose sequence number is
+    /// below `below` and that are at least `min_age` old; answers how many
+    /// went. The caller knows nothing refers to them (see `crate::storage::refs`).
+    fn delete_node_objects(
         &self,
-        want: Vec<([u8; 16], i32)>,
-    ) -> oneshot::Receiver<Result<LoadedPartitions, DurableError>>;
+        kind: ObjectKind,
+        node: u32,
+        below: u64,
+        min_age: std::time::Duration,
+    ) -> oneshot::Receiver<Result<usize, DurableError>>;
+
+    /// The nodes that have objects of `kind` in the bucket.
+    fn object_owners(&self, kind: ObjectKind) -> oneshot::Receiver<Result<Vec<u32>, DurableError>>;
+}
+
+/// The node's durable log, as a node is started with it (`WalLog`, or
+/// `MemoryLog` in tests): every part above, one object shared by every
+/// shard (`Send + Sync`; implementations hand work to their own threads).
+/// A caller that needs one part takes that trait.
+pub trait DurableLog: WalAppender + BatchReader + MetaStore + ObjectLifecycle {
+    /// Prometheus lines for the log's own counters.
+    fn render_metrics(&self) -> String;
 }
 
 /// A durable log held in memory, durable at once. For tests of everything
@@ -265,7 +282,7 @@ impl MemoryLog {
     }
 }
 
-impl DurableLog for MemoryLog {
+impl WalAppender for MemoryLog {
     fn reserve(&self, _bytes: usize) -> Result<(), DurableError> {
         Ok(())
     }
@@ -294,6 +311,16 @@ impl DurableLog for MemoryLog {
         Box::pin(std::future::ready(Ok(loc)))
     }
 
+    fn resume_partition(&self, _topic: &str, _partition: i32) {}
+
+    fn handoff_append(&self, entry: AppendEntry) -> AppendAck {
+        self.append(entry)
+    }
+
+    fn flush(&self) {}
+}
+
+impl BatchReader for MemoryLog {
     fn read_adjacent(&self, locations: Vec<Location>) -> ReadManyAck {
         // Every batch is an object of its own here.
         let g = self.inner.lock();
@@ -314,35 +341,19 @@ impl DurableLog for MemoryLog {
         Box::pin(std::future::ready(r))
     }
 
-    fn resume_partition(&self, _topic: &str, _partition: i32) {}
-
-    fn delete_node_objects(
+    fn load_partitions(
         &self,
-        _kind: ObjectKind,
-        _node: u32,
-        _below: u64,
-        _min_age: std::time::Duration,
-    ) -> oneshot::Receiver<Result<usize, DurableError>> {
-        // Objects in memory are never deleted: the log lives as long as the
-        // process.
+        _want: Vec<([u8; 16], i32)>,
+    ) -> oneshot::Receiver<Result<LoadedPartitions, DurableError>> {
+        // Memory is not indexed by partition: a partition taken over here
+        // starts empty (tests start nodes before they create topics).
         let (tx, rx) = oneshot::channel();
-        let _ = tx.send(Ok(0));
+        let _ = tx.send(Ok(LoadedPartitions::new()));
         rx
     }
+}
 
-    fn object_owners(
-        &self,
-        _kind: ObjectKind,
-    ) -> oneshot::Receiver<Result<Vec<u32>, DurableError>> {
-        let (tx, rx) = oneshot::channel();
-        let _ = tx.send(Ok(Vec::new()));
-        rx
-    }
-
-    fn render_metrics(&self) -> String {
-        String::new()
-    }
-
+impl MetaStore for MemoryLog {
     fn put_meta(
         &self,
         name: &str,
@@ -360,6 +371,14 @@ impl DurableLog for MemoryLog {
         rx
     }
 
+    fn get_meta(&self, name: &str) -> oneshot::Receiver<Result<Option<Bytes>, DurableError>> {
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(Ok(self.inner.lock().meta.get(name).cloned()));
+        rx
+    }
+}
+
+impl ObjectLifecycle for MemoryLog {
     fn compact(
         &self,
         entries: Vec<AppendEntry>,
@@ -398,27 +417,33 @@ impl DurableLog for MemoryLog {
         rx
     }
 
-    fn handoff_append(&self, entry: AppendEntry) -> AppendAck {
-        self.append(entry)
-    }
-
-    fn load_partitions(
+    fn delete_node_objects(
         &self,
-        _want: Vec<([u8; 16], i32)>,
-    ) -> oneshot::Receiver<Result<LoadedPartitions, DurableError>> {
-        // Memory is not indexed by partition: a partition taken over here
-        // starts empty (tests start nodes before they create topics).
+        _kind: ObjectKind,
+        _node: u32,
+        _below: u64,
+        _min_age: std::time::Duration,
+    ) -> oneshot::Receiver<Result<usize, DurableError>> {
+        // Objects in memory are never deleted: the log lives as long as the
+        // process.
         let (tx, rx) = oneshot::channel();
-        let _ = tx.send(Ok(LoadedPartitions::new()));
+        let _ = tx.send(Ok(0));
         rx
     }
 
-    fn flush(&self) {}
-
-    fn get_meta(&self, name: &str) -> oneshot::Receiver<Result<Option<Bytes>, DurableError>> {
+    fn object_owners(
+        &self,
+        _kind: ObjectKind,
+    ) -> oneshot::Receiver<Result<Vec<u32>, DurableError>> {
         let (tx, rx) = oneshot::channel();
-        let _ = tx.send(Ok(self.inner.lock().meta.get(name).cloned()));
+        let _ = tx.send(Ok(Vec::new()));
         rx
+    }
+}
+
+impl DurableLog for MemoryLog {
+    fn render_metrics(&self) -> String {
+        String::new()
     }
 }
 

@@ -3,7 +3,10 @@
 
 use crate::cluster::topics::TopicTable;
 use crate::prom::{Exposition, Kind};
-use crate::storage::durable::{AppendAck, AppendEntry, DurableError, DurableLog, ReadManyAck};
+use crate::storage::durable::{
+    AppendAck, AppendEntry, BatchReader, DurableError, DurableLog, MetaStore, ObjectLifecycle,
+    ReadManyAck, WalAppender,
+};
 use crate::storage::durable::{LogBatch, Recovered};
 use bytes::Bytes;
 use ferry_wal::{
@@ -515,7 +518,7 @@ async fn get_meta(store: &dyn ObjectStore, name: &str) -> Result<Option<Bytes>, 
     }
 }
 
-impl DurableLog for WalLog {
+impl WalAppender for WalLog {
     fn reserve(&self, bytes: usize) -> Result<(), DurableError> {
         let inflight = self.handle.inflight_bytes();
         if inflight + bytes as u64 > self.inflight_bytes_max as u64 {
@@ -536,121 +539,8 @@ impl DurableLog for WalLog {
         })
     }
 
-    fn read_adjacent(&self, locations: Vec<crate::storage::durable::Location>) -> ReadManyAck {
-        // The WAL's error names the object.
-        let rx = self.reader.read_adjacent(locations);
-        Box::pin(async move {
-            match rx.await {
-                Ok(Ok(b)) => Ok(b),
-                Ok(Err(e)) => Err(DurableError::Wal(e)),
-                Err(_) => Err(DurableError::Closed),
-            }
-        })
-    }
-
     fn resume_partition(&self, topic: &str, partition: i32) {
         self.handle.resume_partition(topic, partition);
-    }
-
-    fn put_meta(
-        &self,
-        name: &str,
-        version: u64,
-        data: Bytes,
-    ) -> oneshot::Receiver<Result<(), DurableError>> {
-        let store = self.store.clone();
-        let key = Path::from(format!("meta/{name}"));
-        let written = self
-            .meta_written
-            .lock()
-            .entry(name.to_string())
-            .or_default()
-            .clone();
-        self.io.spawn(async move {
-            // One write of a name at a time; an older version than the last
-            // written is already covered by it.
-            let mut last = written.lock().await;
-            if version <= *last {
-                return Ok(());
-            }
-            store
-                .put(&key, PutPayload::from(data))
-                .await
-                .map_err(|e| DurableError::Store {
-                    op: "put",
-                    key: key.to_string(),
-                    source: Arc::new(e),
-                })?;
-            *last = version;
-            Ok(())
-        })
-    }
-
-    fn get_meta(&self, name: &str) -> oneshot::Receiver<Result<Option<Bytes>, DurableError>> {
-        let store = self.store.clone();
-        let name = name.to_string();
-        self.io
-            .spawn(async move { get_meta(&*store, &name).await.map_err(wal_error) })
-    }
-
-    fn delete_node_objects(
-        &self,
-        kind: crate::storage::durable::ObjectKind,
-        node: u32,
-        below: u64,
-        min_age: Duration,
-    ) -> oneshot::Receiver<Result<usize, DurableError>> {
-        let store = self.store.clone();
-        let deleted = match kind {
-            crate::storage::durable::ObjectKind::Wal => self.objects_deleted.clone(),
-            crate::storage::durable::ObjectKind::Handoff => self.handoff_deleted.clone(),
-        };
-        self.io.spawn(async move {
-            let n =
-                ferry_wal::cleanup::delete_objects(&*store, kind.prefix(), node, below, min_age)
-                    .await
-                    .map_err(wal_error)?;
-            deleted.fetch_add(n as u64, Relaxed);
-            Ok(n)
-        })
-    }
-
-    fn object_owners(
-        &self,
-        kind: crate::storage::durable::ObjectKind,
-    ) -> oneshot::Receiver<Result<Vec<u32>, DurableError>> {
-        let store = self.store.clone();
-        self.io.spawn(async move {
-            let prefix = Path::from(kind.prefix());
-            let listed = store
-                .list_with_delimiter(Some(&prefix))
-                .await
-                .map_err(|e| DurableError::Store {
-                    op: "list",
-                    key: prefix.to_string(),
-                    source: Arc::new(e),
-                })?;
-            Ok(listed
-                .common_prefixes
-                .iter()
-                .filter_map(|p| p.filename()?.parse().ok())
-                .collect())
-        })
-    }
-
-    fn compact(
-        &self,
-        entries: Vec<AppendEntry>,
-    ) -> oneshot::Receiver<Result<Vec<crate::storage::durable::Location>, DurableError>> {
-        let store = self.store.clone();
-        let node = self.node_id;
-        let stats = self.stats.clone();
-        self.io.spawn(async move {
-            let entries: Vec<WalEntry> = entries.into_iter().map(wal_entry).collect();
-            compact::write_compacted(&*store, node, &entries, &stats)
-                .await
-                .map_err(wal_error)
-        })
     }
 
     fn handoff_append(&self, e: AppendEntry) -> AppendAck {
@@ -666,6 +556,20 @@ impl DurableLog for WalLog {
     fn flush(&self) {
         // The answer is each entry's own acknowledgement.
         drop(self.handle.flush());
+    }
+}
+
+impl BatchReader for WalLog {
+    fn read_adjacent(&self, locations: Vec<crate::storage::durable::Location>) -> ReadManyAck {
+        // The WAL's error names the object.
+        let rx = self.reader.read_adjacent(locations);
+        Box::pin(async move {
+            match rx.await {
+                Ok(Ok(b)) => Ok(b),
+                Ok(Err(e)) => Err(DurableError::Wal(e)),
+                Err(_) => Err(DurableError::Closed),
+            }
+        })
     }
 
     fn load_partitions(
@@ -762,6 +666,66 @@ impl DurableLog for WalLog {
             Ok(out)
         })
     }
+}
+
+impl MetaStore for WalLog {
+    fn put_meta(
+        &self,
+        name: &str,
+        version: u64,
+        data: Bytes,
+    ) -> oneshot::Receiver<Result<(), DurableError>> {
+        let store = self.store.clone();
+        let key = Path::from(format!("meta/{name}"));
+        let written = self
+            .meta_written
+            .lock()
+            .entry(name.to_string())
+            .or_default()
+            .clone();
+        self.io.spawn(async move {
+            // One write of a name at a time; an older version than the last
+            // written is already covered by it.
+            let mut last = written.lock().await;
+            if version <= *last {
+                return Ok(());
+            }
+            store
+                .put(&key, PutPayload::from(data))
+                .await
+                .map_err(|e| DurableError::Store {
+                    op: "put",
+                    key: key.to_string(),
+                    source: Arc::new(e),
+                })?;
+            *last = version;
+            Ok(())
+        })
+    }
+
+    fn get_meta(&self, name: &str) -> oneshot::Receiver<Result<Option<Bytes>, DurableError>> {
+        let store = self.store.clone();
+        let name = name.to_string();
+        self.io
+            .spawn(async move { get_meta(&*store, &name).await.map_err(wal_error) })
+    }
+}
+
+impl ObjectLifecycle for WalLog {
+    fn compact(
+        &self,
+        entries: Vec<AppendEntry>,
+    ) -> oneshot::Receiver<Result<Vec<crate::storage::durable::Location>, DurableError>> {
+        let store = self.store.clone();
+        let node = self.node_id;
+        let stats = self.stats.clone();
+        self.io.spawn(async move {
+            let entries: Vec<WalEntry> = entries.into_iter().map(wal_entry).collect();
+            compact::write_compacted(&*store, node, &entries, &stats)
+                .await
+                .map_err(wal_error)
+        })
+    }
 
     fn delete_object(&self, key: Arc<str>) -> oneshot::Receiver<Result<(), DurableError>> {
         let store = self.store.clone();
@@ -782,6 +746,53 @@ impl DurableLog for WalLog {
         })
     }
 
+    fn delete_node_objects(
+        &self,
+        kind: crate::storage::durable::ObjectKind,
+        node: u32,
+        below: u64,
+        min_age: Duration,
+    ) -> oneshot::Receiver<Result<usize, DurableError>> {
+        let store = self.store.clone();
+        let deleted = match kind {
+            crate::storage::durable::ObjectKind::Wal => self.objects_deleted.clone(),
+            crate::storage::durable::ObjectKind::Handoff => self.handoff_deleted.clone(),
+        };
+        self.io.spawn(async move {
+            let n =
+                ferry_wal::cleanup::delete_objects(&*store, kind.prefix(), node, below, min_age)
+                    .await
+                    .map_err(wal_error)?;
+            deleted.fetch_add(n as u64, Relaxed);
+            Ok(n)
+        })
+    }
+
+    fn object_owners(
+        &self,
+        kind: crate::storage::durable::ObjectKind,
+    ) -> oneshot::Receiver<Result<Vec<u32>, DurableError>> {
+        let store = self.store.clone();
+        self.io.spawn(async move {
+            let prefix = Path::from(kind.prefix());
+            let listed = store
+                .list_with_delimiter(Some(&prefix))
+                .await
+                .map_err(|e| DurableError::Store {
+                    op: "list",
+                    key: prefix.to_string(),
+                    source: Arc::new(e),
+                })?;
+            Ok(listed
+                .common_prefixes
+                .iter()
+                .filter_map(|p| p.filename()?.parse().ok())
+                .collect())
+        })
+    }
+}
+
+impl DurableLog for WalLog {
     fn render_metrics(&self) -> String {
         let s = self.handle.stats();
         // The handoff writer's own counters (its PUTs are not in
