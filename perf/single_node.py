@@ -49,6 +49,8 @@ from harness import free_port, wait_port  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = os.path.join(ROOT, "target", "release")
+# The ferry binary measured (perf/before_after.py points it at other builds).
+FERRY = os.path.join(RELEASE, "ferry")
 
 
 def machine():
@@ -175,7 +177,7 @@ class Broker:
         self.dir = os.path.join(work, name)
         log = open(os.path.join(work, f"{name}.log"), "ab")
         if kind == "ferry":
-            cmd = [os.path.join(RELEASE, "ferry"), "dev", "--dir", self.dir, "--port", str(self.port),
+            cmd = [FERRY, "dev", "--dir", self.dir, "--port", str(self.port),
                    "--override", f"ferry.metrics.listener=127.0.0.1:{self.mport}"]
         else:
             cmd = [args.tansu, "--listener-url", f"tcp://127.0.0.1:{self.port}",

@@ -42,13 +42,31 @@
 //! - [`arena`] (each shard's off-heap read arena), [`clock`] and [`prom`]
 //!   (the one Prometheus text writer), below everything.
 //!
-//! A produce request goes: [`broker::conn::serve`] cuts and decodes the
-//! frame, [`broker::api::handle`] splits it by partition,
-//! [`shard::Shard::produce`] sends each part to the owning shard, where
-//! [`shard::partition::PartitionLog`] checks and places the batch, the
-//! durable log makes it durable, and the answer travels back the same way.
-//! For a partition led in another zone the node is a proxy: the batches go
-//! into its handoff object and the leader assigns offsets over RPC.
+//! A produce request, function by function:
+//!
+//! 1. [`broker::conn::serve`] reads the frame into the shard's arena and
+//!    decodes it (the record batches stay slices of that frame);
+//! 2. [`broker::api::handle`] dispatches it; `broker::api::produce` splits
+//!    it by partition and calls [`shard::Shard::produce`] for each part;
+//! 3. `Shard::produce` routes the partition ([`shard::Route`]): a partition
+//!    of another shard goes over the channel mesh to its owner, one led in
+//!    another zone to `shard::handoff` (the proxy: the batches go into this
+//!    node's handoff object, then a [`cluster::rpc::HandoffCommit`] asks the
+//!    leader for offsets), one led by a node of this zone back to the client
+//!    as NOT_LEADER_OR_FOLLOWER;
+//! 4. on the owning shard, `produce_local` then `append_batches`:
+//!    [`shard::partition::PartitionLog::append_meta`] checks the producer's
+//!    epoch and sequence, assigns offsets and returns the WAL entry;
+//!    [`storage::durable::WalAppender::append`] queues it for the
+//!    interval's WAL object ([`storage::wal_log::WalLog`] hands it to
+//!    `ferry-wal`'s writer), and the shard's log cache is charged for it;
+//! 5. when the object is in the bucket, the append's future resolves:
+//!    `PartitionLog::made_durable` records where the batch is and moves the
+//!    high watermark, which wakes `await_durable`;
+//! 6. the acknowledgement goes back the same way: `append_batches` answers
+//!    with the base offset, `broker::api::produce` joins the parts into the
+//!    ProduceResponse, and `conn::serve` writes it in request order.
+//!
 //! `ARCHITECTURE.md` at the repository root describes every path.
 
 pub mod arena;

@@ -110,7 +110,7 @@ class Ctx:
         return self.leaders(topic, via.zone, NOWHERE, via)
 
     def produce(self, z, topic, tag, partitions=None, count=0, seconds=0, rate=0, size=1024,
-                timeout_ms=20000, bootstrap=None, client_id=None):
+                timeout_ms=20000, bootstrap=None, client_id=None, debug=""):
         acks = os.path.join(self.dir, f"acks-{tag}.jsonl")
         args = ["produce", "--bootstrap", bootstrap or self.c.bootstrap(z),
                 "--client-id", client_id or tagged(z, f"prod-{tag}"), "--topic", topic, "--tag", tag,
@@ -124,6 +124,8 @@ class Ctx:
             args += ["--seconds", str(seconds)]
         if rate:
             args += ["--rate", str(rate)]
+        if debug:
+            args += ["--debug", debug]
         p = self.c.spawn_client(z, args, f"producer-{tag}.log")
         p.acks_path = acks
         p.tag = tag
@@ -631,7 +633,7 @@ def step_kill(ctx):
     leader = next((l for p, l in sorted(truth.items()) if c.nodes[l].zone == 2 and l != proxy), c.zone_nodes(2)[0].id)
     secs = ctx.args.kill_seconds
     prods = {z: ctx.produce(z, topic, f"kill-z{z}", partitions=list(range(nparts)), seconds=secs,
-                            rate=ctx.args.kill_rate, size=512, timeout_ms=90000) for z in zs}
+                            rate=ctx.args.kill_rate, size=512, timeout_ms=90000, debug="eos") for z in zs}
     t0 = time.time()
     events = []
 

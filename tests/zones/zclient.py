@@ -284,6 +284,10 @@ def produce(args):
             "socket.connection.setup.timeout.ms": 5000,
             "topic.metadata.refresh.interval.ms": 2000,
             "queue.buffering.max.kbytes": 65536}
+    if args.debug:
+        # What the idempotent producer decided (epoch bumps, drains, retries)
+        # lands in the producer's log beside the acks.
+        conf["debug"] = args.debug
     p = Producer(conf)
     out = open(args.acks, "w")
     stats = {"fatal": None, "acked": 0, "failed": 0, "errors": {}, "sent": 0, "payload_bytes_acked": 0}
@@ -437,6 +441,7 @@ def main():
     p.add_argument("--linger-ms", type=int, default=20)
     p.add_argument("--message-timeout-ms", type=int, default=30000)
     p.add_argument("--flush-timeout", type=float, default=40)
+    p.add_argument("--debug", default="", help="librdkafka debug contexts (to stderr), e.g. eos")
     c = sub.add_parser("consume")
     c.add_argument("--bootstrap", required=True)
     c.add_argument("--client-id", required=True)

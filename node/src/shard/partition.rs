@@ -103,6 +103,15 @@ pub enum AppendError {
         expected: i32,
         got: i32,
     },
+    /// A batch past the next one expected of a producer this partition
+    /// knows at this epoch: an earlier batch of it was refused (while the
+    /// partition was loading, say) and will come again.
+    #[error("producer {producer_id}: sequence {got} is ahead of {expected}; send the earlier batches first")]
+    Ahead {
+        producer_id: i64,
+        expected: i32,
+        got: i32,
+    },
     #[error("producer {producer_id}: epoch {got} is older than {current}")]
     Fenced {
         producer_id: i64,
@@ -116,6 +125,14 @@ impl AppendError {
         match self {
             AppendError::Records(e) => e.produce_error_code(),
             AppendError::OutOfOrder { .. } => ErrorCode::OUT_OF_ORDER_SEQUENCE_NUMBER,
+            // Not Kafka's OUT_OF_ORDER_SEQUENCE_NUMBER: on that, librdkafka
+            // bumps the producer's epoch and numbers every batch not yet
+            // acknowledged again from 0, a batch an earlier attempt wrote
+            // (its answer lost when a leader died) included, which the
+            // partition then takes a second time. LEADER_NOT_AVAILABLE is
+            // "not persisted, retry": the client sends the missing batch
+            // first, which is taken or found a duplicate, then this one.
+            AppendError::Ahead { .. } => ErrorCode::LEADER_NOT_AVAILABLE,
             AppendError::Fenced { .. } => ErrorCode::INVALID_PRODUCER_EPOCH,
         }
     }
@@ -205,9 +222,8 @@ impl PartitionLog {
 
     /// [`PartitionLog::check_sequences`] from header fields.
     pub fn check_sequences_meta(&self, batches: &[BatchMeta]) -> Result<(), AppendError> {
-        // (epoch, recent (first, last) sequences) per producer, as the
-        // appends so far would leave them.
-        let mut sim: HashMap<i64, (i16, Vec<(i32, i32)>)> = HashMap::new();
+        // Each producer as the appends so far would leave it.
+        let mut sim: HashMap<i64, SimulatedProducer> = HashMap::new();
         for b in batches {
             let pid = b.producer_id;
             if pid < 0 {
@@ -217,36 +233,47 @@ impl PartitionLog {
             let st = sim
                 .entry(pid)
                 .or_insert_with(|| match self.producers.get(&pid) {
-                    Some(p) => (p.epoch, p.recent.iter().map(|&(f, l, _)| (f, l)).collect()),
-                    None => (epoch, Vec::new()),
+                    Some(p) => SimulatedProducer {
+                        epoch: p.epoch,
+                        recent: p.recent.iter().map(|&(f, l, _)| (f, l)).collect(),
+                        from_log: p.recent.len(),
+                    },
+                    None => SimulatedProducer {
+                        epoch,
+                        recent: Vec::new(),
+                        from_log: 0,
+                    },
                 });
-            if epoch < st.0 {
+            if epoch < st.epoch {
                 return Err(AppendError::Fenced {
                     producer_id: pid,
-                    current: st.0,
+                    current: st.epoch,
                     got: epoch,
                 });
             }
-            if epoch > st.0 {
-                *st = (epoch, Vec::new());
+            if epoch > st.epoch {
+                *st = SimulatedProducer {
+                    epoch,
+                    recent: Vec::new(),
+                    from_log: 0,
+                };
             }
-            if st.1.contains(&(first, last)) {
+            if st.recent.contains(&(first, last)) {
                 continue;
             }
             // As `append_meta` checks it: a producer or epoch new here
             // starts at sequence 0.
-            let expected = match st.1.last() {
+            let expected = match st.recent.last() {
                 Some(&(_, i32::MAX)) | None => 0,
                 Some(&(_, prev_last)) => prev_last + 1,
             };
             if first != expected {
-                return Err(AppendError::OutOfOrder {
-                    producer_id: pid,
-                    expected,
-                    got: first,
-                });
+                // Ahead of the log's last batch, a missing batch may come
+                // again; ahead of one in this same request, it will not.
+                let known = !st.recent.is_empty() && st.recent.len() == st.from_log;
+                return Err(sequence_error(known, pid, expected, first));
             }
-            st.1.push((first, last));
+            st.recent.push((first, last));
         }
         Ok(())
     }
@@ -315,11 +342,12 @@ impl PartitionLog {
                 None => 0,
             };
             if first != expected {
-                return Err(AppendError::OutOfOrder {
-                    producer_id: pid,
+                return Err(sequence_error(
+                    recent.is_some_and(|r| !r.is_empty()),
+                    pid,
                     expected,
-                    got: first,
-                });
+                    first,
+                ));
             }
         }
         let base = self.next_offset;
@@ -591,6 +619,36 @@ impl PartitionLog {
     }
 }
 
+/// A producer as the batches of one request so far would leave it, for
+/// [`PartitionLog::check_sequences_meta`].
+struct SimulatedProducer {
+    epoch: i16,
+    /// (first, last) sequences of its recent batches.
+    recent: Vec<(i32, i32)>,
+    /// How many of `recent` are the log's (the rest are this request's).
+    from_log: usize,
+}
+
+/// The refusal of a batch whose first sequence is not the `expected` one.
+/// `known`: the partition holds batches of this producer at this epoch.
+/// Past the expected one, an earlier batch is missing and will come again
+/// ([`AppendError::Ahead`]); anything else is out of order.
+fn sequence_error(known: bool, producer_id: i64, expected: i32, got: i32) -> AppendError {
+    if known && got > expected {
+        AppendError::Ahead {
+            producer_id,
+            expected,
+            got,
+        }
+    } else {
+        AppendError::OutOfOrder {
+            producer_id,
+            expected,
+            got,
+        }
+    }
+}
+
 /// Whether a location is in a compacted object (not a WAL object).
 pub fn is_compacted(location: &Location) -> bool {
     location.seq == ferry_wal::compact::COMPACTED_SEQ
@@ -804,12 +862,13 @@ mod tests {
             }
         );
         assert_eq!(p.log_end(), 2);
-        // A gap in the sequence is refused.
+        // A gap in the sequence is refused, as a batch to send again after
+        // the missing ones (not persisted, retriable).
         let gap = batch(1, Some((9, 0, 5)));
         let err = p
             .append(&PartitionLog::check(&gap).unwrap()[0])
             .unwrap_err();
-        assert_eq!(err.error_code(), ErrorCode::OUT_OF_ORDER_SEQUENCE_NUMBER);
+        assert_eq!(err.error_code(), ErrorCode::LEADER_NOT_AVAILABLE);
         // The next sequence is taken.
         let next = batch(1, Some((9, 0, 2)));
         assert!(matches!(
@@ -893,6 +952,60 @@ mod tests {
         assert!(p
             .check_sequences(&PartitionLog::check(&raw).unwrap())
             .is_err());
+    }
+
+    /// The three-zone kill step's duplicate: a leader wrote a batch and died
+    /// before answering; after its restart the batch's retry met the
+    /// partition still loading (refused), the next batch came after the
+    /// load and was refused as out of order, so librdkafka bumped its epoch
+    /// and wrote the first batch again under the new one. The next batch
+    /// is now refused as "not persisted, retry", and the retry of the first
+    /// is found a duplicate.
+    #[test]
+    fn a_batch_ahead_of_a_known_producer_waits_for_the_missing_one() {
+        let mut p = PartitionLog::new("t".into(), [0; 16], 0);
+        let append = |p: &mut PartitionLog, pid_epoch_seq: (i64, i16, i32)| {
+            let raw = batch(1, Some(pid_epoch_seq));
+            p.append(&PartitionLog::check(&raw).unwrap()[0])
+                .map(|(a, _)| a)
+        };
+        for seq in [0, 1] {
+            append(&mut p, (5, 0, seq)).unwrap();
+        }
+        // Sequence 2 is missing: 3 waits, and changes nothing.
+        assert_eq!(
+            append(&mut p, (5, 0, 3)).unwrap_err().error_code(),
+            ErrorCode::LEADER_NOT_AVAILABLE
+        );
+        assert_eq!(p.log_end(), 2);
+        // The retry of 1 is a duplicate; then 2 and 3 are taken in order.
+        assert_eq!(
+            append(&mut p, (5, 0, 1)).unwrap(),
+            Appended::Duplicate {
+                base_offset: 1,
+                last_offset: 1
+            }
+        );
+        for (seq, offset) in [(2, 2), (3, 3)] {
+            assert!(matches!(
+                append(&mut p, (5, 0, seq)).unwrap(),
+                Appended::New { base_offset, .. } if base_offset == offset
+            ));
+        }
+        // A producer this partition does not know, not starting at 0: out
+        // of order, as before.
+        assert_eq!(
+            append(&mut p, (6, 0, 4)).unwrap_err().error_code(),
+            ErrorCode::OUT_OF_ORDER_SEQUENCE_NUMBER
+        );
+        // The check of a whole request says the same.
+        let raw = batch(1, Some((5, 0, 9)));
+        assert_eq!(
+            p.check_sequences(&PartitionLog::check(&raw).unwrap())
+                .unwrap_err()
+                .error_code(),
+            ErrorCode::LEADER_NOT_AVAILABLE
+        );
     }
 
     #[test]
