@@ -626,3 +626,87 @@ fn a_real_node_serves_rpcs_on_its_kafka_listener() {
     assert_eq!(&resp[..4], &77i32.to_be_bytes());
     node.stop();
 }
+
+/// A handoff commit is checked before it touches a log: one from a node
+/// outside the view, or whose batch fields no client batch could have (a
+/// negative or mismatched offset delta, no record), is refused and moves
+/// nothing; a well-formed one from a member is taken.
+#[test]
+fn a_handoff_commit_is_checked_before_it_changes_a_log() {
+    use ferry_node::broker::server;
+    use ferry_node::node::NodeSettings;
+    use ferry_node::storage::durable::MemoryLog;
+    use ferry_protocol::messages::*;
+    use ferry_protocol::wire::Message;
+    let node = server::start(
+        NodeSettings::local(1),
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(MemoryLog::new()),
+        Default::default(),
+        Default::default(),
+    )
+    .unwrap();
+    let addr = node.addr;
+    let mut k = std::net::TcpStream::connect(addr).unwrap();
+    k.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(common::raw::create_topic(&mut k, "h", 1, &[]), 0);
+    let body = RequestBody::Metadata(metadata_request::MetadataRequest {
+        topics: Some(vec![metadata_request::MetadataRequestTopic {
+            name: Some("h".into()),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    });
+    let resp = common::raw::call(&mut k, 12, body);
+    let topic_id = metadata_response::MetadataResponse::decode(&resp, 12)
+        .unwrap()
+        .topics[0]
+        .topic_id
+        .0;
+    let batch = |last_offset_delta: i32, record_count: i32| HandoffBatch {
+        key: "handoff/1/00000000000000000000.wal".into(),
+        position: 0,
+        len: 100,
+        crc: 0,
+        record_count,
+        last_offset_delta,
+        max_timestamp: 1,
+        producer_id: -1,
+        producer_epoch: -1,
+        base_sequence: -1,
+    };
+    let commit = move |from_node: i32, b: HandoffBatch| HandoffCommit {
+        from_node,
+        view_revision: 1,
+        partitions: vec![HandoffPartition {
+            topic: "h".into(),
+            topic_id,
+            partition: 0,
+            batches: vec![b],
+        }],
+    };
+    let to = member(1, "zone-a", addr);
+    let codes = run_bounded(30, move || async move {
+        let (c, _) = client();
+        let mut codes = Vec::new();
+        for req in [
+            commit(2, batch(0, 1)),   // node 2 is not in the view
+            commit(1, batch(-5, -4)), // a negative delta
+            commit(1, batch(3, 1)),   // a delta that does not match the count
+            commit(1, batch(-1, 0)),  // no record
+            commit(1, batch(0, 1)),   // well formed
+        ] {
+            let r = c.handoff_commit(&to, &req, 5 * SECOND).await.unwrap();
+            codes.push(r.partitions[0][0].error_code);
+        }
+        codes
+    });
+    assert_eq!(
+        codes,
+        [6, 87, 87, 87, 0],
+        "NOT_LEADER, INVALID_RECORD x3, taken"
+    );
+    // Only the well-formed batch moved the log: it sits at offset 0.
+    assert_eq!(common::raw::list_offset(&mut k, "h", 0, -1), 1);
+    node.stop();
+}

@@ -579,6 +579,14 @@ impl crate::cluster::rpc::RpcHandler for Rc<Shard> {
         &self,
         req: crate::cluster::rpc::HandoffCommit,
     ) -> crate::cluster::rpc::HandoffCommitResponse {
+        // Only a node of the current view hands batches off (one that just
+        // joined, or left, is answered "retry": nothing was written).
+        if self.view().member(req.from_node).is_none() {
+            return crate::cluster::rpc::HandoffCommitResponse::all(
+                &req,
+                ErrorCode::NOT_LEADER_OR_FOLLOWER,
+            );
+        }
         let tasks: Vec<_> = req
             .partitions
             .into_iter()

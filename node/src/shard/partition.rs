@@ -298,6 +298,19 @@ impl PartitionLog {
         batch: &BatchMeta,
         payload: Payload,
     ) -> Result<(Appended, Option<AppendEntry>), AppendError> {
+        // Every caller checked the header already (a client's batch, or a
+        // proxy's fields); this is what keeps the offsets dense whatever
+        // comes: a delta that is negative or does not match the count would
+        // move the log end where no rollback can follow.
+        if batch.last_offset_delta < 0
+            || i64::from(batch.last_offset_delta) + 1 != i64::from(batch.records_count)
+        {
+            return Err(RecordsError::InvalidForProduce(format!(
+                "lastOffsetDelta {} with recordsCount {}",
+                batch.last_offset_delta, batch.records_count
+            ))
+            .into());
+        }
         let pid = batch.producer_id;
         if pid >= 0 {
             let epoch = batch.producer_epoch;
@@ -1006,6 +1019,38 @@ mod tests {
                 .error_code(),
             ErrorCode::LEADER_NOT_AVAILABLE
         );
+    }
+
+    /// A batch whose offset delta is negative or does not match its record
+    /// count is refused before anything changes: the log end stays, and the
+    /// next batch gets the next offset.
+    #[test]
+    fn a_batch_with_an_impossible_delta_moves_nothing() {
+        let mut p = PartitionLog::new("t".into(), [0; 16], 0);
+        let meta = |last_offset_delta: i32, records_count: i32| BatchMeta {
+            producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
+            last_offset_delta,
+            max_timestamp: 1,
+            records_count,
+            len: 100,
+        };
+        let external = || Payload::External(loc());
+        for (delta, count) in [(-5, -4), (3, 1), (-1, 0), (i32::MAX, i32::MIN)] {
+            let err = p.append_meta(&meta(delta, count), external()).unwrap_err();
+            assert_eq!(
+                err.error_code(),
+                ErrorCode::INVALID_RECORD,
+                "{delta} {count}"
+            );
+            assert_eq!(p.log_end(), 0, "{delta} {count}");
+        }
+        assert!(matches!(
+            p.append_meta(&meta(2, 3), external()).unwrap().0,
+            Appended::New { base_offset: 0, .. }
+        ));
+        assert_eq!(p.log_end(), 3);
     }
 
     #[test]
