@@ -271,6 +271,10 @@ fn start_node(config: &Config, cluster: ferry_node::node::ClusterJoin) -> anyhow
         .first()
         .context("listeners is empty")?
         .clone();
+    for other in config.listeners.iter().skip(1) {
+        tracing::warn!(listener = %other, served = %listener,
+            "only the first listener is served yet; this one is not bound");
+    }
     let listen: SocketAddr = listener
         .bind_address()
         .to_socket_addrs()

@@ -95,6 +95,9 @@ const SECURITY_PROTOCOL_MAP_DEFAULT: &str =
     "PLAINTEXT:PLAINTEXT,SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL";
 
 /// Every key Ferry reads, in the order [`Config::describe`] lists them.
+/// Kafka's key for the ACL authorizer (see `Config::build`: refused).
+const AUTHORIZER_KEY: &str = "authorizer.class.name";
+
 pub const KNOWN_KEYS: &[&str] = &[
     "node.id",
     "broker.id",
@@ -611,6 +614,23 @@ impl Config {
             } else {
                 unknown_keys.push(key.clone());
             }
+        }
+
+        // An authorizer Ferry cannot honour stops the start: run on, and an
+        // operator who copied the key would believe ACLs are on.
+        if let Some(class) = raw
+            .0
+            .get(AUTHORIZER_KEY)
+            .map(|v| v.value.trim())
+            .filter(|v| !v.is_empty())
+        {
+            r.errors.push(ConfigError::Unsupported {
+                key: AUTHORIZER_KEY.to_owned(),
+                message: format!(
+                    "{class}: Ferry enforces no ACLs yet, so every request would be allowed; \
+                     remove the key to run without an authorizer"
+                ),
+            });
         }
 
         let node_id = r.int("node.id", 0, i32::MAX.into(), "a non-negative integer");
@@ -1583,6 +1603,22 @@ group.initial.rebalance.delay.ms=0
             parse("listeners=INTERNAL://:9093\nlistener.security.protocol.map=INTERNAL:PLAINTEXT")
                 .unwrap();
         assert_eq!(c.listeners[0].name, "INTERNAL");
+    }
+
+    #[test]
+    fn an_authorizer_ferry_cannot_honour_stops_the_start() {
+        for class in [
+            "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "kafka.security.authorizer.AclAuthorizer",
+        ] {
+            let e = error(&format!(
+                "authorizer.class.name={class}\nsuper.users=User:admin\n"
+            ));
+            assert!(e.contains("authorizer.class.name: "), "{e}");
+            assert!(e.contains("enforces no ACLs"), "{e}");
+        }
+        // Unset or empty, as Kafka's default: fine.
+        assert!(parse("authorizer.class.name=\n").is_ok());
     }
 
     #[test]
