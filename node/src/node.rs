@@ -34,6 +34,10 @@ pub struct NodeCtx {
     pub retention_ms: i64,
     pub retention_bytes: i64,
     pub frame_bytes_max: usize,
+    /// Bytes of client requests each shard may hold read and not answered
+    /// (`queued.max.request.bytes` over the shards); past it, the shard's
+    /// connections are not read.
+    pub queued_request_bytes_max: usize,
     /// The broker's configs as DescribeConfigs shows them:
     /// `(key, value, sensitive)`, from [`crate::config::Config::describe`]
     /// (sensitive values already `None`, URI credentials redacted).
@@ -111,6 +115,8 @@ pub struct NodeSettings {
     pub retention_ms: i64,
     pub retention_bytes: i64,
     pub frame_bytes_max: usize,
+    /// `queued.max.request.bytes` for the whole node; `None`: no limit.
+    pub queued_request_bytes_max: Option<u64>,
     /// [`crate::config::Config::describe`], for DescribeConfigs on the
     /// broker; empty if the caller has no `Config`.
     pub config_describe: Vec<(String, Option<String>, bool)>,
@@ -153,6 +159,7 @@ impl NodeSettings {
             retention_ms: -1,
             retention_bytes: -1,
             frame_bytes_max: ferry_protocol::frame::FRAME_BYTES_MAX_DEFAULT,
+            queued_request_bytes_max: Some(crate::config::QUEUED_REQUEST_BYTES_MAX_DEFAULT),
             config_describe: vec![],
             group_config: Default::default(),
             groups_snapshot: None,
@@ -190,6 +197,7 @@ impl NodeSettings {
             retention_ms: config.log_retention_ms.map_or(-1, |v| v as i64),
             retention_bytes: config.log_retention_bytes.map_or(-1, |v| v as i64),
             frame_bytes_max: config.socket_request_bytes_max,
+            queued_request_bytes_max: config.queued_request_bytes_max,
             config_describe: config.describe(),
             group_config: config.group.clone(),
             groups_snapshot: None,
@@ -290,6 +298,11 @@ impl NodeCtx {
             retention_ms: s.retention_ms,
             retention_bytes: s.retention_bytes,
             frame_bytes_max: s.frame_bytes_max,
+            queued_request_bytes_max: s.queued_request_bytes_max.map_or(usize::MAX, |b| {
+                usize::try_from(b / s.shards.max(1) as u64)
+                    .unwrap_or(usize::MAX)
+                    .max(1)
+            }),
             config_describe: s.config_describe,
             topic_changes: futures_util::lock::Mutex::new(()),
             // A node of a cluster never builds partitions from its own

@@ -170,3 +170,79 @@ fn bad_frames_are_closed_while_a_producer_keeps_going() {
     );
     node.stop();
 }
+
+/// How long an ApiVersions call takes on a fresh connection while another
+/// connection holds a Fetch that long-polls for `poll_ms`, on a one-shard
+/// node whose `queued.max.request.bytes` is `queued`.
+fn api_versions_while_a_fetch_waits(queued: Option<u64>, poll_ms: i32) -> Duration {
+    let node = server::start(
+        NodeSettings {
+            shards: 1,
+            queued_request_bytes_max: queued,
+            ..settings()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(MemoryLog::new()),
+        Default::default(),
+        HashMap::new(),
+    )
+    .unwrap();
+    let mut admin = connect(node.addr);
+    assert_eq!(common::raw::create_topic(&mut admin, "quiet", 1, &[]), 0);
+    // A fetch past the (empty) log's end waits up to poll_ms for data.
+    let fetch = RequestBody::Fetch(fetch_request::FetchRequest {
+        replica_id: -1,
+        max_wait_ms: poll_ms,
+        min_bytes: 1,
+        max_bytes: 1 << 20,
+        session_epoch: -1,
+        topics: vec![fetch_request::FetchTopic {
+            topic: "quiet".into(),
+            partitions: vec![fetch_request::FetchPartition {
+                partition: 0,
+                current_leader_epoch: -1,
+                fetch_offset: 0,
+                last_fetched_epoch: -1,
+                log_start_offset: -1,
+                partition_max_bytes: 1 << 20,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let mut poller = connect(node.addr);
+    poller
+        .write_all(&concat(
+            &encode_request(1, Some("poller"), 11, &fetch).unwrap(),
+        ))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut other = connect(node.addr);
+    let started = std::time::Instant::now();
+    common::raw::call(&mut other, 3, RequestBody::ApiVersions(Default::default()));
+    let took = started.elapsed();
+    node.stop();
+    took
+}
+
+/// `queued.max.request.bytes` bounds what clients can make a node hold:
+/// with a bound of one byte, a Fetch waiting for data holds it, and the
+/// shard reads no other request until that Fetch is answered; with the
+/// default bound, the other request is answered at once.
+#[test]
+fn past_queued_max_request_bytes_the_node_stops_reading_requests() {
+    let bounded = api_versions_while_a_fetch_waits(Some(1), 3000);
+    assert!(
+        bounded >= Duration::from_millis(2000),
+        "answered after {bounded:?} while the bound was taken"
+    );
+    let default = api_versions_while_a_fetch_waits(
+        Some(ferry_node::config::QUEUED_REQUEST_BYTES_MAX_DEFAULT),
+        3000,
+    );
+    assert!(
+        default < Duration::from_millis(1500),
+        "answered after {default:?} with room to spare"
+    );
+}

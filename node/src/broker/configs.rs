@@ -762,6 +762,7 @@ fn broker_config_type(key: &str) -> i8 {
         | "broker.id"
         | "num.partitions"
         | "socket.request.max.bytes"
+        | "queued.max.request.bytes"
         | "log.retention.hours"
         | "log.retention.minutes"
         | "group.initial.rebalance.delay.ms"
@@ -797,6 +798,9 @@ fn broker_doc(key: &str) -> &'static str {
         "num.partitions" => "Partitions of an auto-created topic.",
         "auto.create.topics.enable" => "Create unknown topics on Metadata and Produce.",
         "socket.request.max.bytes" => "Largest request frame.",
+        "queued.max.request.bytes" => {
+            "Bytes of client requests read and not yet answered, per node; past it sockets are not read. -1: no limit."
+        }
         "log.retention.hours" | "log.retention.minutes" | "log.retention.ms" => {
             "How long data is kept; -1: forever. Topics may override it with retention.ms."
         }

@@ -175,6 +175,21 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 .detach();
                 continue;
             }
+            // Client requests hold their bytes against the shard's bound until
+            // answered; past it this connection reads nothing more. (A frame
+            // larger than the whole bound takes all of it. Node-to-node calls,
+            // above, are not held: a handoff commit must get through to free
+            // the requests that wait for it.)
+            let permit = match shard
+                .request_bytes
+                .acquire_static_permit(
+                    (f.len() as u64).clamp(1, shard.ctx.queued_request_bytes_max as u64),
+                )
+                .await
+            {
+                Ok(p) => p,
+                Err(_) => break 'conn,
+            };
             let req = match frame::decode_request(&f, &shard.ctx.supported) {
                 Ok(r) => r,
                 Err(e) => {
@@ -210,6 +225,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                         frame: f.clone(),
                     };
                     let h = glommio::spawn_local(async move {
+                        let _permit = permit;
                         match sh.rpc.forward(&target, &fwd, FORWARD_TIMEOUT).await {
                             Ok(r) if r.error_code == 0 => r.frame.map(|f| vec![f]),
                             Ok(r) => {
@@ -234,6 +250,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             }
             let sh = shard.clone();
             let h = glommio::spawn_local(async move {
+                let _permit = permit;
                 let correlation_id = req.correlation_id();
                 let version = req.api_version();
                 let body = crate::broker::api::handle(&sh, req, peer).await?;

@@ -40,6 +40,7 @@
 //! | `num.partitions` | 1 | partitions of an auto-created topic |
 //! | `auto.create.topics.enable` | true | create unknown topics on Metadata/Produce |
 //! | `socket.request.max.bytes` | 104857600 | largest request frame |
+//! | `queued.max.request.bytes` | 536870912 | bytes of client requests read and not yet answered, per node (split over shards); past it sockets are not read; -1: no limit |
 //! | `log.retention.ms` / `.minutes` / `.hours` | 168 hours | -1: forever |
 //! | `log.retention.bytes` | -1 | per partition; -1: no limit |
 //! | `group.initial.rebalance.delay.ms` | 3000 | wait for more members before a new group's first rebalance |
@@ -89,6 +90,9 @@ pub const COMPACTION_BYTES_MIN_DEFAULT: u64 = 8 * 1024 * 1024;
 pub const CACHE_BYTES_MAX_MIN: u64 = 1024 * 1024;
 /// Upper bound of `ferry.shards`.
 pub const SHARDS_MAX: usize = 1024;
+/// Default of `queued.max.request.bytes` (Kafka's is -1, no limit; Ferry
+/// bounds what clients can make a node hold).
+pub const QUEUED_REQUEST_BYTES_MAX_DEFAULT: u64 = 512 * 1024 * 1024;
 
 /// Kafka's default `listener.security.protocol.map`.
 const SECURITY_PROTOCOL_MAP_DEFAULT: &str =
@@ -109,6 +113,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "num.partitions",
     "auto.create.topics.enable",
     "socket.request.max.bytes",
+    "queued.max.request.bytes",
     "log.retention.hours",
     "log.retention.minutes",
     "log.retention.ms",
@@ -296,6 +301,9 @@ pub struct Config {
     pub auto_create_topics: bool,
     /// `socket.request.max.bytes`: the largest request frame.
     pub socket_request_bytes_max: usize,
+    /// `queued.max.request.bytes`: bytes of client requests read and not
+    /// yet answered, per node; `None`: no limit.
+    pub queued_request_bytes_max: Option<u64>,
     /// `log.retention.ms` (or `.minutes`, `.hours`); `None`: forever.
     pub log_retention_ms: Option<u64>,
     /// `log.retention.bytes`, per partition; `None`: no limit.
@@ -536,6 +544,9 @@ impl Config {
             "num.partitions" => self.num_partitions.to_string(),
             "auto.create.topics.enable" => self.auto_create_topics.to_string(),
             "socket.request.max.bytes" => self.socket_request_bytes_max.to_string(),
+            "queued.max.request.bytes" => self
+                .queued_request_bytes_max
+                .map_or_else(|| "-1".to_owned(), |b| b.to_string()),
             "log.retention.hours" => raw(key).unwrap_or_else(|| "168".to_owned()),
             "log.retention.minutes" => raw(key)?,
             "log.retention.ms" => self
@@ -670,6 +681,24 @@ impl Config {
             )
             .and_then(|n| usize::try_from(n).ok())
             .unwrap_or(104_857_600);
+        let queued_request_bytes_max = match r.int(
+            "queued.max.request.bytes",
+            -1,
+            i64::MAX,
+            "a positive number of bytes, or -1 for no limit",
+        ) {
+            Some(-1) => None,
+            Some(0) => {
+                r.errors.push(ConfigError::invalid(
+                    "queued.max.request.bytes",
+                    "a positive number of bytes, or -1 for no limit",
+                    "0",
+                ));
+                None
+            }
+            Some(n) => Some(n as u64),
+            None => Some(QUEUED_REQUEST_BYTES_MAX_DEFAULT),
+        };
 
         let retention_expected =
             |unit: &str| format!("a non-negative number of {unit}, or -1 for no limit");
@@ -867,6 +896,7 @@ impl Config {
             num_partitions,
             auto_create_topics,
             socket_request_bytes_max,
+            queued_request_bytes_max,
             log_retention_ms,
             log_retention_bytes,
             group,

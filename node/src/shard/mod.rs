@@ -190,6 +190,10 @@ pub struct Shard {
     cache: RefCell<Cache>,
     /// Request latency, recorded here alone and published for scrapes.
     pub latency: RefCell<crate::metrics::ShardLatency>,
+    /// Bytes of client requests this shard's connections may hold read and
+    /// not answered (`queued.max.request.bytes`): a connection takes its
+    /// frame's bytes before serving it, so past the bound it stops reading.
+    pub request_bytes: Rc<glommio::sync::Semaphore>,
     senders: Senders<ShardMsg>,
     /// The group coordinator, on shard 0 only.
     coordinator: Option<Rc<Coordinator>>,
@@ -240,6 +244,9 @@ impl Shard {
         senders: Senders<ShardMsg>,
         hooks: BrokerHooks,
     ) -> Shard {
+        let request_bytes = Rc::new(glommio::sync::Semaphore::new(
+            ctx.queued_request_bytes_max as u64,
+        ));
         let coordinator = (id == COORDINATOR_SHARD).then(|| {
             let c = Rc::new(Coordinator::new(
                 ctx.group_config.clone(),
@@ -276,6 +283,7 @@ impl Shard {
             partitions: RefCell::new(HashMap::new()),
             waiters: RefCell::new(HashMap::new()),
             cache: RefCell::new(Cache::default()),
+            request_bytes,
             latency: RefCell::default(),
             senders,
         }
