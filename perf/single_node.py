@@ -18,10 +18,10 @@ ratios measured in one run on one machine:
 Every measurement gets a fresh broker; Ferry's bucket directory is deleted
 after each (a peak run writes tens of GB).
 
-The load comes from `ferry-bench` (librdkafka). It is built against Debian's
-librdkafka 2.0.2, which tansu 0.6 does not answer; so every run here, Ferry's
-and tansu's alike, loads the current librdkafka that the confluent-kafka wheel
-bundles (LD_LIBRARY_PATH; the C API is stable), and the report names the
+The load comes from `ferry-bench` (librdkafka, the 2.12 that rdkafka-sys
+bundles, linked in; the LD_LIBRARY_PATH pointing at the confluent-kafka
+wheel's library is left from when it linked Debian's 2.0.2, and only matters
+for a build that links librdkafka dynamically). The report names the
 librdkafka version used. Build both in release first:
 
     cargo build --release -p ferry-node -p ferry-bench
