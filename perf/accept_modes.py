@@ -133,10 +133,4 @@ def main():
 
 
 if __name__ == "__main__":
-    before = set(os.listdir(tempfile.gettempdir()))
-    try:
-        main()
-    finally:
-        for name in set(os.listdir(tempfile.gettempdir())) - before:
-            if name.startswith("ferry-perf-"):
-                shutil.rmtree(os.path.join(tempfile.gettempdir(), name), ignore_errors=True)
+    sn.run_cleaning_up(main)

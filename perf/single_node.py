@@ -347,8 +347,9 @@ def main():
         f.write(text)
 
 
-def main_cleaning_up():
-    """Runs the benchmark; its buckets (gigabytes per run) never outlive it."""
+def run_cleaning_up(main):
+    """Runs `main`; the work directories it made (`ferry-perf-*`, with
+    buckets of gigabytes) never outlive it."""
     before = set(os.listdir(tempfile.gettempdir()))
     try:
         main()
@@ -359,4 +360,4 @@ def main_cleaning_up():
 
 
 if __name__ == "__main__":
-    main_cleaning_up()
+    run_cleaning_up(main)

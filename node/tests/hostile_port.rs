@@ -190,27 +190,7 @@ fn api_versions_while_a_fetch_waits(queued: Option<u64>, poll_ms: i32) -> Durati
     let mut admin = connect(node.addr);
     assert_eq!(common::raw::create_topic(&mut admin, "quiet", 1, &[]), 0);
     // A fetch past the (empty) log's end waits up to poll_ms for data.
-    let fetch = RequestBody::Fetch(fetch_request::FetchRequest {
-        replica_id: -1,
-        max_wait_ms: poll_ms,
-        min_bytes: 1,
-        max_bytes: 1 << 20,
-        session_epoch: -1,
-        topics: vec![fetch_request::FetchTopic {
-            topic: "quiet".into(),
-            partitions: vec![fetch_request::FetchPartition {
-                partition: 0,
-                current_leader_epoch: -1,
-                fetch_offset: 0,
-                last_fetched_epoch: -1,
-                log_start_offset: -1,
-                partition_max_bytes: 1 << 20,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    });
+    let fetch = common::raw::fetch_request("quiet", 0, 0, poll_ms);
     let mut poller = connect(node.addr);
     poller
         .write_all(&concat(

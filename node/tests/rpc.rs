@@ -9,6 +9,7 @@ mod common;
 use bytes::{Bytes, BytesMut};
 use ferry_node::cluster::rpc::*;
 use ferry_node::cluster::Member;
+use ferry_node::node::NodeSettings;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -535,25 +536,27 @@ fn garbage_frames_close_the_connection_and_the_server_keeps_serving() {
     });
 }
 
+/// A real node on a free port of 127.0.0.1, its durable log in memory.
+fn memory_node(settings: NodeSettings) -> ferry_node::broker::server::RunningNode {
+    ferry_node::broker::server::start(
+        settings,
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(ferry_node::storage::durable::MemoryLog::new()),
+        Default::default(),
+        Default::default(),
+    )
+    .expect("the node starts")
+}
+
 /// The conn.rs hook on a real node: RPC frames reach the shard's handler
 /// (for now the stand-in, which refuses every call), garbage RPC frames
 /// close the connection, and Kafka requests still work.
 #[test]
 fn a_real_node_serves_rpcs_on_its_kafka_listener() {
-    use ferry_node::broker::server;
-    use ferry_node::node::NodeSettings;
-    use ferry_node::storage::durable::MemoryLog;
-    let node = server::start(
-        NodeSettings {
-            frame_bytes_max: 1 << 20,
-            ..NodeSettings::local(1)
-        },
-        "127.0.0.1:0".parse().unwrap(),
-        Arc::new(MemoryLog::new()),
-        Default::default(),
-        Default::default(),
-    )
-    .unwrap();
+    let node = memory_node(NodeSettings {
+        frame_bytes_max: 1 << 20,
+        ..NodeSettings::local(1)
+    });
     let addr = node.addr;
     for g in garbage() {
         let mut c = std::net::TcpStream::connect(addr).unwrap();
@@ -633,19 +636,9 @@ fn a_real_node_serves_rpcs_on_its_kafka_listener() {
 /// nothing; a well-formed one from a member is taken.
 #[test]
 fn a_handoff_commit_is_checked_before_it_changes_a_log() {
-    use ferry_node::broker::server;
-    use ferry_node::node::NodeSettings;
-    use ferry_node::storage::durable::MemoryLog;
     use ferry_protocol::messages::*;
     use ferry_protocol::wire::Message;
-    let node = server::start(
-        NodeSettings::local(1),
-        "127.0.0.1:0".parse().unwrap(),
-        Arc::new(MemoryLog::new()),
-        Default::default(),
-        Default::default(),
-    )
-    .unwrap();
+    let node = memory_node(NodeSettings::local(1));
     let addr = node.addr;
     let mut k = std::net::TcpStream::connect(addr).unwrap();
     k.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

@@ -546,7 +546,6 @@ fn a_leaders_partitions_are_taken_over_from_the_bucket() {
 /// leader's own zone it gets the records.
 #[test]
 fn a_fetch_from_another_rack_is_sent_to_its_zones_replica() {
-    use fetch_request::*;
     let coordinator = LocalCoordinator::new();
     let bucket = Arc::new(MemoryLog::new());
     let a = node_on(1, "zone-a", &coordinator, bucket.clone());
@@ -557,28 +556,10 @@ fn a_fetch_from_another_rack_is_sent_to_its_zones_replica() {
     let p = *truth.iter().find(|(_, &l)| l == 1).unwrap().0;
     assert_eq!(produce_retrying(&mut ca, "r", p, b"k").0, 0);
     let fetch = |c: &mut TcpStream, rack: &str| {
-        let body = RequestBody::Fetch(FetchRequest {
-            replica_id: -1,
-            max_wait_ms: 5_000,
-            min_bytes: 1,
-            max_bytes: 1 << 20,
-            session_epoch: -1,
-            rack_id: rack.into(),
-            topics: vec![FetchTopic {
-                topic: "r".into(),
-                partitions: vec![FetchPartition {
-                    partition: p,
-                    current_leader_epoch: -1,
-                    fetch_offset: 0,
-                    last_fetched_epoch: -1,
-                    log_start_offset: -1,
-                    partition_max_bytes: 1 << 20,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        });
+        let mut body = raw::fetch_request("r", p, 0, 5_000);
+        if let RequestBody::Fetch(f) = &mut body {
+            f.rack_id = rack.into();
+        }
         let started = std::time::Instant::now();
         let resp = raw::call_as(c, "plain", 11, body);
         let r = fetch_response::FetchResponse::decode(&resp, 11).unwrap();

@@ -319,10 +319,6 @@ impl ZoneCache {
         ZoneCache { resolver, table }
     }
 
-    pub fn resolver(&self) -> &Arc<ZoneResolver> {
-        &self.resolver
-    }
-
     /// The current table.
     pub fn table(&mut self) -> &Arc<ZoneTable> {
         self.table.load()

@@ -4,6 +4,7 @@
 //! reference.
 
 use super::*;
+use ferry_protocol::records::BATCH_HEADER_LEN;
 
 pub(super) struct QueuedCommit {
     /// The partition's batches, as the leader will append them.
@@ -276,16 +277,7 @@ impl Shard {
                 "the topic was deleted and created again",
             );
         }
-        // A proxy's batch is checked as a client's is (it is not read here:
-        // its header fields come in the call), before anything changes.
-        if let Some(e) = part
-            .batches
-            .iter()
-            .find_map(|b| check_handoff_batch(b, self.ctx.frame_bytes_max).err())
-        {
-            return ProduceResult::err(ErrorCode::INVALID_RECORD, e);
-        }
-        let items = part
+        let items: Vec<(BatchMeta, Payload)> = part
             .batches
             .iter()
             .map(|b| {
@@ -310,6 +302,26 @@ impl Shard {
                 )
             })
             .collect();
+        // A proxy's batch is not read here (its header fields come in the
+        // call): the fields are checked as a client's header is, and its
+        // range as one an object can hold, before anything changes.
+        let max = self.ctx.frame_bytes_max;
+        for (meta, b) in items.iter().map(|(m, _)| m).zip(&part.batches) {
+            let range_ok = (BATCH_HEADER_LEN..=max).contains(&(b.len as usize))
+                && b.position.checked_add(u64::from(b.len)).is_some();
+            if !range_ok {
+                return ProduceResult::err(
+                    ErrorCode::INVALID_RECORD,
+                    format!(
+                        "a batch of {} bytes at {} (from {BATCH_HEADER_LEN} to {max} bytes)",
+                        b.len, b.position
+                    ),
+                );
+            }
+            if let Err(e) = meta.check_for_produce() {
+                return ProduceResult::err(e.produce_error_code(), e.to_string());
+            }
+        }
         self.append_batches(
             log,
             part.topic,
@@ -319,47 +331,4 @@ impl Shard {
         )
         .await
     }
-}
-
-/// The smallest record batch: its header, no record.
-const RECORD_BATCH_BYTES_MIN: u32 = 61;
-
-/// The checks a client's batch header gets
-/// (`RecordBatch::check_produce_header`), on a proxy's handed-off batch:
-/// at least one record, `lastOffsetDelta` one less than the record count
-/// (so a negative or overflowing delta never moves a partition's offsets),
-/// a sequence where there is a producer id, a length a batch can have, and
-/// a range inside an object.
-pub(crate) fn check_handoff_batch(
-    b: &crate::cluster::rpc::HandoffBatch,
-    frame_bytes_max: usize,
-) -> Result<(), String> {
-    if b.record_count <= 0 {
-        return Err(format!("recordsCount is {}", b.record_count));
-    }
-    if i64::from(b.last_offset_delta) + 1 != i64::from(b.record_count) {
-        return Err(format!(
-            "lastOffsetDelta {} does not match recordsCount {}",
-            b.last_offset_delta, b.record_count
-        ));
-    }
-    if b.producer_id >= 0 && b.base_sequence < 0 {
-        return Err(format!(
-            "baseSequence {} with producerId {}",
-            b.base_sequence, b.producer_id
-        ));
-    }
-    if b.len < RECORD_BATCH_BYTES_MIN || b.len as usize > frame_bytes_max {
-        return Err(format!(
-            "a batch of {} bytes (from {RECORD_BATCH_BYTES_MIN} to {frame_bytes_max})",
-            b.len
-        ));
-    }
-    if b.position.checked_add(u64::from(b.len)).is_none() {
-        return Err(format!(
-            "a range of {} bytes at {} overflows",
-            b.len, b.position
-        ));
-    }
-    Ok(())
 }

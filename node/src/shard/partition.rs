@@ -51,6 +51,30 @@ impl BatchMeta {
         }
     }
 
+    /// The checks of a produced batch's header
+    /// ([`RecordBatch::check_produce_header`]) that these fields allow: at
+    /// least one record, `lastOffsetDelta` one less than the record count
+    /// (so a negative or overflowing delta never moves a partition's
+    /// offsets), and a sequence where there is a producer id.
+    pub fn check_for_produce(&self) -> Result<(), RecordsError> {
+        let reject = |reason: String| Err(RecordsError::InvalidForProduce(reason));
+        if self.records_count <= 0
+            || i64::from(self.last_offset_delta) + 1 != i64::from(self.records_count)
+        {
+            return reject(format!(
+                "lastOffsetDelta {} with recordsCount {}",
+                self.last_offset_delta, self.records_count
+            ));
+        }
+        if self.producer_id >= 0 && self.base_sequence < 0 {
+            return reject(format!(
+                "baseSequence {} with producerId {}",
+                self.base_sequence, self.producer_id
+            ));
+        }
+        Ok(())
+    }
+
     /// The last sequence number, wrapping as Kafka's do (-1: none).
     pub fn last_sequence(&self) -> i32 {
         if self.base_sequence < 0 {
@@ -299,18 +323,8 @@ impl PartitionLog {
         payload: Payload,
     ) -> Result<(Appended, Option<AppendEntry>), AppendError> {
         // Every caller checked the header already (a client's batch, or a
-        // proxy's fields); this is what keeps the offsets dense whatever
-        // comes: a delta that is negative or does not match the count would
-        // move the log end where no rollback can follow.
-        if batch.last_offset_delta < 0
-            || i64::from(batch.last_offset_delta) + 1 != i64::from(batch.records_count)
-        {
-            return Err(RecordsError::InvalidForProduce(format!(
-                "lastOffsetDelta {} with recordsCount {}",
-                batch.last_offset_delta, batch.records_count
-            ))
-            .into());
-        }
+        // proxy's fields); this keeps the offsets dense whatever comes.
+        batch.check_for_produce()?;
         let pid = batch.producer_id;
         if pid >= 0 {
             let epoch = batch.producer_epoch;
@@ -808,6 +822,16 @@ mod tests {
         Bytes::from(b.build().unwrap())
     }
 
+    /// Appends a one-record batch of producer `(id, epoch, sequence)`.
+    fn append_one(
+        p: &mut PartitionLog,
+        pid_epoch_seq: (i64, i16, i32),
+    ) -> Result<Appended, AppendError> {
+        let raw = batch(1, Some(pid_epoch_seq));
+        p.append(&PartitionLog::check(&raw).unwrap()[0])
+            .map(|(a, _)| a)
+    }
+
     fn loc() -> Location {
         Location {
             key: "wal/0".into(),
@@ -903,30 +927,28 @@ mod tests {
     #[test]
     fn a_producer_first_seen_at_a_later_epoch_keeps_its_sequence() {
         let mut p = PartitionLog::new("t".into(), [0; 16], 0);
-        let append = |p: &mut PartitionLog, pid_epoch_seq: (i64, i16, i32)| {
-            let raw = batch(1, Some(pid_epoch_seq));
-            p.append(&PartitionLog::check(&raw).unwrap()[0])
-                .map(|(a, _)| a)
-        };
         // Epoch 0's sequence 1 (overtaking its sequence 0) is refused and
         // leaves nothing behind.
         assert_eq!(
-            append(&mut p, (7, 0, 1)).unwrap_err().error_code(),
+            append_one(&mut p, (7, 0, 1)).unwrap_err().error_code(),
             ErrorCode::OUT_OF_ORDER_SEQUENCE_NUMBER
         );
         assert!(matches!(
-            append(&mut p, (7, 1, 0)).unwrap(),
+            append_one(&mut p, (7, 1, 0)).unwrap(),
             Appended::New { base_offset: 0, .. }
         ));
         for seq in [1, 2] {
             assert!(
-                matches!(append(&mut p, (7, 1, seq)).unwrap(), Appended::New { .. }),
+                matches!(
+                    append_one(&mut p, (7, 1, seq)).unwrap(),
+                    Appended::New { .. }
+                ),
                 "epoch 1 sequence {seq} refused"
             );
         }
         // Epoch 0 is fenced now.
         assert_eq!(
-            append(&mut p, (7, 0, 0)).unwrap_err().error_code(),
+            append_one(&mut p, (7, 0, 0)).unwrap_err().error_code(),
             ErrorCode::INVALID_PRODUCER_EPOCH
         );
     }
@@ -937,27 +959,22 @@ mod tests {
     #[test]
     fn a_refused_batch_of_a_new_epoch_changes_nothing() {
         let mut p = PartitionLog::new("t".into(), [0; 16], 0);
-        let append = |p: &mut PartitionLog, pid_epoch_seq: (i64, i16, i32)| {
-            let raw = batch(1, Some(pid_epoch_seq));
-            p.append(&PartitionLog::check(&raw).unwrap()[0])
-                .map(|(a, _)| a)
-        };
         for seq in [0, 1] {
-            append(&mut p, (3, 0, seq)).unwrap();
+            append_one(&mut p, (3, 0, seq)).unwrap();
         }
         assert_eq!(
-            append(&mut p, (3, 1, 5)).unwrap_err().error_code(),
+            append_one(&mut p, (3, 1, 5)).unwrap_err().error_code(),
             ErrorCode::OUT_OF_ORDER_SEQUENCE_NUMBER
         );
         assert_eq!(
-            append(&mut p, (3, 0, 1)).unwrap(),
+            append_one(&mut p, (3, 0, 1)).unwrap(),
             Appended::Duplicate {
                 base_offset: 1,
                 last_offset: 1
             }
         );
         assert!(matches!(
-            append(&mut p, (3, 0, 2)).unwrap(),
+            append_one(&mut p, (3, 0, 2)).unwrap(),
             Appended::New { base_offset: 2, .. }
         ));
         // The same holds for the check of a whole request.
@@ -977,23 +994,18 @@ mod tests {
     #[test]
     fn a_batch_ahead_of_a_known_producer_waits_for_the_missing_one() {
         let mut p = PartitionLog::new("t".into(), [0; 16], 0);
-        let append = |p: &mut PartitionLog, pid_epoch_seq: (i64, i16, i32)| {
-            let raw = batch(1, Some(pid_epoch_seq));
-            p.append(&PartitionLog::check(&raw).unwrap()[0])
-                .map(|(a, _)| a)
-        };
         for seq in [0, 1] {
-            append(&mut p, (5, 0, seq)).unwrap();
+            append_one(&mut p, (5, 0, seq)).unwrap();
         }
         // Sequence 2 is missing: 3 waits, and changes nothing.
         assert_eq!(
-            append(&mut p, (5, 0, 3)).unwrap_err().error_code(),
+            append_one(&mut p, (5, 0, 3)).unwrap_err().error_code(),
             ErrorCode::LEADER_NOT_AVAILABLE
         );
         assert_eq!(p.log_end(), 2);
         // The retry of 1 is a duplicate; then 2 and 3 are taken in order.
         assert_eq!(
-            append(&mut p, (5, 0, 1)).unwrap(),
+            append_one(&mut p, (5, 0, 1)).unwrap(),
             Appended::Duplicate {
                 base_offset: 1,
                 last_offset: 1
@@ -1001,14 +1013,14 @@ mod tests {
         );
         for (seq, offset) in [(2, 2), (3, 3)] {
             assert!(matches!(
-                append(&mut p, (5, 0, seq)).unwrap(),
+                append_one(&mut p, (5, 0, seq)).unwrap(),
                 Appended::New { base_offset, .. } if base_offset == offset
             ));
         }
         // A producer this partition does not know, not starting at 0: out
         // of order, as before.
         assert_eq!(
-            append(&mut p, (6, 0, 4)).unwrap_err().error_code(),
+            append_one(&mut p, (6, 0, 4)).unwrap_err().error_code(),
             ErrorCode::OUT_OF_ORDER_SEQUENCE_NUMBER
         );
         // The check of a whole request says the same.

@@ -227,19 +227,18 @@ pub mod raw {
         (p.error_code, p.base_offset)
     }
 
-    /// Fetches (v11) one partition from `offset`, up to 1 MiB, waiting at
-    /// most 100 ms; returns the error code and the (offset, key) of every
-    /// record in the response.
-    pub fn fetch(
-        conn: &mut TcpStream,
+    /// A Fetch (v11 fields) of one partition from `offset`, waiting up to
+    /// `max_wait_ms` for at least one byte.
+    pub fn fetch_request(
         topic: &str,
         partition: i32,
         offset: i64,
-    ) -> (i16, Vec<(i64, Vec<u8>)>) {
+        max_wait_ms: i32,
+    ) -> RequestBody {
         use fetch_request::*;
-        let body = RequestBody::Fetch(FetchRequest {
+        RequestBody::Fetch(FetchRequest {
             replica_id: -1,
-            max_wait_ms: 100,
+            max_wait_ms,
             min_bytes: 1,
             max_bytes: 1 << 20,
             session_epoch: -1,
@@ -257,7 +256,19 @@ pub mod raw {
                 ..Default::default()
             }],
             ..Default::default()
-        });
+        })
+    }
+
+    /// Fetches (v11) one partition from `offset`, up to 1 MiB, waiting at
+    /// most 100 ms; returns the error code and the (offset, key) of every
+    /// record in the response.
+    pub fn fetch(
+        conn: &mut TcpStream,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> (i16, Vec<(i64, Vec<u8>)>) {
+        let body = fetch_request(topic, partition, offset, 100);
         let resp = call(conn, 11, body);
         let r = fetch_response::FetchResponse::decode(&resp, 11).unwrap();
         let p = &r.responses[0].partitions[0];
