@@ -78,5 +78,6 @@ pub mod group;
 pub mod metrics;
 pub mod node;
 pub mod prom;
+pub mod security;
 pub mod shard;
 pub mod storage;

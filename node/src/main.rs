@@ -9,7 +9,7 @@ use ferry_node::config::Config;
 use ferry_node::node::NodeSettings;
 use ferry_node::storage::durable::DurableLog;
 use ferry_node::storage::wal_log::WalLog;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -266,21 +266,6 @@ fn start_node(config: &Config, cluster: ferry_node::node::ClusterJoin) -> anyhow
         ms = started.elapsed().as_millis() as u64,
         "recovered"
     );
-    let listener = config
-        .listeners
-        .first()
-        .context("listeners is empty")?
-        .clone();
-    for other in config.listeners.iter().skip(1) {
-        tracing::warn!(listener = %other, served = %listener,
-            "only the first listener is served yet; this one is not bound");
-    }
-    let listen: SocketAddr = listener
-        .bind_address()
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .with_context(|| format!("listeners: cannot resolve {}", listener.bind_address()))?;
     let cluster = match cluster {
         ferry_node::node::ClusterJoin::Pending => ferry_node::node::ClusterJoin::Etcd {
             options: ferry_node::cluster::etcd::EtcdOptions::new(
@@ -295,7 +280,7 @@ fn start_node(config: &Config, cluster: ferry_node::node::ClusterJoin) -> anyhow
         groups_snapshot: opened.groups.clone(),
         blocked: opened.blocked,
         cluster,
-        ..NodeSettings::from_config(config).context("node.id and listeners are required")?
+        ..NodeSettings::from_config(config)?
     };
     // A value set at run time (and kept in the bucket) wins over the
     // configured one, as Kafka's dynamic broker configs do.
@@ -304,13 +289,23 @@ fn start_node(config: &Config, cluster: ferry_node::node::ClusterJoin) -> anyhow
     }
     let stored_zone_cidrs = opened.zone_cidrs.clone();
     let log = opened.log.clone();
-    let node = server::start(
-        settings,
-        listen,
-        log.clone(),
-        opened.topics,
-        opened.recovered,
-    )?;
+    let inter = config
+        .listeners
+        .iter()
+        .zip(&config.listener_security)
+        .find(|(l, _)| l.name == config.inter_broker_listener);
+    if let Some((l, sec)) = inter {
+        let authenticated = sec
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_auth == ferry_node::config::ClientAuth::Required);
+        if !authenticated && !config.etcd_endpoints.is_empty() {
+            tracing::warn!(listener = %l.name, protocol = %l.protocol,
+                "node-to-node calls are not authenticated: anyone who reaches this listener \
+                 can call as a node; use an SSL listener with ssl.client.auth=required");
+        }
+    }
+    let node = server::start(settings, log.clone(), opened.topics, opened.recovered)?;
     let mut metrics = None;
     if let Some(addr) = config.metrics_listener {
         let ctx = node.ctx.clone();

@@ -45,6 +45,9 @@ pub struct Metrics {
     /// Latency per shard, as each shard last published it.
     produce_us: Vec<ArcSwap<Histogram<u64>>>,
     fetch_us: Vec<ArcSwap<Histogram<u64>>>,
+    /// Failed authentications by (listener, mechanism): TLS handshakes
+    /// (`SSL`) and SASL mechanisms. Rare, so a lock is fine.
+    auth_failures: parking_lot::Mutex<std::collections::BTreeMap<(String, String), u64>>,
 }
 
 /// One latency histogram: microseconds from 1 to 10 minutes, 3 significant
@@ -121,7 +124,27 @@ impl Metrics {
             misrouted_clients: AtomicU64::new(0),
             produce_us: (0..shards.max(1)).map(|_| hist()).collect(),
             fetch_us: (0..shards.max(1)).map(|_| hist()).collect(),
+            auth_failures: Default::default(),
         }
+    }
+
+    /// A failed authentication on `listener` (a TLS handshake: `SSL`; or a
+    /// SASL mechanism).
+    pub fn auth_failed(&self, listener: &str, mechanism: &str) {
+        *self
+            .auth_failures
+            .lock()
+            .entry((listener.to_owned(), mechanism.to_owned()))
+            .or_default() += 1;
+    }
+
+    /// Failed authentications so far on `listener` with `mechanism`.
+    pub fn auth_failures(&self, listener: &str, mechanism: &str) -> u64 {
+        self.auth_failures
+            .lock()
+            .get(&(listener.to_owned(), mechanism.to_owned()))
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn request(&self, api_key: i16) {
@@ -201,6 +224,14 @@ impl Metrics {
             self.bytes_out.load(Relaxed),
         );
         per_shard(&mut e, "ferry_connections", Kind::Gauge, &self.connections);
+        e.family("ferry_authentication_failures_total", Kind::Counter);
+        for ((listener, mechanism), n) in self.auth_failures.lock().iter() {
+            e.sample(
+                "ferry_authentication_failures_total",
+                &[("listener", listener), ("mechanism", mechanism)],
+                *n,
+            );
+        }
         e.family("ferry_requests_total", Kind::Counter);
         for a in APIS {
             let n = usize::try_from(a.key)

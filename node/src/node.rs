@@ -20,8 +20,11 @@ type BlockedSince = (Vec<String>, std::time::Instant);
 pub struct NodeCtx {
     pub node_id: i32,
     pub rack: Option<String>,
-    pub advertised_host: String,
-    pub advertised_port: u16,
+    /// Every listener the node serves, as bound (ports filled in).
+    pub listeners: Vec<Arc<ListenerCtx>>,
+    /// The node-to-node client's TLS, when the inter-broker listener is
+    /// SSL; `None`: plain TCP.
+    pub rpc_tls: Option<Arc<crate::security::tls::TlsClient>>,
     pub cluster_id: String,
     pub shards: usize,
     pub topics: Arc<Topics>,
@@ -101,12 +104,68 @@ pub struct NodeCtx {
     blocked: Mutex<HashMap<(Arc<str>, i32), BlockedSince>>,
 }
 
+/// A listener a node serves: where it binds, what clients are told, and
+/// its security.
+#[derive(Clone)]
+pub struct ListenerSpec {
+    /// Upper-case name (`CLIENT`, `PLAINTEXT`...).
+    pub name: String,
+    pub bind: std::net::SocketAddr,
+    pub advertised_host: String,
+    /// 0: the port the listener bound.
+    pub advertised_port: u16,
+    pub protocol: crate::config::SecurityProtocol,
+    /// For SSL and SASL_SSL listeners.
+    pub tls: Option<Arc<crate::security::tls::TlsServer>>,
+    /// For SASL listeners.
+    pub sasl_mechanisms: Vec<crate::config::SaslMechanism>,
+}
+
+impl ListenerSpec {
+    /// A PLAINTEXT listener named PLAINTEXT on 127.0.0.1, any port.
+    pub fn loopback() -> ListenerSpec {
+        ListenerSpec {
+            name: "PLAINTEXT".into(),
+            bind: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertised_host: "127.0.0.1".into(),
+            advertised_port: 0,
+            protocol: crate::config::SecurityProtocol::Plaintext,
+            tls: None,
+            sasl_mechanisms: Vec::new(),
+        }
+    }
+}
+
+/// A listener as the node serves it.
+pub struct ListenerCtx {
+    pub spec: ListenerSpec,
+    /// The address it bound.
+    pub addr: std::net::SocketAddr,
+    /// It carries node-to-node calls (`inter.broker.listener.name`): Ferry's
+    /// own API keys are served here and nowhere else.
+    pub inter_broker: bool,
+}
+
+impl ListenerCtx {
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+}
+
 /// The parts of [`NodeCtx`] a caller chooses.
 pub struct NodeSettings {
     pub node_id: i32,
     pub rack: Option<String>,
-    pub advertised_host: String,
-    pub advertised_port: u16,
+    /// The listeners, in `listeners` order; the first is the one
+    /// [`crate::broker::server::RunningNode::addr`] gives.
+    pub listeners: Vec<ListenerSpec>,
+    /// The name of the listener that carries node-to-node calls.
+    pub inter_broker_listener: String,
+    /// The node-to-node client's TLS (for an SSL inter-broker listener).
+    pub rpc_tls: Option<Arc<crate::security::tls::TlsClient>>,
+    /// The principal other nodes see this node as on the inter-broker
+    /// listener (its certificate's, mapped); anonymous on PLAINTEXT.
+    pub rpc_principal: crate::security::Principal,
     pub cluster_id: String,
     pub shards: usize,
     pub num_partitions: i32,
@@ -149,8 +208,10 @@ impl NodeSettings {
         NodeSettings {
             node_id,
             rack: None,
-            advertised_host: "127.0.0.1".into(),
-            advertised_port: 0,
+            listeners: vec![ListenerSpec::loopback()],
+            inter_broker_listener: "PLAINTEXT".into(),
+            rpc_tls: None,
+            rpc_principal: crate::security::Principal::anonymous(),
             cluster_id: "ferry".into(),
             shards: 2,
             num_partitions: 1,
@@ -175,20 +236,78 @@ impl NodeSettings {
     }
 }
 
+/// Why a configuration cannot become a node's settings.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("node.id: required by a node")]
+    NoNodeId,
+    #[error("listeners: {listener}: cannot resolve {addr}")]
+    Resolve { listener: String, addr: String },
+    #[error("listener {listener}: {source}")]
+    Tls {
+        listener: String,
+        #[source]
+        source: crate::security::tls::TlsError,
+    },
+}
+
 impl NodeSettings {
-    /// The settings a configuration asks for (`node.id` must be set). The
-    /// advertised address is the first advertised listener, or else the
-    /// first listener; a port of 0 is filled in once the node has bound.
-    pub fn from_config(config: &crate::config::Config) -> Option<NodeSettings> {
-        let advertised = config
-            .advertised_listeners
-            .first()
-            .or_else(|| config.listeners.first())?;
-        Some(NodeSettings {
-            node_id: config.node_id?,
+    /// The settings a configuration asks for (`node.id` must be set): every
+    /// listener, resolved and with its TLS material loaded (so a bad file
+    /// stops the start here), and the node-to-node client's TLS.
+    pub fn from_config(config: &crate::config::Config) -> Result<NodeSettings, SettingsError> {
+        use crate::security::tls::{TlsClient, TlsServer};
+        let mut listeners = Vec::new();
+        let mut rpc_tls = None;
+        let mut rpc_principal = crate::security::Principal::anonymous();
+        for (l, sec) in config.listeners.iter().zip(&config.listener_security) {
+            let bind = std::net::ToSocketAddrs::to_socket_addrs(&l.bind_address())
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| SettingsError::Resolve {
+                    listener: l.name.clone(),
+                    addr: l.bind_address(),
+                })?;
+            let advertised = config
+                .advertised_listeners
+                .iter()
+                .find(|a| a.name == l.name)
+                .unwrap_or(l);
+            let tls_err = |source| SettingsError::Tls {
+                listener: l.name.clone(),
+                source,
+            };
+            let tls = match &sec.tls {
+                Some(t) => Some(TlsServer::load_server(&l.name, t).map_err(tls_err)?),
+                None => None,
+            };
+            if l.name == config.inter_broker_listener {
+                if let Some(t) = &sec.tls {
+                    rpc_tls = Some(TlsClient::load_client(&l.name, t).map_err(tls_err)?);
+                    // Other nodes see this one by its certificate only where
+                    // they ask for client certificates.
+                    if t.client_auth != crate::config::ClientAuth::None {
+                        rpc_principal = crate::security::tls::own_principal(t).map_err(tls_err)?;
+                    }
+                }
+            }
+            listeners.push(ListenerSpec {
+                name: l.name.clone(),
+                bind,
+                advertised_host: advertised.host.clone(),
+                advertised_port: advertised.port,
+                protocol: l.protocol,
+                tls,
+                sasl_mechanisms: sec.sasl_mechanisms.clone(),
+            });
+        }
+        Ok(NodeSettings {
+            node_id: config.node_id.ok_or(SettingsError::NoNodeId)?,
             rack: config.rack.clone(),
-            advertised_host: advertised.host.clone(),
-            advertised_port: advertised.port,
+            listeners,
+            inter_broker_listener: config.inter_broker_listener.clone(),
+            rpc_tls,
+            rpc_principal,
             cluster_id: config.cluster_id.clone(),
             shards: config.shards,
             num_partitions: config.num_partitions,
@@ -248,6 +367,8 @@ pub struct NodeParts {
     pub traffic: Arc<crate::cluster::rpc::RpcTraffic>,
     /// The APIs the broker layer serves (`broker::api::supported_apis`).
     pub supported: SupportedApis,
+    /// The listeners, bound.
+    pub listeners: Vec<Arc<ListenerCtx>>,
 }
 
 impl NodeCtx {
@@ -260,6 +381,7 @@ impl NodeCtx {
             alone,
             traffic,
             supported,
+            listeners,
         } = parts;
         let zones = Arc::new(crate::cluster::zone::ZoneResolver::new(
             crate::cluster::zone::ZoneTable::parse(&cluster.zone_cidrs()).unwrap_or_else(|e| {
@@ -284,8 +406,8 @@ impl NodeCtx {
             cluster,
             node_id: s.node_id,
             rack: s.rack,
-            advertised_host: s.advertised_host,
-            advertised_port: s.advertised_port,
+            listeners,
+            rpc_tls: s.rpc_tls,
             cluster_id: s.cluster_id,
             shards: s.shards,
             topics,

@@ -28,7 +28,6 @@ fn serve_eight_connections(acceptor: bool) -> Vec<i64> {
     };
     let node = server::start(
         settings,
-        "127.0.0.1:0".parse().unwrap(),
         Arc::new(MemoryLog::new()),
         Default::default(),
         Default::default(),

@@ -32,7 +32,6 @@ fn a_bucket_outage_gives_retriable_errors_and_no_holes() {
     let opened = WalLog::open(store, cfg).unwrap();
     let node = server::start(
         NodeSettings::local(9),
-        "127.0.0.1:0".parse().unwrap(),
         opened.log.clone(),
         opened.topics,
         opened.recovered,

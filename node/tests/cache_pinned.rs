@@ -27,7 +27,6 @@ const PARTITIONS: i32 = 8;
 fn start(settings: NodeSettings) -> server::RunningNode {
     server::start(
         settings,
-        "127.0.0.1:0".parse().unwrap(),
         Arc::new(MemoryLog::new()),
         Default::default(),
         HashMap::new(),

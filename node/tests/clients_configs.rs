@@ -51,7 +51,6 @@ fn configs_are_described_and_altered_through_admin_clients() {
     let log = Arc::new(MemoryLog::new());
     let node = server::start(
         settings(&config),
-        "127.0.0.1:0".parse().unwrap(),
         log.clone(),
         Default::default(),
         HashMap::new(),
@@ -76,14 +75,7 @@ fn configs_are_described_and_altered_through_admin_clients() {
     assert!(table.get("cfg-bad").is_none(), "refused topic persisted");
 
     // A node started from the persisted table still has them.
-    let node = server::start(
-        settings(&config),
-        "127.0.0.1:0".parse().unwrap(),
-        log.clone(),
-        table,
-        HashMap::new(),
-    )
-    .unwrap();
+    let node = server::start(settings(&config), log.clone(), table, HashMap::new()).unwrap();
     common::python(
         "configs_admin.py",
         &[&node.addr.to_string(), "1", SECRET, "after-restart"],

@@ -22,7 +22,6 @@ fn librdkafka_produces_and_consumes_with_every_codec() {
     let _ = tracing_subscriber::fmt().with_env_filter("info").try_init();
     let node = server::start(
         settings(),
-        "127.0.0.1:0".parse().unwrap(),
         Arc::new(MemoryLog::new()),
         Default::default(),
         HashMap::new(),

@@ -52,7 +52,6 @@ fn start(bucket: &Path, compaction_ms: u64, bytes_min: usize) -> (RunningNode, A
     };
     let node = server::start(
         settings,
-        "127.0.0.1:0".parse().unwrap(),
         opened.log.clone(),
         opened.topics,
         opened.recovered,

@@ -47,7 +47,6 @@ fn connect(addr: SocketAddr) -> TcpStream {
 fn bad_frames_are_closed_while_a_producer_keeps_going() {
     let node = server::start(
         settings(),
-        "127.0.0.1:0".parse().unwrap(),
         Arc::new(MemoryLog::new()),
         Default::default(),
         HashMap::new(),
@@ -181,7 +180,6 @@ fn api_versions_while_a_fetch_waits(queued: Option<u64>, poll_ms: i32) -> Durati
             queued_request_bytes_max: queued,
             ..settings()
         },
-        "127.0.0.1:0".parse().unwrap(),
         Arc::new(MemoryLog::new()),
         Default::default(),
         HashMap::new(),

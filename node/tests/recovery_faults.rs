@@ -54,14 +54,7 @@ fn start_with(opened: Opened, settings: NodeSettings) -> (RunningNode, Arc<WalLo
         ..settings
     };
     let log = opened.log.clone();
-    let node = server::start(
-        settings,
-        "127.0.0.1:0".parse().unwrap(),
-        opened.log,
-        opened.topics,
-        opened.recovered,
-    )
-    .unwrap();
+    let node = server::start(settings, opened.log, opened.topics, opened.recovered).unwrap();
     (node, log)
 }
 

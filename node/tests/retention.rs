@@ -42,7 +42,6 @@ fn expired_data_is_dropped_and_its_objects_deleted() {
     };
     let node = server::start(
         settings,
-        "127.0.0.1:0".parse().unwrap(),
         opened.log.clone(),
         opened.topics,
         opened.recovered,
@@ -119,7 +118,6 @@ fn expired_data_is_dropped_and_its_objects_deleted() {
     .unwrap();
     let node = server::start(
         NodeSettings::local(5),
-        "127.0.0.1:0".parse().unwrap(),
         opened.log.clone(),
         opened.topics,
         opened.recovered,

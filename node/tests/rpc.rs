@@ -540,7 +540,6 @@ fn garbage_frames_close_the_connection_and_the_server_keeps_serving() {
 fn memory_node(settings: NodeSettings) -> ferry_node::broker::server::RunningNode {
     ferry_node::broker::server::start(
         settings,
-        "127.0.0.1:0".parse().unwrap(),
         Arc::new(ferry_node::storage::durable::MemoryLog::new()),
         Default::default(),
         Default::default(),

@@ -37,14 +37,7 @@ fn node_on(
         cluster: ClusterJoin::Local(coordinator.clone()),
         ..NodeSettings::local(id)
     };
-    server::start(
-        settings,
-        "127.0.0.1:0".parse().unwrap(),
-        log,
-        Default::default(),
-        Default::default(),
-    )
-    .unwrap()
+    server::start(settings, log, Default::default(), Default::default()).unwrap()
 }
 
 fn connect(n: &RunningNode) -> TcpStream {
@@ -343,7 +336,6 @@ fn node_in_bucket_with(
     adjust(&mut settings);
     let node = server::start(
         settings,
-        "127.0.0.1:0".parse().unwrap(),
         opened.log.clone(),
         opened.topics,
         opened.recovered,

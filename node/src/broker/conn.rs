@@ -13,13 +13,20 @@
 //! `INFLIGHT_REQUESTS_MAX` requests per connection are in flight; beyond
 //! that the reader waits.
 
+use crate::node::ListenerCtx;
+use crate::security::Principal;
 use crate::shard::Shard;
 use bytes::Bytes;
 use ferry_protocol::frame::{self, FrameReader};
-use futures_lite::{AsyncRead, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Requests one connection may have in flight.
 pub const INFLIGHT_REQUESTS_MAX: usize = 1024;
@@ -42,11 +49,94 @@ enum Out {
     Close,
 }
 
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+/// Who is on a connection: the listener it came in on, its address, and
+/// the principal it authenticated as (`User:ANONYMOUS` until it does, and
+/// for good on a listener that does not authenticate).
+pub struct Session {
+    pub listener: Arc<ListenerCtx>,
+    pub peer: Option<SocketAddr>,
+    pub principal: RefCell<Principal>,
+}
+
+/// How long a client has to finish its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves a connection accepted on listener `listener` (an index into
+/// `NodeCtx::listeners`): the TLS handshake first on a TLS listener, then
+/// its requests.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, listener: usize) {
+    let Some(l) = shard.ctx.listeners.get(listener).cloned() else {
+        return;
+    };
     let peer = stream.peer_addr().ok();
     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
     let _ = stream.set_nodelay(true);
     shard.ctx.metrics.connection(shard.id, 1);
+    let session = |principal| {
+        Rc::new(Session {
+            listener: l.clone(),
+            peer,
+            principal: RefCell::new(principal),
+        })
+    };
+    match l.spec.tls.clone() {
+        None => serve_stream(&shard, stream, Some(fd), session(Principal::anonymous())).await,
+        Some(tls) => {
+            let handshake = futures_lite::future::or(
+                async { Some(tls.acceptor().accept(stream).await) },
+                async {
+                    glommio::timer::sleep(TLS_HANDSHAKE_TIMEOUT).await;
+                    None
+                },
+            )
+            .await;
+            match handshake {
+                Some(Ok(stream)) => {
+                    let cert = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|c| c.to_vec());
+                    // A verified client certificate names the principal;
+                    // without one (ssl.client.auth=none or requested) the
+                    // client is anonymous until SASL says otherwise.
+                    let principal = match cert {
+                        None => Some(Principal::anonymous()),
+                        Some(cert) => crate::security::tls::principal_of(&cert, tls.settings()),
+                    };
+                    match principal {
+                        Some(p) => serve_stream(&shard, stream, None, session(p)).await,
+                        None => {
+                            shard.ctx.metrics.auth_failed(l.name(), "SSL");
+                            tracing::info!(peer = ?peer, listener = l.name(),
+                                "client certificate maps to no principal (ssl.principal.mapping.rules); closing");
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    shard.ctx.metrics.auth_failed(l.name(), "SSL");
+                    tracing::info!(peer = ?peer, listener = l.name(), error = %e, "TLS handshake failed");
+                }
+                None => {
+                    shard.ctx.metrics.auth_failed(l.name(), "SSL");
+                    tracing::info!(peer = ?peer, listener = l.name(), "TLS handshake timed out");
+                }
+            }
+        }
+    }
+    shard.ctx.metrics.connection(shard.id, -1);
+}
+
+/// Serves a connection's requests. `fd` is the socket when the stream is
+/// plain TCP, so responses go out with vectored sends of the views
+/// themselves; a TLS stream encrypts them through rustls instead.
+async fn serve_stream<S>(shard: &Rc<Shard>, stream: S, fd: Option<RawFd>, session: Rc<Session>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let shard = shard.clone();
+    let peer = session.peer;
     let (mut rd, mut wr) = futures_lite::io::split(stream);
     let (tx, rx) = glommio::channels::local_channel::new_bounded::<Out>(INFLIGHT_REQUESTS_MAX);
     // Answers to node-to-node RPCs, which callers match by correlation id:
@@ -87,7 +177,11 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 break;
             }
             let n: usize = segs.iter().map(Bytes::len).sum();
-            if write_segments(&mut wr, fd, &segs).await.is_err() {
+            let written = match fd {
+                Some(fd) => write_segments(&mut wr, fd, &segs).await,
+                None => write_through(&mut wr, &segs).await,
+            };
+            if written.is_err() {
                 return;
             }
             metrics_shard
@@ -161,9 +255,17 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             };
             frame_bytes_avg = (frame_bytes_avg * 7 + f.len()) / 8;
             // Ferry's node-to-node RPCs (API keys >= 32000), see crate::cluster::rpc:
-            // served by the shard; an undecodable one closes the connection.
+            // served by the shard on the inter-broker listener only; anywhere
+            // else they are an unknown API key, which closes the connection
+            // (as an undecodable one does).
             if crate::cluster::rpc::is_rpc_frame(&f) {
-                let Ok(h) = crate::cluster::rpc::spawn_call(&shard, &f, peer) else {
+                if !session.listener.inter_broker {
+                    tracing::info!(peer = ?peer, listener = session.listener.name(),
+                        "node-to-node API key on a client listener; closing connection");
+                    break 'conn;
+                }
+                let caller = session.principal.borrow().to_string();
+                let Ok(h) = crate::cluster::rpc::spawn_call(&shard, &f, peer, caller) else {
                     break 'conn;
                 };
                 let rpc_tx = rpc_tx.clone();
@@ -249,11 +351,12 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 }
             }
             let sh = shard.clone();
+            let sess = session.clone();
             let h = glommio::spawn_local(async move {
                 let _permit = permit;
                 let correlation_id = req.correlation_id();
                 let version = req.api_version();
-                let body = crate::broker::api::handle(&sh, req, peer).await?;
+                let body = crate::broker::api::handle(&sh, req, &sess).await?;
                 match frame::encode_response(correlation_id, version, &body) {
                     Ok(segs) => Some(segs),
                     Err(e) => {
@@ -270,7 +373,15 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let _ = tx.send(Out::Close).await;
     drop(tx);
     writer.await;
-    shard.ctx.metrics.connection(shard.id, -1);
+}
+
+/// Writes `segs` in order through a stream that transforms them (TLS):
+/// each goes to the stream's buffer, and one flush sends them.
+async fn write_through<W: AsyncWrite + Unpin>(wr: &mut W, segs: &[Bytes]) -> std::io::Result<()> {
+    for s in segs {
+        wr.write_all(s).await?;
+    }
+    wr.flush().await
 }
 
 /// How long a forwarded group request may take (a JoinGroup waits for the

@@ -9,7 +9,7 @@
 
 use crate::clock::now_ms;
 use crate::cluster::topics::{TopicTable, Topics};
-use crate::node::{ClusterJoin, NodeCtx, NodeSettings, Recovered};
+use crate::node::{ClusterJoin, ListenerCtx, NodeCtx, NodeSettings, Recovered};
 use crate::shard::{Shard, ShardMsg};
 use crate::storage::durable::DurableLog;
 use futures_channel::oneshot;
@@ -32,6 +32,8 @@ pub enum ServerError {
     },
     #[error("cannot start shard {shard}: {error}")]
     Shard { shard: usize, error: String },
+    #[error("the node has no listener")]
+    NoListener,
     #[error("shard {0} did not start listening within 10 s")]
     StartTimeout(usize),
     #[error("cannot join the cluster: {0}")]
@@ -39,7 +41,10 @@ pub enum ServerError {
 }
 
 pub struct RunningNode {
+    /// The first listener's address.
     pub addr: SocketAddr,
+    /// Every listener's name and address, in `listeners` order.
+    pub listeners: Vec<(String, SocketAddr)>,
     pub ctx: Arc<NodeCtx>,
     stops: Vec<oneshot::Sender<()>>,
     executors: Vec<glommio::ExecutorJoinHandle<()>>,
@@ -78,38 +83,67 @@ fn reserve_port(addr: SocketAddr) -> Result<socket2::Socket, ServerError> {
     Ok(sock)
 }
 
-/// Starts a node listening on `listen` with `shards` executors.
+/// Starts a node with `shards` executors, serving every listener of
+/// `settings`.
 pub fn start(
     mut settings: NodeSettings,
-    listen: SocketAddr,
     durable: Arc<dyn DurableLog>,
     topics: TopicTable,
     recovered: Recovered,
 ) -> Result<RunningNode, ServerError> {
-    let reserved = reserve_port(listen)?;
-    let addr = reserved
-        .local_addr()
-        .ok()
-        .and_then(|a| a.as_socket())
-        .ok_or(ServerError::Bind {
-            addr: listen,
-            source: std::io::Error::other("no local address"),
-        })?;
-    if settings.advertised_port == 0 {
-        settings.advertised_port = addr.port();
+    let mut reserved = Vec::new();
+    let mut listeners = Vec::new();
+    for spec in std::mem::take(&mut settings.listeners) {
+        let sock = reserve_port(spec.bind)?;
+        let addr = sock
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .ok_or(ServerError::Bind {
+                addr: spec.bind,
+                source: std::io::Error::other("no local address"),
+            })?;
+        reserved.push(sock);
+        let mut spec = spec;
+        if spec.advertised_port == 0 {
+            spec.advertised_port = addr.port();
+        }
+        listeners.push(Arc::new(ListenerCtx {
+            inter_broker: spec.name == settings.inter_broker_listener,
+            spec,
+            addr,
+        }));
     }
+    let first = listeners.first().ok_or(ServerError::NoListener)?;
+    let addr = first.addr;
+    // Other nodes call this one on its inter-broker listener; a node whose
+    // configuration names none (an embedded node) is called on its first.
+    let rpc_listener = listeners
+        .iter()
+        .find(|l| l.inter_broker)
+        .unwrap_or(first)
+        .clone();
     let shards = settings.shards.max(1);
     settings.shards = shards;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let me = crate::cluster::Member::new(
+    let mut me = crate::cluster::Member::new(
         settings.node_id,
         settings
             .rack
             .clone()
             .unwrap_or_else(|| crate::node::DEFAULT_ZONE.to_owned()),
-        settings.advertised_host.clone(),
-        settings.advertised_port,
+        rpc_listener.spec.advertised_host.clone(),
+        rpc_listener.spec.advertised_port,
     );
+    me.endpoints = listeners
+        .iter()
+        .map(|l| crate::cluster::Endpoint {
+            listener: l.spec.name.clone(),
+            host: l.spec.advertised_host.clone(),
+            port: l.spec.advertised_port,
+        })
+        .collect();
+    me.principal = settings.rpc_principal.to_string();
     let alone = matches!(settings.cluster, ClusterJoin::Alone);
     let traffic = Arc::new(crate::cluster::rpc::RpcTraffic::new());
     let cluster: Arc<dyn crate::cluster::Coordinator> = match std::mem::take(&mut settings.cluster)
@@ -161,8 +195,22 @@ pub fn start(
             alone,
             traffic,
             supported: crate::broker::api::supported_apis(),
+            listeners,
         },
     ));
+    // Certificates reload when their files change.
+    let mut watched: Vec<std::sync::Weak<dyn crate::security::tls::Watched>> = Vec::new();
+    for l in &ctx.listeners {
+        if let Some(t) = &l.spec.tls {
+            let w: Arc<dyn crate::security::tls::Watched> = t.clone();
+            watched.push(Arc::downgrade(&w));
+        }
+    }
+    if let Some(t) = &ctx.rpc_tls {
+        let w: Arc<dyn crate::security::tls::Watched> = t.clone();
+        watched.push(Arc::downgrade(&w));
+    }
+    crate::security::tls::watch(watched);
     seed_topics(&ctx);
     let mesh = MeshBuilder::<ShardMsg, _>::full(shards, SHARD_QUEUE_DEPTH);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, String>>();
@@ -176,7 +224,7 @@ pub fn start(
         let core = (id + ctx.node_id.unsigned_abs() as usize) % cores;
         let handle = LocalExecutorBuilder::new(Placement::Fixed(core))
             .name(&format!("ferry-shard-{id}"))
-            .spawn(move || async move { run_shard(id, ctx, mesh, addr, ready, stop_rx).await })
+            .spawn(move || async move { run_shard(id, ctx, mesh, ready, stop_rx).await })
             .map_err(|e| ServerError::Shard {
                 shard: id,
                 error: e.to_string(),
@@ -191,9 +239,18 @@ pub fn start(
         }
     }
     drop(reserved);
-    tracing::info!(addr = %addr, shards, node = ctx.node_id, "node listening");
+    let bound: Vec<(String, SocketAddr)> = ctx
+        .listeners
+        .iter()
+        .map(|l| (l.spec.name.clone(), l.addr))
+        .collect();
+    for l in &ctx.listeners {
+        tracing::info!(listener = %l.spec.name, addr = %l.addr, protocol = %l.spec.protocol,
+            inter_broker = l.inter_broker, shards, node = ctx.node_id, "node listening");
+    }
     Ok(RunningNode {
         addr,
+        listeners: bound,
         ctx,
         stops,
         executors,
@@ -221,7 +278,6 @@ async fn run_shard(
     id: usize,
     ctx: Arc<NodeCtx>,
     mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
-    addr: SocketAddr,
     ready: std::sync::mpsc::Sender<Result<usize, String>>,
     stop: oneshot::Receiver<()>,
 ) {
@@ -233,7 +289,9 @@ async fn run_shard(
         }
     };
     let hooks = crate::shard::BrokerHooks {
-        serve: |shard, stream| Box::pin(crate::broker::conn::serve(shard, stream)),
+        serve: |shard, stream, listener| {
+            Box::pin(crate::broker::conn::serve(shard, stream, listener))
+        },
         forwarded: |shard, req| {
             Box::pin(async move { crate::broker::api::forwarded(&shard, req).await })
         },
@@ -244,17 +302,22 @@ async fn run_shard(
     // With an acceptor, only shard 0 listens: a listener that never
     // accepted would still be given connections by the kernel.
     let acceptor = shard.ctx.acceptor;
-    let listener = if acceptor && id != 0 {
-        None
-    } else {
-        match glommio::net::TcpListener::bind(addr) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                let _ = ready.send(Err(format!("shard {id} cannot listen on {addr}: {e}")));
-                return;
+    let mut sockets = Vec::new();
+    if !acceptor || id == 0 {
+        for (index, l) in shard.ctx.listeners.iter().enumerate() {
+            match glommio::net::TcpListener::bind(l.addr) {
+                Ok(s) => sockets.push((index, s)),
+                Err(e) => {
+                    let _ = ready.send(Err(format!(
+                        "shard {id} cannot listen on {} ({}): {e}",
+                        l.addr,
+                        l.name()
+                    )));
+                    return;
+                }
             }
         }
-    };
+    }
     let _ = ready.send(Ok(id));
     let retention = {
         let shard = shard.clone();
@@ -302,45 +365,56 @@ async fn run_shard(
             }
         })
     });
-    let accept = async {
-        let Some(listener) = listener else {
-            // Connections come from shard 0 through the mesh.
-            return futures_lite::future::pending::<()>().await;
-        };
+    // One accept loop per listener (none on a shard that is dealt its
+    // connections by shard 0).
+    let accepts: Vec<_> = sockets
+        .into_iter()
+        .map(|(index, socket)| {
+            let shard = shard.clone();
+            glommio::spawn_local(accept_loop(shard, socket, index, acceptor))
+        })
+        .collect();
+    let _ = stop.await;
+    drop(accepts);
+    drop(retention);
+    drop(latency);
+    drop(compaction);
+}
+
+/// Accepts on one listener: serves each connection on this shard, or, with
+/// an acceptor, deals them over the shards round-robin.
+async fn accept_loop(
+    shard: Rc<Shard>,
+    listener: glommio::net::TcpListener,
+    index: usize,
+    acceptor: bool,
+) {
+    let id = shard.id;
+    let mut next = 0usize;
+    loop {
         if acceptor {
-            let mut next = 0usize;
-            loop {
-                match listener.shared_accept().await {
-                    Ok(stream) => {
-                        let to = next % shard.ctx.shards;
-                        next = next.wrapping_add(1);
-                        shard.deal(to, stream).await;
-                    }
-                    Err(e) => {
-                        tracing::warn!(shard = id, error = %e, "accept failed");
-                        glommio::timer::sleep(Duration::from_millis(10)).await;
-                    }
-                }
-            }
-        }
-        loop {
-            match listener.accept().await {
+            match listener.shared_accept().await {
                 Ok(stream) => {
-                    let shard = shard.clone();
-                    glommio::spawn_local(crate::broker::conn::serve(shard, stream)).detach();
+                    let to = next % shard.ctx.shards;
+                    next = next.wrapping_add(1);
+                    shard.deal(to, stream, index).await;
                 }
                 Err(e) => {
                     tracing::warn!(shard = id, error = %e, "accept failed");
                     glommio::timer::sleep(Duration::from_millis(10)).await;
                 }
             }
+            continue;
         }
-    };
-    futures_lite::future::or(accept, async {
-        let _ = stop.await;
-    })
-    .await;
-    drop(retention);
-    drop(latency);
-    drop(compaction);
+        match listener.accept().await {
+            Ok(stream) => {
+                let shard = shard.clone();
+                glommio::spawn_local(crate::broker::conn::serve(shard, stream, index)).detach();
+            }
+            Err(e) => {
+                tracing::warn!(shard = id, error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
 }

@@ -170,6 +170,10 @@ struct MemberValue {
     zone: String,
     host: String,
     port: u16,
+    #[serde(default)]
+    endpoints: Vec<super::Endpoint>,
+    #[serde(default)]
+    principal: Option<String>,
 }
 
 /// Keys of one cluster.
@@ -206,7 +210,11 @@ impl Keys {
         let parsed = serde_json::from_slice::<MemberValue>(value);
         match (node_id, parsed) {
             (Some(node_id), Ok(v)) => {
-                let member = Member::new(node_id, v.zone, v.host, v.port);
+                let mut member = Member::new(node_id, v.zone, v.host, v.port);
+                member.endpoints = v.endpoints;
+                if let Some(p) = v.principal {
+                    member.principal = p;
+                }
                 match check_member(&member) {
                     Ok(()) => Some(member),
                     Err(e) => {
@@ -586,6 +594,8 @@ async fn register_lease(
         zone: shared.member.zone.clone(),
         host: shared.member.host.clone(),
         port: shared.member.port,
+        endpoints: shared.member.endpoints.clone(),
+        principal: Some(shared.member.principal.clone()),
     })
     .map_err(|e| EtcdError::Unexpected {
         op: "encode member",

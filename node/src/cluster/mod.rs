@@ -95,7 +95,23 @@ pub struct Member {
     pub node_id: i32,
     /// Its `broker.rack`.
     pub zone: String,
-    /// Its advertised Kafka listener.
+    /// Its advertised inter-broker listener: where other nodes call it.
+    pub host: String,
+    pub port: u16,
+    /// Its advertised listeners by name; empty for a member that
+    /// advertises only `host:port` (which then serves every listener).
+    pub endpoints: Vec<Endpoint>,
+    /// The principal it authenticates as on the inter-broker listener
+    /// (`User:ANONYMOUS` where that listener does not authenticate).
+    pub principal: String,
+}
+
+/// An advertised listener of a member.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct Endpoint {
+    pub listener: String,
     pub host: String,
     pub port: u16,
 }
@@ -107,7 +123,21 @@ impl Member {
             zone: zone.into(),
             host: host.into(),
             port,
+            endpoints: Vec::new(),
+            principal: crate::security::Principal::anonymous().to_string(),
         }
+    }
+
+    /// Where a client of `listener` reaches this member: `None` if it
+    /// does not serve that listener.
+    pub fn endpoint(&self, listener: &str) -> Option<(&str, u16)> {
+        if self.endpoints.is_empty() {
+            return Some((&self.host, self.port));
+        }
+        self.endpoints
+            .iter()
+            .find(|e| e.listener == listener)
+            .map(|e| (e.host.as_str(), e.port))
     }
 }
 

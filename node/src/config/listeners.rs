@@ -11,6 +11,9 @@ pub struct Listener {
     /// Host name or IP address, without brackets; may be empty.
     pub host: String,
     pub port: u16,
+    /// From `listener.security.protocol.map` (PLAINTEXT until the map is
+    /// applied).
+    pub protocol: SecurityProtocol,
 }
 
 impl Listener {
@@ -73,30 +76,25 @@ pub(super) fn parse_protocol_map(
     Ok(out)
 }
 
-pub(super) fn check_protocol(
+pub(super) fn listener_protocol(
     key: &str,
     listener: &Listener,
     protocols: &[(String, String)],
-) -> Result<(), ConfigError> {
-    let Some((_, protocol)) = protocols.iter().find(|(n, _)| *n == listener.name) else {
-        return Err(ConfigError::invalid(
-            key,
-            format!(
-                "listener names with an entry in listener.security.protocol.map, and {} has none",
-                listener.name
-            ),
-            &listener.to_string(),
-        ));
-    };
-    if protocol != "PLAINTEXT" {
-        return Err(ConfigError::Unsupported {
-            key: key.to_owned(),
-            message: format!(
-                "{protocol} listeners are not supported yet ({listener}); use a PLAINTEXT listener"
-            ),
-        });
-    }
-    Ok(())
+) -> Result<SecurityProtocol, ConfigError> {
+    protocols
+        .iter()
+        .find(|(n, _)| *n == listener.name)
+        .and_then(|(_, p)| SecurityProtocol::parse(p))
+        .ok_or_else(|| {
+            ConfigError::invalid(
+                key,
+                format!(
+                    "listener names with an entry in listener.security.protocol.map, and {} has none",
+                    listener.name
+                ),
+                &listener.to_string(),
+            )
+        })
 }
 
 /// Parses `NAME://host:port[,NAME://host:port...]`.
@@ -146,6 +144,7 @@ pub(super) fn parse_listeners(key: &str, text: &str) -> Result<Vec<Listener>, Co
             name,
             host: host.to_owned(),
             port,
+            protocol: SecurityProtocol::Plaintext,
         });
     }
     if out.is_empty() {

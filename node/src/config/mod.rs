@@ -110,6 +110,22 @@ pub const KNOWN_KEYS: &[&str] = &[
     "advertised.listeners",
     "listener.security.protocol.map",
     "controller.listener.names",
+    "inter.broker.listener.name",
+    "security.inter.broker.protocol",
+    "ssl.keystore.type",
+    "ssl.keystore.location",
+    "ssl.keystore.password",
+    "ssl.key.password",
+    "ssl.keystore.key",
+    "ssl.keystore.certificate.chain",
+    "ssl.truststore.type",
+    "ssl.truststore.location",
+    "ssl.truststore.password",
+    "ssl.truststore.certificates",
+    "ssl.client.auth",
+    "ssl.principal.mapping.rules",
+    "ssl.endpoint.identification.algorithm",
+    "sasl.enabled.mechanisms",
     "num.partitions",
     "auto.create.topics.enable",
     "socket.request.max.bytes",
@@ -143,12 +159,14 @@ mod buckets;
 mod listeners;
 mod properties;
 mod redact;
+mod security;
 mod zones;
 
 pub use buckets::*;
 pub use listeners::*;
 pub use properties::*;
 pub use redact::*;
+pub use security::*;
 pub use zones::*;
 
 /// A configuration error. Value errors name the key and say what was
@@ -290,8 +308,14 @@ pub struct Config {
     pub node_id: Option<i32>,
     /// `broker.rack`: this node's zone.
     pub rack: Option<String>,
-    /// `listeners`, without KRaft controller listeners. All PLAINTEXT.
+    /// `listeners`, without KRaft controller listeners, each with its
+    /// security protocol.
     pub listeners: Vec<Listener>,
+    /// Per listener (same order): TLS material and SASL mechanisms.
+    pub listener_security: Vec<ListenerSecurity>,
+    /// The listener that carries node-to-node calls
+    /// (`inter.broker.listener.name`).
+    pub inter_broker_listener: String,
     /// `advertised.listeners`, or the listeners with wildcard hosts replaced.
     /// A port 0 here is still 0: the binary fills in the bound port.
     pub advertised_listeners: Vec<Listener>,
@@ -605,8 +629,15 @@ impl Config {
         };
 
         let mut unknown_keys = Vec::new();
+        let listener_names: Vec<String> = raw
+            .0
+            .get("listeners")
+            .and_then(|v| parse_listeners("listeners", &v.value).ok())
+            .map(|ls| ls.into_iter().map(|l| l.name).collect())
+            .unwrap_or_default();
+        let listener_names: Vec<&str> = listener_names.iter().map(String::as_str).collect();
         for key in raw.0.keys() {
-            if KNOWN_KEYS.contains(&key.as_str()) {
+            if KNOWN_KEYS.contains(&key.as_str()) || is_listener_key(key, &listener_names) {
                 continue;
             }
             if key.starts_with("ferry.") {
@@ -666,6 +697,8 @@ impl Config {
         });
 
         let (listeners, advertised_listeners) = r.listeners(&env);
+        let listener_security = r.listener_security(&listeners);
+        let inter_broker_listener = r.inter_broker_listener(&listeners);
 
         let num_partitions = r
             .int("num.partitions", 1, i32::MAX.into(), "a positive integer")
@@ -892,6 +925,8 @@ impl Config {
             node_id,
             rack,
             listeners,
+            listener_security,
+            inter_broker_listener,
             advertised_listeners,
             num_partitions,
             auto_create_topics,
@@ -1075,11 +1110,11 @@ impl Reader<'_> {
             .parse("listeners", |key, v| {
                 let all = parse_listeners(key, v)?;
                 let mut out = Vec::new();
-                for l in all {
+                for mut l in all {
                     if controllers.contains(&l.name) {
                         continue;
                     }
-                    check_protocol(key, &l, &protocols)?;
+                    l.protocol = listener_protocol(key, &l, &protocols)?;
                     out.push(l);
                 }
                 if out.is_empty() {
@@ -1097,6 +1132,7 @@ impl Reader<'_> {
                         name: "PLAINTEXT".to_owned(),
                         host: String::new(),
                         port: 9092,
+                        protocol: SecurityProtocol::Plaintext,
                     }]
                 } else {
                     Vec::new()
@@ -1133,23 +1169,33 @@ impl Reader<'_> {
                 if l.host.is_empty() {
                     l.host.clone_from(&default_host);
                 }
+                if let Some(bound) = listeners.iter().find(|b| b.name == l.name) {
+                    l.protocol = bound.protocol;
+                }
                 out.push(l);
             }
             Ok(out)
         });
-        let advertised = advertised.unwrap_or_else(|| {
-            listeners
-                .iter()
-                .map(|l| Listener {
-                    host: if l.is_wildcard() {
-                        default_host.clone()
-                    } else {
-                        l.host.clone()
-                    },
-                    ..l.clone()
-                })
-                .collect()
-        });
+        // A listener that advertised.listeners leaves out is advertised as
+        // it is bound (wildcard hosts replaced), as in Kafka.
+        let given = advertised.unwrap_or_default();
+        let advertised = listeners
+            .iter()
+            .map(|l| {
+                given
+                    .iter()
+                    .find(|a| a.name == l.name)
+                    .cloned()
+                    .unwrap_or_else(|| Listener {
+                        host: if l.is_wildcard() {
+                            default_host.clone()
+                        } else {
+                            l.host.clone()
+                        },
+                        ..l.clone()
+                    })
+            })
+            .collect();
         (listeners, advertised)
     }
 }
@@ -1222,7 +1268,8 @@ mod tests {
             vec![Listener {
                 name: "PLAINTEXT".into(),
                 host: String::new(),
-                port: 9092
+                port: 9092,
+                protocol: SecurityProtocol::Plaintext,
             }]
         );
         assert_eq!(
@@ -1360,7 +1407,6 @@ group.initial.rebalance.delay.ms=0
             c.unknown_keys,
             vec![
                 "controller.quorum.voters",
-                "inter.broker.listener.name",
                 "log.dirs",
                 "log.retention.check.interval.ms",
                 "log.segment.bytes",
@@ -1619,20 +1665,115 @@ group.initial.rebalance.delay.ms=0
     }
 
     #[test]
-    fn tls_and_sasl_listeners_are_not_supported_yet() {
-        for listener in ["SSL://:9093", "SASL_PLAINTEXT://:9094", "SASL_SSL://:9095"] {
-            let e = error(&format!("listeners=PLAINTEXT://:9092,{listener}"));
-            assert!(e.contains("listeners: "), "{e}");
-            assert!(e.contains("not supported yet"), "{e}");
-        }
-        // A custom name mapped to SSL is caught too.
-        let e = error("listeners=INTERNAL://:9093\nlistener.security.protocol.map=INTERNAL:SSL");
-        assert!(e.contains("SSL listeners are not supported yet"), "{e}");
-        // A custom name mapped to PLAINTEXT is fine.
+    fn every_listener_gets_its_protocol_and_security_keys() {
+        let c = parse(
+            "listeners=CLIENT://:9092,INTERNAL://10.0.0.5:9093,PLAIN://:9094\n\
+             advertised.listeners=CLIENT://b1.example.com:9092\n\
+             listener.security.protocol.map=CLIENT:SASL_SSL,INTERNAL:SSL,PLAIN:PLAINTEXT\n\
+             inter.broker.listener.name=INTERNAL\n\
+             ssl.keystore.location=/etc/ferry/node.pem\n\
+             ssl.truststore.location=/etc/ferry/ca.pem\n\
+             listener.name.internal.ssl.client.auth=required\n\
+             listener.name.client.sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-512\n\
+             ssl.principal.mapping.rules=RULE:^CN=([^,]*).*$/$1/\n",
+        )
+        .unwrap();
+        assert!(c.unknown_keys.is_empty(), "{:?}", c.unknown_keys);
+        let protocols: Vec<_> = c.listeners.iter().map(|l| l.protocol).collect();
+        assert_eq!(
+            protocols,
+            [
+                SecurityProtocol::SaslSsl,
+                SecurityProtocol::Ssl,
+                SecurityProtocol::Plaintext
+            ]
+        );
+        assert_eq!(c.inter_broker_listener, "INTERNAL");
+        // Every listener is advertised; those advertised.listeners leaves
+        // out as bound.
+        let advertised: Vec<String> = c
+            .advertised_listeners
+            .iter()
+            .map(Listener::to_string)
+            .collect();
+        assert_eq!(
+            advertised,
+            [
+                "CLIENT://b1.example.com:9092",
+                "INTERNAL://10.0.0.5:9093",
+                "PLAIN://broker-a:9094"
+            ]
+        );
+        let [client, internal, plain] = c.listener_security.as_slice() else {
+            panic!("three listeners")
+        };
+        assert_eq!(
+            client.sasl_mechanisms,
+            [SaslMechanism::Plain, SaslMechanism::ScramSha512]
+        );
+        let tls = client.tls.as_ref().unwrap();
+        assert_eq!(tls.client_auth, ClientAuth::None);
+        assert_eq!(tls.key, Pem::File("/etc/ferry/node.pem".into()));
+        assert_eq!(
+            internal.tls.as_ref().unwrap().client_auth,
+            ClientAuth::Required
+        );
+        assert!(internal.sasl_mechanisms.is_empty());
+        assert_eq!(
+            internal
+                .tls
+                .as_ref()
+                .unwrap()
+                .principal_rules
+                .apply("CN=node-1,O=x")
+                .as_deref(),
+            Some("node-1")
+        );
+        assert!(plain.tls.is_none());
+        // One listener: it carries node-to-node calls whatever its name.
         let c =
             parse("listeners=INTERNAL://:9093\nlistener.security.protocol.map=INTERNAL:PLAINTEXT")
                 .unwrap();
-        assert_eq!(c.listeners[0].name, "INTERNAL");
+        assert_eq!(c.inter_broker_listener, "INTERNAL");
+    }
+
+    #[test]
+    fn listener_security_that_cannot_work_stops_the_start() {
+        for (text, want) in [
+            // TLS without a key.
+            ("listeners=SSL://:9093", "needs a key and certificate chain"),
+            // A mechanism Ferry does not serve.
+            (
+                "listeners=SASL_PLAINTEXT://:9094\nsasl.enabled.mechanisms=GSSAPI",
+                "GSSAPI is not a mechanism Ferry serves",
+            ),
+            // Client certificates with nothing to verify them against.
+            (
+                "listeners=SSL://:9093\nssl.keystore.location=/k.pem\nssl.client.auth=required",
+                "no ssl.truststore.location",
+            ),
+            ("listeners=SSL://:9093\nssl.keystore.type=JKS\nssl.keystore.location=/k.jks", "JKS stores are not supported"),
+            ("listeners=SSL://:9093\nssl.keystore.location=/k.pem\nssl.key.password=x", "encrypted PEM private keys"),
+            (
+                "listeners=A://:1,B://:2\nlistener.security.protocol.map=A:PLAINTEXT,B:PLAINTEXT",
+                "inter.broker.listener.name: expected the name of one of the listeners (A, B)",
+            ),
+            (
+                "listeners=PLAINTEXT://:1\ninter.broker.listener.name=NOPE",
+                "got \"NOPE\"",
+            ),
+            (
+                "listeners=SSL://:9093\nssl.keystore.location=/k.pem\nssl.principal.mapping.rules=RULE:x",
+                "ssl.principal.mapping.rules: expected DEFAULT or RULE",
+            ),
+        ] {
+            let e = error(text);
+            assert!(e.contains(want), "{text}: {e}");
+        }
+        // The password never shows in the error.
+        let e =
+            error("listeners=SSL://:9093\nssl.keystore.location=/k.pem\nssl.key.password=hunter2");
+        assert!(!e.contains("hunter2"), "{e}");
     }
 
     #[test]
@@ -1918,7 +2059,8 @@ group.initial.rebalance.delay.ms=0
 
     #[test]
     fn describe_lists_every_known_key_with_defaults() {
-        let c = parse("node.id=2\nssl.truststore.password=hidden\n").unwrap();
+        let c =
+            parse("node.id=2\nsasl.jaas.config=hidden\nssl.truststore.password=hidden\n").unwrap();
         let d = c.describe();
         assert_eq!(d.len(), KNOWN_KEYS.len());
         let get = |k: &str| d.iter().find(|(key, _, _)| key == k).unwrap().clone();
@@ -1930,7 +2072,13 @@ group.initial.rebalance.delay.ms=0
         assert_eq!(get("ferry.metrics.listener").1.as_deref(), Some(""));
         assert_eq!(get("offsets.retention.minutes").1.as_deref(), Some("10080"));
         // Unknown keys are not described, so their values never show.
-        assert!(d.iter().all(|(k, _, _)| k != "ssl.truststore.password"));
+        assert!(d.iter().all(|(k, _, _)| k != "sasl.jaas.config"));
+        // A known secret is listed as sensitive, without its value.
+        assert_eq!(
+            get("ssl.truststore.password"),
+            ("ssl.truststore.password".into(), None, true)
+        );
+        assert!(is_sensitive_key("listener.name.client.ssl.keystore.key"));
         for (key, value, sensitive) in &d {
             assert!(!sensitive || value.is_none(), "{key}");
         }

@@ -4,12 +4,15 @@
 use super::*;
 
 /// Whether a key's value is secret as a whole: its name mentions a password,
-/// secret, token, credential or JAAS config (Kafka's `sasl.jaas.config`).
+/// secret, token, credential or JAAS config (Kafka's `sasl.jaas.config`),
+/// or it is an inline private key (`ssl.keystore.key`).
 pub fn is_sensitive_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    ["password", "secret", "token", "credential", "jaas"]
-        .iter()
-        .any(|word| key.contains(word))
+    // `ssl.keystore.key` holds a private key inline.
+    key.ends_with("keystore.key")
+        || ["password", "secret", "token", "credential", "jaas"]
+            .iter()
+            .any(|word| key.contains(word))
 }
 
 /// Whether a URI query parameter carries a credential (`accessKey`,

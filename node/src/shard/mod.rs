@@ -96,7 +96,11 @@ pub enum ShardMsg {
     },
     /// A connection the acceptor (shard 0, `ferry.accept=acceptor`) dealt
     /// to this shard.
-    Accepted(glommio::net::AcceptedTcpStream),
+    Accepted {
+        stream: glommio::net::AcceptedTcpStream,
+        /// Index into `NodeCtx::listeners`.
+        listener: usize,
+    },
     /// A read replica asks where a partition's durable batches are.
     ReplicaRead {
         req: crate::cluster::rpc::ReplicaRead,
@@ -165,7 +169,9 @@ pub const COORDINATOR_SHARD: usize = 0;
 /// through these.
 #[derive(Clone, Copy)]
 pub struct BrokerHooks {
-    pub serve: fn(Rc<Shard>, glommio::net::TcpStream) -> LocalBoxFuture<'static, ()>,
+    /// Serves a connection accepted on listener `usize` (an index into
+    /// `NodeCtx::listeners`).
+    pub serve: fn(Rc<Shard>, glommio::net::TcpStream, usize) -> LocalBoxFuture<'static, ()>,
     pub forwarded: fn(
         Rc<Shard>,
         crate::cluster::rpc::Forward,
@@ -260,7 +266,8 @@ impl Shard {
         Shard {
             hooks,
             view: RefCell::new(crate::cluster::ViewCache::new(ctx.cluster.clone())),
-            rpc: crate::cluster::rpc::RpcClient::new(ctx.traffic.clone(), ctx.frame_bytes_max),
+            rpc: crate::cluster::rpc::RpcClient::new(ctx.traffic.clone(), ctx.frame_bytes_max)
+                .with_tls(ctx.rpc_tls.clone()),
             replica_cache: RefCell::new(ReplicaCache::new(ctx.cache_bytes_max / 4)),
             replica_index: RefCell::new(HashMap::new()),
             leadership: RefCell::new(Leadership {
@@ -419,8 +426,8 @@ impl Shard {
             ShardMsg::Group { req, reply } => {
                 let _ = reply.send(self.group_local(*req).await);
             }
-            ShardMsg::Accepted(stream) => {
-                (self.hooks.serve)(self.clone(), stream.bind_to_executor()).await;
+            ShardMsg::Accepted { stream, listener } => {
+                (self.hooks.serve)(self.clone(), stream.bind_to_executor(), listener).await;
             }
             ShardMsg::ReplicaRead { req, reply } => {
                 let _ = reply.send(self.replica_entries(&req));
@@ -432,11 +439,20 @@ impl Shard {
     }
 
     /// Hands an accepted connection to shard `to` (or serves it here).
-    pub async fn deal(self: &Rc<Self>, to: usize, stream: glommio::net::AcceptedTcpStream) {
+    pub async fn deal(
+        self: &Rc<Self>,
+        to: usize,
+        stream: glommio::net::AcceptedTcpStream,
+        listener: usize,
+    ) {
         if to == self.id {
-            glommio::spawn_local((self.hooks.serve)(self.clone(), stream.bind_to_executor()))
-                .detach();
-        } else if !self.send(to, ShardMsg::Accepted(stream)).await {
+            glommio::spawn_local((self.hooks.serve)(
+                self.clone(),
+                stream.bind_to_executor(),
+                listener,
+            ))
+            .detach();
+        } else if !self.send(to, ShardMsg::Accepted { stream, listener }).await {
             // Only when the node is stopping: the connection is dropped.
             tracing::warn!(shard = to, "could not hand a connection over");
         }
@@ -583,6 +599,19 @@ pub enum Route {
 }
 
 impl crate::cluster::rpc::RpcHandler for Rc<Shard> {
+    /// A handoff commit must come from the member it names (a member not in
+    /// the view is answered "retry" by the call itself); a replica read or
+    /// forward from some member of the view.
+    fn admits(&self, call: &crate::cluster::rpc::RpcBody, caller: &str) -> bool {
+        let view = self.view();
+        match call {
+            crate::cluster::rpc::RpcBody::HandoffCommit(req) => view
+                .member(req.from_node)
+                .is_none_or(|m| m.principal == caller),
+            _ => view.members().iter().any(|m| m.principal == caller),
+        }
+    }
+
     async fn handoff_commit(
         &self,
         req: crate::cluster::rpc::HandoffCommit,

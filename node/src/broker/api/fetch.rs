@@ -28,6 +28,7 @@ pub(super) async fn fetch(
     f: fetch_request::FetchRequest,
     version: i16,
     zone: Option<&str>,
+    listener: &str,
 ) -> fetch_response::FetchResponse {
     use fetch_response::*;
     let started = Instant::now();
@@ -152,6 +153,7 @@ pub(super) async fn fetch(
                                                 n,
                                                 p.partition,
                                                 zone,
+                                                listener,
                                                 &mut endpoints.borrow_mut(),
                                             )
                                         }) {

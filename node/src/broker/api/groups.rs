@@ -11,6 +11,7 @@ pub(super) fn find_coordinator(
     shard: &Shard,
     f: find_coordinator_request::FindCoordinatorRequest,
     zone: Option<&str>,
+    listener: &str,
 ) -> find_coordinator_response::FindCoordinatorResponse {
     use find_coordinator_response::*;
     let ok = f.key_type == 0;
@@ -19,7 +20,7 @@ pub(super) fn find_coordinator(
     } else {
         f.coordinator_keys
     };
-    let brokers = brokers(shard);
+    let brokers = brokers(shard, listener);
     let answer = |key: &KStr| -> (ErrorCode, i32, KStr, i32) {
         if !ok {
             return (ErrorCode::COORDINATOR_NOT_AVAILABLE, -1, s(""), -1);
@@ -108,7 +109,24 @@ pub async fn forwarded(
         .parse::<std::net::IpAddr>()
         .ok()
         .map(|ip| std::net::SocketAddr::new(ip, 0));
-    let Some(body) = handle(shard, req, peer).await else {
+    // The group APIs' answers name no endpoint, so the listener does not
+    // shape them; the proxy checked the client before forwarding.
+    let Some(listener) = shard
+        .ctx
+        .listeners
+        .iter()
+        .find(|l| l.inter_broker)
+        .or(shard.ctx.listeners.first())
+        .cloned()
+    else {
+        return refuse(ErrorCode::UNKNOWN_SERVER_ERROR);
+    };
+    let session = crate::broker::conn::Session {
+        listener,
+        peer,
+        principal: std::cell::RefCell::new(crate::security::Principal::anonymous()),
+    };
+    let Some(body) = handle(shard, req, &session).await else {
         return crate::cluster::rpc::ForwardResponse {
             error_code: 0,
             frame: None,

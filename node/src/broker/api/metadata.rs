@@ -13,30 +13,43 @@ pub(super) struct Broker {
 }
 
 impl Broker {
-    pub(super) fn of(m: &crate::cluster::Member) -> Broker {
-        Broker {
+    /// `m` as a client of `listener` reaches it; `None` if it does not
+    /// serve that listener.
+    pub(super) fn of(m: &crate::cluster::Member, listener: &str) -> Option<Broker> {
+        let (host, port) = m.endpoint(listener)?;
+        Some(Broker {
             node_id: m.node_id,
-            host: m.host.clone(),
-            port: m.port,
+            host: host.to_owned(),
+            port,
             zone: m.zone.clone(),
-        }
+        })
     }
 }
 
-/// The brokers a client sees: every live node, with its zone as its rack
-/// (this node alone if the view is empty).
-pub(super) fn brokers(shard: &Shard) -> Vec<Broker> {
+/// The brokers a client of `listener` sees: every live node, at its
+/// endpoint of that listener, with its zone as its rack (this node alone
+/// if the view is empty).
+pub(super) fn brokers(shard: &Shard, listener: &str) -> Vec<Broker> {
     let view = shard.view();
     if view.is_empty() {
         let c = &shard.ctx;
-        return vec![Broker {
-            node_id: c.node_id,
-            host: c.advertised_host.clone(),
-            port: c.advertised_port,
-            zone: c.zone.clone(),
-        }];
+        return c
+            .listeners
+            .iter()
+            .find(|l| l.name() == listener)
+            .map(|l| Broker {
+                node_id: c.node_id,
+                host: l.spec.advertised_host.clone(),
+                port: l.spec.advertised_port,
+                zone: c.zone.clone(),
+            })
+            .into_iter()
+            .collect();
     }
-    view.members().iter().map(Broker::of).collect()
+    view.members()
+        .iter()
+        .filter_map(|m| Broker::of(m, listener))
+        .collect()
 }
 
 /// The node a client of `zone` should see as a partition's leader, and the
@@ -54,6 +67,7 @@ pub(super) async fn metadata(
     m: metadata_request::MetadataRequest,
     v: i16,
     zone: Option<&str>,
+    listener: &str,
 ) -> metadata_response::MetadataResponse {
     use metadata_response::*;
     let ctx = &shard.ctx;
@@ -130,7 +144,7 @@ pub(super) async fn metadata(
             ..Default::default()
         });
     }
-    let brokers: Vec<MetadataResponseBroker> = brokers(shard)
+    let brokers: Vec<MetadataResponseBroker> = brokers(shard, listener)
         .into_iter()
         .map(|b| MetadataResponseBroker {
             node_id: b.node_id,
@@ -170,22 +184,24 @@ pub(super) fn leader_hint(
     topic: &str,
     partition: i32,
     zone: Option<&str>,
+    listener: &str,
     endpoints: &mut Vec<Broker>,
 ) -> Option<(i32, i32)> {
     let view = shard.view();
     let m = view.route(topic, partition, zone)?;
     if !endpoints.iter().any(|e| e.node_id == m.node_id) {
-        endpoints.push(Broker::of(m));
+        endpoints.extend(Broker::of(m, listener));
     }
     Some((m.node_id, view.leader_epoch(topic, partition)))
 }
 
 pub(super) fn describe_cluster(
     shard: &Shard,
+    listener: &str,
 ) -> describe_cluster_response::DescribeClusterResponse {
     use describe_cluster_response::*;
     let ctx = &shard.ctx;
-    let brokers: Vec<DescribeClusterBroker> = brokers(shard)
+    let brokers: Vec<DescribeClusterBroker> = brokers(shard, listener)
         .into_iter()
         .map(|b| DescribeClusterBroker {
             broker_id: b.node_id,

@@ -82,9 +82,11 @@ fn s(x: &str) -> KStr {
 pub async fn handle(
     shard: &Rc<Shard>,
     req: Request,
-    peer: Option<std::net::SocketAddr>,
+    session: &crate::broker::conn::Session,
 ) -> Option<ResponseBody> {
     let v = req.api_version();
+    let peer = session.peer;
+    let listener = session.listener.name();
     shard.ctx.sync_topics();
     let client_id = req.header.client_id.as_deref().unwrap_or("").to_owned();
     let addr = peer.map(|p| p.ip());
@@ -100,7 +102,7 @@ pub async fn handle(
     Some(match req.body {
         RequestBody::FindCoordinator(f) => {
             let zone = shard.client_zone(&client_id, addr, None);
-            ResponseBody::FindCoordinator(find_coordinator(shard, f, zone.as_deref()))
+            ResponseBody::FindCoordinator(find_coordinator(shard, f, zone.as_deref(), listener))
         }
         RequestBody::ApiVersions(_) => {
             ResponseBody::ApiVersions(api_versions_response::ApiVersionsResponse {
@@ -110,18 +112,18 @@ pub async fn handle(
         }
         RequestBody::Metadata(m) => {
             let zone = shard.client_zone(&client_id, addr, None);
-            ResponseBody::Metadata(metadata(shard, m, v, zone.as_deref()).await)
+            ResponseBody::Metadata(metadata(shard, m, v, zone.as_deref(), listener).await)
         }
         RequestBody::Produce(p) => {
             let zone = shard.client_zone(&client_id, addr, None);
-            return produce(shard, p, zone.as_deref())
+            return produce(shard, p, zone.as_deref(), listener)
                 .await
                 .map(ResponseBody::Produce);
         }
         RequestBody::Fetch(f) => {
             // A fetch's rack (KIP-392) tells a client's zone too.
             let zone = shard.client_zone(&client_id, addr, Some(f.rack_id.as_str()));
-            ResponseBody::Fetch(fetch(shard, f, v, zone.as_deref()).await)
+            ResponseBody::Fetch(fetch(shard, f, v, zone.as_deref(), listener).await)
         }
         RequestBody::ListOffsets(l) => ResponseBody::ListOffsets(list_offsets(shard, l).await),
         RequestBody::CreateTopics(c) => ResponseBody::CreateTopics(create_topics(shard, c).await),
@@ -132,7 +134,9 @@ pub async fn handle(
         RequestBody::InitProducerId(i) => {
             ResponseBody::InitProducerId(init_producer_id(&shard.ctx.producer_ids, i))
         }
-        RequestBody::DescribeCluster(_) => ResponseBody::DescribeCluster(describe_cluster(shard)),
+        RequestBody::DescribeCluster(_) => {
+            ResponseBody::DescribeCluster(describe_cluster(shard, listener))
+        }
         RequestBody::DescribeConfigs(d) => ResponseBody::DescribeConfigs(
             crate::broker::configs::describe(&shard.ctx, &shard.topics.get(), &d),
         ),

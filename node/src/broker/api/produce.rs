@@ -7,6 +7,7 @@ pub(super) async fn produce(
     shard: &Rc<Shard>,
     p: produce_request::ProduceRequest,
     zone: Option<&str>,
+    listener: &str,
 ) -> Option<produce_response::ProduceResponse> {
     use produce_response::*;
     let mut endpoints = Vec::new();
@@ -82,7 +83,14 @@ pub(super) async fn produce(
                     }
                     let hint = (r.error == ErrorCode::NOT_LEADER_OR_FOLLOWER)
                         .then(|| {
-                            leader_hint(shard, t.name.as_str(), pd.index, zone, &mut endpoints)
+                            leader_hint(
+                                shard,
+                                t.name.as_str(),
+                                pd.index,
+                                zone,
+                                listener,
+                                &mut endpoints,
+                            )
                         })
                         .flatten();
                     Some(PartitionProduceResponse {

@@ -19,6 +19,8 @@ pub struct RpcClient {
     traffic: Arc<RpcTraffic>,
     frame_bytes_max: usize,
     peers: RefCell<HashMap<i32, Rc<Peer>>>,
+    /// TLS to peers' inter-broker listeners; `None`: plain TCP.
+    tls: Option<Arc<crate::security::tls::TlsClient>>,
 }
 
 impl RpcClient {
@@ -29,7 +31,14 @@ impl RpcClient {
             traffic,
             frame_bytes_max,
             peers: RefCell::new(HashMap::new()),
+            tls: None,
         }
+    }
+
+    /// Dials peers with TLS (their inter-broker listener is SSL).
+    pub fn with_tls(mut self, tls: Option<Arc<crate::security::tls::TlsClient>>) -> RpcClient {
+        self.tls = tls;
+        self
     }
 
     /// Sends `req` to `to` and waits at most `timeout` (connecting
@@ -162,6 +171,7 @@ impl RpcClient {
             port: to.port,
             zone: to.zone.clone(),
             counters: self.traffic.zone(&to.zone),
+            tls: self.tls.clone(),
             conn: RefCell::new(None),
             connecting: glommio::sync::Semaphore::new(1),
         });
@@ -178,6 +188,7 @@ pub(super) struct Peer {
     port: u16,
     zone: String,
     counters: Arc<ZoneTraffic>,
+    tls: Option<Arc<crate::security::tls::TlsClient>>,
     conn: RefCell<Option<Rc<Conn>>>,
     /// One connect at a time; other callers wait for it.
     connecting: glommio::sync::Semaphore,
@@ -226,8 +237,23 @@ impl Peer {
         .map_err(&connect_err)?;
         let _ = stream.set_nodelay(true);
         keepalive(&stream);
-        tracing::debug!(node = self.node_id, addr = %addr, "RPC connection open");
-        let conn = Conn::start(self.node_id, stream, frame_bytes_max);
+        let conn = match &self.tls {
+            None => Conn::start(self.node_id, stream, frame_bytes_max),
+            Some(tls) => {
+                let name =
+                    rustls::pki_types::ServerName::try_from(self.host.clone()).map_err(|e| {
+                        connect_err(format!("{} is not a TLS server name: {e}", self.host))
+                    })?;
+                let stream = within(timeout, tls.connector().connect(name, stream))
+                    .await
+                    .ok_or_else(|| {
+                        connect_err(format!("TLS handshake timed out after {timeout:?}"))
+                    })?
+                    .map_err(|e| connect_err(format!("TLS handshake failed: {e}")))?;
+                Conn::start(self.node_id, stream, frame_bytes_max)
+            }
+        };
+        tracing::debug!(node = self.node_id, addr = %addr, tls = self.tls.is_some(), "RPC connection open");
         *self.conn.borrow_mut() = Some(conn.clone());
         Ok(conn)
     }
@@ -336,7 +362,10 @@ pub(super) struct Conn {
 }
 
 impl Conn {
-    pub(super) fn start(node_id: i32, stream: TcpStream, frame_bytes_max: usize) -> Rc<Conn> {
+    pub(super) fn start<S>(node_id: i32, stream: S, frame_bytes_max: usize) -> Rc<Conn>
+    where
+        S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
+    {
         let shared = Rc::new(ConnShared {
             node_id,
             pending: RefCell::new(HashMap::new()),
@@ -371,9 +400,9 @@ impl Drop for Conn {
     }
 }
 
-pub(super) async fn read_loop(
+pub(super) async fn read_loop<R: futures_lite::AsyncRead + Unpin>(
     shared: Rc<ConnShared>,
-    mut rd: futures_lite::io::ReadHalf<TcpStream>,
+    mut rd: R,
     frame_bytes_max: usize,
 ) {
     let frames = FrameReader::new(frame_bytes_max);
@@ -428,10 +457,10 @@ pub(super) async fn read_loop(
     });
 }
 
-pub(super) async fn write_loop(
+pub(super) async fn write_loop<W: futures_lite::AsyncWrite + Unpin>(
     shared: Rc<ConnShared>,
     rx: LocalReceiver<Vec<Bytes>>,
-    mut wr: futures_lite::io::WriteHalf<TcpStream>,
+    mut wr: W,
 ) {
     let mut frames = rx.stream();
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
@@ -460,6 +489,8 @@ pub(super) async fn write_loop(
                 wr.write_all(&buf).await?;
                 buf.clear();
             }
+            // A TLS stream holds what it encrypted until flushed.
+            wr.flush().await?;
             Ok::<(), std::io::Error>(())
         }
         .await;

@@ -12,6 +12,13 @@ use super::*;
 /// methods take `self: &Rc<Shard>`.
 #[allow(async_fn_in_trait)] // deliberately not Send: one glommio executor per shard
 pub trait RpcHandler {
+    /// Whether `caller`, the principal the connection authenticated as on
+    /// the inter-broker listener (`User:ANONYMOUS` where it does not
+    /// authenticate), may make `call`. A call refused here is answered
+    /// CLUSTER_AUTHORIZATION_FAILED and changes nothing. Default: anyone.
+    fn admits(&self, _call: &RpcBody, _caller: &str) -> bool {
+        true
+    }
     async fn handoff_commit(&self, req: HandoffCommit) -> HandoffCommitResponse;
     async fn replica_read(&self, req: ReplicaRead) -> ReplicaReadResponse;
     async fn forward(&self, req: Forward) -> ForwardResponse;
@@ -79,8 +86,32 @@ pub fn decode_call(frame: &Bytes) -> Result<RpcCall, RpcError> {
 /// (size prefix included, ready to write). `None` only if the handler's
 /// answer cannot be encoded (a string over [`STRING_BYTES_MAX`]): that is
 /// logged, and the caller then gets no answer and times out.
-pub async fn serve_call<H: RpcHandler>(handler: &H, call: RpcCall) -> Option<Vec<Bytes>> {
+pub async fn serve_call<H: RpcHandler>(
+    handler: &H,
+    call: RpcCall,
+    caller: &str,
+) -> Option<Vec<Bytes>> {
     let id = call.correlation_id;
+    if !handler.admits(&call.body, caller) {
+        tracing::warn!(caller, kind = ?call.body.kind(), "node-to-node call refused: the caller is not the member it must be");
+        let refused = ErrorCode::CLUSTER_AUTHORIZATION_FAILED;
+        let encoded = match &call.body {
+            RpcBody::HandoffCommit(req) => {
+                encode_response_frame(id, &HandoffCommitResponse::all(req, refused))
+            }
+            RpcBody::ReplicaRead(_) => {
+                encode_response_frame(id, &ReplicaReadResponse::error(refused))
+            }
+            RpcBody::Forward(_) => encode_response_frame(
+                id,
+                &ForwardResponse {
+                    error_code: refused.code(),
+                    frame: None,
+                },
+            ),
+        };
+        return encoded.ok();
+    }
     let encoded = match call.body {
         RpcBody::HandoffCommit(req) => {
             encode_response_frame(id, &handler.handoff_commit(req).await)
@@ -97,12 +128,12 @@ pub async fn serve_call<H: RpcHandler>(handler: &H, call: RpcCall) -> Option<Vec
     }
 }
 
-/// [`decode_call`] then [`serve_call`]. `None` for a frame that does not
-/// decode (logged): the connection should then be closed, as Kafka closes
-/// one that sends a request it cannot parse.
+/// [`decode_call`] then [`serve_call`], for an anonymous caller. `None`
+/// for a frame that does not decode (logged): the connection should then
+/// be closed, as Kafka closes one that sends a request it cannot parse.
 pub async fn serve_frame<H: RpcHandler>(handler: &H, frame: &Bytes) -> Option<Vec<Bytes>> {
     match decode_call(frame) {
-        Ok(call) => serve_call(handler, call).await,
+        Ok(call) => serve_call(handler, call, "User:ANONYMOUS").await,
         Err(e) => {
             tracing::info!(error = %e, "undecodable RPC frame");
             None
@@ -117,12 +148,13 @@ pub fn spawn_call<H: RpcHandler + Clone + 'static>(
     handler: &H,
     frame: &Bytes,
     peer: Option<SocketAddr>,
+    caller: String,
 ) -> Result<glommio::Task<Option<Vec<Bytes>>>, RpcError> {
     let call = decode_call(frame).inspect_err(|e| {
         tracing::info!(peer = ?peer, error = %e, "undecodable RPC frame, closing connection");
     })?;
     let h = handler.clone();
-    Ok(glommio::spawn_local(
-        async move { serve_call(&h, call).await },
-    ))
+    Ok(glommio::spawn_local(async move {
+        serve_call(&h, call, &caller).await
+    }))
 }

@@ -1,0 +1,53 @@
+//! Who is on the other end of a connection, and what it may do.
+//!
+//! - `tls`: rustls server and client configurations from PEM keys and
+//!   certificates ([`crate::config::TlsSettings`]), reloaded when their files
+//!   change, and the principal a client certificate maps to.
+//!
+//! This layer sits above `config` (it reads typed settings) and below
+//! `cluster` and `broker`: the node-to-node client dials with its TLS
+//! configuration, and the broker's connections authenticate through it.
+
+pub mod tls;
+
+use std::fmt;
+
+/// A Kafka principal: `User:name`. Connections that did not authenticate
+/// are `User:ANONYMOUS`, as in Kafka.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Principal {
+    name: String,
+}
+
+impl Principal {
+    pub const ANONYMOUS_NAME: &'static str = "ANONYMOUS";
+
+    pub fn user(name: impl Into<String>) -> Principal {
+        Principal { name: name.into() }
+    }
+
+    pub fn anonymous() -> Principal {
+        Principal::user(Principal::ANONYMOUS_NAME)
+    }
+
+    /// The user name, without `User:`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn is_anonymous(&self) -> bool {
+        self.name == Principal::ANONYMOUS_NAME
+    }
+
+    /// Parses `User:name` (the form ACLs and `super.users` use).
+    pub fn parse(text: &str) -> Option<Principal> {
+        let name = text.trim().strip_prefix("User:")?;
+        (!name.is_empty()).then(|| Principal::user(name))
+    }
+}
+
+impl fmt::Display for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "User:{}", self.name)
+    }
+}
