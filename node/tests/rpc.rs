@@ -642,19 +642,7 @@ fn a_handoff_commit_is_checked_before_it_changes_a_log() {
     let mut k = std::net::TcpStream::connect(addr).unwrap();
     k.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     assert_eq!(common::raw::create_topic(&mut k, "h", 1, &[]), 0);
-    let body = RequestBody::Metadata(metadata_request::MetadataRequest {
-        topics: Some(vec![metadata_request::MetadataRequestTopic {
-            name: Some("h".into()),
-            ..Default::default()
-        }]),
-        ..Default::default()
-    });
-    let resp = common::raw::call(&mut k, 12, body);
-    let topic_id = metadata_response::MetadataResponse::decode(&resp, 12)
-        .unwrap()
-        .topics[0]
-        .topic_id
-        .0;
+    let topic_id = topic_id(&mut k, "h");
     let batch = |last_offset_delta: i32, record_count: i32| HandoffBatch {
         key: "handoff/1/00000000000000000000.wal".into(),
         position: 0,
@@ -700,5 +688,99 @@ fn a_handoff_commit_is_checked_before_it_changes_a_log() {
     );
     // Only the well-formed batch moved the log: it sits at offset 0.
     assert_eq!(common::raw::list_offset(&mut k, "h", 0, -1), 1);
+    node.stop();
+}
+
+/// A topic's id, by Metadata.
+fn topic_id(k: &mut std::net::TcpStream, topic: &str) -> [u8; 16] {
+    use ferry_protocol::messages::*;
+    use ferry_protocol::wire::Message;
+    let body = RequestBody::Metadata(metadata_request::MetadataRequest {
+        topics: Some(vec![metadata_request::MetadataRequestTopic {
+            name: Some(topic.into()),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    });
+    let resp = common::raw::call(k, 12, body);
+    metadata_response::MetadataResponse::decode(&resp, 12)
+        .unwrap()
+        .topics[0]
+        .topic_id
+        .0
+}
+
+/// Ferry's own API keys are served on the listener that
+/// `inter.broker.listener.name` names and nowhere else: on a client
+/// listener a handoff commit closes the connection and moves no log.
+#[test]
+fn node_to_node_calls_are_served_on_the_inter_broker_listener_only() {
+    use ferry_node::node::ListenerSpec;
+    let client_listener = ListenerSpec {
+        name: "CLIENT".into(),
+        ..ListenerSpec::loopback()
+    };
+    let internal = ListenerSpec {
+        name: "INTERNAL".into(),
+        ..ListenerSpec::loopback()
+    };
+    let node = memory_node(NodeSettings {
+        listeners: vec![client_listener, internal],
+        inter_broker_listener: "INTERNAL".into(),
+        ..NodeSettings::local(1)
+    });
+    let (client_addr, internal_addr) = (node.listeners[0].1, node.listeners[1].1);
+    assert_eq!(node.listeners[1].0, "INTERNAL");
+    let mut k = std::net::TcpStream::connect(client_addr).unwrap();
+    k.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(common::raw::create_topic(&mut k, "ib", 1, &[]), 0);
+    let topic_id = topic_id(&mut k, "ib");
+    let commit = HandoffCommit {
+        from_node: 1,
+        view_revision: 1,
+        partitions: vec![HandoffPartition {
+            topic: "ib".into(),
+            topic_id,
+            partition: 0,
+            batches: vec![HandoffBatch {
+                key: "handoff/1/00000000000000000000.wal".into(),
+                position: 0,
+                len: 100,
+                crc: 0,
+                record_count: 1,
+                last_offset_delta: 0,
+                max_timestamp: 1,
+                producer_id: -1,
+                producer_epoch: -1,
+                base_sequence: -1,
+            }],
+        }],
+    };
+    let (on_client, on_internal) = run_bounded(30, move || async move {
+        let (c, _) = client();
+        let on_client = c
+            .handoff_commit(&member(1, "zone-a", client_addr), &commit, 5 * SECOND)
+            .await
+            .map(|r| r.partitions[0][0].error_code);
+        let on_internal = c
+            .handoff_commit(&member(1, "zone-a", internal_addr), &commit, 5 * SECOND)
+            .await
+            .map(|r| r.partitions[0][0].error_code);
+        (
+            on_client.map_err(|e| e.to_string()),
+            on_internal.map_err(|e| e.to_string()),
+        )
+    });
+    let err = on_client.expect_err("a client listener answers no node-to-node call");
+    assert!(err.contains("closed") || err.contains("lost"), "{err}");
+    assert_eq!(on_internal, Ok(0), "the inter-broker listener takes it");
+    // Only the call on the inter-broker listener moved the log.
+    assert_eq!(common::raw::list_offset(&mut k, "ib", 0, -1), 1);
+    // The client listener still serves clients.
+    let mut again = std::net::TcpStream::connect(client_addr).unwrap();
+    again
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(common::raw::list_offset(&mut again, "ib", 0, -1), 1);
     node.stop();
 }
