@@ -48,6 +48,8 @@ pub struct Metrics {
     /// Failed authentications by (listener, mechanism): TLS handshakes
     /// (`SSL`) and SASL mechanisms. Rare, so a lock is fine.
     auth_failures: parking_lot::Mutex<std::collections::BTreeMap<(String, String), u64>>,
+    /// SASL sessions renewed on their connection (KIP-368).
+    pub reauthentications: AtomicU64,
 }
 
 /// One latency histogram: microseconds from 1 to 10 minutes, 3 significant
@@ -125,6 +127,7 @@ impl Metrics {
             produce_us: (0..shards.max(1)).map(|_| hist()).collect(),
             fetch_us: (0..shards.max(1)).map(|_| hist()).collect(),
             auth_failures: Default::default(),
+            reauthentications: AtomicU64::new(0),
         }
     }
 
@@ -224,6 +227,11 @@ impl Metrics {
             self.bytes_out.load(Relaxed),
         );
         per_shard(&mut e, "ferry_connections", Kind::Gauge, &self.connections);
+        e.single(
+            "ferry_sasl_reauthentications_total",
+            Kind::Counter,
+            self.reauthentications.load(Relaxed),
+        );
         e.family("ferry_authentication_failures_total", Kind::Counter);
         for ((listener, mechanism), n) in self.auth_failures.lock().iter() {
             e.sample(

@@ -68,6 +68,13 @@ pub struct NodeCtx {
     pub traffic: Arc<crate::cluster::rpc::RpcTraffic>,
     /// InitProducerId's ids, unique to this node.
     pub producer_ids: ProducerIds,
+    /// The cluster's SCRAM credentials, as last read from the coordinator
+    /// (see [`NodeCtx::security`]), and the generation it was read at.
+    security: arc_swap::ArcSwap<crate::security::SecurityDoc>,
+    security_seen: Mutex<u64>,
+    /// `connections.max.reauth.ms` (KIP-368): how long a SASL session
+    /// lasts before the client must authenticate again; `None`: for ever.
+    pub reauth_ms: Option<u64>,
     /// The coordinator's topic-table generation and version last applied.
     topics_seen: Mutex<(u64, u64)>,
     /// The generation last looked at, read without the lock.
@@ -176,6 +183,8 @@ pub struct NodeSettings {
     pub frame_bytes_max: usize,
     /// `queued.max.request.bytes` for the whole node; `None`: no limit.
     pub queued_request_bytes_max: Option<u64>,
+    /// `connections.max.reauth.ms`; `None`: sessions do not expire.
+    pub reauth_ms: Option<u64>,
     /// [`crate::config::Config::describe`], for DescribeConfigs on the
     /// broker; empty if the caller has no `Config`.
     pub config_describe: Vec<(String, Option<String>, bool)>,
@@ -221,6 +230,7 @@ impl NodeSettings {
             retention_bytes: -1,
             frame_bytes_max: ferry_protocol::frame::FRAME_BYTES_MAX_DEFAULT,
             queued_request_bytes_max: Some(crate::config::QUEUED_REQUEST_BYTES_MAX_DEFAULT),
+            reauth_ms: None,
             config_describe: vec![],
             group_config: Default::default(),
             groups_snapshot: None,
@@ -317,6 +327,7 @@ impl NodeSettings {
             retention_bytes: config.log_retention_bytes.map_or(-1, |v| v as i64),
             frame_bytes_max: config.socket_request_bytes_max,
             queued_request_bytes_max: config.queued_request_bytes_max,
+            reauth_ms: config.reauth_ms,
             config_describe: config.describe(),
             group_config: config.group.clone(),
             groups_snapshot: None,
@@ -395,6 +406,9 @@ impl NodeCtx {
             in_process: !cluster.is_etcd(),
             zones,
             topics_seen: Mutex::new((0, 0)),
+            security: Default::default(),
+            security_seen: Mutex::new(0),
+            reauth_ms: s.reauth_ms,
             topics_generation_seen: std::sync::atomic::AtomicU64::new(0),
             traffic,
             producer_ids: ProducerIds::new(
@@ -510,6 +524,26 @@ impl NodeCtx {
                 tracing::error!(error = %e, version, "the cluster's topic table does not decode")
             }
         }
+    }
+
+    /// The cluster's security metadata (SCRAM credentials), current with
+    /// the coordinator: read again only when its generation moved. A
+    /// document that does not decode is logged and the last good one kept.
+    pub fn security(&self) -> Arc<crate::security::SecurityDoc> {
+        let generation = self.cluster.doc_generation(crate::cluster::Doc::Security);
+        let mut seen = self.security_seen.lock();
+        if *seen != generation {
+            *seen = generation;
+            let (version, data) = self.cluster.doc(crate::cluster::Doc::Security);
+            match data.map(|d| crate::security::SecurityDoc::decode(&d)) {
+                None => self.security.store(Default::default()),
+                Some(Ok(doc)) => self.security.store(Arc::new(doc)),
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, version, "the cluster's security document does not decode; keeping the last one")
+                }
+            }
+        }
+        self.security.load_full()
     }
 
     /// The version of the cluster's topic table this node holds.

@@ -635,8 +635,6 @@ fn a_real_node_serves_rpcs_on_its_kafka_listener() {
 /// nothing; a well-formed one from a member is taken.
 #[test]
 fn a_handoff_commit_is_checked_before_it_changes_a_log() {
-    use ferry_protocol::messages::*;
-    use ferry_protocol::wire::Message;
     let node = memory_node(NodeSettings::local(1));
     let addr = node.addr;
     let mut k = std::net::TcpStream::connect(addr).unwrap();

@@ -18,6 +18,7 @@ use crate::security::Principal;
 use crate::shard::Shard;
 use bytes::Bytes;
 use ferry_protocol::frame::{self, FrameReader};
+use ferry_protocol::messages::{RequestBody, ResponseBody};
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use std::cell::RefCell;
@@ -203,6 +204,8 @@ where
     let mut buf = shard.arena().read_buf(chunk_bytes(frame_bytes_avg));
     // Clients of unknown zone are counted once per connection.
     let mut zone_noted = false;
+    let mut sasl =
+        crate::broker::sasl::SaslConn::new(session.listener.spec.sasl_mechanisms.clone());
     'conn: loop {
         // Room for what the next frame needs, once its size is known and
         // checked (the reader refuses an oversized one from its prefix).
@@ -259,7 +262,9 @@ where
             // else they are an unknown API key, which closes the connection
             // (as an undecodable one does).
             if crate::cluster::rpc::is_rpc_frame(&f) {
-                if !session.listener.inter_broker {
+                if !session.listener.inter_broker
+                    || !sasl.allows(i16::MAX, std::time::Instant::now())
+                {
                     tracing::info!(peer = ?peer, listener = session.listener.name(),
                         "node-to-node API key on a client listener; closing connection");
                     break 'conn;
@@ -306,6 +311,47 @@ where
                     break 'conn;
                 }
             };
+            // SASL runs here, in request order, before anything it guards.
+            let api_key = req.api_key();
+            if matches!(
+                req.body,
+                RequestBody::SaslHandshake(_) | RequestBody::SaslAuthenticate(_)
+            ) {
+                let (correlation_id, version) = (req.correlation_id(), req.api_version());
+                let (body, principal, close) = match &req.body {
+                    RequestBody::SaslHandshake(h) => {
+                        let a = sasl.handshake(h);
+                        (
+                            ResponseBody::SaslHandshake(a.response),
+                            a.principal,
+                            a.close,
+                        )
+                    }
+                    RequestBody::SaslAuthenticate(r) => {
+                        let a = sasl.authenticate(&shard.ctx, session.listener.name(), r, version);
+                        (
+                            ResponseBody::SaslAuthenticate(a.response),
+                            a.principal,
+                            a.close,
+                        )
+                    }
+                    _ => break 'conn,
+                };
+                if let Some(p) = principal {
+                    *session.principal.borrow_mut() = p;
+                }
+                let segs = frame::encode_response(correlation_id, version, &body).ok();
+                let h = glommio::spawn_local(async move { segs });
+                if tx.send(Out::Respond(h)).await.is_err() || close {
+                    break 'conn;
+                }
+                continue;
+            }
+            if !sasl.allows(api_key, std::time::Instant::now()) {
+                tracing::info!(peer = ?peer, listener = session.listener.name(), api_key,
+                    "request before SASL authentication, or after the session expired; closing connection");
+                break 'conn;
+            }
             if !zone_noted {
                 zone_noted = true;
                 let client_id = req.header.client_id.as_deref().unwrap_or("");

@@ -5,4 +5,5 @@ pub mod api;
 pub mod configs;
 pub mod conn;
 pub mod http;
+pub mod sasl;
 pub mod server;

@@ -32,6 +32,8 @@ pub enum ServerError {
     },
     #[error("cannot start shard {shard}: {error}")]
     Shard { shard: usize, error: String },
+    #[error("cannot read the security document (SCRAM credentials) from the bucket: {0}")]
+    Security(String),
     #[error("the node has no listener")]
     NoListener,
     #[error("shard {0} did not start listening within 10 s")]
@@ -212,6 +214,7 @@ pub fn start(
     }
     crate::security::tls::watch(watched);
     seed_topics(&ctx);
+    seed_security(&ctx)?;
     let mesh = MeshBuilder::<ShardMsg, _>::full(shards, SHARD_QUEUE_DEPTH);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, String>>();
     let mut stops = Vec::new();
@@ -272,6 +275,32 @@ fn seed_topics(ctx: &NodeCtx) {
         Ok(Err(_)) => ctx.sync_topics(),
         Err(e) => tracing::warn!(error = %e, "could not seed the cluster's topic table"),
     }
+}
+
+/// A node whose coordinator is in this process keeps the security document
+/// in the bucket: the coordinator starts from it. Only a document proven
+/// absent is taken as none; a bucket that cannot answer stops the start
+/// (credentials must not silently vanish).
+fn seed_security(ctx: &NodeCtx) -> Result<(), ServerError> {
+    use crate::cluster::Doc;
+    if !ctx.in_process || ctx.cluster.doc(Doc::Security).0 > 0 {
+        return Ok(());
+    }
+    let stored = futures_lite::future::block_on(ctx.durable.get_meta(Doc::Security.name()));
+    let bytes = match stored {
+        Ok(Ok(Some(b))) => b,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(e)) => return Err(ServerError::Security(e.to_string())),
+        Err(_) => return Err(ServerError::Security("the WAL is shut down".into())),
+    };
+    if let Err(e) = crate::security::SecurityDoc::decode(&bytes) {
+        return Err(ServerError::Security(format!(
+            "the stored document does not decode: {e}"
+        )));
+    }
+    // Another node of this process may have seeded it first.
+    let _ = futures_lite::future::block_on(ctx.cluster.put_doc(Doc::Security, 0, bytes));
+    Ok(())
 }
 
 async fn run_shard(

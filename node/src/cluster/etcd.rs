@@ -9,7 +9,8 @@
 //! - `config/automq.zone.cidr.blocks`: the cluster-wide value, in canonical
 //!   form, without a lease.
 //! - `meta/topics`: the cluster's topic table (an encoded `TopicTable`),
-//!   changed only by compare-and-set on its mod revision.
+//!   and `meta/security`: SCRAM credentials and ACLs; each changed only by
+//!   compare-and-set on its mod revision.
 //!
 //! # How it runs
 //!
@@ -58,7 +59,7 @@ use tokio::sync::watch;
 
 use crate::cluster::zone::{ZoneTable, ZONE_CIDR_KEY};
 use crate::cluster::{
-    check_member, Coordinator, CoordinatorError, CoordinatorFuture, Member, View,
+    check_member, Coordinator, CoordinatorError, CoordinatorFuture, Doc, Member, View,
 };
 
 /// Default lease TTL.
@@ -182,7 +183,8 @@ struct Keys {
     prefix: String,
     members: String,
     cidrs: String,
-    topics: String,
+    /// `meta/<doc name>` per [`Doc`].
+    docs: [String; 2],
 }
 
 impl Keys {
@@ -191,9 +193,20 @@ impl Keys {
         Keys {
             members: format!("{prefix}members/"),
             cidrs: format!("{prefix}config/{ZONE_CIDR_KEY}"),
-            topics: format!("{prefix}meta/topics"),
+            docs: Doc::ALL.map(|d| format!("{prefix}meta/{}", d.name())),
             prefix,
         }
+    }
+
+    fn doc(&self, doc: Doc) -> String {
+        self.docs[doc as usize].clone()
+    }
+
+    /// The document a key holds, if it is one.
+    fn doc_of(&self, key: &[u8]) -> Option<Doc> {
+        Doc::ALL
+            .into_iter()
+            .find(|d| self.docs[*d as usize].as_bytes() == key)
     }
 
     fn member(&self, node_id: i32) -> String {
@@ -295,9 +308,10 @@ struct Shared {
     /// (value, etcd mod revision of the value; 0 when unset).
     cidrs: Mutex<(String, i64)>,
     cidr_generation: AtomicU64,
-    /// The topic table (etcd mod revision of the value, 0 when unset).
-    topics: Mutex<(u64, Option<bytes::Bytes>)>,
-    topics_generation: AtomicU64,
+    /// The cluster documents by [`Doc`] (etcd mod revision of the value,
+    /// 0 when unset), and their generations.
+    docs: [Mutex<(u64, Option<bytes::Bytes>)>; 2],
+    doc_generations: [AtomicU64; 2],
     /// The current lease.
     lease: AtomicI64,
     /// When the last successful renewal (or the grant) was sent, in ms
@@ -401,16 +415,16 @@ impl Shared {
         }
     }
 
-    /// Takes a topic table seen at `revision` (value `None`: deleted), if
+    /// Takes a document seen at `revision` (value `None`: deleted), if
     /// newer than the one held.
-    fn set_topics(&self, value: Option<&[u8]>, revision: i64) {
+    fn set_doc(&self, doc: Doc, value: Option<&[u8]>, revision: i64) {
         let revision = u64::try_from(revision).unwrap_or(0);
-        let mut topics = self.topics.lock();
-        if revision <= topics.0 {
+        let mut held = self.docs[doc as usize].lock();
+        if revision <= held.0 {
             return;
         }
-        *topics = (revision, value.map(bytes::Bytes::copy_from_slice));
-        self.topics_generation.fetch_add(1, Ordering::AcqRel);
+        *held = (revision, value.map(bytes::Bytes::copy_from_slice));
+        self.doc_generations[doc as usize].fetch_add(1, Ordering::AcqRel);
     }
 
     fn fence_after(&self, granted_ttl_s: i64) -> u64 {
@@ -533,8 +547,8 @@ async fn register_on_runtime(
         history: Mutex::new(crate::cluster::ViewHistory::new(1, Arc::new(View::empty()))),
         cidrs: Mutex::new((String::new(), 0)),
         cidr_generation: AtomicU64::new(1),
-        topics: Mutex::new((0, None)),
-        topics_generation: AtomicU64::new(1),
+        docs: [Mutex::new((0, None)), Mutex::new((0, None))],
+        doc_generations: [AtomicU64::new(1), AtomicU64::new(1)],
         lease: AtomicI64::new(0),
         renewed_ms: AtomicU64::new(0),
         fence_after_ms: AtomicU64::new(0),
@@ -846,8 +860,8 @@ impl Watcher {
                 }
             } else if kv.key == shared.keys.cidrs.as_bytes() {
                 cidrs = Some((kv.value.clone(), kv.mod_revision));
-            } else if kv.key == shared.keys.topics.as_bytes() {
-                shared.set_topics(Some(&kv.value), kv.mod_revision);
+            } else if let Some(doc) = shared.keys.doc_of(&kv.key) {
+                shared.set_doc(doc, Some(&kv.value), kv.mod_revision);
             }
         }
         self.members = members;
@@ -943,8 +957,8 @@ impl Watcher {
                 } else if kv.key == shared.keys.cidrs.as_bytes() && revision > self.synced {
                     let value = if deleted { &[][..] } else { &kv.value[..] };
                     shared.set_cidrs(value, revision);
-                } else if kv.key == shared.keys.topics.as_bytes() {
-                    shared.set_topics((!deleted).then_some(&kv.value[..]), revision);
+                } else if let Some(doc) = shared.keys.doc_of(&kv.key) {
+                    shared.set_doc(doc, (!deleted).then_some(&kv.value[..]), revision);
                 }
             }
             shared.publish(self.revision, &self.members);
@@ -1053,16 +1067,16 @@ impl Coordinator for EtcdCoordinator {
         })
     }
 
-    fn topics(&self) -> (u64, Option<bytes::Bytes>) {
-        self.shared.topics.lock().clone()
+    fn doc(&self, doc: Doc) -> (u64, Option<bytes::Bytes>) {
+        self.shared.docs[doc as usize].lock().clone()
     }
 
     fn is_etcd(&self) -> bool {
         true
     }
 
-    fn topics_generation(&self) -> u64 {
-        self.shared.topics_generation.load(Ordering::Acquire)
+    fn doc_generation(&self, doc: Doc) -> u64 {
+        self.shared.doc_generations[doc as usize].load(Ordering::Acquire)
     }
 
     fn led_throughout(&self, topic: &str, partition: i32, node_id: i32, since: u64) -> bool {
@@ -1076,10 +1090,15 @@ impl Coordinator for EtcdCoordinator {
         self.shared.history.lock().views_since(since)
     }
 
-    fn put_topics(&self, expected: u64, data: bytes::Bytes) -> CoordinatorFuture<Result<u64, u64>> {
+    fn put_doc(
+        &self,
+        doc: Doc,
+        expected: u64,
+        data: bytes::Bytes,
+    ) -> CoordinatorFuture<Result<u64, u64>> {
         let shared = self.shared.clone();
         on_runtime(&self.handle, async move {
-            let key = shared.keys.topics.clone();
+            let key = shared.keys.doc(doc);
             let expected_rev = i64::try_from(expected).unwrap_or(i64::MAX);
             let txn = Txn::new()
                 .when([mod_revision_is(key.clone(), expected_rev)])
@@ -1087,14 +1106,14 @@ impl Coordinator for EtcdCoordinator {
                 .or_else([op_get(key.clone())]);
             let mut client = shared.client.clone();
             let r = bounded(
-                "put topics",
+                "put a cluster document",
                 shared.options.request_timeout,
                 client.txn(txn),
             )
             .await?;
             let revision = r.header.as_ref().map_or(0, |h| h.revision);
             if r.succeeded {
-                shared.set_topics(Some(&data), revision);
+                shared.set_doc(doc, Some(&data), revision);
                 return Ok(Ok(u64::try_from(revision).unwrap_or(0)));
             }
             // Someone else's table is newer: take it, and say at what.
@@ -1105,7 +1124,7 @@ impl Coordinator for EtcdCoordinator {
                 ) = &op.response
                 {
                     for kv in &g.kvs {
-                        shared.set_topics(Some(&kv.value), kv.mod_revision);
+                        shared.set_doc(doc, Some(&kv.value), kv.mod_revision);
                         current = u64::try_from(kv.mod_revision).unwrap_or(0);
                     }
                 }

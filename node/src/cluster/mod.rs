@@ -89,6 +89,33 @@ use parking_lot::Mutex;
 use crate::cluster::zone::{is_zone_name, ZoneResolver, ZoneTable};
 use crate::config::ConfigError;
 
+/// The cluster-wide documents a coordinator keeps, each versioned and
+/// changed by compare and set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Doc {
+    /// The topic table (an encoded [`topics::TopicTable`]).
+    Topics,
+    /// SCRAM credentials and ACLs (an encoded
+    /// [`crate::security::SecurityDoc`]).
+    Security,
+}
+
+impl Doc {
+    pub const ALL: [Doc; 2] = [Doc::Topics, Doc::Security];
+
+    /// Its name under `meta/` (etcd) and in the bucket's metadata.
+    pub fn name(self) -> &'static str {
+        match self {
+            Doc::Topics => "topics",
+            Doc::Security => "security",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// One live node, as the coordinator knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Member {
@@ -386,15 +413,37 @@ pub trait Coordinator: Send + Sync {
 
     /// The cluster's topic table (an encoded `TopicTable`) and its version
     /// (0 and `None`: never written).
-    fn topics(&self) -> (u64, Option<bytes::Bytes>);
+    fn topics(&self) -> (u64, Option<bytes::Bytes>) {
+        self.doc(Doc::Topics)
+    }
 
     /// Moves on every change of [`topics`](Self::topics).
-    fn topics_generation(&self) -> u64;
+    fn topics_generation(&self) -> u64 {
+        self.doc_generation(Doc::Topics)
+    }
 
     /// Stores a new topic table if the stored one is still at `expected`
     /// (compare and set). Answers `Ok(Ok(new version))`, or `Ok(Err(current
     /// version))` when another node changed it first: read it and try again.
-    fn put_topics(&self, expected: u64, data: bytes::Bytes) -> CoordinatorFuture<Result<u64, u64>>;
+    fn put_topics(&self, expected: u64, data: bytes::Bytes) -> CoordinatorFuture<Result<u64, u64>> {
+        self.put_doc(Doc::Topics, expected, data)
+    }
+
+    /// A cluster-wide document and its version (0: never stored).
+    fn doc(&self, doc: Doc) -> (u64, Option<bytes::Bytes>);
+
+    /// Moves on every change of [`doc`](Self::doc)`(doc)`.
+    fn doc_generation(&self, doc: Doc) -> u64;
+
+    /// Stores a new value of `doc` if the stored one is still at
+    /// `expected` (compare and set): `Ok(Ok(new version))`, or
+    /// `Ok(Err(current version))` when another node changed it first.
+    fn put_doc(
+        &self,
+        doc: Doc,
+        expected: u64,
+        data: bytes::Bytes,
+    ) -> CoordinatorFuture<Result<u64, u64>>;
 
     /// Whether `node_id` led the partition in every view published after
     /// generation `since` (up to the current one). False when the views in
@@ -559,7 +608,7 @@ pub struct LocalCoordinator {
     view: Arc<ArcSwap<View>>,
     generation: AtomicU64,
     cidr_generation: AtomicU64,
-    topics_generation: AtomicU64,
+    doc_generations: [AtomicU64; 2],
 }
 
 #[derive(Debug)]
@@ -567,7 +616,7 @@ struct LocalState {
     revision: u64,
     members: BTreeMap<i32, LocalMember>,
     cidrs: String,
-    topics: (u64, Option<bytes::Bytes>),
+    docs: [(u64, Option<bytes::Bytes>); 2],
 }
 
 #[derive(Debug)]
@@ -592,13 +641,13 @@ impl LocalCoordinator {
                 revision: 0,
                 members: BTreeMap::new(),
                 cidrs: String::new(),
-                topics: (0, None),
+                docs: [(0, None), (0, None)],
             }),
             history: Mutex::new(ViewHistory::new(1, Arc::new(View::empty()))),
             view: Arc::new(ArcSwap::from_pointee(View::empty())),
             generation: AtomicU64::new(1),
             cidr_generation: AtomicU64::new(1),
-            topics_generation: AtomicU64::new(1),
+            doc_generations: [AtomicU64::new(1), AtomicU64::new(1)],
         })
     }
 
@@ -790,24 +839,28 @@ impl Coordinator for LocalHandle {
         Box::pin(std::future::ready(Ok(())))
     }
 
-    fn topics(&self) -> (u64, Option<bytes::Bytes>) {
-        self.coordinator.state.lock().topics.clone()
+    fn doc(&self, doc: Doc) -> (u64, Option<bytes::Bytes>) {
+        self.coordinator.state.lock().docs[doc.index()].clone()
     }
 
-    fn topics_generation(&self) -> u64 {
-        self.coordinator.topics_generation.load(Ordering::Acquire)
+    fn doc_generation(&self, doc: Doc) -> u64 {
+        self.coordinator.doc_generations[doc.index()].load(Ordering::Acquire)
     }
 
-    fn put_topics(&self, expected: u64, data: bytes::Bytes) -> CoordinatorFuture<Result<u64, u64>> {
+    fn put_doc(
+        &self,
+        doc: Doc,
+        expected: u64,
+        data: bytes::Bytes,
+    ) -> CoordinatorFuture<Result<u64, u64>> {
         let mut state = self.coordinator.state.lock();
-        let result = if state.topics.0 == expected {
-            state.topics = (expected + 1, Some(data));
-            self.coordinator
-                .topics_generation
-                .fetch_add(1, Ordering::AcqRel);
+        let slot = &mut state.docs[doc.index()];
+        let result = if slot.0 == expected {
+            *slot = (expected + 1, Some(data));
+            self.coordinator.doc_generations[doc.index()].fetch_add(1, Ordering::AcqRel);
             Ok(expected + 1)
         } else {
-            Err(state.topics.0)
+            Err(slot.0)
         };
         Box::pin(std::future::ready(Ok(result)))
     }

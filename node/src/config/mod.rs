@@ -33,10 +33,21 @@
 //! | --- | --- | --- |
 //! | `node.id` (alias `broker.id`) | none; required by `ferry node` | this node's id |
 //! | `broker.rack` | none | this node's zone |
-//! | `listeners` | `PLAINTEXT://:9092` | where clients connect (PLAINTEXT only for now) |
+//! | `listeners` | `PLAINTEXT://:9092` | where clients and nodes connect; every one is bound |
 //! | `advertised.listeners` | `listeners`, wildcard hosts replaced by the host name | what clients are told |
 //! | `listener.security.protocol.map` | Kafka's | listener name to security protocol |
 //! | `controller.listener.names` | none | KRaft controller listeners: ignored, Ferry has no KRaft controller |
+//! | `inter.broker.listener.name` (or `security.inter.broker.protocol`) | the only listener, else `PLAINTEXT` | the listener that carries node-to-node calls; Ferry's own API keys are refused on every other |
+//! | `ssl.keystore.location` / `ssl.keystore.key` + `ssl.keystore.certificate.chain` | none | a TLS listener's key and chain, PEM (`ssl.keystore.type=PEM`); unencrypted keys only |
+//! | `ssl.truststore.location` / `ssl.truststore.certificates` | none | CAs client certificates (and, on the inter-broker listener, other nodes) must chain to |
+//! | `ssl.client.auth` | none | `required`, `requested` or `none` |
+//! | `ssl.principal.mapping.rules` | DEFAULT | a client certificate's subject to a principal (`RULE:pattern/replacement/[LU]`) |
+//! | `ssl.endpoint.identification.algorithm` | https | node-to-node calls check the peer's certificate names its host; empty: the chain only |
+//! | `sasl.enabled.mechanisms` | SCRAM-SHA-256,SCRAM-SHA-512 | PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 (Kafka's default GSSAPI is not served) |
+//! | `connections.max.reauth.ms` | 0 | SASL sessions last this long, then the client authenticates again (KIP-368); 0: for ever |
+//!
+//! Every `ssl.*` and `sasl.enabled.mechanisms` key may be given for one
+//! listener as `listener.name.<listener in lower case>.<key>`.
 //! | `num.partitions` | 1 | partitions of an auto-created topic |
 //! | `auto.create.topics.enable` | true | create unknown topics on Metadata/Produce |
 //! | `socket.request.max.bytes` | 104857600 | largest request frame |
@@ -126,6 +137,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "ssl.principal.mapping.rules",
     "ssl.endpoint.identification.algorithm",
     "sasl.enabled.mechanisms",
+    "connections.max.reauth.ms",
     "num.partitions",
     "auto.create.topics.enable",
     "socket.request.max.bytes",
@@ -328,6 +340,9 @@ pub struct Config {
     /// `queued.max.request.bytes`: bytes of client requests read and not
     /// yet answered, per node; `None`: no limit.
     pub queued_request_bytes_max: Option<u64>,
+    /// `connections.max.reauth.ms` (KIP-368); `None` (0): SASL sessions do
+    /// not expire.
+    pub reauth_ms: Option<u64>,
     /// `log.retention.ms` (or `.minutes`, `.hours`); `None`: forever.
     pub log_retention_ms: Option<u64>,
     /// `log.retention.bytes`, per partition; `None`: no limit.
@@ -698,6 +713,15 @@ impl Config {
 
         let (listeners, advertised_listeners) = r.listeners(&env);
         let listener_security = r.listener_security(&listeners);
+        let reauth_ms = r
+            .int(
+                "connections.max.reauth.ms",
+                0,
+                i64::MAX,
+                "a non-negative number of milliseconds (0: sessions do not expire)",
+            )
+            .filter(|&ms| ms > 0)
+            .map(|ms| ms as u64);
         let inter_broker_listener = r.inter_broker_listener(&listeners);
 
         let num_partitions = r
@@ -926,6 +950,7 @@ impl Config {
             rack,
             listeners,
             listener_security,
+            reauth_ms,
             inter_broker_listener,
             advertised_listeners,
             num_partitions,

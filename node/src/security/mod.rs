@@ -56,3 +56,59 @@ impl fmt::Display for Principal {
         write!(f, "User:{}", self.name)
     }
 }
+
+/// The cluster's security metadata, kept by the coordinator as one
+/// document ([`crate::cluster::Doc::Security`]): SCRAM credentials (salted,
+/// never a password). Every node reads it from the coordinator, so a change
+/// applies cluster-wide without a restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SecurityDoc {
+    /// Credentials by user name, at most one per mechanism.
+    #[serde(default)]
+    pub scram: std::collections::BTreeMap<String, Vec<scram::ScramCredential>>,
+}
+
+impl SecurityDoc {
+    pub fn encode(&self) -> Vec<u8> {
+        // Maps of strings, numbers and byte strings always serialise.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<SecurityDoc, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// `user`'s credential for `mechanism`.
+    pub fn credential(
+        &self,
+        user: &str,
+        mechanism: crate::config::SaslMechanism,
+    ) -> Option<&scram::ScramCredential> {
+        self.scram
+            .get(user)?
+            .iter()
+            .find(|c| c.mechanism == mechanism)
+    }
+
+    /// Sets `user`'s credential for its mechanism.
+    pub fn upsert(&mut self, user: &str, credential: scram::ScramCredential) {
+        let list = self.scram.entry(user.to_owned()).or_default();
+        list.retain(|c| c.mechanism != credential.mechanism);
+        list.push(credential);
+        list.sort_by_key(|c| c.mechanism);
+    }
+
+    /// Removes `user`'s credential for `mechanism`; false if it had none.
+    pub fn delete(&mut self, user: &str, mechanism: crate::config::SaslMechanism) -> bool {
+        let Some(list) = self.scram.get_mut(user) else {
+            return false;
+        };
+        let before = list.len();
+        list.retain(|c| c.mechanism != mechanism);
+        let removed = list.len() != before;
+        if list.is_empty() {
+            self.scram.remove(user);
+        }
+        removed
+    }
+}

@@ -158,6 +158,13 @@ pub mod raw {
         call_as(conn, "raw-test", version, body)
     }
 
+    /// Sends one request and reads nothing (for a request the node is
+    /// expected to answer by closing the connection).
+    pub fn send_only(conn: &mut TcpStream, version: i16, body: RequestBody) {
+        let frame = concat(&encode_request(7, Some("raw-test"), version, &body).unwrap());
+        conn.write_all(&frame).unwrap();
+    }
+
     /// [`call`] with a chosen `client.id` (which can carry a zone tag).
     pub fn call_as(
         conn: &mut TcpStream,

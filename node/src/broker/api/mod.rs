@@ -30,6 +30,7 @@ mod fetch;
 mod groups;
 mod metadata;
 mod produce;
+mod security;
 
 use admin::*;
 use fetch::*;
@@ -38,6 +39,7 @@ pub use groups::{forward_target, forwarded, group_of};
 pub use metadata::routed_leader;
 use metadata::*;
 use produce::*;
+use security::*;
 
 /// The APIs and versions this node implements, and so advertises.
 pub fn supported_apis() -> SupportedApis {
@@ -53,7 +55,13 @@ pub fn supported_apis() -> SupportedApis {
         (19, r(2, 7)),
         (20, r(1, 6)),
         (22, r(0, 5)),
-        (17, r(0, 1)),
+        // SASL (served by the connection, see broker::sasl): handshake v1
+        // only, so tokens always come in SaslAuthenticate.
+        (17, r(1, 1)),
+        (36, r(0, 2)),
+        // SCRAM credentials (KIP-554).
+        (50, r(0, 0)),
+        (51, r(0, 0)),
         (37, r(0, 3)),
         (60, r(0, 1)),
         // The group coordinator.
@@ -140,17 +148,15 @@ pub async fn handle(
         RequestBody::DescribeConfigs(d) => ResponseBody::DescribeConfigs(
             crate::broker::configs::describe(&shard.ctx, &shard.topics.get(), &d),
         ),
+        RequestBody::AlterUserScramCredentials(a) => {
+            ResponseBody::AlterUserScramCredentials(alter_user_scram_credentials(shard, a).await)
+        }
+        RequestBody::DescribeUserScramCredentials(d) => {
+            ResponseBody::DescribeUserScramCredentials(describe_user_scram_credentials(shard, d))
+        }
         RequestBody::AlterConfigs(a) => ResponseBody::AlterConfigs(alter_configs(shard, a).await),
         RequestBody::IncrementalAlterConfigs(a) => {
             ResponseBody::IncrementalAlterConfigs(incremental_alter_configs(shard, a).await)
-        }
-        RequestBody::SaslHandshake(_) => {
-            ResponseBody::SaslHandshake(sasl_handshake_response::SaslHandshakeResponse {
-                // SASL is not configured: no mechanism is enabled.
-                error_code: ErrorCode::UNSUPPORTED_SASL_MECHANISM.code(),
-                mechanisms: vec![],
-                ..Default::default()
-            })
         }
         other => ResponseBody::default_for(other.api_key())?,
     })

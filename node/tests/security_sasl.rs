@@ -1,0 +1,238 @@
+//! SASL with real clients (confluent-kafka and kafka-python): PLAIN,
+//! SCRAM-SHA-256 and SCRAM-SHA-512 over SASL_SSL and SASL_PLAINTEXT,
+//! credentials managed through the admin APIs (KIP-554), refusals counted,
+//! re-authentication (KIP-368); and, with raw requests, what a connection
+//! may do before it authenticates and after its session ends.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use ferry_node::broker::server::{self, RunningNode};
+use ferry_node::cluster::Doc;
+use ferry_node::config::{Config, HostEnv, SaslMechanism};
+use ferry_node::node::NodeSettings;
+use ferry_node::security::pki::DevCa;
+use ferry_node::security::scram::ScramCredential;
+use ferry_node::security::SecurityDoc;
+use ferry_node::storage::durable::MemoryLog;
+use ferry_protocol::messages::*;
+use ferry_protocol::wire::Message;
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn node(pairs: &[(&str, &str)]) -> RunningNode {
+    let mut all = vec![("node.id", "1"), ("s3.data.buckets", "0@file:///unused")];
+    all.extend_from_slice(pairs);
+    let config = Config::from_pairs(all, HostEnv::detect()).unwrap();
+    assert!(config.unknown_keys.is_empty(), "{:?}", config.unknown_keys);
+    server::start(
+        NodeSettings {
+            shards: 2,
+            ..NodeSettings::from_config(&config).unwrap()
+        },
+        Arc::new(MemoryLog::new()),
+        Default::default(),
+        Default::default(),
+    )
+    .unwrap()
+}
+
+fn addr(node: &RunningNode, name: &str) -> String {
+    node.listeners
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, a)| a.to_string())
+        .unwrap()
+}
+
+#[test]
+fn clients_authenticate_with_plain_and_scram() {
+    let _ = tracing_subscriber::fmt().with_env_filter("info").try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = DevCa::new("Ferry test CA").unwrap();
+    let leaf = ca.leaf("CN=node-1", &["127.0.0.1"]).unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, &ca.cert_pem).unwrap();
+    let keystore = dir.path().join("node.pem");
+    std::fs::write(&keystore, leaf.keystore_pem("")).unwrap();
+    let n = node(&[
+        (
+            "listeners",
+            "SASL_SSL://127.0.0.1:0,SASL_PLAINTEXT://127.0.0.1:0,PLAINTEXT://127.0.0.1:0",
+        ),
+        ("inter.broker.listener.name", "PLAINTEXT"),
+        (
+            "sasl.enabled.mechanisms",
+            "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
+        ),
+        (
+            "listener.name.sasl_plaintext.sasl.enabled.mechanisms",
+            "SCRAM-SHA-512",
+        ),
+        ("ssl.keystore.location", keystore.to_str().unwrap()),
+        ("connections.max.reauth.ms", "3000"),
+    ]);
+    common::python(
+        "sasl_clients.py",
+        &[
+            &format!("sasl_ssl={}", addr(&n, "SASL_SSL")),
+            &format!("sasl_plaintext={}", addr(&n, "SASL_PLAINTEXT")),
+            &format!("plaintext={}", addr(&n, "PLAINTEXT")),
+            &format!("ca={}", ca_path.display()),
+        ],
+        400,
+    );
+    // The refusals were counted by listener and mechanism.
+    let m = &n.ctx.metrics;
+    assert!(m.auth_failures("SASL_SSL", "SCRAM-SHA-256") >= 1);
+    assert!(m.auth_failures("SASL_SSL", "PLAIN") >= 1);
+    assert!(
+        m.auth_failures("SASL_SSL", "SCRAM-SHA-512") >= 2,
+        "unknown and deleted users"
+    );
+    // The producer renewed its sessions on its connections (10 s of 3 s
+    // sessions), rather than being cut off.
+    let renewed = m
+        .reauthentications
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(renewed >= 2, "{renewed} re-authentications");
+    // Credentials are stored salted: the document never holds a password.
+    let (_, doc) = n.ctx.cluster.doc(Doc::Security);
+    let text = String::from_utf8(doc.unwrap().to_vec()).unwrap();
+    assert!(
+        text.contains("alice") && !text.contains("alice-secret"),
+        "{text}"
+    );
+    n.stop();
+}
+
+/// A raw connection: SaslHandshake v1, then SaslAuthenticate v2 with a
+/// PLAIN message. Returns SaslAuthenticate's error code and session
+/// lifetime.
+fn plain_login(k: &mut std::net::TcpStream, user: &str, password: &str) -> (i16, i64) {
+    let body = RequestBody::SaslHandshake(sasl_handshake_request::SaslHandshakeRequest {
+        mechanism: "PLAIN".into(),
+        ..Default::default()
+    });
+    let r = common::raw::call(k, 1, body);
+    let h = sasl_handshake_response::SaslHandshakeResponse::decode(&r, 1).unwrap();
+    assert_eq!(h.error_code, 0, "PLAIN is enabled");
+    let body = RequestBody::SaslAuthenticate(sasl_authenticate_request::SaslAuthenticateRequest {
+        auth_bytes: format!("\0{user}\0{password}").into_bytes().into(),
+        ..Default::default()
+    });
+    let r = common::raw::call(k, 2, body);
+    let a = sasl_authenticate_response::SaslAuthenticateResponse::decode(&r, 2).unwrap();
+    (a.error_code, a.session_lifetime_ms)
+}
+
+fn closed(k: &mut std::net::TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    matches!(k.read(&mut b), Ok(0) | Err(_))
+}
+
+/// Before authenticating, a connection on a SASL listener gets ApiVersions
+/// and nothing else (any other request closes it); a wrong password is
+/// answered SASL_AUTHENTICATION_FAILED and closes it; an authenticated
+/// session ends after `connections.max.reauth.ms`, and the next request
+/// closes the connection. On the PLAINTEXT listener, SASL requests are
+/// answered ILLEGAL_SASL_STATE and the connection serves on.
+#[test]
+fn a_connection_is_served_only_while_authenticated() {
+    let n = node(&[
+        (
+            "listeners",
+            "SASL_PLAINTEXT://127.0.0.1:0,PLAINTEXT://127.0.0.1:0",
+        ),
+        ("inter.broker.listener.name", "PLAINTEXT"),
+        ("sasl.enabled.mechanisms", "PLAIN"),
+        ("connections.max.reauth.ms", "1500"),
+    ]);
+    let mut doc = SecurityDoc::default();
+    doc.upsert(
+        "alice",
+        ScramCredential::from_password(SaslMechanism::ScramSha256, "pw", None, 4096).unwrap(),
+    );
+    doc.upsert(
+        "bob",
+        ScramCredential::from_password(SaslMechanism::ScramSha512, "bob-pw", None, 4096).unwrap(),
+    );
+    let put = n.ctx.cluster.put_doc(Doc::Security, 0, doc.encode().into());
+    futures_lite::future::block_on(put).unwrap().unwrap();
+    let sasl = addr(&n, "SASL_PLAINTEXT");
+    let connect = |a: &str| {
+        let k = std::net::TcpStream::connect(a).unwrap();
+        k.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        k
+    };
+
+    // ApiVersions is served before authentication; Metadata closes.
+    let mut k = connect(&sasl);
+    let r = common::raw::call(&mut k, 3, RequestBody::ApiVersions(Default::default()));
+    assert_eq!(
+        api_versions_response::ApiVersionsResponse::decode(&r, 3)
+            .unwrap()
+            .error_code,
+        0
+    );
+    common::raw::send_only(&mut k, 12, RequestBody::Metadata(Default::default()));
+    assert!(
+        closed(&mut k),
+        "a request before authentication closes the connection"
+    );
+
+    // A wrong password: SASL_AUTHENTICATION_FAILED, then closed.
+    let mut k = connect(&sasl);
+    assert_eq!(plain_login(&mut k, "alice", "wrong").0, 58);
+    assert!(closed(&mut k));
+    assert_eq!(n.ctx.metrics.auth_failures("SASL_PLAINTEXT", "PLAIN"), 1);
+
+    // The right one: served, with the session's lifetime, until it ends.
+    let mut k = connect(&sasl);
+    assert_eq!(plain_login(&mut k, "alice", "pw"), (0, 1500));
+    let r = common::raw::call(&mut k, 12, RequestBody::Metadata(Default::default()));
+    assert!(metadata_response::MetadataResponse::decode(&r, 12).is_ok());
+    std::thread::sleep(Duration::from_millis(1800));
+    common::raw::send_only(&mut k, 12, RequestBody::Metadata(Default::default()));
+    assert!(
+        closed(&mut k),
+        "a request after the session ended closes the connection"
+    );
+
+    // Re-authenticating in time keeps the connection; as another user, it
+    // is refused.
+    let mut k = connect(&sasl);
+    assert_eq!(plain_login(&mut k, "alice", "pw").0, 0);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(plain_login(&mut k, "alice", "pw").0, 0);
+    std::thread::sleep(Duration::from_millis(1000));
+    let r = common::raw::call(&mut k, 12, RequestBody::Metadata(Default::default()));
+    assert!(metadata_response::MetadataResponse::decode(&r, 12).is_ok());
+    assert_eq!(
+        n.ctx
+            .metrics
+            .reauthentications
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(
+        plain_login(&mut k, "bob", "bob-pw").0,
+        58,
+        "not the same principal"
+    );
+    assert!(closed(&mut k));
+
+    // On the PLAINTEXT listener SASL is refused, and the connection lives.
+    let mut k = connect(&addr(&n, "PLAINTEXT"));
+    let body = RequestBody::SaslHandshake(sasl_handshake_request::SaslHandshakeRequest {
+        mechanism: "PLAIN".into(),
+        ..Default::default()
+    });
+    let r = common::raw::call(&mut k, 1, body);
+    let h = sasl_handshake_response::SaslHandshakeResponse::decode(&r, 1).unwrap();
+    assert_eq!(h.error_code, 34, "ILLEGAL_SASL_STATE");
+    let r = common::raw::call(&mut k, 12, RequestBody::Metadata(Default::default()));
+    assert!(metadata_response::MetadataResponse::decode(&r, 12).is_ok());
+    n.stop();
+}
