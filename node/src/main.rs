@@ -2,6 +2,8 @@
 //! `ferry dev` runs the embedded default (a local directory as the bucket,
 //! the coordinator in process).
 
+mod dev_secure;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ferry_node::broker::server;
@@ -58,6 +60,11 @@ enum Command {
         /// `key=value`, overriding the defaults; repeatable.
         #[arg(long = "override", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
+        /// Clients connect with SASL_SSL (SCRAM, an `admin` user whose
+        /// password is printed) and nodes call each other over mutual TLS;
+        /// a CA and the node certificate are made under `<dir>/secure`.
+        #[arg(long)]
+        secure: bool,
     },
 }
 
@@ -70,6 +77,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let mut layout = (1u16, 1u16);
+    let mut dev_security: Option<dev_secure::DevSecure> = None;
     let (mut config, dev) = match cli.command {
         Command::Node { config, overrides } => {
             let mut c =
@@ -85,9 +93,15 @@ fn main() -> anyhow::Result<()> {
             zones,
             nodes_per_zone,
             overrides,
+            secure,
         } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let mut c = Config::dev(&dir, port)?;
+            if secure {
+                let s = dev_secure::prepare(&dir)?;
+                s.configure(&mut c, port)?;
+                dev_security = Some(s);
+            }
             if zones * nodes_per_zone > 1 {
                 // Several nodes share the machine's cores.
                 c.set("ferry.shards", "1")?;
@@ -104,15 +118,20 @@ fn main() -> anyhow::Result<()> {
         tracing::warn!(key = %k, "unknown configuration key, ignored");
     }
     if layout.0 * layout.1 > 1 {
-        return run_zones(&config, layout.0, layout.1);
+        return run_zones(&config, layout.0, layout.1, dev_security.as_ref());
     }
-    run(&mut config, dev)
+    run(&mut config, dev, dev_security.as_ref())
 }
 
 /// `ferry dev --zones N [--nodes-per-zone M]`: N zones (az1...) of M nodes,
 /// in this process, on consecutive ports, with one bucket and an in-process
 /// coordinator.
-fn run_zones(base: &Config, zones: u16, per_zone: u16) -> anyhow::Result<()> {
+fn run_zones(
+    base: &Config,
+    zones: u16,
+    per_zone: u16,
+    secure: Option<&dev_secure::DevSecure>,
+) -> anyhow::Result<()> {
     let coordinator = ferry_node::cluster::LocalCoordinator::with_zone_cidrs(
         ferry_node::cluster::zone::ZoneTable::from_config(base).text(),
     )?;
@@ -125,7 +144,19 @@ fn run_zones(base: &Config, zones: u16, per_zone: u16) -> anyhow::Result<()> {
             c.set("node.id", &k.to_string())?;
             c.set("broker.rack", &format!("az{}", z + 1))?;
             let port = first.checked_add(k).context("ports past 65535")?;
-            c.set("listeners", &format!("PLAINTEXT://127.0.0.1:{port}"))?;
+            // The first listener takes this node's port; any other (the
+            // inter-broker listener of `--secure`) a free one.
+            let listeners: Vec<String> = base
+                .listeners
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    let p = if i == 0 { port } else { 0 };
+                    format!("{}://127.0.0.1:{p}", l.name)
+                })
+                .collect();
+            c.set("listeners", &listeners.join(","))?;
+            c.reset("advertised.listeners")?;
             if let Some(m) = base.metrics_listener.filter(|m| m.port() != 0) {
                 c.set(
                     "ferry.metrics.listener",
@@ -141,6 +172,9 @@ fn run_zones(base: &Config, zones: u16, per_zone: u16) -> anyhow::Result<()> {
                     // The value set at run time before a restart.
                     futures_lite::future::block_on(started.node.ctx.cluster.set_zone_cidrs(text))?;
                 }
+            }
+            if let Some(s) = secure {
+                s.seed_admin(&started.node.ctx)?;
             }
             nodes.push((format!("az{}", z + 1), started));
         }
@@ -161,11 +195,13 @@ fn run_zones(base: &Config, zones: u16, per_zone: u16) -> anyhow::Result<()> {
             addrs.join(",")
         );
     }
-    if let Some((_, s)) = nodes.first() {
-        println!(
+    match (secure, nodes.first()) {
+        (Some(sec), Some((_, s))) => sec.print(&s.node.addr.to_string()),
+        (None, Some((_, s))) => println!(
             "  try: kcat -b {} -X client.id=automq_az=az1 -L",
             s.node.addr
-        );
+        ),
+        _ => {}
     }
     for (_, s) in &nodes {
         if let Some(m) = s.metrics {
@@ -196,7 +232,11 @@ struct Started {
     zone_cidrs: Option<String>,
 }
 
-fn run(config: &mut Config, dev: bool) -> anyhow::Result<()> {
+fn run(
+    config: &mut Config,
+    dev: bool,
+    secure: Option<&dev_secure::DevSecure>,
+) -> anyhow::Result<()> {
     let cluster = if config.etcd_endpoints.is_empty() {
         ferry_node::node::ClusterJoin::Alone
     } else {
@@ -210,7 +250,13 @@ fn run(config: &mut Config, dev: bool) -> anyhow::Result<()> {
             .map_or_else(String::new, |w| w.redacted());
         println!("ferry dev: one node, bucket {wal}");
         println!("  bootstrap: {}", started.node.addr);
-        println!("  try: kcat -b {} -L", started.node.addr);
+        match secure {
+            Some(s) => {
+                s.seed_admin(&started.node.ctx)?;
+                s.print(&started.node.addr.to_string());
+            }
+            None => println!("  try: kcat -b {} -L", started.node.addr),
+        }
     }
     let log = started.log.clone();
     started.node.wait();

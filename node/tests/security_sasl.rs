@@ -236,3 +236,112 @@ fn a_connection_is_served_only_while_authenticated() {
     assert!(metadata_response::MetadataResponse::decode(&r, 12).is_ok());
     n.stop();
 }
+
+/// Runs kcat with `args`, feeding it `input`; returns its stdout, or its
+/// stderr as the error.
+fn kcat(args: &[&str], input: &str) -> Result<String, String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("kcat")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kcat must be installed (scripts/test.sh installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// `ferry dev --secure` prints client settings that work: kcat with the
+/// printed file produces and consumes over SASL_SSL; a plaintext client is
+/// refused; after a `kill -9` and a restart the same settings still work
+/// (the credentials were kept in the bucket).
+#[test]
+fn ferry_dev_secure_works_as_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = common::DevNode::start(dir.path(), common::free_port(), &["--secure"]);
+    let log = dir.path().join("node.log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let file = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains("try: kcat -F")) {
+            break line.split_whitespace().nth(3).unwrap().to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no settings printed: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let settings = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        settings.contains("security.protocol=SASL_SSL"),
+        "{settings}"
+    );
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains(settings.lines().nth(4).unwrap()),
+        "the password printed is the one in the file"
+    );
+    kcat(&["-F", &file, "-P", "-t", "secure-dev"], "a\nb\nc\n").unwrap();
+    let got = kcat(
+        &[
+            "-F",
+            &file,
+            "-C",
+            "-t",
+            "secure-dev",
+            "-e",
+            "-o",
+            "beginning",
+        ],
+        "",
+    )
+    .unwrap();
+    assert_eq!(got.lines().collect::<Vec<_>>(), ["a", "b", "c"]);
+    let plain = kcat(&["-b", &n.bootstrap(), "-L", "-m", "3"], "");
+    assert!(plain.is_err(), "a plaintext client got metadata: {plain:?}");
+
+    n.kill9_and_restart(&["--secure"]);
+    // The node may still be starting its shards when the port first
+    // answers: try for up to 15 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let got = loop {
+        match kcat(
+            &[
+                "-F",
+                &file,
+                "-C",
+                "-t",
+                "secure-dev",
+                "-e",
+                "-o",
+                "beginning",
+            ],
+            "",
+        ) {
+            Ok(got) => break got,
+            Err(e) if std::time::Instant::now() > deadline => {
+                panic!("{e}\n{}", std::fs::read_to_string(&log).unwrap())
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(300)),
+        }
+    };
+    assert_eq!(
+        got.lines().collect::<Vec<_>>(),
+        ["a", "b", "c"],
+        "after a restart"
+    );
+}

@@ -320,7 +320,7 @@ where
                 let (correlation_id, version) = (req.correlation_id(), req.api_version());
                 let (body, principal, close) = match &req.body {
                     RequestBody::SaslHandshake(h) => {
-                        let a = sasl.handshake(h);
+                        let a = sasl.handshake(h, version);
                         (
                             ResponseBody::SaslHandshake(a.response),
                             a.principal,

@@ -94,6 +94,7 @@ impl SaslConn {
     pub fn handshake(
         &mut self,
         req: &SaslHandshakeRequest,
+        version: i16,
     ) -> SaslAnswer<sasl_handshake_response::SaslHandshakeResponse> {
         let mechanisms = self.mechanisms.iter().map(|m| m.name().into()).collect();
         let answer = |code: ErrorCode, close| SaslAnswer {
@@ -107,6 +108,10 @@ impl SaslConn {
         };
         if !self.enabled() {
             return answer(ErrorCode::ILLEGAL_SASL_STATE, false);
+        }
+        if version == 0 {
+            // v0 sends the mechanism's tokens without Kafka framing.
+            return answer(ErrorCode::UNSUPPORTED_VERSION, true);
         }
         let asked =
             SaslMechanism::parse(req.mechanism.as_str()).filter(|m| self.mechanisms.contains(m));

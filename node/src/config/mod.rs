@@ -484,6 +484,27 @@ impl Config {
         Ok(())
     }
 
+    /// Sets several keys at once and re-checks every key: for keys that
+    /// must change together (listeners and their security protocols). On
+    /// error nothing changes.
+    pub fn set_all<'a>(
+        &mut self,
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<(), ConfigError> {
+        let mut raw = self.raw.clone();
+        for (key, value) in pairs {
+            raw.0.insert(
+                key.trim().to_owned(),
+                RawValue {
+                    value: value.to_owned(),
+                    line: None,
+                },
+            );
+        }
+        *self = Config::build(raw, self.env.clone())?;
+        Ok(())
+    }
+
     /// Applies a `--override key=value` argument.
     pub fn apply_override(&mut self, arg: &str) -> Result<(), ConfigError> {
         let (key, value) = parse_override(arg)?;

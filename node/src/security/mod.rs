@@ -3,6 +3,7 @@
 //! - `tls`: rustls server and client configurations from PEM keys and
 //!   certificates ([`crate::config::TlsSettings`]), reloaded when their files
 //!   change, and the principal a client certificate maps to.
+//! - `acl`: Kafka's ACL model and the authorizer's decision.
 //! - `pki`: a certificate authority for `ferry dev --secure` and tests.
 //! - `scram`: SASL PLAIN and SCRAM-SHA-256/512 (RFC 5802, RFC 7677) as a
 //!   server does them, and the salted credentials it checks against.
@@ -11,6 +12,7 @@
 //! `cluster` and `broker`: the node-to-node client dials with its TLS
 //! configuration, and the broker's connections authenticate through it.
 
+pub mod acl;
 pub mod pki;
 pub mod scram;
 pub mod tls;

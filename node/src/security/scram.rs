@@ -53,7 +53,7 @@ pub enum SaslError {
         "Authentication failed: channel binding is not supported or does not match the GS2 header"
     )]
     ChannelBinding,
-    /// The nonce of the client-final message is not the combined one.
+    /// The nonce of the client-final message does not end with the combined one.
     #[error("Authentication failed: Invalid client nonce in the final client message")]
     BadNonce,
     /// The client asked to act as a user other than the one it authenticates as.
@@ -496,7 +496,12 @@ impl ScramServer {
         first: ClientFirst,
         credential: Option<&ScramCredential>,
     ) -> Result<(ScramServer, Vec<u8>), SaslError> {
-        let server_nonce = STANDARD.encode(random_bytes(SERVER_NONCE_LEN)?);
+        // Letters and digits only, as Kafka's own nonces: some clients
+        // (librdkafka 2.0) mangle a nonce holding `+` or `/`.
+        let server_nonce: String = random_bytes(SERVER_NONCE_LEN)?
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         ScramServer::start_with_nonce(mechanism, first, credential, &server_nonce)
     }
 
@@ -565,7 +570,10 @@ impl ScramServer {
         if binding != self.gs2_header.as_bytes() {
             return Err(SaslError::ChannelBinding);
         }
-        if nonce != self.nonce {
+        // Kafka's rule: the nonce must end with the combined one. (librdkafka
+        // 2.0 sends its own nonce again in front of it; the proof covers the
+        // message as sent either way.)
+        if !nonce.ends_with(&self.nonce) {
             return Err(SaslError::BadNonce);
         }
         let proof = STANDARD

@@ -39,6 +39,7 @@ pub use groups::{forward_target, forwarded, group_of};
 pub use metadata::routed_leader;
 use metadata::*;
 use produce::*;
+pub use security::change_security;
 use security::*;
 
 /// The APIs and versions this node implements, and so advertises.
@@ -55,9 +56,10 @@ pub fn supported_apis() -> SupportedApis {
         (19, r(2, 7)),
         (20, r(1, 6)),
         (22, r(0, 5)),
-        // SASL (served by the connection, see broker::sasl): handshake v1
-        // only, so tokens always come in SaslAuthenticate.
-        (17, r(1, 1)),
+        // SASL (served by the connection, see broker::sasl). Handshake v0
+        // is listed because librdkafka requires it to see SASL at all, and
+        // answered UNSUPPORTED_VERSION: its tokens would come unframed.
+        (17, r(0, 1)),
         (36, r(0, 2)),
         // SCRAM credentials (KIP-554).
         (50, r(0, 0)),

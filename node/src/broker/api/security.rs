@@ -31,12 +31,11 @@ fn number_of(m: SaslMechanism) -> i8 {
 /// Applies `change` to the cluster's security document by compare and
 /// set, retrying when another node changed it first, and keeps it in the
 /// bucket when the coordinator is in this process.
-pub(crate) async fn change_security<R>(
-    shard: &Shard,
+pub async fn change_security<R>(
+    ctx: &crate::node::NodeCtx,
     mut change: impl FnMut(&mut SecurityDoc) -> R,
 ) -> Result<R, (ErrorCode, String)> {
     const ATTEMPTS: usize = 10;
-    let ctx = &shard.ctx;
     for _ in 0..ATTEMPTS {
         let (version, data) = ctx.cluster.doc(Doc::Security);
         let mut doc = match data {
@@ -175,7 +174,7 @@ pub(super) async fn alter_user_scram_credentials(
     for user in errors.keys() {
         ops.remove(user);
     }
-    let applied = change_security(shard, |doc| {
+    let applied = change_security(&shard.ctx, |doc| {
         let mut missing: BTreeMap<String, (ErrorCode, String)> = BTreeMap::new();
         for (user, user_ops) in &ops {
             // Deletions of credentials the user does not have refuse the
