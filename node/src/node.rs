@@ -71,7 +71,16 @@ pub struct NodeCtx {
     /// The cluster's SCRAM credentials, as last read from the coordinator
     /// (see [`NodeCtx::security`]), and the generation it was read at.
     security: arc_swap::ArcSwap<crate::security::SecurityDoc>,
+    /// The authorizer built from the document's ACLs (`None`: ACLs off).
+    authorizer: arc_swap::ArcSwap<Option<crate::security::acl::Authorizer>>,
     security_seen: Mutex<u64>,
+    /// The generation last looked at, read without the lock.
+    security_generation_seen: std::sync::atomic::AtomicU64,
+    /// ACLs are enforced (`authorizer.class.name`), with these super users
+    /// and `allow.everyone.if.no.acl.found`.
+    pub acls_enabled: bool,
+    super_users: Vec<String>,
+    allow_if_no_acl: bool,
     /// `connections.max.reauth.ms` (KIP-368): how long a SASL session
     /// lasts before the client must authenticate again; `None`: for ever.
     pub reauth_ms: Option<u64>,
@@ -185,6 +194,10 @@ pub struct NodeSettings {
     pub queued_request_bytes_max: Option<u64>,
     /// `connections.max.reauth.ms`; `None`: sessions do not expire.
     pub reauth_ms: Option<u64>,
+    /// ACLs enforced, `super.users`, `allow.everyone.if.no.acl.found`.
+    pub acls_enabled: bool,
+    pub super_users: Vec<String>,
+    pub allow_if_no_acl: bool,
     /// [`crate::config::Config::describe`], for DescribeConfigs on the
     /// broker; empty if the caller has no `Config`.
     pub config_describe: Vec<(String, Option<String>, bool)>,
@@ -231,6 +244,9 @@ impl NodeSettings {
             frame_bytes_max: ferry_protocol::frame::FRAME_BYTES_MAX_DEFAULT,
             queued_request_bytes_max: Some(crate::config::QUEUED_REQUEST_BYTES_MAX_DEFAULT),
             reauth_ms: None,
+            acls_enabled: false,
+            super_users: Vec::new(),
+            allow_if_no_acl: false,
             config_describe: vec![],
             group_config: Default::default(),
             groups_snapshot: None,
@@ -328,6 +344,9 @@ impl NodeSettings {
             frame_bytes_max: config.socket_request_bytes_max,
             queued_request_bytes_max: config.queued_request_bytes_max,
             reauth_ms: config.reauth_ms,
+            acls_enabled: config.acls_enabled,
+            super_users: config.super_users.clone(),
+            allow_if_no_acl: config.allow_if_no_acl,
             config_describe: config.describe(),
             group_config: config.group.clone(),
             groups_snapshot: None,
@@ -407,7 +426,14 @@ impl NodeCtx {
             zones,
             topics_seen: Mutex::new((0, 0)),
             security: Default::default(),
+            authorizer: arc_swap::ArcSwap::from_pointee(s.acls_enabled.then(|| {
+                crate::security::acl::Authorizer::new(&[], &s.super_users, s.allow_if_no_acl)
+            })),
             security_seen: Mutex::new(0),
+            security_generation_seen: std::sync::atomic::AtomicU64::new(0),
+            acls_enabled: s.acls_enabled,
+            super_users: s.super_users.clone(),
+            allow_if_no_acl: s.allow_if_no_acl,
             reauth_ms: s.reauth_ms,
             topics_generation_seen: std::sync::atomic::AtomicU64::new(0),
             traffic,
@@ -530,20 +556,55 @@ impl NodeCtx {
     /// the coordinator: read again only when its generation moved. A
     /// document that does not decode is logged and the last good one kept.
     pub fn security(&self) -> Arc<crate::security::SecurityDoc> {
-        let generation = self.cluster.doc_generation(crate::cluster::Doc::Security);
-        let mut seen = self.security_seen.lock();
-        if *seen != generation {
-            *seen = generation;
-            let (version, data) = self.cluster.doc(crate::cluster::Doc::Security);
-            match data.map(|d| crate::security::SecurityDoc::decode(&d)) {
-                None => self.security.store(Default::default()),
-                Some(Ok(doc)) => self.security.store(Arc::new(doc)),
-                Some(Err(e)) => {
-                    tracing::error!(error = %e, version, "the cluster's security document does not decode; keeping the last one")
-                }
-            }
-        }
+        self.sync_security();
         self.security.load_full()
+    }
+
+    /// The ACL authorizer, current with the coordinator; `None` when ACLs
+    /// are off. Lock-free unless the document changed.
+    pub fn authorizer(
+        &self,
+    ) -> Option<arc_swap::Guard<Arc<Option<crate::security::acl::Authorizer>>>> {
+        if !self.acls_enabled {
+            return None;
+        }
+        self.sync_security();
+        Some(self.authorizer.load())
+    }
+
+    fn sync_security(&self) {
+        use std::sync::atomic::Ordering;
+        let generation = self.cluster.doc_generation(crate::cluster::Doc::Security);
+        if self.security_generation_seen.load(Ordering::Acquire) == generation {
+            return;
+        }
+        let mut seen = self.security_seen.lock();
+        if *seen == generation {
+            return;
+        }
+        *seen = generation;
+        let (version, data) = self.cluster.doc(crate::cluster::Doc::Security);
+        let doc = match data.map(|d| crate::security::SecurityDoc::decode(&d)) {
+            None => crate::security::SecurityDoc::default(),
+            Some(Ok(doc)) => doc,
+            Some(Err(e)) => {
+                tracing::error!(error = %e, version, "the cluster's security document does not decode; keeping the last one");
+                self.security_generation_seen
+                    .store(generation, Ordering::Release);
+                return;
+            }
+        };
+        if self.acls_enabled {
+            self.authorizer
+                .store(Arc::new(Some(crate::security::acl::Authorizer::new(
+                    &doc.acls,
+                    &self.super_users,
+                    self.allow_if_no_acl,
+                ))));
+        }
+        self.security.store(Arc::new(doc));
+        self.security_generation_seen
+            .store(generation, Ordering::Release);
     }
 
     /// The version of the cluster's topic table this node holds.

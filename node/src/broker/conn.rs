@@ -56,7 +56,29 @@ enum Out {
 pub struct Session {
     pub listener: Arc<ListenerCtx>,
     pub peer: Option<SocketAddr>,
+    /// The peer's IP address as text, for ACLs' hosts.
+    pub host: String,
     pub principal: RefCell<Principal>,
+    /// A request another node forwarded after checking its client's ACLs
+    /// (a group request, see `crate::broker::api::groups`): not checked
+    /// again.
+    pub forwarded: bool,
+}
+
+impl Session {
+    pub fn new(
+        listener: Arc<ListenerCtx>,
+        peer: Option<SocketAddr>,
+        principal: Principal,
+    ) -> Session {
+        Session {
+            listener,
+            host: peer.map_or_else(String::new, |p| p.ip().to_canonical().to_string()),
+            peer,
+            principal: RefCell::new(principal),
+            forwarded: false,
+        }
+    }
 }
 
 /// How long a client has to finish its TLS handshake.
@@ -73,13 +95,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, listener: usize) {
     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
     let _ = stream.set_nodelay(true);
     shard.ctx.metrics.connection(shard.id, 1);
-    let session = |principal| {
-        Rc::new(Session {
-            listener: l.clone(),
-            peer,
-            principal: RefCell::new(principal),
-        })
-    };
+    let session = |principal| Rc::new(Session::new(l.clone(), peer, principal));
     match l.spec.tls.clone() {
         None => serve_stream(&shard, stream, Some(fd), session(Principal::anonymous())).await,
         Some(tls) => {
@@ -363,7 +379,20 @@ where
             shard.ctx.metrics.request(req.api_key());
             // A group request whose coordinator is another node (this one
             // being its proxy in the client's zone) is served there.
+            // Its ACLs are checked here, before it leaves: the coordinator
+            // takes a forwarded request as checked.
             if crate::group::coordinator::is_group_api(req.api_key()) {
+                if let Some(refused) =
+                    crate::broker::api::group_refusal(&shard, &session, &req.body)
+                {
+                    let (correlation_id, version) = (req.correlation_id(), req.api_version());
+                    let segs = frame::encode_response(correlation_id, version, &refused).ok();
+                    let h = glommio::spawn_local(async move { segs });
+                    if tx.send(Out::Respond(h)).await.is_err() {
+                        break 'conn;
+                    }
+                    continue;
+                }
                 if let Some(target) = crate::broker::api::forward_target(&shard, &req.body) {
                     let sh = shard.clone();
                     let fwd = crate::cluster::rpc::Forward {

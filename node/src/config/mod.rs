@@ -109,10 +109,17 @@ pub const QUEUED_REQUEST_BYTES_MAX_DEFAULT: u64 = 512 * 1024 * 1024;
 const SECURITY_PROTOCOL_MAP_DEFAULT: &str =
     "PLAINTEXT:PLAINTEXT,SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL";
 
-/// Every key Ferry reads, in the order [`Config::describe`] lists them.
-/// Kafka's key for the ACL authorizer (see `Config::build`: refused).
+/// Kafka's key for the ACL authorizer.
 const AUTHORIZER_KEY: &str = "authorizer.class.name";
 
+/// The authorizer classes whose behaviour Ferry's ACLs follow: either turns
+/// them on.
+pub const AUTHORIZER_CLASSES: &[&str] = &[
+    "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+    "kafka.security.authorizer.AclAuthorizer",
+];
+
+/// Every key Ferry reads, in the order [`Config::describe`] lists them.
 pub const KNOWN_KEYS: &[&str] = &[
     "node.id",
     "broker.id",
@@ -138,6 +145,9 @@ pub const KNOWN_KEYS: &[&str] = &[
     "ssl.endpoint.identification.algorithm",
     "sasl.enabled.mechanisms",
     "connections.max.reauth.ms",
+    "authorizer.class.name",
+    "super.users",
+    "allow.everyone.if.no.acl.found",
     "num.partitions",
     "auto.create.topics.enable",
     "socket.request.max.bytes",
@@ -343,6 +353,13 @@ pub struct Config {
     /// `connections.max.reauth.ms` (KIP-368); `None` (0): SASL sessions do
     /// not expire.
     pub reauth_ms: Option<u64>,
+    /// `authorizer.class.name` names Kafka's StandardAuthorizer or
+    /// AclAuthorizer: ACLs are enforced.
+    pub acls_enabled: bool,
+    /// `super.users`: principals (`User:name`) allowed everything.
+    pub super_users: Vec<String>,
+    /// `allow.everyone.if.no.acl.found`.
+    pub allow_if_no_acl: bool,
     /// `log.retention.ms` (or `.minutes`, `.hours`); `None`: forever.
     pub log_retention_ms: Option<u64>,
     /// `log.retention.bytes`, per partition; `None`: no limit.
@@ -695,21 +712,46 @@ impl Config {
         }
 
         // An authorizer Ferry cannot honour stops the start: run on, and an
-        // operator who copied the key would believe ACLs are on.
-        if let Some(class) = raw
+        // operator who copied the key would believe their plugin runs.
+        let acls_enabled = match raw
             .0
             .get(AUTHORIZER_KEY)
             .map(|v| v.value.trim())
             .filter(|v| !v.is_empty())
         {
-            r.errors.push(ConfigError::Unsupported {
-                key: AUTHORIZER_KEY.to_owned(),
-                message: format!(
-                    "{class}: Ferry enforces no ACLs yet, so every request would be allowed; \
-                     remove the key to run without an authorizer"
-                ),
-            });
-        }
+            None => false,
+            Some(class) if AUTHORIZER_CLASSES.contains(&class) => true,
+            Some(class) => {
+                r.errors.push(ConfigError::Unsupported {
+                    key: AUTHORIZER_KEY.to_owned(),
+                    message: format!(
+                        "{class}: Ferry's ACLs behave as Kafka's {}; set one of those, or \
+                         remove the key to run without ACLs",
+                        AUTHORIZER_CLASSES.join(" or ")
+                    ),
+                });
+                false
+            }
+        };
+        let super_users = r
+            .parse("super.users", |key, v| {
+                let mut out = Vec::new();
+                for p in v.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+                    match p.strip_prefix("User:") {
+                        Some(name) if !name.is_empty() => out.push(p.to_owned()),
+                        _ => {
+                            return Err(ConfigError::invalid(
+                                key,
+                                "principals of the form User:name separated by semicolons",
+                                v,
+                            ))
+                        }
+                    }
+                }
+                Ok(out)
+            })
+            .unwrap_or_default();
+        let allow_if_no_acl = r.boolean("allow.everyone.if.no.acl.found").unwrap_or(false);
 
         let node_id = r.int("node.id", 0, i32::MAX.into(), "a non-negative integer");
         let broker_id = r.int("broker.id", 0, i32::MAX.into(), "a non-negative integer");
@@ -972,6 +1014,9 @@ impl Config {
             listeners,
             listener_security,
             reauth_ms,
+            acls_enabled,
+            super_users,
+            allow_if_no_acl,
             inter_broker_listener,
             advertised_listeners,
             num_partitions,
@@ -1823,19 +1868,32 @@ group.initial.rebalance.delay.ms=0
     }
 
     #[test]
-    fn an_authorizer_ferry_cannot_honour_stops_the_start() {
-        for class in [
-            "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
-            "kafka.security.authorizer.AclAuthorizer",
-        ] {
-            let e = error(&format!(
-                "authorizer.class.name={class}\nsuper.users=User:admin\n"
-            ));
-            assert!(e.contains("authorizer.class.name: "), "{e}");
-            assert!(e.contains("enforces no ACLs"), "{e}");
+    fn kafkas_authorizers_turn_acls_on_and_others_stop_the_start() {
+        for class in AUTHORIZER_CLASSES {
+            let c = parse(&format!(
+                "authorizer.class.name={class}\nsuper.users=User:admin;User:CN=node,O=x\n"
+            ))
+            .unwrap();
+            assert!(c.acls_enabled && !c.allow_if_no_acl);
+            assert_eq!(c.super_users, ["User:admin", "User:CN=node,O=x"]);
         }
-        // Unset or empty, as Kafka's default: fine.
-        assert!(parse("authorizer.class.name=\n").is_ok());
+        let e = error("authorizer.class.name=com.example.MyAuthorizer\n");
+        assert!(
+            e.contains("authorizer.class.name: com.example.MyAuthorizer"),
+            "{e}"
+        );
+        let e = error("super.users=admin\n");
+        assert!(
+            e.contains("super.users: expected principals of the form User:name"),
+            "{e}"
+        );
+        // Unset or empty, as Kafka's default: no ACLs.
+        assert!(!parse("authorizer.class.name=\n").unwrap().acls_enabled);
+        assert!(
+            parse("allow.everyone.if.no.acl.found=true\n")
+                .unwrap()
+                .allow_if_no_acl
+        );
     }
 
     #[test]

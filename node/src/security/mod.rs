@@ -23,14 +23,17 @@ use std::fmt;
 /// are `User:ANONYMOUS`, as in Kafka.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Principal {
-    name: String,
+    /// `User:name`.
+    full: String,
 }
 
 impl Principal {
     pub const ANONYMOUS_NAME: &'static str = "ANONYMOUS";
 
     pub fn user(name: impl Into<String>) -> Principal {
-        Principal { name: name.into() }
+        Principal {
+            full: format!("User:{}", name.into()),
+        }
     }
 
     pub fn anonymous() -> Principal {
@@ -39,11 +42,16 @@ impl Principal {
 
     /// The user name, without `User:`.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.full["User:".len()..]
+    }
+
+    /// `User:name`, as ACLs and `super.users` write it.
+    pub fn as_str(&self) -> &str {
+        &self.full
     }
 
     pub fn is_anonymous(&self) -> bool {
-        self.name == Principal::ANONYMOUS_NAME
+        self.name() == Principal::ANONYMOUS_NAME
     }
 
     /// Parses `User:name` (the form ACLs and `super.users` use).
@@ -55,19 +63,22 @@ impl Principal {
 
 impl fmt::Display for Principal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "User:{}", self.name)
+        f.write_str(&self.full)
     }
 }
 
 /// The cluster's security metadata, kept by the coordinator as one
 /// document ([`crate::cluster::Doc::Security`]): SCRAM credentials (salted,
-/// never a password). Every node reads it from the coordinator, so a change
-/// applies cluster-wide without a restart.
+/// never a password) and ACLs. Every node reads it from the coordinator, so
+/// a change applies cluster-wide without a restart.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SecurityDoc {
     /// Credentials by user name, at most one per mechanism.
     #[serde(default)]
     pub scram: std::collections::BTreeMap<String, Vec<scram::ScramCredential>>,
+    /// ACL bindings, sorted, without duplicates.
+    #[serde(default)]
+    pub acls: Vec<acl::AclBinding>,
 }
 
 impl SecurityDoc {

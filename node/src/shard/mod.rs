@@ -122,7 +122,7 @@ pub struct ProduceResult {
 }
 
 impl ProduceResult {
-    fn err(error: ErrorCode, message: impl Into<String>) -> ProduceResult {
+    pub fn err(error: ErrorCode, message: impl Into<String>) -> ProduceResult {
         ProduceResult {
             error,
             base_offset: -1,
@@ -141,7 +141,7 @@ pub struct FetchResult {
 }
 
 impl FetchResult {
-    fn err(error: ErrorCode) -> FetchResult {
+    pub fn err(error: ErrorCode) -> FetchResult {
         FetchResult {
             error,
             high_watermark: -1,

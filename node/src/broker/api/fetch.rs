@@ -29,6 +29,7 @@ pub(super) async fn fetch(
     version: i16,
     zone: Option<&str>,
     listener: &str,
+    may_read: impl Fn(&str) -> bool,
 ) -> fetch_response::FetchResponse {
     use fetch_response::*;
     let started = Instant::now();
@@ -53,6 +54,12 @@ pub(super) async fn fetch(
             (name, t)
         })
         .collect();
+    // READ on each topic, once per request (not again on each round of the
+    // long poll): `false` answers TOPIC_AUTHORIZATION_FAILED.
+    let readable: Vec<bool> = topics
+        .iter()
+        .map(|(n, _)| n.as_deref().is_none_or(&may_read))
+        .collect();
     // Partitions whose fetch this client should make at a read replica in
     // its own zone (v11+): answered at once, without records.
     let mut preferred: std::collections::HashMap<(Arc<str>, i32), i32> = Default::default();
@@ -68,14 +75,18 @@ pub(super) async fn fetch(
     }
     loop {
         let mut tasks = Vec::new();
-        for (name, t) in &topics {
+        for ((name, t), readable) in topics.iter().zip(&readable) {
             for p in &t.partitions {
                 let max = (p.partition_max_bytes.max(0) as usize).min(response_bytes_max);
                 let sh = shard.clone();
                 let name = name.clone();
                 let (part, offset) = (p.partition, p.fetch_offset);
+                let readable = *readable;
                 tasks.push(glommio::spawn_local(async move {
                     match name {
+                        Some(_) if !readable => Some(crate::shard::FetchResult::err(
+                            ErrorCode::TOPIC_AUTHORIZATION_FAILED,
+                        )),
                         Some(n) => Some(sh.fetch(n, part, offset, max).await),
                         None => None,
                     }
@@ -235,16 +246,26 @@ pub(super) async fn fetch(
 pub(super) async fn list_offsets(
     shard: &Rc<Shard>,
     l: list_offsets_request::ListOffsetsRequest,
+    may_describe: impl Fn(&str) -> bool,
 ) -> list_offsets_response::ListOffsetsResponse {
     use list_offsets_response::*;
     let mut topics = Vec::new();
     for t in l.topics {
         let topic: Arc<str> = t.name.as_str().into();
+        let describable = may_describe(t.name.as_str());
         let mut parts = Vec::new();
         for p in t.partitions {
-            let r = shard
-                .list_offset(topic.clone(), p.partition_index, p.timestamp)
-                .await;
+            let r = if describable {
+                shard
+                    .list_offset(topic.clone(), p.partition_index, p.timestamp)
+                    .await
+            } else {
+                crate::shard::ListOffsetResult {
+                    error: ErrorCode::TOPIC_AUTHORIZATION_FAILED,
+                    offset: -1,
+                    timestamp: -1,
+                }
+            };
             parts.push(ListOffsetsPartitionResponse {
                 partition_index: p.partition_index,
                 error_code: r.error.code(),

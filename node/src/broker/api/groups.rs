@@ -12,6 +12,7 @@ pub(super) fn find_coordinator(
     f: find_coordinator_request::FindCoordinatorRequest,
     zone: Option<&str>,
     listener: &str,
+    may_describe_group: &dyn Fn(&str) -> bool,
 ) -> find_coordinator_response::FindCoordinatorResponse {
     use find_coordinator_response::*;
     let ok = f.key_type == 0;
@@ -24,6 +25,9 @@ pub(super) fn find_coordinator(
     let answer = |key: &KStr| -> (ErrorCode, i32, KStr, i32) {
         if !ok {
             return (ErrorCode::COORDINATOR_NOT_AVAILABLE, -1, s(""), -1);
+        }
+        if !may_describe_group(key.as_str()) {
+            return (ErrorCode::GROUP_AUTHORIZATION_FAILED, -1, s(""), -1);
         }
         let (node, _) = routed_leader(shard, GROUP_TOPIC, group_slot(key.as_str()), zone);
         match brokers.iter().find(|b| b.node_id == node) {
@@ -122,9 +126,8 @@ pub async fn forwarded(
         return refuse(ErrorCode::UNKNOWN_SERVER_ERROR);
     };
     let session = crate::broker::conn::Session {
-        listener,
-        peer,
-        principal: std::cell::RefCell::new(crate::security::Principal::anonymous()),
+        forwarded: true,
+        ..crate::broker::conn::Session::new(listener, peer, crate::security::Principal::anonymous())
     };
     let Some(body) = handle(shard, req, &session).await else {
         return crate::cluster::rpc::ForwardResponse {

@@ -52,6 +52,12 @@ pub(super) fn brokers(shard: &Shard, listener: &str) -> Vec<Broker> {
         .collect()
 }
 
+/// What the principal may do to a topic, by name (ACLs).
+pub(super) struct TopicAccess<'a> {
+    pub(super) describe: &'a dyn Fn(&str) -> bool,
+    pub(super) create: &'a dyn Fn(&str) -> bool,
+}
+
 /// The node a client of `zone` should see as a partition's leader, and the
 /// leader epoch: the leader, or its proxy in the client's zone.
 pub fn routed_leader(shard: &Shard, topic: &str, partition: i32, zone: Option<&str>) -> (i32, i32) {
@@ -68,6 +74,7 @@ pub(super) async fn metadata(
     v: i16,
     zone: Option<&str>,
     listener: &str,
+    may: TopicAccess<'_>,
 ) -> metadata_response::MetadataResponse {
     use metadata_response::*;
     let ctx = &shard.ctx;
@@ -82,8 +89,10 @@ pub(super) async fn metadata(
     let allow_create = ctx.auto_create_topics && (v < 4 || m.allow_auto_topic_creation);
     let table_now = shard.topics.get();
     let wanted: Vec<(Option<String>, ferry_protocol::wire::Uuid)> = match requested {
+        // Every topic: those the principal may not describe are left out.
         None => table_now
             .iter()
+            .filter(|t| (may.describe)(&t.name))
             .map(|t| (Some(t.name.to_string()), t.id))
             .collect(),
         Some(list) => list
@@ -92,6 +101,14 @@ pub(super) async fn metadata(
             .collect(),
     };
     for (name, id) in wanted {
+        if name.as_deref().is_some_and(|n| !(may.describe)(n)) {
+            topics.push(MetadataResponseTopic {
+                error_code: ErrorCode::TOPIC_AUTHORIZATION_FAILED.code(),
+                name: name.as_deref().map(s),
+                ..Default::default()
+            });
+            continue;
+        }
         let table = shard.topics.get();
         let info = match &name {
             Some(n) => table.get(n).cloned(),
@@ -99,6 +116,14 @@ pub(super) async fn metadata(
         };
         let info = match (info, &name) {
             (Some(i), _) => Some(i),
+            (None, Some(n)) if allow_create && !(may.create)(n) => {
+                topics.push(MetadataResponseTopic {
+                    error_code: ErrorCode::TOPIC_AUTHORIZATION_FAILED.code(),
+                    name: name.as_deref().map(s),
+                    ..Default::default()
+                });
+                continue;
+            }
             (None, Some(n)) if allow_create => {
                 match create_topic(shard, n, ctx.num_partitions, Default::default()).await {
                     Ok(()) | Err((ErrorCode::TOPIC_ALREADY_EXISTS, _)) => {

@@ -25,6 +25,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod acls;
 mod admin;
 mod fetch;
 mod groups;
@@ -32,6 +33,9 @@ mod metadata;
 mod produce;
 mod security;
 
+use crate::security::acl::{Operation, ResourceType};
+pub use acls::group_refusal;
+use acls::*;
 use admin::*;
 use fetch::*;
 use groups::*;
@@ -77,6 +81,10 @@ pub fn supported_apis() -> SupportedApis {
         (15, r(0, 5)),
         (16, r(0, 5)),
         (42, r(0, 2)),
+        // ACLs.
+        (29, r(0, 3)),
+        (30, r(0, 3)),
+        (31, r(0, 3)),
         // Configs: DescribeConfigs, AlterConfigs, IncrementalAlterConfigs.
         (32, r(0, 4)),
         (33, r(0, 2)),
@@ -101,18 +109,37 @@ pub async fn handle(
     let client_id = req.header.client_id.as_deref().unwrap_or("").to_owned();
     let addr = peer.map(|p| p.ip());
     if crate::group::coordinator::is_group_api(req.api_key()) {
+        if let Some(refused) = group_refusal(shard, session, &req.body) {
+            return Some(refused);
+        }
         let g = crate::group::coordinator::GroupRequest {
             version: v,
             client_id: req.header.client_id.as_deref().unwrap_or("").to_string(),
             client_host: peer.map_or_else(String::new, |p| format!("/{}", p.ip())),
             body: req.body,
         };
-        return shard.group(g).await;
+        let mut answer = shard.group(g).await?;
+        filter_listed_groups(shard, session, &mut answer);
+        return Some(answer);
     }
+    // ACLs (all true when they are off).
+    let may = |op: Operation, name: &str| allowed(shard, session, op, ResourceType::Topic, name);
+    let on_cluster = |op: Operation| allowed_on_cluster(shard, session, op);
+    let denied = |what: &str| Some(s(&format!("not authorized to {what}")));
+    const TOPIC_DENIED: i16 = ErrorCode::TOPIC_AUTHORIZATION_FAILED.code();
+    const CLUSTER_DENIED: i16 = ErrorCode::CLUSTER_AUTHORIZATION_FAILED.code();
     Some(match req.body {
         RequestBody::FindCoordinator(f) => {
             let zone = shard.client_zone(&client_id, addr, None);
-            ResponseBody::FindCoordinator(find_coordinator(shard, f, zone.as_deref(), listener))
+            let may_describe_group =
+                |g: &str| allowed(shard, session, Operation::Describe, ResourceType::Group, g);
+            ResponseBody::FindCoordinator(find_coordinator(
+                shard,
+                f,
+                zone.as_deref(),
+                listener,
+                &may_describe_group,
+            ))
         }
         RequestBody::ApiVersions(_) => {
             ResponseBody::ApiVersions(api_versions_response::ApiVersionsResponse {
@@ -122,43 +149,249 @@ pub async fn handle(
         }
         RequestBody::Metadata(m) => {
             let zone = shard.client_zone(&client_id, addr, None);
-            ResponseBody::Metadata(metadata(shard, m, v, zone.as_deref(), listener).await)
+            let describe = |t: &str| may(Operation::Describe, t);
+            let create = |t: &str| on_cluster(Operation::Create) || may(Operation::Create, t);
+            let access = TopicAccess {
+                describe: &describe,
+                create: &create,
+            };
+            ResponseBody::Metadata(metadata(shard, m, v, zone.as_deref(), listener, access).await)
         }
         RequestBody::Produce(p) => {
             let zone = shard.client_zone(&client_id, addr, None);
-            return produce(shard, p, zone.as_deref(), listener)
-                .await
-                .map(ResponseBody::Produce);
+            return produce(shard, p, zone.as_deref(), listener, |t| {
+                may(Operation::Write, t)
+            })
+            .await
+            .map(ResponseBody::Produce);
         }
         RequestBody::Fetch(f) => {
             // A fetch's rack (KIP-392) tells a client's zone too.
             let zone = shard.client_zone(&client_id, addr, Some(f.rack_id.as_str()));
-            ResponseBody::Fetch(fetch(shard, f, v, zone.as_deref(), listener).await)
+            ResponseBody::Fetch(
+                fetch(shard, f, v, zone.as_deref(), listener, |t| {
+                    may(Operation::Read, t)
+                })
+                .await,
+            )
         }
-        RequestBody::ListOffsets(l) => ResponseBody::ListOffsets(list_offsets(shard, l).await),
-        RequestBody::CreateTopics(c) => ResponseBody::CreateTopics(create_topics(shard, c).await),
-        RequestBody::DeleteTopics(d) => ResponseBody::DeleteTopics(delete_topics(shard, d).await),
-        RequestBody::CreatePartitions(c) => {
-            ResponseBody::CreatePartitions(create_partitions(shard, c).await)
+        RequestBody::ListOffsets(l) => {
+            ResponseBody::ListOffsets(list_offsets(shard, l, |t| may(Operation::Describe, t)).await)
+        }
+        RequestBody::CreateTopics(mut c) => {
+            let cluster = on_cluster(Operation::Create);
+            let (ok, refused): (Vec<_>, Vec<_>) = std::mem::take(&mut c.topics)
+                .into_iter()
+                .partition(|t| cluster || may(Operation::Create, t.name.as_str()));
+            c.topics = ok;
+            let mut r = create_topics(shard, c).await;
+            r.topics.extend(refused.into_iter().map(|t| {
+                create_topics_response::CreatableTopicResult {
+                    name: t.name,
+                    error_code: TOPIC_DENIED,
+                    error_message: denied("CREATE the topic"),
+                    ..Default::default()
+                }
+            }));
+            ResponseBody::CreateTopics(r)
+        }
+        RequestBody::DeleteTopics(mut d) => {
+            let table = shard.topics.get();
+            let name_of = |t: &delete_topics_request::DeleteTopicState| -> Option<String> {
+                match &t.name {
+                    Some(n) => Some(n.to_string()),
+                    None => table.by_id(&t.topic_id).map(|i| i.name.to_string()),
+                }
+            };
+            let mut refused = Vec::new();
+            d.topic_names.retain(|n| {
+                let ok = may(Operation::Delete, n.as_str());
+                if !ok {
+                    refused.push((Some(n.clone()), Default::default()));
+                }
+                ok
+            });
+            d.topics.retain(|t| {
+                // An unknown id is left for the handler to answer.
+                let ok = name_of(t).is_none_or(|n| may(Operation::Delete, &n));
+                if !ok {
+                    refused.push((t.name.clone(), t.topic_id));
+                }
+                ok
+            });
+            let mut r = delete_topics(shard, d).await;
+            r.responses
+                .extend(refused.into_iter().map(|(name, topic_id)| {
+                    delete_topics_response::DeletableTopicResult {
+                        name,
+                        topic_id,
+                        error_code: TOPIC_DENIED,
+                        error_message: denied("DELETE the topic"),
+                        ..Default::default()
+                    }
+                }));
+            ResponseBody::DeleteTopics(r)
+        }
+        RequestBody::CreatePartitions(mut c) => {
+            let (ok, refused): (Vec<_>, Vec<_>) = std::mem::take(&mut c.topics)
+                .into_iter()
+                .partition(|t| may(Operation::Alter, t.name.as_str()));
+            c.topics = ok;
+            let mut r = create_partitions(shard, c).await;
+            r.results.extend(refused.into_iter().map(|t| {
+                create_partitions_response::CreatePartitionsTopicResult {
+                    name: t.name,
+                    error_code: TOPIC_DENIED,
+                    error_message: denied("ALTER the topic"),
+                    ..Default::default()
+                }
+            }));
+            ResponseBody::CreatePartitions(r)
         }
         RequestBody::InitProducerId(i) => {
-            ResponseBody::InitProducerId(init_producer_id(&shard.ctx.producer_ids, i))
+            // An idempotent producer needs IDEMPOTENT_WRITE on the cluster,
+            // or WRITE on some topic (as in Kafka).
+            if !(on_cluster(Operation::IdempotentWrite)
+                || allowed_any(shard, session, Operation::Write, ResourceType::Topic))
+            {
+                ResponseBody::InitProducerId(init_producer_id_response::InitProducerIdResponse {
+                    error_code: CLUSTER_DENIED,
+                    producer_id: -1,
+                    producer_epoch: -1,
+                    ..Default::default()
+                })
+            } else {
+                ResponseBody::InitProducerId(init_producer_id(&shard.ctx.producer_ids, i))
+            }
         }
         RequestBody::DescribeCluster(_) => {
             ResponseBody::DescribeCluster(describe_cluster(shard, listener))
         }
-        RequestBody::DescribeConfigs(d) => ResponseBody::DescribeConfigs(
-            crate::broker::configs::describe(&shard.ctx, &shard.topics.get(), &d),
-        ),
+        RequestBody::DescribeConfigs(mut d) => {
+            let config_ok = |rt: i8, name: &str| match rt {
+                2 => may(Operation::DescribeConfigs, name),
+                _ => on_cluster(Operation::DescribeConfigs),
+            };
+            let (ok, refused): (Vec<_>, Vec<_>) = std::mem::take(&mut d.resources)
+                .into_iter()
+                .partition(|r| config_ok(r.resource_type, r.resource_name.as_str()));
+            d.resources = ok;
+            let mut r = crate::broker::configs::describe(&shard.ctx, &shard.topics.get(), &d);
+            r.results.extend(refused.into_iter().map(|res| {
+                describe_configs_response::DescribeConfigsResult {
+                    error_code: if res.resource_type == 2 {
+                        TOPIC_DENIED
+                    } else {
+                        CLUSTER_DENIED
+                    },
+                    error_message: denied("DESCRIBE_CONFIGS"),
+                    resource_type: res.resource_type,
+                    resource_name: res.resource_name,
+                    ..Default::default()
+                }
+            }));
+            ResponseBody::DescribeConfigs(r)
+        }
         RequestBody::AlterUserScramCredentials(a) => {
-            ResponseBody::AlterUserScramCredentials(alter_user_scram_credentials(shard, a).await)
+            if on_cluster(Operation::Alter) {
+                ResponseBody::AlterUserScramCredentials(
+                    alter_user_scram_credentials(shard, a).await,
+                )
+            } else {
+                ResponseBody::AlterUserScramCredentials(
+                    alter_user_scram_credentials_response::AlterUserScramCredentialsResponse {
+                        results: a
+                            .deletions
+                            .iter()
+                            .map(|d| d.name.clone())
+                            .chain(a.upsertions.iter().map(|u| u.name.clone()))
+                            .map(|user| {
+                                alter_user_scram_credentials_response::AlterUserScramCredentialsResult {
+                                    user,
+                                    error_code: CLUSTER_DENIED,
+                                    error_message: denied("ALTER the cluster"),
+                                    ..Default::default()
+                                }
+                            })
+                            .collect(),
+                        ..Default::default()
+                    },
+                )
+            }
         }
         RequestBody::DescribeUserScramCredentials(d) => {
-            ResponseBody::DescribeUserScramCredentials(describe_user_scram_credentials(shard, d))
+            if on_cluster(Operation::Describe) {
+                ResponseBody::DescribeUserScramCredentials(describe_user_scram_credentials(
+                    shard, d,
+                ))
+            } else {
+                ResponseBody::DescribeUserScramCredentials(
+                    describe_user_scram_credentials_response::DescribeUserScramCredentialsResponse {
+                        error_code: CLUSTER_DENIED,
+                        error_message: denied("DESCRIBE the cluster"),
+                        ..Default::default()
+                    },
+                )
+            }
         }
-        RequestBody::AlterConfigs(a) => ResponseBody::AlterConfigs(alter_configs(shard, a).await),
-        RequestBody::IncrementalAlterConfigs(a) => {
-            ResponseBody::IncrementalAlterConfigs(incremental_alter_configs(shard, a).await)
+        RequestBody::AlterConfigs(mut a) => {
+            let config_ok = |rt: i8, name: &str| match rt {
+                2 => may(Operation::AlterConfigs, name),
+                _ => on_cluster(Operation::AlterConfigs),
+            };
+            let (ok, refused): (Vec<_>, Vec<_>) = std::mem::take(&mut a.resources)
+                .into_iter()
+                .partition(|r| config_ok(r.resource_type, r.resource_name.as_str()));
+            a.resources = ok;
+            let mut r = alter_configs(shard, a).await;
+            r.responses.extend(refused.into_iter().map(|res| {
+                alter_configs_response::AlterConfigsResourceResponse {
+                    error_code: if res.resource_type == 2 {
+                        TOPIC_DENIED
+                    } else {
+                        CLUSTER_DENIED
+                    },
+                    error_message: denied("ALTER_CONFIGS"),
+                    resource_type: res.resource_type,
+                    resource_name: res.resource_name,
+                    ..Default::default()
+                }
+            }));
+            ResponseBody::AlterConfigs(r)
+        }
+        RequestBody::IncrementalAlterConfigs(mut a) => {
+            let config_ok = |rt: i8, name: &str| match rt {
+                2 => may(Operation::AlterConfigs, name),
+                _ => on_cluster(Operation::AlterConfigs),
+            };
+            let (ok, refused): (Vec<_>, Vec<_>) = std::mem::take(&mut a.resources)
+                .into_iter()
+                .partition(|r| config_ok(r.resource_type, r.resource_name.as_str()));
+            a.resources = ok;
+            let mut r = incremental_alter_configs(shard, a).await;
+            r.responses.extend(refused.into_iter().map(|res| {
+                incremental_alter_configs_response::AlterConfigsResourceResponse {
+                    error_code: if res.resource_type == 2 {
+                        TOPIC_DENIED
+                    } else {
+                        CLUSTER_DENIED
+                    },
+                    error_message: denied("ALTER_CONFIGS"),
+                    resource_type: res.resource_type,
+                    resource_name: res.resource_name,
+                    ..Default::default()
+                }
+            }));
+            ResponseBody::IncrementalAlterConfigs(r)
+        }
+        RequestBody::CreateAcls(c) => {
+            ResponseBody::CreateAcls(create_acls(shard, session, c).await)
+        }
+        RequestBody::DescribeAcls(d) => {
+            ResponseBody::DescribeAcls(describe_acls(shard, session, d))
+        }
+        RequestBody::DeleteAcls(d) => {
+            ResponseBody::DeleteAcls(delete_acls(shard, session, d).await)
         }
         other => ResponseBody::default_for(other.api_key())?,
     })

@@ -8,6 +8,7 @@ pub(super) async fn produce(
     p: produce_request::ProduceRequest,
     zone: Option<&str>,
     listener: &str,
+    may_write: impl Fn(&str) -> bool,
 ) -> Option<produce_response::ProduceResponse> {
     use produce_response::*;
     let mut endpoints = Vec::new();
@@ -43,7 +44,19 @@ pub(super) async fn produce(
     let mut tasks = Vec::new();
     for t in &p.topic_data {
         let topic: Arc<str> = t.name.as_str().into();
+        // WRITE on the topic (checked here, so a proxy hands nothing off
+        // for a client the leader would refuse).
+        let writable = may_write(t.name.as_str());
         for pd in &t.partition_data {
+            if !writable {
+                tasks.push(glommio::spawn_local(async {
+                    crate::shard::ProduceResult::err(
+                        ErrorCode::TOPIC_AUTHORIZATION_FAILED,
+                        "not authorized to WRITE to the topic",
+                    )
+                }));
+                continue;
+            }
             let records = pd
                 .records
                 .as_ref()

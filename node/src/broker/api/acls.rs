@@ -1,0 +1,489 @@
+//! ACLs: CreateAcls, DescribeAcls and DeleteAcls, and the checks every
+//! request makes ([`allowed`]) when `authorizer.class.name` turns them on.
+//!
+//! Bindings live in the cluster's security document beside the SCRAM
+//! credentials (`security::change_security`), so a change reaches every
+//! node as soon as its coordinator sees it. The checks are the operations
+//! Kafka's authorizer checks for each request; a proxy in the client's zone
+//! checks them before it forwards or hands anything off, so a proxy is no
+//! way around them.
+
+use super::*;
+use crate::broker::conn::Session;
+use crate::security::acl::{AclBinding, AclFilter, Operation, ResourceType};
+
+/// Whether the connection's principal may do `op` on a resource: always
+/// with ACLs off, and for a request another node forwarded after checking
+/// it.
+pub(super) fn allowed(
+    shard: &Shard,
+    session: &Session,
+    op: Operation,
+    resource_type: ResourceType,
+    name: &str,
+) -> bool {
+    let Some(guard) = shard.ctx.authorizer() else {
+        return true;
+    };
+    let Some(authorizer) = guard.as_ref() else {
+        return true;
+    };
+    if session.forwarded {
+        return true;
+    }
+    authorizer.authorize(
+        session.principal.borrow().as_str(),
+        &session.host,
+        op,
+        resource_type,
+        name,
+    )
+}
+
+/// Whether the principal may do `op` on some resource of the type (Kafka's
+/// "WRITE on any topic" for an idempotent producer).
+pub(super) fn allowed_any(
+    shard: &Shard,
+    session: &Session,
+    op: Operation,
+    resource_type: ResourceType,
+) -> bool {
+    let Some(guard) = shard.ctx.authorizer() else {
+        return true;
+    };
+    let Some(authorizer) = guard.as_ref() else {
+        return true;
+    };
+    session.forwarded
+        || authorizer.authorize_any(
+            session.principal.borrow().as_str(),
+            &session.host,
+            op,
+            resource_type,
+        )
+}
+
+pub(super) fn allowed_on_cluster(shard: &Shard, session: &Session, op: Operation) -> bool {
+    allowed(
+        shard,
+        session,
+        op,
+        ResourceType::Cluster,
+        crate::security::acl::CLUSTER_NAME,
+    )
+}
+
+/// Without an authorizer the ACL APIs answer SECURITY_DISABLED, as Kafka's.
+fn disabled(shard: &Shard) -> bool {
+    !shard.ctx.acls_enabled
+}
+
+pub(super) async fn create_acls(
+    shard: &Shard,
+    session: &Session,
+    req: create_acls_request::CreateAclsRequest,
+) -> create_acls_response::CreateAclsResponse {
+    use create_acls_response::*;
+    let refuse = |code: ErrorCode, message: &str| AclCreationResult {
+        error_code: code.code(),
+        error_message: Some(s(message)),
+        ..Default::default()
+    };
+    let whole = if disabled(shard) {
+        Some((ErrorCode::SECURITY_DISABLED, "no authorizer is configured"))
+    } else if !allowed_on_cluster(shard, session, Operation::Alter) {
+        Some((
+            ErrorCode::CLUSTER_AUTHORIZATION_FAILED,
+            "creating ACLs needs ALTER on the cluster",
+        ))
+    } else {
+        None
+    };
+    if let Some((code, message)) = whole {
+        return CreateAclsResponse {
+            results: req
+                .creations
+                .iter()
+                .map(|_| refuse(code, message))
+                .collect(),
+            ..Default::default()
+        };
+    }
+    let parsed: Vec<Result<AclBinding, String>> = req
+        .creations
+        .iter()
+        .map(|c| {
+            AclBinding::from_wire(
+                c.resource_type,
+                c.resource_name.as_str(),
+                c.resource_pattern_type,
+                c.principal.as_str(),
+                c.host.as_str(),
+                c.operation,
+                c.permission_type,
+            )
+            .map_err(|e| e.to_string())
+        })
+        .collect();
+    let stored = change_security(&shard.ctx, |doc| {
+        for b in parsed.iter().flatten() {
+            if !doc.acls.contains(b) {
+                doc.acls.push(b.clone());
+            }
+        }
+        doc.acls.sort();
+    })
+    .await;
+    let results = parsed
+        .iter()
+        .map(|p| match (p, &stored) {
+            (Err(e), _) => refuse(ErrorCode::INVALID_REQUEST, e),
+            (Ok(_), Err((code, message))) => refuse(*code, message),
+            (Ok(b), Ok(())) => {
+                tracing::info!(binding = ?b, principal = %session.principal.borrow(), "ACL created");
+                AclCreationResult::default()
+            }
+        })
+        .collect();
+    CreateAclsResponse {
+        results,
+        ..Default::default()
+    }
+}
+
+pub(super) fn describe_acls(
+    shard: &Shard,
+    session: &Session,
+    req: describe_acls_request::DescribeAclsRequest,
+) -> describe_acls_response::DescribeAclsResponse {
+    use describe_acls_response::*;
+    let error = |code: ErrorCode, message: String| DescribeAclsResponse {
+        error_code: code.code(),
+        error_message: Some(s(&message)),
+        ..Default::default()
+    };
+    if disabled(shard) {
+        return error(
+            ErrorCode::SECURITY_DISABLED,
+            "no authorizer is configured".into(),
+        );
+    }
+    if !allowed_on_cluster(shard, session, Operation::Describe) {
+        return error(
+            ErrorCode::CLUSTER_AUTHORIZATION_FAILED,
+            "describing ACLs needs DESCRIBE on the cluster".into(),
+        );
+    }
+    let filter = match AclFilter::from_wire(
+        req.resource_type_filter,
+        req.resource_name_filter.as_deref(),
+        req.pattern_type_filter,
+        req.principal_filter.as_deref(),
+        req.host_filter.as_deref(),
+        req.operation,
+        req.permission_type,
+    ) {
+        Ok(f) => f,
+        Err(e) => return error(ErrorCode::INVALID_REQUEST, e.to_string()),
+    };
+    let doc = shard.ctx.security();
+    // Grouped by resource pattern, as Kafka answers.
+    let mut resources: Vec<DescribeAclsResource> = Vec::new();
+    for b in doc.acls.iter().filter(|b| filter.matches(b)) {
+        let d = AclDescription {
+            principal: s(&b.principal),
+            host: s(&b.host),
+            operation: b.operation.code(),
+            permission_type: b.permission.code(),
+            ..Default::default()
+        };
+        match resources.iter_mut().find(|r| {
+            r.resource_type == b.resource_type.code()
+                && r.resource_name.as_str() == b.name
+                && r.pattern_type == b.pattern.code()
+        }) {
+            Some(r) => r.acls.push(d),
+            None => resources.push(DescribeAclsResource {
+                resource_type: b.resource_type.code(),
+                resource_name: s(&b.name),
+                pattern_type: b.pattern.code(),
+                acls: vec![d],
+                ..Default::default()
+            }),
+        }
+    }
+    DescribeAclsResponse {
+        resources,
+        ..Default::default()
+    }
+}
+
+pub(super) async fn delete_acls(
+    shard: &Shard,
+    session: &Session,
+    req: delete_acls_request::DeleteAclsRequest,
+) -> delete_acls_response::DeleteAclsResponse {
+    use delete_acls_response::*;
+    let refuse = |code: ErrorCode, message: String| DeleteAclsFilterResult {
+        error_code: code.code(),
+        error_message: Some(s(&message)),
+        ..Default::default()
+    };
+    let whole = if disabled(shard) {
+        Some((ErrorCode::SECURITY_DISABLED, "no authorizer is configured"))
+    } else if !allowed_on_cluster(shard, session, Operation::Alter) {
+        Some((
+            ErrorCode::CLUSTER_AUTHORIZATION_FAILED,
+            "deleting ACLs needs ALTER on the cluster",
+        ))
+    } else {
+        None
+    };
+    if let Some((code, message)) = whole {
+        return DeleteAclsResponse {
+            filter_results: req
+                .filters
+                .iter()
+                .map(|_| refuse(code, message.into()))
+                .collect(),
+            ..Default::default()
+        };
+    }
+    let filters: Vec<Result<AclFilter, String>> = req
+        .filters
+        .iter()
+        .map(|f| {
+            AclFilter::from_wire(
+                f.resource_type_filter,
+                f.resource_name_filter.as_deref(),
+                f.pattern_type_filter,
+                f.principal_filter.as_deref(),
+                f.host_filter.as_deref(),
+                f.operation,
+                f.permission_type,
+            )
+            .map_err(|e| e.to_string())
+        })
+        .collect();
+    // Each filter's matches, taken out in the same compare and set.
+    let deleted = change_security(&shard.ctx, |doc| {
+        let mut out: Vec<Vec<AclBinding>> = Vec::new();
+        for f in &filters {
+            let Ok(f) = f else {
+                out.push(Vec::new());
+                continue;
+            };
+            out.push(doc.acls.iter().filter(|b| f.matches(b)).cloned().collect());
+        }
+        doc.acls
+            .retain(|b| !filters.iter().flatten().any(|f| f.matches(b)));
+        out
+    })
+    .await;
+    let filter_results = match deleted {
+        Err((code, message)) => filters
+            .iter()
+            .map(|_| refuse(code, message.clone()))
+            .collect(),
+        Ok(matched) => filters
+            .iter()
+            .zip(matched)
+            .map(|(f, bindings)| match f {
+                Err(e) => refuse(ErrorCode::INVALID_REQUEST, e.clone()),
+                Ok(_) => DeleteAclsFilterResult {
+                    matching_acls: bindings
+                        .iter()
+                        .map(|b| DeleteAclsMatchingAcl {
+                            resource_type: b.resource_type.code(),
+                            resource_name: s(&b.name),
+                            pattern_type: b.pattern.code(),
+                            principal: s(&b.principal),
+                            host: s(&b.host),
+                            operation: b.operation.code(),
+                            permission_type: b.permission.code(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                },
+            })
+            .collect(),
+    };
+    DeleteAclsResponse {
+        filter_results,
+        ..Default::default()
+    }
+}
+
+/// A group request the principal may not make, answered with Kafka's
+/// error (GROUP_AUTHORIZATION_FAILED, or TOPIC_AUTHORIZATION_FAILED for an
+/// offset commit naming a topic it may not read), before it is served here
+/// or forwarded to the group's coordinator. `None`: go on.
+///
+/// Joining, syncing, heartbeats, leaving and committing need READ on the
+/// group; fetching offsets and describing, DESCRIBE; deleting, DELETE. A
+/// request naming several groups or topics is refused whole when any one
+/// is refused (Kafka answers them one by one).
+pub fn group_refusal(shard: &Shard, session: &Session, body: &RequestBody) -> Option<ResponseBody> {
+    shard.ctx.authorizer()?;
+    let group = |op: Operation, name: &str| allowed(shard, session, op, ResourceType::Group, name);
+    const GROUP: i16 = ErrorCode::GROUP_AUTHORIZATION_FAILED.code();
+    Some(match body {
+        RequestBody::JoinGroup(r) if !group(Operation::Read, r.group_id.as_str()) => {
+            ResponseBody::JoinGroup(join_group_response::JoinGroupResponse {
+                error_code: GROUP,
+                generation_id: -1,
+                ..Default::default()
+            })
+        }
+        RequestBody::SyncGroup(r) if !group(Operation::Read, r.group_id.as_str()) => {
+            ResponseBody::SyncGroup(sync_group_response::SyncGroupResponse {
+                error_code: GROUP,
+                ..Default::default()
+            })
+        }
+        RequestBody::Heartbeat(r) if !group(Operation::Read, r.group_id.as_str()) => {
+            ResponseBody::Heartbeat(heartbeat_response::HeartbeatResponse {
+                error_code: GROUP,
+                ..Default::default()
+            })
+        }
+        RequestBody::LeaveGroup(r) if !group(Operation::Read, r.group_id.as_str()) => {
+            ResponseBody::LeaveGroup(leave_group_response::LeaveGroupResponse {
+                error_code: GROUP,
+                ..Default::default()
+            })
+        }
+        RequestBody::OffsetCommit(r) => {
+            let group_ok = group(Operation::Read, r.group_id.as_str());
+            let topics_ok = r.topics.iter().all(|t| {
+                allowed(
+                    shard,
+                    session,
+                    Operation::Read,
+                    ResourceType::Topic,
+                    t.name.as_str(),
+                )
+            });
+            if group_ok && topics_ok {
+                return None;
+            }
+            use offset_commit_response::*;
+            ResponseBody::OffsetCommit(OffsetCommitResponse {
+                topics: r
+                    .topics
+                    .iter()
+                    .map(|t| {
+                        // Refused whole: a topic the principal may read is
+                        // not committed either.
+                        let code = if group_ok {
+                            ErrorCode::TOPIC_AUTHORIZATION_FAILED.code()
+                        } else {
+                            GROUP
+                        };
+                        OffsetCommitResponseTopic {
+                            name: t.name.clone(),
+                            partitions: t
+                                .partitions
+                                .iter()
+                                .map(|p| OffsetCommitResponsePartition {
+                                    partition_index: p.partition_index,
+                                    error_code: code,
+                                    ..Default::default()
+                                })
+                                .collect(),
+                            ..Default::default()
+                        }
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+        }
+        RequestBody::OffsetFetch(r) => {
+            let names: Vec<&str> = if r.groups.is_empty() {
+                vec![r.group_id.as_str()]
+            } else {
+                r.groups.iter().map(|g| g.group_id.as_str()).collect()
+            };
+            if names.iter().all(|g| group(Operation::Describe, g)) {
+                return None;
+            }
+            use offset_fetch_response::*;
+            ResponseBody::OffsetFetch(OffsetFetchResponse {
+                error_code: GROUP,
+                groups: r
+                    .groups
+                    .iter()
+                    .map(|g| OffsetFetchResponseGroup {
+                        group_id: g.group_id.clone(),
+                        error_code: GROUP,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+        }
+        RequestBody::DescribeGroups(r) => {
+            if r.groups
+                .iter()
+                .all(|g| group(Operation::Describe, g.as_str()))
+            {
+                return None;
+            }
+            use describe_groups_response::*;
+            ResponseBody::DescribeGroups(DescribeGroupsResponse {
+                groups: r
+                    .groups
+                    .iter()
+                    .map(|g| DescribedGroup {
+                        group_id: g.clone(),
+                        error_code: GROUP,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+        }
+        RequestBody::DeleteGroups(r) => {
+            if r.groups_names
+                .iter()
+                .all(|g| group(Operation::Delete, g.as_str()))
+            {
+                return None;
+            }
+            use delete_groups_response::*;
+            ResponseBody::DeleteGroups(DeleteGroupsResponse {
+                results: r
+                    .groups_names
+                    .iter()
+                    .map(|g| DeletableGroupResult {
+                        group_id: g.clone(),
+                        error_code: GROUP,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+        }
+        _ => return None,
+    })
+}
+
+/// ListGroups without DESCRIBE on the cluster lists only the groups the
+/// principal may describe, as Kafka's.
+pub(super) fn filter_listed_groups(shard: &Shard, session: &Session, body: &mut ResponseBody) {
+    if allowed_on_cluster(shard, session, Operation::Describe) {
+        return;
+    }
+    if let ResponseBody::ListGroups(l) = body {
+        l.groups.retain(|g| {
+            allowed(
+                shard,
+                session,
+                Operation::Describe,
+                ResourceType::Group,
+                g.group_id.as_str(),
+            )
+        });
+    }
+}

@@ -1,0 +1,171 @@
+//! ACLs: the matrix through real clients (acl_clients.py), and with raw
+//! requests `allow.everyone.if.no.acl.found` and a node without an
+//! authorizer.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use ferry_node::broker::server::{self, RunningNode};
+use ferry_node::cluster::Doc;
+use ferry_node::config::{Config, HostEnv, SaslMechanism};
+use ferry_node::node::NodeSettings;
+use ferry_node::security::acl::{AclBinding, Operation, PatternType, Permission, ResourceType};
+use ferry_node::security::scram::ScramCredential;
+use ferry_node::security::SecurityDoc;
+use ferry_node::storage::durable::MemoryLog;
+use ferry_protocol::messages::*;
+use ferry_protocol::wire::Message;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn node(pairs: &[(&str, &str)]) -> RunningNode {
+    let mut all = vec![("node.id", "1"), ("s3.data.buckets", "0@file:///unused")];
+    all.extend_from_slice(pairs);
+    let config = Config::from_pairs(all, HostEnv::detect()).unwrap();
+    assert!(config.unknown_keys.is_empty(), "{:?}", config.unknown_keys);
+    server::start(
+        NodeSettings {
+            shards: 2,
+            ..NodeSettings::from_config(&config).unwrap()
+        },
+        Arc::new(MemoryLog::new()),
+        Default::default(),
+        Default::default(),
+    )
+    .unwrap()
+}
+
+/// Stores `doc` as the cluster's security document.
+fn store(n: &RunningNode, doc: &SecurityDoc) {
+    let (version, _) = n.ctx.cluster.doc(Doc::Security);
+    let put = n
+        .ctx
+        .cluster
+        .put_doc(Doc::Security, version, doc.encode().into());
+    futures_lite::future::block_on(put).unwrap().unwrap();
+}
+
+fn addr(node: &RunningNode, name: &str) -> String {
+    node.listeners
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, a)| a.to_string())
+        .unwrap()
+}
+
+#[test]
+fn the_acl_matrix_holds_for_real_clients() {
+    let _ = tracing_subscriber::fmt().with_env_filter("info").try_init();
+    let n = node(&[
+        (
+            "listeners",
+            "SASL_PLAINTEXT://127.0.0.1:0,INTERNAL://127.0.0.1:0",
+        ),
+        (
+            "listener.security.protocol.map",
+            "SASL_PLAINTEXT:SASL_PLAINTEXT,INTERNAL:PLAINTEXT",
+        ),
+        ("inter.broker.listener.name", "INTERNAL"),
+        ("sasl.enabled.mechanisms", "PLAIN"),
+        (
+            "authorizer.class.name",
+            "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        ),
+        ("super.users", "User:admin"),
+    ]);
+    let mut doc = SecurityDoc::default();
+    for (user, pw) in [
+        ("admin", "admin-pw"),
+        ("alice", "alice-pw"),
+        ("bob", "bob-pw"),
+    ] {
+        let c = ScramCredential::from_password(SaslMechanism::ScramSha512, pw, None, 4096).unwrap();
+        doc.upsert(user, c);
+    }
+    store(&n, &doc);
+    common::python(
+        "acl_clients.py",
+        &[
+            &format!("bootstrap={}", addr(&n, "SASL_PLAINTEXT")),
+            "admin=admin-pw",
+            "alice=alice-pw",
+            "bob=bob-pw",
+        ],
+        300,
+    );
+    n.stop();
+}
+
+fn connect(a: &str) -> std::net::TcpStream {
+    let k = std::net::TcpStream::connect(a).unwrap();
+    k.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    k
+}
+
+/// The error code Metadata gives a named topic.
+fn metadata_code(k: &mut std::net::TcpStream, topic: &str) -> i16 {
+    let body = RequestBody::Metadata(metadata_request::MetadataRequest {
+        topics: Some(vec![metadata_request::MetadataRequestTopic {
+            name: Some(topic.into()),
+            ..Default::default()
+        }]),
+        allow_auto_topic_creation: false,
+        ..Default::default()
+    });
+    let r = common::raw::call(k, 12, body);
+    metadata_response::MetadataResponse::decode(&r, 12)
+        .unwrap()
+        .topics[0]
+        .error_code
+}
+
+/// With `allow.everyone.if.no.acl.found=true`, a resource without any
+/// binding is open to all, and one with a binding for someone else is not;
+/// without an authorizer, the ACL APIs answer SECURITY_DISABLED.
+#[test]
+fn allow_if_no_acl_found_and_no_authorizer() {
+    let n = node(&[
+        ("listeners", "PLAINTEXT://127.0.0.1:0"),
+        (
+            "authorizer.class.name",
+            "kafka.security.authorizer.AclAuthorizer",
+        ),
+        ("allow.everyone.if.no.acl.found", "true"),
+    ]);
+    let a = addr(&n, "PLAINTEXT");
+    let mut k = connect(&a);
+    assert_eq!(common::raw::create_topic(&mut k, "open", 1, &[]), 0);
+    assert_eq!(common::raw::create_topic(&mut k, "guarded", 1, &[]), 0);
+    let mut doc = SecurityDoc::default();
+    doc.acls.push(AclBinding {
+        resource_type: ResourceType::Topic,
+        name: "guarded".into(),
+        pattern: PatternType::Literal,
+        principal: "User:carol".into(),
+        host: "*".into(),
+        operation: Operation::Read,
+        permission: Permission::Allow,
+    });
+    store(&n, &doc);
+    assert_eq!(metadata_code(&mut k, "open"), 0, "no binding: open to all");
+    assert_eq!(
+        metadata_code(&mut k, "guarded"),
+        29,
+        "a binding for carol only"
+    );
+    n.stop();
+
+    let n = node(&[("listeners", "PLAINTEXT://127.0.0.1:0")]);
+    let mut k = connect(&addr(&n, "PLAINTEXT"));
+    let body = RequestBody::DescribeAcls(describe_acls_request::DescribeAclsRequest {
+        resource_type_filter: 1,
+        pattern_type_filter: 1,
+        operation: 1,
+        permission_type: 1,
+        ..Default::default()
+    });
+    let r = common::raw::call(&mut k, 2, body);
+    let d = describe_acls_response::DescribeAclsResponse::decode(&r, 2).unwrap();
+    assert_eq!(d.error_code, 54, "SECURITY_DISABLED");
+    n.stop();
+}
