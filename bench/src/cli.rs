@@ -270,6 +270,10 @@ pub struct WorkloadArgs {
     /// librdkafka compression.type.
     #[arg(long, value_enum, default_value_t = Compression::None)]
     pub compression: Compression,
+    /// A librdkafka setting for every client (admin, producers, consumers),
+    /// e.g. `security.protocol=SASL_SSL`. Repeatable.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub client_config: Vec<String>,
     /// Any other librdkafka producer setting. Repeatable.
     #[arg(long, value_name = "KEY=VALUE")]
     pub producer_config: Vec<String>,
@@ -323,6 +327,7 @@ pub struct RunConfig {
     pub linger_ms: u64,
     pub batch_bytes: u64,
     pub compression: Compression,
+    pub client_config: Vec<(String, String)>,
     pub producer_config: Vec<(String, String)>,
     pub consumer_config: Vec<(String, String)>,
 }
@@ -485,6 +490,7 @@ impl WorkloadArgs {
             linger_ms: self.linger_ms,
             batch_bytes: self.batch_bytes,
             compression: self.compression,
+            client_config: key_values("--client-config", &self.client_config)?,
             producer_config: key_values("--producer-config", &self.producer_config)?,
             consumer_config: key_values("--consumer-config", &self.consumer_config)?,
         })

@@ -840,6 +840,7 @@ pub(crate) fn sample_report() -> SweepReport {
                 linger_ms: 5,
                 batch_bytes: 1_000_000,
                 compression: Compression::None,
+                client_config: Vec::new(),
                 producer_config: Vec::new(),
                 consumer_config: Vec::new(),
             },

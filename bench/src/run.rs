@@ -238,10 +238,13 @@ fn kafka_err(op: impl Into<String>, endpoint: &Endpoint) -> impl FnOnce(KafkaErr
     }
 }
 
-fn base_config(endpoint: &Endpoint, client_id: &str) -> ClientConfig {
+fn base_config(config: &RunConfig, endpoint: &Endpoint, client_id: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &endpoint.bootstrap)
         .set("client.id", client_id);
+    for (k, v) in &config.client_config {
+        c.set(k, v);
+    }
     c
 }
 
@@ -250,7 +253,7 @@ fn ensure_topic(config: &RunConfig, timeout: Duration) -> Result<i32, BenchError
     let endpoint = &config.endpoints[0];
     let client_id = endpoint.client_id("admin", 0);
     let admin: AdminClient<LogContext> = AdminClient::from_config_and_context(
-        &base_config(endpoint, &client_id),
+        &base_config(config, endpoint, &client_id),
         LogContext {
             client_id: client_id.clone(),
         },
@@ -403,10 +406,13 @@ pub fn leader_paths(leader_zones: &[Option<&str>], producer_zone: Option<&str>) 
 
 /// An admin client with no zone tag and no rack: Ferry shows such a client
 /// the true leaders (not its zone's proxies).
-fn untagged_admin(endpoint: &Endpoint) -> Result<AdminClient<LogContext>, BenchError> {
+fn untagged_admin(
+    config: &RunConfig,
+    endpoint: &Endpoint,
+) -> Result<AdminClient<LogContext>, BenchError> {
     let client_id = "ferry-bench-leaders".to_string();
     AdminClient::from_config_and_context(
-        &base_config(endpoint, &client_id),
+        &base_config(config, endpoint, &client_id),
         LogContext { client_id },
     )
     .map_err(kafka_err("creating the leader lookup client", endpoint))
@@ -475,7 +481,7 @@ fn create_consumer(
     let zone = index % config.endpoints.len();
     let endpoint = &config.endpoints[zone];
     let client_id = endpoint.client_id("consumer", index);
-    let mut c = base_config(endpoint, &client_id);
+    let mut c = base_config(config, endpoint, &client_id);
     // librdkafka assigns partitions only through a group handle, so the
     // consumers name a group of their own; they never join it or commit.
     c.set("group.id", format!("ferry-bench-{run_id}"))
@@ -555,7 +561,7 @@ fn create_producer(
     let leader_zones: Vec<Option<&str>> = leaders.iter().map(|l| l.zone.as_deref()).collect();
     let paths = leader_paths(&leader_zones, endpoint.zone.as_deref());
     let client_id = endpoint.client_id("producer", index);
-    let mut c = base_config(endpoint, &client_id);
+    let mut c = base_config(config, endpoint, &client_id);
     c.set("acks", config.acks.as_config())
         .set("linger.ms", config.linger_ms.to_string())
         .set("batch.size", config.batch_bytes.to_string())
@@ -856,7 +862,7 @@ pub fn run(config: &RunConfig, command: Vec<String>) -> Result<Report, BenchErro
     // publish latency by path.
     let leaders = if config.endpoints.iter().any(|e| e.zone.is_some()) {
         let endpoint = &config.endpoints[0];
-        let admin = untagged_admin(endpoint)?;
+        let admin = untagged_admin(config, endpoint)?;
         let zones = broker_zones(&config.endpoints);
         let found = true_leaders(&admin, endpoint, &config.topic, partitions, &zones, timeout)?;
         Some((admin, zones, found))
@@ -1266,6 +1272,7 @@ mod tests {
             linger_ms: 5,
             batch_bytes: 1_000_000,
             compression: crate::cli::Compression::None,
+            client_config: Vec::new(),
             producer_config: Vec::new(),
             consumer_config: Vec::new(),
         }

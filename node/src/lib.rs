@@ -8,11 +8,13 @@
 //!
 //! - [`broker`]: what faces clients. [`broker::server`] starts a node (one
 //!   glommio executor, a shard, per core, joined by a channel mesh, each
-//!   with its own SO_REUSEPORT listener or shard 0 accepting for all) and
-//!   runs the retention and compaction timers; [`broker::conn`] serves one
-//!   connection (reads into the shard's arena, a handler per frame, answers
-//!   in request order, node-to-node RPCs as soon as ready);
-//!   [`broker::api`] turns each Kafka request into its response;
+//!   with its own SO_REUSEPORT socket on every listener or shard 0 accepting
+//!   for all) and runs the retention and compaction timers; [`broker::conn`]
+//!   serves one connection (TLS, then reads into the shard's arena, a
+//!   handler per frame, answers in request order, node-to-node RPCs as soon
+//!   as ready, on the inter-broker listener only); [`broker::sasl`] is a
+//!   connection's SASL state; [`broker::api`] turns each Kafka request into
+//!   its response, after the ACL checks;
 //!   [`broker::configs`] is the admin API for topic and broker configs;
 //!   [`broker::http`] serves `/metrics`. It hands each shard its
 //!   [`shard::BrokerHooks`], the shard's only way up.
@@ -38,6 +40,9 @@
 //!   [`cluster::zone`], a client's zone; [`cluster::topics`], the topic
 //!   table; [`cluster::rpc`], the node-to-node RPCs (handoff commit, replica
 //!   read, forward).
+//! - [`security`]: TLS configurations from PEM (reloaded when their files
+//!   change), principals, SASL PLAIN and SCRAM, Kafka's ACL model and
+//!   authorizer, and the cluster's security document (credentials, ACLs).
 //! - [`config`]: `server.properties` and AutoMQ's keys.
 //! - [`arena`] (each shard's off-heap read arena), [`clock`] and [`prom`]
 //!   (the one Prometheus text writer), below everything.

@@ -224,3 +224,41 @@ fn past_queued_max_request_bytes_the_node_stops_reading_requests() {
         "answered after {default:?} with room to spare"
     );
 }
+
+/// InitProducerId naming another producer's id and epoch gets a fresh id
+/// (Kafka's rule without a transactional id), so it cannot bump that
+/// producer's epoch: the first producer goes on writing at its epoch.
+#[test]
+fn init_producer_id_naming_another_producer_cannot_fence_it() {
+    let node = server::start(
+        settings(),
+        Arc::new(MemoryLog::new()),
+        Default::default(),
+        HashMap::new(),
+    )
+    .unwrap();
+    let mut k = TcpStream::connect(node.addr).unwrap();
+    k.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(common::raw::create_topic(&mut k, "pid", 1, &[]), 0);
+    let (a, epoch) = common::raw::init_producer_id(&mut k, -1, -1);
+    assert_eq!(epoch, 0);
+    assert_eq!(
+        common::raw::produce_idempotent(&mut k, "pid", 0, (a, 0, 0)),
+        0
+    );
+    // Another client names producer `a` and its epoch.
+    let mut other = TcpStream::connect(node.addr).unwrap();
+    other
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let (b, b_epoch) = common::raw::init_producer_id(&mut other, a, 0);
+    assert_ne!(b, a, "a fresh id, not producer a's");
+    assert_eq!(b_epoch, 0);
+    // Producer `a` is not fenced: its next batch at epoch 0 is taken.
+    assert_eq!(
+        common::raw::produce_idempotent(&mut k, "pid", 0, (a, 0, 1)),
+        0
+    );
+    assert_eq!(common::raw::list_offset(&mut k, "pid", 0, -1), 2);
+    node.stop();
+}

@@ -204,26 +204,7 @@ async fn serve_conn(
     drop(writer);
 }
 
-/// Runs `f` on a fresh executor and returns its result, failing the test
-/// if it takes more than `secs`.
-fn run_bounded<T: Send + 'static, F, Fut>(secs: u64, f: F) -> T
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = T> + 'static,
-{
-    let (tx, rx) = std::sync::mpsc::channel();
-    let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .name("rpc-test-client")
-        .spawn(move || async move {
-            let _ = tx.send(f().await);
-        })
-        .expect("executor");
-    let r = rx
-        .recv_timeout(Duration::from_secs(secs))
-        .unwrap_or_else(|_| panic!("test did not finish within {secs} s"));
-    ex.join().expect("join");
-    r
-}
+use common::run_bounded;
 
 fn member(node_id: i32, zone: &str, addr: SocketAddr) -> Member {
     Member::new(node_id, zone, addr.ip().to_string(), addr.port())
@@ -641,6 +622,7 @@ fn a_handoff_commit_is_checked_before_it_changes_a_log() {
     k.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     assert_eq!(common::raw::create_topic(&mut k, "h", 1, &[]), 0);
     let topic_id = topic_id(&mut k, "h");
+    let revision = node.ctx.cluster.published().load().revision();
     let batch = |last_offset_delta: i32, record_count: i32| HandoffBatch {
         key: "handoff/1/00000000000000000000.wal".into(),
         position: 0,
@@ -655,7 +637,7 @@ fn a_handoff_commit_is_checked_before_it_changes_a_log() {
     };
     let commit = move |from_node: i32, b: HandoffBatch| HandoffCommit {
         from_node,
-        view_revision: 1,
+        view_revision: revision,
         partitions: vec![HandoffPartition {
             topic: "h".into(),
             topic_id,
@@ -663,16 +645,21 @@ fn a_handoff_commit_is_checked_before_it_changes_a_log() {
             batches: vec![b],
         }],
     };
+    let stale = |mut c: HandoffCommit| {
+        c.view_revision += 1;
+        c
+    };
     let to = member(1, "zone-a", addr);
     let codes = run_bounded(30, move || async move {
         let (c, _) = client();
         let mut codes = Vec::new();
         for req in [
-            commit(2, batch(0, 1)),   // node 2 is not in the view
-            commit(1, batch(-5, -4)), // a negative delta
-            commit(1, batch(3, 1)),   // a delta that does not match the count
-            commit(1, batch(-1, 0)),  // no record
-            commit(1, batch(0, 1)),   // well formed
+            commit(2, batch(0, 1)),        // node 2 is not in the view
+            stale(commit(1, batch(0, 1))), // another view revision
+            commit(1, batch(-5, -4)),      // a negative delta
+            commit(1, batch(3, 1)),        // a delta that does not match the count
+            commit(1, batch(-1, 0)),       // no record
+            commit(1, batch(0, 1)),        // well formed
         ] {
             let r = c.handoff_commit(&to, &req, 5 * SECOND).await.unwrap();
             codes.push(r.partitions[0][0].error_code);
@@ -681,8 +668,8 @@ fn a_handoff_commit_is_checked_before_it_changes_a_log() {
     });
     assert_eq!(
         codes,
-        [6, 87, 87, 87, 0],
-        "NOT_LEADER, INVALID_RECORD x3, taken"
+        [6, 6, 87, 87, 87, 0],
+        "NOT_LEADER x2, INVALID_RECORD x3, taken"
     );
     // Only the well-formed batch moved the log: it sits at offset 0.
     assert_eq!(common::raw::list_offset(&mut k, "h", 0, -1), 1);
@@ -735,7 +722,7 @@ fn node_to_node_calls_are_served_on_the_inter_broker_listener_only() {
     let topic_id = topic_id(&mut k, "ib");
     let commit = HandoffCommit {
         from_node: 1,
-        view_revision: 1,
+        view_revision: node.ctx.cluster.published().load().revision(),
         partitions: vec![HandoffPartition {
             topic: "ib".into(),
             topic_id,

@@ -1828,6 +1828,38 @@ group.initial.rebalance.delay.ms=0
         assert_eq!(c.inter_broker_listener, "INTERNAL");
     }
 
+    /// The worked `server.properties` in the README's "Security" section
+    /// parses, with every key known and the security it describes.
+    #[test]
+    fn the_readme_security_example_parses() {
+        let readme = include_str!("../../../README.md");
+        let start = readme
+            .find("    node.id=2\n")
+            .expect("the README's worked example");
+        let text: String = readme[start..]
+            .lines()
+            .take_while(|l| l.starts_with("    ") || l.is_empty())
+            .map(|l| l.trim_start().to_owned() + "\n")
+            .collect();
+        let c = parse(&text).unwrap();
+        assert!(c.unknown_keys.is_empty(), "{:?}", c.unknown_keys);
+        assert_eq!(c.inter_broker_listener, "INTERNAL");
+        assert_eq!(c.listeners[0].protocol, SecurityProtocol::SaslSsl);
+        assert_eq!(c.listeners[1].protocol, SecurityProtocol::Ssl);
+        let internal = c.listener_security[1].tls.as_ref().unwrap();
+        assert_eq!(internal.client_auth, ClientAuth::Required);
+        assert_eq!(
+            internal
+                .principal_rules
+                .apply("CN=node-2,OU=ferry-nodes,O=Example")
+                .as_deref(),
+            Some("node-2")
+        );
+        assert!(c.acls_enabled);
+        assert_eq!(c.super_users.len(), 4);
+        assert_eq!(c.reauth_ms, Some(3_600_000));
+    }
+
     #[test]
     fn listener_security_that_cannot_work_stops_the_start() {
         for (text, want) in [

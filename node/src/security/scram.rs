@@ -919,7 +919,9 @@ mod tests {
             .unwrap()
             .strip_prefix("r=rOprNGfwEbeRWgbNEkqO")
             .unwrap();
-        assert_eq!(STANDARD.decode(nonce).unwrap().len(), SERVER_NONCE_LEN);
+        // Hex: letters and digits only.
+        assert_eq!(nonce.len(), 2 * SERVER_NONCE_LEN);
+        assert!(nonce.chars().all(|c| c.is_ascii_hexdigit()), "{nonce}");
         let (last, expected) = client_final(
             SaslMechanism::ScramSha256,
             "pencil",

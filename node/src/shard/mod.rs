@@ -617,8 +617,11 @@ impl crate::cluster::rpc::RpcHandler for Rc<Shard> {
         req: crate::cluster::rpc::HandoffCommit,
     ) -> crate::cluster::rpc::HandoffCommitResponse {
         // Only a node of the current view hands batches off (one that just
-        // joined, or left, is answered "retry": nothing was written).
-        if self.view().member(req.from_node).is_none() {
+        // joined, or left, is answered "retry": nothing was written), and
+        // only as of that view: a proxy that saw another revision may route
+        // by leadership that has moved, and retries once the views agree.
+        let view = self.view();
+        if view.member(req.from_node).is_none() || req.view_revision != view.revision() {
             return crate::cluster::rpc::HandoffCommitResponse::all(
                 &req,
                 ErrorCode::NOT_LEADER_OR_FOLLOWER,

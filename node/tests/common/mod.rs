@@ -141,6 +141,27 @@ pub fn python(script: &str, args: &[&str], secs: u64) {
     assert!(status.success(), "{what} failed: {status}");
 }
 
+/// Runs `f` on a fresh glommio executor and returns its result, failing
+/// the test if it takes more than `secs`.
+pub fn run_bounded<T: Send + 'static, F, Fut>(secs: u64, f: F) -> T
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .name("test-client")
+        .spawn(move || async move {
+            let _ = tx.send(f().await);
+        })
+        .expect("executor");
+    let r = rx
+        .recv_timeout(Duration::from_secs(secs))
+        .unwrap_or_else(|_| panic!("test did not finish within {secs} s"));
+    ex.join().expect("join");
+    r
+}
+
 /// Raw Kafka requests over a blocking socket, for tests that need exact
 /// control of what is sent.
 pub mod raw {
@@ -334,6 +355,54 @@ pub mod raw {
         });
         let resp = call(conn, version, body);
         produce_response::ProduceResponse::decode(&resp, version).unwrap()
+    }
+
+    /// Produces one record as an idempotent producer (`producer_id`,
+    /// `epoch`, first sequence `sequence`); returns the error code.
+    pub fn produce_idempotent(
+        conn: &mut TcpStream,
+        topic: &str,
+        partition: i32,
+        (producer_id, epoch, sequence): (i64, i16, i32),
+    ) -> i16 {
+        let mut b = RecordBatchBuilder::new().producer(producer_id, epoch, sequence);
+        b.push(NewRecord::new(1_000, Some(b"k"), Some(b"v")));
+        let body = RequestBody::Produce(produce_request::ProduceRequest {
+            acks: -1,
+            timeout_ms: 10_000,
+            topic_data: vec![produce_request::TopicProduceData {
+                name: topic.into(),
+                partition_data: vec![produce_request::PartitionProduceData {
+                    index: partition,
+                    records: Some(b.build().unwrap().into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let resp = call(conn, 9, body);
+        produce_response::ProduceResponse::decode(&resp, 9)
+            .unwrap()
+            .responses[0]
+            .partition_responses[0]
+            .error_code
+    }
+
+    /// InitProducerId (v4) naming `producer_id` and `epoch` (-1: none);
+    /// returns the id and epoch given.
+    pub fn init_producer_id(conn: &mut TcpStream, producer_id: i64, epoch: i16) -> (i64, i16) {
+        let body = RequestBody::InitProducerId(init_producer_id_request::InitProducerIdRequest {
+            transactional_id: None,
+            transaction_timeout_ms: 60_000,
+            producer_id,
+            producer_epoch: epoch,
+            ..Default::default()
+        });
+        let r = call(conn, 4, body);
+        let r = init_producer_id_response::InitProducerIdResponse::decode(&r, 4).unwrap();
+        assert_eq!(r.error_code, 0);
+        (r.producer_id, r.producer_epoch)
     }
 
     /// ListOffsets for one partition: -2 earliest, -1 latest.

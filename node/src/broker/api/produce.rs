@@ -154,16 +154,15 @@ pub(super) fn init_producer_id(
             ..Default::default()
         };
     }
-    // A client bumping its own epoch (KIP-360) keeps its id.
-    let (id, epoch) = if i.producer_id >= 0 && i.producer_epoch >= 0 && i.producer_epoch < i16::MAX
-    {
-        (i.producer_id, i.producer_epoch + 1)
-    } else {
-        (ids.next(), 0)
-    };
+    // Without a transactional id Kafka always answers a new producer id at
+    // epoch 0, whatever id and epoch the request names (KIP-360's bump is
+    // for transactional producers): a client cannot bump, and so fence,
+    // another producer's epoch. A client that asked to bump its own gets a
+    // fresh id, which clients take as a reset.
+    let _ = (i.producer_id, i.producer_epoch);
     InitProducerIdResponse {
-        producer_id: id,
-        producer_epoch: epoch,
+        producer_id: ids.next(),
+        producer_epoch: 0,
         ..Default::default()
     }
 }

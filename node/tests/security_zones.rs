@@ -1,0 +1,234 @@
+//! Security across zones, with two in-process nodes in two zones sharing a
+//! bucket and a coordinator: clients on SASL, nodes calling each other over
+//! mutual TLS on their INTERNAL listener. A client of zone-b produces
+//! through its zone's node to partitions led in zone-a (handed off over
+//! mTLS), the proxy enforcing the same ACLs as the leader; a caller with a
+//! valid certificate that is not a member's is refused on the inter-node
+//! listener and changes nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use ferry_node::broker::server::{self, RunningNode};
+use ferry_node::cluster::rpc::{
+    HandoffBatch, HandoffCommit, HandoffPartition, RpcClient, RpcTraffic,
+};
+use ferry_node::cluster::{Doc, LocalCoordinator, Member};
+use ferry_node::config::{Config, HostEnv, SaslMechanism};
+use ferry_node::node::{ClusterJoin, NodeSettings};
+use ferry_node::security::acl::{AclBinding, Operation, PatternType, Permission, ResourceType};
+use ferry_node::security::pki::DevCa;
+use ferry_node::security::scram::ScramCredential;
+use ferry_node::security::SecurityDoc;
+use ferry_node::storage::durable::MemoryLog;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+fn config(id: i32, keystore: &str, ca: &str) -> Config {
+    let id_text = id.to_string();
+    Config::from_pairs(
+        [
+            ("node.id", id_text.as_str()),
+            ("listeners", "CLIENT://127.0.0.1:0,INTERNAL://127.0.0.1:0"),
+            (
+                "listener.security.protocol.map",
+                "CLIENT:SASL_PLAINTEXT,INTERNAL:SSL",
+            ),
+            ("inter.broker.listener.name", "INTERNAL"),
+            ("sasl.enabled.mechanisms", "PLAIN"),
+            ("ssl.keystore.location", keystore),
+            ("ssl.truststore.location", ca),
+            ("listener.name.internal.ssl.client.auth", "required"),
+            (
+                "listener.name.internal.ssl.principal.mapping.rules",
+                "RULE:^CN=([^,]*),OU=ferry-nodes.*$/$1/",
+            ),
+            (
+                "authorizer.class.name",
+                "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            ),
+            ("super.users", "User:admin"),
+            ("s3.data.buckets", "0@file:///unused"),
+        ],
+        HostEnv::detect(),
+    )
+    .unwrap()
+}
+
+fn node(
+    zone: &str,
+    config: &Config,
+    coordinator: &Arc<LocalCoordinator>,
+    bucket: &Arc<MemoryLog>,
+) -> RunningNode {
+    server::start(
+        NodeSettings {
+            rack: Some(zone.to_owned()),
+            shards: 1,
+            cluster: ClusterJoin::Local(coordinator.clone()),
+            ..NodeSettings::from_config(config).unwrap()
+        },
+        bucket.clone(),
+        Default::default(),
+        Default::default(),
+    )
+    .unwrap()
+}
+
+fn addr(node: &RunningNode, name: &str) -> std::net::SocketAddr {
+    node.listeners
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, a)| *a)
+        .unwrap()
+}
+
+#[test]
+fn a_proxy_in_the_clients_zone_enforces_acls_and_hands_off_over_mtls() {
+    let _ = tracing_subscriber::fmt().with_env_filter("info").try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = DevCa::new("Ferry test CA").unwrap();
+    let ca_path = write(dir.path(), "ca.pem", &ca.cert_pem);
+    let keystores: Vec<String> = (1..=2)
+        .map(|i| {
+            let leaf = ca
+                .leaf(
+                    &format!("CN=node-{i},OU=ferry-nodes,O=Ferry"),
+                    &["127.0.0.1"],
+                )
+                .unwrap();
+            write(dir.path(), &format!("node-{i}.pem"), &leaf.keystore_pem(""))
+        })
+        .collect();
+    let coordinator = LocalCoordinator::new();
+    let bucket = Arc::new(MemoryLog::new());
+    let a = node(
+        "zone-a",
+        &config(1, &keystores[0], &ca_path),
+        &coordinator,
+        &bucket,
+    );
+    let b = node(
+        "zone-b",
+        &config(2, &keystores[1], &ca_path),
+        &coordinator,
+        &bucket,
+    );
+    // Each member registered the principal its certificate maps to.
+    let view = coordinator.view();
+    let principals: Vec<&str> = view
+        .members()
+        .iter()
+        .map(|m| m.principal.as_str())
+        .collect();
+    assert_eq!(principals, ["User:node-1", "User:node-2"]);
+
+    let mut doc = SecurityDoc::default();
+    for (user, pw) in [
+        ("admin", "admin-pw"),
+        ("alice", "alice-pw"),
+        ("bob", "bob-pw"),
+    ] {
+        let c = ScramCredential::from_password(SaslMechanism::ScramSha512, pw, None, 4096).unwrap();
+        doc.upsert(user, c);
+    }
+    let allow = |resource_type, name: &str, operation| AclBinding {
+        resource_type,
+        name: name.into(),
+        pattern: PatternType::Literal,
+        principal: "User:alice".into(),
+        host: "*".into(),
+        operation,
+        permission: Permission::Allow,
+    };
+    doc.acls = vec![
+        allow(ResourceType::Topic, "zz", Operation::Write),
+        allow(ResourceType::Topic, "zz", Operation::Read),
+        allow(ResourceType::Group, "gz", Operation::Read),
+    ];
+    let put = coordinator_doc_put(&a, &doc);
+    futures_lite::future::block_on(put).unwrap().unwrap();
+
+    common::python(
+        "acl_zones.py",
+        &[
+            &format!("zone_a={}", addr(&a, "CLIENT")),
+            &format!("zone_b={}", addr(&b, "CLIENT")),
+        ],
+        240,
+    );
+    // zone-b's node handed batches off to zone-a's leader: over the INTERNAL
+    // listener, which only mutual TLS gets into.
+    let handed_off: u64 = b
+        .ctx
+        .traffic
+        .snapshot()
+        .iter()
+        .filter(|(_, kind, _, _)| *kind == "handoff")
+        .map(|(_, _, out, _)| out)
+        .sum();
+    assert!(handed_off > 0, "{:?}", b.ctx.traffic.snapshot());
+
+    // A caller with a certificate from the same CA that is no member's is
+    // refused on the inter-node listener, and changes nothing.
+    let mallory = ca
+        .leaf("CN=mallory,OU=ferry-nodes,O=Ferry", &["127.0.0.1"])
+        .unwrap();
+    let mallory_pem = write(dir.path(), "mallory.pem", &mallory.keystore_pem(""));
+    let mallory_config = config(9, &mallory_pem, &ca_path);
+    let tls = mallory_config.listener_security[1].tls.clone().unwrap();
+    let client_tls = ferry_node::security::tls::TlsClient::load_client("INTERNAL", &tls).unwrap();
+    let internal = addr(&a, "INTERNAL");
+    let codes = common::run_bounded(30, move || async move {
+        let rpc = RpcClient::new(Arc::new(RpcTraffic::new()), 1 << 20).with_tls(Some(client_tls));
+        let to = Member::new(1, "zone-a", internal.ip().to_string(), internal.port());
+        let commit = HandoffCommit {
+            from_node: 2,
+            view_revision: 1,
+            partitions: vec![HandoffPartition {
+                topic: "zz".into(),
+                topic_id: [0; 16],
+                partition: 0,
+                batches: vec![HandoffBatch {
+                    key: "handoff/2/00000000000000000000.wal".into(),
+                    position: 0,
+                    len: 100,
+                    crc: 0,
+                    record_count: 1,
+                    last_offset_delta: 0,
+                    max_timestamp: 1,
+                    producer_id: -1,
+                    producer_epoch: -1,
+                    base_sequence: -1,
+                }],
+            }],
+        };
+        rpc.handoff_commit(&to, &commit, Duration::from_secs(5))
+            .await
+            .map(|r| r.partitions[0][0].error_code)
+    });
+    assert_eq!(
+        codes.unwrap(),
+        31,
+        "CLUSTER_AUTHORIZATION_FAILED for a non-member's call"
+    );
+    a.stop();
+    b.stop();
+}
+
+fn coordinator_doc_put(
+    n: &RunningNode,
+    doc: &SecurityDoc,
+) -> ferry_node::cluster::CoordinatorFuture<Result<u64, u64>> {
+    let (version, _) = n.ctx.cluster.doc(Doc::Security);
+    n.ctx
+        .cluster
+        .put_doc(Doc::Security, version, doc.encode().into())
+}
