@@ -5,58 +5,18 @@
 
 mod common;
 
-use ferry_node::broker::server::{self, RunningNode};
-use ferry_node::cluster::Doc;
-use ferry_node::config::{Config, HostEnv, SaslMechanism};
-use ferry_node::node::NodeSettings;
+use ferry_node::config::SaslMechanism;
 use ferry_node::security::acl::{AclBinding, Operation, PatternType, Permission, ResourceType};
 use ferry_node::security::scram::ScramCredential;
 use ferry_node::security::SecurityDoc;
-use ferry_node::storage::durable::MemoryLog;
 use ferry_protocol::messages::*;
 use ferry_protocol::wire::Message;
-use std::sync::Arc;
 use std::time::Duration;
-
-fn node(pairs: &[(&str, &str)]) -> RunningNode {
-    let mut all = vec![("node.id", "1"), ("s3.data.buckets", "0@file:///unused")];
-    all.extend_from_slice(pairs);
-    let config = Config::from_pairs(all, HostEnv::detect()).unwrap();
-    assert!(config.unknown_keys.is_empty(), "{:?}", config.unknown_keys);
-    server::start(
-        NodeSettings {
-            shards: 2,
-            ..NodeSettings::from_config(&config).unwrap()
-        },
-        Arc::new(MemoryLog::new()),
-        Default::default(),
-        Default::default(),
-    )
-    .unwrap()
-}
-
-/// Stores `doc` as the cluster's security document.
-fn store(n: &RunningNode, doc: &SecurityDoc) {
-    let (version, _) = n.ctx.cluster.doc(Doc::Security);
-    let put = n
-        .ctx
-        .cluster
-        .put_doc(Doc::Security, version, doc.encode().into());
-    futures_lite::future::block_on(put).unwrap().unwrap();
-}
-
-fn addr(node: &RunningNode, name: &str) -> String {
-    node.listeners
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, a)| a.to_string())
-        .unwrap()
-}
 
 #[test]
 fn the_acl_matrix_holds_for_real_clients() {
     let _ = tracing_subscriber::fmt().with_env_filter("info").try_init();
-    let n = node(&[
+    let n = common::node_from_pairs(&[
         (
             "listeners",
             "SASL_PLAINTEXT://127.0.0.1:0,INTERNAL://127.0.0.1:0",
@@ -82,11 +42,11 @@ fn the_acl_matrix_holds_for_real_clients() {
         let c = ScramCredential::from_password(SaslMechanism::ScramSha512, pw, None, 4096).unwrap();
         doc.upsert(user, c);
     }
-    store(&n, &doc);
+    common::store_security_doc(&n, &doc);
     common::python(
         "acl_clients.py",
         &[
-            &format!("bootstrap={}", addr(&n, "SASL_PLAINTEXT")),
+            &format!("bootstrap={}", common::listener_addr(&n, "SASL_PLAINTEXT")),
             "admin=admin-pw",
             "alice=alice-pw",
             "bob=bob-pw",
@@ -124,7 +84,7 @@ fn metadata_code(k: &mut std::net::TcpStream, topic: &str) -> i16 {
 /// without an authorizer, the ACL APIs answer SECURITY_DISABLED.
 #[test]
 fn allow_if_no_acl_found_and_no_authorizer() {
-    let n = node(&[
+    let n = common::node_from_pairs(&[
         ("listeners", "PLAINTEXT://127.0.0.1:0"),
         (
             "authorizer.class.name",
@@ -132,7 +92,7 @@ fn allow_if_no_acl_found_and_no_authorizer() {
         ),
         ("allow.everyone.if.no.acl.found", "true"),
     ]);
-    let a = addr(&n, "PLAINTEXT");
+    let a = common::listener_addr(&n, "PLAINTEXT").to_string();
     let mut k = connect(&a);
     assert_eq!(common::raw::create_topic(&mut k, "open", 1, &[]), 0);
     assert_eq!(common::raw::create_topic(&mut k, "guarded", 1, &[]), 0);
@@ -146,7 +106,7 @@ fn allow_if_no_acl_found_and_no_authorizer() {
         operation: Operation::Read,
         permission: Permission::Allow,
     });
-    store(&n, &doc);
+    common::store_security_doc(&n, &doc);
     assert_eq!(metadata_code(&mut k, "open"), 0, "no binding: open to all");
     assert_eq!(
         metadata_code(&mut k, "guarded"),
@@ -155,8 +115,8 @@ fn allow_if_no_acl_found_and_no_authorizer() {
     );
     n.stop();
 
-    let n = node(&[("listeners", "PLAINTEXT://127.0.0.1:0")]);
-    let mut k = connect(&addr(&n, "PLAINTEXT"));
+    let n = common::node_from_pairs(&[("listeners", "PLAINTEXT://127.0.0.1:0")]);
+    let mut k = connect(&common::listener_addr(&n, "PLAINTEXT").to_string());
     let body = RequestBody::DescribeAcls(describe_acls_request::DescribeAclsRequest {
         resource_type_filter: 1,
         pattern_type_filter: 1,

@@ -7,44 +7,15 @@
 
 mod common;
 
-use ferry_node::broker::server::{self, RunningNode};
 use ferry_node::cluster::Doc;
-use ferry_node::config::{Config, HostEnv, SaslMechanism};
-use ferry_node::node::NodeSettings;
+use ferry_node::config::SaslMechanism;
 use ferry_node::security::pki::DevCa;
 use ferry_node::security::scram::ScramCredential;
 use ferry_node::security::SecurityDoc;
-use ferry_node::storage::durable::MemoryLog;
 use ferry_protocol::messages::*;
 use ferry_protocol::wire::Message;
 use std::io::Read;
-use std::sync::Arc;
 use std::time::Duration;
-
-fn node(pairs: &[(&str, &str)]) -> RunningNode {
-    let mut all = vec![("node.id", "1"), ("s3.data.buckets", "0@file:///unused")];
-    all.extend_from_slice(pairs);
-    let config = Config::from_pairs(all, HostEnv::detect()).unwrap();
-    assert!(config.unknown_keys.is_empty(), "{:?}", config.unknown_keys);
-    server::start(
-        NodeSettings {
-            shards: 2,
-            ..NodeSettings::from_config(&config).unwrap()
-        },
-        Arc::new(MemoryLog::new()),
-        Default::default(),
-        Default::default(),
-    )
-    .unwrap()
-}
-
-fn addr(node: &RunningNode, name: &str) -> String {
-    node.listeners
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, a)| a.to_string())
-        .unwrap()
-}
 
 #[test]
 fn clients_authenticate_with_plain_and_scram() {
@@ -56,7 +27,7 @@ fn clients_authenticate_with_plain_and_scram() {
     std::fs::write(&ca_path, &ca.cert_pem).unwrap();
     let keystore = dir.path().join("node.pem");
     std::fs::write(&keystore, leaf.keystore_pem("")).unwrap();
-    let n = node(&[
+    let n = common::node_from_pairs(&[
         (
             "listeners",
             "SASL_SSL://127.0.0.1:0,SASL_PLAINTEXT://127.0.0.1:0,PLAINTEXT://127.0.0.1:0",
@@ -76,9 +47,12 @@ fn clients_authenticate_with_plain_and_scram() {
     common::python(
         "sasl_clients.py",
         &[
-            &format!("sasl_ssl={}", addr(&n, "SASL_SSL")),
-            &format!("sasl_plaintext={}", addr(&n, "SASL_PLAINTEXT")),
-            &format!("plaintext={}", addr(&n, "PLAINTEXT")),
+            &format!("sasl_ssl={}", common::listener_addr(&n, "SASL_SSL")),
+            &format!(
+                "sasl_plaintext={}",
+                common::listener_addr(&n, "SASL_PLAINTEXT")
+            ),
+            &format!("plaintext={}", common::listener_addr(&n, "PLAINTEXT")),
             &format!("ca={}", ca_path.display()),
         ],
         400,
@@ -140,7 +114,7 @@ fn closed(k: &mut std::net::TcpStream) -> bool {
 /// answered ILLEGAL_SASL_STATE and the connection serves on.
 #[test]
 fn a_connection_is_served_only_while_authenticated() {
-    let n = node(&[
+    let n = common::node_from_pairs(&[
         (
             "listeners",
             "SASL_PLAINTEXT://127.0.0.1:0,PLAINTEXT://127.0.0.1:0",
@@ -158,9 +132,8 @@ fn a_connection_is_served_only_while_authenticated() {
         "bob",
         ScramCredential::from_password(SaslMechanism::ScramSha512, "bob-pw", None, 4096).unwrap(),
     );
-    let put = n.ctx.cluster.put_doc(Doc::Security, 0, doc.encode().into());
-    futures_lite::future::block_on(put).unwrap().unwrap();
-    let sasl = addr(&n, "SASL_PLAINTEXT");
+    common::store_security_doc(&n, &doc);
+    let sasl = common::listener_addr(&n, "SASL_PLAINTEXT").to_string();
     let connect = |a: &str| {
         let k = std::net::TcpStream::connect(a).unwrap();
         k.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -224,7 +197,7 @@ fn a_connection_is_served_only_while_authenticated() {
     assert!(closed(&mut k));
 
     // On the PLAINTEXT listener SASL is refused, and the connection lives.
-    let mut k = connect(&addr(&n, "PLAINTEXT"));
+    let mut k = connect(&common::listener_addr(&n, "PLAINTEXT").to_string());
     let body = RequestBody::SaslHandshake(sasl_handshake_request::SaslHandshakeRequest {
         mechanism: "PLAIN".into(),
         ..Default::default()
@@ -242,7 +215,11 @@ fn a_connection_is_served_only_while_authenticated() {
 fn kcat(args: &[&str], input: &str) -> Result<String, String> {
     use std::io::Write;
     use std::process::{Command, Stdio};
+    // Debian's kcat, with its own librdkafka (which has TLS): not one that
+    // `cargo test --workspace` puts on LD_LIBRARY_PATH (rdkafka-sys builds
+    // one without OpenSSL for ferry-bench).
     let mut child = Command::new("kcat")
+        .env_remove("LD_LIBRARY_PATH")
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

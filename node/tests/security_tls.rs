@@ -83,13 +83,7 @@ fn clients_produce_and_consume_over_tls_and_mutual_tls() {
     let ca_path = write(dir.path(), "ca.pem", &ca.cert_pem);
     let keystore = write(dir.path(), "node.pem", &server.keystore_pem(""));
     let node = tls_node(&keystore, &ca_path);
-    let addr = |name: &str| {
-        node.listeners
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, a)| a.to_string())
-            .unwrap()
-    };
+    let addr = |name: &str| common::listener_addr(&node, name).to_string();
     let files = [
         ("ca", ca_path.clone()),
         (

@@ -13,7 +13,7 @@ use ferry_node::broker::server::{self, RunningNode};
 use ferry_node::cluster::rpc::{
     HandoffBatch, HandoffCommit, HandoffPartition, RpcClient, RpcTraffic,
 };
-use ferry_node::cluster::{Doc, LocalCoordinator, Member};
+use ferry_node::cluster::{LocalCoordinator, Member};
 use ferry_node::config::{Config, HostEnv, SaslMechanism};
 use ferry_node::node::{ClusterJoin, NodeSettings};
 use ferry_node::security::acl::{AclBinding, Operation, PatternType, Permission, ResourceType};
@@ -82,14 +82,6 @@ fn node(
     .unwrap()
 }
 
-fn addr(node: &RunningNode, name: &str) -> std::net::SocketAddr {
-    node.listeners
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, a)| *a)
-        .unwrap()
-}
-
 #[test]
 fn a_proxy_in_the_clients_zone_enforces_acls_and_hands_off_over_mtls() {
     let _ = tracing_subscriber::fmt().with_env_filter("info").try_init();
@@ -153,14 +145,13 @@ fn a_proxy_in_the_clients_zone_enforces_acls_and_hands_off_over_mtls() {
         allow(ResourceType::Topic, "zz", Operation::Read),
         allow(ResourceType::Group, "gz", Operation::Read),
     ];
-    let put = coordinator_doc_put(&a, &doc);
-    futures_lite::future::block_on(put).unwrap().unwrap();
+    common::store_security_doc(&a, &doc);
 
     common::python(
         "acl_zones.py",
         &[
-            &format!("zone_a={}", addr(&a, "CLIENT")),
-            &format!("zone_b={}", addr(&b, "CLIENT")),
+            &format!("zone_a={}", common::listener_addr(&a, "CLIENT")),
+            &format!("zone_b={}", common::listener_addr(&b, "CLIENT")),
         ],
         240,
     );
@@ -185,7 +176,7 @@ fn a_proxy_in_the_clients_zone_enforces_acls_and_hands_off_over_mtls() {
     let mallory_config = config(9, &mallory_pem, &ca_path);
     let tls = mallory_config.listener_security[1].tls.clone().unwrap();
     let client_tls = ferry_node::security::tls::TlsClient::load_client("INTERNAL", &tls).unwrap();
-    let internal = addr(&a, "INTERNAL");
+    let internal = common::listener_addr(&a, "INTERNAL");
     let codes = common::run_bounded(30, move || async move {
         let rpc = RpcClient::new(Arc::new(RpcTraffic::new()), 1 << 20).with_tls(Some(client_tls));
         let to = Member::new(1, "zone-a", internal.ip().to_string(), internal.port());
@@ -221,14 +212,4 @@ fn a_proxy_in_the_clients_zone_enforces_acls_and_hands_off_over_mtls() {
     );
     a.stop();
     b.stop();
-}
-
-fn coordinator_doc_put(
-    n: &RunningNode,
-    doc: &SecurityDoc,
-) -> ferry_node::cluster::CoordinatorFuture<Result<u64, u64>> {
-    let (version, _) = n.ctx.cluster.doc(Doc::Security);
-    n.ctx
-        .cluster
-        .put_doc(Doc::Security, version, doc.encode().into())
 }

@@ -119,7 +119,8 @@ pub const AUTHORIZER_CLASSES: &[&str] = &[
     "kafka.security.authorizer.AclAuthorizer",
 ];
 
-/// Every key Ferry reads, in the order [`Config::describe`] lists them.
+/// Every key Ferry reads besides the per-listener ones ([`LISTENER_KEYS`],
+/// which [`Config::describe`] lists after these).
 pub const KNOWN_KEYS: &[&str] = &[
     "node.id",
     "broker.id",
@@ -130,20 +131,6 @@ pub const KNOWN_KEYS: &[&str] = &[
     "controller.listener.names",
     "inter.broker.listener.name",
     "security.inter.broker.protocol",
-    "ssl.keystore.type",
-    "ssl.keystore.location",
-    "ssl.keystore.password",
-    "ssl.key.password",
-    "ssl.keystore.key",
-    "ssl.keystore.certificate.chain",
-    "ssl.truststore.type",
-    "ssl.truststore.location",
-    "ssl.truststore.password",
-    "ssl.truststore.certificates",
-    "ssl.client.auth",
-    "ssl.principal.mapping.rules",
-    "ssl.endpoint.identification.algorithm",
-    "sasl.enabled.mechanisms",
     "connections.max.reauth.ms",
     "authorizer.class.name",
     "super.users",
@@ -583,6 +570,7 @@ impl Config {
     pub fn describe(&self) -> Vec<(String, Option<String>, bool)> {
         KNOWN_KEYS
             .iter()
+            .chain(LISTENER_KEYS)
             .map(|&key| {
                 if is_sensitive_key(key) {
                     (key.to_owned(), None, true)
@@ -690,7 +678,10 @@ impl Config {
             .unwrap_or_default();
         let listener_names: Vec<&str> = listener_names.iter().map(String::as_str).collect();
         for key in raw.0.keys() {
-            if KNOWN_KEYS.contains(&key.as_str()) || is_listener_key(key, &listener_names) {
+            if KNOWN_KEYS.contains(&key.as_str())
+                || LISTENER_KEYS.contains(&key.as_str())
+                || is_listener_key(key, &listener_names)
+            {
                 continue;
             }
             if key.starts_with("ferry.") {
@@ -2198,7 +2189,7 @@ group.initial.rebalance.delay.ms=0
         let c =
             parse("node.id=2\nsasl.jaas.config=hidden\nssl.truststore.password=hidden\n").unwrap();
         let d = c.describe();
-        assert_eq!(d.len(), KNOWN_KEYS.len());
+        assert_eq!(d.len(), KNOWN_KEYS.len() + LISTENER_KEYS.len());
         let get = |k: &str| d.iter().find(|(key, _, _)| key == k).unwrap().clone();
         assert_eq!(get("node.id"), ("node.id".into(), Some("2".into()), false));
         assert_eq!(get("num.partitions").1.as_deref(), Some("1"));

@@ -141,6 +141,54 @@ pub fn python(script: &str, args: &[&str], secs: u64) {
     assert!(status.success(), "{what} failed: {status}");
 }
 
+/// A node with its durable log in memory, configured by `pairs` (plus
+/// `node.id=1` and an unused bucket), with two shards; every key must be
+/// known.
+pub fn node_from_pairs(pairs: &[(&str, &str)]) -> ferry_node::broker::server::RunningNode {
+    let mut all = vec![("node.id", "1"), ("s3.data.buckets", "0@file:///unused")];
+    all.extend_from_slice(pairs);
+    let config =
+        ferry_node::config::Config::from_pairs(all, ferry_node::config::HostEnv::detect()).unwrap();
+    assert!(config.unknown_keys.is_empty(), "{:?}", config.unknown_keys);
+    ferry_node::broker::server::start(
+        ferry_node::node::NodeSettings {
+            shards: 2,
+            ..ferry_node::node::NodeSettings::from_config(&config).unwrap()
+        },
+        std::sync::Arc::new(ferry_node::storage::durable::MemoryLog::new()),
+        Default::default(),
+        Default::default(),
+    )
+    .unwrap()
+}
+
+/// Replaces the cluster's security document (credentials and ACLs) with
+/// `doc`, through the node's coordinator.
+pub fn store_security_doc(
+    node: &ferry_node::broker::server::RunningNode,
+    doc: &ferry_node::security::SecurityDoc,
+) {
+    use ferry_node::cluster::Doc;
+    let (version, _) = node.ctx.cluster.doc(Doc::Security);
+    let put = node
+        .ctx
+        .cluster
+        .put_doc(Doc::Security, version, doc.encode().into());
+    futures_lite::future::block_on(put).unwrap().unwrap();
+}
+
+/// The address `node` bound for listener `name`.
+pub fn listener_addr(
+    node: &ferry_node::broker::server::RunningNode,
+    name: &str,
+) -> std::net::SocketAddr {
+    node.listeners
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, a)| *a)
+        .unwrap_or_else(|| panic!("no listener {name}"))
+}
+
 /// Runs `f` on a fresh glommio executor and returns its result, failing
 /// the test if it takes more than `secs`.
 pub fn run_bounded<T: Send + 'static, F, Fut>(secs: u64, f: F) -> T
@@ -337,7 +385,24 @@ pub mod raw {
         ts: i64,
         key: &[u8],
     ) -> produce_response::ProduceResponse {
+        produce_as(conn, version, topic, partition, ts, key, None)
+    }
+
+    /// [`produce_at`], as an idempotent producer when `producer` is given
+    /// (id, epoch, sequence).
+    fn produce_as(
+        conn: &mut TcpStream,
+        version: i16,
+        topic: &str,
+        partition: i32,
+        ts: i64,
+        key: &[u8],
+        producer: Option<(i64, i16, i32)>,
+    ) -> produce_response::ProduceResponse {
         let mut b = RecordBatchBuilder::new();
+        if let Some((id, epoch, sequence)) = producer {
+            b = b.producer(id, epoch, sequence);
+        }
         b.push(NewRecord::new(ts, Some(key), Some(b"v")));
         let body = RequestBody::Produce(produce_request::ProduceRequest {
             acks: -1,
@@ -363,30 +428,10 @@ pub mod raw {
         conn: &mut TcpStream,
         topic: &str,
         partition: i32,
-        (producer_id, epoch, sequence): (i64, i16, i32),
+        producer: (i64, i16, i32),
     ) -> i16 {
-        let mut b = RecordBatchBuilder::new().producer(producer_id, epoch, sequence);
-        b.push(NewRecord::new(1_000, Some(b"k"), Some(b"v")));
-        let body = RequestBody::Produce(produce_request::ProduceRequest {
-            acks: -1,
-            timeout_ms: 10_000,
-            topic_data: vec![produce_request::TopicProduceData {
-                name: topic.into(),
-                partition_data: vec![produce_request::PartitionProduceData {
-                    index: partition,
-                    records: Some(b.build().unwrap().into()),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        });
-        let resp = call(conn, 9, body);
-        produce_response::ProduceResponse::decode(&resp, 9)
-            .unwrap()
-            .responses[0]
-            .partition_responses[0]
-            .error_code
+        let r = produce_as(conn, 9, topic, partition, 1_000, b"k", Some(producer));
+        r.responses[0].partition_responses[0].error_code
     }
 
     /// InitProducerId (v4) naming `producer_id` and `epoch` (-1: none);

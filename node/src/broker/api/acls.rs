@@ -73,6 +73,48 @@ pub(super) fn allowed_on_cluster(shard: &Shard, session: &Session, op: Operation
     )
 }
 
+/// Config resources (DescribeConfigs, AlterConfigs...): a topic's needs
+/// `op` on the topic, a broker's on the cluster.
+pub(super) fn config_allowed(
+    shard: &Shard,
+    session: &Session,
+    op: Operation,
+    resource_type: i8,
+    name: &str,
+) -> bool {
+    const TOPIC: i8 = 2;
+    if resource_type == TOPIC {
+        allowed(shard, session, op, ResourceType::Topic, name)
+    } else {
+        allowed_on_cluster(shard, session, op)
+    }
+}
+
+/// Splits a request's config resources into those allowed and the refused
+/// ones' `(type, name, error code)`.
+pub(super) fn config_access<R>(
+    resources: Vec<R>,
+    key: impl Fn(&R) -> (i8, KStr),
+    allowed: impl Fn(i8, &str) -> bool,
+) -> (Vec<R>, Vec<(i8, KStr, i16)>) {
+    let mut ok = Vec::new();
+    let mut refused = Vec::new();
+    for r in resources {
+        let (resource_type, name) = key(&r);
+        if allowed(resource_type, name.as_str()) {
+            ok.push(r);
+        } else {
+            let code = if resource_type == 2 {
+                ErrorCode::TOPIC_AUTHORIZATION_FAILED
+            } else {
+                ErrorCode::CLUSTER_AUTHORIZATION_FAILED
+            };
+            refused.push((resource_type, name, code.code()));
+        }
+    }
+    (ok, refused)
+}
+
 /// Without an authorizer the ACL APIs answer SECURITY_DISABLED, as Kafka's.
 fn disabled(shard: &Shard) -> bool {
     !shard.ctx.acls_enabled

@@ -268,28 +268,26 @@ pub async fn handle(
             ResponseBody::DescribeCluster(describe_cluster(shard, listener))
         }
         RequestBody::DescribeConfigs(mut d) => {
-            let config_ok = |rt: i8, name: &str| match rt {
-                2 => may(Operation::DescribeConfigs, name),
-                _ => on_cluster(Operation::DescribeConfigs),
-            };
-            let (ok, refused): (Vec<_>, Vec<_>) = std::mem::take(&mut d.resources)
-                .into_iter()
-                .partition(|r| config_ok(r.resource_type, r.resource_name.as_str()));
+            let (ok, refused) = config_access(
+                std::mem::take(&mut d.resources),
+                |r| (r.resource_type, r.resource_name.clone()),
+                |rt, name| config_allowed(shard, session, Operation::DescribeConfigs, rt, name),
+            );
             d.resources = ok;
             let mut r = crate::broker::configs::describe(&shard.ctx, &shard.topics.get(), &d);
-            r.results.extend(refused.into_iter().map(|res| {
-                describe_configs_response::DescribeConfigsResult {
-                    error_code: if res.resource_type == 2 {
-                        TOPIC_DENIED
-                    } else {
-                        CLUSTER_DENIED
-                    },
-                    error_message: denied("DESCRIBE_CONFIGS"),
-                    resource_type: res.resource_type,
-                    resource_name: res.resource_name,
-                    ..Default::default()
-                }
-            }));
+            r.results.extend(
+                refused
+                    .into_iter()
+                    .map(|(resource_type, resource_name, code)| {
+                        describe_configs_response::DescribeConfigsResult {
+                            error_code: code,
+                            error_message: denied("DESCRIBE_CONFIGS"),
+                            resource_type,
+                            resource_name,
+                            ..Default::default()
+                        }
+                    }),
+            );
             ResponseBody::DescribeConfigs(r)
         }
         RequestBody::AlterUserScramCredentials(a) => {
@@ -335,53 +333,49 @@ pub async fn handle(
             }
         }
         RequestBody::AlterConfigs(mut a) => {
-            let config_ok = |rt: i8, name: &str| match rt {
-                2 => may(Operation::AlterConfigs, name),
-                _ => on_cluster(Operation::AlterConfigs),
-            };
-            let (ok, refused): (Vec<_>, Vec<_>) = std::mem::take(&mut a.resources)
-                .into_iter()
-                .partition(|r| config_ok(r.resource_type, r.resource_name.as_str()));
+            let (ok, refused) = config_access(
+                std::mem::take(&mut a.resources),
+                |r| (r.resource_type, r.resource_name.clone()),
+                |rt, name| config_allowed(shard, session, Operation::AlterConfigs, rt, name),
+            );
             a.resources = ok;
             let mut r = alter_configs(shard, a).await;
-            r.responses.extend(refused.into_iter().map(|res| {
-                alter_configs_response::AlterConfigsResourceResponse {
-                    error_code: if res.resource_type == 2 {
-                        TOPIC_DENIED
-                    } else {
-                        CLUSTER_DENIED
-                    },
-                    error_message: denied("ALTER_CONFIGS"),
-                    resource_type: res.resource_type,
-                    resource_name: res.resource_name,
-                    ..Default::default()
-                }
-            }));
+            r.responses.extend(
+                refused
+                    .into_iter()
+                    .map(|(resource_type, resource_name, code)| {
+                        alter_configs_response::AlterConfigsResourceResponse {
+                            error_code: code,
+                            error_message: denied("ALTER_CONFIGS"),
+                            resource_type,
+                            resource_name,
+                            ..Default::default()
+                        }
+                    }),
+            );
             ResponseBody::AlterConfigs(r)
         }
         RequestBody::IncrementalAlterConfigs(mut a) => {
-            let config_ok = |rt: i8, name: &str| match rt {
-                2 => may(Operation::AlterConfigs, name),
-                _ => on_cluster(Operation::AlterConfigs),
-            };
-            let (ok, refused): (Vec<_>, Vec<_>) = std::mem::take(&mut a.resources)
-                .into_iter()
-                .partition(|r| config_ok(r.resource_type, r.resource_name.as_str()));
+            let (ok, refused) = config_access(
+                std::mem::take(&mut a.resources),
+                |r| (r.resource_type, r.resource_name.clone()),
+                |rt, name| config_allowed(shard, session, Operation::AlterConfigs, rt, name),
+            );
             a.resources = ok;
             let mut r = incremental_alter_configs(shard, a).await;
-            r.responses.extend(refused.into_iter().map(|res| {
-                incremental_alter_configs_response::AlterConfigsResourceResponse {
-                    error_code: if res.resource_type == 2 {
-                        TOPIC_DENIED
-                    } else {
-                        CLUSTER_DENIED
-                    },
-                    error_message: denied("ALTER_CONFIGS"),
-                    resource_type: res.resource_type,
-                    resource_name: res.resource_name,
-                    ..Default::default()
-                }
-            }));
+            r.responses.extend(
+                refused
+                    .into_iter()
+                    .map(|(resource_type, resource_name, code)| {
+                        incremental_alter_configs_response::AlterConfigsResourceResponse {
+                            error_code: code,
+                            error_message: denied("ALTER_CONFIGS"),
+                            resource_type,
+                            resource_name,
+                            ..Default::default()
+                        }
+                    }),
+            );
             ResponseBody::IncrementalAlterConfigs(r)
         }
         RequestBody::CreateAcls(c) => {
