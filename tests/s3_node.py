@@ -2,9 +2,14 @@
 clients: produce, kill -9, restart, read everything back from the bucket.
 
 Usage: s3_node.py --ferry PATH --dir DIR [--server moto|s3s]
+                  [--tls-cert PEM --tls-key PEM --ca PEM]
 Starts the S3 server on a free port, creates the bucket, writes a
 server.properties that points s3.data.buckets and s3.wal.path at it, and
-runs `PATH node --config FILE`. Exits non-zero on any failure.
+runs `PATH node --config FILE`. With --tls-cert, the node reaches the
+server through an https front with that certificate (from a private CA):
+first without `caFile`, when it must not come up (it cannot verify the
+bucket, so it cannot recover), then with `caFile=CA`. Exits non-zero on any
+failure.
 """
 import argparse
 import os
@@ -13,6 +18,7 @@ import subprocess
 import sys
 import time
 from harness import S3_SECRET_KEY, S3Server, free_port, wait_port
+from tls_proxy import TlsProxy
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -30,12 +36,33 @@ def main():
     ap.add_argument("--ferry", required=True)
     ap.add_argument("--dir", required=True)
     ap.add_argument("--server", choices=["moto", "s3s"], default="moto")
+    ap.add_argument("--tls-cert")
+    ap.add_argument("--tls-key")
+    ap.add_argument("--ca")
     args = ap.parse_args()
     s3 = S3Server(args.server, args.dir, BUCKET)
     proc = None
+    proxy = None
     try:
         kport = free_port()
         uri = s3.uri()
+        if args.tls_cert:
+            proxy = TlsProxy(args.tls_cert, args.tls_key, s3.port)
+            uri = uri.replace(s3.endpoint, f"https://127.0.0.1:{proxy.port}")
+            untrusting = os.path.join(args.dir, "untrusting.properties")
+            with open(untrusting, "w") as f:
+                f.write(f"node.id=3\nlisteners=PLAINTEXT://127.0.0.1:{kport}\n"
+                        f"s3.data.buckets=0@{uri}\n")
+            with open(os.path.join(args.dir, "untrusting.log"), "ab") as log:
+                p = subprocess.Popen([args.ferry, "node", "--config", untrusting], stdout=log, stderr=log)
+                came_up = wait_port(kport, deadline_s=8)
+                p.kill()
+                p.wait(timeout=10)
+            if came_up:
+                fail("a node that cannot verify the https endpoint's certificate came up")
+            print("without caFile the node does not come up (the bucket's certificate does not verify)",
+                  flush=True)
+            uri += f"&caFile={args.ca}"
         conf = os.path.join(args.dir, "server.properties")
         with open(conf, "w") as f:
             f.write(f"node.id=3\nlisteners=PLAINTEXT://127.0.0.1:{kport}\n"
@@ -94,6 +121,8 @@ def main():
         if proc and proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
+        if proxy:
+            proxy.stop()
         s3.stop()
 
 

@@ -100,12 +100,16 @@ fn kafka_python_produces_and_consumes_with_every_codec() {
 }
 
 fn s3_node(server: &str) {
-    let dir = tempfile::tempdir().unwrap();
+    s3_node_in(tempfile::tempdir().unwrap(), server, &[]);
+}
+
+fn s3_node_in(dir: tempfile::TempDir, server: &str, extra: &[&str]) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/s3_node.py");
     let status = std::process::Command::new("python3")
         .args([script, "--ferry", env!("CARGO_BIN_EXE_ferry"), "--dir"])
         .arg(dir.path())
         .args(["--server", server])
+        .args(extra)
         .status()
         .expect("python3");
     assert!(
@@ -123,6 +127,31 @@ fn a_node_on_a_real_s3_server_survives_kill_9() {
 #[test]
 fn a_node_on_s3s_fs_survives_kill_9() {
     s3_node("s3s");
+}
+
+/// An `https` S3 endpoint whose certificate comes from a private CA: the
+/// node does not come up without `caFile` (it cannot verify the bucket),
+/// and with it produces, survives kill -9 and reads everything back.
+#[test]
+fn a_node_on_an_https_s3_endpoint_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ferry_node::security::pki::DevCa::new("private S3 CA").unwrap();
+    let leaf = ca.leaf("CN=s3.internal", &["127.0.0.1"]).unwrap();
+    let path = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    let (cert, key, ca_file) = (
+        path("s3.crt", &leaf.cert_pem),
+        path("s3.key", &leaf.key_pem),
+        path("s3-ca.pem", &ca.cert_pem),
+    );
+    s3_node_in(
+        dir,
+        "moto",
+        &["--tls-cert", &cert, "--tls-key", &key, "--ca", &ca_file],
+    );
 }
 
 /// Reads `/metrics` from a running node.

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! [ID@]s3://BUCKET?region=R[&endpoint=URL][&pathStyle=true|false]
-//!     [&authType=static|instance][&accessKey=..][&secretKey=..]
+//!     [&authType=static|instance][&accessKey=..][&secretKey=..][&caFile=PATH]
 //!     [&batchInterval=MS][&maxBytesInBatch=BYTES]
 //! [ID@]file:///some/dir[?batchInterval=MS][&maxBytesInBatch=BYTES][&directIo=true|false]
 //! ```
@@ -20,6 +20,10 @@
 //! (with `AWS_SESSION_TOKEN`). `authType=instance` uses the machine's role
 //! (instance metadata, web identity or container credentials) and refuses
 //! static keys. The secret key never shows in `Debug` or `Display` output.
+//!
+//! An `https` endpoint's certificate is verified against the system's roots
+//! and, with `caFile`, the CA certificates (PEM) in that file: an S3 server
+//! with a private CA.
 //!
 //! Virtual-hosted requests are the default, as in AutoMQ; with an `endpoint`
 //! whose host is an IP address or `localhost` (a local S3 server), where
@@ -140,6 +144,9 @@ pub struct S3Bucket {
     pub auth: Option<AuthType>,
     pub access_key: Option<String>,
     pub secret_key: Option<Secret>,
+    /// `caFile`: CA certificates (PEM) an `https` endpoint may chain to,
+    /// besides the system's.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Where a bucket is.
@@ -196,7 +203,7 @@ impl LatencyModel {
 const LATENCY_PARAMS: &str =
     "putLatencyP50Ms, putLatencyP99Ms, getLatencyP50Ms, getLatencyP99Ms, latencyMsPerMiB";
 
-const S3_PARAMS: &str = "region, endpoint, pathStyle, authType, accessKey, secretKey, \
+const S3_PARAMS: &str = "region, endpoint, pathStyle, authType, accessKey, secretKey, caFile, \
      batchInterval, maxBytesInBatch, putLatencyP50Ms, putLatencyP99Ms, getLatencyP50Ms, \
      getLatencyP99Ms, latencyMsPerMiB";
 
@@ -292,6 +299,7 @@ impl BucketUri {
             auth: None,
             access_key: None,
             secret_key: None,
+            ca_file: None,
         };
         let is_s3 = match url.scheme() {
             "s3" => true,
@@ -394,6 +402,12 @@ impl BucketUri {
                             )
                         })?;
                     s3.endpoint = Some(ep);
+                }
+                "caFile" => {
+                    if value.is_empty() {
+                        return Err(WalError::config("caFile", "a path to a PEM file", shown));
+                    }
+                    s3.ca_file = Some(PathBuf::from(value.into_owned()));
                 }
                 "pathStyle" => {
                     s3.path_style = Some(parse_bool(&value).ok_or_else(|| {
@@ -529,6 +543,36 @@ fn build_s3(
     s3: &S3Bucket,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<object_store::aws::AmazonS3, WalError> {
+    let mut options = ClientOptions::new()
+        .with_timeout(Duration::from_secs(30))
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_allow_http(s3.endpoint.as_ref().is_some_and(|e| e.scheme() == "http"));
+    if let Some(path) = &s3.ca_file {
+        let pem = std::fs::read(path).map_err(|e| {
+            WalError::config(
+                "caFile",
+                format!("a readable PEM file ({e})"),
+                path.display().to_string(),
+            )
+        })?;
+        let certs = object_store::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            WalError::config(
+                "caFile",
+                format!("PEM CA certificates ({e})"),
+                path.display().to_string(),
+            )
+        })?;
+        if certs.is_empty() {
+            return Err(WalError::config(
+                "caFile",
+                "a file with at least one PEM certificate",
+                path.display().to_string(),
+            ));
+        }
+        for c in certs {
+            options = options.with_root_certificate(c);
+        }
+    }
     let mut b = AmazonS3Builder::new()
         .with_bucket_name(&s3.bucket)
         .with_region(&s3.region)
@@ -539,12 +583,7 @@ fn build_s3(
             max_retries: 2,
             retry_timeout: Duration::from_secs(10),
         })
-        .with_client_options(
-            ClientOptions::new()
-                .with_timeout(Duration::from_secs(30))
-                .with_connect_timeout(Duration::from_secs(5))
-                .with_allow_http(s3.endpoint.as_ref().is_some_and(|e| e.scheme() == "http")),
-        );
+        .with_client_options(options);
 
     let path_style = match (s3.path_style, &s3.endpoint) {
         (Some(p), _) => p,
@@ -690,6 +729,9 @@ impl fmt::Display for BucketUri {
                 }
                 if s3.secret_key.is_some() {
                     params.push(("secretKey", "[redacted]".to_string()));
+                }
+                if let Some(ca) = &s3.ca_file {
+                    params.push(("caFile", ca.display().to_string()));
                 }
             }
             BucketLocation::File { dir, direct_io } => {
@@ -1337,6 +1379,43 @@ impl ObjectStore for FaultyStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `caFile` is kept, shown, and read when the store is built: a missing
+    /// or empty file is an error naming the parameter.
+    #[test]
+    fn a_ca_file_for_an_https_endpoint() {
+        let uri = BucketUri::parse(
+            "s3://b?region=r&endpoint=https://10.0.0.9:9000&caFile=/etc/s3-ca.pem",
+        )
+        .unwrap();
+        assert_eq!(
+            s3(&uri).ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/s3-ca.pem"))
+        );
+        assert!(uri.to_string().contains("caFile=/etc/s3-ca.pem"), "{uri}");
+        let e = match uri.build_store() {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("a missing CA file was taken"),
+        };
+        assert!(e.contains("caFile"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "no certificate here\n").unwrap();
+        let uri = BucketUri::parse(&format!(
+            "s3://b?region=r&endpoint=https://10.0.0.9:9000&caFile={}",
+            empty.display()
+        ))
+        .unwrap();
+        let e = match uri.build_store() {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("a CA file without a certificate was taken"),
+        };
+        assert!(
+            e.contains("caFile") && e.contains("at least one PEM certificate"),
+            "{e}"
+        );
+        assert!(BucketUri::parse("s3://b?region=r&caFile=").is_err());
+    }
 
     fn s3(uri: &BucketUri) -> &S3Bucket {
         match &uri.location {
