@@ -45,6 +45,8 @@ as_root() {
 install_debian_packages() {
     local missing=()
     command -v kcat >/dev/null || missing+=(kcat)
+    # The TLS tests encrypt a key as operators do, with openssl.
+    command -v openssl >/dev/null || missing+=(openssl)
     # The etcd coordinator's tests run a real etcd. protoc is for the test
     # that regenerates the etcd client's checked-in messages (building
     # ferry itself needs no protoc).

@@ -309,7 +309,14 @@ impl NodeSettings {
             };
             if l.name == config.inter_broker_listener {
                 if let Some(t) = &sec.tls {
-                    rpc_tls = Some(TlsClient::load_client(&l.name, t).map_err(tls_err)?);
+                    // Without a truststore other nodes cannot be verified, so
+                    // they are not called over TLS (a node alone needs none).
+                    if t.truststore.is_some() {
+                        rpc_tls = Some(TlsClient::load_client(&l.name, t).map_err(tls_err)?);
+                    } else {
+                        tracing::warn!(listener = %l.name, "the inter-broker listener is TLS \
+                            without ssl.truststore.location: this node cannot call other nodes");
+                    }
                     // Other nodes see this one by its certificate only where
                     // they ask for client certificates.
                     if t.client_auth != crate::config::ClientAuth::None {

@@ -193,3 +193,79 @@ fn certificates_are_reloaded_when_their_files_change() {
     assert!(handshake(ssl, &first_ca.cert_pem).is_err());
     node.stop();
 }
+
+/// A key encrypted as openssl writes it (`openssl pkcs8 -topk8 -v2
+/// aes-256-cbc`) is read with `ssl.key.password`; a wrong password stops
+/// the start with an error that names it.
+#[test]
+fn an_encrypted_key_is_read_with_ssl_key_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = DevCa::new("Ferry test CA").unwrap();
+    let leaf = ca.leaf("CN=encrypted", &["127.0.0.1"]).unwrap();
+    let plain = write(dir.path(), "plain.key", &leaf.key_pem);
+    let encrypted = dir.path().join("encrypted.key");
+    let status = std::process::Command::new("openssl")
+        .args([
+            "pkcs8",
+            "-topk8",
+            "-v2",
+            "aes-256-cbc",
+            "-passout",
+            "pass:s3cret-pw",
+            "-in",
+        ])
+        .arg(&plain)
+        .arg("-out")
+        .arg(&encrypted)
+        .status()
+        .expect("openssl must be installed (scripts/test.sh installs it)");
+    assert!(status.success());
+    let key_text = std::fs::read_to_string(&encrypted).unwrap();
+    assert!(key_text.contains("ENCRYPTED PRIVATE KEY"));
+    let keystore = write(
+        dir.path(),
+        "node.pem",
+        &format!("{key_text}{}", leaf.cert_pem),
+    );
+    let config = |password: &str| {
+        Config::from_pairs(
+            [
+                ("node.id", "1"),
+                ("listeners", "SSL://127.0.0.1:0"),
+                ("ssl.keystore.location", keystore.as_str()),
+                ("ssl.key.password", password),
+                ("s3.data.buckets", "0@file:///unused"),
+            ],
+            HostEnv::detect(),
+        )
+        .unwrap()
+    };
+    let wrong = NodeSettings::from_config(&config("wrong"))
+        .err()
+        .expect("refused");
+    assert!(
+        wrong
+            .to_string()
+            .contains("ssl.key.password does not decrypt"),
+        "{wrong}"
+    );
+    assert!(
+        !wrong.to_string().contains("wrong"),
+        "the password is not shown: {wrong}"
+    );
+    let node = server::start(
+        NodeSettings {
+            shards: 1,
+            ..NodeSettings::from_config(&config("s3cret-pw")).unwrap()
+        },
+        Arc::new(MemoryLog::new()),
+        Default::default(),
+        Default::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        handshake(node.addr, &ca.cert_pem),
+        Ok("CN=encrypted".into())
+    );
+    node.stop();
+}

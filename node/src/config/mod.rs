@@ -38,7 +38,7 @@
 //! | `listener.security.protocol.map` | Kafka's | listener name to security protocol |
 //! | `controller.listener.names` | none | KRaft controller listeners: ignored, Ferry has no KRaft controller |
 //! | `inter.broker.listener.name` (or `security.inter.broker.protocol`) | the only listener, else `PLAINTEXT` | the listener that carries node-to-node calls; Ferry's own API keys are refused on every other |
-//! | `ssl.keystore.location` / `ssl.keystore.key` + `ssl.keystore.certificate.chain` | none | a TLS listener's key and chain, PEM (`ssl.keystore.type=PEM`); unencrypted keys only |
+//! | `ssl.keystore.location` / `ssl.keystore.key` + `ssl.keystore.certificate.chain` | none | a TLS listener's key and chain, PEM (`ssl.keystore.type=PEM`); an encrypted PKCS#8 key takes `ssl.key.password` |
 //! | `ssl.truststore.location` / `ssl.truststore.certificates` | none | CAs client certificates (and, on the inter-broker listener, other nodes) must chain to |
 //! | `ssl.client.auth` | none | `required`, `requested` or `none` |
 //! | `ssl.principal.mapping.rules` | DEFAULT | a client certificate's subject to a principal (`RULE:pattern/replacement/[LU]`) |
@@ -1867,7 +1867,7 @@ group.initial.rebalance.delay.ms=0
                 "no ssl.truststore.location",
             ),
             ("listeners=SSL://:9093\nssl.keystore.type=JKS\nssl.keystore.location=/k.jks", "JKS stores are not supported"),
-            ("listeners=SSL://:9093\nssl.keystore.location=/k.pem\nssl.key.password=x", "encrypted PEM private keys"),
+            ("listeners=SSL://:9093\nssl.keystore.location=/k.pem\nssl.keystore.password=x", "a PEM keystore has no password"),
             (
                 "listeners=A://:1,B://:2\nlistener.security.protocol.map=A:PLAINTEXT,B:PLAINTEXT",
                 "inter.broker.listener.name: expected the name of one of the listeners (A, B)",
@@ -1885,9 +1885,17 @@ group.initial.rebalance.delay.ms=0
             assert!(e.contains(want), "{text}: {e}");
         }
         // The password never shows in the error.
-        let e =
-            error("listeners=SSL://:9093\nssl.keystore.location=/k.pem\nssl.key.password=hunter2");
+        let e = error(
+            "listeners=SSL://:9093\nssl.keystore.location=/k.pem\nssl.keystore.password=hunter2",
+        );
         assert!(!e.contains("hunter2"), "{e}");
+        // ssl.key.password is taken, and never shown.
+        let c =
+            parse("listeners=SSL://:9093\nssl.keystore.location=/k.pem\nssl.key.password=hunter2")
+                .unwrap();
+        let tls = c.listener_security[0].tls.as_ref().unwrap();
+        assert_eq!(tls.key_password, Some(KeyPassword("hunter2".into())));
+        assert!(!format!("{c:?}").contains("hunter2"));
     }
 
     #[test]

@@ -75,6 +75,16 @@ impl fmt::Debug for Pem {
     }
 }
 
+/// A private key's password; `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyPassword(pub String);
+
+impl fmt::Debug for KeyPassword {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
 /// `ssl.client.auth`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientAuth {
@@ -95,6 +105,8 @@ pub struct TlsSettings {
     /// The certificate chain, leaf first (`ssl.keystore.certificate.chain`,
     /// or the certificates in the `ssl.keystore.location` file).
     pub chain: Pem,
+    /// `ssl.key.password`: the password of an encrypted PKCS#8 key.
+    pub key_password: Option<KeyPassword>,
     /// CA certificates that client (and, for node-to-node calls, server)
     /// certificates must chain to (`ssl.truststore.location` or
     /// `ssl.truststore.certificates`); `None`: the system's roots are not
@@ -284,24 +296,28 @@ impl Reader<'_> {
                 }
             }
         }
-        // Encrypted private keys are not decrypted yet.
-        for key in ["ssl.key.password", "ssl.keystore.password"] {
-            let key = k(self, key);
-            if self.value(&key).is_some_and(|v| !v.is_empty()) {
-                let message = "encrypted PEM private keys are not supported yet; give an \
-                               unencrypted key (openssl pkey -in key.pem -out plain.pem) and \
-                               protect the file instead"
-                    .to_owned();
-                self.fail(
-                    &key,
-                    ConfigError::Unsupported {
-                        key: key.clone(),
-                        message,
-                    },
-                );
-                ok = false;
-            }
+        // A PEM keystore has no password of its own: the key has one.
+        let keystore_password = k(self, "ssl.keystore.password");
+        if self
+            .value(&keystore_password)
+            .is_some_and(|v| !v.is_empty())
+        {
+            let message = "a PEM keystore has no password; give an encrypted key's password \
+                           as ssl.key.password"
+                .to_owned();
+            self.fail(
+                &keystore_password,
+                ConfigError::Unsupported {
+                    key: keystore_password.clone(),
+                    message,
+                },
+            );
+            ok = false;
         }
+        let key_password = self
+            .value(&k(self, "ssl.key.password"))
+            .filter(|v| !v.is_empty())
+            .map(|v| KeyPassword(v.to_owned()));
         let location = k(self, "ssl.keystore.location");
         let inline_key = k(self, "ssl.keystore.key");
         let inline_chain = k(self, "ssl.keystore.certificate.chain");
@@ -391,6 +407,7 @@ impl Reader<'_> {
         ok.then_some(TlsSettings {
             key,
             chain,
+            key_password,
             truststore,
             client_auth,
             principal_rules,

@@ -12,7 +12,7 @@
 //! `ssl.principal.mapping.rules`.
 
 use super::Principal;
-use crate::config::{ClientAuth, Pem, TlsSettings};
+use crate::config::{ClientAuth, KeyPassword, Pem, TlsSettings};
 use arc_swap::ArcSwap;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
@@ -69,14 +69,35 @@ fn certificates(pem: &Pem, what: &'static str) -> Result<Vec<CertificateDer<'sta
     Ok(certs)
 }
 
-fn private_key(pem: &Pem) -> Result<PrivateKeyDer<'static>, TlsError> {
+/// The private key in `pem`: plain (PKCS#8, PKCS#1 or SEC1), or an
+/// encrypted PKCS#8 key (`ENCRYPTED PRIVATE KEY`, PBES2 as openssl writes
+/// it) decrypted with `ssl.key.password`.
+fn private_key(
+    pem: &Pem,
+    password: Option<&KeyPassword>,
+) -> Result<PrivateKeyDer<'static>, TlsError> {
     let what = "private key";
     let bytes = read_pem(pem, what)?;
-    if String::from_utf8_lossy(&bytes).contains("ENCRYPTED PRIVATE KEY") {
-        return Err(TlsError::Material {
-            what,
-            reason: "the key is encrypted; Ferry reads unencrypted PEM keys only".into(),
-        });
+    let text = String::from_utf8_lossy(&bytes);
+    const BEGIN: &str = "-----BEGIN ENCRYPTED PRIVATE KEY-----";
+    const END: &str = "-----END ENCRYPTED PRIVATE KEY-----";
+    if let Some(start) = text.find(BEGIN) {
+        let bad = |reason: String| TlsError::Material { what, reason };
+        let end = text[start..]
+            .find(END)
+            .map(|e| start + e + END.len())
+            .ok_or_else(|| bad("an ENCRYPTED PRIVATE KEY block without its end".into()))?;
+        let password = password
+            .ok_or_else(|| bad("the key is encrypted and ssl.key.password is not set".into()))?;
+        let (_, doc) = pkcs8::der::Document::from_pem(&text[start..end])
+            .map_err(|e| bad(format!("the encrypted key does not parse: {e}")))?;
+        let info = pkcs8::EncryptedPrivateKeyInfo::try_from(doc.as_bytes())
+            .map_err(|e| bad(format!("the encrypted key does not parse: {e}")))?;
+        // A wrong password decrypts to nothing that decodes.
+        let plain = info
+            .decrypt(password.0.as_bytes())
+            .map_err(|_| bad("ssl.key.password does not decrypt the key".into()))?;
+        return Ok(PrivateKeyDer::Pkcs8(plain.as_bytes().to_vec().into()));
     }
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| TlsError::Material {
         what,
@@ -102,7 +123,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// A listener's rustls server configuration, from its settings.
 pub fn server_config(s: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
     let chain = certificates(&s.chain, "certificate chain")?;
-    let key = private_key(&s.key)?;
+    let key = private_key(&s.key, s.key_password.as_ref())?;
     let builder =
         ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
     let builder = match (s.client_auth, &s.truststore) {
@@ -148,7 +169,7 @@ pub fn client_config(s: &TlsSettings) -> Result<Arc<ClientConfig>, TlsError> {
             verify_host: s.verify_host,
         }));
     let chain = certificates(&s.chain, "certificate chain")?;
-    let key = private_key(&s.key)?;
+    let key = private_key(&s.key, s.key_password.as_ref())?;
     Ok(Arc::new(builder.with_client_auth_cert(chain, key)?))
 }
 
