@@ -45,8 +45,11 @@ as_root() {
 install_debian_packages() {
     local missing=()
     command -v kcat >/dev/null || missing+=(kcat)
-    # The TLS tests encrypt a key as operators do, with openssl.
+    # The TLS tests encrypt a key as operators do, with openssl; ferry-bench's
+    # librdkafka links the system's OpenSSL (for SASL_SSL loads).
     command -v openssl >/dev/null || missing+=(openssl)
+    command -v pkg-config >/dev/null || missing+=(pkg-config)
+    dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
     # The etcd coordinator's tests run a real etcd. protoc is for the test
     # that regenerates the etcd client's checked-in messages (building
     # ferry itself needs no protoc).
