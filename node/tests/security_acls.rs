@@ -113,6 +113,30 @@ fn allow_if_no_acl_found_and_no_authorizer() {
         29,
         "a binding for carol only"
     );
+    // ListOffsets checks DESCRIBE on its own (clients ask Metadata first,
+    // so only a raw request reaches it).
+    assert_eq!(
+        common::raw::list_offset_answer(&mut k, "open", 0, -1),
+        (0, 0)
+    );
+    assert_eq!(
+        common::raw::list_offset_answer(&mut k, "guarded", 0, -1).0,
+        29
+    );
+    n.stop();
+
+    // ACLs on, nothing allowed without a binding: an anonymous client's
+    // InitProducerId (idempotence needs IDEMPOTENT_WRITE on the cluster or
+    // WRITE on a topic) is refused.
+    let n = common::node_from_pairs(&[
+        ("listeners", "PLAINTEXT://127.0.0.1:0"),
+        (
+            "authorizer.class.name",
+            "kafka.security.authorizer.AclAuthorizer",
+        ),
+    ]);
+    let mut k = connect(&common::listener_addr(&n, "PLAINTEXT").to_string());
+    assert_eq!(common::raw::init_producer_id_answer(&mut k, -1, -1).0, 31);
     n.stop();
 
     let n = common::node_from_pairs(&[("listeners", "PLAINTEXT://127.0.0.1:0")]);

@@ -16,7 +16,8 @@ import time
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import (AclBinding, AclBindingFilter, AclOperation, AclPermissionType,
-                                   AdminClient, NewPartitions, NewTopic, ResourcePatternType,
+                                   AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource,
+                                   NewPartitions, NewTopic, OffsetSpec, ResourcePatternType,
                                    ResourceType)
 from kafka.admin import (ACLFilter, ACLOperation, ACLPermissionType, ACLResourcePatternType,
                          KafkaAdminClient, ResourcePatternFilter)
@@ -170,9 +171,47 @@ check("acl-t1" in md.topics and "acl-new" not in md.topics
       and len(md.topics["acl-t1"].partitions) == 1,
       "the refused calls changed nothing (acl-t1 kept, 1 partition; acl-new absent)")
 
+# Configs need DESCRIBE_CONFIGS / ALTER_CONFIGS, which READ and WRITE do not imply.
+res = ConfigResource(ResourceType.TOPIC, "acl-t1")
+try:
+    alice.describe_configs([res])[res].result(timeout=TIMEOUT)
+    fail("alice described acl-t1's configs")
+except KafkaException as e:
+    check(code_of(e) == KafkaError.TOPIC_AUTHORIZATION_FAILED, "alice may not describe acl-t1's configs")
+alter = ConfigResource(ResourceType.TOPIC, "acl-t1", incremental_configs=[
+    ConfigEntry("retention.ms", "1000", incremental_operation=AlterConfigOpType.SET)])
+try:
+    alice.incremental_alter_configs([alter])[alter].result(timeout=TIMEOUT)
+    fail("alice altered acl-t1's configs")
+except KafkaException as e:
+    check(code_of(e) == KafkaError.TOPIC_AUTHORIZATION_FAILED, "alice may not alter acl-t1's configs")
+described = admin.describe_configs([res])[res].result(timeout=TIMEOUT)
+check(described["retention.ms"].value != "1000", "the refused alteration changed nothing")
+# ListOffsets needs DESCRIBE: implied on acl-t1 (WRITE), absent on acl-secret.
+got = alice.list_offsets({TopicPartition("acl-t1", 0): OffsetSpec.latest()})
+check(list(got.values())[0].result(timeout=TIMEOUT).offset >= 1, "alice lists acl-t1's offsets")
+got = alice.list_offsets({TopicPartition("acl-secret", 0): OffsetSpec.latest()})
+try:
+    r = list(got.values())[0].result(timeout=TIMEOUT)
+    fail(f"alice listed acl-secret's offsets: {r.offset}")
+except KafkaException as e:
+    # librdkafka asks Metadata first, which refuses the topic, so the client
+    # answers "no such topic" itself (the broker's own ListOffsets check is
+    # tested with a raw request in security_acls.rs).
+    check(code_of(e) in (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError._NOENT),
+          f"alice may not list acl-secret's offsets: {e.args[0].name()}")
+
 # --- bob: no ACL at all ------------------------------------------------------------------------
 bob = AdminClient(conf("bob"))
 check(not bob.list_topics(timeout=TIMEOUT).topics, "bob, with no ACL, sees no topic")
+# An idempotent producer needs IDEMPOTENT_WRITE or WRITE on some topic:
+# alice's InitProducerId is taken (the refusal is tested with a raw request
+# in security_acls.rs).
+idem = []
+aip = Producer({**conf("alice"), "enable.idempotence": True})
+aip.produce("acl-t1", value=b"idem", on_delivery=lambda err, msg: idem.append(err))
+aip.flush(TIMEOUT)
+check(idem == [None], f"alice's idempotent producer writes to acl-t1: {idem}")
 
 # --- a deleted ACL stops applying at once -----------------------------------------------------
 deleted = admin.delete_acls([AclBindingFilter(ResourceType.TOPIC, "acl-t1", L, ALICE, "*",

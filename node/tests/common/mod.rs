@@ -437,6 +437,17 @@ pub mod raw {
     /// InitProducerId (v4) naming `producer_id` and `epoch` (-1: none);
     /// returns the id and epoch given.
     pub fn init_producer_id(conn: &mut TcpStream, producer_id: i64, epoch: i16) -> (i64, i16) {
+        let (code, id, epoch) = init_producer_id_answer(conn, producer_id, epoch);
+        assert_eq!(code, 0);
+        (id, epoch)
+    }
+
+    /// InitProducerId (v4): the error code, id and epoch.
+    pub fn init_producer_id_answer(
+        conn: &mut TcpStream,
+        producer_id: i64,
+        epoch: i16,
+    ) -> (i16, i64, i16) {
         let body = RequestBody::InitProducerId(init_producer_id_request::InitProducerIdRequest {
             transactional_id: None,
             transaction_timeout_ms: 60_000,
@@ -446,12 +457,21 @@ pub mod raw {
         });
         let r = call(conn, 4, body);
         let r = init_producer_id_response::InitProducerIdResponse::decode(&r, 4).unwrap();
-        assert_eq!(r.error_code, 0);
-        (r.producer_id, r.producer_epoch)
+        (r.error_code, r.producer_id, r.producer_epoch)
     }
 
     /// ListOffsets for one partition: -2 earliest, -1 latest.
     pub fn list_offset(conn: &mut TcpStream, topic: &str, partition: i32, ts: i64) -> i64 {
+        list_offset_answer(conn, topic, partition, ts).1
+    }
+
+    /// ListOffsets for one partition: the error code and the offset.
+    pub fn list_offset_answer(
+        conn: &mut TcpStream,
+        topic: &str,
+        partition: i32,
+        ts: i64,
+    ) -> (i16, i64) {
         use list_offsets_request::*;
         let body = RequestBody::ListOffsets(ListOffsetsRequest {
             replica_id: -1,
@@ -468,6 +488,7 @@ pub mod raw {
         });
         let resp = call(conn, 7, body);
         let r = list_offsets_response::ListOffsetsResponse::decode(&resp, 7).unwrap();
-        r.topics[0].partitions[0].offset
+        let p = &r.topics[0].partitions[0];
+        (p.error_code, p.offset)
     }
 }
