@@ -720,27 +720,8 @@ fn node_to_node_calls_are_served_on_the_inter_broker_listener_only() {
     k.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     assert_eq!(common::raw::create_topic(&mut k, "ib", 1, &[]), 0);
     let topic_id = topic_id(&mut k, "ib");
-    let commit = HandoffCommit {
-        from_node: 1,
-        view_revision: node.ctx.cluster.published().load().revision(),
-        partitions: vec![HandoffPartition {
-            topic: "ib".into(),
-            topic_id,
-            partition: 0,
-            batches: vec![HandoffBatch {
-                key: "handoff/1/00000000000000000000.wal".into(),
-                position: 0,
-                len: 100,
-                crc: 0,
-                record_count: 1,
-                last_offset_delta: 0,
-                max_timestamp: 1,
-                producer_id: -1,
-                producer_epoch: -1,
-                base_sequence: -1,
-            }],
-        }],
-    };
+    let revision = node.ctx.cluster.published().load().revision();
+    let commit = common::one_batch_commit(1, revision, "ib", topic_id);
     let (on_client, on_internal) = run_bounded(30, move || async move {
         let (c, _) = client();
         let on_client = c

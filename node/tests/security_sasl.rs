@@ -273,30 +273,8 @@ fn ferry_dev_secure_works_as_printed() {
         "the password printed is the one in the file"
     );
     kcat(&["-F", &file, "-P", "-t", "secure-dev"], "a\nb\nc\n").unwrap();
-    let got = kcat(
-        &[
-            "-F",
-            &file,
-            "-C",
-            "-t",
-            "secure-dev",
-            "-e",
-            "-o",
-            "beginning",
-        ],
-        "",
-    )
-    .unwrap();
-    assert_eq!(got.lines().collect::<Vec<_>>(), ["a", "b", "c"]);
-    let plain = kcat(&["-b", &n.bootstrap(), "-L", "-m", "3"], "");
-    assert!(plain.is_err(), "a plaintext client got metadata: {plain:?}");
-
-    n.kill9_and_restart(&["--secure"]);
-    // The node may still be starting its shards when the port first
-    // answers: try for up to 15 s.
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let got = loop {
-        match kcat(
+    let consume = || {
+        kcat(
             &[
                 "-F",
                 &file,
@@ -308,7 +286,19 @@ fn ferry_dev_secure_works_as_printed() {
                 "beginning",
             ],
             "",
-        ) {
+        )
+    };
+    let got = consume().unwrap();
+    assert_eq!(got.lines().collect::<Vec<_>>(), ["a", "b", "c"]);
+    let plain = kcat(&["-b", &n.bootstrap(), "-L", "-m", "3"], "");
+    assert!(plain.is_err(), "a plaintext client got metadata: {plain:?}");
+
+    n.kill9_and_restart(&["--secure"]);
+    // The node may still be starting its shards when the port first
+    // answers: try for up to 15 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let got = loop {
+        match consume() {
             Ok(got) => break got,
             Err(e) if std::time::Instant::now() > deadline => {
                 panic!("{e}\n{}", std::fs::read_to_string(&log).unwrap())

@@ -10,9 +10,7 @@
 mod common;
 
 use ferry_node::broker::server::{self, RunningNode};
-use ferry_node::cluster::rpc::{
-    HandoffBatch, HandoffCommit, HandoffPartition, RpcClient, RpcTraffic,
-};
+use ferry_node::cluster::rpc::{RpcClient, RpcTraffic};
 use ferry_node::cluster::{LocalCoordinator, Member};
 use ferry_node::config::{Config, HostEnv, SaslMechanism};
 use ferry_node::node::{ClusterJoin, NodeSettings};
@@ -180,27 +178,7 @@ fn a_proxy_in_the_clients_zone_enforces_acls_and_hands_off_over_mtls() {
     let codes = common::run_bounded(30, move || async move {
         let rpc = RpcClient::new(Arc::new(RpcTraffic::new()), 1 << 20).with_tls(Some(client_tls));
         let to = Member::new(1, "zone-a", internal.ip().to_string(), internal.port());
-        let commit = HandoffCommit {
-            from_node: 2,
-            view_revision: 1,
-            partitions: vec![HandoffPartition {
-                topic: "zz".into(),
-                topic_id: [0; 16],
-                partition: 0,
-                batches: vec![HandoffBatch {
-                    key: "handoff/2/00000000000000000000.wal".into(),
-                    position: 0,
-                    len: 100,
-                    crc: 0,
-                    record_count: 1,
-                    last_offset_delta: 0,
-                    max_timestamp: 1,
-                    producer_id: -1,
-                    producer_epoch: -1,
-                    base_sequence: -1,
-                }],
-            }],
-        };
+        let commit = common::one_batch_commit(2, 1, "zz", [0; 16]);
         rpc.handoff_commit(&to, &commit, Duration::from_secs(5))
             .await
             .map(|r| r.partitions[0][0].error_code)

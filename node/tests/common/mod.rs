@@ -177,6 +177,39 @@ pub fn store_security_doc(
     futures_lite::future::block_on(put).unwrap().unwrap();
 }
 
+/// A handoff commit from `from_node` at `view_revision` of one well-formed
+/// one-record batch (in a handoff object nobody reads) for `topic`'s
+/// partition 0.
+pub fn one_batch_commit(
+    from_node: i32,
+    view_revision: u64,
+    topic: &str,
+    topic_id: [u8; 16],
+) -> ferry_node::cluster::rpc::HandoffCommit {
+    use ferry_node::cluster::rpc::{HandoffBatch, HandoffCommit, HandoffPartition};
+    HandoffCommit {
+        from_node,
+        view_revision,
+        partitions: vec![HandoffPartition {
+            topic: topic.into(),
+            topic_id,
+            partition: 0,
+            batches: vec![HandoffBatch {
+                key: format!("handoff/{from_node}/00000000000000000000.wal").into(),
+                position: 0,
+                len: 100,
+                crc: 0,
+                record_count: 1,
+                last_offset_delta: 0,
+                max_timestamp: 1,
+                producer_id: -1,
+                producer_epoch: -1,
+                base_sequence: -1,
+            }],
+        }],
+    }
+}
+
 /// The address `node` bound for listener `name`.
 pub fn listener_addr(
     node: &ferry_node::broker::server::RunningNode,
