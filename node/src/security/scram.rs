@@ -496,8 +496,8 @@ impl ScramServer {
         first: ClientFirst,
         credential: Option<&ScramCredential>,
     ) -> Result<(ScramServer, Vec<u8>), SaslError> {
-        // Letters and digits only, as Kafka's own nonces: some clients
-        // (librdkafka 2.0) mangle a nonce holding `+` or `/`.
+        // Letters and digits only (hex), as Kafka's own nonces are: no `,`
+        // or `=` that a client's parser could trip on.
         let server_nonce: String = random_bytes(SERVER_NONCE_LEN)?
             .iter()
             .map(|b| format!("{b:02x}"))
