@@ -25,6 +25,9 @@ pub struct NodeCtx {
     /// The node-to-node client's TLS, when the inter-broker listener is
     /// SSL; `None`: plain TCP.
     pub rpc_tls: Option<Arc<crate::security::tls::TlsClient>>,
+    /// Whom the node-to-node client authenticates as, when the
+    /// inter-broker listener is a SASL one.
+    pub rpc_login: Option<crate::config::SaslLogin>,
     pub cluster_id: String,
     pub shards: usize,
     pub topics: Arc<Topics>,
@@ -179,8 +182,12 @@ pub struct NodeSettings {
     pub inter_broker_listener: String,
     /// The node-to-node client's TLS (for an SSL inter-broker listener).
     pub rpc_tls: Option<Arc<crate::security::tls::TlsClient>>,
+    /// Whom the node-to-node client authenticates as on a SASL
+    /// inter-broker listener.
+    pub rpc_login: Option<crate::config::SaslLogin>,
     /// The principal other nodes see this node as on the inter-broker
-    /// listener (its certificate's, mapped); anonymous on PLAINTEXT.
+    /// listener (its SASL user, or its certificate's subject, mapped);
+    /// anonymous on PLAINTEXT.
     pub rpc_principal: crate::security::Principal,
     pub cluster_id: String,
     pub shards: usize,
@@ -233,6 +240,7 @@ impl NodeSettings {
             listeners: vec![ListenerSpec::loopback()],
             inter_broker_listener: "PLAINTEXT".into(),
             rpc_tls: None,
+            rpc_login: None,
             rpc_principal: crate::security::Principal::anonymous(),
             cluster_id: "ferry".into(),
             shards: 2,
@@ -318,8 +326,9 @@ impl NodeSettings {
                             without ssl.truststore.location: this node cannot call other nodes");
                     }
                     // Other nodes see this one by its certificate only where
-                    // they ask for client certificates.
-                    if t.client_auth != crate::config::ClientAuth::None {
+                    // they ask for client certificates (and SASL is not
+                    // what names it).
+                    if t.client_auth != crate::config::ClientAuth::None && !l.protocol.sasl() {
                         rpc_principal = crate::security::tls::own_principal(t).map_err(tls_err)?;
                     }
                 }
@@ -334,8 +343,12 @@ impl NodeSettings {
                 sasl_mechanisms: sec.sasl_mechanisms.clone(),
             });
         }
+        if let Some(login) = &config.inter_broker_login {
+            rpc_principal = crate::security::Principal::user(login.username.clone());
+        }
         Ok(NodeSettings {
             node_id: config.node_id.ok_or(SettingsError::NoNodeId)?,
+            rpc_login: config.inter_broker_login.clone(),
             rack: config.rack.clone(),
             listeners,
             inter_broker_listener: config.inter_broker_listener.clone(),
@@ -455,6 +468,7 @@ impl NodeCtx {
             rack: s.rack,
             listeners,
             rpc_tls: s.rpc_tls,
+            rpc_login: s.rpc_login,
             cluster_id: s.cluster_id,
             shards: s.shards,
             topics,

@@ -613,7 +613,9 @@ fn a_real_node_serves_rpcs_on_its_kafka_listener() {
 /// A handoff commit is checked before it touches a log: one from a node
 /// outside the view, or whose batch fields no client batch could have (a
 /// negative or mismatched offset delta, no record), is refused and moves
-/// nothing; a well-formed one from a member is taken.
+/// nothing; one naming no object it could have written is refused too.
+/// (The object checks, and a commit that is taken, are in
+/// `a_handoff_commit_must_name_its_own_object_with_its_crc_and_header`.)
 #[test]
 fn a_handoff_commit_is_checked_before_it_changes_a_log() {
     let node = memory_node(NodeSettings::local(1));
@@ -659,7 +661,7 @@ fn a_handoff_commit_is_checked_before_it_changes_a_log() {
             commit(1, batch(-5, -4)),      // a negative delta
             commit(1, batch(3, 1)),        // a delta that does not match the count
             commit(1, batch(-1, 0)),       // no record
-            commit(1, batch(0, 1)),        // well formed
+            commit(1, batch(0, 1)),        // well formed, but no object of its own
         ] {
             let r = c.handoff_commit(&to, &req, 5 * SECOND).await.unwrap();
             codes.push(r.partitions[0][0].error_code);
@@ -668,11 +670,129 @@ fn a_handoff_commit_is_checked_before_it_changes_a_log() {
     });
     assert_eq!(
         codes,
-        [6, 6, 87, 87, 87, 0],
-        "NOT_LEADER x2, INVALID_RECORD x3, taken"
+        [6, 6, 87, 87, 87, 31],
+        "NOT_LEADER x2, INVALID_RECORD x3, CLUSTER_AUTHORIZATION_FAILED"
     );
-    // Only the well-formed batch moved the log: it sits at offset 0.
+    // Nothing moved the log.
+    assert_eq!(common::raw::list_offset(&mut k, "h", 0, -1), 0);
+    node.stop();
+}
+
+/// The leader reads a handed-off batch back before appending it: the key
+/// must be a handoff object of the calling node, the bytes there must have
+/// the CRC32C the call states and be one Kafka batch whose header is the
+/// call's. A commit naming another node's object, a WAL object, a missing
+/// object, a wrong CRC or a header that lies is refused and moves nothing;
+/// the honest one is taken. (The objects here are written straight into
+/// the bucket directory: the leader reads a byte range, whatever wrote it.)
+#[test]
+fn a_handoff_commit_must_name_its_own_object_with_its_crc_and_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let uri = ferry_wal::BucketUri::parse(&format!("file://{}", dir.path().display())).unwrap();
+    let opened = ferry_node::storage::wal_log::WalLog::open(
+        uri.build_store().unwrap(),
+        ferry_wal::WalConfig::new(1),
+    )
+    .unwrap();
+    let node = ferry_node::broker::server::start(
+        NodeSettings::local(1),
+        opened.log.clone(),
+        opened.topics,
+        opened.recovered,
+    )
+    .unwrap();
+    let mut k = std::net::TcpStream::connect(node.addr).unwrap();
+    k.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(common::raw::create_topic(&mut k, "h", 1, &[]), 0);
+    let topic_id = topic_id(&mut k, "h");
+    let revision = node.ctx.cluster.published().load().revision();
+
+    let mut builder = ferry_protocol::records::RecordBatchBuilder::new();
+    builder.push(ferry_protocol::records::NewRecord::new(
+        1000,
+        Some(b"k"),
+        Some(b"v"),
+    ));
+    let raw = Bytes::from(builder.build().unwrap());
+    let parsed = ferry_protocol::records::RecordBatches::new(raw.clone())
+        .next()
+        .unwrap()
+        .unwrap();
+    // Seven bytes of something else first: the batch is a range.
+    let mut object = b"garbage".to_vec();
+    object.extend_from_slice(&raw);
+    for key in [
+        "handoff/1/00000000000000000005.wal",
+        "handoff/2/00000000000000000005.wal",
+        "wal/1/00000000000000099999.wal",
+    ] {
+        let path = dir.path().join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, &object).unwrap();
+    }
+    let honest = HandoffBatch {
+        key: "handoff/1/00000000000000000005.wal".into(),
+        position: 7,
+        len: raw.len() as u32,
+        crc: crc32c::crc32c(&raw),
+        record_count: 1,
+        last_offset_delta: 0,
+        max_timestamp: parsed.max_timestamp(),
+        producer_id: -1,
+        producer_epoch: -1,
+        base_sequence: -1,
+    };
+    let with = |change: &dyn Fn(&mut HandoffBatch)| {
+        let mut b = honest.clone();
+        change(&mut b);
+        HandoffCommit {
+            from_node: 1,
+            view_revision: revision,
+            partitions: vec![HandoffPartition {
+                topic: "h".into(),
+                topic_id,
+                partition: 0,
+                batches: vec![b],
+            }],
+        }
+    };
+    let commits = vec![
+        with(&|b| b.key = "handoff/2/00000000000000000005.wal".into()),
+        with(&|b| b.key = "wal/1/00000000000000099999.wal".into()),
+        with(&|b| b.key = "handoff/1/00000000000000000009.wal".into()),
+        with(&|b| b.crc ^= 1),
+        with(&|b| b.position = 6),
+        with(&|b| {
+            b.record_count = 2;
+            b.last_offset_delta = 1;
+        }),
+        with(&|b| b.max_timestamp += 1),
+        with(&|_| {}),
+    ];
+    let to = member(1, "zone-a", node.addr);
+    let codes = run_bounded(30, move || async move {
+        let (c, _) = client();
+        let mut codes = Vec::new();
+        for req in &commits {
+            let r = c.handoff_commit(&to, req, 5 * SECOND).await.unwrap();
+            codes.push(r.partitions[0][0].error_code);
+        }
+        codes
+    });
+    assert_eq!(
+        codes,
+        [31, 31, 2, 2, 2, 87, 87, 0],
+        "another node's object and a WAL object: CLUSTER_AUTHORIZATION_FAILED; \
+         a missing object, a wrong CRC, a shifted range: CORRUPT_MESSAGE; \
+         a header that lies: INVALID_RECORD; the honest commit: taken"
+    );
+    // Only the honest commit moved the log, and its record reads back.
     assert_eq!(common::raw::list_offset(&mut k, "h", 0, -1), 1);
+    assert_eq!(
+        common::raw::fetch(&mut k, "h", 0, 0),
+        (0, vec![(0, b"k".to_vec())]),
+        "the handed-off record reads back at offset 0"
+    );
     node.stop();
 }
 
@@ -709,11 +829,18 @@ fn node_to_node_calls_are_served_on_the_inter_broker_listener_only() {
         name: "INTERNAL".into(),
         ..ListenerSpec::loopback()
     };
-    let node = memory_node(NodeSettings {
-        listeners: vec![client_listener, internal],
-        inter_broker_listener: "INTERNAL".into(),
-        ..NodeSettings::local(1)
-    });
+    let log = Arc::new(ferry_node::storage::durable::MemoryLog::new());
+    let node = ferry_node::broker::server::start(
+        NodeSettings {
+            listeners: vec![client_listener, internal],
+            inter_broker_listener: "INTERNAL".into(),
+            ..NodeSettings::local(1)
+        },
+        log.clone(),
+        Default::default(),
+        Default::default(),
+    )
+    .unwrap();
     let (client_addr, internal_addr) = (node.listeners[0].1, node.listeners[1].1);
     assert_eq!(node.listeners[1].0, "INTERNAL");
     let mut k = std::net::TcpStream::connect(client_addr).unwrap();
@@ -721,7 +848,7 @@ fn node_to_node_calls_are_served_on_the_inter_broker_listener_only() {
     assert_eq!(common::raw::create_topic(&mut k, "ib", 1, &[]), 0);
     let topic_id = topic_id(&mut k, "ib");
     let revision = node.ctx.cluster.published().load().revision();
-    let commit = common::one_batch_commit(1, revision, "ib", topic_id);
+    let commit = common::stored_batch_commit(&log, 1, revision, "ib", topic_id);
     let (on_client, on_internal) = run_bounded(30, move || async move {
         let (c, _) = client();
         let on_client = c

@@ -28,6 +28,13 @@
 //! A second test runs the produce, cross-zone and kill steps with s3s-fs in
 //! place of moto.
 //!
+//! A third starts the cluster with `--secure` (clients on SASL_SSL with
+//! SCRAM-SHA-512, nodes on an mTLS INTERNAL listener, ACLs on) and runs the
+//! secure step: users and ACLs made through INTERNAL with an admin
+//! certificate; alice produces and consumes across zones through her zone's
+//! proxies; bob without WRITE is refused by the proxy; Ferry's API key 32000
+//! on the client listener closes the connection; bad logins are refused.
+//!
 //! Needs root (network namespaces); without it the test fails, it does not
 //! skip.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -105,10 +112,76 @@ fn zones_in_network_namespaces_on_s3s_fs_survive_kills() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// TLS, SASL and ACLs across the zones (check.py --secure): the numbers
+/// behind the secure step's verdict.
+#[test]
+fn zones_in_network_namespaces_secure_sasl_ssl_clients_mtls_nodes_and_acls() {
+    let (dir, result) = run_check_with("topology,cluster,secure", "moto", LIMIT, &["--secure"]);
+    let n = &result["secure"]["numbers"];
+    // (a) alice: every record of every zone acknowledged and read back,
+    // handed off across zones over mTLS, few bytes across zones.
+    let a = &n["a"];
+    assert_eq!(a["acked"], a["sent"], "{a}");
+    assert!(
+        a["sent"].as_u64().unwrap() >= 3 * 2000,
+        "three zones of 2000 records: {a}"
+    );
+    for z in 1..=3 {
+        let zone = &a[format!("zone{z}").as_str()];
+        assert_eq!(zone["lost_acked"], 0, "{a}");
+        assert_eq!(zone["duplicate_keys"], 0, "{a}");
+        assert_eq!(zone["read"], a["sent"], "{a}");
+    }
+    assert!(
+        a["ferry_rpc_cross_zone"]["handoff-out"].as_u64().unwrap() > 0,
+        "{a}"
+    );
+    let pct = a["cross_zone_pct"].as_f64().unwrap();
+    assert!((0.0..=5.0).contains(&pct), "{a}");
+    // (b) bob: every record refused by a proxy, no offset moved.
+    let b = &n["b"];
+    assert_eq!(b["refused"], b["sent"], "{b}");
+    assert_eq!(b["acked"], 0, "{b}");
+    assert_eq!(b["end_offsets_before"], b["end_offsets_after"], "{b}");
+    // (c) API key 32000 on the client listener: closed, nothing committed;
+    // on INTERNAL from a certificate that is no member's: refused (31).
+    let c = &n["c"];
+    for v in c["client_listener"].as_object().unwrap().values() {
+        assert_eq!(v["sasl_alice"]["sasl"]["ok"].as_bool(), Some(true), "{c}");
+        assert_eq!(v["sasl_alice"]["reply"], "closed", "{c}");
+        assert_eq!(v["no_sasl"]["reply"], "closed", "{c}");
+    }
+    for v in c["internal_as_admin"].as_object().unwrap().values() {
+        assert_eq!(v["rpc_error_codes"], serde_json::json!([31]), "{c}");
+    }
+    assert_eq!(c["end_offsets_before"], c["end_offsets_after"], "{c}");
+    // (d) wrong password and unknown user: SASL_AUTHENTICATION_FAILED (58);
+    // the nodes still serve alice afterwards.
+    let d = &n["d"];
+    for key in ["wrong_password", "unknown_user"] {
+        for v in d[key].as_object().unwrap().values() {
+            assert_eq!(v["sasl"]["error_code"], 58, "{key}: {d}");
+        }
+    }
+    assert_eq!(d["nodes_serving_alice"], 6, "{d}");
+    assert_eq!(d["produce_after"]["acked"], 30, "{d}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Runs tests/zones/check.py's `steps` on `s3` (moto or s3s), within
 /// `limit`; asserts every step passed and answers the work directory and
 /// the JSON result.
 fn run_check(steps: &str, s3: &str, limit: Duration) -> (PathBuf, serde_json::Value) {
+    run_check_with(steps, s3, limit, &[])
+}
+
+/// [`run_check`] with more arguments for check.py (`--secure`).
+fn run_check_with(
+    steps: &str,
+    s3: &str,
+    limit: Duration,
+    extra: &[&str],
+) -> (PathBuf, serde_json::Value) {
     // One cluster at a time: two would share the machine's two cores.
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _turn = ONE_AT_A_TIME
@@ -121,8 +194,13 @@ fn run_check(steps: &str, s3: &str, limit: Duration) -> (PathBuf, serde_json::Va
          `sudo python3 tests/zones/check.py --ferry target/debug/ferry` by hand"
     );
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/zones/check.py");
+    let flavour = if extra.contains(&"--secure") {
+        format!("{s3}-secure")
+    } else {
+        s3.to_owned()
+    };
     let dir: PathBuf =
-        std::env::temp_dir().join(format!("ferry-zones-test-{}-{s3}", std::process::id()));
+        std::env::temp_dir().join(format!("ferry-zones-test-{}-{flavour}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let result_path = dir.join("result.json");
     let out_path = dir.join("check.out");
@@ -139,6 +217,7 @@ fn run_check(steps: &str, s3: &str, limit: Duration) -> (PathBuf, serde_json::Va
             "--kill-seconds",
             "20",
         ])
+        .args(extra)
         .arg("--workdir")
         .arg(dir.join("work"))
         .arg("--json-out")

@@ -215,6 +215,7 @@ pub fn start(
     crate::security::tls::watch(watched);
     seed_topics(&ctx);
     seed_security(&ctx)?;
+    seed_inter_broker_user(&ctx)?;
     let mesh = MeshBuilder::<ShardMsg, _>::full(shards, SHARD_QUEUE_DEPTH);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, String>>();
     let mut stops = Vec::new();
@@ -300,6 +301,68 @@ fn seed_security(ctx: &NodeCtx) -> Result<(), ServerError> {
     }
     // Another node of this process may have seeded it first.
     let _ = futures_lite::future::block_on(ctx.cluster.put_doc(Doc::Security, 0, bytes));
+    Ok(())
+}
+
+/// A node that authenticates to others with SASL needs a credential for
+/// its user in the cluster's security document. If its user has none, the
+/// node adds one made from its own password (salted; what Kafka's
+/// `kafka-storage format --add-scram` does for a new cluster). If the
+/// stored credential does not take the node's password, the start stops:
+/// no other node would let this one in.
+fn seed_inter_broker_user(ctx: &NodeCtx) -> Result<(), ServerError> {
+    use crate::config::SaslMechanism;
+    use crate::security::scram::{ScramCredential, ITERATIONS_MIN};
+    let Some(login) = ctx.rpc_login.clone() else {
+        return Ok(());
+    };
+    // PLAIN is checked against the user's strongest SCRAM credential, as
+    // the server side does.
+    let mechanisms = match login.mechanism {
+        SaslMechanism::Plain => vec![SaslMechanism::ScramSha512, SaslMechanism::ScramSha256],
+        m => vec![m],
+    };
+    let stored = |doc: &crate::security::SecurityDoc| {
+        mechanisms
+            .iter()
+            .find_map(|&m| doc.credential(&login.username, m))
+            .map(|c| c.verify_password(&login.password))
+    };
+    let takes = match stored(&ctx.security()) {
+        Some(takes) => takes,
+        None => {
+            let credential = ScramCredential::from_password(
+                mechanisms[0],
+                &login.password,
+                None,
+                ITERATIONS_MIN,
+            )
+            .map_err(|e| ServerError::Security(e.to_string()))?;
+            let change = crate::broker::api::security::change_security(ctx, |doc| {
+                // Another node may have added it meanwhile.
+                stored(doc).unwrap_or_else(|| {
+                    doc.upsert(&login.username, credential.clone());
+                    true
+                })
+            });
+            futures_lite::future::block_on(change).map_err(|(_, e)| {
+                ServerError::Security(format!(
+                    "could not store the inter-broker user {}'s credential: {e}",
+                    login.username
+                ))
+            })?
+        }
+    };
+    if !takes {
+        return Err(ServerError::Security(format!(
+            "the cluster's {} credential of user {} does not take this node's password \
+             (sasl.jaas.config): other nodes would refuse its calls",
+            mechanisms[0].name(),
+            login.username
+        )));
+    }
+    tracing::info!(user = %login.username, mechanism = login.mechanism.name(),
+        "node-to-node calls authenticate with SASL");
     Ok(())
 }
 

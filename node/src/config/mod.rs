@@ -131,6 +131,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "controller.listener.names",
     "inter.broker.listener.name",
     "security.inter.broker.protocol",
+    "sasl.mechanism.inter.broker.protocol",
     "connections.max.reauth.ms",
     "authorizer.class.name",
     "super.users",
@@ -165,6 +166,7 @@ pub const KNOWN_KEYS: &[&str] = &[
 ];
 
 mod buckets;
+pub mod jaas;
 mod listeners;
 mod properties;
 mod redact;
@@ -325,6 +327,9 @@ pub struct Config {
     /// The listener that carries node-to-node calls
     /// (`inter.broker.listener.name`).
     pub inter_broker_listener: String,
+    /// Whom this node authenticates as to other nodes when the inter-broker
+    /// listener is a SASL one.
+    pub inter_broker_login: Option<SaslLogin>,
     /// `advertised.listeners`, or the listeners with wildcard hosts replaced.
     /// A port 0 here is still 0: the binary fills in the bound port.
     pub advertised_listeners: Vec<Listener>,
@@ -777,6 +782,7 @@ impl Config {
             .filter(|&ms| ms > 0)
             .map(|ms| ms as u64);
         let inter_broker_listener = r.inter_broker_listener(&listeners);
+        let inter_broker_login = r.inter_broker_login(&inter_broker_listener, &listener_security);
 
         let num_partitions = r
             .int("num.partitions", 1, i32::MAX.into(), "a positive integer")
@@ -1009,6 +1015,7 @@ impl Config {
             super_users,
             allow_if_no_acl,
             inter_broker_listener,
+            inter_broker_login,
             advertised_listeners,
             num_partitions,
             auto_create_topics,
@@ -1880,6 +1887,25 @@ group.initial.rebalance.delay.ms=0
                 "listeners=SSL://:9093\nssl.keystore.location=/k.pem\nssl.principal.mapping.rules=RULE:x",
                 "ssl.principal.mapping.rules: expected DEFAULT or RULE",
             ),
+            // A SASL inter-broker listener needs the node's mechanism...
+            (
+                "listeners=SASL_PLAINTEXT://:9094",
+                "sasl.mechanism.inter.broker.protocol: expected the mechanism nodes authenticate with",
+            ),
+            // ...one the listener serves...
+            (
+                "listeners=SASL_PLAINTEXT://:9094\nsasl.enabled.mechanisms=PLAIN\nsasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
+                "a mechanism the SASL_PLAINTEXT listener serves (PLAIN)",
+            ),
+            // ...and its user.
+            (
+                "listeners=SASL_PLAINTEXT://:9094\nsasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
+                "sasl.jaas.config: expected a login module entry",
+            ),
+            (
+                "listeners=SASL_PLAINTEXT://:9094\nsasl.mechanism.inter.broker.protocol=SCRAM-SHA-512\nsasl.jaas.config=M required username=\"n\";",
+                "non-empty username and password",
+            ),
         ] {
             let e = error(text);
             assert!(e.contains(want), "{text}: {e}");
@@ -1896,6 +1922,48 @@ group.initial.rebalance.delay.ms=0
         let tls = c.listener_security[0].tls.as_ref().unwrap();
         assert_eq!(tls.key_password, Some(KeyPassword("hunter2".into())));
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    /// A SASL inter-broker listener takes the node's user from the JAAS
+    /// entry for its mechanism (listener-prefixed first); the password
+    /// shows neither in `Debug` nor in a parse error.
+    #[test]
+    fn a_sasl_inter_broker_listener_takes_the_nodes_user_from_jaas() {
+        let base = "listeners=CLIENT://:9092,INTERNAL://:9093\n\
+            listener.security.protocol.map=CLIENT:PLAINTEXT,INTERNAL:SASL_SSL\n\
+            inter.broker.listener.name=INTERNAL\n\
+            ssl.keystore.location=/k.pem\n\
+            sasl.mechanism.inter.broker.protocol=SCRAM-SHA-256\n\
+            sasl.jaas.config=Other required username=\"wrong\" password=\"wrong\";\n";
+        let c = parse(&format!(
+            "{base}listener.name.internal.scram-sha-256.sasl.jaas.config=\
+             org.apache.kafka.common.security.scram.ScramLoginModule required \
+             username=\"node-7\" password=\"hunter2\";"
+        ))
+        .unwrap();
+        assert!(c.unknown_keys.is_empty(), "{:?}", c.unknown_keys);
+        let login = c.inter_broker_login.clone().unwrap();
+        assert_eq!(login.mechanism, SaslMechanism::ScramSha256);
+        assert_eq!(
+            (login.username.as_str(), login.password.as_str()),
+            ("node-7", "hunter2")
+        );
+        assert!(!format!("{c:?}").contains("hunter2"));
+        // Without the prefixed entry, the plain key is taken.
+        let c = parse(base).unwrap();
+        assert_eq!(c.inter_broker_login.unwrap().username, "wrong");
+        // A broken entry is refused without showing it.
+        let e = error(&format!(
+            "{base}listener.name.internal.scram-sha-256.sasl.jaas.config=M required password=\"hunter2"
+        ));
+        assert!(e.contains("unterminated") && !e.contains("hunter2"), "{e}");
+        // A PLAINTEXT or SSL inter-broker listener has no login.
+        assert_eq!(
+            parse("listeners=PLAINTEXT://:9092")
+                .unwrap()
+                .inter_broker_login,
+            None
+        );
     }
 
     #[test]
@@ -2195,7 +2263,7 @@ group.initial.rebalance.delay.ms=0
     #[test]
     fn describe_lists_every_known_key_with_defaults() {
         let c =
-            parse("node.id=2\nsasl.jaas.config=hidden\nssl.truststore.password=hidden\n").unwrap();
+            parse("node.id=2\nsasl.login.class=hidden\nsasl.jaas.config=hidden\nssl.truststore.password=hidden\n").unwrap();
         let d = c.describe();
         assert_eq!(d.len(), KNOWN_KEYS.len() + LISTENER_KEYS.len());
         let get = |k: &str| d.iter().find(|(key, _, _)| key == k).unwrap().clone();
@@ -2207,7 +2275,12 @@ group.initial.rebalance.delay.ms=0
         assert_eq!(get("ferry.metrics.listener").1.as_deref(), Some(""));
         assert_eq!(get("offsets.retention.minutes").1.as_deref(), Some("10080"));
         // Unknown keys are not described, so their values never show.
-        assert!(d.iter().all(|(k, _, _)| k != "sasl.jaas.config"));
+        assert!(d.iter().all(|(k, _, _)| k != "sasl.login.class"));
+        // A JAAS entry holds a password: listed as sensitive, no value.
+        assert_eq!(
+            get("sasl.jaas.config"),
+            ("sasl.jaas.config".into(), None, true)
+        );
         // A known secret is listed as sensitive, without its value.
         assert_eq!(
             get("ssl.truststore.password"),

@@ -180,7 +180,32 @@ pub const LISTENER_KEYS: &[&str] = &[
     "ssl.principal.mapping.rules",
     "ssl.endpoint.identification.algorithm",
     "sasl.enabled.mechanisms",
+    "sasl.jaas.config",
+    "plain.sasl.jaas.config",
+    "scram-sha-256.sasl.jaas.config",
+    "scram-sha-512.sasl.jaas.config",
 ];
+
+/// The user a node authenticates as on a SASL inter-broker listener
+/// (`sasl.mechanism.inter.broker.protocol`, and the username and password
+/// of the listener's `sasl.jaas.config`). The password never appears in
+/// `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SaslLogin {
+    pub mechanism: SaslMechanism,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for SaslLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SaslLogin")
+            .field("mechanism", &self.mechanism.name())
+            .field("username", &self.username)
+            .field("password", &"[redacted]")
+            .finish()
+    }
+}
 
 /// Kafka's default `sasl.enabled.mechanisms` is GSSAPI, which Ferry does
 /// not serve; Ferry's default is the SCRAM pair.
@@ -415,6 +440,106 @@ impl Reader<'_> {
         })
     }
 
+    /// For a SASL inter-broker listener: the mechanism
+    /// (`sasl.mechanism.inter.broker.protocol`, one the listener serves) and
+    /// the user from the listener's `sasl.jaas.config`
+    /// (`listener.name.<l>.<mechanism>.sasl.jaas.config`, else
+    /// `sasl.jaas.config`). `None` for other listeners; errors are recorded.
+    pub(super) fn inter_broker_login(
+        &mut self,
+        listener: &str,
+        security: &[ListenerSecurity],
+    ) -> Option<SaslLogin> {
+        let sec = security.iter().find(|l| l.name == listener)?;
+        if !sec.protocol.sasl() {
+            return None;
+        }
+        let key = "sasl.mechanism.inter.broker.protocol";
+        let Some(text) = self.value(key).map(str::to_owned) else {
+            self.fail(
+                key,
+                ConfigError::invalid(
+                    key,
+                    format!(
+                        "the mechanism nodes authenticate with on the {listener} listener \
+                         (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)"
+                    ),
+                    "",
+                ),
+            );
+            return None;
+        };
+        let mechanism = match SaslMechanism::parse(text.trim()) {
+            Some(m) if sec.sasl_mechanisms.contains(&m) => m,
+            _ => {
+                let served: Vec<&str> = sec.sasl_mechanisms.iter().map(|m| m.name()).collect();
+                self.fail(
+                    key,
+                    ConfigError::invalid(
+                        key,
+                        format!(
+                            "a mechanism the {listener} listener serves ({})",
+                            served.join(", ")
+                        ),
+                        &text,
+                    ),
+                );
+                return None;
+            }
+        };
+        let prefixed = format!(
+            "listener.name.{}.{}.sasl.jaas.config",
+            listener.to_ascii_lowercase(),
+            mechanism.name().to_ascii_lowercase()
+        );
+        let jaas_key = if self.value(&prefixed).is_some() {
+            prefixed
+        } else {
+            "sasl.jaas.config".to_owned()
+        };
+        let Some(jaas) = self.value(&jaas_key).map(str::to_owned) else {
+            self.fail(
+                &jaas_key,
+                ConfigError::invalid(
+                    &jaas_key,
+                    "a login module entry with the username and password this node \
+                     authenticates as to other nodes",
+                    "",
+                ),
+            );
+            return None;
+        };
+        let entry = match super::jaas::parse(&jaas) {
+            Ok(e) => e,
+            Err(e) => {
+                // The value is never shown: it holds a password.
+                self.fail(
+                    &jaas_key,
+                    ConfigError::invalid(&jaas_key, format!("a JAAS login entry ({e})"), REDACTED),
+                );
+                return None;
+            }
+        };
+        match (entry.option("username"), entry.option("password")) {
+            (Some(u), Some(p)) if !u.is_empty() && !p.is_empty() => Some(SaslLogin {
+                mechanism,
+                username: u.to_owned(),
+                password: p.to_owned(),
+            }),
+            _ => {
+                self.fail(
+                    &jaas_key,
+                    ConfigError::invalid(
+                        &jaas_key,
+                        "a login entry with non-empty username and password options",
+                        REDACTED,
+                    ),
+                );
+                None
+            }
+        }
+    }
+
     /// `inter.broker.listener.name`, or the listener that
     /// `security.inter.broker.protocol` names, or the only listener.
     pub(super) fn inter_broker_listener(&mut self, listeners: &[Listener]) -> String {
@@ -439,17 +564,7 @@ impl Reader<'_> {
             },
         };
         let (key, name) = pick;
-        if let Some(l) = listeners.iter().find(|l| l.name == name) {
-            if l.protocol.sasl() {
-                self.errors.push(ConfigError::Unsupported {
-                    key: key.to_owned(),
-                    message: format!(
-                        "{name} is a {} listener; node-to-node calls do not authenticate with \
-                         SASL yet: give them an SSL listener with ssl.client.auth=required (mTLS)",
-                        l.protocol
-                    ),
-                });
-            }
+        if listeners.iter().any(|l| l.name == name) {
             return name;
         }
         if listeners.is_empty() {

@@ -14,6 +14,7 @@
 
 pub mod acl;
 pub mod pki;
+pub mod sasl_client;
 pub mod scram;
 pub mod tls;
 

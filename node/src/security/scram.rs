@@ -83,13 +83,13 @@ fn malformed(what: &str) -> SaslError {
 
 /// The hash algorithms of a SCRAM mechanism.
 #[derive(Clone, Copy)]
-struct Hash {
-    digest: &'static digest::Algorithm,
-    hmac: hmac::Algorithm,
+pub(super) struct Hash {
+    pub(super) digest: &'static digest::Algorithm,
+    pub(super) hmac: hmac::Algorithm,
     pbkdf2: pbkdf2::Algorithm,
 }
 
-fn hash(mechanism: SaslMechanism) -> Result<Hash, SaslError> {
+pub(super) fn hash(mechanism: SaslMechanism) -> Result<Hash, SaslError> {
     match mechanism {
         SaslMechanism::Plain => Err(SaslError::WrongMechanism),
         SaslMechanism::ScramSha256 => Ok(Hash {
@@ -105,7 +105,7 @@ fn hash(mechanism: SaslMechanism) -> Result<Hash, SaslError> {
     }
 }
 
-fn check_iterations(iterations: u32) -> Result<(), SaslError> {
+pub(super) fn check_iterations(iterations: u32) -> Result<(), SaslError> {
     if (ITERATIONS_MIN..=ITERATIONS_MAX).contains(&iterations) {
         Ok(())
     } else {
@@ -115,7 +115,12 @@ fn check_iterations(iterations: u32) -> Result<(), SaslError> {
 
 /// Hi(password, salt, i): PBKDF2 with the mechanism's HMAC, one hash long.
 /// `None` for zero iterations.
-fn salted_password(hash: Hash, password: &str, salt: &[u8], iterations: u32) -> Option<Vec<u8>> {
+pub(super) fn salted_password(
+    hash: Hash,
+    password: &str,
+    salt: &[u8],
+    iterations: u32,
+) -> Option<Vec<u8>> {
     let iterations = NonZeroU32::new(iterations)?;
     let mut out = vec![0; hash.digest.output_len()];
     pbkdf2::derive(hash.pbkdf2, iterations, salt, password.as_bytes(), &mut out);
@@ -133,7 +138,7 @@ fn keys(hash: Hash, salted_password: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (stored_key, server_key)
 }
 
-fn random_bytes(len: usize) -> Result<Vec<u8>, SaslError> {
+pub(super) fn random_bytes(len: usize) -> Result<Vec<u8>, SaslError> {
     let mut out = vec![0; len];
     SystemRandom::new()
         .fill(&mut out)

@@ -27,6 +27,13 @@ pub(super) fn with_head(
     Ok([head.freeze(), bytes.slice(16..)])
 }
 
+fn not_durable() -> DurableError {
+    DurableError::Unreadable {
+        key: String::new(),
+        reason: "the batch is not durable yet",
+    }
+}
+
 impl Shard {
     pub(super) fn wait_local(
         &self,
@@ -204,21 +211,42 @@ impl Shard {
         }
     }
 
-    /// Reads batches back from the bucket: a run of batches adjacent in
-    /// one object (a partition's batches in a compacted object, a proxy's
-    /// batches of one partition in a handoff object) with one ranged GET,
-    /// and every run at once. Answers each batch's bytes, in order.
+    /// Reads batches back from the bucket (see [`Shard::read_locations`]),
+    /// each with its head made again from the log.
     pub(super) async fn read_back_many(
         &self,
         batches: &[&LogBatch],
     ) -> Vec<Result<[Bytes; 2], DurableError>> {
-        // (first, end) index ranges of `batches`.
+        let locations: Vec<Option<Location>> = batches.iter().map(|b| b.location.clone()).collect();
+        let read = self.read_locations(&locations).await;
+        batches
+            .iter()
+            .zip(&locations)
+            .zip(read)
+            .map(|((b, l), bytes)| match (l, bytes) {
+                (Some(l), Ok(bytes)) => with_head(b, l, bytes),
+                (_, Err(e)) => Err(e),
+                (None, Ok(_)) => Err(not_durable()),
+            })
+            .collect()
+    }
+
+    /// Reads the bytes at `locations` from the bucket: a run of locations
+    /// adjacent in one object (a partition's batches in a compacted object,
+    /// a proxy's batches of one partition in a handoff object) with one
+    /// ranged GET, and every run at once. Answers each one's bytes, in
+    /// order; `None` (a batch not durable yet) is answered an error.
+    pub(super) async fn read_locations(
+        &self,
+        locations: &[Option<Location>],
+    ) -> Vec<Result<Bytes, DurableError>> {
+        // (first, end) index ranges of `locations`.
         let mut runs: Vec<(usize, usize)> = Vec::new();
         let mut run_bytes = 0u64;
-        for (i, b) in batches.iter().enumerate() {
-            let len = u64::from(b.len);
+        for (i, l) in locations.iter().enumerate() {
+            let len = l.as_ref().map_or(0, |l| u64::from(l.len));
             let joins = i > 0
-                && match (&batches[i - 1].location, &b.location) {
+                && match (&locations[i - 1], l) {
                     (Some(p), Some(l)) => {
                         p.key == l.key
                             && p.position + u64::from(p.len) == l.position
@@ -238,36 +266,20 @@ impl Shard {
             }
         }
         let reads = runs.iter().map(|&(first, end)| {
-            let locations: Option<Vec<Location>> = batches[first..end]
-                .iter()
-                .map(|b| b.location.clone())
-                .collect();
+            let run: Option<Vec<Location>> = locations[first..end].iter().cloned().collect();
             let durable = self.ctx.durable.clone();
             async move {
-                match locations {
+                match run {
                     Some(l) => durable.read_adjacent(l).await,
-                    None => Err(DurableError::Unreadable {
-                        key: String::new(),
-                        reason: "the batch is not durable yet",
-                    }),
+                    None => Err(not_durable()),
                 }
             }
         });
         let results = futures_util::future::join_all(reads).await;
-        let mut out = Vec::with_capacity(batches.len());
+        let mut out = Vec::with_capacity(locations.len());
         for (&(first, end), result) in runs.iter().zip(results) {
             match result {
-                Ok(all) if all.len() == end - first => {
-                    for (b, bytes) in batches[first..end].iter().zip(all) {
-                        out.push(match &b.location {
-                            Some(loc) => with_head(b, loc, bytes),
-                            None => Err(DurableError::Unreadable {
-                                key: String::new(),
-                                reason: "the batch is not durable yet",
-                            }),
-                        });
-                    }
-                }
+                Ok(all) if all.len() == end - first => out.extend(all.into_iter().map(Ok)),
                 Ok(all) => out.extend((first..end).map(|_| {
                     Err(DurableError::ShortRead {
                         got: all.len(),

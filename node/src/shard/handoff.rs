@@ -233,12 +233,14 @@ impl Shard {
         .detach();
     }
 
-    /// The leader's side of a handoff commit for one partition: routed to
-    /// the owning shard, placed like a produce, and the WAL object holding
-    /// the references is sealed at once.
+    /// The leader's side of a handoff commit for one partition from node
+    /// `from_node`: routed to the owning shard, checked against the proxy's
+    /// object, placed like a produce, and the WAL object holding the
+    /// references is sealed at once.
     pub async fn handoff_partition(
         self: &Rc<Self>,
         part: crate::cluster::rpc::HandoffPartition,
+        from_node: i32,
     ) -> ProduceResult {
         if !matches!(self.route(&part.topic, part.partition), Route::Local) {
             return ProduceResult::err(
@@ -248,11 +250,15 @@ impl Shard {
         }
         let to = self.owner_of(&part.topic, part.partition);
         if to == self.id {
-            return self.handoff_local(part).await;
+            return self.handoff_local(part, from_node).await;
         }
         self.ask(
             to,
-            |reply| ShardMsg::Handoff { part, reply },
+            |reply| ShardMsg::Handoff {
+                part,
+                from_node,
+                reply,
+            },
             || {
                 ProduceResult::err(
                     ErrorCode::NOT_LEADER_OR_FOLLOWER,
@@ -266,6 +272,7 @@ impl Shard {
     pub(super) async fn handoff_local(
         self: &Rc<Self>,
         part: crate::cluster::rpc::HandoffPartition,
+        from_node: i32,
     ) -> ProduceResult {
         let log = match self.log_checked(&part.topic, part.partition) {
             Ok(l) => l,
@@ -322,6 +329,11 @@ impl Shard {
                 return ProduceResult::err(e.produce_error_code(), e.to_string());
             }
         }
+        if let Err((code, why)) = self.check_handed_off(&items, from_node).await {
+            tracing::warn!(topic = %part.topic, partition = part.partition, from_node,
+                error = %why, "handoff commit refused");
+            return ProduceResult::err(code, why);
+        }
         self.append_batches(
             log,
             part.topic,
@@ -330,5 +342,70 @@ impl Shard {
             super::produce::AppendAs::HANDOFF,
         )
         .await
+    }
+
+    /// Reads a proxy's batches back from its handoff object before they are
+    /// appended, one ranged GET per run of adjacent batches: each must lie
+    /// in an object of the calling node, with the CRC32C the call states,
+    /// and be one Kafka batch (its own CRC right) whose header is the one
+    /// the call carries. A refusal changes nothing: the log is not touched
+    /// until every batch checks out. A store error other than a proven
+    /// absence is answered as retriable.
+    async fn check_handed_off(
+        &self,
+        items: &[(BatchMeta, Payload)],
+        from_node: i32,
+    ) -> Result<(), (ErrorCode, String)> {
+        let mut locations = Vec::with_capacity(items.len());
+        for (_, payload) in items {
+            let Payload::External(l) = payload else {
+                continue;
+            };
+            if !self.ctx.durable.is_handoff_object_of(&l.key, from_node) {
+                return Err((
+                    ErrorCode::CLUSTER_AUTHORIZATION_FAILED,
+                    format!("{} is not a handoff object of node {from_node}", l.key),
+                ));
+            }
+            locations.push(Some(l.clone()));
+        }
+        let read = self.read_locations(&locations).await;
+        for (((meta, _), location), bytes) in items.iter().zip(&locations).zip(read) {
+            let Some(l) = location else { continue };
+            let at = || format!("the batch at {}:{}", l.key, l.position);
+            let bytes = bytes.map_err(|e| {
+                // A proxy commits only what is durable in its object, so a
+                // proven absence is a refusal; other errors say nothing.
+                let code = if e.is_retriable() && !e.is_not_found() {
+                    ErrorCode::KAFKA_STORAGE_ERROR
+                } else {
+                    ErrorCode::CORRUPT_MESSAGE
+                };
+                (code, format!("{} cannot be read: {e}", at()))
+            })?;
+            if bytes.len() != l.len as usize || crc32c::crc32c(&bytes) != l.crc {
+                return Err((
+                    ErrorCode::CORRUPT_MESSAGE,
+                    format!("{} does not have the stated length and CRC", at()),
+                ));
+            }
+            let mut found = ferry_protocol::records::RecordBatches::new(bytes);
+            let batch = match (found.next(), found.next()) {
+                (Some(Ok(b)), None) if b.verify_crc().is_ok() => b,
+                _ => {
+                    return Err((
+                        ErrorCode::CORRUPT_MESSAGE,
+                        format!("{} is not one record batch with a valid CRC", at()),
+                    ))
+                }
+            };
+            if BatchMeta::of(&batch) != *meta {
+                return Err((
+                    ErrorCode::INVALID_RECORD,
+                    format!("{}: its header is not the one the commit states", at()),
+                ));
+            }
+        }
+        Ok(())
     }
 }

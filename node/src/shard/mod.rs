@@ -109,6 +109,7 @@ pub enum ShardMsg {
     /// A proxy's batches for a partition this shard owns (handoff commit).
     Handoff {
         part: crate::cluster::rpc::HandoffPartition,
+        from_node: i32,
         reply: oneshot::Sender<ProduceResult>,
     },
 }
@@ -267,7 +268,8 @@ impl Shard {
             hooks,
             view: RefCell::new(crate::cluster::ViewCache::new(ctx.cluster.clone())),
             rpc: crate::cluster::rpc::RpcClient::new(ctx.traffic.clone(), ctx.frame_bytes_max)
-                .with_tls(ctx.rpc_tls.clone()),
+                .with_tls(ctx.rpc_tls.clone())
+                .with_login(ctx.rpc_login.clone()),
             replica_cache: RefCell::new(ReplicaCache::new(ctx.cache_bytes_max / 4)),
             replica_index: RefCell::new(HashMap::new()),
             leadership: RefCell::new(Leadership {
@@ -432,8 +434,12 @@ impl Shard {
             ShardMsg::ReplicaRead { req, reply } => {
                 let _ = reply.send(self.replica_entries(&req));
             }
-            ShardMsg::Handoff { part, reply } => {
-                let _ = reply.send(self.handoff_local(part).await);
+            ShardMsg::Handoff {
+                part,
+                from_node,
+                reply,
+            } => {
+                let _ = reply.send(self.handoff_local(part, from_node).await);
             }
         }
     }
@@ -627,6 +633,7 @@ impl crate::cluster::rpc::RpcHandler for Rc<Shard> {
                 ErrorCode::NOT_LEADER_OR_FOLLOWER,
             );
         }
+        let from_node = req.from_node;
         let tasks: Vec<_> = req
             .partitions
             .into_iter()
@@ -635,7 +642,7 @@ impl crate::cluster::rpc::RpcHandler for Rc<Shard> {
                 let n = p.batches.len();
                 (
                     n,
-                    glommio::spawn_local(async move { me.handoff_partition(p).await }),
+                    glommio::spawn_local(async move { me.handoff_partition(p, from_node).await }),
                 )
             })
             .collect();

@@ -150,6 +150,17 @@ impl DurableError {
             DurableError::Closed => false,
         }
     }
+
+    /// True only if the store proved the object absent (404).
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            DurableError::Wal(e) => e.is_not_found(),
+            DurableError::Store { source, .. } => {
+                matches!(**source, object_store::Error::NotFound { .. })
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Resolves when the batch is durable (or cannot be made so).
@@ -190,6 +201,10 @@ pub trait BatchReader: Send + Sync + 'static {
     /// object (each location starting where the one before ends), with one
     /// request where the store allows it; a single batch is a run of one.
     fn read_adjacent(&self, locations: Vec<Location>) -> ReadManyAck;
+
+    /// Whether `key` names a handoff object that node `node` wrote: a proxy
+    /// hands off batches from its own objects only.
+    fn is_handoff_object_of(&self, key: &str, node: i32) -> bool;
 
     /// Reads the history of some partitions (topic id, partition) from
     /// every node's WAL and compacted objects, fenced by leader epochs: what
@@ -321,6 +336,12 @@ impl WalAppender for MemoryLog {
 }
 
 impl BatchReader for MemoryLog {
+    /// Objects in memory carry no owner: any of them may be handed off
+    /// (the nodes of a test share one MemoryLog).
+    fn is_handoff_object_of(&self, key: &str, _node: i32) -> bool {
+        key.starts_with("mem/")
+    }
+
     fn read_adjacent(&self, locations: Vec<Location>) -> ReadManyAck {
         // Every batch is an object of its own here.
         let g = self.inner.lock();

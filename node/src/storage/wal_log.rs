@@ -560,6 +560,14 @@ impl WalAppender for WalLog {
 }
 
 impl BatchReader for WalLog {
+    fn is_handoff_object_of(&self, key: &str, node: i32) -> bool {
+        let path = object_store::path::Path::from(key);
+        key.starts_with(HANDOFF_PREFIX)
+            && key.as_bytes().get(HANDOFF_PREFIX.len()) == Some(&b'/')
+            && ferry_wal::reader::parse_node(&path).is_some_and(|n| i64::from(n) == i64::from(node))
+            && path.parts().count() == 3
+    }
+
     fn read_adjacent(&self, locations: Vec<crate::storage::durable::Location>) -> ReadManyAck {
         // The WAL's error names the object.
         let rx = self.reader.read_adjacent(locations);

@@ -178,8 +178,9 @@ pub fn store_security_doc(
 }
 
 /// A handoff commit from `from_node` at `view_revision` of one well-formed
-/// one-record batch (in a handoff object nobody reads) for `topic`'s
-/// partition 0.
+/// one-record batch for `topic`'s partition 0, in a handoff object that
+/// does not exist: for calls refused before the leader reads it (see
+/// [`stored_batch_commit`] for one it takes).
 pub fn one_batch_commit(
     from_node: i32,
     view_revision: u64,
@@ -208,6 +209,45 @@ pub fn one_batch_commit(
             }],
         }],
     }
+}
+
+/// [`one_batch_commit`] of a real one-record batch that `log` holds (as a
+/// proxy's handoff object would): a commit the leader reads back and takes.
+pub fn stored_batch_commit(
+    log: &ferry_node::storage::durable::MemoryLog,
+    from_node: i32,
+    view_revision: u64,
+    topic: &str,
+    topic_id: [u8; 16],
+) -> ferry_node::cluster::rpc::HandoffCommit {
+    use ferry_node::storage::durable::{AppendEntry, WalAppender};
+    use ferry_protocol::records::{NewRecord, RecordBatchBuilder, RecordBatches};
+    let mut builder = RecordBatchBuilder::new();
+    builder.push(NewRecord::new(1000, Some(b"k"), Some(b"v")));
+    let raw = bytes::Bytes::from(builder.build().unwrap());
+    let batch = RecordBatches::new(raw.clone()).next().unwrap().unwrap();
+    let location = futures_lite::future::block_on(log.append(AppendEntry {
+        topic: topic.into(),
+        topic_id,
+        partition: 0,
+        base_offset: 0,
+        last_offset: 0,
+        max_timestamp: batch.max_timestamp(),
+        record_count: 1,
+        producer: Default::default(),
+        segments: [raw, bytes::Bytes::new()],
+        leader_epoch: 0,
+        external: None,
+    }))
+    .unwrap();
+    let mut commit = one_batch_commit(from_node, view_revision, topic, topic_id);
+    let b = &mut commit.partitions[0].batches[0];
+    b.key = location.key;
+    b.position = location.position;
+    b.len = location.len;
+    b.crc = location.crc;
+    b.max_timestamp = batch.max_timestamp();
+    commit
 }
 
 /// The address `node` bound for listener `name`.

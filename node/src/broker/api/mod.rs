@@ -31,7 +31,7 @@ mod fetch;
 mod groups;
 mod metadata;
 mod produce;
-mod security;
+pub(crate) mod security;
 
 use crate::security::acl::{Operation, ResourceType};
 pub use acls::group_refusal;

@@ -21,6 +21,8 @@ pub struct RpcClient {
     peers: RefCell<HashMap<i32, Rc<Peer>>>,
     /// TLS to peers' inter-broker listeners; `None`: plain TCP.
     tls: Option<Arc<crate::security::tls::TlsClient>>,
+    /// SASL to peers' inter-broker listener (a SASL one); `None`: none.
+    login: Option<Rc<crate::config::SaslLogin>>,
 }
 
 impl RpcClient {
@@ -32,7 +34,16 @@ impl RpcClient {
             frame_bytes_max,
             peers: RefCell::new(HashMap::new()),
             tls: None,
+            login: None,
         }
+    }
+
+    /// Authenticates to peers with SASL before the first call on each
+    /// connection (their inter-broker listener is SASL_PLAINTEXT or
+    /// SASL_SSL).
+    pub fn with_login(mut self, login: Option<crate::config::SaslLogin>) -> RpcClient {
+        self.login = login.map(Rc::new);
+        self
     }
 
     /// Dials peers with TLS (their inter-broker listener is SSL).
@@ -172,6 +183,7 @@ impl RpcClient {
             zone: to.zone.clone(),
             counters: self.traffic.zone(&to.zone),
             tls: self.tls.clone(),
+            login: self.login.clone(),
             conn: RefCell::new(None),
             connecting: glommio::sync::Semaphore::new(1),
         });
@@ -189,6 +201,7 @@ pub(super) struct Peer {
     zone: String,
     counters: Arc<ZoneTraffic>,
     tls: Option<Arc<crate::security::tls::TlsClient>>,
+    login: Option<Rc<crate::config::SaslLogin>>,
     conn: RefCell<Option<Rc<Conn>>>,
     /// One connect at a time; other callers wait for it.
     connecting: glommio::sync::Semaphore,
@@ -238,7 +251,13 @@ impl Peer {
         let _ = stream.set_nodelay(true);
         keepalive(&stream);
         let conn = match &self.tls {
-            None => Conn::start(self.node_id, stream, frame_bytes_max),
+            None => {
+                let mut stream = stream;
+                self.log_in(&mut stream, timeout)
+                    .await
+                    .map_err(&connect_err)?;
+                Conn::start(self.node_id, stream, frame_bytes_max)
+            }
             Some(tls) => {
                 let name =
                     rustls::pki_types::ServerName::try_from(self.host.clone()).map_err(|e| {
@@ -250,12 +269,32 @@ impl Peer {
                         connect_err(format!("TLS handshake timed out after {timeout:?}"))
                     })?
                     .map_err(|e| connect_err(format!("TLS handshake failed: {e}")))?;
+                let mut stream = stream;
+                self.log_in(&mut stream, timeout)
+                    .await
+                    .map_err(&connect_err)?;
                 Conn::start(self.node_id, stream, frame_bytes_max)
             }
         };
-        tracing::debug!(node = self.node_id, addr = %addr, tls = self.tls.is_some(), "RPC connection open");
+        tracing::debug!(node = self.node_id, addr = %addr, tls = self.tls.is_some(),
+            sasl = self.login.is_some(), "RPC connection open");
         *self.conn.borrow_mut() = Some(conn.clone());
         Ok(conn)
+    }
+
+    /// Authenticates a new connection with SASL, if the peer's listener
+    /// asks for it, within `timeout`.
+    async fn log_in<S>(&self, stream: &mut S, timeout: Duration) -> Result<(), String>
+    where
+        S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
+    {
+        let Some(login) = &self.login else {
+            return Ok(());
+        };
+        within(timeout, crate::security::sasl_client::login(stream, login))
+            .await
+            .ok_or_else(|| format!("SASL login timed out after {timeout:?}"))?
+            .map_err(|e| e.to_string())
     }
 }
 
