@@ -33,6 +33,18 @@ be set up. Steps (in this order; --only picks some, in this order too):
                   acknowledged record lost, none duplicated
   fence           (d) SIGSTOP a leader past its lease, another takes over,
                   SIGCONT: nothing the old leader writes late becomes visible
+  secure          (with --secure only) SCRAM users and ACLs made by the admin
+                  certificate over mTLS; alice (SASL_SSL) produces to leaders
+                  in every zone through her zone's proxies and reads it all
+                  back; bob without WRITE is refused by the proxy and moves
+                  no offset; Ferry's API key 32000 on the client listener
+                  closes the connection; wrong passwords, unknown users and
+                  plaintext get nowhere and the nodes keep serving
+
+--secure starts the cluster with TLS, SASL and ACLs (see cluster.py): clients
+on a SASL_SSL listener (9092), nodes on an mTLS INTERNAL listener (9093).
+It runs topology, cluster and secure (the default then); the other data
+steps speak PLAINTEXT and are refused with it.
 
 Logs and files go to a fresh directory (printed); it is kept when a step
 fails (--keep keeps it always), and the tails of the logs are printed.
@@ -41,6 +53,7 @@ import argparse
 import subprocess
 import json
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -52,9 +65,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from netns import Topology, TopologyError, install_signal_teardown, _root_routes  # noqa: E402
 import cluster  # noqa: E402
 from cluster import Cluster, ClusterError, zone_name  # noqa: E402
+import zclient  # noqa: E402
 
 STEPS = ["topology", "cluster", "metadata", "local", "meter", "cidr", "produce_consume", "cross_zone",
-         "groups", "kill", "fence"]
+         "groups", "kill", "fence", "secure"]
+# The steps that need --secure, and the ones whose clients speak PLAINTEXT.
+SECURE_STEPS = ["secure"]
+PLAINTEXT_STEPS = [s for s in STEPS if s not in ("topology", "cluster") + tuple(SECURE_STEPS)]
 NOWHERE = "automq_az=nowhere&ferry-zones-truth"  # a zone with no node: the true leaders
 
 
@@ -82,7 +99,7 @@ class Ctx:
     # ------------------------------------------------------------ helpers
     def create_topic(self, name, partitions):
         n = self.c.nodes[1]
-        r = self.c.agent(n.zone).call({"cmd": "create_topic", "addr": n.addr, "topic": name,
+        r = self.c.agent(n.zone).call({"cmd": "create_topic", "addr": self.c.probe_addr(n), "topic": name,
                                        "partitions": partitions})
         if r.get("error_code") != 0:
             raise Failed(f"CreateTopics {name}: {r}")
@@ -90,7 +107,7 @@ class Ctx:
         end = time.time() + 20
         for node in self.c.nodes.values():
             while True:
-                m = self.c.metadata(node.zone, node.addr, NOWHERE, [name])
+                m = self.c.metadata(node.zone, self.c.probe_addr(node), NOWHERE, [name])
                 ps = m.get("topics", [{}])[0].get("partitions", []) if m.get("topics") else []
                 if len(ps) == partitions and all(p["leader"] >= 0 for p in ps):
                     break
@@ -100,7 +117,7 @@ class Ctx:
 
     def leaders(self, topic, z, client_id, node=None):
         node = node or self.c.zone_nodes(z)[0]
-        m = self.c.metadata(z, node.addr, client_id, [topic])
+        m = self.c.metadata(z, self.c.probe_addr(node), client_id, [topic])
         if "error" in m:
             raise Failed(f"Metadata from node {node.id}: {m['error']}")
         return {p["partition"]: p["leader"] for p in m["topics"][0]["partitions"]}
@@ -110,7 +127,8 @@ class Ctx:
         return self.leaders(topic, via.zone, NOWHERE, via)
 
     def produce(self, z, topic, tag, partitions=None, count=0, seconds=0, rate=0, size=1024,
-                timeout_ms=20000, bootstrap=None, client_id=None, debug=""):
+                timeout_ms=20000, bootstrap=None, client_id=None, debug="", conf=None):
+        """conf: a --conf-json file (librdkafka security settings)."""
         acks = os.path.join(self.dir, f"acks-{tag}.jsonl")
         args = ["produce", "--bootstrap", bootstrap or self.c.bootstrap(z),
                 "--client-id", client_id or tagged(z, f"prod-{tag}"), "--topic", topic, "--tag", tag,
@@ -126,12 +144,14 @@ class Ctx:
             args += ["--rate", str(rate)]
         if debug:
             args += ["--debug", debug]
+        if conf:
+            args += ["--conf-json", conf]
         p = self.c.spawn_client(z, args, f"producer-{tag}.log")
         p.acks_path = acks
         p.tag = tag
         return p
 
-    def consume(self, z, topic, partitions, targets, tag, timeout=60, subscribe=False, group=None):
+    def consume(self, z, topic, partitions, targets, tag, timeout=60, subscribe=False, group=None, conf=None):
         out = os.path.join(self.dir, f"consumed-{tag}.jsonl")
         args = ["consume", "--bootstrap", self.c.bootstrap(z), "--client-id", tagged(z, f"cons-{tag}"),
                 "--rack", zone_name(z), "--group", group or f"g-{tag}", "--topic", topic,
@@ -140,6 +160,8 @@ class Ctx:
                 "--out", out, "--timeout", str(timeout)]
         if subscribe:
             args.append("--subscribe")
+        if conf:
+            args += ["--conf-json", conf]
         p = self.c.spawn_client(z, args, f"consumer-{tag}.log")
         p.out_path = out
         return p
@@ -171,6 +193,24 @@ class Ctx:
     def read_records(path):
         with open(path) as f:
             return [tuple(json.loads(line)) for line in f]
+
+    def end_offsets(self, topic, partitions):
+        """{partition: end offset}, asked of each partition's true leader
+        with ListOffsets by the harness's own client (in secure mode the
+        admin certificate, on INTERNAL)."""
+        truth = self.truth(topic)
+        by_leader = {}
+        for p in partitions:
+            by_leader.setdefault(truth[p], []).append(p)
+        out = {}
+        for lid, ps in sorted(by_leader.items()):
+            n = self.c.nodes[lid]
+            r = self.c.agent(n.zone).call({"cmd": "list_offsets", "addr": self.c.probe_addr(n), "topic": topic,
+                                           "partitions": ps})
+            if "error" in r or r.get("errors"):
+                raise Failed(f"ListOffsets {topic} {ps} at node {lid}: {r}")
+            out.update({int(k): v for k, v in r["offsets"].items()})
+        return out
 
 
 def compare(acks, consumed_by_zone, partitions):
@@ -246,7 +286,7 @@ def step_cluster(ctx):
     c.wait_all_listed(timeout=30)
     racks = {}
     for n in c.nodes.values():
-        m = c.metadata(n.zone, n.addr, "ferry-zones-probe", [])
+        m = c.metadata(n.zone, c.probe_addr(n), "ferry-zones-probe", [])
         racks[n.id] = sorted((b["id"], b["rack"], f"{b['host']}:{b['port']}") for b in m["brokers"])
     first = next(iter(racks.values()))
     for nid, r in racks.items():
@@ -254,9 +294,10 @@ def step_cluster(ctx):
             raise Failed(f"node {nid} lists {r}, node 1 lists {first}")
     for bid, rack, addr in first:
         n = c.nodes[bid]
-        if rack != n.rack or addr != n.addr:
-            raise Failed(f"node {bid} listed as {rack} {addr}, configured {n.rack} {n.addr}")
-    return f"{len(c.nodes)} nodes ({ctx.args.nodes_per_zone}/zone), each lists all with zone and address", \
+        if rack != n.rack or addr != c.probe_addr(n):
+            raise Failed(f"node {bid} listed as {rack} {addr}, configured {n.rack} {c.probe_addr(n)}")
+    how = " (asked on INTERNAL with the admin certificate: its endpoints)" if c.secure else ""
+    return f"{len(c.nodes)} nodes ({ctx.args.nodes_per_zone}/zone), each lists all with zone and address{how}", \
         {"nodes": len(c.nodes)}
 
 
@@ -333,16 +374,17 @@ def node_zone_bytes(ctx):
     return out
 
 
-def run_load_and_read(ctx, topic, plan, tag, size, consumers_read, timeout_ms=20000):
+def run_load_and_read(ctx, topic, plan, tag, size, consumers_read, timeout_ms=20000, conf=None, group_prefix="g-"):
     """plan: {zone: [partitions]} to produce `count` records each into.
     consumers_read: {zone: [partitions]}. Returns acks, errors, consumed
-    records per zone, payload bytes, bridge counters before/after, summaries."""
+    records per zone, payload bytes, bridge counters before/after, summaries.
+    conf: the clients' --conf-json; their groups are group_prefix + tag-zN."""
     count = ctx.args.records
     before = ctx.topo.counters()
     rpc_before = node_zone_bytes(ctx)
     t0 = time.time()
     prods = {z: ctx.produce(z, topic, f"{tag}-z{z}", partitions=parts, count=count, size=size,
-                            timeout_ms=timeout_ms) for z, parts in plan.items() if parts}
+                            timeout_ms=timeout_ms, conf=conf) for z, parts in plan.items() if parts}
     summaries = {z: ctx.finish(p, timeout_ms / 1000 + 60) for z, p in prods.items()}
     acks, errs = [], []
     for z, p in prods.items():
@@ -358,7 +400,7 @@ def run_load_and_read(ctx, topic, plan, tag, size, consumers_read, timeout_ms=20
     for z, parts in consumers_read.items():
         if parts:
             cons[z] = ctx.consume(z, topic, parts, {p: targets_all.get(p, 0) for p in parts}, f"{tag}-z{z}",
-                                  timeout=ctx.args.consume_timeout)
+                                  timeout=ctx.args.consume_timeout, conf=conf, group=f"{group_prefix}{tag}-z{z}")
     csum = {z: ctx.finish(p, ctx.args.consume_timeout + 30) for z, p in cons.items()}
     after = ctx.topo.counters()
     rpc_after = node_zone_bytes(ctx)
@@ -797,6 +839,448 @@ def step_fence(ctx):
     return detail, nums
 
 
+# ============================================================ secure step
+
+SECURE_TOPIC = "secure-all"
+SECURE_PREFIX = "secure-"
+# librdkafka's and Kafka's names for what the step expects.
+TOPIC_AUTHORIZATION_FAILED = "TOPIC_AUTHORIZATION_FAILED"
+SASL_AUTHENTICATION_FAILED = 58
+CLUSTER_AUTHORIZATION_FAILED = 31
+RPC_ON_CLIENT_LISTENER = "node-to-node API key on a client listener"
+
+
+def node_metric(ctx, name, label=""):
+    """{node id: sum of the samples of `name` (whose labels contain
+    `label`)} from every running node's /metrics."""
+    out = {}
+    for n in ctx.c.nodes.values():
+        if n.stopped:
+            continue
+        r = subprocess.run(ctx.topo.exec_args(ctx.topo.zone_ns(n.zone)) +
+                           ["curl", "-s", "-m", "5", f"http://{n.ip}:{cluster.METRICS_PORT}/metrics"],
+                           capture_output=True, text=True, check=False, timeout=15)
+        total = 0
+        for line in r.stdout.splitlines():
+            if (line.startswith(name + "{") or line.startswith(name + " ")) and label in line:
+                total += int(float(line.rsplit(" ", 1)[1]))
+        out[n.id] = total
+    return out
+
+
+def log_count(ctx, node_id, text):
+    try:
+        with open(os.path.join(ctx.dir, f"node-{node_id}.log"), "rb") as f:
+            return f.read().decode(errors="replace").count(text)
+    except OSError:
+        return 0
+
+
+def secure_setup(ctx, passwords):
+    """The admin certificate (a super user) connects to zone 1's INTERNAL
+    listener with confluent-kafka's AdminClient and creates the SCRAM users
+    and the ACLs; then every node must let alice in (bounded)."""
+    c = ctx.c
+    t0 = time.time()
+
+    def topic_acl(user, op):
+        return {"resource_type": "TOPIC", "name": SECURE_PREFIX, "pattern": "PREFIXED",
+                "principal": f"User:{user}", "operation": op}
+
+    plan = {"users": [{"name": u, "password": pw, "mechanism": "SCRAM-SHA-512", "iterations": 4096}
+                      for u, pw in sorted(passwords.items())],
+            "acls": [topic_acl("alice", "WRITE"), topic_acl("alice", "DESCRIBE"), topic_acl("alice", "READ"),
+                     {"resource_type": "GROUP", "name": SECURE_PREFIX, "pattern": "PREFIXED",
+                      "principal": "User:alice", "operation": "READ"},
+                     # bob may see the topic (so his producer gets as far as
+                     # a Produce request) but not write it.
+                     topic_acl("bob", "DESCRIBE")]}
+    plan_path = cluster.write_private(os.path.join(ctx.dir, "secure-plan.json"), json.dumps(plan))
+    admin_conf = c.write_conf("admin", c.admin_conf())
+    boot = ",".join(n.internal_addr for n in c.zone_nodes(1))
+    p = c.spawn_client(1, ["admin", "--bootstrap", boot, "--conf-json", admin_conf, "--plan", plan_path,
+                           "--timeout", "20"], "admin-setup.log")
+    r = ctx.finish(p, 90)
+    nums = {"admin_result": r}
+    problems = []
+    bad_users = {u: v for u, v in (r.get("users") or {}).items() if v != "ok"}
+    bad_acls = {k: v for k, v in (r.get("acls") or {}).items() if v != "ok"}
+    if r.get("error") or len(r.get("users") or {}) != len(passwords) or bad_users:
+        problems.append(f"AlterUserScramCredentials: {r.get('users') or r}")
+    if len(r.get("acls") or {}) != len(plan["acls"]) or bad_acls:
+        problems.append(f"CreateAcls: {r.get('acls') or r}")
+    described = set(r.get("described_acls") or [])
+    for b in plan["acls"]:
+        want = f"{b['principal']} {b['operation']} {b['resource_type']}:{b['pattern']}:{b['name']} ALLOW"
+        if want not in described:
+            problems.append(f"DescribeAcls does not show {want!r}: {sorted(described)}")
+    for u in passwords:
+        if "SCRAM_SHA_512/4096" not in (r.get("described_users") or {}).get(u, []):
+            problems.append(f"DescribeUserScramCredentials does not show {u}: {r.get('described_users')}")
+    if problems:
+        raise Failed("setup through INTERNAL with the admin certificate: " + "; ".join(problems), nums)
+    nums["setup_s"] = round(time.time() - t0, 1)
+    # Every node sees the users (one document in etcd): alice is let in on
+    # every node's CLIENT listener.
+    end = time.time() + 20
+    pending = set(c.nodes)
+    last = {}
+    while pending:
+        for nid in sorted(pending):
+            n = c.nodes[nid]
+            m = c.agent(n.zone).call({
+                "cmd": "metadata", "addr": n.addr, "client_id": tagged(n.zone, "secure-alice"), "topics": [],
+                "conn": "alice-setup", "tls": {"ca": c.pki.ca},
+                "sasl": {"mechanism": "SCRAM-SHA-512", "user": "alice", "password": passwords["alice"]}})
+            last[nid] = m.get("error") or "ok"
+            if "error" not in m:
+                pending.discard(nid)
+                # The CLIENT listener tells its own endpoints, and a client
+                # of a known zone sees its zone's nodes only.
+                listed = sorted(f"{b['host']}:{b['port']}" for b in m["brokers"])
+                want = sorted(x.addr for x in c.nodes.values() if x.zone == n.zone)
+                if listed != want:
+                    raise Failed(f"node {nid}'s CLIENT listener lists {listed}, want {want}", nums)
+        if pending and time.time() > end:
+            raise Failed(f"alice not let in within 20s of her creation by nodes {sorted(pending)}: {last}", nums)
+        if pending:
+            time.sleep(0.3)
+    nums["users_everywhere_s"] = round(time.time() - t0 - nums["setup_s"], 1)
+    return nums
+
+
+def secure_alice(ctx, conf, truth, tag, limit_pct):
+    """(a): alice produces in every zone to every partition (so to leaders
+    in every zone, 2/3 through the proxies of her zone) and reads it all
+    back in every zone; cross-zone bytes at most limit_pct % of the
+    produced payload."""
+    zs = list(range(1, ctx.topo.zones + 1))
+    parts = sorted(truth)
+    r = run_load_and_read(ctx, SECURE_TOPIC, {z: parts for z in zs}, tag, ctx.args.size,
+                          {z: parts for z in zs}, conf=conf, group_prefix=SECURE_PREFIX + "g-")
+    sent = ctx.args.records * len(zs)
+    problems, nums = compare(r["acks"], r["consumed"], parts)
+    if len(r["acks"]) != sent:
+        problems.insert(0, f"acked {len(r['acks'])} of {sent}, failed {error_counts(r['errors'])}")
+    problems[:0] = producer_problems(r["producers"])
+    cross = ctx.topo.cross_zone(r["before"], r["after"])
+    total = sum(cross.values())
+    produced = r["produced_bytes"]
+    pct = 100.0 * total / max(1, produced)
+    handoff = r["rpc_cross_zone"].get("handoff-out", 0)
+    nums.update({"sent": sent, "acked": len(r["acks"]), "errors": error_counts(r["errors"]),
+                 "consumer_errors": {z: s.get("errors") for z, s in r["consumers"].items()},
+                 "produced_bytes": produced, "cross_zone_bytes": cross, "cross_zone_pct": round(pct, 4),
+                 "services_bytes": ctx.topo.services_bytes(r["before"], r["after"]),
+                 "ferry_rpc_cross_zone": r["rpc_cross_zone"], "seconds": r["seconds"]})
+    if produced == 0:
+        problems.append("nothing was produced")
+    # The data goes to the bucket from the proxy's zone; only the handoff
+    # commits (over mTLS) and metadata cross, with their TLS handshakes. The
+    # zones' librdkafka clients also open a few connections to other zones'
+    # CLIENT listeners (Metadata lists every node), each a TLS handshake and
+    # a SCRAM exchange: more bytes than plaintext's, hence a generous bound.
+    nums["limit_pct"] = limit_pct
+    if total > produced * limit_pct / 100:
+        problems.append(f"cross-zone {total} B is {pct:.3f}% of {produced} B produced (limit {limit_pct}%)")
+    # Some partitions are led in other zones than each producer's, so the
+    # proxies must have handed batches off across zones.
+    if handoff <= 0:
+        problems.append(f"no handoff bytes crossed zones by Ferry's count: {r['rpc_cross_zone']}")
+    return problems, nums
+
+
+def secure_bob(ctx, conf, bob_sasl, truth, parts):
+    """(b): bob (DESCRIBE, no WRITE) produces in every zone to partitions
+    led in other zones: his zone's proxy refuses, nothing moves.
+
+    librdkafka takes the first TOPIC_AUTHORIZATION_FAILED as a permanent
+    topic error and fails what it has not sent yet with _UNKNOWN_PARTITION
+    (partition count set to 0), so each zone's producer writes only the
+    partitions one proxy stands in for, all in one Produce request (bob's
+    settings linger 500 ms): every record then gets the proxy's answer."""
+    c = ctx.c
+    zs = list(range(1, ctx.topo.zones + 1))
+    nums = {"seen_leaders": {}, "partitions": {}, "proxy": {}}
+    problems = []
+    for z in zs:
+        away = sorted(p for p, l in truth.items() if c.nodes[l].zone != z)
+        n = c.zone_nodes(z)[0]
+        m = c.agent(z).call({"cmd": "metadata", "addr": n.addr, "client_id": tagged(z, "secure-bob"),
+                             "topics": [SECURE_TOPIC], "conn": "bob", "tls": {"ca": c.pki.ca}, "sasl": bob_sasl})
+        if "error" in m or m["topics"][0]["error"] != 0:
+            raise Failed(f"bob's Metadata in zone {z}: {m}")
+        seen = {p["partition"]: p["leader"] for p in m["topics"][0]["partitions"]}
+        nums["seen_leaders"][z] = seen
+        mine = {x.id for x in c.zone_nodes(z)}
+        if not set(seen.values()) <= mine:
+            problems.append(f"bob in zone {z} sees leaders {seen}, not only zone {z}'s nodes {sorted(mine)}")
+        by_proxy = {}
+        for p in away:
+            by_proxy.setdefault(seen[p], []).append(p)
+        proxy, group = max(sorted(by_proxy.items()), key=lambda kv: len(kv[1]))
+        nums["proxy"][z] = proxy
+        nums["partitions"][z] = group
+    before = ctx.end_offsets(SECURE_TOPIC, parts)
+    produce_before = node_metric(ctx, "ferry_requests_total", 'api="Produce"')
+    prods = {z: ctx.produce(z, SECURE_TOPIC, f"bob-z{z}", partitions=nums["partitions"][z], count=20, size=256,
+                            timeout_ms=15000, conf=conf) for z in zs if nums["partitions"][z]}
+    sums = {z: ctx.finish(p, 60) for z, p in prods.items()}
+    # Anything a proxy let through would be committed within a few batch
+    # intervals.
+    time.sleep(max(2.0, 20 * ctx.args.batch_interval_ms / 1000))
+    after = ctx.end_offsets(SECURE_TOPIC, parts)
+    produce_after = node_metric(ctx, "ferry_requests_total", 'api="Produce"')
+    refused, other, acked = 0, {}, 0
+    for z, p in prods.items():
+        a, e = ctx.read_acks(p.acks_path)
+        acked += len(a)
+        for x in e:
+            if x["err"] == TOPIC_AUTHORIZATION_FAILED:
+                refused += 1
+            else:
+                other[x["err"]] = other.get(x["err"], 0) + 1
+    want = 20 * len(prods)
+    # Produce requests that reached bob's zone's nodes (the proxies).
+    reached = {z: sum(produce_after.get(x.id, 0) - produce_before.get(x.id, 0) for x in c.zone_nodes(z))
+               for z in prods}
+    nums.update({"sent": want, "refused": refused, "other_errors": other, "acked": acked,
+                 "produce_requests_at_proxies": reached, "end_offsets_before": before, "end_offsets_after": after,
+                 "producers": sums})
+    if acked or refused != want or other:
+        problems.append(f"bob: {refused}/{want} refused {TOPIC_AUTHORIZATION_FAILED}, {acked} acked, other {other}")
+    if any(v <= 0 for v in reached.values()):
+        problems.append(f"bob's Produce requests did not all reach his zone's nodes: {reached}")
+    if before != after:
+        problems.append(f"end offsets moved under bob: {before} -> {after}")
+    return problems, nums
+
+
+def secure_rpc_key(ctx, alice_sasl, truth, parts):
+    """(c): Ferry's HandoffCommit (API key 32000) on the CLIENT listener,
+    over TLS, from alice once authenticated (so nothing but the listener
+    check stands in the way: she may write the topic), then without SASL;
+    and the same bytes on INTERNAL with the admin certificate, which is
+    answered (the frame decodes) CLUSTER_AUTHORIZATION_FAILED (not the
+    member it names)."""
+    c = ctx.c
+    zs = list(range(1, ctx.topo.zones + 1))
+    before = ctx.end_offsets(SECURE_TOPIC, parts)
+    problems = []
+    nums = {"client_listener": {}, "internal_as_admin": {}}
+    for z in zs:
+        n = c.zone_nodes(z)[0]
+        # Names a member of another zone as its sender, for a partition that
+        # member does not lead (as a proxy would).
+        sender = next(x for x in c.nodes.values() if x.zone != z)
+        part = next((p for p, l in sorted(truth.items()) if l != sender.id), parts[0])
+        body = zclient.handoff_commit_body(sender.id, SECURE_TOPIC, part, f"handoff/forged-{os.getpid()}-{z}")
+        frame = {"api_key": 32000, "version": 0, "body_hex": body.hex(), "header": "rpc"}
+        logs_before = log_count(ctx, n.id, RPC_ON_CLIENT_LISTENER)
+        authed = c.agent(z).call({"cmd": "probe", "addr": n.addr, "tls": {"ca": c.pki.ca}, "sasl": alice_sasl,
+                                  "frame": frame, "timeout": 8}, timeout=30)
+        # The node logs why it closed alice's connection (bounded wait for
+        # the line to reach the file).
+        end = time.time() + 3
+        while log_count(ctx, n.id, RPC_ON_CLIENT_LISTENER) == logs_before and time.time() < end:
+            time.sleep(0.1)
+        logged = log_count(ctx, n.id, RPC_ON_CLIENT_LISTENER) - logs_before
+        anon = c.agent(z).call({"cmd": "probe", "addr": n.addr, "tls": {"ca": c.pki.ca}, "frame": frame,
+                                "timeout": 8}, timeout=30)
+        internal = c.agent(z).call({"cmd": "probe", "addr": n.internal_addr, "tls": c.admin_tls(),
+                                    "frame": frame, "timeout": 8}, timeout=30)
+        nums["client_listener"][n.id] = {"sasl_alice": authed, "no_sasl": anon, "closed_logged": logged}
+        nums["internal_as_admin"][n.id] = internal
+        if not (authed.get("sasl") or {}).get("ok"):
+            problems.append(f"node {n.id}: alice did not authenticate over TLS: {authed}")
+        elif authed.get("reply") != "closed" or authed.get("serves_after"):
+            problems.append(f"node {n.id}: key 32000 from authenticated alice on CLIENT got {authed.get('reply')} "
+                            f"(serves after: {authed.get('serves_after')}), want the connection closed")
+        if anon.get("tls") != "ok" or anon.get("reply") != "closed":
+            problems.append(f"node {n.id}: key 32000 without SASL on CLIENT got {anon}, want closed")
+        if default_log_level() and logged < 1:
+            problems.append(f"node {n.id} did not log {RPC_ON_CLIENT_LISTENER!r} for alice's request")
+        if internal.get("reply") != "answer" or internal.get("rpc_error_codes") != [CLUSTER_AUTHORIZATION_FAILED]:
+            problems.append(f"node {n.id}: the same commit on INTERNAL from the admin certificate got {internal}, "
+                            f"want error {CLUSTER_AUTHORIZATION_FAILED}")
+    time.sleep(max(1.0, 10 * ctx.args.batch_interval_ms / 1000))
+    after = ctx.end_offsets(SECURE_TOPIC, parts)
+    nums.update({"end_offsets_before": before, "end_offsets_after": after})
+    if before != after:
+        problems.append(f"end offsets moved after the forged commits: {before} -> {after}")
+    return problems, nums
+
+
+def default_log_level():
+    """Whether the nodes log at info or finer (the harness's default), so
+    their info lines can be counted."""
+    level = os.environ.get("FERRY_ZONES_RUST_LOG", "info").lower()
+    return any(w in level for w in ("info", "debug", "trace"))
+
+
+def refused_unanswered(r):
+    """A probe that reached the node, sent its request and got no Kafka
+    answer: the connection closed (or the TLS handshake failed) instead."""
+    return (r.get("connect") == "ok" and not r.get("serves_after")
+            and (r.get("reply") in ("closed", "not_kafka") or r.get("tls") not in (None, "ok")))
+
+
+def secure_bad_logins(ctx, passwords, alice_conf, parts):
+    """(d): wrong password, unknown user and plaintext on the CLIENT
+    listener, no client certificate on INTERNAL; a real client with a wrong
+    password sees _AUTHENTICATION; then every node still serves alice."""
+    c = ctx.c
+    zs = list(range(1, ctx.topo.zones + 1))
+    problems = []
+    nums = {"wrong_password": {}, "unknown_user": {}, "plaintext": {}, "internal_no_cert": {}}
+    fails_before = node_metric(ctx, "ferry_authentication_failures_total")
+    api_versions = {"api_key": 18, "version": 0, "body_hex": "", "header": "kafka"}
+    for z in zs:
+        n = c.zone_nodes(z)[-1]
+        tls = {"ca": c.pki.ca}
+        for key, user, pw in (("wrong_password", "alice", passwords["alice"] + "-wrong"),
+                              ("unknown_user", "mallory", passwords["alice"])):
+            r = c.agent(z).call({"cmd": "probe", "addr": n.addr, "tls": tls,
+                                 "sasl": {"mechanism": "SCRAM-SHA-512", "user": user, "password": pw},
+                                 "timeout": 8}, timeout=30)
+            nums[key][n.id] = r
+            if (r.get("sasl") or {}).get("error_code") != SASL_AUTHENTICATION_FAILED or r.get("serves_after"):
+                problems.append(f"node {n.id}: {key} got {r}, want SaslAuthenticate error "
+                                f"{SASL_AUTHENTICATION_FAILED} and the connection closed")
+        r = c.agent(z).call({"cmd": "probe", "addr": n.addr, "tls": None, "frame": api_versions, "timeout": 8},
+                            timeout=30)
+        nums["plaintext"][n.id] = r
+        if not refused_unanswered(r):
+            problems.append(f"node {n.id}: a plaintext ApiVersions on the SASL_SSL listener: {r}, want no answer "
+                            f"and the connection closed")
+        r = c.agent(z).call({"cmd": "probe", "addr": n.internal_addr, "tls": {"ca": c.pki.ca},
+                             "frame": api_versions, "timeout": 8}, timeout=30)
+        nums["internal_no_cert"][n.id] = r
+        if not refused_unanswered(r):
+            problems.append(f"node {n.id}: INTERNAL and a client without a certificate: {r}, want no answer")
+    # A real client (librdkafka) with a wrong password, and one that speaks
+    # PLAINTEXT to the SASL_SSL listener.
+    probes = {}
+    for name, conf in (("librdkafka_wrong_password",
+                        c.client_conf("alice", passwords["alice"] + "-wrong")),
+                       ("librdkafka_plaintext", {"security.protocol": "PLAINTEXT"})):
+        path = c.write_conf(name, conf)
+        p = c.spawn_client(2, ["auth-probe", "--bootstrap", c.bootstrap(2), "--conf-json", path,
+                               "--timeout", "8"], f"{name}.log")
+        probes[name] = ctx.finish(p, 40)
+    nums.update(probes)
+    wp = probes["librdkafka_wrong_password"]
+    if wp.get("metadata_ok") or "_AUTHENTICATION" not in (wp.get("error_names") or []):
+        problems.append(f"librdkafka with a wrong password: {wp}, want no metadata and _AUTHENTICATION")
+    pt = probes["librdkafka_plaintext"]
+    if pt.get("metadata_ok") or pt.get("error"):
+        problems.append(f"librdkafka over PLAINTEXT got metadata or did not run: {pt}")
+    time.sleep(0.5)
+    fails_after = node_metric(ctx, "ferry_authentication_failures_total")
+    counted = sum(fails_after.values()) - sum(fails_before.values())
+    raw_wrong = 2 * len(zs)
+    nums["authentication_failures_counted"] = counted
+    if counted < raw_wrong + 1:
+        problems.append(f"ferry_authentication_failures_total grew by {counted}, want >= {raw_wrong + 1} "
+                        f"({raw_wrong} raw refusals and librdkafka's)")
+    # The nodes keep serving: alive, every node lets alice in, and she can
+    # still produce to every partition.
+    dead = [n.id for n in c.nodes.values() if n.proc.poll() is not None]
+    if dead:
+        problems.append(f"nodes exited: {dead}")
+    served = 0
+    for n in c.nodes.values():
+        m = c.agent(n.zone).call({"cmd": "metadata", "addr": n.addr, "client_id": tagged(n.zone, "secure-after"),
+                                  "topics": [SECURE_TOPIC], "conn": "alice-after", "tls": {"ca": c.pki.ca},
+                                  "sasl": {"user": "alice", "password": passwords["alice"]}})
+        if "error" in m:
+            problems.append(f"node {n.id} does not serve alice after the bad logins: {m['error']}")
+        else:
+            served += 1
+    nums["nodes_serving_alice"] = served
+    p = ctx.produce(1, SECURE_TOPIC, "secure-after", partitions=parts, count=30, size=256, conf=alice_conf)
+    s = ctx.finish(p, 60)
+    nums["produce_after"] = s
+    if s.get("acked") != 30:
+        problems.append(f"alice's produce after the bad logins: {s}")
+    return problems, nums
+
+
+def step_secure(ctx):
+    c = ctx.c
+    if not c.secure:
+        raise Failed("the secure step needs the cluster started with --secure")
+    passwords = {"alice": "alice-" + secrets.token_hex(12), "bob": "bob-" + secrets.token_hex(12)}
+    alice_sasl = {"mechanism": "SCRAM-SHA-512", "user": "alice", "password": passwords["alice"]}
+    bob_sasl = {"mechanism": "SCRAM-SHA-512", "user": "bob", "password": passwords["bob"]}
+    nums = {}
+    # Before any user exists, alice is refused (so SASL is really on).
+    n1 = c.nodes[1]
+    early = c.agent(n1.zone).call({"cmd": "probe", "addr": n1.addr, "tls": {"ca": c.pki.ca}, "sasl": alice_sasl,
+                                   "timeout": 8}, timeout=30)
+    nums["before_setup"] = early
+    if (early.get("sasl") or {}).get("error_code") != SASL_AUTHENTICATION_FAILED:
+        raise Failed(f"before any user was made, alice's SCRAM login got {early}, want error "
+                     f"{SASL_AUTHENTICATION_FAILED}", nums)
+    nums.update(secure_setup(ctx, passwords))
+    ctx.create_topic(SECURE_TOPIC, 6)
+    truth = ctx.truth(SECURE_TOPIC)
+    parts = sorted(truth)
+    per_zone = {z: sum(1 for l in truth.values() if c.nodes[l].zone == z) for z in range(1, ctx.topo.zones + 1)}
+    nums["true_leaders"] = truth
+    if min(per_zone.values()) == 0:
+        raise Failed(f"a zone leads no partition of {SECURE_TOPIC}: {per_zone}", nums)
+    alice_conf = c.write_conf("alice", c.client_conf("alice", passwords["alice"]))
+    bob_conf = c.write_conf("bob", c.client_conf("bob", passwords["bob"],
+                                                 **{"enable.idempotence": False, "linger.ms": 500}))
+    problems = []
+    sub = {}
+    for name, run in (("a", lambda: secure_alice(ctx, alice_conf, truth, "secure", ctx.args.secure_cross_zone_pct)),
+                      ("b", lambda: secure_bob(ctx, bob_conf, bob_sasl, truth, parts)),
+                      ("c", lambda: secure_rpc_key(ctx, alice_sasl, truth, parts)),
+                      ("d", lambda: secure_bad_logins(ctx, passwords, alice_conf, parts))):
+        t0 = time.time()
+        pr, n = run()
+        n["seconds"] = round(time.time() - t0, 1)
+        sub[name] = n
+        problems += [f"({name}) {x}" for x in pr]
+    nums.update(sub)
+    a, b, cc, d = sub["a"], sub["b"], sub["c"], sub["d"]
+    closed = sum(1 for v in cc["client_listener"].values() if v["sasl_alice"].get("reply") == "closed")
+    refused31 = sum(1 for v in cc["internal_as_admin"].values()
+                    if v.get("rpc_error_codes") == [CLUSTER_AUTHORIZATION_FAILED])
+    wrong58 = sum(1 for v in d["wrong_password"].values()
+                  if (v.get("sasl") or {}).get("error_code") == SASL_AUTHENTICATION_FAILED)
+    unknown58 = sum(1 for v in d["unknown_user"].values()
+                    if (v.get("sasl") or {}).get("error_code") == SASL_AUTHENTICATION_FAILED)
+
+    def refused(key):
+        return sum(1 for v in d[key].values() if refused_unanswered(v))
+
+    detail = (f"setup {nums['setup_s']}s via mTLS admin, users on every node in {nums['users_everywhere_s']}s; "
+              f"(a) alice acked {a['acked']}/{a['sent']}, read back by every zone at the same offsets; "
+              f"cross-zone {sum(a['cross_zone_bytes'].values())} B = {a['cross_zone_pct']:.3f}% of "
+              f"{a['produced_bytes']} B produced (limit {ctx.args.secure_cross_zone_pct}%), handoff "
+              f"{a['ferry_rpc_cross_zone'].get('handoff-out', 0)} B out; "
+              f"(b) bob refused {b['refused']}/{b['sent']} {TOPIC_AUTHORIZATION_FAILED} at proxies "
+              f"(Produce requests {b['produce_requests_at_proxies']}), end offsets unchanged: "
+              f"{b['end_offsets_before'] == b['end_offsets_after']}; "
+              f"(c) key 32000 on CLIENT closed {closed}/{len(cc['client_listener'])} (alice authenticated), "
+              f"on INTERNAL as admin error {CLUSTER_AUTHORIZATION_FAILED} {refused31}/{len(cc['internal_as_admin'])}, "
+              f"end offsets unchanged: {cc['end_offsets_before'] == cc['end_offsets_after']}; "
+              f"(d) error {SASL_AUTHENTICATION_FAILED} for a wrong password {wrong58}/{len(d['wrong_password'])}, "
+              f"an unknown user {unknown58}/{len(d['unknown_user'])}, plaintext unanswered "
+              f"{refused('plaintext')}/{len(d['plaintext'])}, INTERNAL without a certificate unanswered "
+              f"{refused('internal_no_cert')}/{len(d['internal_no_cert'])}, "
+              f"librdkafka {d['librdkafka_wrong_password'].get('error_names')}, auth failures counted "
+              f"{d['authentication_failures_counted']}, nodes serving after {d['nodes_serving_alice']}/{len(c.nodes)}, "
+              f"produce after {d['produce_after'].get('acked')}/30")
+    nums["cross_zone_pct"] = a["cross_zone_pct"]
+    if problems:
+        raise Failed(detail + " | " + "; ".join(problems[:6]), nums)
+    return detail, nums
+
+
 STEP_FUNCS = {name: globals()[f"step_{name}"] for name in STEPS}
 
 
@@ -818,12 +1302,23 @@ def main():
     ap.add_argument("--json-out", default="")
     ap.add_argument("--s3", choices=["moto", "s3s"], default="moto",
                     help="the S3-protocol server in the services namespace")
+    ap.add_argument("--secure", action="store_true",
+                    help="TLS, SASL and ACLs: clients on SASL_SSL, nodes on mTLS (steps topology, cluster, secure)")
+    ap.add_argument("--secure-cross-zone-pct", type=float, default=5.0,
+                    help="secure step: the most cross-zone bytes may be, in %% of the produced payload")
     args = ap.parse_args()
-    chosen = [s.strip() for s in args.only.split(",") if s.strip()] or list(STEPS)
+    default = ["topology", "cluster"] + SECURE_STEPS if args.secure else \
+        [s for s in STEPS if s not in SECURE_STEPS]
+    chosen = [s.strip() for s in args.only.split(",") if s.strip()] or default
     unknown = [s for s in chosen if s not in STEPS]
     if unknown:
         ap.error(f"unknown steps {unknown}; steps: {STEPS}")
     chosen = [s for s in STEPS if s in chosen]
+    if args.secure and set(chosen) & set(PLAINTEXT_STEPS):
+        ap.error(f"steps {sorted(set(chosen) & set(PLAINTEXT_STEPS))} speak PLAINTEXT; with --secure only "
+                 f"topology, cluster and {','.join(SECURE_STEPS)} run")
+    if not args.secure and set(chosen) & set(SECURE_STEPS):
+        ap.error(f"steps {sorted(set(chosen) & set(SECURE_STEPS))} need --secure (a TLS, SASL and ACL cluster)")
     if not os.access(args.ferry, os.X_OK):
         ap.error(f"{args.ferry} is not an executable (cargo build -p ferry-node --bin ferry)")
     install_signal_teardown()
@@ -848,7 +1343,7 @@ def main():
             return status
         with topo:
             cluster = Cluster(topo, args.ferry, args.nodes_per_zone, workdir,
-                              batch_interval_ms=args.batch_interval_ms, s3=args.s3)
+                              batch_interval_ms=args.batch_interval_ms, s3=args.s3, secure=args.secure)
             with cluster:
                 try:
                     cluster.start()

@@ -10,6 +10,18 @@ Every wait is bounded; every process is killed on exit (they are also in
 namespaces that netns.py deletes after killing what is left in them). Logs
 are under the run's work directory: etcd.log, moto.log, node-<id>.log and
 node-<id>.properties.
+
+With secure=True (check.py --secure) every node has two listeners: CLIENT
+on port 9092 (SASL_SSL, SCRAM-SHA-512) and INTERNAL on 9093 (SSL with
+ssl.client.auth=required, the inter-broker listener), ACLs on
+(StandardAuthorizer, nothing allowed without an ACL), and super.users = the
+principals of the nodes' certificates and of the harness's admin
+certificate. pki.py makes the certificates under <workdir>/pki. The harness's
+raw agents then speak TLS with the admin certificate to the INTERNAL
+listener (probe_addr); clients of the zones use CLIENT with a SCRAM user
+(client_conf) once one exists: no user exists at start, a super user has to
+create them (check.py's secure step does, through INTERNAL, with the admin
+certificate).
 """
 import json
 import os
@@ -21,6 +33,7 @@ import threading
 import time
 
 from netns import SVC_IP
+from pki import Pki, PkiError
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from harness import s3_server_argv  # noqa: E402
@@ -31,7 +44,9 @@ BUCKET = "ferry-zones"
 S3_PORT = 9000
 ETCD_PORT = 2379
 KAFKA_PORT = 9092
+INTERNAL_PORT = 9093  # secure mode: the inter-broker listener (mTLS)
 METRICS_PORT = 9100
+AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -41,12 +56,23 @@ class ClusterError(Exception):
     pass
 
 
+def write_private(path, text):
+    """Writes `text` to a file only its owner may read (it holds passwords);
+    answers the path."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return path
+
+
 class Agent:
     """A zclient.py agent in one namespace: JSON request, JSON answer, with
     a bounded wait for every answer."""
 
-    def __init__(self, topo, ns, log_path):
+    def __init__(self, topo, ns, log_path, defaults=None):
         self.ns = ns
+        # Fields every request carries unless it sets them (secure mode: tls).
+        self.defaults = defaults or {}
         self.log = open(log_path, "ab")
         self.proc = subprocess.Popen(topo.exec_args(ns) + [sys.executable, "-u", ZCLIENT, "agent"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
@@ -54,6 +80,7 @@ class Agent:
         self.lock = threading.Lock()
 
     def call(self, req, timeout=30):
+        req = {**self.defaults, **req}
         with self.lock:
             self.proc.stdin.write(json.dumps(req) + "\n")
             self.proc.stdin.flush()
@@ -89,7 +116,13 @@ class Node:
 
     @property
     def addr(self):
+        """The client listener (PLAINTEXT, or CLIENT in secure mode)."""
         return f"{self.ip}:{KAFKA_PORT}"
+
+    @property
+    def internal_addr(self):
+        """Secure mode's INTERNAL listener."""
+        return f"{self.ip}:{INTERNAL_PORT}"
 
     @property
     def rack(self):
@@ -102,10 +135,13 @@ def zone_name(z):
 
 class Cluster:
     def __init__(self, topo, ferry, nodes_per_zone, workdir, batch_interval_ms=100, log=print,
-                 extra_props=None, s3="moto"):
+                 extra_props=None, s3="moto", secure=False):
         if s3 not in ("moto", "s3s"):
             raise ClusterError(f"unknown S3 server {s3!r}: moto or s3s")
         self.s3 = s3
+        self.secure = secure
+        self.pki = None
+        self.certs = {}   # secure mode: node id (and "admin") -> pki.Leaf
         self.topo = topo
         self.ferry = os.path.abspath(ferry)
         self.npz = nodes_per_zone
@@ -136,11 +172,57 @@ class Cluster:
         return ",".join(n.addr for n in self.zone_nodes(z))
 
     def agent(self, where):
-        """The agent in zone `where` (int) or in "svc"."""
+        """The agent in zone `where` (int) or in "svc". In secure mode its
+        requests go over TLS with the admin certificate unless they say
+        otherwise (`"tls": None`, or their own `tls`/`sasl`)."""
         if where not in self.agents:
             ns = self.topo.svc_ns if where == "svc" else self.topo.zone_ns(where)
-            self.agents[where] = Agent(self.topo, ns, os.path.join(self.dir, f"agent-{where}.log"))
+            defaults = {"tls": self.admin_tls()} if self.secure and where != "svc" else None
+            self.agents[where] = Agent(self.topo, ns, os.path.join(self.dir, f"agent-{where}.log"), defaults)
         return self.agents[where]
+
+    def probe_addr(self, n):
+        """Where the harness's own raw requests go: the client listener, or
+        in secure mode the INTERNAL one (the admin certificate, a super
+        user, needs no SCRAM user)."""
+        return n.internal_addr if self.secure else n.addr
+
+    # ----------------------------------------------------------- secure --
+    def admin_tls(self):
+        a = self.certs["admin"]
+        return {"ca": self.pki.ca, "cert": a.cert, "key": a.key}
+
+    def super_users(self):
+        return [self.certs[n].principal for n in sorted(self.nodes)] + [self.certs["admin"].principal]
+
+    def client_conf(self, user, password, **extra):
+        """librdkafka settings for a SCRAM user on the CLIENT listener."""
+        conf = {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
+                "sasl.username": user, "sasl.password": password, "ssl.ca.location": self.pki.ca}
+        conf.update(extra)
+        return conf
+
+    def admin_conf(self):
+        """librdkafka settings for the admin certificate on INTERNAL."""
+        a = self.certs["admin"]
+        return {"security.protocol": "SSL", "ssl.ca.location": self.pki.ca,
+                "ssl.certificate.location": a.cert, "ssl.key.location": a.key}
+
+    def write_conf(self, name, conf):
+        """A --conf-json file for zclient.py; answers its path."""
+        return write_private(os.path.join(self.dir, f"conf-{name}.json"), json.dumps(conf, indent=1))
+
+    def _make_certs(self):
+        t0 = time.time()
+        try:
+            self.pki = Pki(self.dir).make_ca()
+            for n in self.nodes.values():
+                self.certs[n.id] = self.pki.leaf(f"node-{n.id}", "ferry-nodes", ips=[n.ip])
+            self.certs["admin"] = self.pki.leaf("admin", "ferry-admins")
+        except PkiError as e:
+            raise ClusterError(f"certificates: {e}")
+        self.log(f"cluster: CA and {len(self.certs)} certificates made in {time.time() - t0:.1f}s under "
+                 f"{self.pki.dir}; super users {self.super_users()}")
 
     def _spawn(self, ns, args, log_name):
         log = open(os.path.join(self.dir, log_name), "ab")
@@ -162,6 +244,8 @@ class Cluster:
     # ------------------------------------------------------------ start --
     def start(self, timeout=90):
         t0 = time.time()
+        if self.secure:
+            self._make_certs()
         self._start_services()
         for n in self.nodes.values():
             self._write_props(n)
@@ -222,6 +306,24 @@ class Cluster:
             "num.partitions": 6,
             "auto.create.topics.enable": "false",
         }
+        if self.secure:
+            props["listeners"] = f"CLIENT://{n.addr},INTERNAL://{n.internal_addr}"
+            props.update({
+                "listener.security.protocol.map": "CLIENT:SASL_SSL,INTERNAL:SSL",
+                "inter.broker.listener.name": "INTERNAL",
+                # One key and certificate for both listeners; client
+                # certificates asked for (and required) on INTERNAL only.
+                # No ssl.principal.mapping.rules: DEFAULT, the whole subject.
+                "ssl.keystore.type": "PEM",
+                "ssl.keystore.location": self.certs[n.id].keystore,
+                "ssl.truststore.type": "PEM",
+                "ssl.truststore.location": self.pki.ca,
+                "listener.name.internal.ssl.client.auth": "required",
+                "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+                "authorizer.class.name": AUTHORIZER,
+                "super.users": ";".join(self.super_users()),
+                "allow.everyone.if.no.acl.found": "false",
+            })
         props.update(self.extra)
         with open(self.props_path(n), "w") as f:
             for k, v in props.items():
@@ -255,7 +357,7 @@ class Cluster:
                     continue
                 if n.proc.poll() is not None:
                     raise ClusterError(f"node {n.id} exited with {n.proc.returncode}:\n{self.tail(f'node-{n.id}.log')}")
-                r = self.metadata(n.zone, n.addr, "ferry-zones-probe", topics=[], conn=None)
+                r = self.metadata(n.zone, self.probe_addr(n), "ferry-zones-probe", topics=[], conn=None)
                 got = sorted((b["id"], b["rack"]) for b in r.get("brokers", []))
                 last[n.id] = r.get("error") or got
                 if got != want:

@@ -13,17 +13,37 @@ the harness with `ip netns exec NS python3 zclient.py ...`.
           create_topic {addr, topic, partitions}     -> {error_code}
           alter_cidr {addr, value, resource_name}    -> {error_code, error_message}
           describe_config {addr, key}                -> {value, error_code}
+          list_offsets {addr, topic, partitions}     -> {offsets: {p: end}, errors}
+          probe {addr, tls, sasl, frame, timeout}    -> what a fresh connection met
           close {conn}                               -> {ok}
+        Any command with an addr may carry "tls" ({ca, cert, key}: TLS,
+        the node's certificate checked against ca and its IP address, and a
+        client certificate when cert is given) and "sasl" ({mechanism,
+        user, password}: SaslHandshake v1 + SaslAuthenticate v1 before the
+        first request, SCRAM-SHA-512/256 or PLAIN); the agent's connections
+        are kept per (conn, addr, client_id, tls, sasl).
     zclient.py produce ...   (confluent-kafka producer; acks to a file)
     zclient.py consume ...   (confluent-kafka consumer; records to a file)
+    zclient.py admin ...     (confluent-kafka AdminClient: SCRAM users, ACLs)
+    zclient.py auth-probe ...  (what a confluent-kafka client with given
+                               settings meets: its error callbacks)
+    produce, consume, admin and auth-probe take --conf-json FILE: librdkafka
+    settings (security.protocol, sasl.*, ssl.*) merged over their own.
 
 Raw requests use classic (non-flexible) versions: Metadata v1, CreateTopics
 v2, IncrementalAlterConfigs v0 (resource type 4 = broker, name "" = the
-cluster defaults, which both admin clients refuse to send), DescribeConfigs v0.
+cluster defaults, which both admin clients refuse to send), DescribeConfigs v0,
+ListOffsets v1, SaslHandshake v1, SaslAuthenticate v1, and Ferry's
+node-to-node HandoffCommit v0 (API key 32000, header without client id).
 """
 import argparse
+import base64
+import hashlib
+import hmac
 import json
+import os
 import socket
+import ssl
 import struct
 import sys
 import time
@@ -79,16 +99,49 @@ class Reader:
         return [] if n < 0 else [f() for _ in range(n)]
 
 
-class Conn:
-    """One blocking connection speaking request header v1."""
+class AuthError(Exception):
+    """SASL refused: the node's error code and message."""
 
-    def __init__(self, addr, client_id, timeout=10.0, source=None):
+    def __init__(self, code, message):
+        super().__init__(f"SASL error {code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def tls_wrap(sock, host, tls):
+    """The socket in TLS: the node's certificate must chain to tls["ca"] and
+    name `host` (an IP address, checked against its subjectAltName); with
+    tls["cert"] and tls["key"], a client certificate is presented."""
+    ctx = ssl.create_default_context(cafile=tls["ca"])
+    if tls.get("cert"):
+        ctx.load_cert_chain(tls["cert"], tls["key"])
+    return ctx.wrap_socket(sock, server_hostname=host)
+
+
+class Conn:
+    """One blocking connection speaking request header v1, over TLS when
+    `tls` is given, SASL-authenticated first when `sasl` is."""
+
+    def __init__(self, addr, client_id, timeout=10.0, source=None, tls=None, sasl=None):
         host, port = addr.rsplit(":", 1)
         self.sock = socket.create_connection((host, int(port)), timeout=timeout,
                                              source_address=(source, 0) if source else None)
+        if tls:
+            try:
+                self.sock = tls_wrap(self.sock, host, tls)
+            except BaseException:
+                self.sock.close()
+                raise
         self.client_id = client_id
         self.corr = 0
         self.bytes = 0  # request and response frames, size prefixes included
+        self.session_lifetime_ms = None
+        if sasl:
+            try:
+                sasl_login(self, sasl)
+            except BaseException:
+                self.sock.close()
+                raise
 
     def call(self, api, version, body):
         self.corr += 1
@@ -132,6 +185,196 @@ def metadata(conn, topics):
         t["partitions"] = sorted(r.array(partition), key=lambda p: p["partition"])
         return t
     return {"brokers": sorted(brokers, key=lambda b: b["id"]), "topics": r.array(topic)}
+
+
+def _bytes(b):
+    return struct.pack(">i", len(b)) + b
+
+
+def _b64(b):
+    return base64.b64encode(b).decode()
+
+
+def sasl_handshake(conn, mechanism):
+    r = conn.call(17, 1, _str(mechanism))
+    code = r.i16()
+    mechanisms = r.array(r.string)
+    if code != 0:
+        raise AuthError(code, f"SaslHandshake({mechanism}) refused; the node offers {mechanisms}")
+
+
+def sasl_authenticate(conn, token):
+    """SaslAuthenticate v1: the mechanism's next message; the node's
+    answer, or AuthError."""
+    r = conn.call(36, 1, _bytes(token))
+    code = r.i16()
+    message = r.string()
+    n = r.i32()
+    answer = r.b[r.o:r.o + max(0, n)]
+    r.o += max(0, n)
+    lifetime = r.take(">q")
+    if code != 0:
+        raise AuthError(code, message)
+    conn.session_lifetime_ms = lifetime
+    return answer
+
+
+def sasl_login(conn, sasl):
+    """Authenticates `conn` as sasl["user"] with sasl["password"], by
+    sasl["mechanism"] (SCRAM-SHA-512 by default; SCRAM-SHA-256, PLAIN)."""
+    mechanism = sasl.get("mechanism", "SCRAM-SHA-512").upper()
+    user, password = sasl["user"], sasl["password"]
+    sasl_handshake(conn, mechanism)
+    if mechanism == "PLAIN":
+        sasl_authenticate(conn, b"\0" + user.encode() + b"\0" + password.encode())
+        return
+    digest = {"SCRAM-SHA-512": "sha512", "SCRAM-SHA-256": "sha256"}[mechanism]
+    # RFC 5802, without channel binding ("n,,").
+    nonce = _b64(os.urandom(24))
+    name = user.replace("=", "=3D").replace(",", "=2C")
+    bare = f"n={name},r={nonce}"
+    server_first = sasl_authenticate(conn, ("n,," + bare).encode()).decode()
+    attrs = dict(kv.split("=", 1) for kv in server_first.split(","))
+    if not attrs.get("r", "").startswith(nonce) or attrs["r"] == nonce:
+        raise AuthError(-1, f"the server's nonce does not extend ours: {server_first!r}")
+    salted = hashlib.pbkdf2_hmac(digest, password.encode(), base64.b64decode(attrs["s"]), int(attrs["i"]))
+    client_key = hmac.new(salted, b"Client Key", digest).digest()
+    stored_key = hashlib.new(digest, client_key).digest()
+    without_proof = f"c={_b64(b'n,,')},r={attrs['r']}"
+    auth_message = f"{bare},{server_first},{without_proof}".encode()
+    signature = hmac.new(stored_key, auth_message, digest).digest()
+    proof = bytes(a ^ b for a, b in zip(client_key, signature))
+    server_final = sasl_authenticate(conn, f"{without_proof},p={_b64(proof)}".encode()).decode()
+    server_key = hmac.new(salted, b"Server Key", digest).digest()
+    want = "v=" + _b64(hmac.new(server_key, auth_message, digest).digest())
+    if server_final != want:
+        raise AuthError(-1, f"the server's signature is wrong: {server_final!r}")
+
+
+def list_offsets(conn, topic, partitions):
+    """ListOffsets v1, latest (-1): {partition: end offset}, {partition: error}."""
+    parts = _arr(partitions, lambda p: struct.pack(">iq", p, -1))
+    r = conn.call(2, 1, struct.pack(">i", -1) + _arr([topic], lambda t: _str(t) + parts))
+    offsets, errors = {}, {}
+    for _ in range(r.i32()):
+        r.string()
+        for _ in range(r.i32()):
+            p, code = r.i32(), r.i16()
+            r.take(">q")
+            off = r.take(">q")
+            if code:
+                errors[p] = code
+            else:
+                offsets[p] = off
+    return offsets, errors
+
+
+def handoff_commit_body(from_node, topic, partition, object_key, records=1):
+    """A well-formed FerryHandoffCommit v0 payload (see protocol/schemas/
+    ferry/): one batch of `records` records at position 0 of `object_key`,
+    for (topic, partition), as node `from_node` would send it."""
+    batch = struct.pack(">iqIIiiqqhi", 0, 0, 61 + 8 * records, 0, records, records - 1,
+                        int(time.time() * 1000), -1, -1, -1)
+    part = _str(topic) + bytes(16) + struct.pack(">i", partition) + _arr([batch], lambda b: b)
+    return struct.pack(">iq", from_node, 0) + _arr([object_key], _str) + _arr([part], lambda x: x)
+
+
+def read_reply(sock, corr, timeout):
+    """What came back on `sock` within `timeout` after a request with
+    correlation id `corr`, as (kind, bytes, note): ("answer", the payload
+    after the correlation id), ("closed", the bytes before the close, how
+    it closed), ("not_kafka", the bytes) or ("timeout", the bytes so far)."""
+    sock.settimeout(timeout)
+    buf = b""
+    end = time.time() + timeout
+    while True:
+        if len(buf) >= 8:
+            size, got = struct.unpack_from(">ii", buf)
+            if got != corr or size < 4 or size > 1 << 24:
+                return "not_kafka", buf, ""
+            if len(buf) >= 4 + size:
+                return "answer", buf[8:4 + size], ""
+        left = end - time.time()
+        if left <= 0:
+            return "timeout", buf, ""
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            return "timeout", buf, ""
+        except OSError as e:  # reset, broken pipe, a TLS alert
+            return "closed", buf, f"{type(e).__name__}: {e}"
+        if not chunk:
+            return "closed", buf, "EOF"
+        buf += chunk
+
+
+def probe(req):
+    """A fresh connection to req["addr"]: TLS if req["tls"], SASL if
+    req["sasl"], then one request req["frame"] ({api_key, version, body_hex,
+    header: "kafka" (v1, with client id) or "rpc" (Ferry's: no client id)}),
+    then a Metadata v1 to see whether the connection still serves. Reports
+    each phase; never raises for what the node did."""
+    out = {"tls": None, "sasl": None, "reply": None}
+    host, port = req["addr"].rsplit(":", 1)
+    timeout = req.get("timeout", 10)
+    try:
+        sock = socket.create_connection((host, int(port)), timeout=timeout)
+    except OSError as e:
+        out["connect"] = f"{type(e).__name__}: {e}"
+        return out
+    out["connect"] = "ok"
+    try:
+        if req.get("tls"):
+            try:
+                sock = tls_wrap(sock, host, req["tls"])
+                out["tls"] = "ok"
+            except (ssl.SSLError, OSError) as e:
+                out["tls"] = f"{type(e).__name__}: {e}"
+                return out
+        conn = Conn.__new__(Conn)
+        conn.sock, conn.client_id, conn.corr, conn.bytes = sock, req.get("client_id", "ferry-zones-probe"), 0, 0
+        if req.get("sasl"):
+            try:
+                sasl_login(conn, req["sasl"])
+                out["sasl"] = {"ok": True, "session_lifetime_ms": conn.session_lifetime_ms}
+            except AuthError as e:
+                out["sasl"] = {"ok": False, "error_code": e.code, "error_message": e.message}
+            except (IOError, OSError, struct.error) as e:
+                out["sasl"] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+        f = req.get("frame")
+        if f:
+            conn.corr += 1
+            body = bytes.fromhex(f.get("body_hex", ""))
+            if f.get("header", "kafka") == "rpc":
+                head = struct.pack(">hhi", f["api_key"], f["version"], conn.corr)
+            else:
+                head = struct.pack(">hhi", f["api_key"], f["version"], conn.corr) + _str(conn.client_id)
+            try:
+                sock.sendall(struct.pack(">i", len(head + body)) + head + body)
+                kind, data, note = read_reply(sock, conn.corr, timeout)
+            except OSError as e:
+                kind, data, note = "closed", b"", f"on send: {type(e).__name__}: {e}"
+            out["reply"] = kind
+            out["reply_hex"] = data[:64].hex()
+            out["reply_note"] = note
+            if kind == "answer" and f.get("header") == "rpc" and f["api_key"] == 32000:
+                rr = Reader(data)
+                out["rpc_error_codes"] = [c for batches in rr.array(
+                    lambda: rr.array(lambda: (rr.i16(), rr.take(">q"), rr.take(">q"))[0])) for c in batches]
+        # Does the connection still serve?
+        try:
+            metadata(conn, [])
+            out["serves_after"] = True
+        except (IOError, OSError, struct.error) as e:
+            out["serves_after"] = False
+            out["after_error"] = f"{type(e).__name__}: {e}"
+        return out
+    finally:
+        try:
+            sock.close()
+        except OSError:
+            pass
 
 
 def find_coordinator(conn, group):
@@ -184,10 +427,10 @@ def describe_config(conn, key, resource_name=""):
 def agent():
     conns = {}
 
-    def conn(addr, client_id, key, source=None):
-        k = (key or "default", addr, client_id)
+    def conn(addr, client_id, key, source=None, tls=None, sasl=None):
+        k = (key or "default", addr, client_id, json.dumps(tls, sort_keys=True), json.dumps(sasl, sort_keys=True))
         if k not in conns:
-            conns[k] = Conn(addr, client_id, source=source)
+            conns[k] = Conn(addr, client_id, source=source, tls=tls, sasl=sasl)
         return conns[k]
 
     for line in sys.stdin:
@@ -241,7 +484,13 @@ def handle(req, conn, conns):
                 n += 1
                 size += o["Size"]
         return {"objects": n, "bytes": size}
-    c = conn(req["addr"], req.get("client_id", "ferry-zones-admin"), req.get("conn"), req.get("source"))
+    if cmd == "probe":
+        return probe(req)
+    try:
+        c = conn(req["addr"], req.get("client_id", "ferry-zones-admin"), req.get("conn"), req.get("source"),
+                 req.get("tls"), req.get("sasl"))
+    except AuthError as e:
+        return {"error": str(e), "auth_error_code": e.code}
     if cmd == "metadata":
         out = metadata(c, req.get("topics"))
         out["conn_bytes"] = c.bytes
@@ -261,11 +510,22 @@ def handle(req, conn, conns):
         return alter_cidr(c, req["value"], req.get("resource_name", ""))
     if cmd == "describe_config":
         return describe_config(c, req["key"], req.get("resource_name", ""))
+    if cmd == "list_offsets":
+        offsets, errors = list_offsets(c, req["topic"], req["partitions"])
+        return {"offsets": offsets, "errors": errors}
     if cmd == "close":
         for k in [k for k in conns if k[0] == req.get("conn")]:
             conns.pop(k).close()
         return {"ok": True}
     raise ValueError(f"unknown command {cmd}")
+
+
+def load_conf(path):
+    """librdkafka settings from a JSON file ({} without one)."""
+    if not path:
+        return {}
+    with open(path) as f:
+        return json.load(f)
 
 
 # ------------------------------------------------------------ producer ----
@@ -288,6 +548,7 @@ def produce(args):
         # What the idempotent producer decided (epoch bumps, drains, retries)
         # lands in the producer's log beside the acks.
         conf["debug"] = args.debug
+    conf.update(load_conf(args.conf_json))
     p = Producer(conf)
     out = open(args.acks, "w")
     stats = {"fatal": None, "acked": 0, "failed": 0, "errors": {}, "sent": 0, "payload_bytes_acked": 0}
@@ -369,6 +630,7 @@ def consume(args):
     if args.subscribe:
         conf["enable.auto.commit"] = True
         conf["auto.commit.interval.ms"] = 500
+    conf.update(load_conf(args.conf_json))
     c = Consumer(conf)
     parts = [int(x) for x in args.partitions.split(",")]
     targets = {}
@@ -423,6 +685,88 @@ def consume(args):
                       "committed": committed}), flush=True)
 
 
+# --------------------------------------------------------------- admin ----
+
+def admin(args):
+    """With confluent-kafka's AdminClient: upserts the SCRAM credentials of
+    --plan's "users" ([{name, password, mechanism, iterations}]), creates
+    its "acls" ([{resource_type, name, pattern, principal, operation}], all
+    ALLOW from any host), then reads both back. Prints a JSON summary; every
+    result is reported, the harness decides."""
+    from confluent_kafka.admin import (AclBinding, AclBindingFilter, AdminClient, ScramCredentialInfo,
+                                       ScramMechanism, UserScramCredentialUpsertion)
+    conf = {"bootstrap.servers": args.bootstrap, "client.id": args.client_id,
+            "socket.connection.setup.timeout.ms": 5000}
+    conf.update(load_conf(args.conf_json))
+    with open(args.plan) as f:
+        plan = json.load(f)
+    a = AdminClient(conf)
+    t = args.timeout
+    out = {"users": {}, "acls": {}}
+    ups = [UserScramCredentialUpsertion(u["name"], ScramCredentialInfo(
+        ScramMechanism[u.get("mechanism", "SCRAM-SHA-512").replace("-", "_")], u.get("iterations", 4096)),
+        u["password"].encode()) for u in plan.get("users", [])]
+    if ups:
+        for user, fut in a.alter_user_scram_credentials(ups, request_timeout=t).items():
+            try:
+                fut.result(timeout=t + 5)
+                out["users"][user] = "ok"
+            except Exception as e:
+                out["users"][user] = f"{type(e).__name__}: {e}"
+    bindings = [AclBinding(b["resource_type"], b["name"], b["pattern"], b["principal"], "*", b["operation"], "ALLOW")
+                for b in plan.get("acls", [])]
+    if bindings:
+        for b, fut in a.create_acls(bindings, request_timeout=t).items():
+            key = f"{b.principal} {b.operation.name} {b.restype.name}:{b.resource_pattern_type.name}:{b.name}"
+            try:
+                fut.result(timeout=t + 5)
+                out["acls"][key] = "ok"
+            except Exception as e:
+                out["acls"][key] = f"{type(e).__name__}: {e}"
+    try:
+        found = a.describe_acls(AclBindingFilter("ANY", None, "ANY", None, None, "ANY", "ANY"),
+                                request_timeout=t).result(timeout=t + 5)
+        out["described_acls"] = sorted(
+            f"{b.principal} {b.operation.name} {b.restype.name}:{b.resource_pattern_type.name}:{b.name} "
+            f"{b.permission_type.name}" for b in found)
+    except Exception as e:
+        out["described_acls_error"] = f"{type(e).__name__}: {e}"
+    try:
+        users = a.describe_user_scram_credentials(request_timeout=t).result(timeout=t + 5)
+        out["described_users"] = {u: sorted(f"{i.mechanism.name}/{i.iterations}" for i in d.scram_credential_infos)
+                                  for u, d in users.items()}
+    except Exception as e:
+        out["described_users_error"] = f"{type(e).__name__}: {e}"
+    print(json.dumps(out), flush=True)
+
+
+def auth_probe(args):
+    """A confluent-kafka AdminClient with --conf-json's settings asks for
+    the cluster's metadata (bounded by --timeout); prints whether it got it
+    and every error its error callback saw."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+    errors = []
+    conf = {"bootstrap.servers": args.bootstrap, "client.id": args.client_id,
+            "socket.connection.setup.timeout.ms": 5000, "reconnect.backoff.ms": 200,
+            "error_cb": lambda e: errors.append([e.name(), e.str()])}
+    conf.update(load_conf(args.conf_json))
+    a = AdminClient(conf)
+    out = {"metadata_ok": False}
+    try:
+        md = a.list_topics(timeout=args.timeout)
+        out["metadata_ok"] = True
+        out["brokers"] = len(md.brokers)
+    except KafkaException as e:
+        out["metadata_error"] = str(e.args[0])
+    end = time.time() + 2
+    while time.time() < end:
+        a.poll(0.2)
+    out["errors"] = errors[:20]
+    out["error_names"] = sorted({e[0] for e in errors})
+    print(json.dumps(out), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -442,6 +786,7 @@ def main():
     p.add_argument("--message-timeout-ms", type=int, default=30000)
     p.add_argument("--flush-timeout", type=float, default=40)
     p.add_argument("--debug", default="", help="librdkafka debug contexts (to stderr), e.g. eos")
+    p.add_argument("--conf-json", default="", help="librdkafka settings (JSON), merged last")
     c = sub.add_parser("consume")
     c.add_argument("--bootstrap", required=True)
     c.add_argument("--client-id", required=True)
@@ -453,13 +798,29 @@ def main():
     c.add_argument("--out", required=True)
     c.add_argument("--timeout", type=float, default=60)
     c.add_argument("--subscribe", action="store_true")
+    c.add_argument("--conf-json", default="", help="librdkafka settings (JSON), merged last")
+    a = sub.add_parser("admin")
+    a.add_argument("--bootstrap", required=True)
+    a.add_argument("--client-id", default="ferry-zones-admin")
+    a.add_argument("--conf-json", default="")
+    a.add_argument("--plan", required=True, help="JSON: {users: [...], acls: [...]}")
+    a.add_argument("--timeout", type=float, default=20)
+    pr = sub.add_parser("auth-probe")
+    pr.add_argument("--bootstrap", required=True)
+    pr.add_argument("--client-id", default="ferry-zones-auth-probe")
+    pr.add_argument("--conf-json", default="")
+    pr.add_argument("--timeout", type=float, default=8)
     args = ap.parse_args()
     if args.cmd == "agent":
         agent()
     elif args.cmd == "produce":
         produce(args)
-    else:
+    elif args.cmd == "consume":
         consume(args)
+    elif args.cmd == "admin":
+        admin(args)
+    else:
+        auth_probe(args)
 
 
 if __name__ == "__main__":

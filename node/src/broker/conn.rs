@@ -99,6 +99,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, listener: usize) {
     match l.spec.tls.clone() {
         None => serve_stream(&shard, stream, Some(fd), session(Principal::anonymous())).await,
         Some(tls) => {
+            // rustls reads the socket 4 KiB at a time; a receive buffer
+            // under it makes that one read per TLS_READ_BUFFER bytes.
+            let stream = stream.buffered_with(glommio::net::Preallocated::new(TLS_READ_BUFFER));
             let handshake = futures_lite::future::or(
                 async { Some(tls.acceptor().accept(stream).await) },
                 async {
@@ -453,11 +456,37 @@ where
 /// Writes `segs` in order through a stream that transforms them (TLS):
 /// each goes to the stream's buffer, and one flush sends them.
 async fn write_through<W: AsyncWrite + Unpin>(wr: &mut W, segs: &[Bytes]) -> std::io::Result<()> {
+    // Each write to a TLS stream goes out as records at once, so small
+    // segments (headers, a produce answer) are joined first: one write,
+    // not one per segment. Large ones (record sets) go as they are.
+    let mut joined = Vec::new();
     for s in segs {
-        wr.write_all(s).await?;
+        if s.len() < TLS_JOIN_BYTES {
+            joined.extend_from_slice(s);
+            if joined.len() < TLS_JOIN_BYTES {
+                continue;
+            }
+        } else if !joined.is_empty() {
+            wr.write_all(&joined).await?;
+            joined.clear();
+        }
+        let rest: &[u8] = if joined.is_empty() { s } else { &joined };
+        wr.write_all(rest).await?;
+        joined.clear();
+    }
+    if !joined.is_empty() {
+        wr.write_all(&joined).await?;
     }
     wr.flush().await
 }
+
+/// Segments shorter than this are joined before a TLS write (see
+/// [`write_through`]); one TLS record holds 16 KiB.
+const TLS_JOIN_BYTES: usize = 16 * 1024;
+
+/// The receive buffer under a TLS stream: rustls reads from it 4 KiB at a
+/// time, the socket is read this much at a time.
+const TLS_READ_BUFFER: usize = 64 * 1024;
 
 /// How long a forwarded group request may take (a JoinGroup waits for the
 /// rebalance).

@@ -169,7 +169,19 @@ pub(super) async fn metadata(
             ..Default::default()
         });
     }
-    let brokers: Vec<MetadataResponseBroker> = brokers(shard, listener)
+    // A client of a known zone is shown its zone's nodes, and any leader
+    // of another zone it is routed to (a zone with no node left): a client
+    // that looks elsewhere for metadata would cross zones for nothing, and
+    // on TLS and SASL pay a handshake each time.
+    let mut all = brokers(shard, listener);
+    if let Some(z) = zone.filter(|z| all.iter().any(|b| b.zone == *z)) {
+        let routed: std::collections::HashSet<i32> = topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(|p| p.leader_id))
+            .collect();
+        all.retain(|b| b.zone == z || routed.contains(&b.node_id));
+    }
+    let brokers: Vec<MetadataResponseBroker> = all
         .into_iter()
         .map(|b| MetadataResponseBroker {
             node_id: b.node_id,
