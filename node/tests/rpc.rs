@@ -796,6 +796,102 @@ fn a_handoff_commit_must_name_its_own_object_with_its_crc_and_header() {
     node.stop();
 }
 
+/// Handoff commits of one partition are appended in the order they came,
+/// though the leader reads their batches back from the bucket out of order:
+/// an idempotent producer's sequence 0 (in an object that reads slowly) and
+/// sequence 1 (in one that reads at once), committed back to back, land at
+/// offsets 0 and 1. Appended as their reads finished, sequence 1 would come
+/// first to a partition that has never seen the producer and be refused as
+/// out of order, which librdkafka takes as fatal.
+#[test]
+fn handoff_commits_of_a_partition_are_appended_in_the_order_they_came() {
+    let dir = tempfile::tempdir().unwrap();
+    let uri = ferry_wal::BucketUri::parse(&format!("file://{}", dir.path().display())).unwrap();
+    let faulty = Arc::new(ferry_wal::store::FaultyStore::new(
+        uri.build_store().unwrap(),
+    ));
+    let store: Arc<dyn object_store::ObjectStore> = faulty.clone();
+    let opened =
+        ferry_node::storage::wal_log::WalLog::open(store, ferry_wal::WalConfig::new(1)).unwrap();
+    let node = ferry_node::broker::server::start(
+        NodeSettings::local(1),
+        opened.log.clone(),
+        opened.topics,
+        opened.recovered,
+    )
+    .unwrap();
+    let mut k = std::net::TcpStream::connect(node.addr).unwrap();
+    k.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(common::raw::create_topic(&mut k, "ord", 1, &[]), 0);
+    let topic_id = topic_id(&mut k, "ord");
+    let revision = node.ctx.cluster.published().load().revision();
+    let commit = |seq: i32, key: &str| {
+        let mut builder = ferry_protocol::records::RecordBatchBuilder::new().producer(7000, 0, seq);
+        builder.push(ferry_protocol::records::NewRecord::new(
+            1000,
+            Some(format!("k{seq}").as_bytes()),
+            Some(b"v"),
+        ));
+        let raw = Bytes::from(builder.build().unwrap());
+        let path = dir.path().join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, &raw).unwrap();
+        let parsed = ferry_protocol::records::RecordBatches::new(raw.clone())
+            .next()
+            .unwrap()
+            .unwrap();
+        HandoffCommit {
+            from_node: 1,
+            view_revision: revision,
+            partitions: vec![HandoffPartition {
+                topic: "ord".into(),
+                topic_id,
+                partition: 0,
+                batches: vec![HandoffBatch {
+                    key: key.into(),
+                    position: 0,
+                    len: raw.len() as u32,
+                    crc: crc32c::crc32c(&raw),
+                    record_count: 1,
+                    last_offset_delta: 0,
+                    max_timestamp: parsed.max_timestamp(),
+                    producer_id: 7000,
+                    producer_epoch: 0,
+                    base_sequence: seq,
+                }],
+            }],
+        }
+    };
+    let slow = "handoff/1/00000000000000000010.wal";
+    let first = commit(0, slow);
+    let second = commit(1, "handoff/1/00000000000000000011.wal");
+    faulty.set_slow_key(Some((slow.into(), Duration::from_millis(500))));
+    let to = member(1, "zone-a", node.addr);
+    let answers = run_bounded(30, move || async move {
+        let (c, _) = client();
+        let (a, b) = futures_lite::future::zip(
+            c.handoff_commit(&to, &first, 10 * SECOND),
+            c.handoff_commit(&to, &second, 10 * SECOND),
+        )
+        .await;
+        let at = |r: HandoffCommitResponse| {
+            let b = &r.partitions[0][0];
+            (b.error_code, b.base_offset)
+        };
+        (at(a.unwrap()), at(b.unwrap()))
+    });
+    assert_eq!(
+        answers,
+        ((0, 0), (0, 1)),
+        "sequence 0 at offset 0, then 1 at 1"
+    );
+    assert_eq!(
+        common::raw::fetch(&mut k, "ord", 0, 0),
+        (0, vec![(0, b"k0".to_vec()), (1, b"k1".to_vec())])
+    );
+    node.stop();
+}
+
 /// A topic's id, by Metadata.
 fn topic_id(k: &mut std::net::TcpStream, topic: &str) -> [u8; 16] {
     use ferry_protocol::messages::*;

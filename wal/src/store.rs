@@ -1015,6 +1015,8 @@ pub struct FaultyStore {
     refuse_suffix_ranges: AtomicBool,
     spare_lists: AtomicBool,
     fault_prefix: std::sync::Mutex<Option<String>>,
+    /// Reads of one key wait this long (on top of every GET's latency).
+    slow_key: std::sync::Mutex<Option<(Path, Duration)>>,
 }
 
 /// How an injected read failure (GET, HEAD or LIST) shows itself.
@@ -1053,6 +1055,29 @@ impl FaultyStore {
             refuse_suffix_ranges: AtomicBool::new(false),
             spare_lists: AtomicBool::new(false),
             fault_prefix: std::sync::Mutex::new(None),
+            slow_key: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Reads of `key` wait `delay` more than others (`None`: no key is
+    /// slower): a request that finishes after one sent later.
+    pub fn set_slow_key(&self, slow: Option<(Path, Duration)>) {
+        *self
+            .slow_key
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = slow;
+    }
+
+    async fn slow_key_gate(&self, location: &Path) {
+        let delay = self
+            .slow_key
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .filter(|(k, _)| k == location)
+            .map(|(_, d)| *d);
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
         }
     }
 
@@ -1284,6 +1309,7 @@ impl ObjectStore for FaultyStore {
         if latency > 0 {
             tokio::time::sleep(Duration::from_micros(latency)).await;
         }
+        self.slow_key_gate(location).await;
         let what = if options.head { "HEAD" } else { "GET" };
         self.read_gate(what, Some(location)).await?;
         if matches!(options.range, Some(GetRange::Suffix(_)))
@@ -1309,6 +1335,7 @@ impl ObjectStore for FaultyStore {
         if latency > 0 {
             tokio::time::sleep(Duration::from_micros(latency)).await;
         }
+        self.slow_key_gate(location).await;
         self.read_gate("GET", Some(location)).await?;
         self.inner.get_ranges(location, ranges).await
     }

@@ -99,9 +99,6 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, listener: usize) {
     match l.spec.tls.clone() {
         None => serve_stream(&shard, stream, Some(fd), session(Principal::anonymous())).await,
         Some(tls) => {
-            // rustls reads the socket 4 KiB at a time; a receive buffer
-            // under it makes that one read per TLS_READ_BUFFER bytes.
-            let stream = stream.buffered_with(glommio::net::Preallocated::new(TLS_READ_BUFFER));
             let handshake = futures_lite::future::or(
                 async { Some(tls.acceptor().accept(stream).await) },
                 async {
@@ -483,10 +480,6 @@ async fn write_through<W: AsyncWrite + Unpin>(wr: &mut W, segs: &[Bytes]) -> std
 /// Segments shorter than this are joined before a TLS write (see
 /// [`write_through`]); one TLS record holds 16 KiB.
 const TLS_JOIN_BYTES: usize = 16 * 1024;
-
-/// The receive buffer under a TLS stream: rustls reads from it 4 KiB at a
-/// time, the socket is read this much at a time.
-const TLS_READ_BUFFER: usize = 64 * 1024;
 
 /// How long a forwarded group request may take (a JoinGroup waits for the
 /// rebalance).

@@ -19,6 +19,10 @@ pub(super) struct QueuedCommit {
 /// object before it goes.
 pub(super) const COMMIT_GATHER: Duration = Duration::from_millis(1);
 
+/// How long a handoff commit waits for its partition's load at the leader
+/// (see [`Shard::log_for_append`]).
+const HANDOFF_LOAD_WAIT: Duration = Duration::from_secs(10);
+
 impl Shard {
     /// The proxy's side of a produce for a partition led in another zone:
     /// the batches go into this node's next handoff object, and once it is
@@ -274,16 +278,6 @@ impl Shard {
         part: crate::cluster::rpc::HandoffPartition,
         from_node: i32,
     ) -> ProduceResult {
-        let log = match self.log_checked(&part.topic, part.partition) {
-            Ok(l) => l,
-            Err(code) => return ProduceResult::err(code, "partition not available here"),
-        };
-        if log.borrow().topic_id != part.topic_id {
-            return ProduceResult::err(
-                ErrorCode::UNKNOWN_TOPIC_ID,
-                "the topic was deleted and created again",
-            );
-        }
         let items: Vec<(BatchMeta, Payload)> = part
             .batches
             .iter()
@@ -329,11 +323,32 @@ impl Shard {
                 return ProduceResult::err(e.produce_error_code(), e.to_string());
             }
         }
-        if let Err((code, why)) = self.check_handed_off(&items, from_node).await {
+        // The batches are read back out of turn; they are appended in
+        // turn, in the order the commits came, as a produce's would be.
+        let turn = self.handoff_ticket(&(part.topic.clone(), part.partition));
+        let checked = self.check_handed_off(&items, from_node).await;
+        self.handoff_turn(&turn).await;
+        if let Err((code, why)) = checked {
             tracing::warn!(topic = %part.topic, partition = part.partition, from_node,
                 error = %why, "handoff commit refused");
             return ProduceResult::err(code, why);
         }
+        let log = match self
+            .log_for_append(&part.topic, part.partition, HANDOFF_LOAD_WAIT)
+            .await
+        {
+            Ok(l) => l,
+            Err(code) => return ProduceResult::err(code, "partition not available here"),
+        };
+        if log.borrow().topic_id != part.topic_id {
+            return ProduceResult::err(
+                ErrorCode::UNKNOWN_TOPIC_ID,
+                "the topic was deleted and created again",
+            );
+        }
+        // The next commit goes once this one's batches are in the log:
+        // `append_batches` puts them there before it first waits.
+        drop(turn);
         self.append_batches(
             log,
             part.topic,

@@ -177,6 +177,11 @@ impl Shard {
                 let mut ld = me.leadership.borrow_mut();
                 for (k, _) in &batch {
                     ld.loading.remove(k);
+                    // Appends waiting for the load go on, in the order they
+                    // came (loaded or not: they look again).
+                    for w in ld.load_waiters.remove(k).unwrap_or_default() {
+                        let _ = w.send(());
+                    }
                 }
             }
         })

@@ -221,6 +221,8 @@ pub struct Shard {
     me: RefCell<std::rc::Weak<Shard>>,
     /// Handoff commits waiting to go, by leader.
     outbox: RefCell<HashMap<i32, Vec<QueuedCommit>>>,
+    /// Handoff commits being checked, per partition, in arrival order.
+    handoff_order: RefCell<HashMap<Key, HandoffOrder>>,
     /// A WAL seal is scheduled ([`Shard::flush_soon`]).
     flush_scheduled: std::cell::Cell<bool>,
     /// The view generation the group coordinator last took groups over at.
@@ -242,6 +244,24 @@ struct Leadership {
     loading: HashMap<Key, Loading>,
     /// Loader tasks running (at most [`LOADERS_MAX`]).
     loaders: usize,
+    /// Appends waiting for a partition's load, in arrival order
+    /// ([`Shard::log_for_append`]).
+    load_waiters: HashMap<Key, Vec<oneshot::Sender<()>>>,
+}
+
+/// Handoff commits of one partition, in the order they arrived: each reads
+/// its batches back from the bucket (the reads may finish in any order),
+/// then appends in its turn ([`Shard::handoff_turn`]).
+#[derive(Default)]
+struct HandoffOrder {
+    /// The next ticket to give out.
+    next: u64,
+    /// The ticket whose turn it is.
+    serving: u64,
+    /// Tickets waiting for their turn.
+    waiting: HashMap<u64, oneshot::Sender<()>>,
+    /// Tickets dropped before their turn came.
+    abandoned: std::collections::HashSet<u64>,
 }
 
 impl Shard {
@@ -278,7 +298,9 @@ impl Shard {
                 session: ctx.cluster.session(),
                 loading: HashMap::new(),
                 loaders: 0,
+                load_waiters: HashMap::new(),
             }),
+            handoff_order: RefCell::new(HashMap::new()),
             me: RefCell::new(std::rc::Weak::new()),
             outbox: RefCell::new(HashMap::new()),
             flush_scheduled: std::cell::Cell::new(false),
@@ -506,6 +528,82 @@ impl Shard {
     /// just come to lead is loaded from every node's objects first (and
     /// its new epoch marked in the WAL): until then the answer is
     /// LEADER_NOT_AVAILABLE, which clients retry.
+    /// [`Shard::log_checked`] for an append: while the partition is being
+    /// taken over, waits for the load (at most `wait`) instead of answering
+    /// LEADER_NOT_AVAILABLE at once, and waiters go on in the order they
+    /// came. A producer's pipelined batches then reach the new log in order:
+    /// had the first been told to retry while a later one landed, an
+    /// idempotent producer new to the partition would see its later batch
+    /// refused as out of order, which librdkafka takes as fatal.
+    pub(super) async fn log_for_append(
+        &self,
+        topic: &Arc<str>,
+        partition: i32,
+        wait: Duration,
+    ) -> Result<Rc<RefCell<PartitionLog>>, ErrorCode> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let key = (topic.clone(), partition);
+            match self.log_checked(topic, partition) {
+                Err(ErrorCode::LEADER_NOT_AVAILABLE)
+                    if Instant::now() < deadline
+                        && self.leadership.borrow().loading.contains_key(&key) =>
+                {
+                    let (tx, rx) = oneshot::channel();
+                    self.leadership
+                        .borrow_mut()
+                        .load_waiters
+                        .entry(key)
+                        .or_default()
+                        .push(tx);
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if glommio::timer::timeout(left, async {
+                        let _ = rx.await;
+                        Ok(())
+                    })
+                    .await
+                    .is_err()
+                    {
+                        return Err(ErrorCode::LEADER_NOT_AVAILABLE);
+                    }
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Takes a place in the partition's line of handoff commits; the
+    /// returned turn resolves when every commit that came before has gone
+    /// on (appended or refused), and lets the next go when dropped.
+    pub(super) fn handoff_ticket(&self, key: &Key) -> HandoffTurn {
+        let mut order = self.handoff_order.borrow_mut();
+        let o = order.entry(key.clone()).or_default();
+        let ticket = o.next;
+        o.next += 1;
+        HandoffTurn {
+            shard: self.me.borrow().clone(),
+            key: key.clone(),
+            ticket,
+        }
+    }
+
+    /// Resolves when it is `turn`'s go.
+    pub(super) async fn handoff_turn(&self, turn: &HandoffTurn) {
+        let rx = {
+            let mut order = self.handoff_order.borrow_mut();
+            let Some(o) = order.get_mut(&turn.key) else {
+                return;
+            };
+            if o.serving == turn.ticket {
+                return;
+            }
+            let (tx, rx) = oneshot::channel();
+            o.waiting.insert(turn.ticket, tx);
+            rx
+        };
+        let _ = rx.await;
+    }
+
     fn log_checked(
         &self,
         topic: &Arc<str>,
@@ -680,4 +778,40 @@ impl crate::cluster::rpc::RpcHandler for Rc<Shard> {
 /// A deadline `ms` from now.
 pub fn deadline(ms: i32) -> Instant {
     Instant::now() + Duration::from_millis(ms.max(0) as u64)
+}
+
+/// A handoff commit's place in its partition's line (see
+/// [`Shard::handoff_ticket`]). Dropping it lets the next commit go.
+pub(super) struct HandoffTurn {
+    shard: std::rc::Weak<Shard>,
+    key: Key,
+    ticket: u64,
+}
+
+impl Drop for HandoffTurn {
+    fn drop(&mut self) {
+        let Some(shard) = self.shard.upgrade() else {
+            return;
+        };
+        let mut order = shard.handoff_order.borrow_mut();
+        let Some(o) = order.get_mut(&self.key) else {
+            return;
+        };
+        o.waiting.remove(&self.ticket);
+        if self.ticket != o.serving {
+            // Gone before its turn (its call was dropped): skipped when the
+            // line reaches it.
+            o.abandoned.insert(self.ticket);
+            return;
+        }
+        o.serving += 1;
+        while o.abandoned.remove(&o.serving) {
+            o.serving += 1;
+        }
+        if let Some(next) = o.waiting.remove(&o.serving) {
+            let _ = next.send(());
+        } else if o.serving == o.next {
+            order.remove(&self.key);
+        }
+    }
 }

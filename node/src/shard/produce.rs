@@ -85,7 +85,8 @@ impl Shard {
         acks: i16,
         timeout_ms: i32,
     ) -> ProduceResult {
-        let log = match self.log_checked(&topic, partition) {
+        let wait = Duration::from_millis(timeout_ms.clamp(0, 10_000) as u64);
+        let log = match self.log_for_append(&topic, partition, wait).await {
             Ok(l) => l,
             Err(code) => return ProduceResult::err(code, "partition not available here"),
         };

@@ -263,9 +263,6 @@ impl Peer {
                     rustls::pki_types::ServerName::try_from(self.host.clone()).map_err(|e| {
                         connect_err(format!("{} is not a TLS server name: {e}", self.host))
                     })?;
-                // rustls reads 4 KiB at a time: a receive buffer under it
-                // saves the socket reads.
-                let stream = stream.buffered_with(glommio::net::Preallocated::new(64 * 1024));
                 let stream = within(timeout, tls.connector().connect(name, stream))
                     .await
                     .ok_or_else(|| {
