@@ -281,6 +281,7 @@ fn a_thousand_pipelined_calls_on_one_connection_are_all_answered() {
                         let frame = Bytes::from(vec![(i % 251) as u8; len]);
                         let req = Forward {
                             client_host: "10.1.2.3".into(),
+                            principal: "User:ANONYMOUS".into(),
                             frame: frame.clone(),
                         };
                         let r = c.forward(to, &req, 10 * SECOND).await.unwrap();
@@ -576,6 +577,7 @@ fn a_real_node_serves_rpcs_on_its_kafka_listener() {
                 &to,
                 &Forward {
                     client_host: "10.0.0.1".into(),
+                    principal: "User:ANONYMOUS".into(),
                     frame: Bytes::from_static(b"\0\x12\0\0\0\0\0\x01\0\0"),
                 },
                 5 * SECOND,
@@ -688,60 +690,22 @@ fn a_handoff_commit_is_checked_before_it_changes_a_log() {
 #[test]
 fn a_handoff_commit_must_name_its_own_object_with_its_crc_and_header() {
     let dir = tempfile::tempdir().unwrap();
-    let uri = ferry_wal::BucketUri::parse(&format!("file://{}", dir.path().display())).unwrap();
-    let opened = ferry_node::storage::wal_log::WalLog::open(
-        uri.build_store().unwrap(),
-        ferry_wal::WalConfig::new(1),
-    )
-    .unwrap();
-    let node = ferry_node::broker::server::start(
-        NodeSettings::local(1),
-        opened.log.clone(),
-        opened.topics,
-        opened.recovered,
-    )
-    .unwrap();
-    let mut k = std::net::TcpStream::connect(node.addr).unwrap();
-    k.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    assert_eq!(common::raw::create_topic(&mut k, "h", 1, &[]), 0);
-    let topic_id = topic_id(&mut k, "h");
-    let revision = node.ctx.cluster.published().load().revision();
-
-    let mut builder = ferry_protocol::records::RecordBatchBuilder::new();
-    builder.push(ferry_protocol::records::NewRecord::new(
-        1000,
-        Some(b"k"),
-        Some(b"v"),
-    ));
-    let raw = Bytes::from(builder.build().unwrap());
-    let parsed = ferry_protocol::records::RecordBatches::new(raw.clone())
-        .next()
-        .unwrap()
-        .unwrap();
+    let (node, mut k, topic_id, revision) = bucket_node(store_in(dir.path()), "h");
     // Seven bytes of something else first: the batch is a range.
-    let mut object = b"garbage".to_vec();
-    object.extend_from_slice(&raw);
-    for key in [
+    let honest = one_record_batch_at(
+        dir.path(),
         "handoff/1/00000000000000000005.wal",
+        b"garbage",
+        None,
+        b"k",
+    );
+    for key in [
         "handoff/2/00000000000000000005.wal",
         "wal/1/00000000000000099999.wal",
     ] {
-        let path = dir.path().join(key);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, &object).unwrap();
+        std::fs::create_dir_all(dir.path().join(key).parent().unwrap()).unwrap();
+        std::fs::copy(dir.path().join(&*honest.key), dir.path().join(key)).unwrap();
     }
-    let honest = HandoffBatch {
-        key: "handoff/1/00000000000000000005.wal".into(),
-        position: 7,
-        len: raw.len() as u32,
-        crc: crc32c::crc32c(&raw),
-        record_count: 1,
-        last_offset_delta: 0,
-        max_timestamp: parsed.max_timestamp(),
-        producer_id: -1,
-        producer_epoch: -1,
-        base_sequence: -1,
-    };
     let with = |change: &dyn Fn(&mut HandoffBatch)| {
         let mut b = honest.clone();
         change(&mut b);
@@ -806,40 +770,17 @@ fn a_handoff_commit_must_name_its_own_object_with_its_crc_and_header() {
 #[test]
 fn handoff_commits_of_a_partition_are_appended_in_the_order_they_came() {
     let dir = tempfile::tempdir().unwrap();
-    let uri = ferry_wal::BucketUri::parse(&format!("file://{}", dir.path().display())).unwrap();
-    let faulty = Arc::new(ferry_wal::store::FaultyStore::new(
-        uri.build_store().unwrap(),
-    ));
-    let store: Arc<dyn object_store::ObjectStore> = faulty.clone();
-    let opened =
-        ferry_node::storage::wal_log::WalLog::open(store, ferry_wal::WalConfig::new(1)).unwrap();
-    let node = ferry_node::broker::server::start(
-        NodeSettings::local(1),
-        opened.log.clone(),
-        opened.topics,
-        opened.recovered,
-    )
-    .unwrap();
-    let mut k = std::net::TcpStream::connect(node.addr).unwrap();
-    k.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    assert_eq!(common::raw::create_topic(&mut k, "ord", 1, &[]), 0);
-    let topic_id = topic_id(&mut k, "ord");
-    let revision = node.ctx.cluster.published().load().revision();
+    let faulty = Arc::new(ferry_wal::store::FaultyStore::new(store_in(dir.path())));
+    let (node, mut k, topic_id, revision) = bucket_node(faulty.clone(), "ord");
     let commit = |seq: i32, key: &str| {
-        let mut builder = ferry_protocol::records::RecordBatchBuilder::new().producer(7000, 0, seq);
-        builder.push(ferry_protocol::records::NewRecord::new(
-            1000,
-            Some(format!("k{seq}").as_bytes()),
-            Some(b"v"),
-        ));
-        let raw = Bytes::from(builder.build().unwrap());
-        let path = dir.path().join(key);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, &raw).unwrap();
-        let parsed = ferry_protocol::records::RecordBatches::new(raw.clone())
-            .next()
-            .unwrap()
-            .unwrap();
+        let key_text = format!("k{seq}");
+        let batch = one_record_batch_at(
+            dir.path(),
+            key,
+            b"",
+            Some((7000, 0, seq)),
+            key_text.as_bytes(),
+        );
         HandoffCommit {
             from_node: 1,
             view_revision: revision,
@@ -847,18 +788,7 @@ fn handoff_commits_of_a_partition_are_appended_in_the_order_they_came() {
                 topic: "ord".into(),
                 topic_id,
                 partition: 0,
-                batches: vec![HandoffBatch {
-                    key: key.into(),
-                    position: 0,
-                    len: raw.len() as u32,
-                    crc: crc32c::crc32c(&raw),
-                    record_count: 1,
-                    last_offset_delta: 0,
-                    max_timestamp: parsed.max_timestamp(),
-                    producer_id: 7000,
-                    producer_epoch: 0,
-                    base_sequence: seq,
-                }],
+                batches: vec![batch],
             }],
         }
     };
@@ -890,6 +820,86 @@ fn handoff_commits_of_a_partition_are_appended_in_the_order_they_came() {
         (0, vec![(0, b"k0".to_vec()), (1, b"k1".to_vec())])
     );
     node.stop();
+}
+
+/// A directory bucket's store.
+fn store_in(dir: &std::path::Path) -> Arc<dyn object_store::ObjectStore> {
+    ferry_wal::BucketUri::parse(&format!("file://{}", dir.display()))
+        .unwrap()
+        .build_store()
+        .unwrap()
+}
+
+/// Node 1 alone on `store`, with a one-partition `topic`, a client
+/// connection to it, the topic's id and the view revision.
+fn bucket_node(
+    store: Arc<dyn object_store::ObjectStore>,
+    topic: &str,
+) -> (
+    ferry_node::broker::server::RunningNode,
+    std::net::TcpStream,
+    [u8; 16],
+    u64,
+) {
+    let opened =
+        ferry_node::storage::wal_log::WalLog::open(store, ferry_wal::WalConfig::new(1)).unwrap();
+    let node = ferry_node::broker::server::start(
+        NodeSettings::local(1),
+        opened.log.clone(),
+        opened.topics,
+        opened.recovered,
+    )
+    .unwrap();
+    let mut k = std::net::TcpStream::connect(node.addr).unwrap();
+    k.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(common::raw::create_topic(&mut k, topic, 1, &[]), 0);
+    let id = topic_id(&mut k, topic);
+    let revision = node.ctx.cluster.published().load().revision();
+    (node, k, id, revision)
+}
+
+/// Writes a one-record batch (record key `record_key`, of producer
+/// `(id, epoch, sequence)` if given) after `prefix` into the bucket
+/// directory at `key`, as a proxy's handoff object would hold it (the
+/// leader reads a byte range, whatever wrote it), and answers the honest
+/// handoff batch for it.
+fn one_record_batch_at(
+    dir: &std::path::Path,
+    key: &str,
+    prefix: &[u8],
+    producer: Option<(i64, i16, i32)>,
+    record_key: &[u8],
+) -> HandoffBatch {
+    let mut builder = ferry_protocol::records::RecordBatchBuilder::new();
+    if let Some((id, epoch, seq)) = producer {
+        builder = builder.producer(id, epoch, seq);
+    }
+    builder.push(ferry_protocol::records::NewRecord::new(
+        1000,
+        Some(record_key),
+        Some(b"v"),
+    ));
+    let raw = Bytes::from(builder.build().unwrap());
+    let parsed = ferry_protocol::records::RecordBatches::new(raw.clone())
+        .next()
+        .unwrap()
+        .unwrap();
+    let path = dir.join(key);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, [prefix, &raw[..]].concat()).unwrap();
+    let (producer_id, producer_epoch, base_sequence) = producer.unwrap_or((-1, -1, -1));
+    HandoffBatch {
+        key: key.into(),
+        position: prefix.len() as u64,
+        len: raw.len() as u32,
+        crc: crc32c::crc32c(&raw),
+        record_count: 1,
+        last_offset_delta: 0,
+        max_timestamp: parsed.max_timestamp(),
+        producer_id,
+        producer_epoch,
+        base_sequence,
+    }
 }
 
 /// A topic's id, by Metadata.

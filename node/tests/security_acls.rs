@@ -153,3 +153,199 @@ fn allow_if_no_acl_found_and_no_authorizer() {
     assert_eq!(d.error_code, 54, "SECURITY_DISABLED");
     n.stop();
 }
+
+/// A group request naming several groups or topics is answered one by one,
+/// as Kafka's: refused groups get GROUP_AUTHORIZATION_FAILED and refused
+/// topics TOPIC_AUTHORIZATION_FAILED while the rest are served; OffsetFetch
+/// leaves out the topics the principal may not describe, or refuses them
+/// where the request names them. A request whose every item is refused is
+/// refused whole.
+#[test]
+fn refused_groups_and_topics_are_answered_one_by_one() {
+    let n = common::node_from_pairs(&[
+        ("listeners", "PLAINTEXT://127.0.0.1:0"),
+        (
+            "authorizer.class.name",
+            "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        ),
+    ]);
+    let allow = |resource_type, name: &str, pattern, operation| AclBinding {
+        resource_type,
+        name: name.into(),
+        pattern,
+        principal: "User:ANONYMOUS".into(),
+        host: "*".into(),
+        operation,
+        permission: Permission::Allow,
+    };
+    let doc = SecurityDoc {
+        acls: vec![
+            allow(
+                ResourceType::Topic,
+                "t-",
+                PatternType::Prefixed,
+                Operation::Create,
+            ),
+            allow(
+                ResourceType::Topic,
+                "t-ok",
+                PatternType::Literal,
+                Operation::Read,
+            ),
+            allow(
+                ResourceType::Group,
+                "g-ok",
+                PatternType::Literal,
+                Operation::Read,
+            ),
+            allow(
+                ResourceType::Group,
+                "g-ok",
+                PatternType::Literal,
+                Operation::Delete,
+            ),
+        ],
+        ..Default::default()
+    };
+    common::store_security_doc(&n, &doc);
+    let mut k = connect(&common::listener_addr(&n, "PLAINTEXT").to_string());
+    assert_eq!(common::raw::create_topic(&mut k, "t-ok", 1, &[]), 0);
+    assert_eq!(common::raw::create_topic(&mut k, "t-no", 1, &[]), 0);
+
+    // OffsetCommit: t-ok is committed, t-no refused.
+    use offset_commit_request::*;
+    let commit = RequestBody::OffsetCommit(OffsetCommitRequest {
+        group_id: "g-ok".into(),
+        generation_id_or_member_epoch: -1,
+        member_id: "".into(),
+        topics: ["t-ok", "t-no"]
+            .iter()
+            .map(|t| OffsetCommitRequestTopic {
+                name: (*t).into(),
+                partitions: vec![OffsetCommitRequestPartition {
+                    partition_index: 0,
+                    committed_offset: 5,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    });
+    let r = common::raw::call(&mut k, 8, commit);
+    let r = offset_commit_response::OffsetCommitResponse::decode(&r, 8).unwrap();
+    let mut codes: Vec<(String, i16)> = r
+        .topics
+        .iter()
+        .map(|t| (t.name.to_string(), t.partitions[0].error_code))
+        .collect();
+    codes.sort();
+    assert_eq!(codes, [("t-no".into(), 29), ("t-ok".into(), 0)]);
+
+    // OffsetFetch of all topics (v7): t-no is left out. Naming both: t-no
+    // is refused.
+    use offset_fetch_request::*;
+    let fetch = |topics: Option<Vec<&str>>| {
+        RequestBody::OffsetFetch(OffsetFetchRequest {
+            group_id: "g-ok".into(),
+            topics: topics.map(|ts| {
+                ts.into_iter()
+                    .map(|t| OffsetFetchRequestTopic {
+                        name: t.into(),
+                        partition_indexes: vec![0],
+                        ..Default::default()
+                    })
+                    .collect()
+            }),
+            ..Default::default()
+        })
+    };
+    let fetched = |k: &mut std::net::TcpStream, body| {
+        let r = common::raw::call(k, 7, body);
+        let r = offset_fetch_response::OffsetFetchResponse::decode(&r, 7).unwrap();
+        let mut all: Vec<(String, i64, i16)> = r
+            .topics
+            .iter()
+            .map(|t| {
+                let p = &t.partitions[0];
+                (t.name.to_string(), p.committed_offset, p.error_code)
+            })
+            .collect();
+        all.sort();
+        all
+    };
+    assert_eq!(fetched(&mut k, fetch(None)), [("t-ok".into(), 5, 0)]);
+    assert_eq!(
+        fetched(&mut k, fetch(Some(vec!["t-ok", "t-no"]))),
+        [("t-no".into(), -1, 29), ("t-ok".into(), 5, 0)]
+    );
+    // OffsetFetch of two groups (v8): g-no refused, g-ok served.
+    let two = RequestBody::OffsetFetch(OffsetFetchRequest {
+        groups: ["g-ok", "g-no"]
+            .iter()
+            .map(|g| OffsetFetchRequestGroup {
+                group_id: (*g).into(),
+                topics: None,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    });
+    let r = common::raw::call(&mut k, 8, two);
+    let r = offset_fetch_response::OffsetFetchResponse::decode(&r, 8).unwrap();
+    let mut groups: Vec<(String, i16, Vec<String>)> = r
+        .groups
+        .iter()
+        .map(|g| {
+            let topics = g.topics.iter().map(|t| t.name.to_string()).collect();
+            (g.group_id.to_string(), g.error_code, topics)
+        })
+        .collect();
+    groups.sort();
+    assert_eq!(
+        groups,
+        [
+            ("g-no".into(), 30, vec![]),
+            ("g-ok".into(), 0, vec!["t-ok".to_string()])
+        ]
+    );
+
+    // DescribeGroups: g-no refused, g-ok described; g-no alone: refused.
+    let describe = |k: &mut std::net::TcpStream, names: &[&str]| {
+        let body = RequestBody::DescribeGroups(describe_groups_request::DescribeGroupsRequest {
+            groups: names.iter().map(|g| (*g).into()).collect(),
+            ..Default::default()
+        });
+        let r = common::raw::call(k, 5, body);
+        let r = describe_groups_response::DescribeGroupsResponse::decode(&r, 5).unwrap();
+        let mut all: Vec<(String, i16)> = r
+            .groups
+            .iter()
+            .map(|g| (g.group_id.to_string(), g.error_code))
+            .collect();
+        all.sort();
+        all
+    };
+    assert_eq!(
+        describe(&mut k, &["g-ok", "g-no"]),
+        [("g-no".into(), 30), ("g-ok".into(), 0)]
+    );
+    assert_eq!(describe(&mut k, &["g-no"]), [("g-no".into(), 30)]);
+
+    // DeleteGroups: g-no refused, g-ok (empty, with offsets) deleted.
+    let body = RequestBody::DeleteGroups(delete_groups_request::DeleteGroupsRequest {
+        groups_names: vec!["g-ok".into(), "g-no".into()],
+        ..Default::default()
+    });
+    let r = common::raw::call(&mut k, 2, body);
+    let r = delete_groups_response::DeleteGroupsResponse::decode(&r, 2).unwrap();
+    let mut results: Vec<(String, i16)> = r
+        .results
+        .iter()
+        .map(|g| (g.group_id.to_string(), g.error_code))
+        .collect();
+    results.sort();
+    assert_eq!(results, [("g-no".into(), 30), ("g-ok".into(), 0)]);
+    assert_eq!(fetched(&mut k, fetch(None)), []);
+    n.stop();
+}

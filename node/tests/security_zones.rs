@@ -80,6 +80,16 @@ fn node(
     .unwrap()
 }
 
+/// The principal each member registered, in node order.
+fn principals(coordinator: &LocalCoordinator) -> Vec<String> {
+    coordinator
+        .view()
+        .members()
+        .iter()
+        .map(|m| m.principal.clone())
+        .collect()
+}
+
 #[test]
 fn a_proxy_in_the_clients_zone_enforces_acls_and_hands_off_over_mtls() {
     let _ = tracing_subscriber::fmt().with_env_filter("info").try_init();
@@ -112,13 +122,7 @@ fn a_proxy_in_the_clients_zone_enforces_acls_and_hands_off_over_mtls() {
         &bucket,
     );
     // Each member registered the principal its certificate maps to.
-    let view = coordinator.view();
-    let principals: Vec<&str> = view
-        .members()
-        .iter()
-        .map(|m| m.principal.as_str())
-        .collect();
-    assert_eq!(principals, ["User:node-1", "User:node-2"]);
+    assert_eq!(principals(&coordinator), ["User:node-1", "User:node-2"]);
 
     let mut doc = SecurityDoc::default();
     for (user, pw) in [
@@ -250,13 +254,7 @@ fn nodes_call_each_other_over_scram_on_a_sasl_inter_broker_listener() {
         &coordinator,
         &bucket,
     );
-    let view = coordinator.view();
-    let principals: Vec<&str> = view
-        .members()
-        .iter()
-        .map(|m| m.principal.as_str())
-        .collect();
-    assert_eq!(principals, ["User:node-1", "User:node-2"]);
+    assert_eq!(principals(&coordinator), ["User:node-1", "User:node-2"]);
     // Stored salted: never the password.
     let doc = a.ctx.security();
     for (user, pw) in [("node-1", "pw-one"), ("node-2", "pw-two")] {

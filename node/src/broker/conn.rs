@@ -59,10 +59,6 @@ pub struct Session {
     /// The peer's IP address as text, for ACLs' hosts.
     pub host: String,
     pub principal: RefCell<Principal>,
-    /// A request another node forwarded after checking its client's ACLs
-    /// (a group request, see `crate::broker::api::groups`): not checked
-    /// again.
-    pub forwarded: bool,
 }
 
 impl Session {
@@ -76,7 +72,6 @@ impl Session {
             host: peer.map_or_else(String::new, |p| p.ip().to_canonical().to_string()),
             peer,
             principal: RefCell::new(principal),
-            forwarded: false,
         }
     }
 }
@@ -278,9 +273,7 @@ where
             // else they are an unknown API key, which closes the connection
             // (as an undecodable one does).
             if crate::cluster::rpc::is_rpc_frame(&f) {
-                if !session.listener.inter_broker
-                    || !sasl.allows(i16::MAX, std::time::Instant::now())
-                {
+                if !session.listener.inter_broker || !sasl.allows(i16::MAX) {
                     tracing::info!(peer = ?peer, listener = session.listener.name(),
                         "node-to-node API key on a client listener; closing connection");
                     break 'conn;
@@ -363,7 +356,7 @@ where
                 }
                 continue;
             }
-            if !sasl.allows(api_key, std::time::Instant::now()) {
+            if !sasl.allows(api_key) {
                 tracing::info!(peer = ?peer, listener = session.listener.name(), api_key,
                     "request before SASL authentication, or after the session expired; closing connection");
                 break 'conn;
@@ -379,8 +372,10 @@ where
             shard.ctx.metrics.request(req.api_key());
             // A group request whose coordinator is another node (this one
             // being its proxy in the client's zone) is served there.
-            // Its ACLs are checked here, before it leaves: the coordinator
-            // takes a forwarded request as checked.
+            // Its ACLs are checked here, before it leaves (a request all
+            // of whose groups or topics are refused goes no further), and
+            // again at the coordinator, which gets the client's principal
+            // and answers refused items one by one.
             if crate::group::coordinator::is_group_api(req.api_key()) {
                 if let Some(refused) =
                     crate::broker::api::group_refusal(&shard, &session, &req.body)
@@ -399,6 +394,7 @@ where
                         client_host: peer
                             .map_or_else(String::new, |p| format!("/{}", p.ip()))
                             .into(),
+                        principal: session.principal.borrow().as_str().into(),
                         frame: f.clone(),
                     };
                     let h = glommio::spawn_local(async move {

@@ -13,8 +13,8 @@ use crate::broker::conn::Session;
 use crate::security::acl::{AclBinding, AclFilter, Operation, ResourceType};
 
 /// Whether the connection's principal may do `op` on a resource: always
-/// with ACLs off, and for a request another node forwarded after checking
-/// it.
+/// with ACLs off. (A request another node forwarded carries its client's
+/// principal and host, and is checked again here.)
 pub(super) fn allowed(
     shard: &Shard,
     session: &Session,
@@ -28,9 +28,6 @@ pub(super) fn allowed(
     let Some(authorizer) = guard.as_ref() else {
         return true;
     };
-    if session.forwarded {
-        return true;
-    }
     authorizer.authorize(
         session.principal.borrow().as_str(),
         &session.host,
@@ -54,13 +51,12 @@ pub(super) fn allowed_any(
     let Some(authorizer) = guard.as_ref() else {
         return true;
     };
-    session.forwarded
-        || authorizer.authorize_any(
-            session.principal.borrow().as_str(),
-            &session.host,
-            op,
-            resource_type,
-        )
+    authorizer.authorize_any(
+        session.principal.borrow().as_str(),
+        &session.host,
+        op,
+        resource_type,
+    )
 }
 
 pub(super) fn allowed_on_cluster(shard: &Shard, session: &Session, op: Operation) -> bool {
@@ -364,8 +360,9 @@ pub(super) async fn delete_acls(
 ///
 /// Joining, syncing, heartbeats, leaving and committing need READ on the
 /// group; fetching offsets and describing, DESCRIBE; deleting, DELETE. A
-/// request naming several groups or topics is refused whole when any one
-/// is refused (Kafka answers them one by one).
+/// request naming several groups or topics is refused whole here only when
+/// every one of them is refused; otherwise the node that serves it answers
+/// the refused ones one by one ([`take_refused_items`]), as Kafka does.
 pub fn group_refusal(shard: &Shard, session: &Session, body: &RequestBody) -> Option<ResponseBody> {
     shard.ctx.authorizer()?;
     let group = |op: Operation, name: &str| allowed(shard, session, op, ResourceType::Group, name);
@@ -398,16 +395,17 @@ pub fn group_refusal(shard: &Shard, session: &Session, body: &RequestBody) -> Op
         }
         RequestBody::OffsetCommit(r) => {
             let group_ok = group(Operation::Read, r.group_id.as_str());
-            let topics_ok = r.topics.iter().all(|t| {
-                allowed(
-                    shard,
-                    session,
-                    Operation::Read,
-                    ResourceType::Topic,
-                    t.name.as_str(),
-                )
-            });
-            if group_ok && topics_ok {
+            let any_topic_ok = r.topics.is_empty()
+                || r.topics.iter().any(|t| {
+                    allowed(
+                        shard,
+                        session,
+                        Operation::Read,
+                        ResourceType::Topic,
+                        t.name.as_str(),
+                    )
+                });
+            if group_ok && any_topic_ok {
                 return None;
             }
             use offset_commit_response::*;
@@ -416,8 +414,6 @@ pub fn group_refusal(shard: &Shard, session: &Session, body: &RequestBody) -> Op
                     .topics
                     .iter()
                     .map(|t| {
-                        // Refused whole: a topic the principal may read is
-                        // not committed either.
                         let code = if group_ok {
                             ErrorCode::TOPIC_AUTHORIZATION_FAILED.code()
                         } else {
@@ -447,7 +443,7 @@ pub fn group_refusal(shard: &Shard, session: &Session, body: &RequestBody) -> Op
             } else {
                 r.groups.iter().map(|g| g.group_id.as_str()).collect()
             };
-            if names.iter().all(|g| group(Operation::Describe, g)) {
+            if names.iter().any(|g| group(Operation::Describe, g)) {
                 return None;
             }
             use offset_fetch_response::*;
@@ -466,9 +462,10 @@ pub fn group_refusal(shard: &Shard, session: &Session, body: &RequestBody) -> Op
             })
         }
         RequestBody::DescribeGroups(r) => {
-            if r.groups
-                .iter()
-                .all(|g| group(Operation::Describe, g.as_str()))
+            if r.groups.is_empty()
+                || r.groups
+                    .iter()
+                    .any(|g| group(Operation::Describe, g.as_str()))
             {
                 return None;
             }
@@ -487,9 +484,10 @@ pub fn group_refusal(shard: &Shard, session: &Session, body: &RequestBody) -> Op
             })
         }
         RequestBody::DeleteGroups(r) => {
-            if r.groups_names
-                .iter()
-                .all(|g| group(Operation::Delete, g.as_str()))
+            if r.groups_names.is_empty()
+                || r.groups_names
+                    .iter()
+                    .any(|g| group(Operation::Delete, g.as_str()))
             {
                 return None;
             }
@@ -509,6 +507,184 @@ pub fn group_refusal(shard: &Shard, session: &Session, body: &RequestBody) -> Op
         }
         _ => return None,
     })
+}
+
+/// The groups or topics of a group request that the principal may not use,
+/// taken out of it: the rest of the request goes on, and
+/// [`answer_refused_items`] answers these one by one.
+pub(super) enum RefusedItems {
+    None,
+    /// OffsetCommit topics without READ.
+    CommitTopics(Vec<offset_commit_request::OffsetCommitRequestTopic>),
+    /// DescribeGroups groups without DESCRIBE.
+    Described(Vec<KStr>),
+    /// DeleteGroups groups without DELETE.
+    Deleted(Vec<KStr>),
+    /// OffsetFetch (v8+) groups without DESCRIBE.
+    Fetched(Vec<KStr>),
+}
+
+/// Takes the refused groups or topics out of `body` (a request that
+/// [`group_refusal`] let through, so some remain).
+pub(super) fn take_refused_items(
+    shard: &Shard,
+    session: &Session,
+    body: &mut RequestBody,
+) -> RefusedItems {
+    if shard.ctx.authorizer().is_none() {
+        return RefusedItems::None;
+    }
+    let may = |op, resource_type, name: &str| allowed(shard, session, op, resource_type, name);
+    match body {
+        RequestBody::OffsetCommit(r) => {
+            let (kept, refused) = std::mem::take(&mut r.topics)
+                .into_iter()
+                .partition(|t| may(Operation::Read, ResourceType::Topic, t.name.as_str()));
+            r.topics = kept;
+            RefusedItems::CommitTopics(refused)
+        }
+        RequestBody::DescribeGroups(r) => {
+            let (kept, refused) = std::mem::take(&mut r.groups)
+                .into_iter()
+                .partition(|g| may(Operation::Describe, ResourceType::Group, g.as_str()));
+            r.groups = kept;
+            RefusedItems::Described(refused)
+        }
+        RequestBody::DeleteGroups(r) => {
+            let (kept, refused) = std::mem::take(&mut r.groups_names)
+                .into_iter()
+                .partition(|g| may(Operation::Delete, ResourceType::Group, g.as_str()));
+            r.groups_names = kept;
+            RefusedItems::Deleted(refused)
+        }
+        RequestBody::OffsetFetch(r) if !r.groups.is_empty() => {
+            let (kept, refused): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut r.groups).into_iter().partition(|g| {
+                    may(
+                        Operation::Describe,
+                        ResourceType::Group,
+                        g.group_id.as_str(),
+                    )
+                });
+            r.groups = kept;
+            RefusedItems::Fetched(refused.into_iter().map(|g| g.group_id).collect())
+        }
+        _ => RefusedItems::None,
+    }
+}
+
+/// Adds the answers for the items [`take_refused_items`] took out.
+pub(super) fn answer_refused_items(refused: RefusedItems, answer: &mut ResponseBody) {
+    const GROUP: i16 = ErrorCode::GROUP_AUTHORIZATION_FAILED.code();
+    match (refused, answer) {
+        (RefusedItems::CommitTopics(topics), ResponseBody::OffsetCommit(a)) => {
+            use offset_commit_response::*;
+            a.topics.extend(topics.into_iter().map(|t| {
+                OffsetCommitResponseTopic {
+                    name: t.name,
+                    partitions: t
+                        .partitions
+                        .iter()
+                        .map(|p| OffsetCommitResponsePartition {
+                            partition_index: p.partition_index,
+                            error_code: ErrorCode::TOPIC_AUTHORIZATION_FAILED.code(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }
+            }));
+        }
+        (RefusedItems::Described(groups), ResponseBody::DescribeGroups(a)) => {
+            a.groups.extend(
+                groups
+                    .into_iter()
+                    .map(|g| describe_groups_response::DescribedGroup {
+                        group_id: g,
+                        error_code: GROUP,
+                        ..Default::default()
+                    }),
+            );
+        }
+        (RefusedItems::Deleted(groups), ResponseBody::DeleteGroups(a)) => {
+            a.results.extend(groups.into_iter().map(|g| {
+                delete_groups_response::DeletableGroupResult {
+                    group_id: g,
+                    error_code: GROUP,
+                    ..Default::default()
+                }
+            }));
+        }
+        (RefusedItems::Fetched(groups), ResponseBody::OffsetFetch(a)) => {
+            a.groups.extend(groups.into_iter().map(|g| {
+                offset_fetch_response::OffsetFetchResponseGroup {
+                    group_id: g,
+                    error_code: GROUP,
+                    ..Default::default()
+                }
+            }));
+        }
+        _ => {}
+    }
+}
+
+/// Which OffsetFetch groups named their topics (the rest asked for all):
+/// `(the single group of v0-7, [(group, named)] of v8+)`.
+pub(super) type FetchNamed = Option<(bool, Vec<(KStr, bool)>)>;
+
+pub(super) fn offset_fetch_named(body: &RequestBody) -> FetchNamed {
+    match body {
+        RequestBody::OffsetFetch(r) => Some((
+            r.topics.is_some(),
+            r.groups
+                .iter()
+                .map(|g| (g.group_id.clone(), g.topics.is_some()))
+                .collect(),
+        )),
+        _ => None,
+    }
+}
+
+/// OffsetFetch answers only for topics the principal may DESCRIBE, as
+/// Kafka's: a topic the request named gets TOPIC_AUTHORIZATION_FAILED, one
+/// it did not (all of a group's offsets) is left out.
+pub(super) fn filter_fetched_offsets(
+    shard: &Shard,
+    session: &Session,
+    named: FetchNamed,
+    answer: &mut ResponseBody,
+) {
+    let (Some((single, groups)), ResponseBody::OffsetFetch(a)) = (named, answer) else {
+        return;
+    };
+    if shard.ctx.authorizer().is_none() {
+        return;
+    }
+    let may = |t: &str| allowed(shard, session, Operation::Describe, ResourceType::Topic, t);
+    const DENIED: i16 = ErrorCode::TOPIC_AUTHORIZATION_FAILED.code();
+    if single {
+        for t in a.topics.iter_mut().filter(|t| !may(t.name.as_str())) {
+            for p in &mut t.partitions {
+                (p.committed_offset, p.metadata, p.error_code) = (-1, None, DENIED);
+            }
+        }
+    } else {
+        a.topics.retain(|t| may(t.name.as_str()));
+    }
+    for g in &mut a.groups {
+        let named = groups
+            .iter()
+            .any(|(id, named)| *named && id.as_str() == g.group_id.as_str());
+        if named {
+            for t in g.topics.iter_mut().filter(|t| !may(t.name.as_str())) {
+                for p in &mut t.partitions {
+                    (p.committed_offset, p.metadata, p.error_code) = (-1, None, DENIED);
+                }
+            }
+        } else {
+            g.topics.retain(|t| may(t.name.as_str()));
+        }
+    }
 }
 
 /// ListGroups without DESCRIBE on the cluster lists only the groups the

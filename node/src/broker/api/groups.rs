@@ -114,7 +114,8 @@ pub async fn forwarded(
         .ok()
         .map(|ip| std::net::SocketAddr::new(ip, 0));
     // The group APIs' answers name no endpoint, so the listener does not
-    // shape them; the proxy checked the client before forwarding.
+    // shape them. The client's principal and host come with the request,
+    // and its ACLs are checked here as the proxy checked them.
     let Some(listener) = shard
         .ctx
         .listeners
@@ -125,10 +126,10 @@ pub async fn forwarded(
     else {
         return refuse(ErrorCode::UNKNOWN_SERVER_ERROR);
     };
-    let session = crate::broker::conn::Session {
-        forwarded: true,
-        ..crate::broker::conn::Session::new(listener, peer, crate::security::Principal::anonymous())
+    let Some(principal) = crate::security::Principal::parse(&f.principal) else {
+        return refuse(ErrorCode::INVALID_REQUEST);
     };
+    let session = crate::broker::conn::Session::new(listener, peer, principal);
     let Some(body) = handle(shard, req, &session).await else {
         return crate::cluster::rpc::ForwardResponse {
             error_code: 0,

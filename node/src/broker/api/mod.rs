@@ -112,13 +112,18 @@ pub async fn handle(
         if let Some(refused) = group_refusal(shard, session, &req.body) {
             return Some(refused);
         }
+        let mut body = req.body;
+        let refused = take_refused_items(shard, session, &mut body);
+        let named = offset_fetch_named(&body);
         let g = crate::group::coordinator::GroupRequest {
             version: v,
             client_id: req.header.client_id.as_deref().unwrap_or("").to_string(),
             client_host: peer.map_or_else(String::new, |p| format!("/{}", p.ip())),
-            body: req.body,
+            body,
         };
         let mut answer = shard.group(g).await?;
+        answer_refused_items(refused, &mut answer);
+        filter_fetched_offsets(shard, session, named, &mut answer);
         filter_listed_groups(shard, session, &mut answer);
         return Some(answer);
     }

@@ -549,6 +549,9 @@ impl RpcMessage for ReplicaReadResponse {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forward {
     pub client_host: Arc<str>,
+    /// The principal the client authenticated as (`User:ANONYMOUS` if it
+    /// did not), for the receiver's ACL checks.
+    pub principal: Arc<str>,
     pub frame: Bytes,
 }
 
@@ -558,6 +561,7 @@ impl RpcMessage for Forward {
     fn to_wire(&self) -> Result<Self::Wire, RpcError> {
         Ok(fwd_req::FerryForwardRequest {
             client_host: to_kstr(&self.client_host, "client_host")?,
+            principal: to_kstr(&self.principal, "principal")?,
             frame: self.frame.clone(),
             unknown_tagged_fields: Vec::new(),
         })
@@ -566,6 +570,7 @@ impl RpcMessage for Forward {
     fn from_wire(m: Self::Wire) -> Result<Self, RpcError> {
         Ok(Forward {
             client_host: from_kstr(&m.client_host, "client_host")?,
+            principal: from_kstr(&m.principal, "principal")?,
             frame: m.frame,
         })
     }
@@ -750,6 +755,7 @@ mod tests {
     fn forward(rng: &mut Rng) -> Forward {
         Forward {
             client_host: rng.string(40),
+            principal: rng.string(40),
             frame: bytes(rng, 64),
         }
     }
@@ -1170,6 +1176,7 @@ mod tests {
             5,
             &Forward {
                 client_host: "10.0.0.1".into(),
+                principal: "User:ANONYMOUS".into(),
                 frame: frame.clone(),
             },
         )
