@@ -80,6 +80,17 @@ fn node(
     .unwrap()
 }
 
+/// Bytes `node` sent as handoff commits (its RPC traffic counters).
+fn handed_off(node: &RunningNode) -> u64 {
+    node.ctx
+        .traffic
+        .snapshot()
+        .iter()
+        .filter(|(_, kind, _, _)| *kind == "handoff")
+        .map(|(_, _, out, _)| out)
+        .sum()
+}
+
 /// The principal each member registered, in node order.
 fn principals(coordinator: &LocalCoordinator) -> Vec<String> {
     coordinator
@@ -159,15 +170,7 @@ fn a_proxy_in_the_clients_zone_enforces_acls_and_hands_off_over_mtls() {
     );
     // zone-b's node handed batches off to zone-a's leader: over the INTERNAL
     // listener, which only mutual TLS gets into.
-    let handed_off: u64 = b
-        .ctx
-        .traffic
-        .snapshot()
-        .iter()
-        .filter(|(_, kind, _, _)| *kind == "handoff")
-        .map(|(_, _, out, _)| out)
-        .sum();
-    assert!(handed_off > 0, "{:?}", b.ctx.traffic.snapshot());
+    assert!(handed_off(&b) > 0, "{:?}", b.ctx.traffic.snapshot());
 
     // A caller with a certificate from the same CA that is no member's is
     // refused on the inter-node listener, and changes nothing.
@@ -286,15 +289,7 @@ fn nodes_call_each_other_over_scram_on_a_sasl_inter_broker_listener() {
     };
     assert_eq!((code, offset), (0, 0), "the handoff over SASL was refused");
     assert_eq!(common::raw::list_offset(&mut k, "sz", led_by_a, -1), 1);
-    let handed_off: u64 = b
-        .ctx
-        .traffic
-        .snapshot()
-        .iter()
-        .filter(|(_, kind, _, _)| *kind == "handoff")
-        .map(|(_, _, out, _)| out)
-        .sum();
-    assert!(handed_off > 0, "{:?}", b.ctx.traffic.snapshot());
+    assert!(handed_off(&b) > 0, "{:?}", b.ctx.traffic.snapshot());
 
     // The wrong password: the connection never carries a call.
     let internal = common::listener_addr(&a, "INTERNAL");

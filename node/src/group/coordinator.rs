@@ -17,6 +17,28 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
+
+/// The answer for an OffsetCommit topic that is not committed: `code` for
+/// each of its partitions.
+pub fn commit_refused(
+    t: &ferry_protocol::messages::offset_commit_request::OffsetCommitRequestTopic,
+    code: ErrorCode,
+) -> ferry_protocol::messages::offset_commit_response::OffsetCommitResponseTopic {
+    use ferry_protocol::messages::offset_commit_response::*;
+    OffsetCommitResponseTopic {
+        name: t.name.clone(),
+        partitions: t
+            .partitions
+            .iter()
+            .map(|p| OffsetCommitResponsePartition {
+                partition_index: p.partition_index,
+                error_code: code.code(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
 use std::time::Duration;
 
 /// How often session and rebalance timeouts are checked.
@@ -199,22 +221,11 @@ impl Coordinator {
                     o.topics.drain(..).partition(|t| topic_exists(&t.name));
                 o.topics = known;
                 let mut resp = self.state.borrow_mut().offset_commit(&ctx, &o);
-                use ferry_protocol::messages::offset_commit_response::*;
-                for t in unknown {
-                    resp.topics.push(OffsetCommitResponseTopic {
-                        name: t.name,
-                        partitions: t
-                            .partitions
-                            .iter()
-                            .map(|p| OffsetCommitResponsePartition {
-                                partition_index: p.partition_index,
-                                error_code: ErrorCode::UNKNOWN_TOPIC_OR_PARTITION.code(),
-                                ..Default::default()
-                            })
-                            .collect(),
-                        ..Default::default()
-                    });
-                }
+                resp.topics.extend(
+                    unknown
+                        .iter()
+                        .map(|t| commit_refused(t, ErrorCode::UNKNOWN_TOPIC_OR_PARTITION)),
+                );
                 if let Err(e) = self.persist().await {
                     tracing::warn!(error = %e, "committed offsets were not persisted");
                     for t in &mut resp.topics {

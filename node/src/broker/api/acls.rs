@@ -10,6 +10,7 @@
 
 use super::*;
 use crate::broker::conn::Session;
+use crate::group::coordinator::commit_refused;
 use crate::security::acl::{AclBinding, AclFilter, Operation, ResourceType};
 
 /// Whether the connection's principal may do `op` on a resource: always
@@ -408,32 +409,13 @@ pub fn group_refusal(shard: &Shard, session: &Session, body: &RequestBody) -> Op
             if group_ok && any_topic_ok {
                 return None;
             }
-            use offset_commit_response::*;
-            ResponseBody::OffsetCommit(OffsetCommitResponse {
-                topics: r
-                    .topics
-                    .iter()
-                    .map(|t| {
-                        let code = if group_ok {
-                            ErrorCode::TOPIC_AUTHORIZATION_FAILED.code()
-                        } else {
-                            GROUP
-                        };
-                        OffsetCommitResponseTopic {
-                            name: t.name.clone(),
-                            partitions: t
-                                .partitions
-                                .iter()
-                                .map(|p| OffsetCommitResponsePartition {
-                                    partition_index: p.partition_index,
-                                    error_code: code,
-                                    ..Default::default()
-                                })
-                                .collect(),
-                            ..Default::default()
-                        }
-                    })
-                    .collect(),
+            let code = if group_ok {
+                ErrorCode::TOPIC_AUTHORIZATION_FAILED
+            } else {
+                ErrorCode::GROUP_AUTHORIZATION_FAILED
+            };
+            ResponseBody::OffsetCommit(offset_commit_response::OffsetCommitResponse {
+                topics: r.topics.iter().map(|t| commit_refused(t, code)).collect(),
                 ..Default::default()
             })
         }
@@ -578,22 +560,11 @@ pub(super) fn answer_refused_items(refused: RefusedItems, answer: &mut ResponseB
     const GROUP: i16 = ErrorCode::GROUP_AUTHORIZATION_FAILED.code();
     match (refused, answer) {
         (RefusedItems::CommitTopics(topics), ResponseBody::OffsetCommit(a)) => {
-            use offset_commit_response::*;
-            a.topics.extend(topics.into_iter().map(|t| {
-                OffsetCommitResponseTopic {
-                    name: t.name,
-                    partitions: t
-                        .partitions
-                        .iter()
-                        .map(|p| OffsetCommitResponsePartition {
-                            partition_index: p.partition_index,
-                            error_code: ErrorCode::TOPIC_AUTHORIZATION_FAILED.code(),
-                            ..Default::default()
-                        })
-                        .collect(),
-                    ..Default::default()
-                }
-            }));
+            a.topics.extend(
+                topics
+                    .iter()
+                    .map(|t| commit_refused(t, ErrorCode::TOPIC_AUTHORIZATION_FAILED)),
+            );
         }
         (RefusedItems::Described(groups), ResponseBody::DescribeGroups(a)) => {
             a.groups.extend(
