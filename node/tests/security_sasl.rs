@@ -81,26 +81,6 @@ fn clients_authenticate_with_plain_and_scram() {
     n.stop();
 }
 
-/// A raw connection: SaslHandshake v1, then SaslAuthenticate v2 with a
-/// PLAIN message. Returns SaslAuthenticate's error code and session
-/// lifetime.
-fn plain_login(k: &mut std::net::TcpStream, user: &str, password: &str) -> (i16, i64) {
-    let body = RequestBody::SaslHandshake(sasl_handshake_request::SaslHandshakeRequest {
-        mechanism: "PLAIN".into(),
-        ..Default::default()
-    });
-    let r = common::raw::call(k, 1, body);
-    let h = sasl_handshake_response::SaslHandshakeResponse::decode(&r, 1).unwrap();
-    assert_eq!(h.error_code, 0, "PLAIN is enabled");
-    let body = RequestBody::SaslAuthenticate(sasl_authenticate_request::SaslAuthenticateRequest {
-        auth_bytes: format!("\0{user}\0{password}").into_bytes().into(),
-        ..Default::default()
-    });
-    let r = common::raw::call(k, 2, body);
-    let a = sasl_authenticate_response::SaslAuthenticateResponse::decode(&r, 2).unwrap();
-    (a.error_code, a.session_lifetime_ms)
-}
-
 fn closed(k: &mut std::net::TcpStream) -> bool {
     let mut b = [0u8; 1];
     matches!(k.read(&mut b), Ok(0) | Err(_))
@@ -157,13 +137,13 @@ fn a_connection_is_served_only_while_authenticated() {
 
     // A wrong password: SASL_AUTHENTICATION_FAILED, then closed.
     let mut k = connect(&sasl);
-    assert_eq!(plain_login(&mut k, "alice", "wrong").0, 58);
+    assert_eq!(common::raw::plain_login(&mut k, "alice", "wrong").0, 58);
     assert!(closed(&mut k));
     assert_eq!(n.ctx.metrics.auth_failures("SASL_PLAINTEXT", "PLAIN"), 1);
 
     // The right one: served, with the session's lifetime, until it ends.
     let mut k = connect(&sasl);
-    assert_eq!(plain_login(&mut k, "alice", "pw"), (0, 1500));
+    assert_eq!(common::raw::plain_login(&mut k, "alice", "pw"), (0, 1500));
     let r = common::raw::call(&mut k, 12, RequestBody::Metadata(Default::default()));
     assert!(metadata_response::MetadataResponse::decode(&r, 12).is_ok());
     std::thread::sleep(Duration::from_millis(1800));
@@ -176,9 +156,9 @@ fn a_connection_is_served_only_while_authenticated() {
     // Re-authenticating in time keeps the connection; as another user, it
     // is refused.
     let mut k = connect(&sasl);
-    assert_eq!(plain_login(&mut k, "alice", "pw").0, 0);
+    assert_eq!(common::raw::plain_login(&mut k, "alice", "pw").0, 0);
     std::thread::sleep(Duration::from_millis(1000));
-    assert_eq!(plain_login(&mut k, "alice", "pw").0, 0);
+    assert_eq!(common::raw::plain_login(&mut k, "alice", "pw").0, 0);
     std::thread::sleep(Duration::from_millis(1000));
     let r = common::raw::call(&mut k, 12, RequestBody::Metadata(Default::default()));
     assert!(metadata_response::MetadataResponse::decode(&r, 12).is_ok());
@@ -190,7 +170,7 @@ fn a_connection_is_served_only_while_authenticated() {
         1
     );
     assert_eq!(
-        plain_login(&mut k, "bob", "bob-pw").0,
+        common::raw::plain_login(&mut k, "bob", "bob-pw").0,
         58,
         "not the same principal"
     );

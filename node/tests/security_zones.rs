@@ -331,3 +331,123 @@ fn nodes_call_each_other_over_scram_on_a_sasl_inter_broker_listener() {
     a.stop();
     b.stop();
 }
+
+/// A group request a proxy forwards is checked at the coordinator as the
+/// client that sent it: carol, authenticated with SASL at zone-b's node,
+/// commits offsets of two topics for a group whose coordinator is zone-a's
+/// node; the topic she may read is committed and the other refused, one by
+/// one. (Checked as an anonymous client, a super user here, both would be
+/// committed.)
+#[test]
+fn a_forwarded_group_request_is_checked_at_the_coordinator_as_its_client() {
+    use ferry_node::group::coordinator::{group_slot, GROUP_TOPIC};
+    use ferry_protocol::messages::*;
+    use ferry_protocol::wire::Message;
+    let config = |id: i32| {
+        let id_text = id.to_string();
+        Config::from_pairs(
+            [
+                ("node.id", id_text.as_str()),
+                ("listeners", "CLIENT://127.0.0.1:0,INTERNAL://127.0.0.1:0"),
+                (
+                    "listener.security.protocol.map",
+                    "CLIENT:SASL_PLAINTEXT,INTERNAL:PLAINTEXT",
+                ),
+                ("inter.broker.listener.name", "INTERNAL"),
+                ("sasl.enabled.mechanisms", "PLAIN"),
+                (
+                    "authorizer.class.name",
+                    "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+                ),
+                ("super.users", "User:ANONYMOUS"),
+                ("s3.data.buckets", "0@file:///unused"),
+            ],
+            HostEnv::detect(),
+        )
+        .unwrap()
+    };
+    let coordinator = LocalCoordinator::new();
+    let bucket = Arc::new(MemoryLog::new());
+    let a = node("zone-a", &config(1), &coordinator, &bucket);
+    let b = node("zone-b", &config(2), &coordinator, &bucket);
+    let allow = |resource_type, name: &str| AclBinding {
+        resource_type,
+        name: name.into(),
+        pattern: PatternType::Prefixed,
+        principal: "User:carol".into(),
+        host: "*".into(),
+        operation: Operation::Read,
+        permission: Permission::Allow,
+    };
+    let mut doc = SecurityDoc {
+        acls: vec![
+            allow(ResourceType::Group, "g-ok"),
+            allow(ResourceType::Topic, "t-ok"),
+        ],
+        ..Default::default()
+    };
+    let c =
+        ScramCredential::from_password(SaslMechanism::ScramSha512, "carol-pw", None, 4096).unwrap();
+    doc.upsert("carol", c);
+    common::store_security_doc(&a, &doc);
+    // The topics, made by the anonymous super user on INTERNAL.
+    let mut admin = std::net::TcpStream::connect(common::listener_addr(&a, "INTERNAL")).unwrap();
+    admin
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    for t in ["t-ok", "t-no"] {
+        assert_eq!(common::raw::create_topic(&mut admin, t, 1, &[]), 0);
+    }
+    // A group zone-a's node coordinates.
+    let view = coordinator.view();
+    let group = (0..1000)
+        .map(|i| format!("g-ok-{i}"))
+        .find(|g| {
+            view.leader(GROUP_TOPIC, group_slot(g))
+                .is_some_and(|m| m.node_id == 1)
+        })
+        .unwrap();
+    let mut k = std::net::TcpStream::connect(common::listener_addr(&b, "CLIENT")).unwrap();
+    k.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    assert_eq!(common::raw::plain_login(&mut k, "carol", "carol-pw").0, 0);
+    use offset_commit_request::*;
+    let body = RequestBody::OffsetCommit(OffsetCommitRequest {
+        group_id: group.as_str().into(),
+        generation_id_or_member_epoch: -1,
+        member_id: "".into(),
+        topics: ["t-ok", "t-no"]
+            .iter()
+            .map(|t| OffsetCommitRequestTopic {
+                name: (*t).into(),
+                partitions: vec![OffsetCommitRequestPartition {
+                    partition_index: 0,
+                    committed_offset: 3,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    });
+    let r = common::raw::call(&mut k, 8, body);
+    let r = offset_commit_response::OffsetCommitResponse::decode(&r, 8).unwrap();
+    let mut codes: Vec<(String, i16)> = r
+        .topics
+        .iter()
+        .map(|t| (t.name.to_string(), t.partitions[0].error_code))
+        .collect();
+    codes.sort();
+    assert_eq!(codes, [("t-no".into(), 29), ("t-ok".into(), 0)]);
+    // It was served by zone-a's node: zone-b's forwarded it.
+    let forwarded: u64 = b
+        .ctx
+        .traffic
+        .snapshot()
+        .iter()
+        .filter(|(_, kind, _, _)| *kind == "forward")
+        .map(|(_, _, out, _)| out)
+        .sum();
+    assert!(forwarded > 0, "{:?}", b.ctx.traffic.snapshot());
+    a.stop();
+    b.stop();
+}

@@ -329,6 +329,27 @@ pub mod raw {
         Bytes::from(resp).slice(header..)
     }
 
+    /// A raw connection: SaslHandshake v1, then SaslAuthenticate v2 with a
+    /// PLAIN message. Returns SaslAuthenticate's error code and session
+    /// lifetime.
+    pub fn plain_login(k: &mut TcpStream, user: &str, password: &str) -> (i16, i64) {
+        let body = RequestBody::SaslHandshake(sasl_handshake_request::SaslHandshakeRequest {
+            mechanism: "PLAIN".into(),
+            ..Default::default()
+        });
+        let r = call(k, 1, body);
+        let h = sasl_handshake_response::SaslHandshakeResponse::decode(&r, 1).unwrap();
+        assert_eq!(h.error_code, 0, "PLAIN is enabled");
+        let body =
+            RequestBody::SaslAuthenticate(sasl_authenticate_request::SaslAuthenticateRequest {
+                auth_bytes: format!("\0{user}\0{password}").into_bytes().into(),
+                ..Default::default()
+            });
+        let r = call(k, 2, body);
+        let a = sasl_authenticate_response::SaslAuthenticateResponse::decode(&r, 2).unwrap();
+        (a.error_code, a.session_lifetime_ms)
+    }
+
     /// Creates a topic; returns the error code.
     pub fn create_topic(
         conn: &mut TcpStream,
