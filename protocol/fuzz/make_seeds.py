@@ -273,13 +273,17 @@ FERRY_SEEDS = {
     "replica_read_response": ferry(
         REPLICA, True, i16(0) + i64(100) + i64(0) + i32(1) + array([string(KEY)]) + array([replica_entry(0)])
     ),
-    "forward": ferry(FORWARD, False, string("10.0.0.1") + i32(len(metadata_v12(["t"]))) + metadata_v12(["t"])),
+    "forward": ferry(
+        FORWARD,
+        False,
+        string("10.0.0.1") + string("User:alice") + i32(len(metadata_v12(["t"]))) + metadata_v12(["t"]),
+    ),
     "forward_response_null": ferry(FORWARD, True, i16(0) + i32(-1)),
     # Decodes: the index is checked where the key table is resolved, in ferry-node.
     "handoff_commit_key_index_outside": ferry(HANDOFF, False, handoff_commit(7)),
     # Claims 2^31-1 object keys in a few bytes: must fail before allocating.
     "handoff_commit_huge_key_count": ferry(HANDOFF, False, i32(3) + i64(17) + i32(0x7FFF_FFFF) + string(KEY)),
-    "forward_negative_length": ferry(FORWARD, False, string("h") + i32(-2)),
+    "forward_negative_length": ferry(FORWARD, False, string("h") + string("User:a") + i32(-2)),
     "replica_read_response_truncated": ferry(
         REPLICA, True, (i16(0) + i64(100) + i64(0) + i32(1) + array([string(KEY)]) + array([replica_entry(0)]))[:-3]
     ),
