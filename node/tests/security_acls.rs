@@ -213,34 +213,10 @@ fn refused_groups_and_topics_are_answered_one_by_one() {
     assert_eq!(common::raw::create_topic(&mut k, "t-no", 1, &[]), 0);
 
     // OffsetCommit: t-ok is committed, t-no refused.
-    use offset_commit_request::*;
-    let commit = RequestBody::OffsetCommit(OffsetCommitRequest {
-        group_id: "g-ok".into(),
-        generation_id_or_member_epoch: -1,
-        member_id: "".into(),
-        topics: ["t-ok", "t-no"]
-            .iter()
-            .map(|t| OffsetCommitRequestTopic {
-                name: (*t).into(),
-                partitions: vec![OffsetCommitRequestPartition {
-                    partition_index: 0,
-                    committed_offset: 5,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    });
-    let r = common::raw::call(&mut k, 8, commit);
-    let r = offset_commit_response::OffsetCommitResponse::decode(&r, 8).unwrap();
-    let mut codes: Vec<(String, i16)> = r
-        .topics
-        .iter()
-        .map(|t| (t.name.to_string(), t.partitions[0].error_code))
-        .collect();
-    codes.sort();
-    assert_eq!(codes, [("t-no".into(), 29), ("t-ok".into(), 0)]);
+    assert_eq!(
+        common::raw::offset_commit_codes(&mut k, "g-ok", &["t-ok", "t-no"], 5),
+        [("t-no".into(), 29), ("t-ok".into(), 0)]
+    );
 
     // OffsetFetch of all topics (v7): t-no is left out. Naming both: t-no
     // is refused.

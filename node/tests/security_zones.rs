@@ -341,8 +341,6 @@ fn nodes_call_each_other_over_scram_on_a_sasl_inter_broker_listener() {
 #[test]
 fn a_forwarded_group_request_is_checked_at_the_coordinator_as_its_client() {
     use ferry_node::group::coordinator::{group_slot, GROUP_TOPIC};
-    use ferry_protocol::messages::*;
-    use ferry_protocol::wire::Message;
     let config = |id: i32| {
         let id_text = id.to_string();
         Config::from_pairs(
@@ -410,34 +408,10 @@ fn a_forwarded_group_request_is_checked_at_the_coordinator_as_its_client() {
     let mut k = std::net::TcpStream::connect(common::listener_addr(&b, "CLIENT")).unwrap();
     k.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     assert_eq!(common::raw::plain_login(&mut k, "carol", "carol-pw").0, 0);
-    use offset_commit_request::*;
-    let body = RequestBody::OffsetCommit(OffsetCommitRequest {
-        group_id: group.as_str().into(),
-        generation_id_or_member_epoch: -1,
-        member_id: "".into(),
-        topics: ["t-ok", "t-no"]
-            .iter()
-            .map(|t| OffsetCommitRequestTopic {
-                name: (*t).into(),
-                partitions: vec![OffsetCommitRequestPartition {
-                    partition_index: 0,
-                    committed_offset: 3,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    });
-    let r = common::raw::call(&mut k, 8, body);
-    let r = offset_commit_response::OffsetCommitResponse::decode(&r, 8).unwrap();
-    let mut codes: Vec<(String, i16)> = r
-        .topics
-        .iter()
-        .map(|t| (t.name.to_string(), t.partitions[0].error_code))
-        .collect();
-    codes.sort();
-    assert_eq!(codes, [("t-no".into(), 29), ("t-ok".into(), 0)]);
+    assert_eq!(
+        common::raw::offset_commit_codes(&mut k, &group, &["t-ok", "t-no"], 3),
+        [("t-no".into(), 29), ("t-ok".into(), 0)]
+    );
     // It was served by zone-a's node: zone-b's forwarded it.
     let forwarded: u64 = b
         .ctx

@@ -350,6 +350,45 @@ pub mod raw {
         (a.error_code, a.session_lifetime_ms)
     }
 
+    /// A simple consumer's OffsetCommit (v8, generation -1) of `offset` for
+    /// partition 0 of each of `topics` in `group`: each topic's error code,
+    /// sorted by topic.
+    pub fn offset_commit_codes(
+        conn: &mut TcpStream,
+        group: &str,
+        topics: &[&str],
+        offset: i64,
+    ) -> Vec<(String, i16)> {
+        use offset_commit_request::*;
+        let body = RequestBody::OffsetCommit(OffsetCommitRequest {
+            group_id: group.into(),
+            generation_id_or_member_epoch: -1,
+            member_id: "".into(),
+            topics: topics
+                .iter()
+                .map(|t| OffsetCommitRequestTopic {
+                    name: (*t).into(),
+                    partitions: vec![OffsetCommitRequestPartition {
+                        partition_index: 0,
+                        committed_offset: offset,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        });
+        let r = call(conn, 8, body);
+        let r = offset_commit_response::OffsetCommitResponse::decode(&r, 8).unwrap();
+        let mut codes: Vec<(String, i16)> = r
+            .topics
+            .iter()
+            .map(|t| (t.name.to_string(), t.partitions[0].error_code))
+            .collect();
+        codes.sort();
+        codes
+    }
+
     /// Creates a topic; returns the error code.
     pub fn create_topic(
         conn: &mut TcpStream,
