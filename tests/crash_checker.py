@@ -16,10 +16,20 @@ acknowledged batches causes) and no record may be duplicated. A plain
 producer may write a record twice when an acknowledgement is lost in a
 kill (Kafka's at-least-once); its every acknowledged record must still be
 at its offset, and nothing acknowledged may hold another record.
+--faults runs the node's bucket through the S3 model (a local directory,
+`ferry node`): a long PUT/GET tail (p99.9 1.5 s), 1% 503 SlowDown, 0.5%
+500s and 0.5% stalled requests that never answer, with hedging on. Then
+also: no produce may fail (librdkafka retries retriable errors; a delivery
+error means one was not), and the node's WAL bytes in flight
+(`ferry_wal_inflight_bytes`, sampled from /metrics) and its resident memory
+stay under their bounds.
+
 It prints a summary and exits non-zero on any violation.
 """
 import argparse
 import os
+import re
+import urllib.request
 import random
 import signal
 import subprocess
@@ -33,6 +43,14 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 TOPIC = "crash"
 PARTITIONS = 3
+# The fault model of --faults (see wal/src/store.rs and perf/s3-model.md).
+FAULTS = ("&putLatencyP50Ms=20&putLatencyP99Ms=150&putLatencyP999Ms=1500"
+          "&getLatencyP50Ms=10&getLatencyP99Ms=80&getLatencyP999Ms=1500"
+          "&slowDownRate=0.01&serverErrorRate=0.005&stallRate=0.005")
+# The node's WAL in-flight bound (WAL_INFLIGHT_BYTES_MAX in node/src/main.rs)
+# and the resident memory it may reach with it.
+INFLIGHT_BYTES_MAX = 256 << 20
+RSS_BYTES_MAX = 1 << 30
 
 
 class Node:
@@ -65,13 +83,26 @@ def main():
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--store", choices=["dir", "moto", "s3s"], default="dir")
     ap.add_argument("--producer", choices=["idempotent", "plain"], default="idempotent")
+    ap.add_argument("--faults", action="store_true")
     args = ap.parse_args()
     port = free_port()
     bootstrap = f"127.0.0.1:{port}"
     log = open(os.path.join(args.dir, "node.log"), "ab")
     s3 = None
+    args.metrics = None
     try:
-        if args.store == "dir":
+        if args.faults:
+            if args.store != "dir":
+                raise SystemExit("--faults runs on the local directory (--store dir)")
+            args.metrics = free_port()
+            data = os.path.join(args.dir, "data")
+            conf = os.path.join(args.dir, "server.properties")
+            with open(conf, "w") as f:
+                f.write(f"node.id=1\nlisteners=PLAINTEXT://127.0.0.1:{port}\n"
+                        f"ferry.metrics.listener=127.0.0.1:{args.metrics}\n"
+                        f"s3.wal.path=0@file://{data}?batchInterval=50{FAULTS}\n")
+            cmd = [args.ferry, "node", "--config", conf]
+        elif args.store == "dir":
             cmd = [args.ferry, "dev", "--dir", os.path.join(args.dir, "data"), "--port", str(port)]
         else:
             s3 = S3Server(args.store, args.dir, "ferry-crash")
@@ -81,7 +112,8 @@ def main():
                         f"s3.data.buckets=0@{s3.uri()}\n"
                         f"s3.wal.path=0@{s3.uri('&batchInterval=50')}\n")
             cmd = [args.ferry, "node", "--config", conf]
-        print(f"store {args.store}, {args.producer} producer", flush=True)
+        print(f"store {args.store}{' with S3 faults' if args.faults else ''}, "
+              f"{args.producer} producer", flush=True)
         node = Node(cmd, port, log)
         node.start()
         try:
@@ -136,6 +168,10 @@ def run(node, bootstrap, args):
 
     t = threading.Thread(target=produce_loop)
     t.start()
+    memory = {"inflight": 0, "rss": 0, "samples": 0}
+    if args.metrics:
+        threading.Thread(target=watch_memory, args=(node, args.metrics, stop, memory),
+                         daemon=True).start()
     rng = random.Random(42)
     per_kill = args.seconds / (args.kills + 1)
     for k in range(args.kills):
@@ -153,6 +189,17 @@ def run(node, bootstrap, args):
     print(f"acknowledged {len(acked)}, failed {len(failed)}, unflushed {left}", flush=True)
     if fatal:
         raise SystemExit(f"FAIL: the producer saw a fatal error: {fatal[0]}")
+    if args.faults:
+        print(f"memory: WAL in flight at most {memory['inflight']} B (bound {INFLIGHT_BYTES_MAX}), "
+              f"resident at most {memory['rss'] >> 20} MiB (bound {RSS_BYTES_MAX >> 20} MiB), "
+              f"{memory['samples']} samples", flush=True)
+        print_s3_counters(args.metrics)
+        if failed:
+            raise SystemExit(f"FAIL: {len(failed)} records failed to deliver on a faulty bucket")
+        if memory["samples"] == 0:
+            raise SystemExit("FAIL: no /metrics sample was read")
+        if memory["inflight"] > INFLIGHT_BYTES_MAX or memory["rss"] > RSS_BYTES_MAX:
+            raise SystemExit("FAIL: memory passed its bound")
     if not acked:
         raise SystemExit("FAIL: nothing was acknowledged")
 
@@ -196,6 +243,46 @@ def run(node, bootstrap, args):
         raise SystemExit(1)
     print(f"OK: {len(acked)} acknowledged records survived {args.kills} kill -9 "
           f"({args.store}, {args.producer}), each at its offset, offsets dense", flush=True)
+
+
+def metrics(port):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+        return r.read().decode()
+
+
+def metric(text, name):
+    m = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M)
+    return float(m.group(1)) if m else None
+
+
+def watch_memory(node, port, stop, memory):
+    """Samples the WAL's bytes in flight and the node's resident memory."""
+    while not stop.is_set():
+        try:
+            v = metric(metrics(port), "ferry_wal_inflight_bytes")
+            with open(f"/proc/{node.proc.pid}/status") as f:
+                rss = int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1)) * 1024
+            if v is not None:
+                memory["inflight"] = max(memory["inflight"], int(v))
+                memory["rss"] = max(memory["rss"], rss)
+                memory["samples"] += 1
+        except (OSError, AttributeError, ValueError):
+            pass  # the node is between a kill and its restart
+        time.sleep(0.2)
+
+
+def print_s3_counters(port):
+    try:
+        text = metrics(port)
+    except OSError as e:
+        print(f"no /metrics: {e}", flush=True)
+        return
+    names = ["ferry_s3_puts_total", "ferry_s3_put_errors_total", "ferry_s3_hedges_total",
+             "ferry_s3_hedges_won_total", "ferry_s3_timeouts_total", "ferry_s3_throttles_total",
+             "ferry_s3_get_retries_total", "ferry_s3_put_limit"]
+    print("since the last restart: " + ", ".join(
+        f"{n.removeprefix('ferry_s3_')} {metric(text, n):g}" for n in names
+        if metric(text, n) is not None), flush=True)
 
 
 if __name__ == "__main__":

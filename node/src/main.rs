@@ -275,6 +275,21 @@ fn start_node(config: &Config, cluster: ferry_node::node::ClusterJoin) -> anyhow
         .context("s3.wal.path or s3.data.buckets is required: where does the data go?")?;
     let uri = wal_bucket.parsed.clone();
     let store = uri.build_store().context("opening the bucket")?;
+    // Deadlines, hedging and the PUT limit, under every writer and reader.
+    let store_stats = std::sync::Arc::new(ferry_wal::StoreStats::default());
+    let hedge = ferry_wal::HedgeConfig {
+        hedge: uri.hedging() && config.hedge_max_extra_percent > 0,
+        max_extra_percent: config.hedge_max_extra_percent,
+        ..ferry_wal::HedgeConfig::default()
+    };
+    tracing::info!(
+        hedge = hedge.hedge,
+        max_extra_percent = hedge.max_extra_percent,
+        "S3 requests"
+    );
+    let store: std::sync::Arc<dyn object_store::ObjectStore> = std::sync::Arc::new(
+        ferry_wal::HedgedStore::with_stats(store, hedge, store_stats.clone()),
+    );
     let mut wal =
         ferry_wal::WalConfig::new(u32::try_from(node_id).context("node.id must not be negative")?);
     wal.batch_interval = wal_bucket.parsed.batch_interval;
@@ -302,6 +317,7 @@ fn start_node(config: &Config, cluster: ferry_node::node::ClusterJoin) -> anyhow
     }
     let options = ferry_node::storage::wal_log::RecoveryOptions {
         accept_lost: config.accept_lost_objects.clone(),
+        store_stats: Some(store_stats),
     };
     let opened = WalLog::open_with_options(store, wal, handoff, options)
         .context("recovering from the bucket")?;

@@ -35,6 +35,10 @@ fn records_survive_kill_9_and_are_served_from_the_bucket() {
 /// three `kill -9` in 12 s while an acks=all producer writes, then every
 /// acknowledged record must be at its offset (see the script).
 fn crash_check(store: &str, producer: &str) {
+    crash_check_with(store, producer, &[]);
+}
+
+fn crash_check_with(store: &str, producer: &str, extra: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/crash_checker.py");
     let mut child = std::process::Command::new("python3")
@@ -42,6 +46,7 @@ fn crash_check(store: &str, producer: &str) {
         .arg(dir.path())
         .args(["--kills", "3", "--seconds", "12"])
         .args(["--store", store, "--producer", producer])
+        .args(extra)
         .spawn()
         .expect("python3");
     let status = wait_bounded(
@@ -59,6 +64,14 @@ fn crash_check(store: &str, producer: &str) {
 #[test]
 fn crash_checker_loses_nothing_acknowledged() {
     crash_check("dir", "idempotent");
+}
+
+/// The same on a bucket that misbehaves as S3 does (the fault model: a long
+/// tail, 1% 503 SlowDown, 0.5% 500s, 0.5% stalled requests): nothing
+/// acknowledged is lost, no produce fails, memory stays bounded.
+#[test]
+fn crash_checker_on_a_slow_throttling_stalling_bucket() {
+    crash_check_with("dir", "idempotent", &["--faults"]);
 }
 
 #[test]

@@ -213,6 +213,7 @@ fn a_corrupt_wal_object_stops_its_partitions_and_no_others() {
     // served without it.
     let options = RecoveryOptions {
         accept_lost: vec![corrupt],
+        ..RecoveryOptions::default()
     };
     let opened = open(&faulty(&bucket), options);
     assert!(opened.blocked.is_empty(), "{:?}", opened.blocked);

@@ -5,7 +5,10 @@
 //!
 //! - [`store`]: bucket URIs (`s3://…`, `file://…`) into an `ObjectStore`;
 //!   [`FaultyStore`], a latency- and failure-injecting wrapper for tests;
-//!   [`LatencyStore`], the S3 latency model a bucket URI can turn on.
+//!   [`LatencyStore`], the S3 latency model a bucket URI can turn on
+//!   (latency with a tail, 503s, 500s, stalls, per-prefix rate caps);
+//!   [`is_slow_down`] and [`is_server_error`], which tell its errors and a
+//!   real S3's apart from others.
 //! - [`object`]: the versioned WAL object format (header, data, index,
 //!   footer), its encoder and its checked decoders.
 //! - [`runtime`]: [`IoRuntime`], the small tokio runtime beside the shards
@@ -40,6 +43,7 @@ pub mod compact;
 pub mod crc;
 pub mod direct;
 pub mod error;
+pub mod hedge;
 pub mod object;
 pub mod reader;
 pub mod recovery;
@@ -49,12 +53,16 @@ pub mod store;
 pub mod writer;
 
 pub use error::{FormatError, WalError};
+pub use hedge::{HedgeConfig, HedgedStore};
 pub use object::{ExternalRef, IndexEntry, ObjectHeader, ObjectIndex, ProducerFields, WalEntry};
 pub use reader::{WalObjectMeta, WalReader};
 pub use recovery::{EpochStart, PartitionLog, PartitionsScan, RecoveredEntry, Recovery};
 pub use runtime::IoRuntime;
-pub use stats::{WalStats, WalStatsSnapshot};
-pub use store::{BucketUri, FaultWindow, FaultyStore, LatencyModel, LatencyStore, ReadFault};
+pub use stats::{StoreStats, WalStats, WalStatsSnapshot};
+pub use store::{
+    is_server_error, is_slow_down, BucketUri, FaultWindow, FaultyStore, LatencyModel, LatencyStore,
+    ModelFault, ReadFault,
+};
 pub use writer::{WalConfig, WalHandle, WalLocation, WalWriter};
 
 #[cfg(test)]

@@ -1,9 +1,15 @@
 //! Counters of the WAL writer and reader, as atomics, for the node's `/metrics`.
 //!
-//! Every field only grows, except `inflight_bytes` (a gauge). Upload latency
-//! is kept two ways: a histogram with fixed power-of-two buckets (for a
-//! Prometheus histogram) and a ring of the most recent samples (for exact
-//! quantiles over a short window).
+//! Every field only grows, except `inflight_bytes` and `put_limit` (gauges).
+//! Latencies are kept two ways by [`LatencyHistogram`]: fixed power-of-two
+//! buckets (for a Prometheus histogram) and a ring of the most recent
+//! samples (for exact quantiles over a short window).
+//!
+//! A produce's time in the writer is split three ways, per entry:
+//! `wait_interval` (appended until its object is sealed), `put` (sealed
+//! until the object is durable) and `wait_earlier` (durable until
+//! acknowledged: an earlier object holding the same partition was still
+//! uploading).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -20,8 +26,76 @@ pub const LATENCY_BUCKETS_US: [u64; 17] = {
     b
 };
 
-/// How many recent upload latency samples are kept.
-pub const LATENCY_SAMPLES_MAX: usize = 1024;
+/// How many recent latency samples each histogram keeps.
+pub const LATENCY_SAMPLES_MAX: usize = 4096;
+
+/// Latencies: power-of-two buckets, their sum and count, and a ring of the
+/// most recent samples.
+#[derive(Debug)]
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; 18],
+    sum_us: AtomicU64,
+    count: AtomicU64,
+    recent: Box<[AtomicU64]>,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_us: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+            recent: (0..LATENCY_SAMPLES_MAX)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        }
+    }
+}
+
+impl LatencyHistogram {
+    /// Records one sample.
+    pub fn record(&self, latency: Duration) {
+        let us = latency.as_micros().min(u128::from(u64::MAX)) as u64;
+        let bucket = LATENCY_BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        let n = self.count.fetch_add(1, Ordering::Relaxed);
+        self.recent[(n as usize) % LATENCY_SAMPLES_MAX].store(us, Ordering::Relaxed);
+    }
+
+    /// How many samples were recorded.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// The most recent samples in microseconds (up to
+    /// `LATENCY_SAMPLES_MAX`, in no particular order).
+    pub fn recent_us(&self) -> Vec<u64> {
+        let n = (self.count() as usize).min(LATENCY_SAMPLES_MAX);
+        self.recent[..n]
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// The quantiles `qs` (each in 0..=1) of the recent samples, in
+    /// microseconds; `None` before the first sample.
+    pub fn recent_quantiles_us(&self, qs: &[f64]) -> Option<Vec<u64>> {
+        let mut v = self.recent_us();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_unstable();
+        Some(
+            qs.iter()
+                .map(|q| v[((v.len() as f64 * q) as usize).min(v.len() - 1)])
+                .collect(),
+        )
+    }
+}
 
 /// The WAL's counters. Shared by the writer, its handles and its reader.
 #[derive(Debug)]
@@ -59,10 +133,12 @@ pub struct WalStats {
     /// Compacted objects written, and their bytes.
     pub compacted_objects: AtomicU64,
     pub compacted_bytes: AtomicU64,
-    upload_latency_buckets: [AtomicU64; 18],
-    upload_latency_sum_us: AtomicU64,
-    upload_latency_count: AtomicU64,
-    recent: [AtomicU64; LATENCY_SAMPLES_MAX],
+    /// An object's upload: first attempt until durable.
+    pub upload: LatencyHistogram,
+    /// An entry's time in the writer, split (see the module doc).
+    pub wait_interval: LatencyHistogram,
+    pub put: LatencyHistogram,
+    pub wait_earlier: LatencyHistogram,
 }
 
 impl Default for WalStats {
@@ -85,11 +161,39 @@ impl Default for WalStats {
             get_bytes: AtomicU64::new(0),
             compacted_objects: AtomicU64::new(0),
             compacted_bytes: AtomicU64::new(0),
-            upload_latency_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-            upload_latency_sum_us: AtomicU64::new(0),
-            upload_latency_count: AtomicU64::new(0),
-            recent: std::array::from_fn(|_| AtomicU64::new(0)),
+            upload: LatencyHistogram::default(),
+            wait_interval: LatencyHistogram::default(),
+            put: LatencyHistogram::default(),
+            wait_earlier: LatencyHistogram::default(),
         }
+    }
+}
+
+/// The counters of a [`crate::hedge::HedgedStore`]: the node's requests to
+/// its bucket, whichever writer or reader sent them.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Second PUTs or GETs sent because the first was slower than the
+    /// hedge delay, and how many of them answered first.
+    pub hedges_sent: AtomicU64,
+    pub hedges_won: AtomicU64,
+    /// PUT or GET attempts that ended at their deadline.
+    pub request_timeouts: AtomicU64,
+    /// Answers of 503 SlowDown (each may halve the PUT limit).
+    pub throttles: AtomicU64,
+    /// GETs sent again after a retriable error.
+    pub get_retries: AtomicU64,
+    /// PUTs the node may have in flight now (a gauge: the AIMD limit).
+    pub put_limit: AtomicU64,
+    /// One successful PUT, and one successful GET (hedges included: the
+    /// time until the first success).
+    pub put_request: LatencyHistogram,
+    pub get_request: LatencyHistogram,
+}
+
+impl StoreStats {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -124,26 +228,13 @@ impl WalStats {
 
     /// Records one successful upload's latency (first attempt to durable).
     pub fn record_upload_latency(&self, latency: Duration) {
-        let us = latency.as_micros().min(u128::from(u64::MAX)) as u64;
-        let bucket = LATENCY_BUCKETS_US
-            .iter()
-            .position(|&b| us <= b)
-            .unwrap_or(LATENCY_BUCKETS_US.len());
-        self.upload_latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        self.upload_latency_sum_us.fetch_add(us, Ordering::Relaxed);
-        let n = self.upload_latency_count.fetch_add(1, Ordering::Relaxed);
-        self.recent[(n as usize) % LATENCY_SAMPLES_MAX].store(us, Ordering::Relaxed);
+        self.upload.record(latency);
     }
 
     /// The most recent upload latencies in microseconds (up to
     /// `LATENCY_SAMPLES_MAX`, in no particular order).
     pub fn recent_upload_latencies_us(&self) -> Vec<u64> {
-        let n =
-            (self.upload_latency_count.load(Ordering::Relaxed) as usize).min(LATENCY_SAMPLES_MAX);
-        self.recent[..n]
-            .iter()
-            .map(|a| a.load(Ordering::Relaxed))
-            .collect()
+        self.upload.recent_us()
     }
 
     /// Copies every counter.
@@ -165,9 +256,9 @@ impl WalStats {
             get_requests: l(&self.get_requests),
             get_errors: l(&self.get_errors),
             get_bytes: l(&self.get_bytes),
-            upload_latency_buckets: self.upload_latency_buckets.iter().map(l).collect(),
-            upload_latency_sum_us: l(&self.upload_latency_sum_us),
-            upload_latency_count: l(&self.upload_latency_count),
+            upload_latency_buckets: self.upload.buckets.iter().map(l).collect(),
+            upload_latency_sum_us: l(&self.upload.sum_us),
+            upload_latency_count: l(&self.upload.count),
         }
     }
 }

@@ -11,10 +11,13 @@
 //!
 //! - **Acknowledged means durable.** An entry's oneshot yields its
 //!   [`WalLocation`] only after its object's PUT succeeded.
-//! - **In order.** Up to `uploads_inflight_max` objects upload at once, but
-//!   objects are acknowledged in sequence order: an entry is never
-//!   acknowledged while an earlier object is still uploading. So for every
-//!   partition, acknowledged offsets have no holes.
+//! - **In order, per partition.** Up to `uploads_inflight_max` objects
+//!   upload at once, and they may finish in any order. An entry is
+//!   acknowledged when its own object and every earlier object holding an
+//!   entry of the same partition are settled; an earlier object that holds
+//!   only other partitions does not hold it back. So for every partition,
+//!   acknowledged offsets have no holes, and a slow PUT delays only the
+//!   partitions it carries.
 //! - **A failure stops its partition.** When an object fails (after
 //!   `upload_deadline`), its entries fail with [`WalError::UploadFailed`].
 //!   Every other entry of those partitions that is not yet acknowledged, and
@@ -437,7 +440,12 @@ impl WalHandle {
             }
         };
         if let Err(mpsc::error::SendError(Command::Append(p))) =
-            self.tx.send(Command::Append(Pending { entry, tx, charge }))
+            self.tx.send(Command::Append(Pending {
+                entry,
+                tx,
+                charge,
+                appended: Instant::now(),
+            }))
         {
             drop(p.charge);
             let _ = p.tx.send(Err(WalError::Closed));
@@ -546,6 +554,7 @@ struct Pending {
     entry: WalEntry,
     tx: oneshot::Sender<AppendResult>,
     charge: Charge,
+    appended: Instant,
 }
 
 /// An entry in a sealed object, waiting for the object's outcome. Its data
@@ -583,6 +592,9 @@ struct InFlight {
     len: u64,
     waiters: Vec<Waiter>,
     outcome: Option<Result<(), WalError>>,
+    sealed: Instant,
+    /// When the outcome came.
+    settled: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -724,6 +736,10 @@ impl Batcher {
         let pending = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
         let stats = &self.shared.stats;
+        let sealed = Instant::now();
+        for p in &pending {
+            stats.wait_interval.record(sealed - p.appended);
+        }
         WalStats::add(
             match reason {
                 SealReason::Interval => &stats.sealed_by_interval,
@@ -830,10 +846,12 @@ impl Batcher {
                 key,
                 len,
                 waiters,
+                settled: outcome.as_ref().map(|_| sealed),
                 outcome,
+                sealed,
             },
         );
-        self.complete_in_order();
+        self.complete();
     }
 
     fn on_upload_done(
@@ -859,41 +877,82 @@ impl Batcher {
             return;
         };
         if let Some(obj) = self.inflight.get_mut(&seq) {
+            let now = Instant::now();
+            if outcome.is_ok() {
+                WalStats::add(&self.shared.stats.objects_uploaded, 1);
+                WalStats::add(&self.shared.stats.bytes_uploaded, obj.len);
+                for _ in &obj.waiters {
+                    self.shared.stats.put.record(now - obj.sealed);
+                }
+            }
             obj.outcome = Some(outcome);
+            obj.settled = Some(now);
         }
-        self.complete_in_order();
+        self.complete();
     }
 
-    /// Completes settled objects from the lowest sequence number up, stopping
-    /// at the first that is still uploading.
-    fn complete_in_order(&mut self) {
+    /// Settles every entry that may be settled: walking the objects from
+    /// the lowest sequence number up, an entry of a settled object gets its
+    /// object's outcome unless an earlier object still holds an unsettled
+    /// entry of its partition (then it waits, and so does every later entry
+    /// of that partition). A failure fails the partition's later entries
+    /// too. Objects left with no waiter are dropped once settled.
+    fn complete(&mut self) {
         let stats = self.shared.stats.clone();
-        while let Some(first) = self.inflight.first_entry() {
-            if first.get().outcome.is_none() {
-                break;
+        let now = Instant::now();
+        let mut held: std::collections::HashSet<PartitionKey> = Default::default();
+        let mut failed_any = false;
+        let mut failed_now: HashMap<PartitionKey, Arc<str>> = HashMap::new();
+        for obj in self.inflight.values_mut() {
+            if obj.waiters.is_empty() {
+                continue;
             }
-            let (seq, obj) = first.remove_entry();
-            match obj.outcome {
-                Some(Ok(())) => {
-                    WalStats::add(&stats.objects_uploaded, 1);
-                    WalStats::add(&stats.bytes_uploaded, obj.len);
-                    for w in obj.waiters {
+            let waiters = std::mem::take(&mut obj.waiters);
+            for w in waiters {
+                let key = (w.topic.clone(), w.partition);
+                // An earlier entry of the partition failed in this pass:
+                // this one holds later offsets, so it fails too.
+                if let Some(failed_key) = failed_now.get(&key) {
+                    let err = partition_failed(&key, failed_key);
+                    settle(w.tx, w.charge, &stats, Err(err));
+                    continue;
+                }
+                let free = held.is_empty() || !held.contains(&key);
+                match (&obj.outcome, free) {
+                    (Some(Ok(())), true) => {
+                        if let Some(durable) = obj.settled {
+                            stats
+                                .wait_earlier
+                                .record(now.saturating_duration_since(durable));
+                        }
                         settle(w.tx, w.charge, &stats, Ok(w.location));
                     }
+                    (Some(Err(e)), true) => {
+                        self.failed_partitions.insert(key.clone(), obj.key.clone());
+                        failed_now.insert(key, obj.key.clone());
+                        settle(w.tx, w.charge, &stats, Err(e.clone()));
+                        failed_any = true;
+                    }
+                    _ => {
+                        held.insert(key);
+                        obj.waiters.push(w);
+                    }
                 }
-                Some(Err(e)) => {
+            }
+        }
+        self.inflight.retain(|seq, obj| {
+            let done = obj.outcome.is_some() && obj.waiters.is_empty();
+            if done {
+                if let Some(Err(e)) = &obj.outcome {
                     WalStats::add(&stats.objects_failed, 1);
                     error!(node = self.cfg.node_id, seq, object_key = &*obj.key, error = %e,
                         "WAL object failed; its partitions stop until resumed");
-                    for w in obj.waiters {
-                        self.failed_partitions
-                            .insert((w.topic, w.partition), obj.key.clone());
-                        settle(w.tx, w.charge, &stats, Err(e.clone()));
-                    }
-                    self.fail_entries_of_failed_partitions();
                 }
-                None => {}
             }
+            !done
+        });
+        if failed_any {
+            self.fail_entries_of_failed_partitions();
         }
         self.settle_flushes();
     }
@@ -1044,7 +1103,7 @@ async fn upload(
 
 /// A delay in [backoff/2, backoff], spread by a hash of the object and the
 /// attempt, so nodes that failed together do not retry together.
-fn jitter(backoff: Duration, seq: u64, attempt: u32) -> Duration {
+pub(crate) fn jitter(backoff: Duration, seq: u64, attempt: u32) -> Duration {
     let mut x = seq ^ (u64::from(attempt) << 48) ^ 0x9E37_79B9_7F4A_7C15;
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

@@ -258,12 +258,16 @@ fn a_failed_object_fails_later_entries_of_its_partitions_only() {
     assert_eq!(stats.inflight_bytes, 0);
 }
 
+/// The acknowledgement rule: an entry waits for every earlier object that
+/// holds its partition, and for no other. Object 0 (t/0) is slow; object 1
+/// holds t/0 and t/1: its t/1 entry is acknowledged as soon as object 1 is
+/// durable, its t/0 entry only after object 0.
 #[test]
-fn acknowledgements_come_in_object_order() {
+fn an_entry_waits_for_earlier_objects_of_its_partition_only() {
     let (_dir, store) = local_bucket();
     let writer = WalWriter::start(as_store(&store), config(6, Duration::from_secs(60))).unwrap();
     let h = writer.handle();
-    store.set_put_latency(Duration::from_millis(800));
+    store.set_put_latency(Duration::from_millis(1500));
     let mut a = h.append(entry("t", 0, 0, 100));
     drop(h.flush());
     let deadline = Instant::now() + WAIT_MAX;
@@ -273,23 +277,72 @@ fn acknowledgements_come_in_object_order() {
     }
     store.set_put_latency(Duration::ZERO);
     let started = Instant::now();
-    let b = h.append(entry("t", 0, 10, 100));
+    let mut b = h.append(entry("t", 0, 10, 100));
+    let other = h.append(entry("t", 1, 0, 100));
     drop(h.flush());
+    let loc_other = wait(writer.io(), other).unwrap().unwrap();
+    assert_eq!(loc_other.seq, 1);
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "t/1 waited for object 0, which does not hold t/1: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(b.try_recv(), Ok(None)),
+        "t/0 in object 1 was acknowledged before object 0 (t/0) was durable"
+    );
+    assert!(matches!(a.try_recv(), Ok(None)));
     let loc_b = wait(writer.io(), b).unwrap().unwrap();
     assert_eq!(loc_b.seq, 1);
-    // Object 1 was durable long before object 0, but waited for it.
     assert!(
-        started.elapsed() >= Duration::from_millis(500),
+        started.elapsed() >= Duration::from_millis(1000),
         "{:?}",
         started.elapsed()
     );
     let loc_a = a
         .try_recv()
         .unwrap()
-        .expect("object 0 acknowledged before object 1")
+        .expect("object 0 acknowledged before t/0's entry in object 1")
         .unwrap();
     assert_eq!(loc_a.seq, 0);
     assert_eq!(store.put_count(), 2);
+    let stats = writer.stats();
+    assert_eq!(stats.wait_earlier.count(), 3);
+    assert_eq!(stats.put.count(), 3);
+    assert_eq!(stats.wait_interval.count(), 3);
+}
+
+/// A failed object fails its partitions' later entries, but an entry of
+/// another partition in a later object is acknowledged while it uploads.
+#[test]
+fn a_slow_failing_object_holds_back_and_fails_only_its_partitions() {
+    let (_dir, store) = local_bucket();
+    let mut cfg = config(8, Duration::from_secs(60));
+    cfg.upload_deadline = Duration::from_millis(1200);
+    let writer = WalWriter::start(as_store(&store), cfg).unwrap();
+    let h = writer.handle();
+    store.fail_puts_to(Some(object_key("wal", 8, 0)));
+    let a = h.append(entry("t", 0, 0, 100));
+    drop(h.flush());
+    let b = h.append(entry("t", 0, 10, 100));
+    let other = h.append(entry("u", 0, 0, 100));
+    drop(h.flush());
+    let started = Instant::now();
+    let loc_other = wait(writer.io(), other).unwrap().unwrap();
+    assert_eq!(loc_other.seq, 1);
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(matches!(
+        wait(writer.io(), a).unwrap(),
+        Err(WalError::UploadFailed { .. })
+    ));
+    assert!(matches!(
+        wait(writer.io(), b).unwrap(),
+        Err(WalError::PartitionFailed { .. })
+    ));
 }
 
 #[test]

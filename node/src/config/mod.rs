@@ -62,6 +62,7 @@
 //! | `s3.data.buckets` | none; required by `ferry node` | `ID@URI[,ID@URI...]`, where data lives |
 //! | `s3.wal.path` | the first data bucket | `ID@URI`, the WAL, with `batchInterval` / `maxBytesInBatch` |
 //! | `automq.zonerouter.channels` | none | `ID@URI[,...]`, the cross-zone handoff channel |
+//! | `s3.hedge.max.extra.percent` | 10 | extra PUTs and GETs hedging may send, in percent of requests; 0: no hedging (`hedge=false` on a bucket URI turns it off for that bucket) |
 //! | `automq.zone.cidr.blocks` | none | `zone@cidr[,cidr...]<>zone@cidr...` |
 //! | `ferry.shards` | available cores | executors (one per core) |
 //! | `ferry.cache.bytes.max` | 268435456 | log cache bound, per shard |
@@ -154,6 +155,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "s3.wal.path",
     "automq.zonerouter.channels",
     "automq.zone.cidr.blocks",
+    "s3.hedge.max.extra.percent",
     "ferry.shards",
     "ferry.cache.bytes.max",
     "ferry.compaction.interval.ms",
@@ -375,6 +377,8 @@ pub struct Config {
     pub compaction_interval_ms: u64,
     /// `ferry.compaction.bytes.min`.
     pub compaction_bytes_min: u64,
+    /// `s3.hedge.max.extra.percent`: the hedging budget (0: none).
+    pub hedge_max_extra_percent: u32,
     /// `ferry.accept`: true for `acceptor`, false for `reuseport`.
     pub acceptor: bool,
     /// `ferry.recovery.accept.lost.objects`: keys of objects whose loss
@@ -639,6 +643,7 @@ impl Config {
             "ferry.cache.bytes.max" => self.cache_bytes_max.to_string(),
             "ferry.compaction.interval.ms" => self.compaction_interval_ms.to_string(),
             "ferry.compaction.bytes.min" => self.compaction_bytes_min.to_string(),
+            "s3.hedge.max.extra.percent" => self.hedge_max_extra_percent.to_string(),
             "ferry.recovery.accept.lost.objects" => self.accept_lost_objects.join(","),
             "ferry.accept" => if self.acceptor {
                 "acceptor"
@@ -918,6 +923,15 @@ impl Config {
             )
             .and_then(|n| u64::try_from(n).ok())
             .unwrap_or(COMPACTION_BYTES_MIN_DEFAULT);
+        let hedge_max_extra_percent = r
+            .int(
+                "s3.hedge.max.extra.percent",
+                0,
+                100,
+                "an integer from 0 to 100 (percent)",
+            )
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(10);
         let acceptor = r
             .parse("ferry.accept", |key, v| match v {
                 "reuseport" => Ok(false),
@@ -1032,6 +1046,7 @@ impl Config {
             cache_bytes_max,
             compaction_interval_ms,
             compaction_bytes_min,
+            hedge_max_extra_percent,
             acceptor,
             accept_lost_objects,
             etcd_endpoints,

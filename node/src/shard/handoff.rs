@@ -142,26 +142,6 @@ impl Shard {
         }
     }
 
-    /// Seals the pending WAL object a moment from now: every batch of a
-    /// handoff commit is appended by then, so one commit makes one object,
-    /// not one per produce request it carries.
-    pub(super) fn flush_soon(&self) {
-        if self.flush_scheduled.replace(true) {
-            return;
-        }
-        let Some(me) = self.me.borrow().upgrade() else {
-            self.flush_scheduled.set(false);
-            self.ctx.durable.flush();
-            return;
-        };
-        glommio::spawn_local(async move {
-            glommio::timer::sleep(COMMIT_GATHER).await;
-            me.flush_scheduled.set(false);
-            me.ctx.durable.flush();
-        })
-        .detach();
-    }
-
     /// Queues a partition's batches for their leader's next handoff commit.
     /// The batches of one handoff object become durable together, so a
     /// commit sent a moment after the first of them carries them all: one
@@ -239,8 +219,8 @@ impl Shard {
 
     /// The leader's side of a handoff commit for one partition from node
     /// `from_node`: routed to the owning shard, checked against the proxy's
-    /// object, placed like a produce, and the WAL object holding the
-    /// references is sealed at once.
+    /// object, and placed like a produce: the references join the
+    /// interval's WAL object.
     pub async fn handoff_partition(
         self: &Rc<Self>,
         part: crate::cluster::rpc::HandoffPartition,

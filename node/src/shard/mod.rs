@@ -223,8 +223,6 @@ pub struct Shard {
     outbox: RefCell<HashMap<i32, Vec<QueuedCommit>>>,
     /// Handoff commits being checked, per partition, in arrival order.
     handoff_order: RefCell<HashMap<Key, HandoffOrder>>,
-    /// A WAL seal is scheduled ([`Shard::flush_soon`]).
-    flush_scheduled: std::cell::Cell<bool>,
     /// The view generation the group coordinator last took groups over at.
     groups_seen: std::cell::Cell<u64>,
 }
@@ -303,7 +301,6 @@ impl Shard {
             handoff_order: RefCell::new(HashMap::new()),
             me: RefCell::new(std::rc::Weak::new()),
             outbox: RefCell::new(HashMap::new()),
-            flush_scheduled: std::cell::Cell::new(false),
             groups_seen: std::cell::Cell::new(ctx.cluster.generation()),
             zone_cache: RefCell::new(crate::cluster::zone::ZoneCache::new(ctx.zones.clone())),
             cidrs_seen: std::cell::Cell::new(0),

@@ -10,18 +10,15 @@ pub(super) struct AppendAs {
     pub(super) acks: i16,
     /// How long the producer waits for durability.
     pub(super) timeout_ms: i32,
-    /// Seal the WAL object at once rather than at the interval (a proxy's
-    /// handoff commit, whose producer already waited for one PUT).
-    pub(super) seal: bool,
 }
 
 impl AppendAs {
-    /// A handoff commit: answered once durable, within 30 s, with the WAL
-    /// object sealed at once.
+    /// A handoff commit: answered once durable, within 30 s. Its entries
+    /// join the interval's WAL object like any produce's: one object per
+    /// `batchInterval` whatever the number of commits.
     pub(super) const HANDOFF: AppendAs = AppendAs {
         acks: -1,
         timeout_ms: 30_000,
-        seal: true,
     };
 }
 
@@ -101,17 +98,13 @@ impl Shard {
             .iter()
             .map(|b| (BatchMeta::of(b), Payload::Local(b.as_bytes().clone())))
             .collect();
-        let how = AppendAs {
-            acks,
-            timeout_ms,
-            seal: false,
-        };
+        let how = AppendAs { acks, timeout_ms };
         self.append_batches(log, topic, partition, items, how).await
     }
 
     /// Appends checked batches to a partition this shard owns, writes them
     /// to the WAL (their bytes, or for a proxy's batches a reference to its
-    /// handoff object, sealing the WAL object at once when `how.seal`), and
+    /// handoff object), and
     /// answers once they are durable (or at once for acks=0).
     pub(super) async fn append_batches(
         self: &Rc<Self>,
@@ -121,11 +114,7 @@ impl Shard {
         items: Vec<(BatchMeta, Payload)>,
         how: AppendAs,
     ) -> ProduceResult {
-        let AppendAs {
-            acks,
-            timeout_ms,
-            seal,
-        } = how;
+        let AppendAs { acks, timeout_ms } = how;
         if items.len() > 1 {
             let metas: Vec<BatchMeta> = items.iter().map(|(m, _)| *m).collect();
             if let Err(e) = log.borrow().check_sequences_meta(&metas) {
@@ -178,9 +167,6 @@ impl Shard {
                     }
                 }
             }
-        }
-        if seal && !pending.is_empty() {
-            self.flush_soon();
         }
         self.evict_if_needed();
         // Durability is tracked whether or not the producer still waits.

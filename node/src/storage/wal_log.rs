@@ -43,6 +43,7 @@ pub struct WalLog {
     stats: Arc<ferry_wal::WalStats>,
     /// `ferry.recovery.accept.lost.objects`.
     accept_lost: Arc<Vec<String>>,
+    store_stats: Option<Arc<ferry_wal::StoreStats>>,
 }
 
 /// The wall-clock time `age` ago, in object_store's timestamp type.
@@ -65,13 +66,17 @@ pub struct Opened {
     pub batches: usize,
 }
 
-/// How start-up recovery treats the bucket's errors.
+/// How start-up recovery treats the bucket's errors, and what else the
+/// log reports.
 #[derive(Debug, Clone, Default)]
 pub struct RecoveryOptions {
     /// `ferry.recovery.accept.lost.objects`: keys of objects the operator
     /// has declared lost. They block no partition; the partitions are
     /// rebuilt without them (and each use is logged as an error).
     pub accept_lost: Vec<String>,
+    /// The counters of the [`ferry_wal::HedgedStore`] the store is wrapped
+    /// in, if it is: shown in `/metrics`.
+    pub store_stats: Option<Arc<ferry_wal::StoreStats>>,
 }
 
 /// The longest wait between two attempts of start-up recovery.
@@ -277,6 +282,7 @@ impl WalLog {
             compacted_deleted: Default::default(),
             stats,
             accept_lost: Arc::new(options.accept_lost.clone()),
+            store_stats: options.store_stats.clone(),
         });
         Ok(Opened {
             log,
@@ -892,17 +898,44 @@ impl DurableLog for WalLog {
         ] {
             e.family(name, kind).sample(name, &[("node", &node)], v);
         }
-        let mut lat = s.recent_upload_latencies_us();
-        if !lat.is_empty() {
-            lat.sort_unstable();
-            let name = "ferry_wal_upload_latency_seconds";
+        // Latencies as summaries over the most recent samples. A produce's
+        // time in the writer is split three ways (see `ferry_wal::stats`).
+        let mut summaries: Vec<(&str, &ferry_wal::stats::LatencyHistogram)> = vec![
+            ("ferry_wal_upload_latency_seconds", &s.upload),
+            ("ferry_produce_wait_interval_seconds", &s.wait_interval),
+            ("ferry_produce_put_seconds", &s.put),
+            ("ferry_produce_wait_earlier_seconds", &s.wait_earlier),
+        ];
+        if let Some(st) = &self.store_stats {
+            summaries.push(("ferry_s3_put_latency_seconds", &st.put_request));
+            summaries.push(("ferry_s3_get_latency_seconds", &st.get_request));
+            for (name, kind, v) in [
+                ("ferry_s3_hedges_total", Kind::Counter, &st.hedges_sent),
+                ("ferry_s3_hedges_won_total", Kind::Counter, &st.hedges_won),
+                (
+                    "ferry_s3_timeouts_total",
+                    Kind::Counter,
+                    &st.request_timeouts,
+                ),
+                ("ferry_s3_throttles_total", Kind::Counter, &st.throttles),
+                ("ferry_s3_get_retries_total", Kind::Counter, &st.get_retries),
+                ("ferry_s3_put_limit", Kind::Gauge, &st.put_limit),
+            ] {
+                e.family(name, kind)
+                    .sample(name, &[("node", &node)], v.load(Relaxed));
+            }
+        }
+        for (name, h) in summaries {
+            let qs = [0.5, 0.99, 0.999];
+            let Some(values) = h.recent_quantiles_us(&qs) else {
+                continue;
+            };
             e.family(name, Kind::Summary);
-            for q in [0.5, 0.99] {
-                let i = ((lat.len() as f64 * q) as usize).min(lat.len() - 1);
+            for (q, v) in qs.iter().zip(values) {
                 e.sample(
                     name,
                     &[("quantile", &q.to_string())],
-                    format_args!("{:.6}", lat[i] as f64 / 1e6),
+                    format_args!("{:.6}", v as f64 / 1e6),
                 );
             }
         }
