@@ -100,6 +100,7 @@ def main():
             with open(conf, "w") as f:
                 f.write(f"node.id=1\nlisteners=PLAINTEXT://127.0.0.1:{port}\n"
                         f"ferry.metrics.listener=127.0.0.1:{args.metrics}\n"
+                        f"s3.data.buckets=0@file://{data}\n"
                         f"s3.wal.path=0@file://{data}?batchInterval=50{FAULTS}\n")
             cmd = [args.ferry, "node", "--config", conf]
         elif args.store == "dir":
@@ -166,7 +167,8 @@ def run(node, bootstrap, args):
                 pass
             producer.poll(0.001)
 
-    t = threading.Thread(target=produce_loop)
+    # A daemon, so a failure never leaves the script waiting for it.
+    t = threading.Thread(target=produce_loop, daemon=True)
     t.start()
     memory = {"inflight": 0, "rss": 0, "samples": 0}
     if args.metrics:
@@ -279,7 +281,7 @@ def print_s3_counters(port):
         return
     names = ["ferry_s3_puts_total", "ferry_s3_put_errors_total", "ferry_s3_hedges_total",
              "ferry_s3_hedges_won_total", "ferry_s3_timeouts_total", "ferry_s3_throttles_total",
-             "ferry_s3_get_retries_total", "ferry_s3_put_limit"]
+             "ferry_s3_retries_total", "ferry_s3_put_limit"]
     print("since the last restart: " + ", ".join(
         f"{n.removeprefix('ferry_s3_')} {metric(text, n):g}" for n in names
         if metric(text, n) is not None), flush=True)

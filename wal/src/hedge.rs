@@ -23,10 +23,12 @@
 //!   (additive increase, multiplicative decrease). While the limit is below
 //!   its maximum nothing is hedged: a throttled bucket gets fewer requests,
 //!   not more.
-//! - **GET retries.** A ranged GET that fails with a retriable error (not a
-//!   proven NotFound, not a refusal) is tried again up to
-//!   [`HedgeConfig::get_attempts`] times with jittered backoff. PUTs are
-//!   retried by their caller, which knows the object's deadline.
+//! - **Retries.** A PUT or GET that fails with a retriable error (a 5xx, a
+//!   throttle, a timeout, a dropped connection; not a proven NotFound, not a
+//!   refusal) is tried again, up to [`HedgeConfig::attempts`] times in all,
+//!   with jittered backoff; a conditional PUT only after a 503 SlowDown,
+//!   which S3 answers before it does anything. The WAL writer retries whole
+//!   uploads on top of this, up to the object's deadline.
 //!
 //! Conditional PUTs, multipart uploads, LIST, DELETE and COPY pass through
 //! unhedged, with the client's own timeouts.
@@ -75,12 +77,15 @@ pub struct HedgeConfig {
     pub max_extra_percent: u32,
     /// The hedge delay never goes below this.
     pub delay_floor: Duration,
+    /// The hedge delay before [`HEDGE_WARMUP`] latencies are known: a fresh
+    /// node (a restart reading its objects back) still hedges a stalled GET.
+    pub delay_initial: Duration,
     /// Longest one PUT or GET attempt may take.
     pub request_timeout: Duration,
     /// Most PUTs in flight at once when S3 does not throttle.
     pub puts_inflight_max: usize,
-    /// Attempts of a ranged GET that fails with a retriable error.
-    pub get_attempts: u32,
+    /// Attempts of a PUT or GET that fails with a retriable error.
+    pub attempts: u32,
 }
 
 impl Default for HedgeConfig {
@@ -89,9 +94,10 @@ impl Default for HedgeConfig {
             hedge: true,
             max_extra_percent: 10,
             delay_floor: Duration::from_millis(20),
+            delay_initial: Duration::from_millis(500),
             request_timeout: Duration::from_secs(10),
             puts_inflight_max: 64,
-            get_attempts: 3,
+            attempts: 3,
         }
     }
 }
@@ -102,6 +108,7 @@ struct Hedger {
     state: Mutex<HedgerState>,
     earn: f64,
     floor: Duration,
+    initial: Duration,
 }
 
 #[derive(Debug)]
@@ -114,16 +121,17 @@ struct HedgerState {
 }
 
 impl Hedger {
-    fn new(max_extra_percent: u32, floor: Duration) -> Hedger {
+    fn new(max_extra_percent: u32, floor: Duration, initial: Duration) -> Hedger {
         Hedger {
             state: Mutex::new(HedgerState {
                 window: VecDeque::with_capacity(HEDGE_WINDOW),
                 delay: None,
                 since_refresh: 0,
-                tokens: 0.0,
+                tokens: HEDGE_TOKENS_MAX.min(f64::from(max_extra_percent)),
             }),
             earn: f64::from(max_extra_percent) / 100.0,
             floor,
+            initial,
         }
     }
 
@@ -133,11 +141,11 @@ impl Hedger {
     }
 
     /// A request starts: it earns its share of a hedge, and learns after
-    /// how long it is hedged (`None`: not yet enough history).
-    fn start(&self) -> Option<Duration> {
+    /// how long it is hedged.
+    fn start(&self) -> Duration {
         let mut s = self.lock();
         s.tokens = (s.tokens + self.earn).min(HEDGE_TOKENS_MAX);
-        s.delay
+        s.delay.unwrap_or(self.initial.max(self.floor))
     }
 
     /// Spends a token for a hedge, if there is one.
@@ -318,8 +326,16 @@ impl HedgedStore {
             .store(config.puts_inflight_max.max(1) as u64, Ordering::Relaxed);
         HedgedStore {
             inner,
-            puts: Hedger::new(config.max_extra_percent, config.delay_floor),
-            gets: Hedger::new(config.max_extra_percent, config.delay_floor),
+            puts: Hedger::new(
+                config.max_extra_percent,
+                config.delay_floor,
+                config.delay_initial,
+            ),
+            gets: Hedger::new(
+                config.max_extra_percent,
+                config.delay_floor,
+                config.delay_initial,
+            ),
             limit: PutLimit::new(config.puts_inflight_max),
             config,
             stats,
@@ -357,7 +373,7 @@ impl HedgedStore {
             }
         };
         let started = Instant::now();
-        let delay = hedger.start().filter(|_| self.config.hedge && may_hedge);
+        let delay = Some(hedger.start()).filter(|_| self.config.hedge && may_hedge);
         let first = bounded(make());
         tokio::pin!(first);
         let outcome = match delay {
@@ -429,6 +445,14 @@ impl HedgedStore {
     }
 }
 
+/// The wait before attempt `attempt + 1`: 50 ms, doubling, jittered.
+fn backoff(attempt: u32) -> Duration {
+    static SPREAD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let base = Duration::from_millis(50) * 2u32.saturating_pow(attempt.saturating_sub(1)).min(64);
+    let n = SPREAD.fetch_add(1, Ordering::Relaxed);
+    crate::writer::jitter(base, n, attempt)
+}
+
 /// A request attempt that passed its deadline.
 #[derive(Debug, thiserror::Error)]
 #[error("no answer within {} ms (the request deadline)", .0.as_millis())]
@@ -469,25 +493,42 @@ impl ObjectStore for HedgedStore {
     ) -> object_store::Result<PutResult> {
         // Only an overwrite can be sent twice: a conditional PUT's second
         // copy would be refused because the first landed.
-        let may_hedge = matches!(opts.mode, PutMode::Overwrite);
-        let _permit = self.limit.acquire().await;
-        let started = Instant::now();
-        let result = self
-            .hedged(&self.puts, may_hedge, || {
-                self.inner.put_opts(location, payload.clone(), opts.clone())
-            })
-            .await;
-        match &result {
-            Ok(_) => {
-                self.stats.put_request.record(started.elapsed());
-                self.limit.on_success();
-                self.stats
-                    .put_limit
-                    .store(self.limit.limit() as u64, Ordering::Relaxed);
+        let overwrite = matches!(opts.mode, PutMode::Overwrite);
+        let mut attempt = 1;
+        loop {
+            let result = {
+                let _permit = self.limit.acquire().await;
+                let started = Instant::now();
+                let result = self
+                    .hedged(&self.puts, overwrite, || {
+                        self.inner.put_opts(location, payload.clone(), opts.clone())
+                    })
+                    .await;
+                match &result {
+                    Ok(_) => {
+                        self.stats.put_request.record(started.elapsed());
+                        self.limit.on_success();
+                        self.stats
+                            .put_limit
+                            .store(self.limit.limit() as u64, Ordering::Relaxed);
+                    }
+                    Err(e) => self.note_put_error(e),
+                }
+                result
+            };
+            match result {
+                Err(e)
+                    if attempt < self.config.attempts
+                        && (crate::store::is_slow_down(&e) || overwrite && worth_retrying(&e)) =>
+                {
+                    StoreStats::add(&self.stats.retries, 1);
+                    tracing::debug!(object_key = %location, attempt, error = %e, "PUT failed; retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+                other => return other,
             }
-            Err(e) => self.note_put_error(e),
         }
-        result
     }
 
     async fn put_multipart_opts(
@@ -508,7 +549,6 @@ impl ObjectStore for HedgedStore {
         // HEADs stream as the inner store answers them.
         let ranged = options.range.is_some() && !options.head;
         let mut attempt = 1;
-        let mut backoff = Duration::from_millis(50);
         loop {
             let started = Instant::now();
             let result = self
@@ -543,12 +583,10 @@ impl ObjectStore for HedgedStore {
                     self.stats.get_request.record(started.elapsed());
                     return Ok(r);
                 }
-                Err(e) if attempt < self.config.get_attempts && worth_retrying(&e) => {
-                    StoreStats::add(&self.stats.get_retries, 1);
+                Err(e) if attempt < self.config.attempts && worth_retrying(&e) => {
+                    StoreStats::add(&self.stats.retries, 1);
                     tracing::debug!(object_key = %location, attempt, error = %e, "GET failed; retrying");
-                    tokio::time::sleep(crate::writer::jitter(backoff, attempt.into(), attempt))
-                        .await;
-                    backoff *= 2;
+                    tokio::time::sleep(backoff(attempt)).await;
                     attempt += 1;
                 }
                 Err(e) => return Err(e),
@@ -621,13 +659,13 @@ mod tests {
 
     #[test]
     fn the_hedge_delay_is_the_p90_of_the_window_with_a_floor() {
-        let h = Hedger::new(10, Duration::from_millis(20));
+        let h = Hedger::new(10, Duration::from_millis(20), Duration::from_millis(500));
         for i in 0..(HEDGE_WARMUP - 1) {
             h.record(Duration::from_millis(100 + i as u64));
         }
         assert_eq!(h.delay(), None, "no delay before the warm-up");
         // 100 samples 1..=100 ms: p90 is 91 ms (the 90th of 100, 0-based).
-        let h = Hedger::new(10, Duration::from_millis(20));
+        let h = Hedger::new(10, Duration::from_millis(20), Duration::from_millis(500));
         for ms in 1..=100u64 {
             h.record(Duration::from_millis(ms));
         }
@@ -637,7 +675,7 @@ mod tests {
             "{d:?}"
         );
         // All fast: the floor.
-        let h = Hedger::new(10, Duration::from_millis(20));
+        let h = Hedger::new(10, Duration::from_millis(20), Duration::from_millis(500));
         for _ in 0..50 {
             h.record(Duration::from_micros(300));
         }
@@ -646,7 +684,7 @@ mod tests {
 
     #[test]
     fn the_budget_allows_the_given_share_of_hedges_and_no_more() {
-        let h = Hedger::new(10, Duration::from_millis(1));
+        let h = Hedger::new(10, Duration::from_millis(1), Duration::from_millis(1));
         let mut hedges = 0;
         for _ in 0..10_000 {
             h.start();
@@ -655,19 +693,21 @@ mod tests {
                 hedges += 1;
             }
         }
+        // 10% of 10000, and the tokens a new node starts with.
+        let most = 1000 + HEDGE_TOKENS_MAX as usize;
         assert!(
-            (999..=1000).contains(&hedges),
+            (999..=most).contains(&hedges),
             "{hedges} hedges for 10000 requests at 10%"
         );
         // A quiet spell saves up at most HEDGE_TOKENS_MAX.
-        let h = Hedger::new(10, Duration::from_millis(1));
+        let h = Hedger::new(10, Duration::from_millis(1), Duration::from_millis(1));
         for _ in 0..10_000 {
             h.start();
         }
         let burst = (0..100).filter(|_| h.try_spend()).count();
         assert_eq!(burst, HEDGE_TOKENS_MAX as usize);
         // A budget of 0 never hedges.
-        let h = Hedger::new(0, Duration::from_millis(1));
+        let h = Hedger::new(0, Duration::from_millis(1), Duration::from_millis(1));
         for _ in 0..1000 {
             h.start();
         }
@@ -704,6 +744,86 @@ mod tests {
             "{successes} successes from 1 to 16"
         );
         assert!(!l.throttled());
+    }
+
+    fn model_store(model: crate::store::LatencyModel, config: HedgeConfig) -> HedgedStore {
+        let inner: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        HedgedStore::new(
+            Arc::new(crate::store::LatencyStore::new(inner, model, 7)),
+            config,
+        )
+    }
+
+    /// Half the requests stall for ever: every PUT and GET still answers,
+    /// through hedges (which win) or deadlines and retries, and what was
+    /// PUT reads back.
+    #[tokio::test]
+    async fn stalled_requests_are_hedged_or_timed_out_and_retried() {
+        let model = crate::store::LatencyModel {
+            stall_ppm: 500_000,
+            ..Default::default()
+        };
+        let config = HedgeConfig {
+            max_extra_percent: 100,
+            delay_floor: Duration::from_millis(5),
+            delay_initial: Duration::from_millis(5),
+            request_timeout: Duration::from_millis(300),
+            attempts: 8,
+            ..HedgeConfig::default()
+        };
+        let store = model_store(model, config);
+        for i in 0..20u8 {
+            let key = Path::from(format!("wal/1/{i}"));
+            let put = store.put_opts(&key, PutPayload::from(vec![i; 100]), PutOptions::default());
+            tokio::time::timeout(Duration::from_secs(10), put)
+                .await
+                .expect("the PUT answered")
+                .expect("the PUT succeeded");
+            let get = store.get_opts(&key, GetOptions::new().with_range(Some(10..20)));
+            let got =
+                tokio::time::timeout(Duration::from_secs(10), async { get.await?.bytes().await })
+                    .await
+                    .expect("the GET answered")
+                    .expect("the GET succeeded");
+            assert_eq!(&got[..], &[i; 10]);
+        }
+        let s = store.stats();
+        let (sent, won) = (
+            s.hedges_sent.load(Ordering::Relaxed),
+            s.hedges_won.load(Ordering::Relaxed),
+        );
+        assert!(won > 0 && won <= sent, "hedges sent {sent}, won {won}");
+        assert_eq!(s.put_request.count(), 20);
+        assert_eq!(s.get_request.count(), 20);
+    }
+
+    /// 503 SlowDown: the PUT is retried and succeeds, and the limit is cut.
+    #[tokio::test]
+    async fn slow_down_is_retried_and_cuts_the_put_limit() {
+        let model = crate::store::LatencyModel {
+            slow_down_ppm: 300_000,
+            ..Default::default()
+        };
+        let config = HedgeConfig {
+            attempts: 20,
+            puts_inflight_max: 8,
+            ..HedgeConfig::default()
+        };
+        let store = model_store(model, config);
+        for i in 0..20u8 {
+            let key = Path::from(format!("wal/1/{i}"));
+            store
+                .put_opts(&key, PutPayload::from(vec![i; 10]), PutOptions::default())
+                .await
+                .expect("retried past SlowDown");
+        }
+        let s = store.stats();
+        assert!(s.throttles.load(Ordering::Relaxed) > 0);
+        assert_eq!(
+            s.retries.load(Ordering::Relaxed),
+            s.throttles.load(Ordering::Relaxed)
+        );
+        assert!(s.put_limit.load(Ordering::Relaxed) < 8, "the limit was cut");
     }
 
     #[tokio::test]

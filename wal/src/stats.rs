@@ -181,8 +181,8 @@ pub struct StoreStats {
     pub request_timeouts: AtomicU64,
     /// Answers of 503 SlowDown (each may halve the PUT limit).
     pub throttles: AtomicU64,
-    /// GETs sent again after a retriable error.
-    pub get_retries: AtomicU64,
+    /// PUTs and GETs sent again after a retriable error.
+    pub retries: AtomicU64,
     /// PUTs the node may have in flight now (a gauge: the AIMD limit).
     pub put_limit: AtomicU64,
     /// One successful PUT, and one successful GET (hedges included: the

@@ -918,7 +918,7 @@ impl DurableLog for WalLog {
                     &st.request_timeouts,
                 ),
                 ("ferry_s3_throttles_total", Kind::Counter, &st.throttles),
-                ("ferry_s3_get_retries_total", Kind::Counter, &st.get_retries),
+                ("ferry_s3_retries_total", Kind::Counter, &st.retries),
                 ("ferry_s3_put_limit", Kind::Gauge, &st.put_limit),
             ] {
                 e.family(name, kind)
