@@ -25,8 +25,9 @@
 //! `FERRY_ZONES_STEPS=topology,cluster,kill cargo test -p ferry-node --test
 //! zones_netns` (the time limit then grows to 10 min).
 //!
-//! A second test runs the produce, cross-zone and kill steps with s3s-fs in
-//! place of moto.
+//! A second test runs the produce, cross-zone, kill and fence steps with
+//! s3s-fs in place of moto, every node's bucket behind the S3 fault model
+//! (a long tail, 503 SlowDown, 500s and stalled requests; hedging on).
 //!
 //! A third starts the cluster with `--secure` (clients on SASL_SSL with
 //! SCRAM-SHA-512, nodes on an mTLS INTERNAL listener, ACLs on) and runs the
@@ -97,17 +98,25 @@ fn zones_in_network_namespaces_metadata_local_path_and_cidr_at_run_time() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The S3 fault model of `tests/crash_checker.py --faults`: PUT and GET
+/// p99.9 of 1.5 s, 1% 503 SlowDown, 0.5% 500s, 0.5% stalled requests.
+const FAULTS: &str = "putLatencyP50Ms=20&putLatencyP99Ms=150&putLatencyP999Ms=1500\
+    &getLatencyP50Ms=10&getLatencyP99Ms=80&getLatencyP999Ms=1500\
+    &slowDownRate=0.01&serverErrorRate=0.005&stallRate=0.005";
+
 /// The same cluster on s3s-fs instead of moto (they answer some requests
-/// differently): the steps that read and write the bucket the most:
-/// produce and consume in every zone, the cross-zone handoff, and kill -9
-/// of a proxy and of a leader under load, with every acknowledged record
-/// read back.
+/// differently), and every node's bucket misbehaving as S3 does (the fault
+/// model; proxies, leaders and read replicas alike): the steps that read
+/// and write the bucket the most: produce and consume in every zone, the
+/// cross-zone handoff, kill -9 of a proxy and of a leader under load, and a
+/// fenced leader's late writes, with every acknowledged record read back.
 #[test]
-fn zones_in_network_namespaces_on_s3s_fs_survive_kills() {
-    let (dir, _) = run_check(
-        "topology,cluster,produce_consume,cross_zone,kill",
+fn zones_in_network_namespaces_on_s3s_fs_with_s3_faults_survive_kills() {
+    let (dir, _) = run_check_with(
+        "topology,cluster,produce_consume,cross_zone,kill,fence",
         "s3s",
         LIMIT,
+        &["--s3-params", FAULTS],
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

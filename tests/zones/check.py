@@ -1302,6 +1302,9 @@ def main():
     ap.add_argument("--json-out", default="")
     ap.add_argument("--s3", choices=["moto", "s3s"], default="moto",
                     help="the S3-protocol server in the services namespace")
+    ap.add_argument("--s3-params", default="",
+                    help="extra bucket URI parameters for every node, e.g. the S3 fault model's "
+                         "(slowDownRate=0.01&stallRate=0.005&...)")
     ap.add_argument("--secure", action="store_true",
                     help="TLS, SASL and ACLs: clients on SASL_SSL, nodes on mTLS (steps topology, cluster, secure)")
     ap.add_argument("--secure-cross-zone-pct", type=float, default=5.0,
@@ -1343,7 +1346,8 @@ def main():
             return status
         with topo:
             cluster = Cluster(topo, args.ferry, args.nodes_per_zone, workdir,
-                              batch_interval_ms=args.batch_interval_ms, s3=args.s3, secure=args.secure)
+                              batch_interval_ms=args.batch_interval_ms, s3=args.s3, secure=args.secure,
+                              s3_params=args.s3_params)
             with cluster:
                 try:
                     cluster.start()

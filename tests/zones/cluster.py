@@ -135,10 +135,12 @@ def zone_name(z):
 
 class Cluster:
     def __init__(self, topo, ferry, nodes_per_zone, workdir, batch_interval_ms=100, log=print,
-                 extra_props=None, s3="moto", secure=False):
+                 extra_props=None, s3="moto", secure=False, s3_params=""):
         if s3 not in ("moto", "s3s"):
             raise ClusterError(f"unknown S3 server {s3!r}: moto or s3s")
         self.s3 = s3
+        # Extra bucket URI parameters, such as the S3 fault model's.
+        self.s3_params = s3_params
         self.secure = secure
         self.pki = None
         self.certs = {}   # secure mode: node id (and "admin") -> pki.Leaf
@@ -287,8 +289,9 @@ class Cluster:
             time.sleep(0.5)
 
     def _bucket_uri(self):
+        extra = f"&{self.s3_params}" if self.s3_params else ""
         return (f"s3://{BUCKET}?region=us-east-1&endpoint={self.s3_endpoint}&pathStyle=true"
-                f"&accessKey=test&secretKey=test")
+                f"&accessKey=test&secretKey=test{extra}")
 
     def _write_props(self, n):
         uri = self._bucket_uri()

@@ -20,9 +20,9 @@
 //! - **Throttling.** An answer of 503 SlowDown halves the number of PUTs the
 //!   node lets run at once (at most once per [`THROTTLE_CUT_GAP`]); each
 //!   success adds `1 / limit` back, up to [`HedgeConfig::puts_inflight_max`]
-//!   (additive increase, multiplicative decrease). While the limit is below
-//!   its maximum nothing is hedged: a throttled bucket gets fewer requests,
-//!   not more.
+//!   (additive increase, multiplicative decrease). For
+//!   [`THROTTLE_QUIET`] after a cut nothing is hedged: a throttled bucket
+//!   gets fewer requests, not more.
 //! - **Retries.** A PUT or GET that fails with a retriable error (a 5xx, a
 //!   throttle, a timeout, a dropped connection; not a proven NotFound, not a
 //!   refusal) is tried again, up to [`HedgeConfig::attempts`] times in all,
@@ -64,6 +64,8 @@ pub const HEDGE_TOKENS_MAX: f64 = 5.0;
 /// Shortest gap between two cuts of the PUT limit: 503s answered for
 /// requests sent together count as one signal.
 pub const THROTTLE_CUT_GAP: Duration = Duration::from_millis(100);
+/// How long after a cut of the PUT limit nothing is hedged.
+pub const THROTTLE_QUIET: Duration = Duration::from_secs(1);
 /// The quantile of recent latencies a request is hedged after.
 pub const HEDGE_QUANTILE: f64 = 0.9;
 
@@ -247,8 +249,11 @@ impl PutLimit {
         self.lock().limit as usize
     }
 
-    fn throttled(&self) -> bool {
-        (self.lock().limit as usize) < self.max
+    /// The limit was cut within [`THROTTLE_QUIET`] of `now`.
+    fn throttled(&self, now: Instant) -> bool {
+        self.lock()
+            .last_cut
+            .is_some_and(|t| now.saturating_duration_since(t) < THROTTLE_QUIET)
     }
 
     fn on_success(&self) {
@@ -382,7 +387,7 @@ impl HedgedStore {
                 tokio::select! {
                     r = &mut first => Outcome::First(r),
                     () = tokio::time::sleep(delay) => {
-                        if self.limit.throttled() || !hedger.try_spend() {
+                        if self.limit.throttled(Instant::now()) || !hedger.try_spend() {
                             Outcome::First(first.await)
                         } else {
                             StoreStats::add(&self.stats.hedges_sent, 1);
@@ -718,8 +723,10 @@ mod tests {
     fn slow_down_halves_the_put_limit_once_per_gap_and_successes_win_it_back() {
         let l = PutLimit::new(16);
         let t0 = Instant::now();
-        assert!(!l.throttled());
+        assert!(!l.throttled(t0));
         assert!(l.on_throttle(t0));
+        assert!(l.throttled(t0 + Duration::from_millis(10)));
+        assert!(!l.throttled(t0 + THROTTLE_QUIET));
         assert_eq!(l.limit(), 8);
         assert!(
             !l.on_throttle(t0 + Duration::from_millis(10)),
@@ -732,7 +739,7 @@ mod tests {
             l.on_throttle(t0 + THROTTLE_CUT_GAP * (i + 1));
         }
         assert_eq!(l.limit(), 1, "never below one");
-        assert!(l.throttled());
+
         // Additive increase: about limit successes per step of one.
         let mut successes = 0;
         while l.limit() < 16 {
@@ -743,7 +750,6 @@ mod tests {
             (100..=140).contains(&successes),
             "{successes} successes from 1 to 16"
         );
-        assert!(!l.throttled());
     }
 
     fn model_store(model: crate::store::LatencyModel, config: HedgeConfig) -> HedgedStore {

@@ -466,3 +466,90 @@ fn a_corrupt_object_blocks_the_partitions_it_may_hold_and_no_others() {
     let blocked = recovery::unread_blocks(&entries, &rec.skipped, candidates(), &accepted);
     assert!(blocked.is_empty(), "{blocked:?}");
 }
+
+/// Hedged uploads: a third of the PUTs stall, so many objects are PUT twice
+/// (the same key, the same bytes) and the node dies with copies still
+/// uploading. Recovery finds every acknowledged entry once, at its place;
+/// and a losing copy that lands late (the same bytes again, after the
+/// restart) changes nothing a scan finds.
+#[test]
+fn hedged_copies_and_a_late_loser_leave_recovery_unchanged() {
+    let (_dir, bucket) = local_bucket();
+    let model = ferry_wal::LatencyModel {
+        stall_ppm: 300_000,
+        ..Default::default()
+    };
+    let modelled: Arc<dyn ObjectStore> =
+        Arc::new(ferry_wal::LatencyStore::new(as_store(&bucket), model, 11));
+    let hedge = ferry_wal::HedgeConfig {
+        max_extra_percent: 100,
+        delay_floor: Duration::from_millis(5),
+        delay_initial: Duration::from_millis(5),
+        request_timeout: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let hedged = Arc::new(ferry_wal::HedgedStore::new(modelled, hedge));
+    let store: Arc<dyn ObjectStore> = hedged.clone();
+    let writer = WalWriter::start(store.clone(), config(4, Duration::from_millis(10))).unwrap();
+    let h = writer.handle();
+    let mut acked = BTreeMap::new();
+    for i in 0..30i64 {
+        let (p, base) = ((i % 3) as i32, (i / 3) * 10);
+        let loc = wait(writer.io(), h.append(entry("h", p, base, 200)))
+            .unwrap()
+            .expect("acknowledged through hedges and retries");
+        acked.insert((p, base), loc);
+    }
+    let sent = hedged
+        .stats()
+        .hedges_sent
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(sent > 0, "no PUT was hedged: the test shows nothing");
+    // The node dies with more appended, some PUTs (and their hedges) still
+    // uploading or stalled.
+    let in_flight: Vec<_> = (0..6i64)
+        .map(|i| h.append(entry("h", (i % 3) as i32, 100 + (i / 3) * 10, 200)))
+        .collect();
+    thread::sleep(Duration::from_millis(20));
+    let io = writer.io().clone();
+    drop(writer);
+    drop(in_flight);
+
+    let scan = |io: &ferry_wal::IoRuntime| {
+        let rec = wait(io, recovery::scan(&*as_store(&bucket), "wal", 4)).unwrap();
+        assert!(rec.skipped.is_empty(), "{:?}", rec.skipped);
+        rec
+    };
+    let rec = scan(&io);
+    let found: BTreeMap<_, _> = rec
+        .entries
+        .iter()
+        .map(|e| ((e.entry.partition, e.entry.base_offset), e.location()))
+        .collect();
+    assert_eq!(found.len(), rec.entries.len(), "an entry was found twice");
+    for (k, loc) in &acked {
+        assert_eq!(
+            found.get(k),
+            Some(loc),
+            "acknowledged {k:?} not at its place"
+        );
+        let data = wait(&io, reader::read_entry(&*as_store(&bucket), loc)).unwrap();
+        assert_eq!(data, payload("h", k.0, k.1, 200));
+    }
+    let logs = rebuild(&rec.entries);
+    for log in logs.values() {
+        assert!(log.superseded.is_empty(), "{log:?}");
+        assert!(log.log_end >= 100, "{log:?}");
+    }
+
+    // A loser lands late: the same bytes at the same key once more.
+    let (_, first) = acked.first_key_value().unwrap();
+    let key = first.path();
+    let bytes = wait(&io, async {
+        bucket.get(&key).await.unwrap().bytes().await.unwrap()
+    });
+    wait(&io, bucket.put(&key, PutPayload::from(bytes))).unwrap();
+    let again = scan(&io);
+    assert_eq!(again.entries, rec.entries);
+    assert_eq!(again.next_seq, rec.next_seq);
+}
