@@ -37,7 +37,8 @@ pub enum Command {
     /// Run the workload on a fresh `ferry dev` at every batchInterval x
     /// maxBytesInBatch point, with the S3 latency model, and once against
     /// each peer broker; write JSON, CSV, Markdown and SVG plots.
-    Sweep(SweepArgs),
+    // Boxed: by far the largest set of flags.
+    Sweep(Box<SweepArgs>),
     /// Produce to one broker as fast as it takes, with the same pre-encoded
     /// request sent again and again: a load that costs the client almost no
     /// CPU, to measure the broker rather than the client.
@@ -355,6 +356,46 @@ fn check_address(flag: &'static str, address: &str) -> Result<(), BenchError> {
     }
 }
 
+/// Checks `--s3-params`: `K=V` pairs joined by `&`, each key ASCII letters
+/// and digits, each value non-empty and free of `&`, `?`, `#`, whitespace
+/// and control characters (it goes into a URI as it is), no key twice and
+/// none of `taken` (the keys the sweep sets itself).
+fn s3_params(text: &str, taken: &[&str]) -> Result<Vec<(String, String)>, BenchError> {
+    let bad = |reason: String| BenchError::flag("--s3-params", reason);
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for pair in text.split('&') {
+        let Some((key, value)) = pair.split_once('=') else {
+            return Err(bad(format!(
+                "expected KEY=VALUE pairs joined by '&', got {pair:?} in {text:?}"
+            )));
+        };
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(bad(format!(
+                "keys are ASCII letters and digits, got {key:?} in {text:?}"
+            )));
+        }
+        if value.is_empty()
+            || value
+                .chars()
+                .any(|c| matches!(c, '?' | '#') || c.is_whitespace() || c.is_control())
+        {
+            return Err(bad(format!(
+                "values are non-empty, without '&', '?', '#' or whitespace, got {key}={value:?}"
+            )));
+        }
+        if taken.contains(&key) {
+            return Err(bad(format!(
+                "{key} is set by the sweep itself (the grid or the latency model's flags)"
+            )));
+        }
+        if pairs.iter().any(|(k, _)| k == key) {
+            return Err(bad(format!("{key} is given twice in {text:?}")));
+        }
+        pairs.push((key.to_string(), value.to_string()));
+    }
+    Ok(pairs)
+}
+
 /// Checks `NAME=HOST:PORT` zone placements and plain bootstrap addresses.
 fn endpoints(bootstrap: &[String], zones: &[String]) -> Result<Vec<Endpoint>, BenchError> {
     let mut endpoints = Vec::new();
@@ -558,6 +599,12 @@ pub struct SweepArgs {
     /// Run on a bare local directory, without the S3 latency model.
     #[arg(long)]
     pub no_latency_model: bool,
+    /// More bucket URI parameters for every node's WAL and handoff URI,
+    /// after the latency model's, e.g.
+    /// `hedge=false&putLatencyP999Ms=1500&slowDownRate=0.01` (see
+    /// perf/s3-model.md). Not the grid's or the latency model's own keys.
+    #[arg(long, value_name = "K=V&...")]
+    pub s3_params: Option<String>,
     /// A prices file (see bench/prices.toml). Defaults otherwise.
     #[arg(long, value_name = "PATH")]
     pub prices: Option<PathBuf>,
@@ -654,6 +701,15 @@ impl SweepArgs {
                 ms_per_mib: self.ms_per_mib,
             })
         };
+        // The keys the sweep sets itself: the node refuses a key given twice.
+        let mut taken = vec![sweep::BATCH_INTERVAL_PARAM, sweep::MAX_BYTES_IN_BATCH_PARAM];
+        if let Some(m) = &latency_model {
+            taken.extend(m.params().map(|(k, _)| k));
+        }
+        let s3_params = match &self.s3_params {
+            Some(text) => s3_params(text, &taken)?,
+            None => Vec::new(),
+        };
         if !(self.retention_hours.is_finite() && self.retention_hours >= 0.0) {
             return Err(BenchError::flag(
                 "--retention-hours",
@@ -707,6 +763,7 @@ impl SweepArgs {
                 nodes_per_zone: self.nodes_per_zone,
             },
             latency_model,
+            s3_params,
             peers,
             ferry: self.ferry,
             work_dir,
@@ -903,6 +960,65 @@ mod tests {
         assert!(sweep_args(&["--nodes-per-zone", "5"])
             .unwrap_err()
             .contains("--nodes-per-zone"));
+    }
+
+    #[test]
+    fn s3_params_are_checked_pairs_after_the_model() {
+        let c = sweep_args(&["--small"]).unwrap();
+        assert!(c.s3_params.is_empty());
+        let c = sweep_args(&[
+            "--small",
+            "--s3-params",
+            "hedge=false&putLatencyP999Ms=1500&slowDownRate=0.01",
+        ])
+        .unwrap();
+        let pairs: Vec<(&str, &str)> = c
+            .s3_params
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("hedge", "false"),
+                ("putLatencyP999Ms", "1500"),
+                ("slowDownRate", "0.01")
+            ]
+        );
+        // The model's keys are the sweep's own only while the model is on.
+        let c = sweep_args(&[
+            "--small",
+            "--no-latency-model",
+            "--s3-params",
+            "putLatencyP50Ms=5&putLatencyP99Ms=9",
+        ])
+        .unwrap();
+        assert_eq!(c.s3_params.len(), 2);
+        for bad in [
+            "",
+            "hedge",
+            "hedge=",
+            "=false",
+            "hedge=false&",
+            "&hedge=false",
+            "hedge=false&&stallRate=0.1",
+            "put-latency=1",
+            "put_latency=1",
+            "h\u{e9}dge=1",
+            "hedge=fal se",
+            "hedge=false\t",
+            "hedge=false\n",
+            "hedge=false?x=1",
+            "hedge=false#x",
+            "hedge=true&hedge=false",
+            "batchInterval=10",
+            "maxBytesInBatch=1",
+            "putLatencyP50Ms=5",
+            "latencyMsPerMiB=0",
+        ] {
+            let e = sweep_args(&["--small", "--s3-params", bad]).unwrap_err();
+            assert!(e.contains("--s3-params"), "{bad:?}: {e}");
+        }
     }
 
     #[test]

@@ -105,7 +105,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Cost(args) => cost(args),
-        Command::Sweep(args) => sweep(args),
+        Command::Sweep(args) => sweep(*args),
         Command::Blast(args) => blast(args),
     };
     match result {

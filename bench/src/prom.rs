@@ -15,6 +15,10 @@ use std::time::Duration;
 pub const PUTS: &str = "ferry_s3_puts_total";
 /// S3 GET requests sent by the node's WAL reader.
 pub const GETS: &str = "ferry_s3_gets_total";
+/// Second PUTs and GETs the node's hedged store sent because the first was
+/// slow (PUT and GET hedges in one counter; not in [`PUTS`] or [`GETS`]).
+/// Absent from nodes built before hedging: read as 0.
+pub const HEDGES: &str = "ferry_s3_hedges_total";
 /// Bytes the node exchanged with other zones (node-to-node RPCs, and
 /// clients of another zone), summed over its labels.
 pub const CROSS_ZONE_BYTES: &str = "ferry_cross_zone_bytes_total";
@@ -137,6 +141,8 @@ pub struct Sample {
     pub at_unix_ms: u64,
     pub puts: f64,
     pub gets: f64,
+    /// Hedged PUTs and GETs; 0 for a node without the counter.
+    pub hedges: f64,
     /// `None` while a node exports no cross-zone byte counter.
     pub cross_zone_bytes: Option<f64>,
     /// Cross-zone bytes by kind ([`cross_zone_by_kind`]).
@@ -148,13 +154,14 @@ pub struct Sample {
 
 impl Sample {
     /// Reads the counters out of a scrape; missing PUT or GET counters are an
-    /// error (the node always exports them).
+    /// error (the node always exports them), a missing hedge counter is 0.
     pub fn parse(text: &str, at_unix_ms: u64) -> Result<Sample, String> {
         let need = |name: &str| sum(text, name).ok_or_else(|| format!("no {name} in /metrics"));
         Ok(Sample {
             at_unix_ms,
             puts: need(PUTS)?,
             gets: need(GETS)?,
+            hedges: sum(text, HEDGES).unwrap_or(0.0),
             cross_zone_bytes: sum(text, CROSS_ZONE_BYTES),
             cross_zone_by_kind: cross_zone_by_kind(text),
             handoff_objects: None,
@@ -173,6 +180,7 @@ impl Sample {
                 Some(a) => {
                     a.puts += s.puts;
                     a.gets += s.gets;
+                    a.hedges += s.hedges;
                     a.cross_zone_bytes = a
                         .cross_zone_bytes
                         .zip(s.cross_zone_bytes)
@@ -202,6 +210,9 @@ pub struct Rates {
     /// Handoff objects written per second (one PUT each), counted in the
     /// bucket; 0 when not counted.
     pub handoff_puts_per_sec: f64,
+    /// Hedges (second PUTs and GETs) sent per second; 0 when the nodes do
+    /// not export [`HEDGES`].
+    pub hedges_per_sec: f64,
     /// The seconds between the two samples the rates come from.
     pub seconds: f64,
 }
@@ -241,6 +252,7 @@ pub fn window_rates(samples: &[Sample], start_ms: u64, end_ms: u64) -> Option<Ra
         cross_zone_measured,
         cross_zone_by_kind_per_sec,
         handoff_puts_per_sec,
+        hedges_per_sec: rate(first.hedges, last.hedges),
         seconds,
     })
 }
@@ -277,6 +289,7 @@ mod tests {
             at_unix_ms: at,
             puts,
             gets,
+            hedges: 0.0,
             cross_zone_bytes: cross,
             cross_zone_by_kind: BTreeMap::new(),
             handoff_objects: None,
@@ -362,6 +375,38 @@ mod tests {
         let e = Sample::parse_nodes(&[AZ1.to_string(), "x 1".into()], 0).unwrap_err();
         assert!(e.contains("node 1") && e.contains(PUTS), "{e}");
         assert!(Sample::parse_nodes(&[], 0).is_err());
+    }
+
+    #[test]
+    fn hedges_are_summed_over_the_nodes_and_missing_is_zero() {
+        // Node 0 sent 5 hedges, node 1 2 (PUT and GET hedges in one
+        // counter); a node from before hedging has no counter: 0, no error.
+        let hedged = |n: u32| {
+            format!(
+                "ferry_s3_puts_total 1\nferry_s3_gets_total 1\n\
+                 # TYPE ferry_s3_hedges_total counter\n\
+                 ferry_s3_hedges_total{{node=\"0\"}} {n}\n\
+                 ferry_s3_hedges_won_total{{node=\"0\"}} 99\n"
+            )
+        };
+        let old = "ferry_s3_puts_total 1\nferry_s3_gets_total 1\n".to_string();
+        assert_eq!(Sample::parse(&hedged(5), 0).unwrap().hedges, 5.0);
+        assert_eq!(Sample::parse(&old, 0).unwrap().hedges, 0.0);
+        let s = Sample::parse_nodes(&[hedged(5), hedged(2), old], 0).unwrap();
+        assert_eq!(s.hedges, 7.0);
+        // 7 -> 13 hedges over 2 s: 3/s.
+        let mut a = sample(1_000, 0.0, 0.0, None);
+        a.hedges = 7.0;
+        let mut b = sample(3_000, 0.0, 0.0, None);
+        b.hedges = 13.0;
+        let r = window_rates(&[a, b], 1_000, 3_000).unwrap();
+        assert_eq!(r.hedges_per_sec, 3.0);
+        // Without the counter: 0 hedges/s.
+        let samples = [sample(0, 0.0, 0.0, None), sample(1_000, 4.0, 0.0, None)];
+        assert_eq!(
+            window_rates(&samples, 0, 1_000).unwrap().hedges_per_sec,
+            0.0
+        );
     }
 
     #[test]

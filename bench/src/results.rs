@@ -9,7 +9,7 @@ use crate::plots;
 use crate::prom::Rates;
 use crate::report::{PublishPaths, Report};
 use crate::stats::{LatencySummary, Throughput};
-use crate::sweep::{GridPoint, Layout, Peer, SweepConfig};
+use crate::sweep::{s3_params_text, GridPoint, Layout, Peer, SweepConfig};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -53,6 +53,12 @@ pub fn notes(layout: Layout) -> Vec<String> {
     notes.push(
         "Rates come from `/metrics` samples of every node taken every 250 ms inside the measured \
          window; PUTs include metadata writes and retries."
+            .to_string(),
+    );
+    notes.push(
+        "Hedges/s: the nodes' `ferry_s3_hedges_total`, second PUTs and GETs sent when the first \
+         was slow (one counter for both, 0 for a node without it). They are not in PUT/s or GET/s \
+         and not priced."
             .to_string(),
     );
     notes
@@ -186,7 +192,8 @@ e2e_p50_ms,e2e_p99_ms,records_per_sec,mb_per_sec,records_lost,\
 puts_per_sec,handoff_puts_per_sec,gets_per_sec,cross_zone_bytes_per_sec,cross_zone_fraction,\
 cross_zone_measured,cross_zone_handoff_bytes_per_sec,cross_zone_replica_bytes_per_sec,\
 cross_zone_forward_bytes_per_sec,cross_zone_client_bytes_per_sec,\
-cross_zone_coordinator_bytes_per_sec,ferry_usd_per_month,kafka_rf3_usd_per_month,on_frontier,error";
+cross_zone_coordinator_bytes_per_sec,ferry_usd_per_month,kafka_rf3_usd_per_month,on_frontier,error,\
+e2e_p999_ms,hedges_per_sec";
 
 /// The kinds of `ferry_zone_bytes_total` the CSV has a column for (the JSON
 /// has every kind).
@@ -231,6 +238,13 @@ fn run_columns(run: Option<&RunSummary>) -> Vec<String> {
         }
         None => vec![String::new(); 15],
     }
+}
+
+/// The end-to-end p99.9 cell (added after the first columns, so at the end).
+fn e2e_p999(run: Option<&RunSummary>) -> String {
+    run.and_then(|r| r.end_to_end)
+        .map(|e| f3(e.p999_ms))
+        .unwrap_or_default()
 }
 
 /// One line per grid point, then one per peer (whose S3 columns are empty).
@@ -279,6 +293,8 @@ pub fn to_csv(report: &SweepReport) -> String {
         }
         cells.push(p.on_frontier.to_string());
         cells.push(p.error.clone().unwrap_or_default());
+        cells.push(e2e_p999(m.map(|m| &m.run)));
+        cells.push(m.map(|m| f3(m.rates.hedges_per_sec)).unwrap_or_default());
         line(cells);
     }
     for peer in &report.peers {
@@ -297,6 +313,8 @@ pub fn to_csv(report: &SweepReport) -> String {
         cells.extend(vec![String::new(); FERRY_COLUMNS]);
         cells.push("false".to_string());
         cells.push(peer.error.clone().unwrap_or_default());
+        cells.push(e2e_p999(peer.measured.as_ref()));
+        cells.push(String::new());
         line(cells);
     }
     out
@@ -413,6 +431,15 @@ pub fn to_markdown(report: &SweepReport, plots: &[(&str, &str)]) -> String {
     }
     let _ = writeln!(
         o,
+        "- More bucket URI parameters (`--s3-params`, on the WAL and handoff URIs): {}",
+        if c.s3_params.is_empty() {
+            "none".to_string()
+        } else {
+            format!("`{}`", s3_params_text(&c.s3_params))
+        }
+    );
+    let _ = writeln!(
+        o,
         "- Workload: {} records/s ({:.2} MB/s) of {} B, acks={}, {} producer(s), {} consumer(s), {} partitions, linger {} ms, {} s warm-up + {} s measured per point",
         w.rate_per_sec,
         w.rate_per_sec * w.record_bytes as f64 / 1e6,
@@ -446,11 +473,11 @@ pub fn to_markdown(report: &SweepReport, plots: &[(&str, &str)]) -> String {
     );
     let _ = writeln!(
         o,
-        "| batchInterval | maxBytesInBatch | publish p50 | p99 | p99.9 | e2e p50 | e2e p99 | MB/s | PUT/s | GET/s | cross-zone B/s | Ferry $/month | Kafka RF=3 $/month | frontier |"
+        "| batchInterval | maxBytesInBatch | publish p50 | p99 | p99.9 | e2e p50 | e2e p99 | e2e p99.9 | MB/s | PUT/s | GET/s | hedges/s | cross-zone B/s | Ferry $/month | Kafka RF=3 $/month | frontier |"
     );
     let _ = writeln!(
         o,
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |"
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |"
     );
     for pt in &report.points {
         let head = format!(
@@ -466,15 +493,17 @@ pub fn to_markdown(report: &SweepReport, plots: &[(&str, &str)]) -> String {
                 };
                 let _ = writeln!(
                     o,
-                    "{head} | {} | {} | {} | {} | {} | {:.2} | {:.1} | {:.1} | {} | {:.2} | {:.2} | {} |",
+                    "{head} | {} | {} | {} | {} | {} | {} | {:.2} | {:.1} | {:.1} | {:.1} | {} | {:.2} | {:.2} | {} |",
                     ms(r.publish.p50_ms),
                     ms(r.publish.p99_ms),
                     ms(r.publish.p999_ms),
                     e2e(|e| e.p50_ms),
                     e2e(|e| e.p99_ms),
+                    e2e(|e| e.p999_ms),
                     r.publish_throughput.mb_per_sec,
                     mm.rates.puts_per_sec,
                     mm.rates.gets_per_sec,
+                    mm.rates.hedges_per_sec,
                     if mm.rates.cross_zone_measured {
                         format!("{:.0}", mm.rates.cross_zone_bytes_per_sec)
                     } else {
@@ -488,7 +517,7 @@ pub fn to_markdown(report: &SweepReport, plots: &[(&str, &str)]) -> String {
             None => {
                 let _ = writeln!(
                     o,
-                    "{head} | failed: {} | | | | | | | | | | | |",
+                    "{head} | failed: {} | | | | | | | | | | | | | |",
                     pt.error
                         .as_deref()
                         .unwrap_or("?")
@@ -549,21 +578,25 @@ pub fn to_markdown(report: &SweepReport, plots: &[(&str, &str)]) -> String {
         let _ = writeln!(o, "\n## Peers: the same workload, same run\n");
         let _ = writeln!(
             o,
-            "| target | publish p50 | p99 | p99.9 | e2e p99 | MB/s | lost |"
+            "| target | publish p50 | p99 | p99.9 | e2e p99 | e2e p99.9 | MB/s | lost |"
         );
-        let _ = writeln!(o, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+        let _ = writeln!(
+            o,
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
         for peer in &report.peers {
             match &peer.measured {
                 Some(r) => {
                     let _ = writeln!(
                         o,
-                        "| {} ({}) | {} | {} | {} | {} | {:.2} | {} |",
+                        "| {} ({}) | {} | {} | {} | {} | {} | {:.2} | {} |",
                         peer.peer.name,
                         peer.peer.bootstrap,
                         ms(r.publish.p50_ms),
                         ms(r.publish.p99_ms),
                         ms(r.publish.p999_ms),
                         r.end_to_end.as_ref().map_or("-".into(), |e| ms(e.p99_ms)),
+                        r.end_to_end.as_ref().map_or("-".into(), |e| ms(e.p999_ms)),
                         r.publish_throughput.mb_per_sec,
                         r.records_lost
                     );
@@ -571,7 +604,7 @@ pub fn to_markdown(report: &SweepReport, plots: &[(&str, &str)]) -> String {
                 None => {
                     let _ = writeln!(
                         o,
-                        "| {} ({}) | failed: {} | | | | | |",
+                        "| {} ({}) | failed: {} | | | | | | |",
                         peer.peer.name,
                         peer.peer.bootstrap,
                         peer.error.as_deref().unwrap_or("?").replace('|', "/")
@@ -798,6 +831,7 @@ pub(crate) fn sample_report() -> SweepReport {
         cross_zone_measured: false,
         cross_zone_by_kind_per_sec: BTreeMap::new(),
         handoff_puts_per_sec: 0.0,
+        hedges_per_sec: 0.0,
         seconds: 9.75,
     };
     let prices = Prices::default();
@@ -853,6 +887,7 @@ pub(crate) fn sample_report() -> SweepReport {
                 get_p99_ms: 100.0,
                 ms_per_mib: 20.0,
             }),
+            s3_params: Vec::new(),
             peers: vec![Peer {
                 name: "tansu".into(),
                 bootstrap: "127.0.0.1:9093".into(),
@@ -904,8 +939,9 @@ pub(crate) fn sample_report() -> SweepReport {
 /// [`sample_report`] run across 3 zones of one node: its first point
 /// (50 ms / 1 MiB, publish p50 90 / p99 400 ms, 5 MB/s) has same-zone p50
 /// 80 / p99 300 ms and cross-zone p50 120 / p99 360 ms, 20 WAL PUT/s and 12
-/// handoff objects/s, and 50,000 B/s across zones: handoff 40,000, replica
-/// 6,000, forward 1,000, client 3,000.
+/// handoff objects/s, 2.5 hedges/s, and 50,000 B/s across zones: handoff
+/// 40,000, replica 6,000, forward 1,000, client 3,000; with
+/// `--s3-params putLatencyP999Ms=1500&slowDownRate=0.01`.
 #[cfg(test)]
 pub(crate) fn sample_zoned_report() -> SweepReport {
     use crate::cost::Prices;
@@ -918,6 +954,10 @@ pub(crate) fn sample_zoned_report() -> SweepReport {
         nodes_per_zone: 1,
     };
     report.config.layout = layout;
+    report.config.s3_params = vec![
+        ("putLatencyP999Ms".to_string(), "1500".to_string()),
+        ("slowDownRate".to_string(), "0.01".to_string()),
+    ];
     report.notes = notes(layout);
     let summary = |p50: f64, p99: f64, count: u64| LatencySummary {
         count,
@@ -961,6 +1001,7 @@ pub(crate) fn sample_zoned_report() -> SweepReport {
         .map(|(k, v)| (k.to_string(), v))
         .collect(),
         handoff_puts_per_sec: 12.0,
+        hedges_per_sec: 2.5,
         seconds: 9.75,
     };
     report.points[0].measured = Some(price(&Prices::default(), run, rates, 24.0));
@@ -1048,39 +1089,43 @@ mod tests {
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(lines.len(), 5, "{csv}");
         assert_eq!(lines[0], CSV_HEADER);
-        assert_eq!(lines[0].split(',').count(), 34);
+        // The end-to-end p99.9 (1.5 x its p99 of 404 and 604 ms) and the
+        // hedges come after the error: the columns added last.
+        assert_eq!(lines[0].split(',').count(), 36);
+        assert!(lines[0].ends_with(",error,e2e_p999_ms,hedges_per_sec"));
         assert_eq!(
             lines[1],
             "ferry,50,1048576,ok,90.000,245.000,400.000,600.000,800.000,,,,,,92.000,404.000,\
              5000.0,5.000,0,20.000,0.000,0.000,0.000,,false,0.000,0.000,0.000,0.000,0.000,\
-             272.74,700.80,false,"
+             272.74,700.80,false,,606.000,0.000"
         );
         assert_eq!(
             lines[2],
             "ferry,250,1048576,ok,210.000,405.000,600.000,900.000,1200.000,,,,,,212.000,604.000,\
              5000.0,5.000,0,4.000,0.000,0.000,0.000,,false,0.000,0.000,0.000,0.000,0.000,\
-             62.50,700.80,true,"
+             62.50,700.80,true,,906.000,0.000"
         );
         assert_eq!(
             lines[3],
             format!(
                 "ferry,50,8388608,failed{},false,\
-                 \"ferry node (start): exited, \"\"port\"\" in use\"",
+                 \"ferry node (start): exited, \"\"port\"\" in use\",,",
                 ",".repeat(28)
             )
         );
+        // The peer: end-to-end p99.9 1.5 x 24 ms, no hedges (no S3).
         assert_eq!(
             lines[4],
             format!(
-                "tansu,,,ok,5.000,12.500,20.000,30.000,40.000,,,,,,7.000,24.000,5000.0,5.000,0{},false,",
+                "tansu,,,ok,5.000,12.500,20.000,30.000,40.000,,,,,,7.000,24.000,5000.0,5.000,0{},false,,36.000,",
                 ",".repeat(13)
             )
         );
-        // 34 cells; the failed point's error holds one comma of its own.
+        // 36 cells; the failed point's error holds one comma of its own.
         for line in [lines[1], lines[2], lines[4]] {
-            assert_eq!(line.matches(',').count(), 33, "{line}");
+            assert_eq!(line.matches(',').count(), 35, "{line}");
         }
-        assert_eq!(lines[3].matches(',').count(), 34);
+        assert_eq!(lines[3].matches(',').count(), 36);
     }
 
     #[test]
@@ -1097,10 +1142,16 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("PUT p50 50 ms, p99 300 ms"), "{md}");
+        assert!(
+            md.contains(
+                "- More bucket URI parameters (`--s3-params`, on the WAL and handoff URIs): none"
+            ),
+            "{md}"
+        );
         // 5,000 records/s of 1,000 B = 5.00 MB/s.
         assert!(md.contains("5000 records/s (5.00 MB/s) of 1000 B"), "{md}");
         assert!(
-            md.contains("| 50 ms | 1 MiB | 90.0 | 400.0 | 600.0 | 92.0 | 404.0 | 5.00 | 20.0 | 0.0 | 0 (not measured) | 272.74 | 700.80 |  |"),
+            md.contains("| 50 ms | 1 MiB | 90.0 | 400.0 | 600.0 | 92.0 | 404.0 | 606.0 | 5.00 | 20.0 | 0.0 | 0.0 | 0 (not measured) | 272.74 | 700.80 |  |"),
             "{md}"
         );
         assert!(md.contains("| 250 ms | 1 MiB | 210.0 | 600.0"), "{md}");
@@ -1119,7 +1170,7 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("| tansu (127.0.0.1:9093) | 5.0 | 20.0 | 30.0 | 24.0 | 5.00 | 0 |"),
+            md.contains("| tansu (127.0.0.1:9093) | 5.0 | 20.0 | 30.0 | 24.0 | 36.0 | 5.00 | 0 |"),
             "{md}"
         );
         assert!(md.contains("![latency](latency.svg)"), "{md}");
@@ -1143,7 +1194,7 @@ mod tests {
             "ferry,50,1048576,ok,90.000,245.000,400.000,600.000,800.000,\
              80.000,300.000,120.000,360.000,1.200,92.000,404.000,5000.0,5.000,0,\
              20.000,12.000,0.000,50000.000,0.010000,true,\
-             40000.000,6000.000,1000.000,3000.000,0.000,433.04,700.80,false,"
+             40000.000,6000.000,1000.000,3000.000,0.000,433.04,700.80,false,,606.000,2.500"
         );
         let md = to_markdown(&report, &[]);
         assert!(
@@ -1151,6 +1202,14 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("## Zones"), "{md}");
+        assert!(
+            md.contains("on the WAL and handoff URIs): `putLatencyP999Ms=1500&slowDownRate=0.01`"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 50 ms | 1 MiB | 90.0 | 400.0 | 600.0 | 92.0 | 404.0 | 606.0 | 5.00 | 20.0 | 0.0 | 2.5 | 50000 |"),
+            "{md}"
+        );
         assert!(
             md.contains("| 50 ms | 1 MiB | 80.0 | 300.0 | 120.0 | 360.0 | 1.20 | yes | 50000 | 1.000% | 40000 | 6000 | 1000 | 3000 | 12.0 |"),
             "{md}"
@@ -1172,6 +1231,11 @@ mod tests {
             40_000.0
         );
         assert_eq!(json["config"]["layout"]["zones"], 3);
+        assert_eq!(m["rates"]["hedges_per_sec"], 2.5);
+        assert_eq!(
+            json["config"]["s3_params"],
+            serde_json::json!([["putLatencyP999Ms", "1500"], ["slowDownRate", "0.01"]])
+        );
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //!    block for the Kafka listeners, one for `/metrics`); `ferry dev`
 //!    starts with
 //!    `s3.wal.path=0@file://DIR/bucket?batchInterval=..&maxBytesInBatch=..`
-//!    plus the latency model's parameters, and the same URI as
-//!    `automq.zonerouter.channels` (the handoff writer's batch settings).
+//!    plus the latency model's parameters and then `--s3-params` (see
+//!    [`bucket_uri`]), and the same URI as `automq.zonerouter.channels`
+//!    (the handoff writer's batch settings).
 //!    With `--zones N` (or `--nodes-per-zone M` above 1) it is
 //!    `ferry dev --zones N --nodes-per-zone M`: nodes `0..N*M` in one
 //!    process, node `k` in zone `az{k / M + 1}`, on Kafka port `P + k` and
@@ -42,6 +43,7 @@ use crate::results::{
 };
 use crate::run;
 use serde::Serialize;
+use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -92,6 +94,11 @@ pub fn grid(batch_intervals_ms: &[u64], max_mib: &[u64]) -> Vec<GridPoint> {
         .collect()
 }
 
+/// The bucket URI parameter the grid's `batchInterval` goes in.
+pub const BATCH_INTERVAL_PARAM: &str = "batchInterval";
+/// The bucket URI parameter the grid's `maxBytesInBatch` goes in.
+pub const MAX_BYTES_IN_BATCH_PARAM: &str = "maxBytesInBatch";
+
 /// The S3 latency model the nodes run with (see `wal/src/store.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct LatencyModel {
@@ -103,13 +110,58 @@ pub struct LatencyModel {
 }
 
 impl LatencyModel {
+    /// The bucket URI parameters that turn it on, by name.
+    pub fn params(&self) -> [(&'static str, f64); 5] {
+        [
+            ("putLatencyP50Ms", self.put_p50_ms),
+            ("putLatencyP99Ms", self.put_p99_ms),
+            ("getLatencyP50Ms", self.get_p50_ms),
+            ("getLatencyP99Ms", self.get_p99_ms),
+            ("latencyMsPerMiB", self.ms_per_mib),
+        ]
+    }
+
     /// The bucket URI parameters that turn it on.
     pub fn query(&self) -> String {
-        format!(
-            "putLatencyP50Ms={}&putLatencyP99Ms={}&getLatencyP50Ms={}&getLatencyP99Ms={}&latencyMsPerMiB={}",
-            self.put_p50_ms, self.put_p99_ms, self.get_p50_ms, self.get_p99_ms, self.ms_per_mib
-        )
+        self.params()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("&")
     }
+}
+
+/// The bucket URI a point's nodes get, for the WAL (`s3.wal.path`) and the
+/// handoff channel (`automq.zonerouter.channels`) alike: the local `bucket`, the
+/// point's batch settings, then the latency model's parameters, then the
+/// `--s3-params` pairs (checked when the flag was read).
+pub fn bucket_uri(
+    bucket: &str,
+    point: GridPoint,
+    model: Option<&LatencyModel>,
+    s3_params: &[(String, String)],
+) -> String {
+    let mut uri = format!(
+        "0@file://{bucket}?{BATCH_INTERVAL_PARAM}={}&{MAX_BYTES_IN_BATCH_PARAM}={}",
+        point.batch_interval_ms, point.max_bytes_in_batch
+    );
+    if let Some(m) = model {
+        uri.push('&');
+        uri.push_str(&m.query());
+    }
+    for (k, v) in s3_params {
+        let _ = write!(uri, "&{k}={v}");
+    }
+    uri
+}
+
+/// `--s3-params` as checked: `k=v&k=v` (empty when none).
+pub fn s3_params_text(s3_params: &[(String, String)]) -> String {
+    s3_params
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 /// The `ferry dev` cluster of each point: `zones` zones (`az1`...) of
@@ -190,6 +242,9 @@ pub struct SweepConfig {
     pub layout: Layout,
     /// `None`: the bucket is a bare local directory.
     pub latency_model: Option<LatencyModel>,
+    /// More bucket URI parameters (`--s3-params`), after the latency
+    /// model's, on the WAL's and the handoff channel's URI alike.
+    pub s3_params: Vec<(String, String)>,
     pub peers: Vec<Peer>,
     /// The `ferry` binary.
     pub ferry: PathBuf,
@@ -302,18 +357,19 @@ pub struct DevNode {
 
 impl DevNode {
     /// Starts `ferry dev` for `point` with `layout`, with the latency model
-    /// if given.
+    /// if given and `s3_params` on its bucket URIs ([`bucket_uri`]).
     pub fn start(
         ferry: &Path,
         work_dir: &Path,
         point: GridPoint,
         layout: Layout,
         model: Option<&LatencyModel>,
+        s3_params: &[(String, String)],
         timeout: Duration,
     ) -> Result<DevNode, BenchError> {
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
-            match DevNode::start_once(ferry, work_dir, point, layout, model, timeout) {
+            match DevNode::start_once(ferry, work_dir, point, layout, model, s3_params, timeout) {
                 Ok(node) => return Ok(node),
                 Err(StartError::ExitedEarly(e)) => {
                     tracing::warn!(error = %e, "ferry exited at start; trying other ports");
@@ -331,6 +387,7 @@ impl DevNode {
         point: GridPoint,
         layout: Layout,
         model: Option<&LatencyModel>,
+        s3_params: &[(String, String)],
         timeout: Duration,
     ) -> Result<DevNode, StartError> {
         let dir = tempfile::Builder::new()
@@ -362,16 +419,9 @@ impl DevNode {
                 ))
             })?;
         // The WAL and the handoff channel: the same bucket, the point's
-        // batch settings, and the latency model (the handoff writer uses
-        // the WAL's bucket and store; the channel names it too).
-        let mut wal = format!(
-            "0@file://{bucket_text}?batchInterval={}&maxBytesInBatch={}",
-            point.batch_interval_ms, point.max_bytes_in_batch
-        );
-        if let Some(m) = model {
-            wal.push('&');
-            wal.push_str(&m.query());
-        }
+        // batch settings, the latency model and `--s3-params` (the handoff
+        // writer uses the WAL's bucket and store; the channel names it too).
+        let wal = bucket_uri(bucket_text, point, model, s3_params);
         let nodes = layout.nodes();
         let (port, kafka_held) = free_port_block(nodes).map_err(StartError::Fatal)?;
         let (metrics_port, metrics_held) = free_port_block(nodes).map_err(StartError::Fatal)?;
@@ -556,6 +606,7 @@ fn measure_point(
         point,
         config.layout,
         config.latency_model.as_ref(),
+        &config.s3_params,
         Duration::from_secs(config.start_timeout_secs),
     )?;
     let sampler = Sampler::start(node.metrics.clone(), node.bucket.clone())?;
@@ -657,16 +708,19 @@ fn progress_line(index: usize, total: usize, p: &PointResult) -> String {
                 ", cross-zone not measured".to_string()
             };
             format!(
-                "{head} publish p50 {:.1} p99 {:.1} ms,{zones} e2e p99 {}, {:.2} MB/s, {:.1} PUT/s (+{:.1} handoff), {:.1} GET/s{cross}, ${:.2}/month ({:.0} s)",
+                "{head} publish p50 {:.1} p99 {:.1} p99.9 {:.1} ms,{zones} e2e {}, {:.2} MB/s, {:.1} PUT/s (+{:.1} handoff), {:.1} GET/s, {:.1} hedges/s{cross}, ${:.2}/month ({:.0} s)",
                 m.run.publish.p50_ms,
                 m.run.publish.p99_ms,
-                m.run
-                    .end_to_end
-                    .map_or("-".to_string(), |e| format!("{:.1} ms", e.p99_ms)),
+                m.run.publish.p999_ms,
+                m.run.end_to_end.map_or("-".to_string(), |e| format!(
+                    "p99 {:.1} p99.9 {:.1} ms",
+                    e.p99_ms, e.p999_ms
+                )),
                 m.run.publish_throughput.mb_per_sec,
                 m.rates.puts_per_sec,
                 m.rates.handoff_puts_per_sec,
                 m.rates.gets_per_sec,
+                m.rates.hedges_per_sec,
                 m.cost.total_usd,
                 p.seconds
             )
@@ -721,10 +775,11 @@ pub fn sweep(config: &SweepConfig, command: Vec<String>) -> Result<SweepReport, 
         };
         match (&r.measured, &r.error) {
             (Some(m), _) => eprintln!(
-                "sweep: peer {}: publish p50 {:.1} p99 {:.1} ms, {:.2} MB/s ({:.0} s)",
+                "sweep: peer {}: publish p50 {:.1} p99 {:.1} p99.9 {:.1} ms, {:.2} MB/s ({:.0} s)",
                 peer.name,
                 m.publish.p50_ms,
                 m.publish.p99_ms,
+                m.publish.p999_ms,
                 m.publish_throughput.mb_per_sec,
                 r.seconds
             ),
@@ -820,6 +875,90 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_bucket_uri_is_the_grid_then_the_model_then_the_s3_params() {
+        let m = LatencyModel {
+            put_p50_ms: 50.0,
+            put_p99_ms: 300.0,
+            get_p50_ms: 20.0,
+            get_p99_ms: 100.0,
+            ms_per_mib: 20.0,
+        };
+        let point = grid(&[250], &[8])[0];
+        let params = [
+            ("hedge".to_string(), "false".to_string()),
+            ("putLatencyP999Ms".to_string(), "1500".to_string()),
+            ("slowDownRate".to_string(), "0.01".to_string()),
+        ];
+        // 8 MiB = 8,388,608 bytes.
+        assert_eq!(
+            bucket_uri("/tmp/b", point, Some(&m), &params),
+            "0@file:///tmp/b?batchInterval=250&maxBytesInBatch=8388608\
+             &putLatencyP50Ms=50&putLatencyP99Ms=300&getLatencyP50Ms=20&getLatencyP99Ms=100&latencyMsPerMiB=20\
+             &hedge=false&putLatencyP999Ms=1500&slowDownRate=0.01"
+        );
+        // Without the model, the params follow the batch settings; without
+        // either, the URI is the batch settings alone.
+        assert_eq!(
+            bucket_uri("/tmp/b", point, None, &params[..1]),
+            "0@file:///tmp/b?batchInterval=250&maxBytesInBatch=8388608&hedge=false"
+        );
+        assert_eq!(
+            bucket_uri("/tmp/b", point, None, &[]),
+            "0@file:///tmp/b?batchInterval=250&maxBytesInBatch=8388608"
+        );
+        assert_eq!(
+            s3_params_text(&params[..2]),
+            "hedge=false&putLatencyP999Ms=1500"
+        );
+        assert_eq!(s3_params_text(&[]), "");
+    }
+
+    #[test]
+    fn the_progress_line_has_the_tail_and_the_hedges() {
+        let latency = |p50: f64, p99: f64, p999: f64| crate::stats::LatencySummary {
+            count: 1_000,
+            min_ms: 1.0,
+            mean_ms: p50,
+            p50_ms: p50,
+            p90_ms: p99,
+            p99_ms: p99,
+            p999_ms: p999,
+            max_ms: p999,
+        };
+        let mut run = five_mb_per_sec_for_ten_seconds();
+        run.publish = latency(90.0, 400.0, 1_650.0);
+        run.end_to_end = Some(latency(95.0, 420.0, 1_700.0));
+        let rates = Rates {
+            puts_per_sec: 90.5,
+            gets_per_sec: 1.0,
+            cross_zone_bytes_per_sec: 0.0,
+            cross_zone_measured: true,
+            cross_zone_by_kind_per_sec: Default::default(),
+            handoff_puts_per_sec: 55.5,
+            hedges_per_sec: 3.2,
+            seconds: 10.0,
+        };
+        let mut p = PointResult {
+            point: grid(&[50], &[1])[0],
+            measured: Some(price(&Prices::default(), run, rates, 24.0)),
+            error: None,
+            on_frontier: false,
+            seconds: 31.0,
+        };
+        let line = progress_line(0, 4, &p);
+        assert!(
+            line.starts_with("sweep [1/4] batchInterval 50 ms, maxBytesInBatch 1 MiB: publish p50 90.0 p99 400.0 p99.9 1650.0 ms, e2e p99 420.0 p99.9 1700.0 ms, 5.00 MB/s, 90.5 PUT/s (+55.5 handoff), 1.0 GET/s, 3.2 hedges/s, cross-zone 0 B/s"),
+            "{line}"
+        );
+        // Without consumers: no end-to-end figures.
+        if let Some(m) = p.measured.as_mut() {
+            m.run.end_to_end = None;
+        }
+        let line = progress_line(0, 4, &p);
+        assert!(line.contains(" ms, e2e -, 5.00 MB/s"), "{line}");
+    }
+
     /// 50,000 records of 1,000 B acknowledged in 10 s: 5e6 B/s produced.
     fn five_mb_per_sec_for_ten_seconds() -> RunSummary {
         RunSummary {
@@ -857,6 +996,7 @@ mod tests {
             cross_zone_measured: false,
             cross_zone_by_kind_per_sec: Default::default(),
             handoff_puts_per_sec: 0.0,
+            hedges_per_sec: 0.0,
             seconds: 10.0,
         };
         let m = price(&Prices::default(), run, rates, 24.0);
@@ -894,6 +1034,7 @@ mod tests {
             cross_zone_measured: true,
             cross_zone_by_kind_per_sec: [("handoff".to_string(), 50_000.0)].into(),
             handoff_puts_per_sec: 12.0,
+            hedges_per_sec: 0.0,
             seconds: 10.0,
         };
         let m = price(&Prices::default(), run, rates, 24.0);
@@ -988,6 +1129,7 @@ mod tests {
             grid(&[10], &[1])[0],
             Layout::ONE_NODE,
             None,
+            &[],
             Duration::from_secs(1),
         )
         .err()

@@ -157,6 +157,9 @@ fn a_one_point_sweep_against_ferry_dev() {
             ])
             // A constant 60 ms PUT: p50 = p99.
             .args(["--put-p50-ms", "60", "--put-p99-ms", "60"])
+            // The model's default, given again: the node takes the
+            // parameter on both URIs.
+            .args(["--s3-params", "hedge=true"])
             .args([
                 "--get-p50-ms",
                 "5",
@@ -178,6 +181,7 @@ fn a_one_point_sweep_against_ferry_dev() {
         stderr.contains("sweep [1/1] batchInterval 50 ms, maxBytesInBatch 1 MiB: publish p50"),
         "no progress line:\n{stderr}"
     );
+    assert!(stderr.contains(" hedges/s"), "{stderr}");
 
     let dirs: Vec<PathBuf> = std::fs::read_dir(out.path())
         .unwrap()
@@ -222,6 +226,13 @@ fn a_one_point_sweep_against_ferry_dev() {
     // uploads of 60 ms overlap, so the PUT latency does not slow them).
     let puts = m["rates"]["puts_per_sec"].as_f64().unwrap();
     assert!((12.0..=30.0).contains(&puts), "{puts} PUT/s");
+    // Hedges are read (the first hedge waits 500 ms, so a 60 ms PUT is
+    // rarely hedged), and the parameters are recorded.
+    assert!(m["rates"]["hedges_per_sec"].as_f64().unwrap() >= 0.0);
+    assert_eq!(
+        json["config"]["s3_params"],
+        serde_json::json!([["hedge", "true"]])
+    );
     // The node exports its cross-zone bytes; one zone, untagged clients:
     // nothing crosses.
     assert_eq!(m["rates"]["cross_zone_measured"], true);
@@ -248,6 +259,7 @@ fn a_one_point_sweep_against_ferry_dev() {
     );
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(md.contains("| 50 ms | 1 MiB |"), "{md}");
+    assert!(md.contains("URIs): `hedge=true`"), "{md}");
 
     // The node's directory (its bucket) is deleted with the point.
     let left: Vec<_> = std::fs::read_dir(work.path()).unwrap().collect();
