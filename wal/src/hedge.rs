@@ -3,9 +3,10 @@
 //!
 //! [`HedgedStore`] wraps the node's store, below every writer and reader:
 //!
-//! - **Deadlines.** Every PUT and GET attempt ends after
-//!   [`HedgeConfig::request_timeout`] with a retriable error, so a stalled
-//!   connection costs a bounded wait, never a stuck upload.
+//! - **Deadlines.** Every PUT and GET attempt ends with a retriable error
+//!   after [`DEADLINE_PER_DELAY`] hedge delays (at least [`DEADLINE_MIN`],
+//!   at most [`HedgeConfig::request_timeout`]), so a stalled connection
+//!   costs a wait of seconds, never a stuck upload.
 //! - **Hedging.** When a PUT (whole-object, `PutMode::Overwrite`) or a ranged
 //!   GET has not answered after the hedge delay, the same request is sent
 //!   again and the first success wins; the other is dropped. The delay is
@@ -20,8 +21,8 @@
 //! - **Throttling.** An answer of 503 SlowDown halves the number of PUTs the
 //!   node lets run at once (at most once per [`THROTTLE_CUT_GAP`]); each
 //!   success adds `1 / limit` back, up to [`HedgeConfig::puts_inflight_max`]
-//!   (additive increase, multiplicative decrease). For
-//!   [`THROTTLE_QUIET`] after a cut nothing is hedged: a throttled bucket
+//!   (additive increase, multiplicative decrease). A PUT is not hedged
+//!   while the node's PUTs in flight are at the limit: a throttled bucket
 //!   gets fewer requests, not more.
 //! - **Retries.** A PUT or GET that fails with a retriable error (a 5xx, a
 //!   throttle, a timeout, a dropped connection; not a proven NotFound, not a
@@ -64,8 +65,11 @@ pub const HEDGE_TOKENS_MAX: f64 = 5.0;
 /// Shortest gap between two cuts of the PUT limit: 503s answered for
 /// requests sent together count as one signal.
 pub const THROTTLE_CUT_GAP: Duration = Duration::from_millis(100);
-/// How long after a cut of the PUT limit nothing is hedged.
-pub const THROTTLE_QUIET: Duration = Duration::from_secs(1);
+/// The shortest deadline of an attempt: an attempt may take this long, or
+/// [`DEADLINE_PER_DELAY`] hedge delays, before it is given up (at most
+/// [`HedgeConfig::request_timeout`]).
+pub const DEADLINE_MIN: Duration = Duration::from_secs(2);
+pub const DEADLINE_PER_DELAY: u32 = 8;
 /// The quantile of recent latencies a request is hedged after.
 pub const HEDGE_QUANTILE: f64 = 0.9;
 
@@ -249,11 +253,11 @@ impl PutLimit {
         self.lock().limit as usize
     }
 
-    /// The limit was cut within [`THROTTLE_QUIET`] of `now`.
-    fn throttled(&self, now: Instant) -> bool {
-        self.lock()
-            .last_cut
-            .is_some_and(|t| now.saturating_duration_since(t) < THROTTLE_QUIET)
+    /// Whether one more request fits under the limit (the caller already
+    /// holds a place).
+    fn has_room(&self) -> bool {
+        let s = self.lock();
+        s.inflight < s.limit as usize
     }
 
     fn on_success(&self) {
@@ -367,7 +371,14 @@ impl HedgedStore {
     where
         Fut: Future<Output = object_store::Result<T>>,
     {
-        let timeout = self.config.request_timeout;
+        let is_put = std::ptr::eq(hedger, &self.puts);
+        let started = Instant::now();
+        let delay = hedger.start();
+        // The attempt's deadline follows what the bucket answers in: a
+        // stalled request is given up after seconds, not the whole timeout.
+        let timeout = (delay * DEADLINE_PER_DELAY)
+            .max(DEADLINE_MIN)
+            .min(self.config.request_timeout);
         let bounded = |f: Fut| async move {
             match tokio::time::timeout(timeout, f).await {
                 Ok(r) => r,
@@ -377,8 +388,7 @@ impl HedgedStore {
                 }),
             }
         };
-        let started = Instant::now();
-        let delay = Some(hedger.start()).filter(|_| self.config.hedge && may_hedge);
+        let delay = Some(delay).filter(|_| self.config.hedge && may_hedge);
         let first = bounded(make());
         tokio::pin!(first);
         let outcome = match delay {
@@ -387,10 +397,13 @@ impl HedgedStore {
                 tokio::select! {
                     r = &mut first => Outcome::First(r),
                     () = tokio::time::sleep(delay) => {
-                        if self.limit.throttled(Instant::now()) || !hedger.try_spend() {
+                        if (is_put && !self.limit.has_room()) || !hedger.try_spend() {
                             Outcome::First(first.await)
                         } else {
                             StoreStats::add(&self.stats.hedges_sent, 1);
+                            if is_put {
+                                StoreStats::add(&self.stats.put_hedges_sent, 1);
+                            }
                             let second = bounded(make());
                             tokio::pin!(second);
                             tokio::select! {
@@ -422,6 +435,9 @@ impl HedgedStore {
             Outcome::Hedge(v) => {
                 hedger.record(elapsed);
                 StoreStats::add(&self.stats.hedges_won, 1);
+                if is_put {
+                    StoreStats::add(&self.stats.put_hedges_won, 1);
+                }
                 Ok(v)
             }
             Outcome::First(Err(e)) => {
@@ -723,10 +739,7 @@ mod tests {
     fn slow_down_halves_the_put_limit_once_per_gap_and_successes_win_it_back() {
         let l = PutLimit::new(16);
         let t0 = Instant::now();
-        assert!(!l.throttled(t0));
         assert!(l.on_throttle(t0));
-        assert!(l.throttled(t0 + Duration::from_millis(10)));
-        assert!(!l.throttled(t0 + THROTTLE_QUIET));
         assert_eq!(l.limit(), 8);
         assert!(
             !l.on_throttle(t0 + Duration::from_millis(10)),
@@ -845,6 +858,7 @@ mod tests {
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiting.is_finished(), "a third PUT waits at a limit of 2");
+        assert!(!l.has_room(), "no room for a hedge at the limit");
         drop(a);
         tokio::time::timeout(Duration::from_secs(5), waiting)
             .await

@@ -177,6 +177,9 @@ pub struct StoreStats {
     /// hedge delay, and how many of them answered first.
     pub hedges_sent: AtomicU64,
     pub hedges_won: AtomicU64,
+    /// Of those, the PUTs (each kind has its own budget).
+    pub put_hedges_sent: AtomicU64,
+    pub put_hedges_won: AtomicU64,
     /// PUT or GET attempts that ended at their deadline.
     pub request_timeouts: AtomicU64,
     /// Answers of 503 SlowDown (each may halve the PUT limit).

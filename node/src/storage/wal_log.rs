@@ -913,6 +913,16 @@ impl DurableLog for WalLog {
                 ("ferry_s3_hedges_total", Kind::Counter, &st.hedges_sent),
                 ("ferry_s3_hedges_won_total", Kind::Counter, &st.hedges_won),
                 (
+                    "ferry_s3_put_hedges_total",
+                    Kind::Counter,
+                    &st.put_hedges_sent,
+                ),
+                (
+                    "ferry_s3_put_hedges_won_total",
+                    Kind::Counter,
+                    &st.put_hedges_won,
+                ),
+                (
                     "ferry_s3_timeouts_total",
                     Kind::Counter,
                     &st.request_timeouts,
