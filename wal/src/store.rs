@@ -1971,6 +1971,19 @@ mod tests {
         }
     }
 
+    /// Each URI is refused with a config error naming `param`, whose
+    /// expectation mentions `expected`.
+    fn refused_naming(cases: &[(&str, &str, &str)]) {
+        for (uri, param, expected) in cases {
+            let (p, e) = err_param(uri);
+            assert_eq!(p, *param, "{uri}");
+            assert!(
+                e.contains(expected),
+                "{uri}: expected {expected:?} in {e:?}"
+            );
+        }
+    }
+
     fn err_param(s: &str) -> (String, String) {
         match BucketUri::parse(s) {
             Err(WalError::Config {
@@ -2093,14 +2106,7 @@ mod tests {
             ),
             ("not a uri", "bucket URI", "s3://"),
         ];
-        for (uri, param, expected) in cases {
-            let (p, e) = err_param(uri);
-            assert_eq!(p, param, "{uri}");
-            assert!(
-                e.contains(expected),
-                "{uri}: expected {expected:?} in {e:?}"
-            );
-        }
+        refused_naming(&cases);
     }
 
     #[test]
@@ -2267,14 +2273,7 @@ mod tests {
                 "milliseconds",
             ),
         ];
-        for (uri, param, expected) in cases {
-            let (p, e) = err_param(uri);
-            assert_eq!(p, param, "{uri}");
-            assert!(
-                e.contains(expected),
-                "{uri}: expected {expected:?} in {e:?}"
-            );
-        }
+        refused_naming(&cases);
     }
 
     /// The `q`-quantile of sorted samples, nearest rank.
@@ -2561,14 +2560,7 @@ mod tests {
             ("file:///d?colour=blue", "colour", "stallRate"),
             ("s3://b?region=r&colour=blue", "colour", "hedge"),
         ];
-        for (uri, param, expected) in cases {
-            let (p, e) = err_param(uri);
-            assert_eq!(p, param, "{uri}");
-            assert!(
-                e.contains(expected),
-                "{uri}: expected {expected:?} in {e:?}"
-            );
-        }
+        refused_naming(&cases);
     }
 
     #[test]
