@@ -761,7 +761,8 @@ fn a_handoff_commit_must_name_its_own_object_with_its_crc_and_header() {
 }
 
 /// Handoff commits of one partition are appended in the order they came,
-/// though the leader reads their batches back from the bucket out of order:
+/// though the leader reads their batches back from the bucket out of order
+/// (and serves them from its cache afterwards):
 /// an idempotent producer's sequence 0 (in an object that reads slowly) and
 /// sequence 1 (in one that reads at once), committed back to back, land at
 /// offsets 0 and 1. Appended as their reads finished, sequence 1 would come
@@ -815,10 +816,14 @@ fn handoff_commits_of_a_partition_are_appended_in_the_order_they_came() {
         ((0, 0), (0, 1)),
         "sequence 0 at offset 0, then 1 at 1"
     );
+    // The leader keeps the bytes it read back in its cache: the fetch
+    // reads nothing from the bucket.
+    let gets = faulty.get_count();
     assert_eq!(
         common::raw::fetch(&mut k, "ord", 0, 0),
         (0, vec![(0, b"k0".to_vec()), (1, b"k1".to_vec())])
     );
+    assert_eq!(faulty.get_count(), gets, "the fetch read the bucket");
     node.stop();
 }
 

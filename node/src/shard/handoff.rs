@@ -272,14 +272,17 @@ impl Shard {
                         records_count: b.record_count,
                         len: b.len,
                     },
-                    Payload::External(Location {
-                        key: b.key.clone(),
-                        seq: 0,
-                        node: 0,
-                        position: b.position,
-                        len: b.len,
-                        crc: b.crc,
-                    }),
+                    Payload::External(
+                        Location {
+                            key: b.key.clone(),
+                            seq: 0,
+                            node: 0,
+                            position: b.position,
+                            len: b.len,
+                            crc: b.crc,
+                        },
+                        None,
+                    ),
                 )
             })
             .collect();
@@ -308,11 +311,24 @@ impl Shard {
         let turn = self.handoff_ticket(&(part.topic.clone(), part.partition));
         let checked = self.check_handed_off(&items, from_node).await;
         self.handoff_turn(&turn).await;
-        if let Err((code, why)) = checked {
-            tracing::warn!(topic = %part.topic, partition = part.partition, from_node,
-                error = %why, "handoff commit refused");
-            return ProduceResult::err(code, why);
-        }
+        let read_back = match checked {
+            Ok(read_back) => read_back,
+            Err((code, why)) => {
+                tracing::warn!(topic = %part.topic, partition = part.partition, from_node,
+                    error = %why, "handoff commit refused");
+                return ProduceResult::err(code, why);
+            }
+        };
+        // The bytes just read go into the log cache with the batches, so
+        // consumers at this node do not read them from the bucket again.
+        let items = items
+            .into_iter()
+            .zip(read_back)
+            .map(|((meta, payload), raw)| match payload {
+                Payload::External(l, _) => (meta, Payload::External(l, Some(raw))),
+                local => (meta, local),
+            })
+            .collect();
         let log = match self
             .log_for_append(&part.topic, part.partition, HANDOFF_LOAD_WAIT)
             .await
@@ -345,15 +361,17 @@ impl Shard {
     /// and be one Kafka batch (its own CRC right) whose header is the one
     /// the call carries. A refusal changes nothing: the log is not touched
     /// until every batch checks out. A store error other than a proven
-    /// absence is answered as retriable.
+    /// absence is answered as retriable. Answers the bytes read, one per
+    /// batch, for the log cache.
     async fn check_handed_off(
         &self,
         items: &[(BatchMeta, Payload)],
         from_node: i32,
-    ) -> Result<(), (ErrorCode, String)> {
+    ) -> Result<Vec<Bytes>, (ErrorCode, String)> {
+        let mut checked = Vec::with_capacity(items.len());
         let mut locations = Vec::with_capacity(items.len());
         for (_, payload) in items {
-            let Payload::External(l) = payload else {
+            let Payload::External(l, _) = payload else {
                 continue;
             };
             if !self.ctx.durable.is_handoff_object_of(&l.key, from_node) {
@@ -384,7 +402,7 @@ impl Shard {
                     format!("{} does not have the stated length and CRC", at()),
                 ));
             }
-            let mut found = ferry_protocol::records::RecordBatches::new(bytes);
+            let mut found = ferry_protocol::records::RecordBatches::new(bytes.clone());
             let batch = match (found.next(), found.next()) {
                 (Some(Ok(b)), None) if b.verify_crc().is_ok() => b,
                 _ => {
@@ -400,7 +418,8 @@ impl Shard {
                     format!("{}: its header is not the one the commit states", at()),
                 ));
             }
+            checked.push(bytes);
         }
-        Ok(())
+        Ok(checked)
     }
 }

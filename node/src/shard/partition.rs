@@ -94,8 +94,10 @@ impl BatchMeta {
 pub enum Payload {
     /// In hand: the batch as the client sent it.
     Local(Bytes),
-    /// In another object already (a proxy's handoff object).
-    External(Location),
+    /// In another object already (a proxy's handoff object), with the
+    /// batch's bytes when the leader has read them back (then they go into
+    /// the log cache, so fetches do not read them again).
+    External(Location, Option<Bytes>),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -380,18 +382,27 @@ impl PartitionLog {
         let base = self.next_offset;
         let count = i64::from(batch.last_offset_delta) + 1;
         let last = base + count - 1;
-        let (segments, external) = match payload {
+        // The batch as the log holds it: a new 16-byte head (base offset,
+        // length, leader epoch) in front of the rest, unchanged.
+        let placed = |raw: &Bytes| {
+            let mut head = BytesMut::with_capacity(16);
+            head.put_i64(base);
+            head.put_slice(&raw[8..12]);
+            head.put_i32(self.leader_epoch);
+            [head.freeze(), raw.slice(16..)]
+        };
+        let (segments, external, cached) = match payload {
             Payload::Local(raw) => {
-                let mut head = BytesMut::with_capacity(16);
-                head.put_i64(base);
-                head.put_slice(&raw[8..12]);
-                head.put_i32(self.leader_epoch);
-                ([head.freeze(), raw.slice(16..)], None)
+                let segments = placed(&raw);
+                (segments.clone(), None, Some(segments))
             }
-            Payload::External(location) => ([Bytes::new(), Bytes::new()], Some(location)),
+            Payload::External(location, raw) => (
+                [Bytes::new(), Bytes::new()],
+                Some(location),
+                raw.as_ref().map(placed),
+            ),
         };
         let handoff = external.as_ref().map(|l| l.key.clone());
-        let cached = external.is_none().then(|| segments.clone());
         let entry = AppendEntry {
             topic: self.topic.clone(),
             topic_id: self.topic_id,
@@ -1048,7 +1059,7 @@ mod tests {
             records_count,
             len: 100,
         };
-        let external = || Payload::External(loc());
+        let external = || Payload::External(loc(), None);
         for (delta, count) in [(-5, -4), (3, 1), (-1, 0), (i32::MAX, i32::MIN)] {
             let err = p.append_meta(&meta(delta, count), external()).unwrap_err();
             assert_eq!(

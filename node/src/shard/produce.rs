@@ -128,6 +128,10 @@ impl Shard {
         {
             let mut l = log.borrow_mut();
             for (meta, payload) in items {
+                // A proxy's batch read back by the leader is cached from
+                // those bytes (not in the arena); the WAL entry refers to
+                // the proxy's object.
+                let read_back = matches!(&payload, Payload::External(_, Some(_)));
                 match l.append_meta(&meta, payload) {
                     Ok((
                         Appended::New {
@@ -137,8 +141,11 @@ impl Shard {
                         Some(entry),
                     )) => {
                         first_offset.get_or_insert(base_offset);
-                        let len = entry.len();
-                        let chunk = crate::arena::chunk_of(&entry.segments[1]);
+                        let (len, chunk) = if read_back {
+                            (meta.len as usize, None)
+                        } else {
+                            (entry.len(), crate::arena::chunk_of(&entry.segments[1]))
+                        };
                         pending.push((entry_index, base_offset, self.ctx.durable.append(entry)));
                         if len > 0 {
                             self.cached(&topic, partition, base_offset, len, chunk);
