@@ -53,7 +53,7 @@ use object_store::{
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::stats::StoreStats;
+use crate::stats::{StoreStats, WalStats};
 
 /// Recent latencies the hedge delay is computed from, per request kind.
 pub const HEDGE_WINDOW: usize = 512;
@@ -400,9 +400,9 @@ impl HedgedStore {
                         if (is_put && !self.limit.has_room()) || !hedger.try_spend() {
                             Outcome::First(first.await)
                         } else {
-                            StoreStats::add(&self.stats.hedges_sent, 1);
+                            WalStats::add(&self.stats.hedges_sent, 1);
                             if is_put {
-                                StoreStats::add(&self.stats.put_hedges_sent, 1);
+                                WalStats::add(&self.stats.put_hedges_sent, 1);
                             }
                             let second = bounded(make());
                             tokio::pin!(second);
@@ -434,16 +434,16 @@ impl HedgedStore {
             }
             Outcome::Hedge(v) => {
                 hedger.record(elapsed);
-                StoreStats::add(&self.stats.hedges_won, 1);
+                WalStats::add(&self.stats.hedges_won, 1);
                 if is_put {
-                    StoreStats::add(&self.stats.put_hedges_won, 1);
+                    WalStats::add(&self.stats.put_hedges_won, 1);
                 }
                 Ok(v)
             }
             Outcome::First(Err(e)) => {
                 if is_timeout(&e) {
                     hedger.record(elapsed);
-                    StoreStats::add(&self.stats.request_timeouts, 1);
+                    WalStats::add(&self.stats.request_timeouts, 1);
                 }
                 Err(e)
             }
@@ -452,7 +452,7 @@ impl HedgedStore {
 
     fn note_put_error(&self, e: &object_store::Error) {
         if crate::store::is_slow_down(e) {
-            StoreStats::add(&self.stats.throttles, 1);
+            WalStats::add(&self.stats.throttles, 1);
             if self.limit.on_throttle(Instant::now()) {
                 tracing::warn!(
                     limit = self.limit.limit(),
@@ -542,7 +542,7 @@ impl ObjectStore for HedgedStore {
                     if attempt < self.config.attempts
                         && (crate::store::is_slow_down(&e) || overwrite && worth_retrying(&e)) =>
                 {
-                    StoreStats::add(&self.stats.retries, 1);
+                    WalStats::add(&self.stats.retries, 1);
                     tracing::debug!(object_key = %location, attempt, error = %e, "PUT failed; retrying");
                     tokio::time::sleep(backoff(attempt)).await;
                     attempt += 1;
@@ -605,7 +605,7 @@ impl ObjectStore for HedgedStore {
                     return Ok(r);
                 }
                 Err(e) if attempt < self.config.attempts && worth_retrying(&e) => {
-                    StoreStats::add(&self.stats.retries, 1);
+                    WalStats::add(&self.stats.retries, 1);
                     tracing::debug!(object_key = %location, attempt, error = %e, "GET failed; retrying");
                     tokio::time::sleep(backoff(attempt)).await;
                     attempt += 1;

@@ -194,12 +194,6 @@ pub struct StoreStats {
     pub get_request: LatencyHistogram,
 }
 
-impl StoreStats {
-    pub(crate) fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-}
-
 /// A plain copy of the counters at one moment.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct WalStatsSnapshot {
